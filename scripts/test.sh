@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Every test: type check, then the test files in one sequential run (they share port 443 in turn).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+echo "== typecheck"
+npx tsc --noEmit
+echo "== test CA"
+bundle=$(npx tsx scripts/make-test-ca.ts)
+export NODE_EXTRA_CA_CERTS="$bundle"
+files=(test/*.test.ts)
+if [ "$#" -gt 0 ]; then files=("$@"); fi
+echo "== tests (${#files[@]} files)"
+node --import tsx --test --test-concurrency=1 --test-reporter=spec "${files[@]}"

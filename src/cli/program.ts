@@ -1,0 +1,59 @@
+import { Command } from 'commander';
+import type { Config } from '../config/config.js';
+import type { ServerInfo } from '../app.js';
+import { addConfigOptions, configFromFlags, type ConfigFlags } from './config-options.js';
+import { registerAdminCommands } from './admin.js';
+
+/**
+ * The `provisiond` command line. Server commands (serve, info) work on a data directory; every admin command is a
+ * client of the service API and never touches the database.
+ */
+export interface CliIo {
+  env: Record<string, string | undefined>;
+  out(text: string): void;
+  err(text: string): void;
+}
+
+export interface ServerRunner {
+  /** Starts the server and resolves once it is listening. */
+  serve(config: Config): Promise<ServerInfo>;
+  /** Initialises the data directory if needed and returns its connection details, without listening. */
+  info(config: Config): Promise<ServerInfo>;
+}
+
+export function formatInfo(info: ServerInfo): string {
+  return [
+    `provisiond instance '${info.instance}'`,
+    `  ID scope:                   ${info.idScope}`,
+    `  service connection string:  ${info.serviceConnectionString}`,
+    `  CA certificate:             ${info.caCertificatePath}   (export NODE_EXTRA_CA_CERTS=${info.caCertificatePath})`,
+    `  host names:                 ${info.hostNames.join(', ')}`,
+    `  HTTPS port:                 ${info.ports.https}`,
+    `  data directory:             ${info.dataDir}`,
+  ].join('\n');
+}
+
+export function buildProgram(io: CliIo, runner: ServerRunner, version: string): Command {
+  const program = new Command('provisiond')
+    .description('A self-hostable Device Provisioning Service, wire-compatible with Azure IoT Hub DPS')
+    .version(version)
+    .configureOutput({ writeOut: (text) => io.out(text), writeErr: (text) => io.err(text) })
+    .exitOverride();
+
+  addConfigOptions(program.command('serve').description('run the server (HTTPS service API, device API, built-in hub)')).action(
+    async (flags: ConfigFlags) => {
+      const info = await runner.serve(configFromFlags(flags, io.env));
+      io.out(`${formatInfo(info)}\n`);
+    },
+  );
+
+  addConfigOptions(program.command('info').description('print the service connection string, ID scope and CA path'))
+    .option('--json', 'print JSON for scripts')
+    .action(async (flags: ConfigFlags & { json?: boolean }) => {
+      const info = await runner.info(configFromFlags(flags, io.env));
+      io.out(flags.json === true ? `${JSON.stringify(info, null, 2)}\n` : `${formatInfo(info)}\n`);
+    });
+
+  registerAdminCommands(program, io);
+  return program;
+}

@@ -1,0 +1,95 @@
+import { Type, type Static } from '@sinclair/typebox';
+import { Value } from '@sinclair/typebox/value';
+import { resolve } from 'node:path';
+
+/**
+ * The one configuration schema. Sources merge as defaults < config file < environment < command-line flags, the
+ * result is validated once (every problem listed), frozen and passed down. Nothing else reads process.env.
+ */
+export const ConfigSchema = Type.Object({
+  dataDir: Type.String({ minLength: 1, default: './data', description: 'Where the database, the dev CA and keys live.' }),
+  listenHost: Type.String({ minLength: 1, default: '0.0.0.0', description: 'Address the listeners bind.' }),
+  httpsPort: Type.Integer({ minimum: 0, maximum: 65535, default: 443 }),
+  hostNames: Type.Array(Type.String({ minLength: 1, pattern: '^[A-Za-z0-9.:-]+$' }), {
+    minItems: 1,
+    default: ['localhost', '127.0.0.1'],
+    description: 'Host names the server certificate covers; the first is the default instance service host name.',
+  }),
+  store: Type.String({ minLength: 1, default: 'sqlite', description: "'sqlite' (a file in dataDir) or a sqlite file path." }),
+  logLevel: Type.Union(
+    ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map((level) => Type.Literal(level)),
+    { default: 'info' },
+  ),
+  bulkMaxItems: Type.Integer({ minimum: 1, maximum: 100000, default: 1000, description: 'Most items in one bulk request.' }),
+  queryMaxItemCount: Type.Integer({ minimum: 1, maximum: 10000, default: 1000, description: 'Largest query page.' }),
+  queryDefaultItemCount: Type.Integer({ minimum: 1, maximum: 10000, default: 100, description: 'Query page size when the client names none.' }),
+  maxBodyBytes: Type.Integer({ minimum: 1024, maximum: 64 * 1024 * 1024, default: 4 * 1024 * 1024 }),
+});
+export type Config = Readonly<Static<typeof ConfigSchema>>;
+
+export class ConfigError extends Error {
+  readonly problems: readonly string[];
+  constructor(problems: string[]) {
+    super(`invalid configuration:\n${problems.map((problem) => `  - ${problem}`).join('\n')}`);
+    this.name = 'ConfigError';
+    this.problems = problems;
+  }
+}
+
+/** Environment variable → config key, with how to read the text. */
+const ENV: Record<string, { key: keyof Config; kind: 'string' | 'int' | 'list' }> = {
+  PROVISIOND_DATA_DIR: { key: 'dataDir', kind: 'string' },
+  PROVISIOND_LISTEN_HOST: { key: 'listenHost', kind: 'string' },
+  PROVISIOND_HTTPS_PORT: { key: 'httpsPort', kind: 'int' },
+  PROVISIOND_HOST_NAMES: { key: 'hostNames', kind: 'list' },
+  PROVISIOND_STORE: { key: 'store', kind: 'string' },
+  PROVISIOND_LOG_LEVEL: { key: 'logLevel', kind: 'string' },
+  PROVISIOND_BULK_MAX_ITEMS: { key: 'bulkMaxItems', kind: 'int' },
+  PROVISIOND_QUERY_MAX_ITEM_COUNT: { key: 'queryMaxItemCount', kind: 'int' },
+  PROVISIOND_MAX_BODY_BYTES: { key: 'maxBodyBytes', kind: 'int' },
+};
+export const CONFIG_ENV_VARS = Object.keys(ENV);
+
+function readText(text: string, kind: 'string' | 'int' | 'list'): unknown {
+  if (kind === 'int') return /^-?\d+$/.test(text.trim()) ? Number(text.trim()) : text;
+  if (kind === 'list') return text.split(',').map((part) => part.trim()).filter((part) => part.length > 0);
+  return text;
+}
+
+export interface ConfigSources {
+  file?: Record<string, unknown>;
+  fileName?: string;
+  env?: Record<string, string | undefined>;
+  flags?: Partial<Record<keyof Config, unknown>>;
+}
+
+export function loadConfig(sources: ConfigSources): Config {
+  const problems: string[] = [];
+  const merged: Record<string, unknown> = {};
+  const known = new Set(Object.keys(ConfigSchema.properties));
+  for (const [key, value] of Object.entries(sources.file ?? {})) {
+    if (!known.has(key)) problems.push(`${sources.fileName ?? 'config file'}: unknown setting '${key}'`);
+    else merged[key] = value;
+  }
+  for (const [name, { key, kind }] of Object.entries(ENV)) {
+    const text = sources.env?.[name];
+    if (text !== undefined && text !== '') merged[key] = readText(text, kind);
+  }
+  for (const [key, value] of Object.entries(sources.flags ?? {})) {
+    if (value !== undefined) merged[key] = value;
+  }
+  const withDefaults = Value.Default(ConfigSchema, merged) as Record<string, unknown>;
+  for (const error of Value.Errors(ConfigSchema, withDefaults)) {
+    problems.push(`${error.path.slice(1).replaceAll('/', '.') || '(root)'}: ${error.message}${error.value === undefined ? '' : ` (got ${JSON.stringify(error.value)})`}`);
+  }
+  if (problems.length > 0) throw new ConfigError(problems);
+  const config = withDefaults as Static<typeof ConfigSchema>;
+  config.dataDir = resolve(config.dataDir);
+  config.hostNames = config.hostNames.map((name) => name.toLowerCase());
+  return Object.freeze(config);
+}
+
+/** The SQLite file the config names. */
+export function sqliteFile(config: Config): string {
+  return config.store === 'sqlite' ? resolve(config.dataDir, 'provisiond.db') : resolve(config.store.replace(/^sqlite:/, ''));
+}

@@ -1,0 +1,81 @@
+/**
+ * The one error catalog. Every error provisiond puts on the wire is an entry here: a six-digit DPS `errorCode`
+ * whose first three digits are the HTTP status (dps-wire.md §1.1, §11), and a default message. Transports render a
+ * ProvisioningError in one place each (HTTP body + `x-ms-error-code`, MQTT topic status, AMQP rejection).
+ */
+export const errorCatalog = Object.freeze({
+  BadRequest: { errorCode: 400001, message: 'The request is invalid.' },
+  InvalidJson: { errorCode: 400002, message: 'The request body is not valid JSON.' },
+  SchemaViolation: { errorCode: 400004, message: 'The request body does not match the schema.' },
+  MissingApiVersion: { errorCode: 400005, message: 'The api-version query parameter is required.' },
+  UnsupportedApiVersion: { errorCode: 400006, message: 'The api-version is not supported.' },
+  InvalidRegistrationId: { errorCode: 400007, message: 'The registration ID is invalid.' },
+  InvalidEnrollmentGroupId: { errorCode: 400008, message: 'The enrollment group ID is invalid.' },
+  IdMismatch: { errorCode: 400009, message: 'The ID in the body does not match the ID in the path.' },
+  InvalidAttestation: { errorCode: 400010, message: 'The attestation mechanism is invalid.' },
+  InvalidSymmetricKey: { errorCode: 400011, message: 'A symmetric key must be base64 of 16 to 64 bytes.' },
+  InvalidCertificate: { errorCode: 400012, message: 'The certificate could not be parsed.' },
+  InvalidQuery: { errorCode: 400013, message: 'The query is not supported.' },
+  InvalidContinuationToken: { errorCode: 400014, message: 'The continuation token is invalid.' },
+  BulkTooLarge: { errorCode: 400015, message: 'The bulk operation has too many items.' },
+  InvalidAllocation: { errorCode: 400016, message: 'The allocation settings are invalid.' },
+  InvalidHeader: { errorCode: 400017, message: 'A request header is invalid.' },
+  InvalidAccessPolicy: { errorCode: 400018, message: 'The access policy is invalid.' },
+  InvalidLinkedHub: { errorCode: 400019, message: 'The linked hub is invalid.' },
+  InvalidInstance: { errorCode: 400020, message: 'The instance settings are invalid.' },
+  InvalidDeviceId: { errorCode: 400021, message: 'The device ID is invalid.' },
+  Unauthorized: { errorCode: 401002, message: 'Unauthorized' },
+  NotFound: { errorCode: 404001, message: 'The resource was not found.' },
+  EnrollmentNotFound: { errorCode: 404201, message: 'The enrollment was not found.' },
+  RegistrationNotFound: { errorCode: 404202, message: 'The device registration was not found.' },
+  EnrollmentGroupNotFound: { errorCode: 404203, message: 'The enrollment group was not found.' },
+  OperationNotFound: { errorCode: 404204, message: 'The operation was not found.' },
+  AccessPolicyNotFound: { errorCode: 404205, message: 'The access policy was not found.' },
+  LinkedHubNotFound: { errorCode: 404206, message: 'The linked hub was not found.' },
+  InstanceNotFound: { errorCode: 404207, message: 'The provisioning service instance was not found.' },
+  MethodNotAllowed: { errorCode: 405001, message: 'The method is not allowed on this resource.' },
+  Conflict: { errorCode: 409001, message: 'The resource already exists.' },
+  CertificateInUse: { errorCode: 409002, message: 'A certificate can be specified in only one enrollment entry.' },
+  LastOwnerPolicy: { errorCode: 409003, message: 'The last policy with the ServiceConfig right cannot be removed.' },
+  PreconditionFailed: { errorCode: 412002, message: 'The etag does not match the current resource.' },
+  PayloadTooLarge: { errorCode: 413001, message: 'The request body is too large.' },
+  UnsupportedMediaType: { errorCode: 415001, message: 'The request content type is not supported.' },
+  Throttled: { errorCode: 429001, message: 'Too many requests; retry after the indicated time.' },
+  InternalError: { errorCode: 500001, message: 'An internal error occurred.' },
+} as const);
+
+export type ErrorName = keyof typeof errorCatalog;
+
+export class ProvisioningError extends Error {
+  readonly errorName: ErrorName;
+  readonly errorCode: number;
+  readonly info: Readonly<Record<string, string>> | undefined;
+
+  constructor(name: ErrorName, message?: string, info?: Record<string, string>) {
+    const entry = errorCatalog[name];
+    super(message ?? entry.message);
+    this.name = 'ProvisioningError';
+    this.errorName = name;
+    this.errorCode = entry.errorCode;
+    this.info = info;
+  }
+
+  get httpStatus(): number {
+    return Math.floor(this.errorCode / 1000);
+  }
+}
+
+/** The DPS error envelope (`ProvisioningServiceErrorDetails`, dps-wire.md §1.1). */
+export interface ErrorBody {
+  errorCode: number;
+  trackingId: string;
+  message: string;
+  timestampUtc: string;
+  info?: Record<string, string>;
+}
+
+export function errorBody(error: ProvisioningError, trackingId: string, timestampUtc: string): ErrorBody {
+  const body: ErrorBody = { errorCode: error.errorCode, trackingId, message: error.message, timestampUtc };
+  if (error.info !== undefined) body.info = { ...error.info };
+  return body;
+}

@@ -1,0 +1,64 @@
+import { randomBytes } from 'node:crypto';
+import { ProvisioningError } from './errors.js';
+
+/**
+ * Registration IDs and enrollment group IDs: at most 128 characters, alphanumerics plus `- . _ :`, not starting or
+ * ending with a special character (dps-wire.md §3, §13: the spec text, taken as the stricter reading).
+ */
+const ID_PATTERN = /^[A-Za-z0-9](?:[A-Za-z0-9\-._:]{0,126}[A-Za-z0-9])?$/;
+/** IoT Hub device IDs: up to 128 characters of ASCII letters, digits and `- . + % _ # * ? ! ( ) , : = @ $ '`. */
+const DEVICE_ID_PATTERN = /^[A-Za-z0-9\-.+%_#*?!(),:=@$']{1,128}$/;
+
+export function isValidId(id: string): boolean {
+  return ID_PATTERN.test(id);
+}
+
+export function assertRegistrationId(id: string): void {
+  if (!isValidId(id)) {
+    throw new ProvisioningError(
+      'InvalidRegistrationId',
+      `The registration ID '${truncate(id)}' is invalid: use 1-128 letters, digits, '-', '.', '_' or ':', starting and ending with a letter or digit.`,
+    );
+  }
+}
+
+export function assertEnrollmentGroupId(id: string): void {
+  if (!isValidId(id)) {
+    throw new ProvisioningError(
+      'InvalidEnrollmentGroupId',
+      `The enrollment group ID '${truncate(id)}' is invalid: use 1-128 letters, digits, '-', '.', '_' or ':', starting and ending with a letter or digit.`,
+    );
+  }
+}
+
+export function assertDeviceId(id: string): void {
+  if (!DEVICE_ID_PATTERN.test(id)) {
+    throw new ProvisioningError('InvalidDeviceId', `The device ID '${truncate(id)}' is invalid: use 1-128 ASCII letters, digits or - . + % _ # * ? ! ( ) , : = @ $ '.`);
+  }
+}
+
+/** Lower-cased key column: IDs are case-insensitive (dps-wire.md §1). */
+export function idKey(id: string): string {
+  return id.toLowerCase();
+}
+
+export function truncate(text: string, max = 80): string {
+  return text.length <= max ? text : `${text.slice(0, max)}…`;
+}
+
+/** ID scopes look like `0ne` + 8 upper-case hex digits (dps-wire.md §1). */
+export function newIdScope(): string {
+  return `0ne${randomBytes(4).toString('hex').toUpperCase()}`;
+}
+
+/** 64 random bytes, base64: the length DPS generates for symmetric keys (dps-wire.md §2.3). */
+export function newSymmetricKey(): string {
+  return randomBytes(64).toString('base64');
+}
+
+/** A symmetric key must be canonical base64 of 16 to 64 bytes (dps-wire.md §10). */
+export function isValidSymmetricKey(key: string): boolean {
+  if (!/^[A-Za-z0-9+/]+={0,2}$/.test(key) || key.length % 4 !== 0) return false;
+  const bytes = Buffer.from(key, 'base64');
+  return bytes.length >= 16 && bytes.length <= 64 && bytes.toString('base64') === key;
+}

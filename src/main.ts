@@ -1,0 +1,61 @@
+import { readFileSync } from 'node:fs';
+import { CommanderError } from 'commander';
+import { createApp, ListenError, type App } from './app.js';
+import { buildProgram } from './cli/program.js';
+import { ConfigError } from './config/config.js';
+
+/** The only place that reads argv and env, and the only place that listens. */
+const version = (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }).version;
+const io = {
+  env: process.env,
+  out: (text: string) => process.stdout.write(text),
+  err: (text: string) => process.stderr.write(text),
+};
+
+let running: App | undefined;
+
+const program = buildProgram(
+  io,
+  {
+    async serve(config) {
+      const app = await createApp({ config, version });
+      try {
+        await app.listen();
+      } catch (error) {
+        await app.close();
+        throw error;
+      }
+      running = app;
+      for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+        process.once(signal, () => {
+          void app.close().then(() => process.exit(0));
+        });
+      }
+      return app.info();
+    },
+    async info(config) {
+      const app = await createApp({ config: { ...config, logLevel: 'silent' }, version });
+      try {
+        return await app.info();
+      } finally {
+        await app.close();
+      }
+    },
+  },
+  version,
+);
+
+try {
+  await program.parseAsync(process.argv);
+} catch (error) {
+  if (error instanceof CommanderError) {
+    process.exitCode = error.exitCode;
+  } else if (error instanceof ConfigError || error instanceof ListenError) {
+    io.err(`provisiond: ${error.message}\n`);
+    process.exitCode = 1;
+  } else {
+    io.err(`provisiond: ${(error as Error).message}\n`);
+    process.exitCode = 1;
+  }
+  if (running !== undefined) await running.close();
+}

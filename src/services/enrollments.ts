@@ -1,0 +1,257 @@
+import type { TSchema } from '@sinclair/typebox';
+import {
+  buildEnrollment,
+  buildEnrollmentGroup,
+  certificateThumbprints,
+  fullAttestation,
+  renderEnrollment,
+  renderEnrollmentGroup,
+  type JsonMap,
+  type StoredAttestation,
+  type StoredEnrollment,
+  type StoredEnrollmentGroup,
+  type Visibility,
+} from '../domain/enrollment.js';
+import { ProvisioningError, type ErrorName } from '../domain/errors.js';
+import { assertValid, compileSchema } from '../domain/validation.js';
+import { etagMatches, newEtag } from '../domain/etag.js';
+import { assertEnrollmentGroupId, assertRegistrationId, idKey } from '../domain/ids.js';
+import { renderRegistration } from '../domain/registration.js';
+import { dpsTimestamp } from '../domain/time.js';
+import { EnrollmentGroupInput, IndividualEnrollmentInput, type BulkMode } from '../domain/wire.js';
+import { ENROLLMENT_FIELDS, GROUP_FIELDS, type InstanceRecord, type ListQuery, type Page, type Store } from '../store/store.js';
+import type { ServiceDeps } from './deps.js';
+import { encodeContinuation, readPageRequest, type PageRequest } from './paging.js';
+
+/**
+ * Individual enrollments and enrollment groups follow the same rules (dps-wire.md §2.2-2.5); what differs is
+ * captured in an EnrollmentKindSpec, and one EnrollmentService serves both.
+ */
+interface EnrollmentDocument {
+  attestation: StoredAttestation;
+  etag: string;
+  iotHubs?: string[];
+  iotHubHostName?: string;
+}
+
+export interface EnrollmentKindSpec<Doc extends EnrollmentDocument> {
+  readonly kind: 'individual' | 'group';
+  /** `registrationId` or `enrollmentGroupId`. */
+  readonly idField: string;
+  readonly itemType: 'Enrollment' | 'EnrollmentGroup';
+  readonly notFound: ErrorName;
+  readonly queryFields: readonly string[];
+  readonly inputSchema: TSchema;
+  assertId(id: string): void;
+  build(input: unknown, existing: Doc | undefined, stamp: { etag: string; now: string }): Doc;
+  idOf(doc: Doc): string;
+  get(store: Store, instanceId: string, id: string): Promise<Doc | undefined>;
+  put(store: Store, instanceId: string, doc: Doc): Promise<void>;
+  remove(store: Store, instanceId: string, id: string): Promise<boolean>;
+  query(store: Store, instanceId: string, query: ListQuery): Promise<Page<Doc>>;
+  /** Deletes the registration records that belong to the entry (the cascade rule). */
+  cascade(store: Store, instanceId: string, id: string): Promise<number>;
+  render(store: Store, instanceId: string, doc: Doc, visibility: Visibility): Promise<JsonMap>;
+}
+
+export const individualSpec: EnrollmentKindSpec<StoredEnrollment> = {
+  kind: 'individual',
+  idField: 'registrationId',
+  itemType: 'Enrollment',
+  notFound: 'EnrollmentNotFound',
+  queryFields: ENROLLMENT_FIELDS,
+  inputSchema: IndividualEnrollmentInput,
+  assertId: assertRegistrationId,
+  build: (input, existing, stamp) => buildEnrollment(input as IndividualEnrollmentInput, existing, stamp),
+  idOf: (doc) => doc.registrationId,
+  get: (store, instanceId, id) => store.getEnrollment(instanceId, id),
+  put: (store, instanceId, doc) => store.putEnrollment(instanceId, doc),
+  remove: (store, instanceId, id) => store.deleteEnrollment(instanceId, id),
+  query: (store, instanceId, query) => store.queryEnrollments(instanceId, query),
+  async cascade(store, instanceId, id) {
+    const record = await store.getRegistration(instanceId, id);
+    // Only the record of a device that registered through this enrollment; a group's device keeps its record.
+    if (record === undefined || record.enrollmentGroupId !== undefined) return 0;
+    return (await store.deleteRegistration(instanceId, id)) ? 1 : 0;
+  },
+  async render(store, instanceId, doc, visibility) {
+    const record = await store.getRegistration(instanceId, doc.registrationId);
+    const state = record !== undefined && record.enrollmentGroupId === undefined ? renderRegistration(record) : undefined;
+    return renderEnrollment(doc, visibility, state);
+  },
+};
+
+export const groupSpec: EnrollmentKindSpec<StoredEnrollmentGroup> = {
+  kind: 'group',
+  idField: 'enrollmentGroupId',
+  itemType: 'EnrollmentGroup',
+  notFound: 'EnrollmentGroupNotFound',
+  queryFields: GROUP_FIELDS,
+  inputSchema: EnrollmentGroupInput,
+  assertId: assertEnrollmentGroupId,
+  build: (input, existing, stamp) => buildEnrollmentGroup(input as EnrollmentGroupInput, existing, stamp),
+  idOf: (doc) => doc.enrollmentGroupId,
+  get: (store, instanceId, id) => store.getEnrollmentGroup(instanceId, id),
+  put: (store, instanceId, doc) => store.putEnrollmentGroup(instanceId, doc),
+  remove: (store, instanceId, id) => store.deleteEnrollmentGroup(instanceId, id),
+  query: (store, instanceId, query) => store.queryEnrollmentGroups(instanceId, query),
+  cascade: (store, instanceId, id) => store.deleteRegistrationsOfGroup(instanceId, id),
+  render: (_store, _instanceId, doc, visibility) => Promise.resolve(renderEnrollmentGroup(doc, visibility)),
+};
+
+export interface QueryResult {
+  items: JsonMap[];
+  continuation: string | undefined;
+  itemType: string;
+  maxItemCount: number;
+}
+
+export interface BulkResult {
+  isSuccessful: boolean;
+  errors?: JsonMap[];
+}
+
+export class EnrollmentService<Doc extends EnrollmentDocument> {
+  readonly #deps: ServiceDeps;
+  readonly #spec: EnrollmentKindSpec<Doc>;
+  readonly #validate;
+
+  constructor(deps: ServiceDeps, spec: EnrollmentKindSpec<Doc>) {
+    this.#deps = deps;
+    this.#spec = spec;
+    this.#validate = compileSchema(spec.inputSchema);
+  }
+
+  get spec(): EnrollmentKindSpec<Doc> {
+    return this.#spec;
+  }
+
+  async get(instance: InstanceRecord, id: string): Promise<JsonMap> {
+    const doc = await this.#require(this.#deps.store, instance, id);
+    return this.#spec.render(this.#deps.store, instance.id, doc, 'public');
+  }
+
+  async attestationMechanism(instance: InstanceRecord, id: string): Promise<JsonMap> {
+    const doc = await this.#require(this.#deps.store, instance, id);
+    return fullAttestation(doc.attestation);
+  }
+
+  /**
+   * PUT: create or replace; with If-Match, only when the stored etag matches (412 otherwise). The body has passed the
+   * input schema at the edge.
+   */
+  async createOrUpdate(instance: InstanceRecord, id: string, input: unknown, ifMatch: string | undefined): Promise<JsonMap> {
+    this.#spec.assertId(id);
+    const bodyId = (input as Record<string, unknown>)[this.#spec.idField];
+    if (typeof bodyId !== 'string' || idKey(bodyId) !== idKey(id)) {
+      throw new ProvisioningError('IdMismatch', `The ${this.#spec.idField} in the body ('${String(bodyId)}') does not match the one in the path ('${id}').`);
+    }
+    const doc = await this.#deps.store.transaction((store) => this.#write(store, instance, id, input, ifMatch, 'update'));
+    return this.#spec.render(this.#deps.store, instance.id, doc, 'withSecrets');
+  }
+
+  async delete(instance: InstanceRecord, id: string, ifMatch: string | undefined): Promise<void> {
+    await this.#deps.store.transaction(async (store) => {
+      const existing = await this.#require(store, instance, id);
+      if (ifMatch !== undefined && !etagMatches(ifMatch, existing.etag)) throw new ProvisioningError('PreconditionFailed');
+      await this.#spec.cascade(store, instance.id, id);
+      await this.#spec.remove(store, instance.id, id);
+    });
+  }
+
+  async query(instance: InstanceRecord, request: PageRequest): Promise<QueryResult> {
+    const page = readPageRequest(request, this.#spec.queryFields, this.#deps.config);
+    const result = await this.#spec.query(this.#deps.store, instance.id, page);
+    const items = await Promise.all(result.items.map((doc) => this.#spec.render(this.#deps.store, instance.id, doc, 'public')));
+    return {
+      items,
+      continuation: result.nextKey === undefined ? undefined : encodeContinuation(result.nextKey, request.query ?? ''),
+      itemType: this.#spec.itemType,
+      maxItemCount: page.limit,
+    };
+  }
+
+  /** Bulk: each item is applied atomically on its own and reported on its own (dps-wire.md §2.5). */
+  async bulk(instance: InstanceRecord, mode: BulkMode, items: unknown[]): Promise<BulkResult> {
+    if (items.length > this.#deps.config.bulkMaxItems) {
+      throw new ProvisioningError('BulkTooLarge', `A bulk operation takes at most ${this.#deps.config.bulkMaxItems} items; this one has ${items.length}.`);
+    }
+    const errors: JsonMap[] = [];
+    for (const [index, item] of items.entries()) {
+      const rawId = typeof item === 'object' && item !== null ? (item as Record<string, unknown>)[this.#spec.idField] : undefined;
+      const id = typeof rawId === 'string' ? rawId : '';
+      try {
+        if (id === '') throw new ProvisioningError('SchemaViolation', `Item ${index} has no ${this.#spec.idField}.`);
+        this.#spec.assertId(id);
+        if (mode === 'delete') {
+          const etag = (item as Record<string, unknown>).etag;
+          await this.delete(instance, id, typeof etag === 'string' && etag !== '' ? etag : undefined);
+        } else {
+          const input = assertValid(this.#validate, item, `enrollment ${index}`);
+          await this.#deps.store.transaction((store) => this.#write(store, instance, id, input, undefined, mode));
+        }
+      } catch (error) {
+        if (!(error instanceof ProvisioningError)) throw error;
+        errors.push({ [this.#spec.idField]: id, errorCode: error.errorCode, errorStatus: error.message });
+      }
+    }
+    return errors.length === 0 ? { isSuccessful: true } : { isSuccessful: false, errors };
+  }
+
+  async #write(
+    store: Store,
+    instance: InstanceRecord,
+    id: string,
+    input: unknown,
+    ifMatch: string | undefined,
+    mode: Exclude<BulkMode, 'delete'>,
+  ): Promise<Doc> {
+    const existing = await this.#spec.get(store, instance.id, id);
+    if (mode === 'create' && existing !== undefined) {
+      throw new ProvisioningError('Conflict', `The ${this.#spec.kind === 'individual' ? 'enrollment' : 'enrollment group'} '${id}' already exists.`);
+    }
+    const expected = mode === 'updateIfMatchETag' ? ((input as Record<string, unknown>).etag as string | undefined) ?? '' : ifMatch;
+    if (expected !== undefined) {
+      // If-Match names a version of an existing entry: on a missing entry it cannot match (RFC 7232 §3.1).
+      if (existing === undefined) throw new ProvisioningError(this.#spec.notFound, `'${id}' does not exist, so If-Match cannot match.`);
+      if (!etagMatches(expected, existing.etag)) throw new ProvisioningError('PreconditionFailed');
+    }
+    const doc = this.#spec.build(input, existing, { etag: newEtag(), now: dpsTimestamp(this.#deps.now()) });
+    await this.#checkHubs(store, instance, doc);
+    await this.#checkCertificatesUnused(store, instance, doc);
+    await this.#spec.put(store, instance.id, doc);
+    return doc;
+  }
+
+  /** Hubs named by an enrollment must be linked to the instance (dps-wire.md §8.2). */
+  async #checkHubs(store: Store, instance: InstanceRecord, doc: Doc): Promise<void> {
+    const named = [...(doc.iotHubs ?? []), ...(doc.iotHubHostName === undefined ? [] : [doc.iotHubHostName])];
+    if (named.length === 0) return;
+    const linked = new Set((await store.listLinkedHubs(instance.id)).map((hub) => hub.name));
+    const unknown = named.filter((hub) => !linked.has(hub));
+    if (unknown.length > 0) {
+      throw new ProvisioningError('InvalidAllocation', `These hubs are not linked to the instance: ${unknown.join(', ')}.`);
+    }
+  }
+
+  /** "A certificate can be specified in only one enrollment entry" (dps-wire.md §2.3, §4.4). */
+  async #checkCertificatesUnused(store: Store, instance: InstanceRecord, doc: Doc): Promise<void> {
+    for (const thumbprint of certificateThumbprints(doc.attestation)) {
+      const owner = await store.findCertificateOwner(instance.id, thumbprint);
+      if (owner !== undefined && !(owner.kind === this.#spec.kind && owner.id === idKey(this.#spec.idOf(doc)))) {
+        throw new ProvisioningError(
+          'CertificateInUse',
+          `The certificate with SHA-256 thumbprint ${thumbprint} is already used by ${owner.kind === 'group' ? 'enrollment group' : 'enrollment'} '${owner.id}'; a certificate can be specified in only one enrollment entry.`,
+        );
+      }
+    }
+  }
+
+  async #require(store: Store, instance: InstanceRecord, id: string): Promise<Doc> {
+    const doc = await this.#spec.get(store, instance.id, id);
+    if (doc === undefined) {
+      throw new ProvisioningError(this.#spec.notFound, `${this.#spec.kind === 'individual' ? 'Enrollment' : 'Enrollment group'} '${id}' was not found.`);
+    }
+    return doc;
+  }
+}

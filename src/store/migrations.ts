@@ -1,0 +1,91 @@
+import { type Kysely, type Migration, type MigrationProvider } from 'kysely';
+
+/**
+ * Migrations, in order. Only portable DDL (SQLite and PostgreSQL): text columns, composite primary keys, indexes.
+ * A migration, once released, never changes; add a new one.
+ */
+const migrations: Record<string, Migration> = {
+  '0001_core': {
+    async up(db: Kysely<unknown>): Promise<void> {
+      await db.schema
+        .createTable('instances')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('id_scope_key', 'text', (c) => c.notNull().unique())
+        .addColumn('doc', 'text', (c) => c.notNull())
+        .execute();
+      await db.schema
+        .createTable('instance_host_names')
+        .addColumn('host_name_key', 'text', (c) => c.primaryKey())
+        .addColumn('instance_id', 'text', (c) => c.notNull())
+        .execute();
+      for (const table of ['access_policies', 'linked_hubs']) {
+        await db.schema
+          .createTable(table)
+          .addColumn('instance_id', 'text', (c) => c.notNull())
+          .addColumn('name_key', 'text', (c) => c.notNull())
+          .addColumn('doc', 'text', (c) => c.notNull())
+          .addPrimaryKeyConstraint(`${table}_pk`, ['instance_id', 'name_key'])
+          .execute();
+      }
+      await db.schema
+        .createTable('enrollments')
+        .addColumn('instance_id', 'text', (c) => c.notNull())
+        .addColumn('registration_id_key', 'text', (c) => c.notNull())
+        .addColumn('device_id_key', 'text', (c) => c.notNull())
+        .addColumn('provisioning_status', 'text', (c) => c.notNull())
+        .addColumn('attestation_type', 'text', (c) => c.notNull())
+        .addColumn('doc', 'text', (c) => c.notNull())
+        .addPrimaryKeyConstraint('enrollments_pk', ['instance_id', 'registration_id_key'])
+        .execute();
+      await db.schema.createIndex('enrollments_device').on('enrollments').columns(['instance_id', 'device_id_key']).execute();
+      await db.schema
+        .createTable('enrollment_groups')
+        .addColumn('instance_id', 'text', (c) => c.notNull())
+        .addColumn('group_id_key', 'text', (c) => c.notNull())
+        .addColumn('provisioning_status', 'text', (c) => c.notNull())
+        .addColumn('attestation_type', 'text', (c) => c.notNull())
+        .addColumn('doc', 'text', (c) => c.notNull())
+        .addPrimaryKeyConstraint('enrollment_groups_pk', ['instance_id', 'group_id_key'])
+        .execute();
+      await db.schema
+        .createIndex('enrollment_groups_attestation')
+        .on('enrollment_groups')
+        .columns(['instance_id', 'attestation_type'])
+        .execute();
+      await db.schema
+        .createTable('enrollment_certificates')
+        .addColumn('instance_id', 'text', (c) => c.notNull())
+        .addColumn('sha256_thumbprint', 'text', (c) => c.notNull())
+        .addColumn('owner_kind', 'text', (c) => c.notNull())
+        .addColumn('owner_key', 'text', (c) => c.notNull())
+        .addPrimaryKeyConstraint('enrollment_certificates_pk', ['instance_id', 'sha256_thumbprint'])
+        .execute();
+      await db.schema
+        .createIndex('enrollment_certificates_owner')
+        .on('enrollment_certificates')
+        .columns(['instance_id', 'owner_kind', 'owner_key'])
+        .execute();
+      await db.schema
+        .createTable('registrations')
+        .addColumn('instance_id', 'text', (c) => c.notNull())
+        .addColumn('registration_id_key', 'text', (c) => c.notNull())
+        .addColumn('device_id_key', 'text', (c) => c.notNull())
+        .addColumn('group_id_key', 'text', (c) => c.notNull())
+        .addColumn('status', 'text', (c) => c.notNull())
+        .addColumn('assigned_hub_key', 'text', (c) => c.notNull())
+        .addColumn('doc', 'text', (c) => c.notNull())
+        .addPrimaryKeyConstraint('registrations_pk', ['instance_id', 'registration_id_key'])
+        .execute();
+      await db.schema
+        .createIndex('registrations_group')
+        .on('registrations')
+        .columns(['instance_id', 'group_id_key', 'registration_id_key'])
+        .execute();
+      await db.schema.createIndex('registrations_device').on('registrations').columns(['instance_id', 'device_id_key']).execute();
+    },
+  },
+};
+
+export const migrationProvider: MigrationProvider = {
+  getMigrations: () => Promise.resolve(migrations),
+};

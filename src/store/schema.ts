@@ -1,0 +1,37 @@
+/** Table shapes. Documents are JSON text; the columns queries need are pulled out, keys lower-cased. */
+export interface Database {
+  instances: { id: string; id_scope_key: string; doc: string };
+  instance_host_names: { host_name_key: string; instance_id: string };
+  access_policies: { instance_id: string; name_key: string; doc: string };
+  linked_hubs: { instance_id: string; name_key: string; doc: string };
+  enrollments: {
+    instance_id: string;
+    registration_id_key: string;
+    device_id_key: string;
+    provisioning_status: string;
+    attestation_type: string;
+    doc: string;
+  };
+  enrollment_groups: {
+    instance_id: string;
+    group_id_key: string;
+    provisioning_status: string;
+    attestation_type: string;
+    doc: string;
+  };
+  enrollment_certificates: {
+    instance_id: string;
+    sha256_thumbprint: string;
+    owner_kind: string;
+    owner_key: string;
+  };
+  registrations: {
+    instance_id: string;
+    registration_id_key: string;
+    device_id_key: string;
+    group_id_key: string;
+    status: string;
+    assigned_hub_key: string;
+    doc: string;
+  };
+}

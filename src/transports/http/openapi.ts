@@ -1,0 +1,80 @@
+import type { FastifyInstance, RouteOptions } from 'fastify';
+import './route-docs.js';
+
+/**
+ * The OpenAPI 3.0 document, built from the routes' own schemas as they are registered, so it cannot drift from the
+ * code. Served at /openapi.json.
+ */
+export class OpenApiCollector {
+  readonly #paths: Record<string, Record<string, unknown>> = {};
+
+  attach(app: FastifyInstance): void {
+    app.addHook('onRoute', (route) => this.#add(route));
+  }
+
+  #add(route: RouteOptions): void {
+    const config = route.config;
+    if (config?.operationId === undefined) return;
+    const path = route.url.replace(/:([A-Za-z]+)/g, '{$1}').replace(/\/$/, '') || '/';
+    const methods = Array.isArray(route.method) ? route.method : [route.method];
+    const schema = (route.schema ?? {}) as Record<string, { properties?: Record<string, unknown>; required?: string[] } | undefined>;
+    const parameters: unknown[] = [];
+    for (const [location, key] of [['path', 'params'], ['query', 'querystring'], ['header', 'headers']] as const) {
+      const part = schema[key];
+      for (const [name, property] of Object.entries(part?.properties ?? {})) {
+        parameters.push({
+          name,
+          in: location,
+          required: location === 'path' || (part?.required ?? []).includes(name),
+          schema: property,
+        });
+      }
+    }
+    const responses: Record<string, unknown> = {};
+    for (const [status, response] of Object.entries(config.responses ?? {})) {
+      const entry: Record<string, unknown> = { description: response.description };
+      if (response.schema !== undefined) entry.content = { 'application/json': { schema: response.schema } };
+      if (response.headers !== undefined) {
+        entry.headers = Object.fromEntries(Object.entries(response.headers).map(([name, description]) => [name, { description, schema: { type: 'string' } }]));
+      }
+      responses[status] = entry;
+    }
+    const operation: Record<string, unknown> = {
+      operationId: config.operationId,
+      tags: config.tag === undefined ? [] : [config.tag],
+      summary: config.summary,
+      parameters,
+      responses,
+    };
+    if (config.right !== undefined) {
+      operation.security = [{ sas: [] }];
+      operation.description = `Needs the ${config.right} right.`;
+    }
+    if (schema.body !== undefined) operation.requestBody = { required: true, content: { 'application/json': { schema: schema.body } } };
+    const item = (this.#paths[path] ??= {});
+    for (const method of methods) if (method !== 'HEAD') item[method.toLowerCase()] = operation;
+  }
+
+  document(version: string): Record<string, unknown> {
+    return {
+      openapi: '3.0.3',
+      info: {
+        title: 'provisiond',
+        version,
+        description:
+          'A self-hostable Device Provisioning Service, wire-compatible with Azure IoT Hub DPS (service API 2021-10-01). Every call takes ?api-version=; errors are {errorCode, trackingId, message, timestampUtc} with x-ms-error-code.',
+      },
+      components: {
+        securitySchemes: {
+          sas: {
+            type: 'apiKey',
+            in: 'header',
+            name: 'Authorization',
+            description: 'SharedAccessSignature sr=<host>&sig=<HMAC-SHA256(key, sr + "\\n" + se)>&se=<expiry>&skn=<policy>',
+          },
+        },
+      },
+      paths: this.#paths,
+    };
+  }
+}

@@ -1,0 +1,87 @@
+import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createApp, type App, type ServerInfo } from '../src/app.js';
+import { loadConfig, type Config } from '../src/config/config.js';
+import { createSasToken } from '../src/domain/sas.js';
+
+/**
+ * A real provisiond on 127.0.0.1:443 (the official SDK clients cannot take a port), with a fresh data directory
+ * seeded with the test CA that scripts/test.sh put in NODE_EXTRA_CA_CERTS. Test files run one after another, so they
+ * take port 443 in turn; each closes its server.
+ */
+export const CA_DIR = join(process.cwd(), 'test', '.tmp', 'ca');
+
+export interface TestServer {
+  app: App;
+  info: ServerInfo;
+  config: Config;
+  dataDir: string;
+  connectionString: string;
+  ownerKey: string;
+  /** An Authorization header for the owner policy (or another policy). */
+  token(options?: { keyName?: string; key?: string; resource?: string; expirySeconds?: number }): string;
+  close(): Promise<void>;
+}
+
+export async function startServer(overrides: Partial<Record<keyof Config, unknown>> = {}): Promise<TestServer> {
+  const dataDir = mkdtempSync(join(tmpdir(), 'provisiond-test-'));
+  mkdirSync(join(dataDir, 'tls'), { recursive: true });
+  copyFileSync(join(CA_DIR, 'ca.pem'), join(dataDir, 'tls', 'ca.pem'));
+  copyFileSync(join(CA_DIR, 'ca.key'), join(dataDir, 'tls', 'ca.key'));
+  const config = loadConfig({
+    flags: { dataDir, httpsPort: 443, listenHost: '127.0.0.1', logLevel: 'silent', ...overrides },
+  });
+  const app = await createApp({ config });
+  await app.listen();
+  const info = await app.info();
+  const ownerKey = /SharedAccessKey=([^;]+)/.exec(info.serviceConnectionString)?.[1] ?? '';
+  return {
+    app,
+    info,
+    config,
+    dataDir,
+    connectionString: info.serviceConnectionString,
+    ownerKey,
+    token(options = {}) {
+      return createSasToken({
+        resource: options.resource ?? 'localhost',
+        keyBase64: options.key ?? ownerKey,
+        keyName: options.keyName ?? 'provisioningserviceowner',
+        expirySeconds: options.expirySeconds ?? Math.floor(Date.now() / 1000) + 3600,
+      });
+    },
+    async close() {
+      await app.close();
+      rmSync(dataDir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** A small HTTPS JSON client for calls the SDK cannot make (raw headers, bad bodies). */
+export async function call(
+  method: string,
+  path: string,
+  options: { headers?: Record<string, string>; body?: unknown; rawBody?: string; host?: string } = {},
+): Promise<{ status: number; headers: Headers; body: unknown; text: string }> {
+  const headers: Record<string, string> = { ...options.headers };
+  let body: string | undefined;
+  if (options.rawBody !== undefined) body = options.rawBody;
+  else if (options.body !== undefined) {
+    body = JSON.stringify(options.body);
+    headers['content-type'] ??= 'application/json; charset=utf-8';
+  }
+  const response = await fetch(`https://${options.host ?? 'localhost'}${path}`, { method, headers, ...(body === undefined ? {} : { body }) });
+  const text = await response.text();
+  let parsed: unknown = undefined;
+  try {
+    parsed = text === '' ? undefined : JSON.parse(text);
+  } catch {
+    parsed = undefined;
+  }
+  return { status: response.status, headers: response.headers, body: parsed, text };
+}
+
+export function readCa(): string {
+  return readFileSync(join(CA_DIR, 'ca.pem'), 'utf8');
+}

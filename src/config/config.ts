@@ -24,6 +24,18 @@ export const ConfigSchema = Type.Object({
   queryMaxItemCount: Type.Integer({ minimum: 1, maximum: 10000, default: 1000, description: 'Largest query page.' }),
   queryDefaultItemCount: Type.Integer({ minimum: 1, maximum: 10000, default: 100, description: 'Query page size when the client names none.' }),
   maxBodyBytes: Type.Integer({ minimum: 1024, maximum: 64 * 1024 * 1024, default: 4 * 1024 * 1024 }),
+  registrationWaitMs: Type.Integer({
+    minimum: 0,
+    maximum: 25000,
+    default: 3000,
+    description: 'How long a register request waits for the assignment to finish before answering; a finished one is polled at once (Retry-After: 0).',
+  }),
+  retryAfterSeconds: Type.Integer({ minimum: 1, maximum: 60, default: 1, description: 'Retry-After sent while an assignment is still running.' }),
+  customAllocationTimeoutMs: Type.Integer({ minimum: 100, maximum: 60000, default: 5000, description: 'Time limit of one custom allocation webhook call.' }),
+  registrationsPerSecond: Type.Integer({ minimum: 0, maximum: 1000000, default: 10000, description: 'Register requests per second per instance (0: unlimited); bursts up to twice that.' }),
+  pollsPerSecondPerDevice: Type.Integer({ minimum: 0, maximum: 1000, default: 5, description: 'Status polls per second per device (0: unlimited); bursts up to twice that.' }),
+  hubLatencyCacheMs: Type.Integer({ minimum: 0, maximum: 3600000, default: 60000, description: 'How long a measured hub latency (geoLatency) is reused.' }),
+  operationRetentionMs: Type.Integer({ minimum: 60000, default: 86400000, description: 'How long finished operations can still be polled.' }),
 });
 export type Config = Readonly<Static<typeof ConfigSchema>>;
 
@@ -47,6 +59,13 @@ const ENV: Record<string, { key: keyof Config; kind: 'string' | 'int' | 'list' }
   PROVISIOND_BULK_MAX_ITEMS: { key: 'bulkMaxItems', kind: 'int' },
   PROVISIOND_QUERY_MAX_ITEM_COUNT: { key: 'queryMaxItemCount', kind: 'int' },
   PROVISIOND_MAX_BODY_BYTES: { key: 'maxBodyBytes', kind: 'int' },
+  PROVISIOND_REGISTRATION_WAIT_MS: { key: 'registrationWaitMs', kind: 'int' },
+  PROVISIOND_RETRY_AFTER_SECONDS: { key: 'retryAfterSeconds', kind: 'int' },
+  PROVISIOND_CUSTOM_ALLOCATION_TIMEOUT_MS: { key: 'customAllocationTimeoutMs', kind: 'int' },
+  PROVISIOND_REGISTRATIONS_PER_SECOND: { key: 'registrationsPerSecond', kind: 'int' },
+  PROVISIOND_POLLS_PER_SECOND_PER_DEVICE: { key: 'pollsPerSecondPerDevice', kind: 'int' },
+  PROVISIOND_HUB_LATENCY_CACHE_MS: { key: 'hubLatencyCacheMs', kind: 'int' },
+  PROVISIOND_OPERATION_RETENTION_MS: { key: 'operationRetentionMs', kind: 'int' },
 };
 export const CONFIG_ENV_VARS = Object.keys(ENV);
 

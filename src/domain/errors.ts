@@ -24,6 +24,8 @@ export const errorCatalog = Object.freeze({
   InvalidLinkedHub: { errorCode: 400019, message: 'The linked hub is invalid.' },
   InvalidInstance: { errorCode: 400020, message: 'The instance settings are invalid.' },
   InvalidDeviceId: { errorCode: 400021, message: 'The device ID is invalid.' },
+  CustomAllocationFailed: { errorCode: 400208, message: 'The custom allocation webhook did not return a usable answer.' },
+  NoHubAvailable: { errorCode: 400209, message: 'No linked hub can be assigned to the device.' },
   Unauthorized: { errorCode: 401002, message: 'Unauthorized' },
   NotFound: { errorCode: 404001, message: 'The resource was not found.' },
   EnrollmentNotFound: { errorCode: 404201, message: 'The enrollment was not found.' },
@@ -42,6 +44,7 @@ export const errorCatalog = Object.freeze({
   UnsupportedMediaType: { errorCode: 415001, message: 'The request content type is not supported.' },
   Throttled: { errorCode: 429001, message: 'Too many requests; retry after the indicated time.' },
   InternalError: { errorCode: 500001, message: 'An internal error occurred.' },
+  HubWriteFailed: { errorCode: 500208, message: 'Writing the device to its IoT hub failed.' },
 } as const);
 
 export type ErrorName = keyof typeof errorCatalog;

@@ -107,7 +107,8 @@ export function parseQuery(query: string, fields: readonly string[]): Filter[] {
       filters.push({ field, op: opToken.text === '=' ? 'eq' : 'ne', values: [literal(next(), fields)] });
     } else if (isWord(opToken, 'LIKE')) {
       const pattern = literal(next(), fields);
-      if (!/^[^%_]*%$/.test(pattern)) throw invalid("LIKE supports only a prefix pattern such as 'abc%'", fields);
+      // Only a trailing % is a wildcard; `_` is a legal ID character and is matched literally.
+      if (!/^[^%]*%$/.test(pattern)) throw invalid("LIKE supports only a prefix pattern such as 'abc%'", fields);
       filters.push({ field, op: 'prefix', values: [pattern.slice(0, -1)] });
     } else if (isWord(opToken, 'IN')) {
       if (next().text !== '(') throw invalid('IN needs a parenthesised list', fields);

@@ -18,3 +18,11 @@ export function renderRegistration(record: StoredRegistration): JsonMap {
   if (record.payload !== undefined) out.payload = record.payload;
   return out;
 }
+
+/**
+ * The `registrationState` a device receives (`DeviceRegistrationResult`, dps-wire.md §4.2): the record plus the
+ * attestation section, e.g. `symmetricKey: { enrollmentGroupId }` for a group device, `symmetricKey: {}` otherwise.
+ */
+export function renderDeviceRegistration(record: StoredRegistration, attestationSection: JsonMap): JsonMap {
+  return { ...attestationSection, ...renderRegistration(record) };
+}

@@ -36,3 +36,19 @@ export function assertValid<T>(validate: ValidateFunction, data: unknown, root: 
   if (!validate(data)) throw new ProvisioningError('SchemaViolation', describeValidationError(validate.errors, root));
   return data as T;
 }
+
+/**
+ * True when `value` nests objects or arrays more than `maxDepth` levels deep. Iterative, because the point is to refuse
+ * input deep enough to overflow the stack of every recursive walker after it (JSON.stringify in the store, the
+ * serializer). IoT Hub allows twins 10 levels deep, so a generous limit refuses nothing a hub would take.
+ */
+export function nestedDeeperThan(value: unknown, maxDepth: number): boolean {
+  const pending: [unknown, number][] = [[value, 0]];
+  for (let item = pending.pop(); item !== undefined; item = pending.pop()) {
+    const [current, depth] = item;
+    if (current === null || typeof current !== 'object') continue;
+    if (depth >= maxDepth) return true;
+    for (const child of Object.values(current)) pending.push([child, depth + 1]);
+  }
+  return false;
+}

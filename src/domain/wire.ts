@@ -175,7 +175,8 @@ export const EnrollmentGroup = Type.Object(
 
 export const QuerySpecification = Type.Object({ query: Type.String({ maxLength: 4096 }) });
 
-export const BulkMode = StringEnum(['create', 'update', 'updateIfMatchETag', 'delete']);
+/** The Node service SDK's typings spell it `updateIfMatchEtag`; both spellings mean the same mode. */
+export const BulkMode = StringEnum(['create', 'update', 'updateIfMatchETag', 'updateIfMatchEtag', 'delete']);
 export type BulkMode = Static<typeof BulkMode>;
 export const BulkEnrollmentOperation = Type.Object({
   mode: BulkMode,

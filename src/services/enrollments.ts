@@ -172,7 +172,8 @@ export class EnrollmentService<Doc extends EnrollmentDocument> {
   }
 
   /** Bulk: each item is applied atomically on its own and reported on its own (dps-wire.md §2.5). */
-  async bulk(instance: InstanceRecord, mode: BulkMode, items: unknown[]): Promise<BulkResult> {
+  async bulk(instance: InstanceRecord, requestedMode: BulkMode, items: unknown[]): Promise<BulkResult> {
+    const mode = requestedMode === 'updateIfMatchEtag' ? 'updateIfMatchETag' : requestedMode;
     if (items.length > this.#deps.config.bulkMaxItems) {
       throw new ProvisioningError('BulkTooLarge', `A bulk operation takes at most ${this.#deps.config.bulkMaxItems} items; this one has ${items.length}.`);
     }
@@ -187,7 +188,7 @@ export class EnrollmentService<Doc extends EnrollmentDocument> {
           const etag = (item as Record<string, unknown>).etag;
           await this.delete(instance, id, typeof etag === 'string' && etag !== '' ? etag : undefined);
         } else {
-          const input = assertValid(this.#validate, item, `enrollment ${index}`);
+          const input = assertValid(this.#validate, item, `item ${index}`);
           await this.#deps.store.transaction((store) => this.#write(store, instance, id, input, undefined, mode));
         }
       } catch (error) {
@@ -204,7 +205,7 @@ export class EnrollmentService<Doc extends EnrollmentDocument> {
     id: string,
     input: unknown,
     ifMatch: string | undefined,
-    mode: Exclude<BulkMode, 'delete'>,
+    mode: Exclude<BulkMode, 'delete' | 'updateIfMatchEtag'>,
   ): Promise<Doc> {
     const existing = await this.#spec.get(store, instance.id, id);
     if (mode === 'create' && existing !== undefined) {
@@ -212,8 +213,8 @@ export class EnrollmentService<Doc extends EnrollmentDocument> {
     }
     const expected = mode === 'updateIfMatchETag' ? ((input as Record<string, unknown>).etag as string | undefined) ?? '' : ifMatch;
     if (expected !== undefined) {
-      // If-Match names a version of an existing entry: on a missing entry it cannot match (RFC 7232 §3.1).
-      if (existing === undefined) throw new ProvisioningError(this.#spec.notFound, `'${id}' does not exist, so If-Match cannot match.`);
+      // If-Match names a version of an existing entry: on a missing entry it cannot match (RFC 7232 §3.1: 412).
+      if (existing === undefined) throw new ProvisioningError('PreconditionFailed', `'${id}' does not exist, so If-Match cannot match.`);
       if (!etagMatches(expected, existing.etag)) throw new ProvisioningError('PreconditionFailed');
     }
     const doc = this.#spec.build(input, existing, { etag: newEtag(), now: dpsTimestamp(this.#deps.now()) });

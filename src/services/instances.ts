@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { ProvisioningError } from '../domain/errors.js';
-import { isValidSymmetricKey, newIdScope, newSymmetricKey } from '../domain/ids.js';
+import { isValidSymmetricKey, newIdScope, newSymmetricKey, truncate } from '../domain/ids.js';
 import { dpsTimestamp } from '../domain/time.js';
 import {
   ALL_RIGHTS,
@@ -8,6 +8,7 @@ import {
   type InstanceRecord,
   type LinkedHubRecord,
   type Right,
+  type Store,
 } from '../store/store.js';
 import type { ServiceDeps } from './deps.js';
 
@@ -18,6 +19,8 @@ import type { ServiceDeps } from './deps.js';
  */
 export const OWNER_POLICY = 'provisioningserviceowner';
 const NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9\-._]{0,63}$/;
+/** Hub names are host names; external ones may carry a port (a hub behind a non-standard port, or a test double). */
+const HUB_NAME_PATTERN = /^[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:\d{1,5})?$/;
 const HOST_PATTERN = /^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$|^\d{1,3}(\.\d{1,3}){3}$/;
 
 export interface InstanceView {
@@ -110,20 +113,25 @@ export function parseConnectionString(text: string): Record<string, string> {
   return fields;
 }
 
+/** Creates (if needed) a hub hosted by provisiond and returns its owner connection string. */
+export type EnsureBuiltInHub = (name: string) => Promise<{ connectionString: string }>;
+
 export class InstanceService {
   readonly #deps: ServiceDeps;
+  readonly #ensureBuiltInHub: EnsureBuiltInHub;
 
-  constructor(deps: ServiceDeps) {
+  constructor(deps: ServiceDeps, ensureBuiltInHub: EnsureBuiltInHub) {
     this.#deps = deps;
+    this.#ensureBuiltInHub = ensureBuiltInHub;
   }
 
   /** On first start: the default instance with an owner policy. Returns the operator (first) instance. */
-  async bootstrap(): Promise<InstanceRecord> {
+  async bootstrap(): Promise<{ instance: InstanceRecord; created: boolean }> {
     const existing = await this.#deps.store.listInstances();
     const first = existing.sort((a, b) => a.createdDateTimeUtc.localeCompare(b.createdDateTimeUtc))[0];
-    if (first !== undefined) return first;
+    if (first !== undefined) return { instance: first, created: false };
     const { instance } = await this.create({ name: 'default', serviceHostNames: [...this.#deps.config.hostNames] });
-    return instance;
+    return { instance, created: true };
   }
 
   async operatorInstance(): Promise<InstanceRecord> {
@@ -225,7 +233,7 @@ export class InstanceService {
   }
 
   async policyKeys(instance: InstanceRecord, keyName: string): Promise<AccessPolicyWithKeys> {
-    return policyWithKeys(await this.#requirePolicy(instance, keyName));
+    return policyWithKeys(await this.#requirePolicy(this.#deps.store, instance, keyName));
   }
 
   async putPolicy(instance: InstanceRecord, keyName: string, body: Record<string, unknown>): Promise<AccessPolicyWithKeys> {
@@ -247,7 +255,7 @@ export class InstanceService {
         secondaryKey: key('secondaryKey', existing?.secondaryKey),
         rights,
       };
-      if (existing?.rights.includes('ServiceConfig') && !rights.includes('ServiceConfig')) await this.#keepOneOwner(instance, keyName);
+      if (existing?.rights.includes('ServiceConfig') && !rights.includes('ServiceConfig')) await this.#keepOneOwner(store, instance, keyName);
       await store.putAccessPolicy(instance.id, policy);
       return policyWithKeys(policy);
     });
@@ -258,7 +266,7 @@ export class InstanceService {
       throw new ProvisioningError('InvalidAccessPolicy', "keyType must be 'primary' or 'secondary'.");
     }
     return this.#deps.store.transaction(async (store) => {
-      const policy = await this.#requirePolicy(instance, keyName);
+      const policy = await this.#requirePolicy(store, instance, keyName);
       const updated = { ...policy, [keyType === 'primary' ? 'primaryKey' : 'secondaryKey']: newSymmetricKey() };
       await store.putAccessPolicy(instance.id, updated);
       return policyWithKeys(updated);
@@ -267,22 +275,26 @@ export class InstanceService {
 
   async deletePolicy(instance: InstanceRecord, keyName: string): Promise<void> {
     await this.#deps.store.transaction(async (store) => {
-      const policy = await this.#requirePolicy(instance, keyName);
-      if (policy.rights.includes('ServiceConfig')) await this.#keepOneOwner(instance, keyName);
+      const policy = await this.#requirePolicy(store, instance, keyName);
+      if (policy.rights.includes('ServiceConfig')) await this.#keepOneOwner(store, instance, keyName);
       await store.deleteAccessPolicy(instance.id, keyName);
     });
   }
 
-  /** Losing the last ServiceConfig policy would lock the tenant out of its own instance. */
-  async #keepOneOwner(instance: InstanceRecord, leaving: string): Promise<void> {
-    const others = (await this.#deps.store.listAccessPolicies(instance.id)).filter(
+  /**
+   * Losing the last ServiceConfig policy would lock the tenant out of its own instance. Reads through the caller's
+   * transaction store: the SQLite dialect has one connection, so a read on the root store inside a transaction waits
+   * for that transaction forever.
+   */
+  async #keepOneOwner(store: Store, instance: InstanceRecord, leaving: string): Promise<void> {
+    const others = (await store.listAccessPolicies(instance.id)).filter(
       (policy) => policy.keyName.toLowerCase() !== leaving.toLowerCase() && policy.rights.includes('ServiceConfig'),
     );
     if (others.length === 0) throw new ProvisioningError('LastOwnerPolicy');
   }
 
-  async #requirePolicy(instance: InstanceRecord, keyName: string): Promise<AccessPolicyRecord> {
-    const policy = await this.#deps.store.getAccessPolicy(instance.id, keyName);
+  async #requirePolicy(store: Store, instance: InstanceRecord, keyName: string): Promise<AccessPolicyRecord> {
+    const policy = await store.getAccessPolicy(instance.id, keyName);
     if (policy === undefined) throw new ProvisioningError('AccessPolicyNotFound', `Access policy '${keyName}' was not found.`);
     return policy;
   }
@@ -302,7 +314,10 @@ export class InstanceService {
   /** Links (or updates) a hub. An external hub needs a connection string whose HostName is the hub's name. */
   async putHub(instance: InstanceRecord, name: string, body: Record<string, unknown>): Promise<LinkedHubView> {
     const hostName = name.toLowerCase();
-    if (!HOST_PATTERN.test(hostName)) throw new ProvisioningError('InvalidLinkedHub', `'${name}' is not a valid hub host name.`);
+    // A DNS name is at most 253 characters (RFC 1035); the pattern alone would take any length.
+    if (!HUB_NAME_PATTERN.test(hostName) || (hostName.split(':')[0] ?? '').length > 253) {
+      throw new ProvisioningError('InvalidLinkedHub', `'${truncate(name)}' is not a valid hub host name.`);
+    }
     const weight = body.allocationWeight ?? 1;
     if (typeof weight !== 'number' || !Number.isInteger(weight) || weight < 1 || weight > 1000) {
       throw new ProvisioningError('InvalidLinkedHub', 'allocationWeight is an integer from 1 to 1000.');
@@ -312,15 +327,16 @@ export class InstanceService {
     const builtIn = body.builtIn ?? false;
     if (typeof builtIn !== 'boolean') throw new ProvisioningError('InvalidLinkedHub', 'builtIn is true or false.');
     if (body.location !== undefined && typeof body.location !== 'string') throw new ProvisioningError('InvalidLinkedHub', 'location is a string.');
+    // A built-in hub is created on first link; its owner connection string comes from the hub itself. Created before
+    // the transaction: the hub store shares the SQLite connection, and using it inside the transaction deadlocks.
+    const builtInConnectionString = builtIn ? (await this.#ensureBuiltInHub(hostName)).connectionString : undefined;
     return this.#deps.store.transaction(async (store) => {
       const existing = await store.getLinkedHub(instance.id, hostName);
       let connectionString = typeof body.connectionString === 'string' ? body.connectionString : undefined;
       if (connectionString === undefined || connectionString === redactConnectionString(existing?.connectionString ?? '')) {
         connectionString = existing?.connectionString;
       }
-      if (builtIn) {
-        connectionString ??= `HostName=${hostName};SharedAccessKeyName=iothubowner;SharedAccessKey=${newSymmetricKey().slice(0, 44)}`;
-      }
+      if (builtInConnectionString !== undefined) connectionString = builtInConnectionString;
       if (connectionString === undefined) {
         throw new ProvisioningError('InvalidLinkedHub', 'An external hub needs connectionString (HostName=…;SharedAccessKeyName=…;SharedAccessKey=…).');
       }

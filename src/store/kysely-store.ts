@@ -11,28 +11,32 @@ import type {
   ListQuery,
   Page,
   Store,
+  StoredOperation,
   StoredRegistration,
 } from './store.js';
 
 type Db = Kysely<Database> | Transaction<Database>;
 
-/** Columns behind the query fields; ID columns hold lower-cased keys and are compared case-insensitively. */
+/**
+ * Columns behind the query fields. ID and enum columns hold lower-cased values and are compared case-insensitively,
+ * as DPS treats both.
+ */
 const COLUMNS = {
   enrollments: {
     key: 'registration_id_key',
     fields: {
       registrationId: { column: 'registration_id_key', lower: true },
       deviceId: { column: 'device_id_key', lower: true },
-      provisioningStatus: { column: 'provisioning_status', lower: false },
-      attestationType: { column: 'attestation_type', lower: false },
+      provisioningStatus: { column: 'provisioning_status', lower: true },
+      attestationType: { column: 'attestation_type', lower: true },
     },
   },
   enrollment_groups: {
     key: 'group_id_key',
     fields: {
       enrollmentGroupId: { column: 'group_id_key', lower: true },
-      provisioningStatus: { column: 'provisioning_status', lower: false },
-      attestationType: { column: 'attestation_type', lower: false },
+      provisioningStatus: { column: 'provisioning_status', lower: true },
+      attestationType: { column: 'attestation_type', lower: true },
     },
   },
   registrations: {
@@ -40,7 +44,7 @@ const COLUMNS = {
     fields: {
       registrationId: { column: 'registration_id_key', lower: true },
       deviceId: { column: 'device_id_key', lower: true },
-      status: { column: 'status', lower: false },
+      status: { column: 'status', lower: true },
       assignedHub: { column: 'assigned_hub_key', lower: true },
       enrollmentGroupId: { column: 'group_id_key', lower: true },
     },
@@ -143,6 +147,7 @@ export class KyselyStore implements Store {
       'enrollment_groups',
       'enrollment_certificates',
       'registrations',
+      'operations',
     ] as const) {
       await this.#db.deleteFrom(table).where('instance_id', '=', id).execute();
     }
@@ -224,7 +229,7 @@ export class KyselyStore implements Store {
     const columns = {
       device_id_key: lower(enrollment.deviceId ?? enrollment.registrationId),
       provisioning_status: enrollment.provisioningStatus,
-      attestation_type: enrollment.attestation.type,
+      attestation_type: enrollment.attestation.type.toLowerCase(),
       doc: JSON.stringify(enrollment),
     };
     await this.#db
@@ -266,7 +271,7 @@ export class KyselyStore implements Store {
     const key = lower(group.enrollmentGroupId);
     const columns = {
       provisioning_status: group.provisioningStatus,
-      attestation_type: group.attestation.type,
+      attestation_type: group.attestation.type.toLowerCase(),
       doc: JSON.stringify(group),
     };
     await this.#db
@@ -300,9 +305,10 @@ export class KyselyStore implements Store {
       .where('owner_key', '=', key)
       .execute();
     if (thumbprints.length === 0) return;
+    // Stored upper-case like findCertificateOwner looks them up, so the index never depends on the writer's casing.
     await this.#db
       .insertInto('enrollment_certificates')
-      .values([...new Set(thumbprints)].map((sha256_thumbprint) => ({ instance_id: instanceId, sha256_thumbprint, owner_kind: kind, owner_key: key })))
+      .values([...new Set(thumbprints.map((thumbprint) => thumbprint.toUpperCase()))].map((sha256_thumbprint) => ({ instance_id: instanceId, sha256_thumbprint, owner_kind: kind, owner_key: key })))
       .execute();
   }
 
@@ -362,6 +368,32 @@ export class KyselyStore implements Store {
       .where('instance_id', '=', instanceId)
       .where('group_id_key', '=', lower(groupId))
       .executeTakeFirst();
+    return Number(result.numDeletedRows);
+  }
+
+  // ---- operations
+
+  async putOperation(instanceId: string, operation: StoredOperation): Promise<void> {
+    const columns = { updated_at: operation.lastUpdatedDateTimeUtc, doc: JSON.stringify(operation) };
+    await this.#db
+      .insertInto('operations')
+      .values({ instance_id: instanceId, operation_id: operation.operationId, registration_id_key: lower(operation.registrationId), ...columns })
+      .onConflict((oc) => oc.columns(['instance_id', 'operation_id']).doUpdateSet(columns))
+      .execute();
+  }
+
+  async getOperation(instanceId: string, operationId: string): Promise<StoredOperation | undefined> {
+    const row = await this.#db
+      .selectFrom('operations')
+      .select('doc')
+      .where('instance_id', '=', instanceId)
+      .where('operation_id', '=', operationId)
+      .executeTakeFirst();
+    return row === undefined ? undefined : parse<StoredOperation>(row.doc);
+  }
+
+  async deleteOperationsBefore(cutoffUtc: string): Promise<number> {
+    const result = await this.#db.deleteFrom('operations').where('updated_at', '<', cutoffUtc).executeTakeFirst();
     return Number(result.numDeletedRows);
   }
 

@@ -86,6 +86,43 @@ const migrations: Record<string, Migration> = {
   },
 };
 
+const operations: Migration = {
+  async up(db: Kysely<unknown>): Promise<void> {
+    await db.schema
+      .createTable('operations')
+      .addColumn('instance_id', 'text', (c) => c.notNull())
+      .addColumn('operation_id', 'text', (c) => c.notNull())
+      .addColumn('registration_id_key', 'text', (c) => c.notNull())
+      .addColumn('updated_at', 'text', (c) => c.notNull())
+      .addColumn('doc', 'text', (c) => c.notNull())
+      .addPrimaryKeyConstraint('operations_pk', ['instance_id', 'operation_id'])
+      .execute();
+    await db.schema.createIndex('operations_registration').on('operations').columns(['instance_id', 'registration_id_key']).execute();
+  },
+};
+migrations['0003_operations'] = operations;
+
+const builtInHubs: Migration = {
+  async up(db: Kysely<unknown>): Promise<void> {
+    await db.schema
+      .createTable('built_in_hubs')
+      .addColumn('name_key', 'text', (c) => c.primaryKey())
+      .addColumn('doc', 'text', (c) => c.notNull())
+      .execute();
+    // The primary key (hub, device) is also the keyset-paging order of the device query.
+    await db.schema
+      .createTable('hub_devices')
+      .addColumn('hub_key', 'text', (c) => c.notNull())
+      .addColumn('device_id_key', 'text', (c) => c.notNull())
+      .addColumn('status', 'text', (c) => c.notNull())
+      .addColumn('revision', 'text', (c) => c.notNull())
+      .addColumn('doc', 'text', (c) => c.notNull())
+      .addPrimaryKeyConstraint('hub_devices_pk', ['hub_key', 'device_id_key'])
+      .execute();
+  },
+};
+migrations['0002_builtin_hubs'] = builtInHubs;
+
 export const migrationProvider: MigrationProvider = {
   getMigrations: () => Promise.resolve(migrations),
 };

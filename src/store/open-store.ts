@@ -7,18 +7,21 @@ import type { Database as Schema } from './schema.js';
 import type { Store } from './store.js';
 
 /**
- * Opens the store the configuration names: the embedded SQLite file (WAL) by default. Only this file and app.ts know
- * which dialect is in use.
+ * Opens the database the configuration names: the embedded SQLite file (WAL) by default, migrated. Only this file
+ * and app.ts know which dialect is in use.
  */
-export async function openSqliteStore(file: string): Promise<Store> {
+export async function openSqliteDatabase(file: string): Promise<Kysely<Schema>> {
   if (file !== ':memory:') mkdirSync(dirname(file), { recursive: true });
   const database = new Database(file);
   // WAL: readers never wait for the writer; NORMAL sync is durable across application crashes in WAL mode.
   database.pragma('journal_mode = WAL');
   database.pragma('synchronous = NORMAL');
   database.pragma('busy_timeout = 5000');
-  database.pragma('foreign_keys = ON');
   const db = new Kysely<Schema>({ dialect: new SqliteDialect({ database }) });
   await KyselyStore.migrate(db);
-  return new KyselyStore(db);
+  return db;
+}
+
+export async function openSqliteStore(file: string): Promise<Store> {
+  return new KyselyStore(await openSqliteDatabase(file));
 }

@@ -25,6 +25,13 @@ export interface Database {
     owner_kind: string;
     owner_key: string;
   };
+  operations: {
+    instance_id: string;
+    operation_id: string;
+    registration_id_key: string;
+    updated_at: string;
+    doc: string;
+  };
   registrations: {
     instance_id: string;
     registration_id_key: string;
@@ -34,4 +41,8 @@ export interface Database {
     assigned_hub_key: string;
     doc: string;
   };
+  /** Built-in hubs (hubs/built-in-hubs.ts): the record, by lower-cased host name. */
+  built_in_hubs: { name_key: string; doc: string };
+  /** Built-in hub devices: identity + twin in one document; `revision` guards compare-and-swap writes. */
+  hub_devices: { hub_key: string; device_id_key: string; status: string; revision: string; doc: string };
 }

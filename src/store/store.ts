@@ -72,6 +72,17 @@ export interface StoredRegistration {
   hubHistory?: string[];
 }
 
+/** A registration attempt a device polls (dps-wire.md §4). Stored, so any node can answer a poll. */
+export interface StoredOperation {
+  operationId: string;
+  registrationId: string;
+  status: 'assigning' | 'assigned' | 'failed' | 'disabled';
+  createdDateTimeUtc: string;
+  lastUpdatedDateTimeUtc: string;
+  /** The DeviceRegistrationResult once terminal. */
+  registrationState?: JsonMap;
+}
+
 export interface Page<T> {
   items: T[];
   /** Key of the last item when more may follow. */
@@ -131,4 +142,9 @@ export interface Store {
   queryRegistrations(instanceId: string, query: ListQuery): Promise<Page<StoredRegistration>>;
   /** Deletes the records of every device registered through the group; returns how many. */
   deleteRegistrationsOfGroup(instanceId: string, groupId: string): Promise<number>;
+
+  putOperation(instanceId: string, operation: StoredOperation): Promise<void>;
+  getOperation(instanceId: string, operationId: string): Promise<StoredOperation | undefined>;
+  /** Deletes operations last updated before the given time; returns how many. */
+  deleteOperationsBefore(cutoffUtc: string): Promise<number>;
 }

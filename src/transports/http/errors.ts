@@ -27,6 +27,10 @@ export function toProvisioningError(error: FastifyError | Error): ProvisioningEr
       return new ProvisioningError('InvalidJson', 'The request body is empty but declared as JSON.');
     case 'FST_ERR_CTP_INVALID_JSON_BODY':
       return new ProvisioningError('InvalidJson');
+    case 'FST_ERR_BAD_URL':
+      return new ProvisioningError('BadRequest', 'The URL is not valid: a path segment has a broken percent-encoding.');
+    case 'FST_ERR_MAX_PARAM_LENGTH':
+      return new ProvisioningError('BadRequest', 'A path parameter is too long.');
     default:
       break;
   }
@@ -41,6 +45,9 @@ export function toProvisioningError(error: FastifyError | Error): ProvisioningEr
 
 export function sendError(request: FastifyRequest, reply: FastifyReply, provisioningError: ProvisioningError): FastifyReply {
   const body = errorBody(provisioningError, request.id, dpsTimestamp(new Date()));
+  // Throttling says when to come back (dps-wire.md §10).
+  const retryAfter = provisioningError.info?.['Retry-After'];
+  if (retryAfter !== undefined) reply.header('retry-after', retryAfter);
   return reply
     .code(provisioningError.httpStatus)
     .header('x-ms-error-code', provisioningError.errorName)

@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify';
+import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import type { Config } from '../../config/config.js';
 import { ProvisioningError } from '../../domain/errors.js';
 import { compileSchema } from '../../domain/validation.js';
@@ -25,7 +25,11 @@ export function createHttpServer(options: HttpServerOptions): { app: FastifyInst
     ...(tls === undefined ? {} : { https: { key: tls.key, cert: tls.cert, requestCert: true, rejectUnauthorized: false } }),
     bodyLimit: config.maxBodyBytes,
     genReqId: () => randomUUID(),
-    routerOptions: { caseSensitive: false, ignoreTrailingSlash: true },
+    // IDs may be 128 characters, percent-encoded up to three times as long; the router's default limit (100) would
+    // refuse a valid ID before the DPS validation could name what is wrong with an invalid one.
+    routerOptions: { caseSensitive: false, ignoreTrailingSlash: true, maxParamLength: 1024 },
+    // URLs the router cannot decode or match never reach the error handler; render them the DPS way too.
+    frameworkErrors: (error: Error, request: FastifyRequest, reply: FastifyReply) => handleError(error, request, reply),
     onProtoPoisoning: 'error',
     onConstructorPoisoning: 'error',
     return503OnClosing: true,

@@ -2,6 +2,7 @@ import { Type } from '@sinclair/typebox';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { JsonMap } from '../../../domain/enrollment.js';
 import { ProvisioningError } from '../../../domain/errors.js';
+import { nestedDeeperThan } from '../../../domain/validation.js';
 import {
   BulkEnrollmentGroupOperation,
   BulkEnrollmentOperation,
@@ -70,6 +71,8 @@ const pageHeaders = {
 
 export function checkApiVersion(request: FastifyRequest, supported: readonly string[]): void {
   const version = (request.query as Record<string, unknown> | undefined)?.['api-version'];
+  // `?api-version=a&api-version=b` parses as a list: it is there, just not one version.
+  if (Array.isArray(version)) throw new ProvisioningError('UnsupportedApiVersion', 'api-version must be given once.');
   if (typeof version !== 'string' || version === '') throw new ProvisioningError('MissingApiVersion');
   if (!supported.includes(version)) {
     throw new ProvisioningError('UnsupportedApiVersion', `api-version '${version}' is not supported; use one of ${supported.join(', ')}.`);
@@ -108,14 +111,28 @@ function ifMatch(request: FastifyRequest): string | undefined {
   return value === undefined || value === '' ? undefined : String(value);
 }
 
-/** Hooks shared by every authenticated API plugin: api-version, then SAS, then the route's right. */
+/** Deeper bodies are refused before validation; see nestedDeeperThan. */
+export const MAX_BODY_DEPTH = 32;
+
+/**
+ * Hooks shared by every authenticated API plugin: api-version, then SAS, then the route's right. Bodies are JSON only
+ * (dps-wire.md §1): Fastify's built-in text/plain parser is removed in this scope, so any other content type is a 415
+ * rather than a string that a body-less route (DELETE, attestationmechanism) would silently accept.
+ */
 export function addServiceAuthHooks(app: FastifyInstance, auth: ServiceAuth): void {
+  app.removeContentTypeParser('text/plain');
   app.addHook('onRequest', async (request) => {
     checkApiVersion(request, SERVICE_API_VERSIONS);
-    const caller = await auth.authenticate(request.headers.authorization, request.headers.host);
+    const caller = await auth.authenticate(request.headers.authorization, request.headers.host, request.url.split('?')[0] ?? '');
     const right = request.routeOptions.config.right;
     if (right !== undefined) ServiceAuth.requireRight(caller, right);
     request.caller = caller;
+  });
+  // A body nested a few thousand levels deep parses fine but overflows the stack when stored: a 400, never a 500.
+  app.addHook('preValidation', async (request) => {
+    if (nestedDeeperThan(request.body, MAX_BODY_DEPTH)) {
+      throw new ProvisioningError('SchemaViolation', `The request body is nested more than ${MAX_BODY_DEPTH} levels deep.`);
+    }
   });
 }
 

@@ -1,0 +1,63 @@
+import type { JsonMap } from '../domain/enrollment.js';
+import type { LinkedHubRecord } from '../store/store.js';
+
+/**
+ * How provisiond talks to an IoT hub: the registry REST API subset DPS uses (device identity and twin). Every linked
+ * hub — built-in or external — is reached through the same REST client (RegistryRestClient), so the registration
+ * flow cannot tell them apart.
+ */
+export type HubAuthentication =
+  | { type: 'sas'; symmetricKey: { primaryKey: string; secondaryKey: string } }
+  | { type: 'selfSigned'; x509Thumbprint: { primaryThumbprint: string; secondaryThumbprint?: string } }
+  | { type: 'certificateAuthority' };
+
+export interface HubDevice {
+  deviceId: string;
+  authentication: HubAuthentication;
+  capabilities: { iotEdge: boolean };
+  status: 'enabled' | 'disabled';
+}
+
+export interface HubDeviceRecord extends HubDevice {
+  etag: string;
+  generationId: string;
+}
+
+export interface HubTwinContent {
+  tags: JsonMap;
+  desired: JsonMap;
+}
+
+export interface HubTwin extends HubTwinContent {
+  reported: JsonMap;
+  etag: string;
+}
+
+export class HubError extends Error {
+  readonly status: number | undefined;
+  readonly hubName: string;
+  constructor(hubName: string, message: string, status?: number) {
+    super(message);
+    this.name = 'HubError';
+    this.hubName = hubName;
+    this.status = status;
+  }
+}
+
+export interface HubClient {
+  readonly hubName: string;
+  getDevice(deviceId: string): Promise<HubDeviceRecord | undefined>;
+  /** Creates the identity, or replaces it (authentication, capabilities, status) when it exists. */
+  putDevice(device: HubDevice): Promise<HubDeviceRecord>;
+  deleteDevice(deviceId: string): Promise<boolean>;
+  getTwin(deviceId: string): Promise<HubTwin | undefined>;
+  /** Sets the twin's tags and desired properties to exactly these (reported properties are the device's). */
+  replaceTwin(deviceId: string, content: HubTwinContent): Promise<HubTwin>;
+  /** Milliseconds for one round trip to the hub's registry (geoLatency allocation). */
+  measureLatency(): Promise<number>;
+}
+
+export interface HubClientFactory {
+  forHub(hub: LinkedHubRecord): HubClient;
+  close(): Promise<void>;
+}

@@ -1,0 +1,358 @@
+import { randomUUID } from 'node:crypto';
+import { performance } from 'node:perf_hooks';
+import { rootCertificates } from 'node:tls';
+import { Type, type Static, type TSchema } from '@sinclair/typebox';
+import { Agent, type Dispatcher } from 'undici';
+import type { JsonMap } from '../domain/enrollment.js';
+import { createSasToken } from '../domain/sas.js';
+import { compileSchema } from '../domain/validation.js';
+import type { LinkedHubRecord } from '../store/store.js';
+import {
+  HubError,
+  type HubAuthentication,
+  type HubClient,
+  type HubClientFactory,
+  type HubDevice,
+  type HubDeviceRecord,
+  type HubTwin,
+  type HubTwinContent,
+} from './hub-client.js';
+import { HUB_API_VERSION, parseHubErrorBody } from './hub-wire.js';
+
+/**
+ * The one way provisiond talks to an IoT hub: the registry REST API (api-version 2021-04-12) over HTTPS with a hub
+ * SAS token, exactly as the azure-iothub Registry does (sdk-clients.md §3). Built-in hubs are reached the same way,
+ * through this process's own HTTPS listener, so the registration flow cannot tell a built-in hub from Azure.
+ */
+
+export interface RestHubClientOptions {
+  /** PEM of the CA that signed the built-in listener's certificate; also trusted for external hubs. */
+  ca: string;
+  /** Where this process's HTTPS listener is reachable (built-in hubs are served there, picked by Host). */
+  builtInAddress: { host: string; port: number };
+  /** Per-request time limit; defaults to 30 s. */
+  timeoutMs?: number;
+}
+
+/** Tokens live an hour and are re-signed when less than five minutes remain. */
+const TOKEN_LIFETIME_SECONDS = 3600;
+const TOKEN_RENEW_MARGIN_SECONDS = 300;
+const DEFAULT_TIMEOUT_MS = 30_000;
+
+export class RestHubClientFactory implements HubClientFactory {
+  readonly #options: RestHubClientOptions;
+  readonly #timeoutMs: number;
+  /** Built-in hubs: one origin (the local listener) for every hub, told apart by TLS server name and Host. */
+  readonly #builtIn: Agent;
+  /** External hubs: their own origins, trusting the system CAs and `ca`. */
+  readonly #external: Agent;
+  readonly #clients = new Map<string, RegistryRestClient>();
+
+  constructor(options: RestHubClientOptions) {
+    this.#options = options;
+    this.#timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+    const common = { keepAliveTimeout: 30_000, headersTimeout: this.#timeoutMs, bodyTimeout: this.#timeoutMs, connectTimeout: 10_000 };
+    // The built-in listener is this process at a fixed address, and its certificate must chain to `ca` (the only root
+    // trusted here); the hub name is a virtual host chosen by Host, which that certificate need not list.
+    this.#builtIn = new Agent({ ...common, connect: { ca: options.ca, checkServerIdentity: () => undefined } });
+    this.#external = new Agent({ ...common, connect: { ca: [...rootCertificates, options.ca] } });
+  }
+
+  /** Clients are cached per hub; a changed connection string (rotated keys) gets a new one. */
+  forHub(hub: LinkedHubRecord): HubClient {
+    const cacheKey = `${hub.builtIn ? 'built-in' : 'external'}|${hub.name}`;
+    const cached = this.#clients.get(cacheKey);
+    if (cached !== undefined && cached.connectionString === hub.connectionString) return cached;
+    const { host, port } = this.#options.builtInAddress;
+    const client = new RegistryRestClient({
+      hubName: hub.name,
+      connectionString: hub.connectionString,
+      origin: hub.builtIn ? `https://${host.includes(':') ? `[${host}]` : host}:${port}` : `https://${hub.name}`,
+      dispatcher: hub.builtIn ? this.#builtIn : this.#external,
+      timeoutMs: this.#timeoutMs,
+    });
+    this.#clients.set(cacheKey, client);
+    return client;
+  }
+
+  async close(): Promise<void> {
+    this.#clients.clear();
+    await Promise.all([this.#builtIn.close(), this.#external.close()]);
+  }
+}
+
+export interface RegistryRestClientOptions {
+  hubName: string;
+  /** `HostName=…;SharedAccessKeyName=…;SharedAccessKey=…` of a policy with RegistryWrite and ServiceConnect. */
+  connectionString: string;
+  /** `https://host[:port]` to connect to; the Host header and TLS server name are always the hub's host name. */
+  origin: string;
+  dispatcher: Dispatcher;
+  timeoutMs?: number;
+}
+
+interface HubResponse {
+  status: number;
+  text: string;
+}
+
+export class RegistryRestClient implements HubClient {
+  readonly hubName: string;
+  readonly connectionString: string;
+  readonly #origin: string;
+  readonly #dispatcher: Dispatcher;
+  readonly #timeoutMs: number;
+  readonly #credentials: { hostName: string; keyName: string; key: string } | undefined;
+  #token: { value: string; expirySeconds: number } | undefined;
+
+  constructor(options: RegistryRestClientOptions) {
+    this.hubName = options.hubName;
+    this.connectionString = options.connectionString;
+    this.#origin = options.origin;
+    this.#dispatcher = options.dispatcher;
+    this.#timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+    this.#credentials = parseConnectionString(options.connectionString, options.hubName);
+  }
+
+  async getDevice(deviceId: string): Promise<HubDeviceRecord | undefined> {
+    const response = await this.#call('GET', devicePath('devices', deviceId));
+    if (isDeviceNotFound(response)) return undefined;
+    return deviceRecordOf(this.#expect(response, 200, DeviceResponse, 'GET device'));
+  }
+
+  /**
+   * Create, or replace when it exists: PUT without If-Match creates (409 when the device exists), then PUT with
+   * If-Match "*" replaces. A device deleted between the two is created again.
+   */
+  async putDevice(device: HubDevice): Promise<HubDeviceRecord> {
+    const body = deviceBody(device);
+    const path = devicePath('devices', device.deviceId);
+    for (let attempt = 0; attempt < 3; attempt += 1) {
+      const created = await this.#call('PUT', path, { body });
+      if (created.status !== 409) return deviceRecordOf(this.#expect(created, 200, DeviceResponse, 'create device'));
+      const replaced = await this.#call('PUT', path, { body, ifMatch: '"*"' });
+      if (!isDeviceNotFound(replaced)) return deviceRecordOf(this.#expect(replaced, 200, DeviceResponse, 'update device'));
+    }
+    throw new HubError(this.hubName, `device '${device.deviceId}' kept changing between create and update`);
+  }
+
+  async deleteDevice(deviceId: string): Promise<boolean> {
+    const response = await this.#call('DELETE', devicePath('devices', deviceId), { ifMatch: '"*"' });
+    if (isDeviceNotFound(response)) return false;
+    if (response.status !== 200 && response.status !== 204) throw this.#failure(response, 'delete device');
+    return true;
+  }
+
+  async getTwin(deviceId: string): Promise<HubTwin | undefined> {
+    const response = await this.#call('GET', devicePath('twins', deviceId));
+    if (isDeviceNotFound(response)) return undefined;
+    return twinOf(this.#expect(response, 200, TwinResponse, 'GET twin'));
+  }
+
+  async replaceTwin(deviceId: string, content: HubTwinContent): Promise<HubTwin> {
+    const response = await this.#call('PUT', devicePath('twins', deviceId), {
+      body: { deviceId, tags: content.tags, properties: { desired: content.desired } },
+      ifMatch: '"*"',
+    });
+    return twinOf(this.#expect(response, 200, TwinResponse, 'replace twin'));
+  }
+
+  /** One authenticated round trip: GET of a device that does not exist (404 DeviceNotFound is the expected answer). */
+  async measureLatency(): Promise<number> {
+    const started = performance.now();
+    const response = await this.#call('GET', devicePath('devices', `latency-probe-${randomUUID()}`));
+    const elapsed = performance.now() - started;
+    if (!isDeviceNotFound(response) && response.status !== 200) throw this.#failure(response, 'latency probe');
+    return elapsed;
+  }
+
+  // ---- HTTP
+
+  async #call(method: Dispatcher.HttpMethod, path: string, options: { body?: unknown; ifMatch?: string } = {}): Promise<HubResponse> {
+    const url = new URL(path, 'https://hub.invalid');
+    url.searchParams.set('api-version', HUB_API_VERSION);
+    const headers: Record<string, string> = {
+      host: this.#credentials?.hostName ?? this.hubName,
+      authorization: this.#authorization(),
+      accept: 'application/json',
+      'request-id': randomUUID(),
+      'user-agent': 'provisiond',
+    };
+    if (options.ifMatch !== undefined) headers['if-match'] = options.ifMatch;
+    let body: string | undefined;
+    if (options.body !== undefined) {
+      body = JSON.stringify(options.body);
+      headers['content-type'] = 'application/json; charset=utf-8';
+    }
+    try {
+      const response = await this.#dispatcher.request({
+        origin: this.#origin,
+        path: `${url.pathname}${url.search}`,
+        method,
+        headers,
+        ...(body === undefined ? {} : { body }),
+        headersTimeout: this.#timeoutMs,
+        bodyTimeout: this.#timeoutMs,
+      });
+      return { status: response.statusCode, text: await response.body.text() };
+    } catch (error) {
+      const reason = error instanceof Error ? `${error.message}${'code' in error ? ` (${String(error.code)})` : ''}` : String(error);
+      throw new HubError(this.hubName, `cannot reach hub ${this.hubName} at ${this.#origin}: ${reason}`);
+    }
+  }
+
+  /** The hub SAS token (`sr` = the hub's host name, as the SDKs sign it), cached until close to expiry. */
+  #authorization(): string {
+    const credentials = this.#credentials;
+    if (credentials === undefined) throw new HubError(this.hubName, 'the hub connection string needs HostName, SharedAccessKeyName and SharedAccessKey');
+    const nowSeconds = Math.floor(Date.now() / 1000);
+    if (this.#token === undefined || this.#token.expirySeconds - nowSeconds < TOKEN_RENEW_MARGIN_SECONDS) {
+      const expirySeconds = nowSeconds + TOKEN_LIFETIME_SECONDS;
+      const value = createSasToken({ resource: credentials.hostName, keyBase64: credentials.key, keyName: credentials.keyName, expirySeconds });
+      this.#token = { value, expirySeconds };
+    }
+    return this.#token.value;
+  }
+
+  #expect<T extends TSchema>(response: HubResponse, status: number, schema: Checked<T>, what: string): Static<T> {
+    if (response.status !== status) throw this.#failure(response, what);
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(response.text);
+    } catch {
+      throw new HubError(this.hubName, `${what}: the hub answered ${status} with a body that is not JSON`, response.status);
+    }
+    if (!schema.validate(parsed)) throw new HubError(this.hubName, `${what}: the hub's answer is not the expected shape`, response.status);
+    return parsed as Static<T>;
+  }
+
+  #failure(response: HubResponse, what: string): HubError {
+    const hubError = parseHubErrorBody(response.text);
+    const detail = hubError === undefined ? response.text.slice(0, 300) || '(no body)' : `${hubError.code}: ${hubError.message}`;
+    return new HubError(this.hubName, `${what}: ${response.status} ${detail}`, response.status);
+  }
+}
+
+// ---- connection strings and paths
+
+function parseConnectionString(connectionString: string, fallbackHost: string): { hostName: string; keyName: string; key: string } | undefined {
+  const fields = new Map<string, string>();
+  for (const part of connectionString.split(';')) {
+    const eq = part.indexOf('=');
+    if (eq > 0) fields.set(part.slice(0, eq).trim().toLowerCase(), part.slice(eq + 1).trim());
+  }
+  const keyName = fields.get('sharedaccesskeyname');
+  const key = fields.get('sharedaccesskey');
+  if (keyName === undefined || key === undefined || keyName === '' || key === '') return undefined;
+  return { hostName: fields.get('hostname') || fallbackHost, keyName, key };
+}
+
+function devicePath(collection: 'devices' | 'twins', deviceId: string): string {
+  return `/${collection}/${encodeURIComponent(deviceId)}`;
+}
+
+function isDeviceNotFound(response: HubResponse): boolean {
+  return response.status === 404 && parseHubErrorBody(response.text)?.code === 'DeviceNotFound';
+}
+
+// ---- wire shapes read back (lenient: only what the interface needs; hubs add members over time)
+
+interface Checked<T extends TSchema> {
+  schema: T;
+  validate: (value: unknown) => boolean;
+}
+
+function checked<T extends TSchema>(schema: T): Checked<T> {
+  const validator = compileSchema(schema);
+  return { schema, validate: (value) => validator(value) };
+}
+
+const NullableString = Type.Union([Type.String(), Type.Null()]);
+const JsonObject = Type.Unsafe<JsonMap>({ type: 'object' });
+
+const DeviceResponse = checked(
+  Type.Object({
+    deviceId: Type.String(),
+    generationId: Type.String(),
+    etag: Type.String(),
+    status: Type.Union([Type.Literal('enabled'), Type.Literal('disabled')]),
+    authentication: Type.Optional(
+      Type.Object({
+        type: Type.Optional(Type.String()),
+        symmetricKey: Type.Optional(Type.Union([Type.Null(), Type.Object({ primaryKey: Type.Optional(NullableString), secondaryKey: Type.Optional(NullableString) })])),
+        x509Thumbprint: Type.Optional(
+          Type.Union([Type.Null(), Type.Object({ primaryThumbprint: Type.Optional(NullableString), secondaryThumbprint: Type.Optional(NullableString) })]),
+        ),
+      }),
+    ),
+    capabilities: Type.Optional(Type.Union([Type.Null(), Type.Object({ iotEdge: Type.Optional(Type.Boolean()) })])),
+  }),
+);
+
+const TwinResponse = checked(
+  Type.Object({
+    etag: Type.String(),
+    tags: Type.Optional(JsonObject),
+    properties: Type.Optional(Type.Object({ desired: Type.Optional(JsonObject), reported: Type.Optional(JsonObject) })),
+  }),
+);
+
+function deviceBody(device: HubDevice): JsonMap {
+  const auth = device.authentication;
+  const authentication =
+    auth.type === 'sas'
+      ? { type: 'sas', symmetricKey: { ...auth.symmetricKey }, x509Thumbprint: { primaryThumbprint: null, secondaryThumbprint: null } }
+      : auth.type === 'selfSigned'
+        ? {
+            type: 'selfSigned',
+            symmetricKey: { primaryKey: null, secondaryKey: null },
+            x509Thumbprint: { primaryThumbprint: auth.x509Thumbprint.primaryThumbprint, secondaryThumbprint: auth.x509Thumbprint.secondaryThumbprint ?? null },
+          }
+        : { type: 'certificateAuthority', symmetricKey: { primaryKey: null, secondaryKey: null }, x509Thumbprint: { primaryThumbprint: null, secondaryThumbprint: null } };
+  return { deviceId: device.deviceId, status: device.status, authentication, capabilities: { iotEdge: device.capabilities.iotEdge } };
+}
+
+function deviceRecordOf(device: Static<typeof DeviceResponse.schema>): HubDeviceRecord {
+  return {
+    deviceId: device.deviceId,
+    etag: device.etag,
+    generationId: device.generationId,
+    status: device.status,
+    capabilities: { iotEdge: device.capabilities?.iotEdge ?? false },
+    authentication: authenticationOf(device.authentication),
+  };
+}
+
+function authenticationOf(wire: Static<typeof DeviceResponse.schema>['authentication']): HubAuthentication {
+  const thumbprints = wire?.x509Thumbprint ?? undefined;
+  const keys = wire?.symmetricKey ?? undefined;
+  switch (wire?.type) {
+    case 'selfSigned': {
+      const secondary = thumbprints?.secondaryThumbprint;
+      return {
+        type: 'selfSigned',
+        x509Thumbprint: { primaryThumbprint: thumbprints?.primaryThumbprint ?? '', ...(typeof secondary === 'string' ? { secondaryThumbprint: secondary } : {}) },
+      };
+    }
+    case 'certificateAuthority':
+    case 'none':
+      return { type: 'certificateAuthority' };
+    default:
+      return { type: 'sas', symmetricKey: { primaryKey: keys?.primaryKey ?? '', secondaryKey: keys?.secondaryKey ?? '' } };
+  }
+}
+
+/** The twin's content without IoT Hub's read-only `$metadata` / `$version` members. */
+function twinOf(twin: Static<typeof TwinResponse.schema>): HubTwin {
+  return {
+    etag: twin.etag,
+    tags: twin.tags ?? {},
+    desired: withoutReadOnly(twin.properties?.desired ?? {}),
+    reported: withoutReadOnly(twin.properties?.reported ?? {}),
+  };
+}
+
+function withoutReadOnly(collection: JsonMap): JsonMap {
+  const { $metadata: _metadata, $version: _version, ...content } = collection;
+  return content;
+}

@@ -1,0 +1,86 @@
+import type { StoredEnrollmentGroup } from '../domain/enrollment.js';
+import { deriveDeviceKey, signedByOneOf, type SasToken } from '../domain/sas.js';
+import type { Store } from '../store/store.js';
+
+/**
+ * Finds the symmetric-key enrollment group whose derived key signed a device's token. The token names no group
+ * (dps-wire.md §4.3), so each group's key must be tried; to keep that from costing a database scan per
+ * registration, the groups' keys are held in memory per instance and reloaded when a lookup misses on a stale list
+ * (new groups) — and a match is always confirmed against the store (changed or deleted groups).
+ */
+interface CachedGroup {
+  id: string;
+  keys: string[];
+}
+
+const RELOAD_AFTER_MS = 1000;
+const CACHE_TTL_MS = 30_000;
+
+export class SymmetricKeyGroups {
+  readonly #store: Store;
+  readonly #cache = new Map<string, { groups: CachedGroup[]; at: number }>();
+
+  constructor(store: Store) {
+    this.#store = store;
+  }
+
+  /** Forget an instance's cached keys (this node wrote a group). */
+  invalidate(instanceId: string): void {
+    this.#cache.delete(instanceId);
+  }
+
+  async match(instanceId: string, registrationId: string, token: SasToken, hintGroupId?: string): Promise<StoredEnrollmentGroup | undefined> {
+    if (hintGroupId !== undefined) {
+      const hinted = await this.#confirm(instanceId, hintGroupId, registrationId, token);
+      if (hinted !== undefined) return hinted;
+    }
+    let cached = this.#cache.get(instanceId);
+    if (cached === undefined || Date.now() - cached.at > CACHE_TTL_MS) cached = await this.#load(instanceId);
+    let found = scan(cached.groups, registrationId, token);
+    if (found === undefined && Date.now() - cached.at > RELOAD_AFTER_MS) {
+      cached = await this.#load(instanceId);
+      found = scan(cached.groups, registrationId, token);
+    }
+    return found === undefined ? undefined : this.#confirm(instanceId, found, registrationId, token);
+  }
+
+  async #confirm(instanceId: string, groupId: string, registrationId: string, token: SasToken): Promise<StoredEnrollmentGroup | undefined> {
+    const group = await this.#store.getEnrollmentGroup(instanceId, groupId);
+    if (group === undefined || group.attestation.type !== 'symmetricKey') {
+      this.invalidate(instanceId);
+      return undefined;
+    }
+    const { primaryKey, secondaryKey } = group.attestation.symmetricKey;
+    if (signedByOneOf(token, [deriveDeviceKey(primaryKey, registrationId), deriveDeviceKey(secondaryKey, registrationId)])) return group;
+    this.invalidate(instanceId);
+    return undefined;
+  }
+
+  async #load(instanceId: string): Promise<{ groups: CachedGroup[]; at: number }> {
+    const groups: CachedGroup[] = [];
+    let afterKey: string | undefined;
+    do {
+      const page = await this.#store.queryEnrollmentGroups(instanceId, {
+        filters: [{ field: 'attestationType', op: 'eq', values: ['symmetricKey'] }],
+        afterKey,
+        limit: 1000,
+      });
+      for (const group of page.items) {
+        if (group.attestation.type === 'symmetricKey') {
+          groups.push({ id: group.enrollmentGroupId, keys: [group.attestation.symmetricKey.primaryKey, group.attestation.symmetricKey.secondaryKey] });
+        }
+      }
+      afterKey = page.nextKey;
+    } while (afterKey !== undefined);
+    const entry = { groups, at: Date.now() };
+    this.#cache.set(instanceId, entry);
+    return entry;
+  }
+}
+
+function scan(groups: readonly CachedGroup[], registrationId: string, token: SasToken): string | undefined {
+  for (const group of groups) {
+    if (signedByOneOf(token, group.keys.map((key) => deriveDeviceKey(key, registrationId)))) return group.id;
+  }
+  return undefined;
+}

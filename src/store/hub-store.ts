@@ -1,0 +1,210 @@
+import { sql, type Kysely } from 'kysely';
+import type { JsonMap } from '../domain/enrollment.js';
+import type { Database } from './schema.js';
+import type { Page } from './store.js';
+
+/**
+ * Storage for the IoT hubs provisiond hosts itself ("built-in hubs"): each hub's record (name and access policies)
+ * and its devices, one JSON document per device holding the identity and the twin together, so one write changes
+ * both atomically. Hubs are not owned by an instance: several instances may link the same built-in hub, as they may
+ * link the same external hub. Keys are lower-cased (IDs compare case-insensitively).
+ */
+
+/** IoT Hub shared access policy rights (the subset the registry API checks). RegistryWrite implies RegistryRead. */
+export type HubRight = 'RegistryRead' | 'RegistryWrite' | 'ServiceConnect' | 'DeviceConnect';
+export const ALL_HUB_RIGHTS: readonly HubRight[] = ['RegistryRead', 'RegistryWrite', 'ServiceConnect', 'DeviceConnect'];
+
+export interface HubAccessPolicy {
+  keyName: string;
+  primaryKey: string;
+  secondaryKey: string;
+  rights: HubRight[];
+}
+
+export interface BuiltInHubRecord {
+  /** The hub's host name; lower-case. */
+  name: string;
+  createdDateTimeUtc: string;
+  policies: HubAccessPolicy[];
+}
+
+export type StoredHubAuthenticationType = 'sas' | 'selfSigned' | 'certificateAuthority' | 'none';
+
+/** Stored exactly as IoT Hub renders it: both sub-objects always present, unused members null. */
+export interface StoredHubAuthentication {
+  type: StoredHubAuthenticationType;
+  symmetricKey: { primaryKey: string | null; secondaryKey: string | null };
+  x509Thumbprint: { primaryThumbprint: string | null; secondaryThumbprint: string | null };
+}
+
+export interface StoredTwin {
+  etag: string;
+  version: number;
+  tags: JsonMap;
+  desired: JsonMap;
+  desiredVersion: number;
+  desiredMetadata: JsonMap;
+  reported: JsonMap;
+  reportedVersion: number;
+  reportedMetadata: JsonMap;
+}
+
+export interface StoredHubDevice {
+  deviceId: string;
+  generationId: string;
+  etag: string;
+  status: 'enabled' | 'disabled';
+  statusReason: string | null;
+  statusUpdatedTime: string;
+  createdDateTimeUtc: string;
+  authentication: StoredHubAuthentication;
+  capabilities: { iotEdge: boolean };
+  twin: StoredTwin;
+}
+
+/** A device document and the revision that guards it: writes compare-and-swap on the revision. */
+export interface HubDeviceRow {
+  device: StoredHubDevice;
+  revision: string;
+}
+
+export interface HubDeviceQuery {
+  /** Only this device (compared case-insensitively). */
+  deviceId?: string | undefined;
+  /** Devices whose key sorts after this one (keyset paging). */
+  afterKey?: string | undefined;
+  limit: number;
+}
+
+export interface BuiltInHubStore {
+  getHub(name: string): Promise<BuiltInHubRecord | undefined>;
+  /** Inserts the hub unless one of that name exists; true when this call inserted it. */
+  insertHub(hub: BuiltInHubRecord): Promise<boolean>;
+  /** Replaces an existing hub's record (policies). */
+  updateHub(hub: BuiltInHubRecord): Promise<void>;
+  listHubs(): Promise<BuiltInHubRecord[]>;
+  /** Deletes the hub and every device in it. */
+  deleteHub(name: string): Promise<boolean>;
+
+  getDevice(hubName: string, deviceId: string): Promise<HubDeviceRow | undefined>;
+  /** Inserts unless the device exists; true when this call inserted it. */
+  insertDevice(hubName: string, device: StoredHubDevice, revision: string): Promise<boolean>;
+  /** Writes the device only if its revision is still `expectedRevision`; false when another write came first. */
+  replaceDevice(hubName: string, device: StoredHubDevice, expectedRevision: string, revision: string): Promise<boolean>;
+  /** Deletes the device (and so its twin); with `expectedRevision`, only if nothing wrote it since. */
+  deleteDevice(hubName: string, deviceId: string, expectedRevision?: string): Promise<boolean>;
+  queryDevices(hubName: string, query: HubDeviceQuery): Promise<Page<StoredHubDevice>>;
+  countDevices(hubName: string): Promise<{ enabled: number; disabled: number }>;
+}
+
+const key = (value: string): string => value.toLowerCase();
+const parse = <T>(doc: string): T => JSON.parse(doc) as T;
+
+export class KyselyHubStore implements BuiltInHubStore {
+  readonly #db: Kysely<Database>;
+
+  constructor(db: Kysely<Database>) {
+    this.#db = db;
+  }
+
+  // ---- hubs
+
+  async getHub(name: string): Promise<BuiltInHubRecord | undefined> {
+    const row = await this.#db.selectFrom('built_in_hubs').select('doc').where('name_key', '=', key(name)).executeTakeFirst();
+    return row === undefined ? undefined : parse<BuiltInHubRecord>(row.doc);
+  }
+
+  async insertHub(hub: BuiltInHubRecord): Promise<boolean> {
+    // ON CONFLICT DO NOTHING: two nodes bootstrapping the same hub at once both succeed, and one record wins.
+    const result = await this.#db
+      .insertInto('built_in_hubs')
+      .values({ name_key: key(hub.name), doc: JSON.stringify(hub) })
+      .onConflict((oc) => oc.column('name_key').doNothing())
+      .executeTakeFirst();
+    return (result.numInsertedOrUpdatedRows ?? 0n) > 0n;
+  }
+
+  async updateHub(hub: BuiltInHubRecord): Promise<void> {
+    await this.#db.updateTable('built_in_hubs').set({ doc: JSON.stringify(hub) }).where('name_key', '=', key(hub.name)).execute();
+  }
+
+  async listHubs(): Promise<BuiltInHubRecord[]> {
+    const rows = await this.#db.selectFrom('built_in_hubs').select('doc').orderBy('name_key').execute();
+    return rows.map((row) => parse<BuiltInHubRecord>(row.doc));
+  }
+
+  async deleteHub(name: string): Promise<boolean> {
+    return this.#db.transaction().execute(async (trx) => {
+      await trx.deleteFrom('hub_devices').where('hub_key', '=', key(name)).execute();
+      const result = await trx.deleteFrom('built_in_hubs').where('name_key', '=', key(name)).executeTakeFirst();
+      return result.numDeletedRows > 0n;
+    });
+  }
+
+  // ---- devices (identity + twin)
+
+  async getDevice(hubName: string, deviceId: string): Promise<HubDeviceRow | undefined> {
+    const row = await this.#db
+      .selectFrom('hub_devices')
+      .select(['doc', 'revision'])
+      .where('hub_key', '=', key(hubName))
+      .where('device_id_key', '=', key(deviceId))
+      .executeTakeFirst();
+    return row === undefined ? undefined : { device: parse<StoredHubDevice>(row.doc), revision: row.revision };
+  }
+
+  async insertDevice(hubName: string, device: StoredHubDevice, revision: string): Promise<boolean> {
+    const result = await this.#db
+      .insertInto('hub_devices')
+      .values({ hub_key: key(hubName), device_id_key: key(device.deviceId), status: device.status, revision, doc: JSON.stringify(device) })
+      .onConflict((oc) => oc.columns(['hub_key', 'device_id_key']).doNothing())
+      .executeTakeFirst();
+    return (result.numInsertedOrUpdatedRows ?? 0n) > 0n;
+  }
+
+  async replaceDevice(hubName: string, device: StoredHubDevice, expectedRevision: string, revision: string): Promise<boolean> {
+    const result = await this.#db
+      .updateTable('hub_devices')
+      .set({ status: device.status, revision, doc: JSON.stringify(device) })
+      .where('hub_key', '=', key(hubName))
+      .where('device_id_key', '=', key(device.deviceId))
+      .where('revision', '=', expectedRevision)
+      .executeTakeFirst();
+    return result.numUpdatedRows > 0n;
+  }
+
+  async deleteDevice(hubName: string, deviceId: string, expectedRevision?: string): Promise<boolean> {
+    let query = this.#db.deleteFrom('hub_devices').where('hub_key', '=', key(hubName)).where('device_id_key', '=', key(deviceId));
+    if (expectedRevision !== undefined) query = query.where('revision', '=', expectedRevision);
+    const result = await query.executeTakeFirst();
+    return result.numDeletedRows > 0n;
+  }
+
+  async queryDevices(hubName: string, query: HubDeviceQuery): Promise<Page<StoredHubDevice>> {
+    let builder = this.#db.selectFrom('hub_devices').select(['doc', 'device_id_key']).where('hub_key', '=', key(hubName));
+    if (query.deviceId !== undefined) builder = builder.where('device_id_key', '=', key(query.deviceId));
+    if (query.afterKey !== undefined) builder = builder.where('device_id_key', '>', query.afterKey);
+    const rows = await builder
+      .orderBy('device_id_key')
+      .limit(query.limit + 1)
+      .execute();
+    const more = rows.length > query.limit;
+    const pageRows = more ? rows.slice(0, query.limit) : rows;
+    return {
+      items: pageRows.map((row) => parse<StoredHubDevice>(row.doc)),
+      nextKey: more ? pageRows[pageRows.length - 1]?.device_id_key : undefined,
+    };
+  }
+
+  async countDevices(hubName: string): Promise<{ enabled: number; disabled: number }> {
+    const rows = await this.#db
+      .selectFrom('hub_devices')
+      .select(['status', sql<string | number | bigint>`count(*)`.as('count')])
+      .where('hub_key', '=', key(hubName))
+      .groupBy('status')
+      .execute();
+    // count(*) is a number on SQLite and a string (bigint) on PostgreSQL.
+    const count = (status: string): number => Number(rows.find((row) => row.status === status)?.count ?? 0);
+    return { enabled: count('enabled'), disabled: count('disabled') };
+  }
+}

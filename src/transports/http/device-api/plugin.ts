@@ -1,0 +1,116 @@
+import { Type } from '@sinclair/typebox';
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import type { JsonMap } from '../../../domain/enrollment.js';
+import { ProvisioningError } from '../../../domain/errors.js';
+import { ErrorDetails, JsonObject } from '../../../domain/wire.js';
+import type { DeviceRequest, OperationReply, RegistrationService } from '../../../services/registrations.js';
+import { checkApiVersion } from '../service-api/plugin.js';
+import '../route-docs.js';
+
+/**
+ * The device API over HTTPS (dps-wire.md §4): register, operation status, registration status lookup. The ID scope
+ * in the path selects the instance; the device proves itself with a SAS token in Authorization.
+ */
+export const DEVICE_API_VERSIONS = [
+  '2017-08-31-preview',
+  '2017-11-15',
+  '2018-04-01',
+  '2018-09-01-preview',
+  '2018-11-01',
+  '2019-03-31',
+  '2021-06-01',
+  '2021-10-01',
+  '2025-07-01-preview',
+];
+
+const DeviceRegistration = Type.Object({
+  registrationId: Type.Optional(Type.String({ maxLength: 512 })),
+  payload: Type.Optional(Type.Union([JsonObject, Type.Null()])),
+  tpm: Type.Optional(Type.Union([Type.Object({ endorsementKey: Type.String(), storageRootKey: Type.Optional(Type.String()) }), Type.Null()])),
+});
+const Params = Type.Object({ idScope: Type.String(), registrationId: Type.String() });
+const OperationParams = Type.Object({ idScope: Type.String(), registrationId: Type.String(), operationId: Type.String() });
+const ApiVersionQuery = Type.Object({ 'api-version': Type.String() });
+const RegistrationOperationStatus = Type.Object(
+  { operationId: Type.String(), status: Type.String(), registrationState: Type.Optional(JsonObject) },
+  { additionalProperties: true },
+);
+const errors = {
+  400: { description: 'Invalid request', schema: ErrorDetails },
+  401: { description: 'The credential does not prove an enrollment', schema: ErrorDetails },
+  429: { description: 'Throttled; see Retry-After', schema: ErrorDetails },
+};
+const tag = 'Device API';
+
+type DeviceParams = { idScope: string; registrationId: string };
+
+function deviceRequest(request: FastifyRequest): DeviceRequest {
+  const { idScope, registrationId } = request.params as DeviceParams;
+  return { idScope, registrationId, credential: { kind: 'sas', authorization: request.headers.authorization }, transport: 'http' };
+}
+
+function checkBody(request: FastifyRequest): JsonMap | undefined {
+  const body = request.body as { registrationId?: string; payload?: JsonMap | null } | undefined;
+  const { registrationId } = request.params as DeviceParams;
+  if (body?.registrationId !== undefined && body.registrationId.toLowerCase() !== registrationId.toLowerCase()) {
+    throw new ProvisioningError('IdMismatch', `The registrationId in the body ('${body.registrationId}') does not match the path ('${registrationId}').`);
+  }
+  return body?.payload ?? undefined;
+}
+
+function sendOperation(request: FastifyRequest, reply: FastifyReply, result: OperationReply): FastifyReply {
+  if (result.retryAfterSeconds !== undefined) reply.header('retry-after', String(result.retryAfterSeconds));
+  if (result.httpStatus === 202) {
+    const { idScope, registrationId } = request.params as DeviceParams;
+    const location = new URL(`https://${request.headers.host ?? 'localhost'}`);
+    location.pathname = `/${encodeURIComponent(idScope)}/registrations/${encodeURIComponent(registrationId)}/register`;
+    reply.header('location', location.toString());
+  }
+  return reply.code(result.httpStatus).send(result.body);
+}
+
+export function deviceApiPlugin(deps: { registrations: RegistrationService }) {
+  return async function register(app: FastifyInstance): Promise<void> {
+    app.addHook('onRequest', async (request) => checkApiVersion(request, DEVICE_API_VERSIONS));
+
+    app.put('/:idScope/registrations/:registrationId/register', {
+      schema: { params: Params, querystring: ApiVersionQuery, body: DeviceRegistration },
+      config: {
+        operationId: 'RuntimeRegistration_RegisterDevice',
+        tag,
+        summary: 'Register a device: 202 with an operation to poll (Retry-After: 0 when the assignment is already done).',
+        responses: { 202: { description: 'RegistrationOperationStatus', schema: RegistrationOperationStatus, headers: { 'retry-after': 'Seconds until the first poll.', location: 'The register URL.' } }, ...errors },
+      },
+      handler: async (request, reply) =>
+        sendOperation(request, reply, await deps.registrations.register({ ...deviceRequest(request), payload: checkBody(request) })),
+    });
+    app.get('/:idScope/registrations/:registrationId/operations/:operationId', {
+      schema: { params: OperationParams, querystring: ApiVersionQuery },
+      config: {
+        operationId: 'RuntimeRegistration_OperationStatusLookup',
+        tag,
+        summary: 'Poll an operation: 202 while assigning, 200 with registrationState when assigned, failed or disabled.',
+        responses: { 200: { description: 'RegistrationOperationStatus', schema: RegistrationOperationStatus }, 202: { description: 'Still assigning', schema: RegistrationOperationStatus }, ...errors },
+      },
+      handler: async (request, reply) =>
+        sendOperation(
+          request,
+          reply,
+          await deps.registrations.operationStatus({ ...deviceRequest(request), operationId: (request.params as { operationId: string }).operationId }),
+        ),
+    });
+    app.post('/:idScope/registrations/:registrationId', {
+      schema: { params: Params, querystring: ApiVersionQuery, body: DeviceRegistration },
+      config: {
+        operationId: 'RuntimeRegistration_DeviceRegistrationStatusLookup',
+        tag,
+        summary: "The device's registration record (DeviceRegistrationResult).",
+        responses: { 200: { description: 'DeviceRegistrationResult', schema: JsonObject }, ...errors },
+      },
+      handler: async (request) => {
+        checkBody(request);
+        return deps.registrations.statusLookup(deviceRequest(request));
+      },
+    });
+  };
+}

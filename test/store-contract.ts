@@ -1,0 +1,633 @@
+import assert from 'node:assert/strict';
+import { afterEach, beforeEach, describe, test } from 'node:test';
+import type { StoredAttestation, StoredCertificate, StoredEnrollment, StoredEnrollmentGroup } from '../src/domain/enrollment.js';
+import type { Filter } from '../src/domain/query.js';
+import type {
+  AccessPolicyRecord,
+  InstanceRecord,
+  LinkedHubRecord,
+  ListQuery,
+  Page,
+  Store,
+  StoredOperation,
+  StoredRegistration,
+} from '../src/store/store.js';
+
+/**
+ * The contract every Store implementation passes (STYLE.md: one store, one contract suite run against each dialect).
+ * `open` returns a fresh, empty, migrated store; each test gets its own and closes it.
+ */
+export function runStoreContract(name: string, open: () => Promise<Store>): void {
+  describe(`Store contract: ${name}`, () => {
+    let store: Store;
+    let a: InstanceRecord;
+    let b: InstanceRecord;
+
+    beforeEach(async () => {
+      store = await open();
+      a = instance('a', '0ne0000000A', ['dps-a.example.net', 'a.local']);
+      b = instance('b', '0ne0000000B', ['dps-b.example.net']);
+      await store.insertInstance(a);
+      await store.insertInstance(b);
+    });
+    afterEach(async () => {
+      await store.close();
+    });
+
+    describe('instances', () => {
+      test('insert, get, list', async () => {
+        assert.deepEqual(await store.getInstance(a.id), a);
+        assert.deepEqual(await store.getInstance(b.id), b);
+        assert.equal(await store.getInstance('no-such-instance'), undefined);
+        const all = await store.listInstances();
+        assert.deepEqual(sortBy(all, (i) => i.id), sortBy([a, b], (i) => i.id));
+      });
+
+      test('find by ID scope and by host name, both case-insensitively', async () => {
+        assert.deepEqual(await store.findInstanceByIdScope('0NE0000000a'), a);
+        assert.deepEqual(await store.findInstanceByIdScope('0ne0000000b'), b);
+        assert.equal(await store.findInstanceByIdScope('0ne0000000C'), undefined);
+        assert.deepEqual(await store.findInstanceByHostName('DPS-A.Example.NET'), a);
+        assert.deepEqual(await store.findInstanceByHostName('a.local'), a);
+        assert.deepEqual(await store.findInstanceByHostName('dps-b.example.net'), b);
+        assert.equal(await store.findInstanceByHostName('dps-c.example.net'), undefined);
+      });
+
+      test('update replaces the document and the host names', async () => {
+        const updated: InstanceRecord = { ...a, serviceHostNames: ['dps-a2.example.net'], allocationPolicy: 'static' };
+        await store.updateInstance(updated);
+        assert.deepEqual(await store.getInstance(a.id), updated);
+        assert.equal(await store.findInstanceByHostName('dps-a.example.net'), undefined);
+        assert.equal(await store.findInstanceByHostName('a.local'), undefined);
+        assert.deepEqual(await store.findInstanceByHostName('DPS-A2.example.net'), updated);
+        assert.deepEqual(await store.findInstanceByHostName('dps-b.example.net'), b, 'the other instance keeps its host name');
+      });
+
+      test('delete removes the instance and everything that belongs to it, and nothing of another instance', async () => {
+        for (const owner of [a, b]) {
+          await store.putAccessPolicy(owner.id, policy('owner'));
+          await store.putLinkedHub(owner.id, hub('hub1.example.net'));
+          await store.putEnrollment(owner.id, enrollment('dev-1', { attestation: x509Client(`AA${owner.name}`) }));
+          await store.putEnrollmentGroup(owner.id, group('grp-1', { attestation: x509Signing(`BB${owner.name}`) }));
+          await store.putRegistration(owner.id, registration('dev-1'));
+        }
+        assert.equal(await store.deleteInstance(a.id), true);
+        assert.equal(await store.getInstance(a.id), undefined);
+        assert.equal(await store.findInstanceByIdScope(a.idScope), undefined);
+        assert.equal(await store.findInstanceByHostName('dps-a.example.net'), undefined);
+        assert.deepEqual(await store.listAccessPolicies(a.id), []);
+        assert.deepEqual(await store.listLinkedHubs(a.id), []);
+        assert.equal(await store.getEnrollment(a.id, 'dev-1'), undefined);
+        assert.equal(await store.getEnrollmentGroup(a.id, 'grp-1'), undefined);
+        assert.equal(await store.getRegistration(a.id, 'dev-1'), undefined);
+        assert.equal(await store.findCertificateOwner(a.id, 'AAa'), undefined);
+        assert.equal(await store.findCertificateOwner(a.id, 'BBa'), undefined);
+        assert.deepEqual((await store.queryEnrollments(a.id, all())).items, []);
+        // The other instance is untouched.
+        assert.deepEqual(await store.listInstances(), [b]);
+        assert.deepEqual(await store.findInstanceByHostName('dps-b.example.net'), b);
+        assert.deepEqual(await store.listAccessPolicies(b.id), [policy('owner')]);
+        assert.deepEqual(await store.listLinkedHubs(b.id), [hub('hub1.example.net')]);
+        assert.deepEqual(await store.getEnrollment(b.id, 'dev-1'), enrollment('dev-1', { attestation: x509Client('AAb') }));
+        assert.deepEqual(await store.getRegistration(b.id, 'dev-1'), registration('dev-1'));
+        assert.deepEqual(await store.findCertificateOwner(b.id, 'BBb'), { kind: 'group', id: 'grp-1' });
+        // A second delete finds nothing.
+        assert.equal(await store.deleteInstance(a.id), false);
+      });
+
+      test('a host name belongs to one instance: another instance cannot take it', async () => {
+        const thief = instance('c', '0ne0000000C', ['DPS-A.example.net']);
+        await assert.rejects(store.transaction((trx) => trx.insertInstance(thief)));
+        assert.equal(await store.getInstance(thief.id), undefined);
+        await assert.rejects(store.transaction((trx) => trx.updateInstance({ ...b, serviceHostNames: ['a.local'] })));
+        assert.deepEqual(await store.findInstanceByHostName('a.local'), a);
+        assert.deepEqual(await store.getInstance(b.id), b);
+      });
+
+      test('an instance can be inserted again after delete, with the same host names', async () => {
+        await store.deleteInstance(a.id);
+        const again = instance('a2', '0ne0000000A', ['dps-a.example.net']);
+        await store.insertInstance(again);
+        assert.deepEqual(await store.findInstanceByHostName('dps-a.example.net'), again);
+        assert.deepEqual(await store.findInstanceByIdScope('0ne0000000A'), again);
+      });
+    });
+
+    describe('access policies and linked hubs', () => {
+      test('access policies: put, get by name case-insensitively, list, replace, delete', async () => {
+        const owner = policy('provisioningserviceowner');
+        const reader = policy('EnrollmentRead', ['EnrollmentRead']);
+        await store.putAccessPolicy(a.id, reader);
+        await store.putAccessPolicy(a.id, owner);
+        assert.deepEqual(await store.getAccessPolicy(a.id, 'ProvisioningServiceOwner'), owner);
+        assert.deepEqual(await store.getAccessPolicy(a.id, 'enrollmentread'), reader);
+        assert.equal(await store.getAccessPolicy(a.id, 'nobody'), undefined);
+        assert.deepEqual(
+          sortBy(await store.listAccessPolicies(a.id), (p) => p.keyName.toLowerCase()),
+          [reader, owner],
+        );
+        const rotated: AccessPolicyRecord = { ...reader, primaryKey: 'cm90YXRlZC1wcmltYXJ5LWtleQ==' };
+        await store.putAccessPolicy(a.id, { ...rotated, keyName: 'ENROLLMENTREAD' });
+        assert.equal((await store.listAccessPolicies(a.id)).length, 2, 'a put under the same name (any case) replaces');
+        assert.deepEqual(await store.getAccessPolicy(a.id, 'EnrollmentRead'), { ...rotated, keyName: 'ENROLLMENTREAD' });
+        assert.equal(await store.deleteAccessPolicy(a.id, 'enrollmentREAD'), true);
+        assert.equal(await store.deleteAccessPolicy(a.id, 'enrollmentREAD'), false);
+        assert.deepEqual(await store.listAccessPolicies(a.id), [owner]);
+        assert.deepEqual(await store.listAccessPolicies(b.id), []);
+      });
+
+      test('linked hubs: put, get by name case-insensitively, list, replace, delete', async () => {
+        const one = hub('hub1.example.net');
+        const two: LinkedHubRecord = { ...hub('hub2.example.net'), builtIn: true, location: 'westeurope', allocationWeight: 5 };
+        await store.putLinkedHub(a.id, two);
+        await store.putLinkedHub(a.id, one);
+        assert.deepEqual(await store.getLinkedHub(a.id, 'HUB2.example.net'), two);
+        assert.deepEqual(sortBy(await store.listLinkedHubs(a.id), (h) => h.name), [one, two]);
+        const reweighted: LinkedHubRecord = { ...one, allocationWeight: 100, applyAllocationPolicy: false };
+        await store.putLinkedHub(a.id, reweighted);
+        assert.deepEqual(await store.getLinkedHub(a.id, 'hub1.example.net'), reweighted);
+        assert.equal((await store.listLinkedHubs(a.id)).length, 2);
+        assert.equal(await store.deleteLinkedHub(a.id, 'Hub1.Example.Net'), true);
+        assert.equal(await store.deleteLinkedHub(a.id, 'hub1.example.net'), false);
+        assert.deepEqual(await store.listLinkedHubs(a.id), [two]);
+        assert.equal(await store.getLinkedHub(b.id, 'hub2.example.net'), undefined);
+      });
+    });
+
+    describe('enrollments and enrollment groups', () => {
+      test('enrollment: put, get by registration ID case-insensitively, upsert replaces, delete returns whether it existed', async () => {
+        const doc = enrollment('Dev-Mixed.Case_1', { deviceId: 'Device-1' });
+        await store.putEnrollment(a.id, doc);
+        assert.deepEqual(await store.getEnrollment(a.id, 'dev-mixed.case_1'), doc);
+        assert.deepEqual(await store.getEnrollment(a.id, 'DEV-MIXED.CASE_1'), doc);
+        const replaced = enrollment('DEV-MIXED.CASE_1', { provisioningStatus: 'disabled', etag: '"e2"' });
+        await store.putEnrollment(a.id, replaced);
+        assert.deepEqual(await store.getEnrollment(a.id, 'Dev-Mixed.Case_1'), replaced, 'the whole document is replaced');
+        assert.equal((await store.queryEnrollments(a.id, all())).items.length, 1);
+        assert.equal(await store.deleteEnrollment(a.id, 'dev-mixed.CASE_1'), true);
+        assert.equal(await store.getEnrollment(a.id, 'Dev-Mixed.Case_1'), undefined);
+        assert.equal(await store.deleteEnrollment(a.id, 'dev-mixed.CASE_1'), false);
+      });
+
+      test('enrollment group: put, get case-insensitively, upsert replaces, delete returns whether it existed', async () => {
+        const doc = group('Group-One');
+        await store.putEnrollmentGroup(a.id, doc);
+        assert.deepEqual(await store.getEnrollmentGroup(a.id, 'GROUP-ONE'), doc);
+        const replaced = group('group-one', { attestation: x509CaReference('my-ca'), etag: '"g2"' });
+        await store.putEnrollmentGroup(a.id, replaced);
+        assert.deepEqual(await store.getEnrollmentGroup(a.id, 'Group-One'), replaced);
+        assert.equal((await store.queryEnrollmentGroups(a.id, all())).items.length, 1);
+        assert.equal(await store.deleteEnrollmentGroup(a.id, 'GROUP-one'), true);
+        assert.equal(await store.getEnrollmentGroup(a.id, 'group-one'), undefined);
+        assert.equal(await store.deleteEnrollmentGroup(a.id, 'group-one'), false);
+      });
+
+      test('an enrollment and a group may share an ID; they are separate', async () => {
+        await store.putEnrollment(a.id, enrollment('same'));
+        await store.putEnrollmentGroup(a.id, group('same'));
+        assert.equal(await store.deleteEnrollment(a.id, 'same'), true);
+        assert.deepEqual(await store.getEnrollmentGroup(a.id, 'same'), group('same'));
+      });
+
+      test('the certificate owner index follows put, replace and delete', async () => {
+        await store.putEnrollment(a.id, enrollment('Dev-X', { attestation: x509Client('AA11', 'AA22') }));
+        await store.putEnrollmentGroup(a.id, group('Grp-X', { attestation: x509Signing('BB11') }));
+        assert.deepEqual(await store.findCertificateOwner(a.id, 'AA11'), { kind: 'individual', id: 'dev-x' });
+        assert.deepEqual(await store.findCertificateOwner(a.id, 'aa22'), { kind: 'individual', id: 'dev-x' }, 'thumbprints compare case-insensitively');
+        assert.deepEqual(await store.findCertificateOwner(a.id, 'BB11'), { kind: 'group', id: 'grp-x' });
+        assert.equal(await store.findCertificateOwner(a.id, 'CC11'), undefined);
+
+        // Replacing the enrollment with other certificates moves the index.
+        await store.putEnrollment(a.id, enrollment('dev-x', { attestation: x509Client('AA33') }));
+        assert.equal(await store.findCertificateOwner(a.id, 'AA11'), undefined);
+        assert.equal(await store.findCertificateOwner(a.id, 'AA22'), undefined);
+        assert.deepEqual(await store.findCertificateOwner(a.id, 'AA33'), { kind: 'individual', id: 'dev-x' });
+
+        // Switching to another attestation type drops the entries.
+        await store.putEnrollmentGroup(a.id, group('grp-x'));
+        assert.equal(await store.findCertificateOwner(a.id, 'BB11'), undefined);
+
+        // The same certificate in primary and secondary is one entry.
+        await store.putEnrollmentGroup(a.id, group('grp-y', { attestation: x509Signing('DD11', 'DD11') }));
+        assert.deepEqual(await store.findCertificateOwner(a.id, 'DD11'), { kind: 'group', id: 'grp-y' });
+
+        await store.deleteEnrollment(a.id, 'DEV-X');
+        assert.equal(await store.findCertificateOwner(a.id, 'AA33'), undefined);
+        await store.deleteEnrollmentGroup(a.id, 'GRP-Y');
+        assert.equal(await store.findCertificateOwner(a.id, 'DD11'), undefined);
+      });
+
+      test('deleting a group leaves an individual enrollment of the same ID in the certificate index', async () => {
+        await store.putEnrollment(a.id, enrollment('same', { attestation: x509Client('EE11') }));
+        await store.putEnrollmentGroup(a.id, group('same', { attestation: x509Signing('EE22') }));
+        await store.deleteEnrollmentGroup(a.id, 'same');
+        assert.deepEqual(await store.findCertificateOwner(a.id, 'EE11'), { kind: 'individual', id: 'same' });
+        assert.equal(await store.findCertificateOwner(a.id, 'EE22'), undefined);
+      });
+    });
+
+    describe('paging and filters', () => {
+      // 25 enrollments Dev-00 … Dev-24 with mixed case; every third is disabled, every fifth is x509.
+      const ids = Array.from({ length: 25 }, (_, i) => `${i % 2 === 0 ? 'Dev' : 'DEV'}-${String(i).padStart(2, '0')}`);
+      const docs = ids.map((id, i) =>
+        enrollment(id, {
+          provisioningStatus: i % 3 === 0 ? 'disabled' : 'enabled',
+          ...(i % 5 === 0 ? { attestation: x509Client(`F${i}`) } : {}),
+          ...(i === 7 ? { deviceId: 'Custom-Device' } : {}),
+        }),
+      );
+      const keys = ids.map((id) => id.toLowerCase());
+      const byKey = (page: Page<StoredEnrollment>): string[] => page.items.map((doc) => doc.registrationId.toLowerCase());
+
+      beforeEach(async () => {
+        // Inserted out of order: paging order must come from the key, not insertion.
+        for (const doc of [...docs].reverse()) await store.putEnrollment(a.id, doc);
+        await store.putEnrollment(b.id, enrollment('dev-99'));
+      });
+
+      test('keyset paging: limit, nextKey, afterKey, in key order', async () => {
+        const first = await store.queryEnrollments(a.id, { filters: [], limit: 10 });
+        assert.deepEqual(byKey(first), keys.slice(0, 10));
+        assert.deepEqual(first.items[0], docs[0], 'items are the stored documents');
+        assert.equal(typeof first.nextKey, 'string');
+        const second = await store.queryEnrollments(a.id, { filters: [], limit: 10, afterKey: first.nextKey });
+        assert.deepEqual(byKey(second), keys.slice(10, 20));
+        const third = await store.queryEnrollments(a.id, { filters: [], limit: 10, afterKey: second.nextKey });
+        assert.deepEqual(byKey(third), keys.slice(20));
+        assert.equal(third.nextKey, undefined, 'no nextKey on the last page');
+      });
+
+      test('a page that ends exactly at the last item has no nextKey', async () => {
+        const page = await store.queryEnrollments(a.id, { filters: [], limit: 25 });
+        assert.equal(page.items.length, 25);
+        assert.equal(page.nextKey, undefined);
+        const almost = await store.queryEnrollments(a.id, { filters: [], limit: 24 });
+        assert.equal(almost.items.length, 24);
+        assert.notEqual(almost.nextKey, undefined);
+      });
+
+      test('paging continues after a key that was deleted between pages', async () => {
+        const first = await store.queryEnrollments(a.id, { filters: [], limit: 10 });
+        assert.equal(first.nextKey, 'dev-09');
+        await store.deleteEnrollment(a.id, 'dev-09');
+        await store.deleteEnrollment(a.id, 'dev-10');
+        const second = await store.queryEnrollments(a.id, { filters: [], limit: 10, afterKey: first.nextKey });
+        assert.deepEqual(byKey(second), keys.slice(11, 21));
+      });
+
+      test('prefix is literal: SQL wildcard characters in it match only themselves', async () => {
+        await store.putEnrollment(a.id, enrollment('a_b-1'));
+        await store.putEnrollment(a.id, enrollment('axb-1'));
+        await store.putEnrollment(a.id, enrollment('a%b-1'));
+        assert.deepEqual(byKey(await query(store, a.id, [f('registrationId', 'prefix', 'a_')])), ['a_b-1']);
+        assert.deepEqual(byKey(await query(store, a.id, [f('registrationId', 'prefix', 'a%')])), ['a%b-1']);
+        assert.deepEqual(byKey(await query(store, a.id, [f('registrationId', 'eq', 'a_b-1')])), ['a_b-1']);
+      });
+
+      test('eq and ne on the ID column compare case-insensitively', async () => {
+        assert.deepEqual(byKey(await query(store, a.id, [f('registrationId', 'eq', 'dev-03')])), ['dev-03']);
+        assert.deepEqual(byKey(await query(store, a.id, [f('registrationId', 'eq', 'DEV-04')])), ['dev-04']);
+        const ne = byKey(await query(store, a.id, [f('registrationId', 'ne', 'Dev-00')]));
+        assert.deepEqual(ne, keys.slice(1));
+      });
+
+      test('in and prefix, case-insensitive on ID columns', async () => {
+        assert.deepEqual(byKey(await query(store, a.id, [f('registrationId', 'in', 'DEV-01', 'dev-02', 'Dev-24', 'dev-77')])), [
+          'dev-01',
+          'dev-02',
+          'dev-24',
+        ]);
+        assert.deepEqual(byKey(await query(store, a.id, [f('registrationId', 'prefix', 'DEV-1')])), keys.slice(10, 20));
+        assert.deepEqual(byKey(await query(store, a.id, [f('registrationId', 'prefix', 'dev-2')])), keys.slice(20));
+        assert.deepEqual(byKey(await query(store, a.id, [f('registrationId', 'prefix', 'nope')])), []);
+        assert.deepEqual(byKey(await query(store, a.id, [f('registrationId', 'prefix', '')])), keys, 'an empty prefix matches everything');
+      });
+
+      test('deviceId, provisioningStatus and attestationType filters', async () => {
+        assert.deepEqual(byKey(await query(store, a.id, [f('deviceId', 'eq', 'custom-DEVICE')])), ['dev-07']);
+        const disabled = keys.filter((_, i) => i % 3 === 0);
+        assert.deepEqual(byKey(await query(store, a.id, [f('provisioningStatus', 'eq', 'disabled')])), disabled);
+        const x509 = keys.filter((_, i) => i % 5 === 0);
+        assert.deepEqual(byKey(await query(store, a.id, [f('attestationType', 'eq', 'x509')])), x509);
+        assert.deepEqual(
+          byKey(await query(store, a.id, [f('attestationType', 'in', 'x509', 'tpm')])),
+          x509,
+        );
+        assert.deepEqual(
+          byKey(await query(store, a.id, [f('attestationType', 'ne', 'x509'), f('provisioningStatus', 'eq', 'disabled')])),
+          keys.filter((_, i) => i % 3 === 0 && i % 5 !== 0),
+          'filters are AND-joined',
+        );
+      });
+
+      test('filters combine with paging', async () => {
+        const enabled = keys.filter((_, i) => i % 3 !== 0);
+        const first = await store.queryEnrollments(a.id, { filters: [f('provisioningStatus', 'eq', 'enabled')], limit: 6 });
+        const rest = await store.queryEnrollments(a.id, { filters: [f('provisioningStatus', 'eq', 'enabled')], limit: 100, afterKey: first.nextKey });
+        assert.deepEqual([...byKey(first), ...byKey(rest)], enabled);
+        assert.equal(rest.nextKey, undefined);
+      });
+
+      test('groups page and filter the same way', async () => {
+        for (const id of ['G-b', 'g-A', 'G-c']) await store.putEnrollmentGroup(a.id, group(id));
+        await store.putEnrollmentGroup(a.id, group('other', { provisioningStatus: 'disabled', attestation: x509CaReference('ca') }));
+        const first = await store.queryEnrollmentGroups(a.id, { filters: [f('enrollmentGroupId', 'prefix', 'G-')], limit: 2 });
+        assert.deepEqual(first.items.map((g) => g.enrollmentGroupId), ['g-A', 'G-b']);
+        const second = await store.queryEnrollmentGroups(a.id, { filters: [f('enrollmentGroupId', 'prefix', 'G-')], limit: 2, afterKey: first.nextKey });
+        assert.deepEqual(second.items.map((g) => g.enrollmentGroupId), ['G-c']);
+        assert.equal(second.nextKey, undefined);
+        const disabled = await store.queryEnrollmentGroups(a.id, { filters: [f('provisioningStatus', 'eq', 'disabled'), f('attestationType', 'eq', 'x509')], limit: 10 });
+        assert.deepEqual(disabled.items, [group('other', { provisioningStatus: 'disabled', attestation: x509CaReference('ca') })]);
+        assert.deepEqual((await store.queryEnrollmentGroups(a.id, { filters: [f('enrollmentGroupId', 'in', 'G-A', 'OTHER')], limit: 10 })).items.map((g) => g.enrollmentGroupId), ['g-A', 'other']);
+      });
+    });
+
+    describe('registration records', () => {
+      test('put, get case-insensitively, upsert replaces, delete returns whether it existed', async () => {
+        const record = registration('Reg-1', { payload: { a: 1 }, hubHistory: ['hub1.example.net'] });
+        await store.putRegistration(a.id, record);
+        assert.deepEqual(await store.getRegistration(a.id, 'REG-1'), record);
+        const replaced = registration('reg-1', { status: 'failed', errorCode: 401002, errorMessage: 'no' });
+        await store.putRegistration(a.id, replaced);
+        assert.deepEqual(await store.getRegistration(a.id, 'Reg-1'), replaced);
+        assert.equal(await store.deleteRegistration(a.id, 'REG-1'), true);
+        assert.equal(await store.getRegistration(a.id, 'reg-1'), undefined);
+        assert.equal(await store.deleteRegistration(a.id, 'reg-1'), false);
+      });
+
+      test('query by group, by status and by assigned hub; deleteRegistrationsOfGroup deletes only that group', async () => {
+        await store.putRegistration(a.id, registration('g1-dev-b', { enrollmentGroupId: 'Group-1' }));
+        await store.putRegistration(a.id, registration('G1-dev-a', { enrollmentGroupId: 'group-1', assignedHub: 'Hub2.example.net' }));
+        await store.putRegistration(a.id, registration('g2-dev', { enrollmentGroupId: 'group-2', status: 'failed' }));
+        await store.putRegistration(a.id, registration('solo'));
+        await store.putRegistration(b.id, registration('g1-dev-other', { enrollmentGroupId: 'group-1' }));
+
+        const ofGroup = await store.queryRegistrations(a.id, { filters: [f('enrollmentGroupId', 'eq', 'GROUP-1')], limit: 10 });
+        assert.deepEqual(ofGroup.items.map((r) => r.registrationId), ['G1-dev-a', 'g1-dev-b']);
+        assert.equal(ofGroup.nextKey, undefined);
+        const paged = await store.queryRegistrations(a.id, { filters: [f('enrollmentGroupId', 'eq', 'group-1')], limit: 1 });
+        assert.deepEqual(paged.items.map((r) => r.registrationId), ['G1-dev-a']);
+        const paged2 = await store.queryRegistrations(a.id, { filters: [f('enrollmentGroupId', 'eq', 'group-1')], limit: 1, afterKey: paged.nextKey });
+        assert.deepEqual(paged2.items.map((r) => r.registrationId), ['g1-dev-b']);
+        assert.equal(paged2.nextKey, undefined);
+
+        assert.deepEqual((await query(store, a.id, [f('status', 'eq', 'failed')], 'registrations')).items.map((r) => r.registrationId), ['g2-dev']);
+        assert.deepEqual((await query(store, a.id, [f('assignedHub', 'eq', 'HUB2.example.net')], 'registrations')).items.map((r) => r.registrationId), ['G1-dev-a']);
+        assert.deepEqual((await query(store, a.id, [f('deviceId', 'eq', 'SOLO')], 'registrations')).items.map((r) => r.registrationId), ['solo']);
+        assert.deepEqual((await query(store, a.id, [f('registrationId', 'prefix', 'G1-')], 'registrations')).items.map((r) => r.registrationId), ['G1-dev-a', 'g1-dev-b']);
+
+        assert.equal(await store.deleteRegistrationsOfGroup(a.id, 'Group-1'), 2);
+        assert.equal(await store.getRegistration(a.id, 'g1-dev-b'), undefined);
+        assert.equal(await store.getRegistration(a.id, 'g1-dev-a'), undefined);
+        assert.notEqual(await store.getRegistration(a.id, 'g2-dev'), undefined);
+        assert.notEqual(await store.getRegistration(a.id, 'solo'), undefined);
+        assert.notEqual(await store.getRegistration(b.id, 'g1-dev-other'), undefined, 'the other instance keeps its records');
+        assert.equal(await store.deleteRegistrationsOfGroup(a.id, 'group-1'), 0);
+      });
+
+      test('a record without a group is not matched by an empty group filter on another record', async () => {
+        await store.putRegistration(a.id, registration('solo'));
+        await store.putRegistration(a.id, registration('member', { enrollmentGroupId: 'g' }));
+        assert.deepEqual((await query(store, a.id, [f('enrollmentGroupId', 'eq', 'g')], 'registrations')).items.map((r) => r.registrationId), ['member']);
+        assert.equal(await store.deleteRegistrationsOfGroup(a.id, 'g'), 1);
+        assert.notEqual(await store.getRegistration(a.id, 'solo'), undefined);
+      });
+    });
+
+    describe('operations', () => {
+      test('put, get by exact operation ID, upsert replaces; per instance; deleteInstance removes them', async () => {
+        const assigning = operation('4.abc.Op-1', 'dev-1', 'assigning', '2024-01-01T00:00:00.0000000Z');
+        await store.putOperation(a.id, assigning);
+        assert.deepEqual(await store.getOperation(a.id, '4.abc.Op-1'), assigning);
+        assert.equal(await store.getOperation(b.id, '4.abc.Op-1'), undefined, 'an operation belongs to its instance');
+        assert.equal(await store.getOperation(a.id, '4.abc.op-1'), undefined, 'operation IDs are opaque: compared exactly');
+        const assigned: StoredOperation = {
+          ...operation('4.abc.Op-1', 'dev-1', 'assigned', '2024-01-01T00:00:05.0000000Z'),
+          registrationState: { registrationId: 'dev-1', status: 'assigned', assignedHub: 'hub1.example.net' },
+        };
+        await store.putOperation(a.id, assigned);
+        assert.deepEqual(await store.getOperation(a.id, '4.abc.Op-1'), assigned);
+        await store.putOperation(b.id, operation('4.abc.Op-1', 'dev-1', 'failed', '2024-01-01T00:00:00.0000000Z'));
+        assert.deepEqual(await store.getOperation(a.id, '4.abc.Op-1'), assigned, 'the same ID in another instance is another operation');
+        await store.deleteInstance(b.id);
+        assert.equal(await store.getOperation(b.id, '4.abc.Op-1'), undefined);
+        assert.deepEqual(await store.getOperation(a.id, '4.abc.Op-1'), assigned);
+      });
+
+      test('deleteOperationsBefore removes only operations last updated before the cutoff', async () => {
+        await store.putOperation(a.id, operation('old-a', 'dev-1', 'assigned', '2024-01-01T00:00:00.0000000Z'));
+        await store.putOperation(b.id, operation('old-b', 'dev-2', 'failed', '2024-01-01T00:59:59.9990000Z'));
+        await store.putOperation(a.id, operation('new-a', 'dev-3', 'assigning', '2024-01-01T01:00:00.0000000Z'));
+        assert.equal(await store.deleteOperationsBefore('2024-01-01T01:00:00.0000000Z'), 2);
+        assert.equal(await store.getOperation(a.id, 'old-a'), undefined);
+        assert.equal(await store.getOperation(b.id, 'old-b'), undefined);
+        assert.notEqual(await store.getOperation(a.id, 'new-a'), undefined);
+        assert.equal(await store.deleteOperationsBefore('2024-01-01T01:00:00.0000000Z'), 0);
+      });
+    });
+
+    describe('transactions', () => {
+      test('work that throws leaves nothing behind', async () => {
+        await store.putEnrollment(a.id, enrollment('kept', { etag: '"v1"' }));
+        await assert.rejects(
+          store.transaction(async (trx) => {
+            await trx.putEnrollment(a.id, enrollment('kept', { etag: '"v2"' }));
+            await trx.putEnrollment(a.id, enrollment('new-one'));
+            await trx.putRegistration(a.id, registration('new-one'));
+            await trx.deleteAccessPolicy(a.id, 'nothing');
+            assert.deepEqual(await trx.getEnrollment(a.id, 'new-one'), enrollment('new-one'), 'the transaction sees its own writes');
+            throw new Error('boom');
+          }),
+          /boom/,
+        );
+        assert.deepEqual(await store.getEnrollment(a.id, 'kept'), enrollment('kept', { etag: '"v1"' }));
+        assert.equal(await store.getEnrollment(a.id, 'new-one'), undefined);
+        assert.equal(await store.getRegistration(a.id, 'new-one'), undefined);
+      });
+
+      test('work that succeeds commits and returns its value; a nested transaction joins the outer one', async () => {
+        const result = await store.transaction(async (trx) => {
+          await trx.putEnrollment(a.id, enrollment('one'));
+          return trx.transaction(async (inner) => {
+            await inner.putEnrollment(a.id, enrollment('two'));
+            return 42;
+          });
+        });
+        assert.equal(result, 42);
+        assert.deepEqual((await store.queryEnrollments(a.id, all())).items.map((e) => e.registrationId), ['one', 'two']);
+
+        await assert.rejects(
+          store.transaction(async (trx) => {
+            await trx.transaction(async (inner) => inner.putEnrollment(a.id, enrollment('three')));
+            throw new Error('outer fails');
+          }),
+          /outer fails/,
+        );
+        assert.equal(await store.getEnrollment(a.id, 'three'), undefined, 'the inner write rolls back with the outer transaction');
+      });
+    });
+
+    describe('isolation between instances', () => {
+      test('the same IDs in two instances are separate entries; no read, query or delete crosses', async () => {
+        for (const owner of [a, b]) {
+          const tag = owner.name;
+          await store.putEnrollment(owner.id, enrollment('shared', { deviceId: `device-${tag}`, attestation: x509Client(`CERT-${tag}`) }));
+          await store.putEnrollmentGroup(owner.id, group('shared-group', { etag: `"${tag}"` }));
+          await store.putRegistration(owner.id, registration('shared', { deviceId: `device-${tag}`, enrollmentGroupId: 'shared-group' }));
+          await store.putAccessPolicy(owner.id, policy(`policy-${tag}`));
+          await store.putLinkedHub(owner.id, hub(`hub-${tag}.example.net`));
+        }
+        assert.equal((await store.getEnrollment(a.id, 'shared'))?.deviceId, 'device-a');
+        assert.equal((await store.getEnrollment(b.id, 'shared'))?.deviceId, 'device-b');
+        assert.equal((await store.getEnrollmentGroup(b.id, 'shared-group'))?.etag, '"b"');
+        assert.equal((await store.getRegistration(b.id, 'shared'))?.deviceId, 'device-b');
+        assert.deepEqual((await store.queryEnrollments(a.id, all())).items.map((e) => e.deviceId), ['device-a']);
+        assert.deepEqual((await store.queryEnrollmentGroups(a.id, all())).items.map((g) => g.etag), ['"a"']);
+        assert.deepEqual((await query(store, a.id, [f('enrollmentGroupId', 'eq', 'shared-group')], 'registrations')).items.map((r) => r.deviceId), ['device-a']);
+        assert.deepEqual((await store.listAccessPolicies(a.id)).map((p) => p.keyName), ['policy-a']);
+        assert.deepEqual((await store.listLinkedHubs(b.id)).map((h) => h.name), ['hub-b.example.net']);
+        assert.equal(await store.getAccessPolicy(a.id, 'policy-b'), undefined);
+        assert.equal(await store.getLinkedHub(a.id, 'hub-b.example.net'), undefined);
+        assert.equal(await store.findCertificateOwner(a.id, 'CERT-b'), undefined);
+        assert.deepEqual(await store.findCertificateOwner(b.id, 'CERT-b'), { kind: 'individual', id: 'shared' });
+
+        // Deletes in instance a leave instance b alone.
+        assert.equal(await store.deleteEnrollment(a.id, 'shared'), true);
+        assert.equal(await store.deleteEnrollmentGroup(a.id, 'shared-group'), true);
+        assert.equal(await store.deleteRegistrationsOfGroup(a.id, 'shared-group'), 1);
+        assert.equal(await store.deleteAccessPolicy(a.id, 'policy-b'), false);
+        assert.equal(await store.deleteLinkedHub(a.id, 'hub-b.example.net'), false);
+        assert.equal(await store.deleteRegistration(a.id, 'shared'), false);
+        assert.equal((await store.getEnrollment(b.id, 'shared'))?.deviceId, 'device-b');
+        assert.notEqual(await store.getEnrollmentGroup(b.id, 'shared-group'), undefined);
+        assert.notEqual(await store.getRegistration(b.id, 'shared'), undefined);
+        assert.deepEqual(await store.findCertificateOwner(b.id, 'CERT-b'), { kind: 'individual', id: 'shared' });
+        // And the certificate is free in instance a: the index is per instance.
+        await store.putEnrollment(a.id, enrollment('other', { attestation: x509Client('CERT-b') }));
+        assert.deepEqual(await store.findCertificateOwner(a.id, 'CERT-b'), { kind: 'individual', id: 'other' });
+        assert.deepEqual(await store.findCertificateOwner(b.id, 'CERT-b'), { kind: 'individual', id: 'shared' });
+      });
+    });
+  });
+}
+
+// ---- fixtures
+
+function instance(name: string, idScope: string, serviceHostNames: string[]): InstanceRecord {
+  return {
+    id: `instance-${name}-${Math.random().toString(36).slice(2)}`,
+    name,
+    idScope,
+    serviceHostNames,
+    allocationPolicy: 'hashed',
+    createdDateTimeUtc: '2024-01-01T00:00:00.0000000Z',
+  };
+}
+
+function policy(keyName: string, rights: AccessPolicyRecord['rights'] = ['ServiceConfig', 'EnrollmentRead', 'EnrollmentWrite']): AccessPolicyRecord {
+  return { keyName, primaryKey: 'cHJpbWFyeS1rZXktMTIzNDU2Nzg=', secondaryKey: 'c2Vjb25kYXJ5LWtleS0xMjM0NTY=', rights };
+}
+
+function hub(name: string): LinkedHubRecord {
+  return {
+    name,
+    builtIn: false,
+    connectionString: `HostName=${name};SharedAccessKeyName=iothubowner;SharedAccessKey=a2V5LWtleS1rZXk=`,
+    allocationWeight: 1,
+    applyAllocationPolicy: true,
+  };
+}
+
+const symmetric: StoredAttestation = {
+  type: 'symmetricKey',
+  symmetricKey: { primaryKey: 'cHJpbWFyeS1wcmltYXJ5LWtleQ==', secondaryKey: 'c2Vjb25kYXJ5LXNlY29uZGFyeQ==' },
+};
+
+function certificate(sha256Thumbprint: string): StoredCertificate {
+  return {
+    certificate: `-----BEGIN CERTIFICATE-----\n${sha256Thumbprint}\n-----END CERTIFICATE-----\n`,
+    info: {
+      subjectName: 'CN=test',
+      sha1Thumbprint: `SHA1-${sha256Thumbprint}`,
+      sha256Thumbprint,
+      issuerName: 'CN=test',
+      notBeforeUtc: '2024-01-01T00:00:00.0000000Z',
+      notAfterUtc: '2034-01-01T00:00:00.0000000Z',
+      serialNumber: '01',
+      version: 3,
+    },
+  };
+}
+
+function pair(primary: string, secondary?: string): { primary: StoredCertificate; secondary?: StoredCertificate } {
+  return secondary === undefined ? { primary: certificate(primary) } : { primary: certificate(primary), secondary: certificate(secondary) };
+}
+
+function x509Client(primary: string, secondary?: string): StoredAttestation {
+  return { type: 'x509', x509: { clientCertificates: pair(primary, secondary) } };
+}
+
+function x509Signing(primary: string, secondary?: string): StoredAttestation {
+  return { type: 'x509', x509: { signingCertificates: pair(primary, secondary) } };
+}
+
+function x509CaReference(name: string): StoredAttestation {
+  return { type: 'x509', x509: { caReferences: { primary: name } } };
+}
+
+const common = {
+  attestation: symmetric,
+  capabilities: { iotEdge: false },
+  etag: '"e1"',
+  provisioningStatus: 'enabled' as const,
+  reprovisionPolicy: { updateHubAssignment: true, migrateDeviceData: true },
+  createdDateTimeUtc: '2024-01-01T00:00:00.0000000Z',
+  lastUpdatedDateTimeUtc: '2024-01-02T00:00:00.0000000Z',
+};
+
+function enrollment(registrationId: string, overrides: Partial<StoredEnrollment> = {}): StoredEnrollment {
+  return { registrationId, ...common, ...overrides };
+}
+
+function group(enrollmentGroupId: string, overrides: Partial<StoredEnrollmentGroup> = {}): StoredEnrollmentGroup {
+  return { enrollmentGroupId, ...common, ...overrides };
+}
+
+function registration(registrationId: string, overrides: Partial<StoredRegistration> = {}): StoredRegistration {
+  return {
+    registrationId,
+    createdDateTimeUtc: '2024-01-01T00:00:00.0000000Z',
+    assignedHub: 'hub1.example.net',
+    deviceId: registrationId,
+    status: 'assigned',
+    substatus: 'initialAssignment',
+    lastUpdatedDateTimeUtc: '2024-01-01T00:00:01.0000000Z',
+    etag: `"${registrationId}-1"`,
+    attestationType: 'symmetricKey',
+    ...overrides,
+  };
+}
+
+function operation(operationId: string, registrationId: string, status: StoredOperation['status'], lastUpdatedDateTimeUtc: string): StoredOperation {
+  return { operationId, registrationId, status, createdDateTimeUtc: '2024-01-01T00:00:00.0000000Z', lastUpdatedDateTimeUtc };
+}
+
+function f(field: string, op: Filter['op'], ...values: string[]): Filter {
+  return { field, op, values };
+}
+
+function all(): ListQuery {
+  return { filters: [], limit: 1000 };
+}
+
+function query(store: Store, instanceId: string, filters: Filter[]): Promise<Page<StoredEnrollment>>;
+function query(store: Store, instanceId: string, filters: Filter[], table: 'registrations'): Promise<Page<StoredRegistration>>;
+function query(store: Store, instanceId: string, filters: Filter[], table?: 'registrations'): Promise<Page<StoredEnrollment> | Page<StoredRegistration>> {
+  return table === 'registrations'
+    ? store.queryRegistrations(instanceId, { filters, limit: 1000 })
+    : store.queryEnrollments(instanceId, { filters, limit: 1000 });
+}
+
+function sortBy<T>(items: readonly T[], key: (item: T) => string): T[] {
+  return [...items].sort((x, y) => (key(x) < key(y) ? -1 : key(x) > key(y) ? 1 : 0));
+}

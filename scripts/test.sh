@@ -4,6 +4,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 echo "== typecheck"
 npx tsc --noEmit
+npx tsc -p web
+echo "== portal build"
+npx vite build --config web/vite.config.ts
+# The portal's browser tests drive Debian's Chromium; a fresh machine gets it here (as root, non-interactive).
+if ! command -v chromium >/dev/null; then
+  echo "== installing chromium"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update && apt-get install -y chromium
+fi
 echo "== test CA"
 bundle=$(npx tsx scripts/make-test-ca.ts)
 export NODE_EXTRA_CA_CERTS="$bundle"

@@ -2,6 +2,8 @@ import type { FastifyBaseLogger, FastifyInstance } from 'fastify';
 import pino from 'pino';
 import { sqliteFile, type Config } from './config/config.js';
 import { EnrollmentService, groupSpec, individualSpec } from './services/enrollments.js';
+import { redactUrl } from './domain/enrollment.js';
+import { dpsTimestamp } from './domain/time.js';
 import { InstanceService, OWNER_POLICY } from './services/instances.js';
 import { RegistrationRecordService } from './services/registration-records.js';
 import { ServiceAuth } from './services/service-auth.js';
@@ -13,14 +15,24 @@ import { BuiltInHubService } from './hubs/built-in-hubs.js';
 import { RestHubClientFactory } from './hubs/registry-client.js';
 import { builtInHubPlugin } from './transports/http/hub-api/plugin.js';
 import { deviceApiPlugin } from './transports/http/device-api/plugin.js';
+import { InjectTransport } from './transports/http/inject-transport.js';
 import { RegistrationService } from './services/registrations.js';
 import { HubLatencies } from './services/hub-latency.js';
 import { SymmetricKeyGroups } from './services/symmetric-key-groups.js';
 import type { Store } from './store/store.js';
 import { controlPlanePlugin } from './transports/http/service-api/control-plane.js';
+import { caCertificatesPlugin } from './transports/http/service-api/certificates.js';
+import { CaCertificateService } from './services/ca-certificates.js';
 import { serviceApiPlugin } from './transports/http/service-api/plugin.js';
 import { createHttpServer } from './transports/http/server.js';
+import { createDeviceEndpoints } from './transports/device-endpoints.js';
 import { ensureTlsMaterial, type TlsMaterial } from './tls/dev-ca.js';
+import { AuditLog } from './services/audit-log.js';
+import { LifecycleEvents } from './services/lifecycle-events.js';
+import { DataRequestService } from './services/data-requests.js';
+import { customerDataPlugin } from './transports/http/service-api/customer-data.js';
+import { serviceCallAuditor } from './transports/http/service-audit.js';
+import { portalPlugin } from './transports/http/portal.js';
 
 /**
  * The composition root: chooses the store and transports, wires services, and returns something that can listen and
@@ -41,7 +53,7 @@ export interface ServerInfo {
   idScope: string;
   caCertificatePath: string;
   hostNames: string[];
-  ports: { https: number };
+  ports: { https: number; mqtt?: number; amqp?: number };
   dataDir: string;
   builtInHubConnectionString: string;
 }
@@ -50,6 +62,8 @@ export interface App {
   readonly http: FastifyInstance;
   readonly store: Store;
   readonly builtInHubs: BuiltInHubService;
+  readonly audit: AuditLog;
+  readonly dataRequests: DataRequestService;
   info(): Promise<ServerInfo>;
   /** Binds every listener; rejects with ListenError naming the port and the flag to change it. */
   listen(): Promise<void>;
@@ -80,8 +94,20 @@ export async function createApp(deps: AppDeps): Promise<App> {
   const serviceDeps: ServiceDeps = { store, config, now: deps.now ?? (() => new Date()) };
 
   const auth = new ServiceAuth(serviceDeps);
-  const enrollments = new EnrollmentService(serviceDeps, individualSpec);
-  const groups = new EnrollmentService(serviceDeps, groupSpec);
+  const audit = new AuditLog(serviceDeps, logger);
+  const events = new LifecycleEvents(serviceDeps, logger, {
+    retryBaseMs: config.lifecycleEventRetryBaseMs,
+    retryMaxMs: 60_000,
+    timeoutMs: 10_000,
+  });
+  const symmetricKeyGroups = new SymmetricKeyGroups(store);
+  const enrollments = new EnrollmentService(serviceDeps, individualSpec, (instance, change, id) => {
+    void events.emit(instance, `enrollment.${change}`, { registrationId: id });
+  });
+  const groups = new EnrollmentService(serviceDeps, groupSpec, (instance, change, id) => {
+    symmetricKeyGroups.invalidate(instance.id);
+    void events.emit(instance, `enrollmentGroup.${change}`, { enrollmentGroupId: id });
+  });
   const registrations = new RegistrationRecordService(serviceDeps);
   const builtInHubs = new BuiltInHubService({ hubStore: new KyselyHubStore(db), now: serviceDeps.now });
   const instances = new InstanceService(serviceDeps, (name) => builtInHubs.ensureHub(name));
@@ -99,23 +125,52 @@ export async function createApp(deps: AppDeps): Promise<App> {
     ...serviceDeps,
     hubClients,
     latencies: new HubLatencies(hubClients, config.hubLatencyCacheMs),
-    groups: new SymmetricKeyGroups(store),
+    groups: symmetricKeyGroups,
     logger,
+    audit,
+    events,
+    onWebhookExchange: (instance, registrationId, exchange) =>
+      void audit.record(instance.id, {
+        kind: 'webhook',
+        operation: 'customAllocation',
+        actor: 'provisiond',
+        subject: { registrationId },
+        outcome: exchange.error === undefined ? 'success' : 'failure',
+        ...(exchange.error === undefined ? {} : { reason: exchange.error }),
+        details: {
+          url: redactUrl(exchange.url),
+          request: exchange.request as unknown as Record<string, unknown>,
+          ...(exchange.status === undefined ? {} : { status: exchange.status }),
+          ...(exchange.response === undefined ? {} : { response: exchange.response }),
+          durationMs: exchange.durationMs,
+        },
+      }),
   });
+  const dataRequests = new DataRequestService({ ...serviceDeps, hubClients, audit, events, logger, waitMs: config.dataRequestWaitMs });
 
   const { app: http, openApi } = createHttpServer({ config, logger, tls: { key: tls.key, cert: tls.cert } });
+  // Every authenticated service-API call goes in the system log (added before the plugins, so it covers them all).
+  http.addHook('onResponse', serviceCallAuditor(audit));
   await http.register(serviceApiPlugin({ auth, enrollments: enrollments as never, groups: groups as never, registrations }));
   await http.register(controlPlanePlugin({ auth, instances }));
+  await http.register(caCertificatesPlugin({ auth, certificates: new CaCertificateService(serviceDeps) }));
   await http.register(builtInHubPlugin({ hubs: builtInHubs }));
   await http.register(deviceApiPlugin({ registrations: registrationService }));
+  await http.register(customerDataPlugin({ auth, dataRequests, audit }));
+  await http.register(portalPlugin());
   http.get('/healthz', async () => ({ status: 'ok' }));
   http.get('/openapi.json', async () => openApi.document(deps.version ?? '0.0.0'));
   await http.ready();
+  hubClients.useBuiltInTransport(new InjectTransport(http));
+  const devices = await createDeviceEndpoints({ config, logger, registrations: registrationService, tls: { key: tls.key, cert: tls.cert }, httpServer: http.server });
 
+  let purgeTimer: NodeJS.Timeout | undefined;
   return {
     http,
     store,
     builtInHubs,
+    audit,
+    dataRequests,
     async info() {
       const owner = await store.getAccessPolicy(operator.id, OWNER_POLICY);
       const hostName = operator.serviceHostNames[0] ?? config.hostNames[0] ?? 'localhost';
@@ -126,7 +181,11 @@ export async function createApp(deps: AppDeps): Promise<App> {
         idScope: operator.idScope,
         caCertificatePath: tls.caPath,
         hostNames: [...config.hostNames],
-        ports: { https: config.httpsPort },
+        ports: {
+          https: config.httpsPort,
+          ...(config.mqttEnabled ? { mqtt: config.mqttPort } : {}),
+          ...(config.amqpEnabled ? { amqp: config.amqpPort } : {}),
+        },
         dataDir: config.dataDir,
         builtInHubConnectionString: defaultHub.connectionString,
       };
@@ -138,8 +197,30 @@ export async function createApp(deps: AppDeps): Promise<App> {
       } catch (error) {
         throw new ListenError('HTTPS', address, error as NodeJS.ErrnoException, '--https-port');
       }
+      // Background work starts with the listeners: lifecycle-event delivery, the log's retention purge, and every
+      // data request a previous run left unfinished.
+      events.start();
+      const purge = async () => {
+        await audit.purgeExpired();
+        await store.deleteOperationsBefore(dpsTimestamp(new Date(serviceDeps.now().getTime() - config.operationRetentionMs)));
+      };
+      purgeTimer = setInterval(() => void purge().catch((error: unknown) => logger.error({ err: error }, 'purge failed')), config.auditPurgeIntervalMs);
+      purgeTimer.unref();
+      void purge().catch((error: unknown) => logger.error({ err: error }, 'purge failed'));
+      await dataRequests.resumeUnfinished();
+      for (const listener of devices.listeners) {
+        try {
+          await listener.listen();
+        } catch (error) {
+          throw new ListenError(listener.what, `${config.listenHost}:${listener.port}`, error as NodeJS.ErrnoException, listener.flag);
+        }
+      }
     },
     async close() {
+      if (purgeTimer !== undefined) clearInterval(purgeTimer);
+      await dataRequests.stop();
+      await events.close();
+      await devices.close();
       await http.close();
       await hubClients.close();
       await store.close();

@@ -1,16 +1,28 @@
 import { readFileSync } from 'node:fs';
+import { createInterface } from 'node:readline/promises';
 import { CommanderError } from 'commander';
 import { createApp, ListenError, type App } from './app.js';
-import { buildProgram } from './cli/program.js';
+import { buildProgram, type CliIo } from './cli/program.js';
 import { ConfigError } from './config/config.js';
 
 /** The only place that reads argv and env, and the only place that listens. */
 const version = (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }).version;
-const io = {
+const io: CliIo = {
   env: process.env,
   out: (text: string) => process.stdout.write(text),
   err: (text: string) => process.stderr.write(text),
+  // Only a person at a terminal can confirm (data erase); the question goes to stderr, so stdout stays the output.
+  ...(process.stdin.isTTY === true ? { prompt: askOnTerminal } : {}),
 };
+
+async function askOnTerminal(question: string): Promise<string> {
+  const terminal = createInterface({ input: process.stdin, output: process.stderr });
+  try {
+    return await terminal.question(question);
+  } finally {
+    terminal.close();
+  }
+}
 
 let running: App | undefined;
 

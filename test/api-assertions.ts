@@ -21,7 +21,10 @@ export interface Route {
   /** OpenAPI path template, e.g. `/enrollments/{id}`. */
   template: string;
   operationId: string;
-  right: Right;
+  /** The (first) right the route needs; undefined when the rights depend on the request or any policy may call. */
+  right: Right | undefined;
+  /** Every right the route needs. */
+  rights: Right[];
   hasBody: boolean;
 }
 
@@ -50,9 +53,16 @@ export async function discoverRoutes(): Promise<Route[]> {
         assert.match(operation.operationId, /^(Hub|RuntimeRegistration_)/, `${operation.operationId} declares no authentication`);
         continue;
       }
-      const right = /Needs the (\w+) right/.exec(operation.description ?? '')?.[1];
-      assert.ok(right !== undefined && (ALL_RIGHTS as readonly string[]).includes(right), `${operation.operationId} names its right`);
-      routes.push({ method: method.toUpperCase(), template, operationId: operation.operationId, right: right as Right, hasBody: operation.requestBody !== undefined });
+      const description = operation.description ?? '';
+      const named = /Needs the ([\w ]+?) rights?\./.exec(description)?.[1]?.split(' and ');
+      // Routes whose rights depend on the request (e.g. export vs erase) say so instead of naming one.
+      const dependsOnRequest = /rights needed depend on the request/.test(description);
+      assert.ok(
+        dependsOnRequest || (named !== undefined && named.every((right) => (ALL_RIGHTS as readonly string[]).includes(right))),
+        `${operation.operationId} names its right`,
+      );
+      const rights = (named ?? []) as Right[];
+      routes.push({ method: method.toUpperCase(), template, operationId: operation.operationId, right: rights[0], rights, hasBody: operation.requestBody !== undefined });
     }
   }
   assert.ok(routes.length > 0, 'the OpenAPI document lists authenticated routes');
@@ -107,6 +117,7 @@ export async function snapshotStore(store: Store): Promise<unknown> {
       enrollments: (await store.queryEnrollments(instance.id, everything)).items,
       groups: (await store.queryEnrollmentGroups(instance.id, everything)).items,
       registrations: (await store.queryRegistrations(instance.id, everything)).items,
+      caCertificates: await store.listCaCertificates(instance.id),
     })),
   );
 }

@@ -1,6 +1,8 @@
 import assert from 'node:assert/strict';
-import { generateKeyPairSync, randomBytes } from 'node:crypto';
+import { generateKeyPairSync, randomBytes, X509Certificate } from 'node:crypto';
 import { after, before, test } from 'node:test';
+import { certificateInfo } from '../src/domain/x509.js';
+import { createRootCertificate, createVerificationCertificate, type CertificateAndKey } from '../src/tls/x509-issuer.js';
 import { call, startServer, type TestServer } from './harness.js';
 import { apiPath, assertDpsError, discoverRoutes, snapshotStore, type Response, type Route } from './api-assertions.js';
 
@@ -20,6 +22,7 @@ function seededParams(route: Route): Record<string, string> {
   if (route.template.startsWith('/linkedHubs')) return { name: 'seed-hub.example.net' };
   if (route.template.startsWith('/accessPolicies')) return { name: 'seed-policy' };
   if (route.template.startsWith('/instances')) return { name: route.method === 'PUT' ? 'third' : 'victim' };
+  if (route.template.startsWith('/certificates')) return { name: 'seed-ca' };
   return { id: 'seed-1' };
 }
 
@@ -37,7 +40,15 @@ const validBodies: Record<string, unknown> = {
   AccessPolicy_RegenerateKey: { keyType: 'primary' },
   LinkedHub_CreateOrUpdate: { builtIn: true, allocationWeight: 7 },
   Instances_Create: { serviceHostNames: ['third.localhost'] },
+  // The seeded request again: idempotent, so accepted.
+  DataRequest_Create: { type: 'erase', subject: { registrationId: 'seed-gone' }, dryRun: true },
+  DataRequest_Query: { query: 'SELECT *' },
+  AuditEvent_Query: { subject: 'seed-1' },
 };
+
+/** The seeded CA certificate, with a pending verification code that SEED_VERIFICATION (made in `before`) proves. */
+const SEED_CODE = 'SEEDVERIFICATIONCODE';
+let seedCa: CertificateAndKey;
 
 function bodyOf(route: Route): unknown {
   return route.hasBody ? (validBodies[route.operationId] ?? {}) : undefined;
@@ -79,12 +90,25 @@ async function seed(): Promise<void> {
   await put('PUT', '/enrollments/{id}', { id: 'seed-1' }, { registrationId: 'seed-1', attestation: { type: 'symmetricKey' } });
   await put('PUT', '/enrollmentGroups/{id}', { id: 'seed-1' }, { enrollmentGroupId: 'seed-1', attestation: { type: 'symmetricKey' } });
   await put('PUT', '/accessPolicies/{name}', { name: 'seed-policy' }, { rights: 'EnrollmentRead' });
+  // An erase request (a dry run) for the retry route.
+  await put('PUT', '/dataRequests/{id}', { id: 'seed-1' }, { type: 'erase', subject: { registrationId: 'seed-gone' }, dryRun: true });
   const instances = await server.app.store.listInstances();
   if (!instances.some((candidate) => candidate.name === 'victim')) {
     await put('PUT', '/instances/{name}', { name: 'victim' }, { serviceHostNames: ['victim.localhost'] });
   }
   const instance = instances.find((candidate) => candidate.name === 'default');
   assert.ok(instance !== undefined);
+  // A CA certificate awaiting verification with a known code (the API hands out random ones).
+  await server.app.store.putCaCertificate(instance.id, {
+    name: 'seed-ca',
+    certificate: seedCa.certPem,
+    info: certificateInfo(new X509Certificate(seedCa.certPem)),
+    isVerified: false,
+    verificationCode: SEED_CODE,
+    etag: '"seed"',
+    createdDateTimeUtc: '2024-01-01T00:00:00.0000000Z',
+    lastUpdatedDateTimeUtc: '2024-01-01T00:00:00.0000000Z',
+  });
   // No API writes registration records (devices do); seed one so DELETE /registrations has something to destroy.
   await server.app.store.putRegistration(instance.id, {
     registrationId: 'seed-1',
@@ -100,6 +124,9 @@ async function seed(): Promise<void> {
 }
 
 before(async () => {
+  seedCa = await createRootCertificate({ commonName: 'Seed CA' });
+  validBodies.Certificate_CreateOrUpdate = { certificate: seedCa.certPem };
+  validBodies.Certificate_Verify = { certificate: (await createVerificationCertificate(seedCa, SEED_CODE)).certPem };
   server = await startServer({ maxBodyBytes: MAX_BODY_BYTES, bulkMaxItems: BULK_MAX_ITEMS });
   owner = server.token();
   await seed();

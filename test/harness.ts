@@ -1,6 +1,7 @@
 import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import type { FastifyBaseLogger } from 'fastify';
 import { createApp, type App, type ServerInfo } from '../src/app.js';
 import { loadConfig, type Config } from '../src/config/config.js';
 import { createSasToken } from '../src/domain/sas.js';
@@ -24,15 +25,16 @@ export interface TestServer {
   close(): Promise<void>;
 }
 
-export async function startServer(overrides: Partial<Record<keyof Config, unknown>> = {}): Promise<TestServer> {
+/** `logger` replaces the silent one, for tests that read what the server logs. */
+export async function startServer(overrides: Partial<Record<keyof Config, unknown>> = {}, options: { logger?: FastifyBaseLogger } = {}): Promise<TestServer> {
   const dataDir = mkdtempSync(join(tmpdir(), 'provisiond-test-'));
   mkdirSync(join(dataDir, 'tls'), { recursive: true });
   copyFileSync(join(CA_DIR, 'ca.pem'), join(dataDir, 'tls', 'ca.pem'));
   copyFileSync(join(CA_DIR, 'ca.key'), join(dataDir, 'tls', 'ca.key'));
   const config = loadConfig({
-    flags: { dataDir, httpsPort: 443, listenHost: '127.0.0.1', logLevel: 'silent', ...overrides },
+    flags: { dataDir, httpsPort: 443, mqttPort: 8883, amqpPort: 5671, listenHost: '127.0.0.1', logLevel: 'silent', ...overrides },
   });
-  const app = await createApp({ config });
+  const app = await createApp({ config, ...(options.logger === undefined ? {} : { logger: options.logger }) });
   await app.listen();
   const info = await app.info();
   const ownerKey = /SharedAccessKey=([^;]+)/.exec(info.serviceConnectionString)?.[1] ?? '';

@@ -426,6 +426,7 @@ describe('RegistryRestClient (the registration flow\'s hub client) against the b
       status: 'enabled',
       capabilities: { iotEdge: false },
       authentication: { type: 'sas', symmetricKey: keys },
+      created: true,
     });
     // Putting an existing device replaces it (create → 409 → update with If-Match "*").
     const thumbprint = 'CD'.repeat(32);
@@ -435,10 +436,12 @@ describe('RegistryRestClient (the registration flow\'s hub client) against the b
       capabilities: { iotEdge: true },
       status: 'enabled',
     });
+    assert.equal(replaced.created, false);
     assert.equal(replaced.generationId, created.generationId);
     assert.notEqual(replaced.etag, created.etag);
     assert.deepEqual(replaced.authentication, { type: 'selfSigned', x509Thumbprint: { primaryThumbprint: thumbprint } });
-    assert.deepEqual(await client.getDevice('rest-dev-1'), replaced);
+    const { created: _wasCreated, ...replacedRecord } = replaced;
+    assert.deepEqual(await client.getDevice('rest-dev-1'), replacedRecord);
 
     const twin = await client.replaceTwin('rest-dev-1', { tags: { fleet: 'a' }, desired: { interval: 5, nested: { on: true } } });
     assert.deepEqual(twin, { etag: twin.etag, tags: { fleet: 'a' }, desired: { interval: 5, nested: { on: true } }, reported: {} });

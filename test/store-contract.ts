@@ -4,6 +4,7 @@ import type { StoredAttestation, StoredCertificate, StoredEnrollment, StoredEnro
 import type { Filter } from '../src/domain/query.js';
 import type {
   AccessPolicyRecord,
+  CaCertificateRecord,
   InstanceRecord,
   LinkedHubRecord,
   ListQuery,
@@ -426,6 +427,50 @@ export function runStoreContract(name: string, open: () => Promise<Store>): void
       });
     });
 
+    describe('CA certificates', () => {
+      test('put, get by name case-insensitively, list in name order, replace, delete', async () => {
+        const root = caCertificate('Root-CA', 'AA01');
+        const other = caCertificate('another', 'AA02', { isVerified: true });
+        await store.putCaCertificate(a.id, root);
+        await store.putCaCertificate(a.id, other);
+        assert.deepEqual(await store.getCaCertificate(a.id, 'root-ca'), root);
+        assert.deepEqual(await store.getCaCertificate(a.id, 'ROOT-CA'), root);
+        assert.equal(await store.getCaCertificate(a.id, 'nothing'), undefined);
+        assert.deepEqual(await store.listCaCertificates(a.id), [other, root]);
+        const pending: CaCertificateRecord = { ...root, name: 'ROOT-ca', verificationCode: 'C0DE', etag: '"r2"' };
+        await store.putCaCertificate(a.id, pending);
+        assert.deepEqual(await store.getCaCertificate(a.id, 'Root-CA'), pending, 'a put under the same name (any case) replaces');
+        assert.equal((await store.listCaCertificates(a.id)).length, 2);
+        assert.equal(await store.deleteCaCertificate(a.id, 'root-CA'), true);
+        assert.equal(await store.deleteCaCertificate(a.id, 'root-CA'), false);
+        assert.deepEqual(await store.listCaCertificates(a.id), [other]);
+      });
+
+      test('find by sha256 thumbprint, any case; the index follows replace and delete', async () => {
+        await store.putCaCertificate(a.id, caCertificate('root', 'AB01'));
+        assert.equal((await store.findCaCertificateByThumbprint(a.id, 'ab01'))?.name, 'root');
+        assert.equal(await store.findCaCertificateByThumbprint(a.id, 'AB02'), undefined);
+        await store.putCaCertificate(a.id, caCertificate('root', 'AB02'));
+        assert.equal(await store.findCaCertificateByThumbprint(a.id, 'AB01'), undefined, 'a replaced certificate leaves the index');
+        assert.equal((await store.findCaCertificateByThumbprint(a.id, 'AB02'))?.name, 'root');
+        await store.deleteCaCertificate(a.id, 'root');
+        assert.equal(await store.findCaCertificateByThumbprint(a.id, 'AB02'), undefined);
+      });
+
+      test('per instance: the same name in two instances is two certificates; deleteInstance removes only its own', async () => {
+        await store.putCaCertificate(a.id, caCertificate('root', 'AC01'));
+        await store.putCaCertificate(b.id, caCertificate('root', 'AC02', { isVerified: true }));
+        assert.equal((await store.getCaCertificate(a.id, 'root'))?.info.sha256Thumbprint, 'AC01');
+        assert.equal((await store.getCaCertificate(b.id, 'root'))?.isVerified, true);
+        assert.equal(await store.findCaCertificateByThumbprint(a.id, 'AC02'), undefined);
+        assert.equal(await store.deleteCaCertificate(a.id, 'nothing'), false);
+        await store.deleteInstance(a.id);
+        assert.deepEqual(await store.listCaCertificates(a.id), []);
+        assert.equal(await store.findCaCertificateByThumbprint(a.id, 'AC01'), undefined);
+        assert.deepEqual(await store.listCaCertificates(b.id), [caCertificate('root', 'AC02', { isVerified: true })]);
+      });
+    });
+
     describe('transactions', () => {
       test('work that throws leaves nothing behind', async () => {
         await store.putEnrollment(a.id, enrollment('kept', { etag: '"v1"' }));
@@ -584,6 +629,20 @@ const common = {
   createdDateTimeUtc: '2024-01-01T00:00:00.0000000Z',
   lastUpdatedDateTimeUtc: '2024-01-02T00:00:00.0000000Z',
 };
+
+function caCertificate(name: string, sha256Thumbprint: string, overrides: Partial<CaCertificateRecord> = {}): CaCertificateRecord {
+  const { certificate: pem, info } = certificate(sha256Thumbprint);
+  return {
+    name,
+    certificate: pem,
+    info,
+    isVerified: false,
+    etag: `"${name}-1"`,
+    createdDateTimeUtc: '2024-01-01T00:00:00.0000000Z',
+    lastUpdatedDateTimeUtc: '2024-01-01T00:00:00.0000000Z',
+    ...overrides,
+  };
+}
 
 function enrollment(registrationId: string, overrides: Partial<StoredEnrollment> = {}): StoredEnrollment {
   return { registrationId, ...common, ...overrides };

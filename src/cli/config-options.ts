@@ -11,7 +11,20 @@ export function addConfigOptions(command: Command): Command {
     .option('--listen-host <address>', 'address to bind; default 0.0.0.0')
     .option('--host-names <names>', 'comma-separated host names for the server certificate; default localhost,127.0.0.1')
     .option('--store <store>', "'sqlite' (default: a file in the data directory) or a SQLite file path")
-    .option('--log-level <level>', 'fatal, error, warn, info, debug, trace or silent; default info');
+    .option('--log-level <level>', 'fatal, error, warn, info, debug, trace or silent; default info')
+    .option('--mqtt-port <port>', 'MQTT over TLS device port; default 8883')
+    .option('--amqp-port <port>', 'AMQP over TLS device port; default 5671')
+    // Both spellings, so that an absent flag leaves the setting to the config file and environment.
+    .option('--mqtt', 'serve MQTT over TLS (default)')
+    .option('--no-mqtt', 'do not serve MQTT over TLS')
+    .option('--amqp', 'serve AMQP over TLS (default)')
+    .option('--no-amqp', 'do not serve AMQP over TLS')
+    .option('--websockets', 'serve MQTT and AMQP over WebSocket at /$iothub/websocket on the HTTPS port (default)')
+    .option('--no-websockets', 'do not serve MQTT and AMQP over WebSocket')
+    .option('--mqtt-max-packet-bytes <bytes>', 'largest MQTT packet from a device; default 131072')
+    .option('--amqp-max-message-bytes <bytes>', 'AMQP max-frame-size and largest message from a device; default 131072')
+    .option('--max-device-connections <n>', 'open MQTT/AMQP device connections; default 10000')
+    .option('--device-idle-timeout-ms <ms>', 'close a silent MQTT/AMQP device connection after this long; default 300000');
 }
 
 export interface ConfigFlags {
@@ -22,6 +35,15 @@ export interface ConfigFlags {
   hostNames?: string;
   store?: string;
   logLevel?: string;
+  mqttPort?: string;
+  amqpPort?: string;
+  mqtt?: boolean;
+  amqp?: boolean;
+  websockets?: boolean;
+  mqttMaxPacketBytes?: string;
+  amqpMaxMessageBytes?: string;
+  maxDeviceConnections?: string;
+  deviceIdleTimeoutMs?: string;
 }
 
 export function configFromFlags(flags: ConfigFlags, env: Record<string, string | undefined>): Config {
@@ -44,6 +66,15 @@ export function configFromFlags(flags: ConfigFlags, env: Record<string, string |
       hostNames: flags.hostNames?.split(',').map((name) => name.trim()).filter((name) => name !== ''),
       store: flags.store,
       logLevel: flags.logLevel,
+      mqttPort: int(flags.mqttPort),
+      amqpPort: int(flags.amqpPort),
+      mqttEnabled: flags.mqtt,
+      amqpEnabled: flags.amqp,
+      webSocketsEnabled: flags.websockets,
+      mqttMaxPacketBytes: int(flags.mqttMaxPacketBytes),
+      amqpMaxMessageBytes: int(flags.amqpMaxMessageBytes),
+      maxDeviceConnections: int(flags.maxDeviceConnections),
+      deviceIdleTimeoutMs: int(flags.deviceIdleTimeoutMs),
     },
   });
 }

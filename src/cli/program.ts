@@ -12,6 +12,8 @@ export interface CliIo {
   env: Record<string, string | undefined>;
   out(text: string): void;
   err(text: string): void;
+  /** Asks a question on the terminal and resolves with the answer; absent when stdin is not a terminal. */
+  prompt?: (question: string) => Promise<string>;
 }
 
 export interface ServerRunner {
@@ -29,6 +31,8 @@ export function formatInfo(info: ServerInfo): string {
     `  CA certificate:             ${info.caCertificatePath}   (export NODE_EXTRA_CA_CERTS=${info.caCertificatePath})`,
     `  host names:                 ${info.hostNames.join(', ')}`,
     `  HTTPS port:                 ${info.ports.https}`,
+    ...(info.ports.mqtt === undefined ? [] : [`  MQTT port:                  ${info.ports.mqtt}`]),
+    ...(info.ports.amqp === undefined ? [] : [`  AMQP port:                  ${info.ports.amqp}`]),
     `  data directory:             ${info.dataDir}`,
   ].join('\n');
 }

@@ -35,7 +35,34 @@ export const ConfigSchema = Type.Object({
   registrationsPerSecond: Type.Integer({ minimum: 0, maximum: 1000000, default: 10000, description: 'Register requests per second per instance (0: unlimited); bursts up to twice that.' }),
   pollsPerSecondPerDevice: Type.Integer({ minimum: 0, maximum: 1000, default: 5, description: 'Status polls per second per device (0: unlimited); bursts up to twice that.' }),
   hubLatencyCacheMs: Type.Integer({ minimum: 0, maximum: 3600000, default: 60000, description: 'How long a measured hub latency (geoLatency) is reused.' }),
+  dataRequestWaitMs: Type.Integer({ minimum: 0, maximum: 60000, default: 5000, description: 'How long creating a data request waits for it to finish before answering `running`.' }),
+  lifecycleEventRetryBaseMs: Type.Integer({ minimum: 10, maximum: 600000, default: 1000, description: 'First retry delay of a failed lifecycle-event delivery; doubles per attempt up to 60 s.' }),
+  auditPurgeIntervalMs: Type.Integer({ minimum: 1000, default: 3600000, description: 'How often events past their retention period are purged.' }),
   operationRetentionMs: Type.Integer({ minimum: 60000, default: 86400000, description: 'How long finished operations can still be polled.' }),
+  mqttPort: Type.Integer({ minimum: 0, maximum: 65535, default: 8883, description: 'MQTT over TLS device port.' }),
+  amqpPort: Type.Integer({ minimum: 0, maximum: 65535, default: 5671, description: 'AMQP over TLS device port.' }),
+  mqttEnabled: Type.Boolean({ default: true, description: 'Serve MQTT over TLS on mqttPort.' }),
+  amqpEnabled: Type.Boolean({ default: true, description: 'Serve AMQP over TLS on amqpPort.' }),
+  webSocketsEnabled: Type.Boolean({ default: true, description: 'Serve MQTT and AMQP over WebSocket at /$iothub/websocket on the HTTPS port.' }),
+  mqttMaxPacketBytes: Type.Integer({
+    minimum: 1024,
+    maximum: 16 * 1024 * 1024,
+    default: 131072,
+    description: 'Largest MQTT packet a device may send (DPS messages are at most 96 KB); a larger one closes the connection.',
+  }),
+  amqpMaxMessageBytes: Type.Integer({
+    minimum: 1024,
+    maximum: 16 * 1024 * 1024,
+    default: 131072,
+    description: 'The AMQP max-frame-size offered to devices, and the largest message; more closes the connection.',
+  }),
+  maxDeviceConnections: Type.Integer({ minimum: 1, maximum: 10000000, default: 10000, description: 'Open MQTT and AMQP device connections (TLS and WebSocket together); more are refused.' }),
+  deviceIdleTimeoutMs: Type.Integer({
+    minimum: 1000,
+    maximum: 86400000,
+    default: 300000,
+    description: 'An MQTT or AMQP device connection that sends nothing for this long is closed (longer than the SDKs\' keep-alive).',
+  }),
 });
 export type Config = Readonly<Static<typeof ConfigSchema>>;
 
@@ -49,7 +76,7 @@ export class ConfigError extends Error {
 }
 
 /** Environment variable → config key, with how to read the text. */
-const ENV: Record<string, { key: keyof Config; kind: 'string' | 'int' | 'list' }> = {
+const ENV: Record<string, { key: keyof Config; kind: 'string' | 'int' | 'list' | 'bool' }> = {
   PROVISIOND_DATA_DIR: { key: 'dataDir', kind: 'string' },
   PROVISIOND_LISTEN_HOST: { key: 'listenHost', kind: 'string' },
   PROVISIOND_HTTPS_PORT: { key: 'httpsPort', kind: 'int' },
@@ -66,10 +93,24 @@ const ENV: Record<string, { key: keyof Config; kind: 'string' | 'int' | 'list' }
   PROVISIOND_POLLS_PER_SECOND_PER_DEVICE: { key: 'pollsPerSecondPerDevice', kind: 'int' },
   PROVISIOND_HUB_LATENCY_CACHE_MS: { key: 'hubLatencyCacheMs', kind: 'int' },
   PROVISIOND_OPERATION_RETENTION_MS: { key: 'operationRetentionMs', kind: 'int' },
+  PROVISIOND_DATA_REQUEST_WAIT_MS: { key: 'dataRequestWaitMs', kind: 'int' },
+  PROVISIOND_LIFECYCLE_EVENT_RETRY_BASE_MS: { key: 'lifecycleEventRetryBaseMs', kind: 'int' },
+  PROVISIOND_AUDIT_PURGE_INTERVAL_MS: { key: 'auditPurgeIntervalMs', kind: 'int' },
+  PROVISIOND_QUERY_DEFAULT_ITEM_COUNT: { key: 'queryDefaultItemCount', kind: 'int' },
+  PROVISIOND_MQTT_PORT: { key: 'mqttPort', kind: 'int' },
+  PROVISIOND_AMQP_PORT: { key: 'amqpPort', kind: 'int' },
+  PROVISIOND_MQTT_ENABLED: { key: 'mqttEnabled', kind: 'bool' },
+  PROVISIOND_AMQP_ENABLED: { key: 'amqpEnabled', kind: 'bool' },
+  PROVISIOND_WEBSOCKETS_ENABLED: { key: 'webSocketsEnabled', kind: 'bool' },
+  PROVISIOND_MQTT_MAX_PACKET_BYTES: { key: 'mqttMaxPacketBytes', kind: 'int' },
+  PROVISIOND_AMQP_MAX_MESSAGE_BYTES: { key: 'amqpMaxMessageBytes', kind: 'int' },
+  PROVISIOND_MAX_DEVICE_CONNECTIONS: { key: 'maxDeviceConnections', kind: 'int' },
+  PROVISIOND_DEVICE_IDLE_TIMEOUT_MS: { key: 'deviceIdleTimeoutMs', kind: 'int' },
 };
 export const CONFIG_ENV_VARS = Object.keys(ENV);
 
-function readText(text: string, kind: 'string' | 'int' | 'list'): unknown {
+function readText(text: string, kind: 'string' | 'int' | 'list' | 'bool'): unknown {
+  if (kind === 'bool') return /^(true|1|yes|on)$/i.test(text.trim()) ? true : /^(false|0|no|off)$/i.test(text.trim()) ? false : text;
   if (kind === 'int') return /^-?\d+$/.test(text.trim()) ? Number(text.trim()) : text;
   if (kind === 'list') return text.split(',').map((part) => part.trim()).filter((part) => part.length > 0);
   return text;

@@ -17,11 +17,13 @@ export function parseCertificate(text: string): X509Certificate {
     der = pemToDer(trimmed);
   } else if (/^[A-Za-z0-9+/=\s]+$/.test(trimmed)) {
     const decoded = Buffer.from(trimmed.replace(/\s+/g, ''), 'base64');
-    const asText = decoded.subarray(0, 64).toString('latin1');
-    if (asText.includes('PRIVATE KEY')) {
+    const asText = decoded.toString('latin1');
+    const isPem = asText.trimStart().startsWith('-----BEGIN');
+    // Base64 of PEM may carry a key after the certificate, or be only a key: refused like PEM text.
+    if (isPem && asText.includes('PRIVATE KEY')) {
       throw new ProvisioningError('InvalidCertificate', 'The certificate text contains a private key; send only the certificate.');
     }
-    der = asText.startsWith('-----BEGIN') ? pemToDer(decoded.toString('latin1')) : decoded;
+    der = isPem ? pemToDer(asText) : decoded;
   }
   if (der === undefined || der.length === 0) {
     throw new ProvisioningError('InvalidCertificate', 'The certificate must be PEM, base64 of PEM or base64 of DER.');

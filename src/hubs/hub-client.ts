@@ -47,8 +47,8 @@ export class HubError extends Error {
 export interface HubClient {
   readonly hubName: string;
   getDevice(deviceId: string): Promise<HubDeviceRecord | undefined>;
-  /** Creates the identity, or replaces it (authentication, capabilities, status) when it exists. */
-  putDevice(device: HubDevice): Promise<HubDeviceRecord>;
+  /** Creates the identity, or replaces it (authentication, capabilities, status) when it exists; says which. */
+  putDevice(device: HubDevice): Promise<HubDeviceRecord & { created: boolean }>;
   deleteDevice(deviceId: string): Promise<boolean>;
   getTwin(deviceId: string): Promise<HubTwin | undefined>;
   /** Sets the twin's tags and desired properties to exactly these (reported properties are the device's). */

@@ -39,6 +39,41 @@ const TOKEN_LIFETIME_SECONDS = 3600;
 const TOKEN_RENEW_MARGIN_SECONDS = 300;
 const DEFAULT_TIMEOUT_MS = 30_000;
 
+/**
+ * How a request reaches a hub. Over the network by default; a hub hosted by this very process can be given an
+ * in-process transport that runs the same HTTP routes without a loopback TLS socket.
+ */
+export interface HubTransport {
+  send(request: HubRequest): Promise<HubResponse>;
+}
+export interface HubRequest {
+  origin: string;
+  path: string;
+  method: Dispatcher.HttpMethod;
+  headers: Record<string, string>;
+  body?: string;
+  timeoutMs: number;
+}
+
+class UndiciTransport implements HubTransport {
+  readonly #dispatcher: Dispatcher;
+  constructor(dispatcher: Dispatcher) {
+    this.#dispatcher = dispatcher;
+  }
+  async send(request: HubRequest): Promise<HubResponse> {
+    const response = await this.#dispatcher.request({
+      origin: request.origin,
+      path: request.path,
+      method: request.method,
+      headers: request.headers,
+      ...(request.body === undefined ? {} : { body: request.body }),
+      headersTimeout: request.timeoutMs,
+      bodyTimeout: request.timeoutMs,
+    });
+    return { status: response.statusCode, text: await response.body.text() };
+  }
+}
+
 export class RestHubClientFactory implements HubClientFactory {
   readonly #options: RestHubClientOptions;
   readonly #timeoutMs: number;
@@ -47,6 +82,8 @@ export class RestHubClientFactory implements HubClientFactory {
   /** External hubs: their own origins, trusting the system CAs and `ca`. */
   readonly #external: Agent;
   readonly #clients = new Map<string, RegistryRestClient>();
+  #builtInTransport: HubTransport;
+  readonly #externalTransport: HubTransport;
 
   constructor(options: RestHubClientOptions) {
     this.#options = options;
@@ -56,6 +93,14 @@ export class RestHubClientFactory implements HubClientFactory {
     // trusted here); the hub name is a virtual host chosen by Host, which that certificate need not list.
     this.#builtIn = new Agent({ ...common, connect: { ca: options.ca, checkServerIdentity: () => undefined } });
     this.#external = new Agent({ ...common, connect: { ca: [...rootCertificates, options.ca] } });
+    this.#builtInTransport = new UndiciTransport(this.#builtIn);
+    this.#externalTransport = new UndiciTransport(this.#external);
+  }
+
+  /** Serve built-in hubs in-process (the composition root passes the HTTPS app's own request injector). */
+  useBuiltInTransport(transport: HubTransport): void {
+    this.#builtInTransport = transport;
+    this.#clients.clear();
   }
 
   /** Clients are cached per hub; a changed connection string (rotated keys) gets a new one. */
@@ -68,7 +113,7 @@ export class RestHubClientFactory implements HubClientFactory {
       hubName: hub.name,
       connectionString: hub.connectionString,
       origin: hub.builtIn ? `https://${host.includes(':') ? `[${host}]` : host}:${port}` : `https://${hub.name}`,
-      dispatcher: hub.builtIn ? this.#builtIn : this.#external,
+      transport: hub.builtIn ? this.#builtInTransport : this.#externalTransport,
       timeoutMs: this.#timeoutMs,
     });
     this.#clients.set(cacheKey, client);
@@ -87,11 +132,11 @@ export interface RegistryRestClientOptions {
   connectionString: string;
   /** `https://host[:port]` to connect to; the Host header and TLS server name are always the hub's host name. */
   origin: string;
-  dispatcher: Dispatcher;
+  transport: HubTransport;
   timeoutMs?: number;
 }
 
-interface HubResponse {
+export interface HubResponse {
   status: number;
   text: string;
 }
@@ -100,7 +145,7 @@ export class RegistryRestClient implements HubClient {
   readonly hubName: string;
   readonly connectionString: string;
   readonly #origin: string;
-  readonly #dispatcher: Dispatcher;
+  readonly #transport: HubTransport;
   readonly #timeoutMs: number;
   readonly #credentials: { hostName: string; keyName: string; key: string } | undefined;
   #token: { value: string; expirySeconds: number } | undefined;
@@ -109,7 +154,7 @@ export class RegistryRestClient implements HubClient {
     this.hubName = options.hubName;
     this.connectionString = options.connectionString;
     this.#origin = options.origin;
-    this.#dispatcher = options.dispatcher;
+    this.#transport = options.transport;
     this.#timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
     this.#credentials = parseConnectionString(options.connectionString, options.hubName);
   }
@@ -124,14 +169,14 @@ export class RegistryRestClient implements HubClient {
    * Create, or replace when it exists: PUT without If-Match creates (409 when the device exists), then PUT with
    * If-Match "*" replaces. A device deleted between the two is created again.
    */
-  async putDevice(device: HubDevice): Promise<HubDeviceRecord> {
+  async putDevice(device: HubDevice): Promise<HubDeviceRecord & { created: boolean }> {
     const body = deviceBody(device);
     const path = devicePath('devices', device.deviceId);
     for (let attempt = 0; attempt < 3; attempt += 1) {
       const created = await this.#call('PUT', path, { body });
-      if (created.status !== 409) return deviceRecordOf(this.#expect(created, 200, DeviceResponse, 'create device'));
+      if (created.status !== 409) return { ...deviceRecordOf(this.#expect(created, 200, DeviceResponse, 'create device')), created: true };
       const replaced = await this.#call('PUT', path, { body, ifMatch: '"*"' });
-      if (!isDeviceNotFound(replaced)) return deviceRecordOf(this.#expect(replaced, 200, DeviceResponse, 'update device'));
+      if (!isDeviceNotFound(replaced)) return { ...deviceRecordOf(this.#expect(replaced, 200, DeviceResponse, 'update device')), created: false };
     }
     throw new HubError(this.hubName, `device '${device.deviceId}' kept changing between create and update`);
   }
@@ -185,16 +230,14 @@ export class RegistryRestClient implements HubClient {
       headers['content-type'] = 'application/json; charset=utf-8';
     }
     try {
-      const response = await this.#dispatcher.request({
+      return await this.#transport.send({
         origin: this.#origin,
         path: `${url.pathname}${url.search}`,
         method,
         headers,
         ...(body === undefined ? {} : { body }),
-        headersTimeout: this.#timeoutMs,
-        bodyTimeout: this.#timeoutMs,
+        timeoutMs: this.#timeoutMs,
       });
-      return { status: response.statusCode, text: await response.body.text() };
     } catch (error) {
       const reason = error instanceof Error ? `${error.message}${'code' in error ? ` (${String(error.code)})` : ''}` : String(error);
       throw new HubError(this.hubName, `cannot reach hub ${this.hubName} at ${this.#origin}: ${reason}`);

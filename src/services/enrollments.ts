@@ -111,14 +111,19 @@ export interface BulkResult {
   errors?: JsonMap[];
 }
 
+/** Told after every committed write (lifecycle events, caches). */
+export type EnrollmentChangeListener = (instance: InstanceRecord, change: 'created' | 'updated' | 'deleted', id: string) => void;
+
 export class EnrollmentService<Doc extends EnrollmentDocument> {
   readonly #deps: ServiceDeps;
   readonly #spec: EnrollmentKindSpec<Doc>;
   readonly #validate;
+  readonly #onChange: EnrollmentChangeListener;
 
-  constructor(deps: ServiceDeps, spec: EnrollmentKindSpec<Doc>) {
+  constructor(deps: ServiceDeps, spec: EnrollmentKindSpec<Doc>, onChange: EnrollmentChangeListener = () => undefined) {
     this.#deps = deps;
     this.#spec = spec;
+    this.#onChange = onChange;
     this.#validate = compileSchema(spec.inputSchema);
   }
 
@@ -146,7 +151,8 @@ export class EnrollmentService<Doc extends EnrollmentDocument> {
     if (typeof bodyId !== 'string' || idKey(bodyId) !== idKey(id)) {
       throw new ProvisioningError('IdMismatch', `The ${this.#spec.idField} in the body ('${String(bodyId)}') does not match the one in the path ('${id}').`);
     }
-    const doc = await this.#deps.store.transaction((store) => this.#write(store, instance, id, input, ifMatch, 'update'));
+    const { doc, created } = await this.#deps.store.transaction((store) => this.#write(store, instance, id, input, ifMatch, 'update'));
+    this.#onChange(instance, created ? 'created' : 'updated', this.#spec.idOf(doc));
     return this.#spec.render(this.#deps.store, instance.id, doc, 'withSecrets');
   }
 
@@ -157,6 +163,7 @@ export class EnrollmentService<Doc extends EnrollmentDocument> {
       await this.#spec.cascade(store, instance.id, id);
       await this.#spec.remove(store, instance.id, id);
     });
+    this.#onChange(instance, 'deleted', id);
   }
 
   async query(instance: InstanceRecord, request: PageRequest): Promise<QueryResult> {
@@ -189,7 +196,8 @@ export class EnrollmentService<Doc extends EnrollmentDocument> {
           await this.delete(instance, id, typeof etag === 'string' && etag !== '' ? etag : undefined);
         } else {
           const input = assertValid(this.#validate, item, `item ${index}`);
-          await this.#deps.store.transaction((store) => this.#write(store, instance, id, input, undefined, mode));
+          const { created } = await this.#deps.store.transaction((store) => this.#write(store, instance, id, input, undefined, mode));
+          this.#onChange(instance, created ? 'created' : 'updated', id);
         }
       } catch (error) {
         if (!(error instanceof ProvisioningError)) throw error;
@@ -206,7 +214,7 @@ export class EnrollmentService<Doc extends EnrollmentDocument> {
     input: unknown,
     ifMatch: string | undefined,
     mode: Exclude<BulkMode, 'delete' | 'updateIfMatchEtag'>,
-  ): Promise<Doc> {
+  ): Promise<{ doc: Doc; created: boolean }> {
     const existing = await this.#spec.get(store, instance.id, id);
     if (mode === 'create' && existing !== undefined) {
       throw new ProvisioningError('Conflict', `The ${this.#spec.kind === 'individual' ? 'enrollment' : 'enrollment group'} '${id}' already exists.`);
@@ -221,7 +229,7 @@ export class EnrollmentService<Doc extends EnrollmentDocument> {
     await this.#checkHubs(store, instance, doc);
     await this.#checkCertificatesUnused(store, instance, doc);
     await this.#spec.put(store, instance.id, doc);
-    return doc;
+    return { doc, created: existing === undefined };
   }
 
   /** Hubs named by an enrollment must be linked to the instance (dps-wire.md §8.2). */

@@ -11,6 +11,7 @@ import {
   type Store,
 } from '../store/store.js';
 import type { ServiceDeps } from './deps.js';
+import { DEFAULT_AUDIT_RETENTION_DAYS } from './audit-log.js';
 
 /**
  * Instances (tenants) and their control plane: settings, access policies, linked hubs. Guarded by ServiceConfig at
@@ -29,6 +30,8 @@ export interface InstanceView {
   serviceHostNames: string[];
   allocationPolicy: InstanceRecord['allocationPolicy'];
   createdDateTimeUtc: string;
+  auditRetentionDays: number;
+  eventWebhookUrl: string | null;
 }
 
 export interface AccessPolicyView {
@@ -56,6 +59,9 @@ export function instanceView(instance: InstanceRecord): InstanceView {
     serviceHostNames: [...instance.serviceHostNames],
     allocationPolicy: instance.allocationPolicy,
     createdDateTimeUtc: instance.createdDateTimeUtc,
+    auditRetentionDays: instance.auditRetentionDays ?? DEFAULT_AUDIT_RETENTION_DAYS,
+    // The webhook's URL is shown; its signing secret never is.
+    eventWebhookUrl: instance.eventWebhook?.url ?? null,
   };
 }
 
@@ -193,8 +199,39 @@ export class InstanceService {
     await this.#deps.store.transaction((store) => store.deleteInstance(target.id));
   }
 
-  async update(instance: InstanceRecord, patch: { allocationPolicy?: unknown; serviceHostNames?: unknown }): Promise<InstanceView> {
-    const updated: InstanceRecord = { ...instance };
+  async update(
+    instance: InstanceRecord,
+    patch: { allocationPolicy?: unknown; serviceHostNames?: unknown; auditRetentionDays?: unknown; eventWebhook?: unknown },
+  ): Promise<InstanceView> {
+    // From the store, not the caller's copy: the instance's secrets must survive the write.
+    const updated: InstanceRecord = { ...((await this.#deps.store.getInstance(instance.id)) ?? instance) };
+    if (patch.auditRetentionDays !== undefined) {
+      const days = patch.auditRetentionDays;
+      if (typeof days !== 'number' || !Number.isInteger(days) || days < 1 || days > 3650) {
+        throw new ProvisioningError('InvalidInstance', 'auditRetentionDays is a whole number of days from 1 to 3650.');
+      }
+      updated.auditRetentionDays = days;
+    }
+    if (patch.eventWebhook !== undefined) {
+      if (patch.eventWebhook === null) {
+        delete updated.eventWebhook;
+      } else {
+        const { url, secret } = patch.eventWebhook as { url?: unknown; secret?: unknown };
+        let parsed: URL | undefined;
+        try {
+          parsed = typeof url === 'string' ? new URL(url) : undefined;
+        } catch {
+          parsed = undefined;
+        }
+        if (parsed === undefined || (parsed.protocol !== 'https:' && parsed.protocol !== 'http:')) {
+          throw new ProvisioningError('InvalidInstance', 'eventWebhook.url must be an http or https URL.');
+        }
+        if (typeof secret !== 'string' || secret.length < 16 || secret.length > 256) {
+          throw new ProvisioningError('InvalidInstance', 'eventWebhook.secret must be 16 to 256 characters; it signs every delivery.');
+        }
+        updated.eventWebhook = { url: parsed.toString(), secret };
+      }
+    }
     if (patch.allocationPolicy !== undefined) {
       if (patch.allocationPolicy !== 'hashed' && patch.allocationPolicy !== 'geoLatency' && patch.allocationPolicy !== 'static') {
         throw new ProvisioningError('InvalidInstance', "The default allocationPolicy is one of 'hashed', 'geoLatency' or 'static' (custom is set per enrollment).");

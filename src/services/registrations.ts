@@ -1,4 +1,4 @@
-import { randomBytes, randomUUID } from 'node:crypto';
+import { randomBytes, randomUUID, type X509Certificate } from 'node:crypto';
 import type { FastifyBaseLogger } from 'fastify';
 import { candidateHubs, geoLatencyChoice, hashedChoice, staticChoice } from '../domain/allocation.js';
 import {
@@ -16,6 +16,7 @@ import { renderDeviceRegistration } from '../domain/registration.js';
 import { decideReprovision } from '../domain/reprovision.js';
 import { deriveDeviceKey, isExpired, parseSasToken, signedByOneOf } from '../domain/sas.js';
 import { dpsTimestamp } from '../domain/time.js';
+import { certificateInfo, commonName } from '../domain/x509.js';
 import { HubError, type HubAuthentication, type HubClientFactory, type HubTwinContent } from '../hubs/hub-client.js';
 import type { InstanceRecord, LinkedHubRecord, StoredOperation, StoredRegistration } from '../store/store.js';
 import { callAllocationWebhook, type WebhookExchange } from './custom-allocation.js';
@@ -23,6 +24,9 @@ import type { ServiceDeps } from './deps.js';
 import type { HubLatencies } from './hub-latency.js';
 import type { SymmetricKeyGroups } from './symmetric-key-groups.js';
 import { RateLimiter } from './throttle.js';
+import type { AuditLog } from './audit-log.js';
+import type { LifecycleEvents } from './lifecycle-events.js';
+import { walkX509Enrollments } from './x509-attestation.js';
 
 /**
  * The registration flow — one implementation for every transport (ARCHITECTURE.md "The registration flow"):
@@ -31,7 +35,13 @@ import { RateLimiter } from './throttle.js';
  */
 export type Transport = 'http' | 'mqtt' | 'mqttWs' | 'amqp' | 'amqpWs';
 
-export type DeviceCredential = { kind: 'sas'; authorization: string | undefined };
+/**
+ * What a device proves itself with, as the transport received it: a SAS token (HTTP Authorization header, MQTT
+ * password, AMQP SASL PLAIN password), or the certificate chain of its TLS client certificate, leaf first.
+ */
+export type DeviceCredential =
+  | { kind: 'sas'; authorization: string | undefined }
+  | { kind: 'x509'; chain: readonly X509Certificate[] };
 
 export interface DeviceRequest {
   idScope: string;
@@ -55,11 +65,13 @@ interface DeviceMatch {
   instance: InstanceRecord;
   registrationId: string;
   enrollment: EnrollmentMatch;
-  attestationType: 'symmetricKey';
+  attestationType: 'symmetricKey' | 'x509';
   deviceId: string;
   hubAuthentication: HubAuthentication;
   /** The attestation part of the device's registrationState. */
   resultSection: JsonMap;
+  /** The attestation part of a custom allocation webhook's deviceRuntimeContext (dps-wire.md §7). */
+  runtimeContext: JsonMap;
   previous: StoredRegistration | undefined;
 }
 
@@ -69,9 +81,14 @@ export interface RegistrationServiceDeps extends ServiceDeps {
   groups: SymmetricKeyGroups;
   logger: FastifyBaseLogger;
   onWebhookExchange?: (instance: InstanceRecord, registrationId: string, exchange: WebhookExchange) => void;
+  /** The system log: every attempt (refused ones too), every hub write, every outcome. */
+  audit?: AuditLog;
+  events?: LifecycleEvents;
 }
 
 const unauthorized = (): ProvisioningError => new ProvisioningError('Unauthorized');
+/** Every X.509 refusal looks the same on the wire (dps-wire.md §4.4); the precise reason goes to the server log. */
+const invalidCertificate = (): ProvisioningError => new ProvisioningError('Unauthorized', 'Invalid certificate.');
 
 export class RegistrationService {
   readonly #deps: RegistrationServiceDeps;
@@ -89,8 +106,27 @@ export class RegistrationService {
   /** Register: authenticate now (401 at once), assign in the background, answer 202 `assigning` with an operation. */
   async register(request: DeviceRequest & { payload?: JsonMap | undefined }): Promise<OperationReply> {
     const instance = await this.#instance(request.idScope);
-    this.#registrationLimiter.take(instance.id);
-    const match = await this.#authenticate(instance, request);
+    let match: DeviceMatch;
+    try {
+      this.#registrationLimiter.take(instance.id);
+      match = await this.#authenticate(instance, request);
+    } catch (error) {
+      // A refused attempt is logged with why, so a tenant can tell a wrong key from a throttled device.
+      if (error instanceof ProvisioningError) {
+        await this.#deps.audit?.record(instance.id, {
+          kind: 'registration',
+          operation: 'register',
+          actor: 'device',
+          subject: { registrationId: request.registrationId },
+          outcome: 'failure',
+          errorCode: error.errorCode,
+          reason: error.message,
+          transport: request.transport,
+          attestationType: request.credential.kind === 'x509' ? 'x509' : 'symmetricKey',
+        });
+      }
+      throw error;
+    }
     const now = dpsTimestamp(this.#deps.now());
     const operation: StoredOperation = {
       operationId: `5.${randomBytes(8).toString('hex')}.${randomUUID()}`,
@@ -100,7 +136,7 @@ export class RegistrationService {
       lastUpdatedDateTimeUtc: now,
     };
     await this.#deps.store.putOperation(instance.id, operation);
-    const work = this.#serialized(`${instance.id}/${idKey(match.registrationId)}`, () => this.#assign(match, operation, request.payload));
+    const work = this.#serialized(`${instance.id}/${idKey(match.registrationId)}`, () => this.#assign(match, operation, request.payload, request.transport));
     // A fast assignment is finished before the device is told to poll, so its first poll is the answer (Retry-After: 0).
     const finished = await Promise.race([
       work.then(() => true),
@@ -146,6 +182,14 @@ export class RegistrationService {
     return renderDeviceRegistration(match.previous, match.resultSection);
   }
 
+  /**
+   * Checks a credential without registering anything: MQTT CONNECT and AMQP SASL/attach refuse a device that proves
+   * nothing before it sends a request. Register and poll still authenticate on their own.
+   */
+  async authenticate(request: DeviceRequest): Promise<void> {
+    await this.#authenticate(await this.#instance(request.idScope), request);
+  }
+
   async #instance(idScope: string): Promise<InstanceRecord> {
     const instance = await this.#deps.store.findInstanceByIdScope(idScope);
     // An unknown ID scope is answered like a bad credential: it tells a prober nothing.
@@ -160,6 +204,7 @@ export class RegistrationService {
    */
   async #authenticate(instance: InstanceRecord, request: DeviceRequest): Promise<DeviceMatch> {
     assertRegistrationId(request.registrationId);
+    if (request.credential.kind === 'x509') return this.#authenticateX509(instance, request.registrationId, request.credential.chain);
     const token = parseSasToken(request.credential.authorization);
     if (token === undefined || isExpired(token, this.#deps.now().getTime())) throw unauthorized();
     // Devices sign `{idScope}/registrations/{registrationId}`; skn is `registration` or absent (dps-wire.md §14).
@@ -181,6 +226,7 @@ export class RegistrationService {
         deviceId: individual.deviceId ?? request.registrationId,
         hubAuthentication: { type: 'sas', symmetricKey: { primaryKey, secondaryKey } },
         resultSection: { symmetricKey: {} },
+        runtimeContext: { symmetricKey: {} },
       };
     }
     const group = await this.#deps.groups.match(instance.id, request.registrationId, token, previous?.enrollmentGroupId);
@@ -195,6 +241,52 @@ export class RegistrationService {
         symmetricKey: { primaryKey: deriveDeviceKey(primaryKey, request.registrationId), secondaryKey: deriveDeviceKey(secondaryKey, request.registrationId) },
       },
       resultSection: { symmetricKey: { enrollmentGroupId: group.enrollmentGroupId } },
+      runtimeContext: { symmetricKey: {} },
+    };
+  }
+
+  /**
+   * X.509 (dps-wire.md §4.4, §8.3): the TLS client certificate chain decides, walked from the leaf toward the root.
+   * Individual devices get a self-signed-thumbprint identity on the hub (the enrollment's SHA-1 thumbprints, as DPS
+   * writes them); group devices a certificateAuthority identity. The device ID of a group device is its CN.
+   */
+  async #authenticateX509(instance: InstanceRecord, registrationId: string, chain: readonly X509Certificate[]): Promise<DeviceMatch> {
+    const store = this.#deps.store;
+    const [verdict, previous] = await Promise.all([
+      walkX509Enrollments(store, instance, registrationId, chain, this.#deps.now()),
+      store.getRegistration(instance.id, registrationId),
+    ]);
+    if (!verdict.ok) {
+      this.#deps.logger.info({ idScope: instance.idScope, registrationId, reason: verdict.reason }, 'X.509 device refused');
+      throw invalidCertificate();
+    }
+    const base = { instance, registrationId, attestationType: 'x509' as const, previous };
+    const certificate = certificateInfo(verdict.leaf);
+    const cn = commonName(verdict.leaf) ?? registrationId;
+    const entry = verdict.entry;
+    if (entry.kind === 'individual') {
+      const attestation = entry.doc.attestation;
+      const pair = attestation.type === 'x509' ? attestation.x509.clientCertificates : undefined;
+      const primary = pair?.primary?.info.sha1Thumbprint ?? certificate.sha1Thumbprint;
+      const secondary = pair?.secondary?.info.sha1Thumbprint;
+      return {
+        ...base,
+        enrollment: entry,
+        deviceId: entry.doc.deviceId ?? cn,
+        hubAuthentication: { type: 'selfSigned', x509Thumbprint: { primaryThumbprint: primary, ...(secondary === undefined ? {} : { secondaryThumbprint: secondary }) } },
+        resultSection: { x509: { certificateInfo: certificate } },
+        runtimeContext: { x509: { certificateInfo: certificate } },
+      };
+    }
+    const section: JsonMap = { certificateInfo: certificate, enrollmentGroupId: entry.doc.enrollmentGroupId };
+    if (verdict.signer !== undefined) section.signingCertificateInfo = certificateInfo(verdict.signer);
+    return {
+      ...base,
+      enrollment: entry,
+      deviceId: cn,
+      hubAuthentication: { type: 'certificateAuthority' },
+      resultSection: { x509: section },
+      runtimeContext: { x509: section },
     };
   }
 
@@ -213,7 +305,7 @@ export class RegistrationService {
   }
 
   /** Allocation, hub write and record; never throws — every failure ends the operation `failed` with a reason. */
-  async #assign(match: DeviceMatch, operation: StoredOperation, payload: JsonMap | undefined): Promise<void> {
+  async #assign(match: DeviceMatch, operation: StoredOperation, payload: JsonMap | undefined, transport: Transport): Promise<void> {
     const { instance } = match;
     const store = this.#deps.store;
     const previous = await store.getRegistration(instance.id, match.registrationId);
@@ -249,10 +341,57 @@ export class RegistrationService {
       lastUpdatedDateTimeUtc: dpsTimestamp(this.#deps.now()),
       registrationState: renderDeviceRegistration(record, match.resultSection),
     };
+    const outcome = this.#deps.audit?.event({
+      kind: 'registration',
+      operation: 'register',
+      actor: 'device',
+      subject: {
+        registrationId: match.registrationId,
+        deviceId: record.deviceId ?? match.deviceId,
+        ...(base.enrollmentGroupId === undefined ? {} : { enrollmentGroupId: base.enrollmentGroupId }),
+      },
+      outcome: record.status === 'assigned' ? 'success' : 'failure',
+      ...(record.errorCode === undefined ? {} : { errorCode: record.errorCode }),
+      ...(record.status === 'disabled' ? { reason: 'The enrollment is disabled.' } : record.errorMessage === undefined ? {} : { reason: record.errorMessage }),
+      transport,
+      attestationType: match.attestationType,
+      ...(record.status === 'assigned' && record.assignedHub !== undefined ? { hub: record.assignedHub } : {}),
+      details: { status: record.status, ...(record.substatus === undefined ? {} : { substatus: record.substatus }), operationId: operation.operationId },
+    });
+    // The record, the operation and the log entry of the outcome are written together (ARCHITECTURE.md, step 5).
     await store.transaction(async (tx) => {
       await tx.putRegistration(instance.id, record);
       await tx.putOperation(instance.id, finished);
+      if (outcome !== undefined) await tx.appendAuditEvent(instance.id, outcome);
     });
+    const reprovisioned = previous?.status === 'assigned';
+    void this.#deps.events?.emit(instance, record.status === 'assigned' ? (reprovisioned ? 'device.reprovisioned' : 'device.registered') : 'device.failed', {
+      registrationId: record.registrationId,
+      status: record.status,
+      ...(record.deviceId === undefined ? {} : { deviceId: record.deviceId }),
+      ...(record.assignedHub === undefined || record.status !== 'assigned' ? {} : { assignedHub: record.assignedHub }),
+      ...(record.substatus === undefined ? {} : { substatus: record.substatus }),
+      ...(record.errorCode === undefined ? {} : { errorCode: record.errorCode, errorMessage: record.errorMessage }),
+    });
+  }
+
+  /** One write to a hub, logged with its outcome. */
+  async #hubWrite<T>(match: DeviceMatch, hub: string, operation: string, deviceId: string, write: () => Promise<T>): Promise<T> {
+    const entry = {
+      kind: 'hubWrite' as const,
+      operation,
+      actor: 'provisiond',
+      subject: { registrationId: match.registrationId, deviceId },
+      hub,
+    };
+    try {
+      const result = await write();
+      await this.#deps.audit?.record(match.instance.id, { ...entry, outcome: 'success' });
+      return result;
+    } catch (error) {
+      await this.#deps.audit?.record(match.instance.id, { ...entry, outcome: 'failure', reason: error instanceof Error ? error.message : String(error) });
+      throw error;
+    }
   }
 
   #asProvisioningError(error: unknown, match: DeviceMatch): ProvisioningError {
@@ -284,7 +423,7 @@ export class RegistrationService {
       const definition = enrollment.customAllocationDefinition;
       if (definition === undefined) throw new ProvisioningError('CustomAllocationFailed', 'The enrollment has no customAllocationDefinition.');
       const linkedHubs = stays ? [current.name] : candidateHubs(enrollment, linked).map((hub) => hub.name);
-      const context: JsonMap = { registrationId: match.registrationId, symmetricKey: {} };
+      const context: JsonMap = { registrationId: match.registrationId, ...match.runtimeContext };
       if (current !== undefined && previous?.deviceId !== undefined) {
         context.currentIotHubHostName = current.name;
         context.currentDeviceId = previous.deviceId;
@@ -335,18 +474,26 @@ export class RegistrationService {
       twin = old === undefined ? twinOf(initialTwin) : { tags: old.tags, desired: withoutMetadata(old.desired) };
     }
     const client = clients.forHub(target);
-    await client.putDevice({
-      deviceId: match.deviceId,
-      authentication: match.hubAuthentication,
-      capabilities: { iotEdge: enrollment.capabilities.iotEdge },
-      status: 'enabled',
-    });
-    if (twin !== undefined) await client.replaceTwin(match.deviceId, twin);
+    const written = await this.#hubWrite(match, target.name, 'putDevice', match.deviceId, () =>
+      client.putDevice({
+        deviceId: match.deviceId,
+        authentication: match.hubAuthentication,
+        capabilities: { iotEdge: enrollment.capabilities.iotEdge },
+        status: 'enabled',
+      }),
+    );
+    // A device just created has an empty twin already: writing an empty one again would only cost a round trip.
+    const twinIsEmpty = twin !== undefined && Object.keys(twin.tags).length === 0 && Object.keys(twin.desired).length === 0;
+    if (twin !== undefined && !(written.created && twinIsEmpty)) {
+      const content = twin;
+      await this.#hubWrite(match, target.name, 'replaceTwin', match.deviceId, () => client.replaceTwin(match.deviceId, content));
+    }
     if (decision.leaveHub !== undefined && current !== undefined) {
-      await clients.forHub(current).deleteDevice(previousDeviceId ?? match.deviceId);
+      const leaving = previousDeviceId ?? match.deviceId;
+      await this.#hubWrite(match, current.name, 'deleteDevice', leaving, () => clients.forHub(current).deleteDevice(leaving));
     } else if (previousDeviceId !== undefined && current !== undefined && idKey(previousDeviceId) !== idKey(match.deviceId)) {
       // The enrollment's deviceId changed: the old identity leaves the hub.
-      await clients.forHub(current).deleteDevice(previousDeviceId);
+      await this.#hubWrite(match, current.name, 'deleteDevice', previousDeviceId, () => clients.forHub(current).deleteDevice(previousDeviceId));
     }
 
     const history = [...(previous?.hubHistory ?? [])];

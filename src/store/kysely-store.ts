@@ -6,6 +6,7 @@ import { migrationProvider } from './migrations.js';
 import type { Database } from './schema.js';
 import type {
   AccessPolicyRecord,
+  CaCertificateRecord,
   InstanceRecord,
   LinkedHubRecord,
   ListQuery,
@@ -13,9 +14,15 @@ import type {
   Store,
   StoredOperation,
   StoredRegistration,
+  AuditEvent,
+  AuditQuery,
+  DataRequestRecord,
+  OutboxEvent,
 } from './store.js';
 
 type Db = Kysely<Database> | Transaction<Database>;
+/** Tables keyed by (instance, lower-cased name) holding one document. */
+type NamedTable = 'access_policies' | 'linked_hubs' | 'ca_certificates';
 
 /**
  * Columns behind the query fields. ID and enum columns hold lower-cased values and are compared case-insensitively,
@@ -37,6 +44,13 @@ const COLUMNS = {
       enrollmentGroupId: { column: 'group_id_key', lower: true },
       provisioningStatus: { column: 'provisioning_status', lower: true },
       attestationType: { column: 'attestation_type', lower: true },
+    },
+  },
+  data_requests: {
+    key: 'sort_key',
+    fields: {
+      type: { column: 'type', lower: true },
+      status: { column: 'status', lower: true },
     },
   },
   registrations: {
@@ -146,8 +160,12 @@ export class KyselyStore implements Store {
       'enrollments',
       'enrollment_groups',
       'enrollment_certificates',
+      'ca_certificates',
       'registrations',
       'operations',
+      'audit_events',
+      'data_requests',
+      'event_outbox',
     ] as const) {
       await this.#db.deleteFrom(table).where('instance_id', '=', id).execute();
     }
@@ -182,11 +200,41 @@ export class KyselyStore implements Store {
     return this.#deleteNamed('linked_hubs', instanceId, name);
   }
 
-  async #listNamed<T>(table: 'access_policies' | 'linked_hubs', instanceId: string): Promise<T[]> {
+  // ---- CA certificates: (instance, lower-cased name) -> document, with the thumbprint pulled out
+
+  async listCaCertificates(instanceId: string): Promise<CaCertificateRecord[]> {
+    return this.#listNamed<CaCertificateRecord>('ca_certificates', instanceId);
+  }
+  async getCaCertificate(instanceId: string, name: string): Promise<CaCertificateRecord | undefined> {
+    return this.#getNamed<CaCertificateRecord>('ca_certificates', instanceId, name);
+  }
+  async findCaCertificateByThumbprint(instanceId: string, sha256Thumbprint: string): Promise<CaCertificateRecord | undefined> {
+    const row = await this.#db
+      .selectFrom('ca_certificates')
+      .select('doc')
+      .where('instance_id', '=', instanceId)
+      .where('sha256_thumbprint', '=', sha256Thumbprint.toUpperCase())
+      .orderBy('name_key')
+      .executeTakeFirst();
+    return row === undefined ? undefined : parse<CaCertificateRecord>(row.doc);
+  }
+  async putCaCertificate(instanceId: string, certificate: CaCertificateRecord): Promise<void> {
+    const columns = { sha256_thumbprint: certificate.info.sha256Thumbprint.toUpperCase(), doc: JSON.stringify(certificate) };
+    await this.#db
+      .insertInto('ca_certificates')
+      .values({ instance_id: instanceId, name_key: lower(certificate.name), ...columns })
+      .onConflict((oc) => oc.columns(['instance_id', 'name_key']).doUpdateSet(columns))
+      .execute();
+  }
+  async deleteCaCertificate(instanceId: string, name: string): Promise<boolean> {
+    return this.#deleteNamed('ca_certificates', instanceId, name);
+  }
+
+  async #listNamed<T>(table: NamedTable, instanceId: string): Promise<T[]> {
     const rows = await this.#db.selectFrom(table).select('doc').where('instance_id', '=', instanceId).orderBy('name_key').execute();
     return rows.map((row) => parse<T>(row.doc));
   }
-  async #getNamed<T>(table: 'access_policies' | 'linked_hubs', instanceId: string, name: string): Promise<T | undefined> {
+  async #getNamed<T>(table: NamedTable, instanceId: string, name: string): Promise<T | undefined> {
     const row = await this.#db
       .selectFrom(table)
       .select('doc')
@@ -203,7 +251,7 @@ export class KyselyStore implements Store {
       .onConflict((oc) => oc.columns(['instance_id', 'name_key']).doUpdateSet({ doc: text }))
       .execute();
   }
-  async #deleteNamed(table: 'access_policies' | 'linked_hubs', instanceId: string, name: string): Promise<boolean> {
+  async #deleteNamed(table: NamedTable, instanceId: string, name: string): Promise<boolean> {
     const result = await this.#db
       .deleteFrom(table)
       .where('instance_id', '=', instanceId)
@@ -397,6 +445,184 @@ export class KyselyStore implements Store {
     return Number(result.numDeletedRows);
   }
 
+  async deleteOperationsOfRegistration(instanceId: string, registrationId: string): Promise<number> {
+    const result = await this.#db
+      .deleteFrom('operations')
+      .where('instance_id', '=', instanceId)
+      .where('registration_id_key', '=', lower(registrationId))
+      .executeTakeFirst();
+    return Number(result.numDeletedRows);
+  }
+
+  async countOperationsOfRegistration(instanceId: string, registrationId: string): Promise<number> {
+    const row = await this.#db
+      .selectFrom('operations')
+      .select((eb) => eb.fn.countAll<number>().as('n'))
+      .where('instance_id', '=', instanceId)
+      .where('registration_id_key', '=', lower(registrationId))
+      .executeTakeFirst();
+    return Number(row?.n ?? 0);
+  }
+
+  // ---- the system log
+
+  async appendAuditEvent(instanceId: string, event: AuditEvent): Promise<void> {
+    await this.#db.insertInto('audit_events').values(auditRow(instanceId, event)).execute();
+  }
+
+  async queryAuditEvents(instanceId: string, query: AuditQuery): Promise<Page<AuditEvent>> {
+    let builder = this.#db.selectFrom('audit_events').select(['doc', 'event_id']).where('instance_id', '=', instanceId);
+    if (query.subject !== undefined) {
+      const key = lower(query.subject);
+      builder = builder.where((eb) => eb.or([eb('registration_id_key', '=', key), eb('device_id_key', '=', key), eb('group_id_key', '=', key)]));
+    }
+    if (query.from !== undefined) builder = builder.where('time_utc', '>=', query.from);
+    if (query.to !== undefined) builder = builder.where('time_utc', '<=', query.to);
+    if (query.actor !== undefined) builder = builder.where('actor', '=', query.actor);
+    if (query.outcome !== undefined) builder = builder.where('outcome', '=', query.outcome);
+    if (query.kind !== undefined) builder = builder.where('kind', '=', query.kind);
+    if (query.beforeKey !== undefined) builder = builder.where('event_id', '<', query.beforeKey);
+    const rows = await builder.orderBy('event_id', 'desc').limit(query.limit + 1).execute();
+    const more = rows.length > query.limit;
+    const page = more ? rows.slice(0, query.limit) : rows;
+    return { items: page.map((row) => parse<AuditEvent>(row.doc)), nextKey: more ? page.at(-1)?.event_id : undefined };
+  }
+
+  async findAuditEventsAbout(
+    instanceId: string,
+    subject: { registrationIds: string[]; deviceIds: string[]; groupIds: string[] },
+  ): Promise<AuditEvent[]> {
+    const keys = (ids: string[]) => [...new Set(ids.map(lower))].filter((key) => key !== '');
+    const registrationIds = keys(subject.registrationIds);
+    const deviceIds = keys(subject.deviceIds);
+    const groupIds = keys(subject.groupIds);
+    if (registrationIds.length + deviceIds.length + groupIds.length === 0) return [];
+    const found = new Map<string, AuditEvent>();
+    // In chunks, so a group of thousands of devices stays under every dialect's parameter limit.
+    for (const [column, values] of [
+      ['registration_id_key', registrationIds],
+      ['device_id_key', deviceIds],
+      ['group_id_key', groupIds],
+    ] as const) {
+      for (let i = 0; i < values.length; i += 500) {
+        const rows = await this.#db
+          .selectFrom('audit_events')
+          .select(['event_id', 'doc'])
+          .where('instance_id', '=', instanceId)
+          .where(column, 'in', values.slice(i, i + 500))
+          .execute();
+        for (const row of rows) found.set(row.event_id, parse<AuditEvent>(row.doc));
+      }
+    }
+    return [...found.values()].sort((a, b) => a.eventId.localeCompare(b.eventId));
+  }
+
+  async replaceAuditEvents(instanceId: string, events: AuditEvent[]): Promise<void> {
+    for (const event of events) {
+      const row = auditRow(instanceId, event);
+      await this.#db
+        .updateTable('audit_events')
+        .set({
+          registration_id_key: row.registration_id_key,
+          device_id_key: row.device_id_key,
+          group_id_key: row.group_id_key,
+          actor: row.actor,
+          doc: row.doc,
+        })
+        .where('instance_id', '=', instanceId)
+        .where('event_id', '=', event.eventId)
+        .execute();
+    }
+  }
+
+  async deleteAuditEvents(instanceId: string, eventIds: string[]): Promise<number> {
+    let deleted = 0;
+    for (let i = 0; i < eventIds.length; i += 500) {
+      const result = await this.#db
+        .deleteFrom('audit_events')
+        .where('instance_id', '=', instanceId)
+        .where('event_id', 'in', eventIds.slice(i, i + 500))
+        .executeTakeFirst();
+      deleted += Number(result.numDeletedRows);
+    }
+    return deleted;
+  }
+
+  async deleteAuditEventsBefore(instanceId: string, cutoffUtc: string): Promise<number> {
+    const result = await this.#db
+      .deleteFrom('audit_events')
+      .where('instance_id', '=', instanceId)
+      .where('time_utc', '<', cutoffUtc)
+      .executeTakeFirst();
+    return Number(result.numDeletedRows);
+  }
+
+  // ---- data requests
+
+  async putDataRequest(instanceId: string, request: DataRequestRecord): Promise<void> {
+    const columns = { sort_key: request.sortKey, status: request.status, type: request.type, doc: JSON.stringify(request.doc) };
+    await this.#db
+      .insertInto('data_requests')
+      .values({ instance_id: instanceId, request_id_key: lower(request.requestId), ...columns })
+      .onConflict((oc) => oc.columns(['instance_id', 'request_id_key']).doUpdateSet(columns))
+      .execute();
+  }
+
+  async getDataRequest(instanceId: string, requestId: string): Promise<DataRequestRecord | undefined> {
+    const row = await this.#db
+      .selectFrom('data_requests')
+      .selectAll()
+      .where('instance_id', '=', instanceId)
+      .where('request_id_key', '=', lower(requestId))
+      .executeTakeFirst();
+    return row === undefined ? undefined : dataRequestOf(row);
+  }
+
+  async queryDataRequests(instanceId: string, query: ListQuery): Promise<Page<DataRequestRecord>> {
+    const page = await this.#page<Record<string, unknown>>('data_requests', instanceId, query);
+    // The page's documents are the requests; their columns are derived from them.
+    const items = page.items.map((doc) => ({
+      requestId: String(doc.requestId),
+      sortKey: String(doc.sortKey),
+      status: String(doc.status),
+      type: String(doc.type),
+      doc,
+    }));
+    return { items, nextKey: page.nextKey };
+  }
+
+  async listDataRequestsByStatus(statuses: string[]): Promise<Array<DataRequestRecord & { instanceId: string }>> {
+    if (statuses.length === 0) return [];
+    const rows = await this.#db.selectFrom('data_requests').selectAll().where('status', 'in', statuses).orderBy('sort_key', 'desc').execute();
+    return rows.map((row) => ({ ...dataRequestOf(row), instanceId: row.instance_id }));
+  }
+
+  // ---- lifecycle-event outbox
+
+  async appendOutboxEvent(instanceId: string, event: OutboxEvent): Promise<void> {
+    await this.#db.insertInto('event_outbox').values({ instance_id: instanceId, event_id: event.eventId, doc: JSON.stringify(event.doc) }).execute();
+  }
+
+  async listOutboxEvents(instanceId: string, limit: number): Promise<OutboxEvent[]> {
+    const rows = await this.#db
+      .selectFrom('event_outbox')
+      .select(['event_id', 'doc'])
+      .where('instance_id', '=', instanceId)
+      .orderBy('event_id')
+      .limit(limit)
+      .execute();
+    return rows.map((row) => ({ eventId: row.event_id, doc: parse(row.doc) }));
+  }
+
+  async deleteOutboxEvent(instanceId: string, eventId: string): Promise<void> {
+    await this.#db.deleteFrom('event_outbox').where('instance_id', '=', instanceId).where('event_id', '=', eventId).execute();
+  }
+
+  async listInstancesWithOutboxEvents(): Promise<string[]> {
+    const rows = await this.#db.selectFrom('event_outbox').select('instance_id').distinct().execute();
+    return rows.map((row) => row.instance_id);
+  }
+
   // ---- keyset paging with filters
 
   async #page<T>(table: QueriedTable, instanceId: string, query: ListQuery): Promise<Page<T>> {
@@ -445,4 +671,24 @@ function applyFilter<QB extends SelectQueryBuilder<Database, QueriedTable, { doc
       return builder.where(column, '>=', prefix as never).where(column, '<', `${prefix}\uffff` as never) as QB;
     }
   }
+}
+
+function auditRow(instanceId: string, event: AuditEvent): Database['audit_events'] {
+  return {
+    instance_id: instanceId,
+    event_id: event.eventId,
+    time_utc: event.timeUtc,
+    kind: event.kind,
+    actor: event.actor,
+    outcome: event.outcome,
+    registration_id_key: lower(event.subject.registrationId),
+    device_id_key: lower(event.subject.deviceId),
+    group_id_key: lower(event.subject.enrollmentGroupId),
+    doc: JSON.stringify(event),
+  };
+}
+
+function dataRequestOf(row: Database['data_requests']): DataRequestRecord {
+  const doc = parse<Record<string, unknown>>(row.doc);
+  return { requestId: String(doc.requestId), sortKey: row.sort_key, status: row.status, type: row.type, doc };
 }

@@ -123,6 +123,68 @@ const builtInHubs: Migration = {
 };
 migrations['0002_builtin_hubs'] = builtInHubs;
 
+const caCertificates: Migration = {
+  async up(db: Kysely<unknown>): Promise<void> {
+    await db.schema
+      .createTable('ca_certificates')
+      .addColumn('instance_id', 'text', (c) => c.notNull())
+      .addColumn('name_key', 'text', (c) => c.notNull())
+      .addColumn('sha256_thumbprint', 'text', (c) => c.notNull())
+      .addColumn('doc', 'text', (c) => c.notNull())
+      .addPrimaryKeyConstraint('ca_certificates_pk', ['instance_id', 'name_key'])
+      .execute();
+    await db.schema
+      .createIndex('ca_certificates_thumbprint')
+      .on('ca_certificates')
+      .columns(['instance_id', 'sha256_thumbprint'])
+      .execute();
+  },
+};
+migrations['0004_ca_certificates'] = caCertificates;
+
+/** Customer data: the system log, data requests (jobs + receipts) and the lifecycle-event outbox. */
+const customerData: Migration = {
+  async up(db: Kysely<unknown>): Promise<void> {
+    await db.schema
+      .createTable('audit_events')
+      .addColumn('instance_id', 'text', (c) => c.notNull())
+      .addColumn('event_id', 'text', (c) => c.notNull())
+      .addColumn('time_utc', 'text', (c) => c.notNull())
+      .addColumn('kind', 'text', (c) => c.notNull())
+      .addColumn('actor', 'text', (c) => c.notNull())
+      .addColumn('outcome', 'text', (c) => c.notNull())
+      .addColumn('registration_id_key', 'text', (c) => c.notNull())
+      .addColumn('device_id_key', 'text', (c) => c.notNull())
+      .addColumn('group_id_key', 'text', (c) => c.notNull())
+      .addColumn('doc', 'text', (c) => c.notNull())
+      .addPrimaryKeyConstraint('audit_events_pk', ['instance_id', 'event_id'])
+      .execute();
+    for (const column of ['time_utc', 'registration_id_key', 'device_id_key', 'group_id_key'] as const) {
+      await db.schema.createIndex(`audit_events_${column}`).on('audit_events').columns(['instance_id', column]).execute();
+    }
+    await db.schema
+      .createTable('data_requests')
+      .addColumn('instance_id', 'text', (c) => c.notNull())
+      .addColumn('request_id_key', 'text', (c) => c.notNull())
+      .addColumn('sort_key', 'text', (c) => c.notNull())
+      .addColumn('status', 'text', (c) => c.notNull())
+      .addColumn('type', 'text', (c) => c.notNull())
+      .addColumn('doc', 'text', (c) => c.notNull())
+      .addPrimaryKeyConstraint('data_requests_pk', ['instance_id', 'request_id_key'])
+      .execute();
+    await db.schema.createIndex('data_requests_sort').on('data_requests').columns(['instance_id', 'sort_key']).execute();
+    await db.schema.createIndex('data_requests_status').on('data_requests').columns(['status']).execute();
+    await db.schema
+      .createTable('event_outbox')
+      .addColumn('instance_id', 'text', (c) => c.notNull())
+      .addColumn('event_id', 'text', (c) => c.notNull())
+      .addColumn('doc', 'text', (c) => c.notNull())
+      .addPrimaryKeyConstraint('event_outbox_pk', ['instance_id', 'event_id'])
+      .execute();
+  },
+};
+migrations['0005_customer_data'] = customerData;
+
 export const migrationProvider: MigrationProvider = {
   getMigrations: () => Promise.resolve(migrations),
 };

@@ -17,6 +17,17 @@ export async function openSqliteDatabase(file: string): Promise<Kysely<Schema>> 
   database.pragma('journal_mode = WAL');
   database.pragma('synchronous = NORMAL');
   database.pragma('busy_timeout = 5000');
+  // Kysely prepares every statement anew; better-sqlite3 statements are reusable, so keep one per SQL text.
+  const statements = new Map<string, Database.Statement>();
+  const prepare = database.prepare.bind(database);
+  database.prepare = ((sql: string) => {
+    let statement = statements.get(sql);
+    if (statement === undefined) {
+      statement = prepare(sql);
+      if (statements.size < 2000) statements.set(sql, statement);
+    }
+    return statement;
+  }) as typeof database.prepare;
   const db = new Kysely<Schema>({ dialect: new SqliteDialect({ database }) });
   await KyselyStore.migrate(db);
   return db;

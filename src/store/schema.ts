@@ -25,6 +25,22 @@ export interface Database {
     owner_kind: string;
     owner_key: string;
   };
+  /** CA certificates of an instance (proof of possession); `sha256_thumbprint` upper-case. */
+  ca_certificates: { instance_id: string; name_key: string; sha256_thumbprint: string; doc: string };
+  audit_events: {
+    instance_id: string;
+    event_id: string;
+    time_utc: string;
+    kind: string;
+    actor: string;
+    outcome: string;
+    registration_id_key: string;
+    device_id_key: string;
+    group_id_key: string;
+    doc: string;
+  };
+  data_requests: { instance_id: string; request_id_key: string; sort_key: string; status: string; type: string; doc: string };
+  event_outbox: { instance_id: string; event_id: string; doc: string };
   operations: {
     instance_id: string;
     operation_id: string;

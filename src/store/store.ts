@@ -1,6 +1,6 @@
 import type { StoredEnrollment, StoredEnrollmentGroup, JsonMap } from '../domain/enrollment.js';
 import type { Filter } from '../domain/query.js';
-import type { AllocationPolicy, RegistrationStatus, Substatus } from '../domain/wire.js';
+import type { AllocationPolicy, RegistrationStatus, Substatus, X509CertificateInfo } from '../domain/wire.js';
 
 /**
  * The Store: everything provisiond keeps. One implementation over Kysely serves every dialect; the contract suite in
@@ -31,6 +31,12 @@ export interface InstanceRecord {
   serviceHostNames: string[];
   allocationPolicy: Exclude<AllocationPolicy, 'custom'>;
   createdDateTimeUtc: string;
+  /** How long the system log keeps events (default 90 days). */
+  auditRetentionDays?: number;
+  /** Lifecycle events go here, signed with the secret. */
+  eventWebhook?: { url: string; secret: string };
+  /** Never shown: the subject-hash key and the receipt signing key. Created when first needed. */
+  secrets?: { subjectHashKey: string; receiptPrivateKeyPem: string; receiptPublicKeyPem: string };
 }
 
 export interface AccessPolicyRecord {
@@ -72,6 +78,24 @@ export interface StoredRegistration {
   hubHistory?: string[];
 }
 
+/**
+ * A CA certificate uploaded to an instance (what enrollment groups' caReferences name). It vouches for devices only
+ * once verified by proof of possession: a certificate signed by it whose CN is `verificationCode`.
+ */
+export interface CaCertificateRecord {
+  /** As the owner named it; looked up case-insensitively. */
+  name: string;
+  /** PEM. */
+  certificate: string;
+  info: X509CertificateInfo;
+  isVerified: boolean;
+  /** The code last handed out by generateVerificationCode, until a verification succeeds. */
+  verificationCode?: string;
+  etag: string;
+  createdDateTimeUtc: string;
+  lastUpdatedDateTimeUtc: string;
+}
+
 /** A registration attempt a device polls (dps-wire.md §4). Stored, so any node can answer a poll. */
 export interface StoredOperation {
   operationId: string;
@@ -81,6 +105,53 @@ export interface StoredOperation {
   lastUpdatedDateTimeUtc: string;
   /** The DeviceRegistrationResult once terminal. */
   registrationState?: JsonMap;
+}
+
+/** One entry of the system log. Never carries a secret. */
+export interface AuditEvent {
+  eventId: string;
+  timeUtc: string;
+  kind: 'serviceApi' | 'registration' | 'hubWrite' | 'webhook' | 'dataRequest';
+  operation: string;
+  /** The access policy name, `device` for device calls, `provisiond` for the server's own work. */
+  actor: string;
+  source?: string;
+  subject: { registrationId?: string; deviceId?: string; enrollmentGroupId?: string; hash?: string };
+  outcome: 'success' | 'failure';
+  errorCode?: number;
+  reason?: string;
+  trackingId?: string;
+  transport?: string;
+  attestationType?: string;
+  hub?: string;
+  details?: JsonMap;
+}
+
+export interface AuditQuery {
+  /** Matches registration ID, device ID or enrollment group ID. */
+  subject?: string;
+  from?: string;
+  to?: string;
+  actor?: string;
+  outcome?: string;
+  kind?: string;
+  /** Newest first: return events whose key sorts before this one. */
+  beforeKey?: string | undefined;
+  limit: number;
+}
+
+export interface DataRequestRecord {
+  requestId: string;
+  /** Sorts requests newest first: reversed creation time + ID. */
+  sortKey: string;
+  status: string;
+  type: string;
+  doc: JsonMap;
+}
+
+export interface OutboxEvent {
+  eventId: string;
+  doc: JsonMap;
 }
 
 export interface Page<T> {
@@ -136,6 +207,14 @@ export interface Store {
   /** Which enrollment entry, if any, already names this certificate (sha256 thumbprint). */
   findCertificateOwner(instanceId: string, sha256Thumbprint: string): Promise<{ kind: 'individual' | 'group'; id: string } | undefined>;
 
+  listCaCertificates(instanceId: string): Promise<CaCertificateRecord[]>;
+  getCaCertificate(instanceId: string, name: string): Promise<CaCertificateRecord | undefined>;
+  /** Which CA certificate of the instance, if any, is this certificate (sha256 thumbprint, any case). */
+  findCaCertificateByThumbprint(instanceId: string, sha256Thumbprint: string): Promise<CaCertificateRecord | undefined>;
+  /** Creates or replaces by name (any case). */
+  putCaCertificate(instanceId: string, certificate: CaCertificateRecord): Promise<void>;
+  deleteCaCertificate(instanceId: string, name: string): Promise<boolean>;
+
   getRegistration(instanceId: string, registrationId: string): Promise<StoredRegistration | undefined>;
   putRegistration(instanceId: string, registration: StoredRegistration): Promise<void>;
   deleteRegistration(instanceId: string, registrationId: string): Promise<boolean>;
@@ -144,7 +223,33 @@ export interface Store {
   deleteRegistrationsOfGroup(instanceId: string, groupId: string): Promise<number>;
 
   putOperation(instanceId: string, operation: StoredOperation): Promise<void>;
+  /** Deletes every operation of a registration ID; returns how many. */
+  deleteOperationsOfRegistration(instanceId: string, registrationId: string): Promise<number>;
+  countOperationsOfRegistration(instanceId: string, registrationId: string): Promise<number>;
+
+  appendAuditEvent(instanceId: string, event: AuditEvent): Promise<void>;
+  /** Newest first. */
+  queryAuditEvents(instanceId: string, query: AuditQuery): Promise<Page<AuditEvent>>;
+  /** Every event naming one of these registration IDs, device IDs or group IDs (case-insensitive). */
+  findAuditEventsAbout(instanceId: string, subject: { registrationIds: string[]; deviceIds: string[]; groupIds: string[] }): Promise<AuditEvent[]>;
+  replaceAuditEvents(instanceId: string, events: AuditEvent[]): Promise<void>;
+  deleteAuditEvents(instanceId: string, eventIds: string[]): Promise<number>;
+  deleteAuditEventsBefore(instanceId: string, cutoffUtc: string): Promise<number>;
+
+  putDataRequest(instanceId: string, request: DataRequestRecord): Promise<void>;
+  getDataRequest(instanceId: string, requestId: string): Promise<DataRequestRecord | undefined>;
+  queryDataRequests(instanceId: string, query: ListQuery): Promise<Page<DataRequestRecord>>;
+  /** Requests of every instance in one of these states (resuming work after a restart). */
+  listDataRequestsByStatus(statuses: string[]): Promise<Array<DataRequestRecord & { instanceId: string }>>;
+
+  appendOutboxEvent(instanceId: string, event: OutboxEvent): Promise<void>;
+  /** Oldest first. */
+  listOutboxEvents(instanceId: string, limit: number): Promise<OutboxEvent[]>;
+  deleteOutboxEvent(instanceId: string, eventId: string): Promise<void>;
+  listInstancesWithOutboxEvents(): Promise<string[]>;
   getOperation(instanceId: string, operationId: string): Promise<StoredOperation | undefined>;
   /** Deletes operations last updated before the given time; returns how many. */
   deleteOperationsBefore(cutoffUtc: string): Promise<number>;
 }
+
+export const DATA_REQUEST_FIELDS = ['type', 'status'] as const;

@@ -43,7 +43,15 @@ export function toProvisioningError(error: FastifyError | Error): ProvisioningEr
   return new ProvisioningError('InternalError');
 }
 
+declare module 'fastify' {
+  interface FastifyRequest {
+    /** The error this request was answered with (the system log records its code). */
+    provisioningError?: ProvisioningError;
+  }
+}
+
 export function sendError(request: FastifyRequest, reply: FastifyReply, provisioningError: ProvisioningError): FastifyReply {
+  request.provisioningError = provisioningError;
   const body = errorBody(provisioningError, request.id, dpsTimestamp(new Date()));
   // Throttling says when to come back (dps-wire.md §10).
   const retryAfter = provisioningError.info?.['Retry-After'];

@@ -46,9 +46,11 @@ export class OpenApiCollector {
       parameters,
       responses,
     };
-    if (config.right !== undefined) {
+    const rights = [...(config.right === undefined ? [] : [config.right]), ...(config.rights ?? [])];
+    if (rights.length > 0 || config.sas === true) {
       operation.security = [{ sas: [] }];
-      operation.description = `Needs the ${config.right} right.`;
+      operation.description =
+        rights.length === 0 ? 'Needs a valid service SAS token; the rights needed depend on the request (see the summary).' : `Needs the ${rights.join(' and ')} right${rights.length > 1 ? 's' : ''}.`;
     }
     if (schema.body !== undefined) operation.requestBody = { required: true, content: { 'application/json': { schema: schema.body } } };
     const item = (this.#paths[path] ??= {});

@@ -5,6 +5,12 @@ import type { Right } from '../../store/store.js';
 declare module 'fastify' {
   interface FastifyContextConfig {
     right?: Right;
+    /** Every one of these rights is needed (routes that need more than one). */
+    rights?: Right[];
+    /** Authenticated with a service SAS token, with rights checked by the handler (they depend on the request). */
+    sas?: boolean;
+    /** What the route's `:id` names, for the system log. */
+    auditSubject?: 'registrationId' | 'enrollmentGroupId';
     operationId?: string;
     summary?: string;
     tag?: string;

@@ -5,6 +5,7 @@ import { ProvisioningError } from '../../domain/errors.js';
 import { compileSchema } from '../../domain/validation.js';
 import { handleError, sendError } from './errors.js';
 import { OpenApiCollector } from './openapi.js';
+import { DEVICE_TLS_OPTIONS } from '../tls-peer.js';
 
 /**
  * The HTTPS listener's Fastify instance: one server for the service API, the device API, the built-in hub registry
@@ -22,7 +23,7 @@ export function createHttpServer(options: HttpServerOptions): { app: FastifyInst
   const tls = options.tls;
   const app = (Fastify as unknown as (opts: Record<string, unknown>) => FastifyInstance)({
     loggerInstance: options.logger,
-    ...(tls === undefined ? {} : { https: { key: tls.key, cert: tls.cert, requestCert: true, rejectUnauthorized: false } }),
+    ...(tls === undefined ? {} : { https: { key: tls.key, cert: tls.cert, ...DEVICE_TLS_OPTIONS } }),
     bodyLimit: config.maxBodyBytes,
     genReqId: () => randomUUID(),
     // IDs may be 128 characters, percent-encoded up to three times as long; the router's default limit (100) would

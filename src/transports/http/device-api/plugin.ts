@@ -3,13 +3,15 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { JsonMap } from '../../../domain/enrollment.js';
 import { ProvisioningError } from '../../../domain/errors.js';
 import { ErrorDetails, JsonObject } from '../../../domain/wire.js';
-import type { DeviceRequest, OperationReply, RegistrationService } from '../../../services/registrations.js';
+import type { DeviceCredential, DeviceRequest, OperationReply, RegistrationService } from '../../../services/registrations.js';
+import { peerCertificateChain } from '../../tls-peer.js';
 import { checkApiVersion } from '../service-api/plugin.js';
 import '../route-docs.js';
 
 /**
  * The device API over HTTPS (dps-wire.md §4): register, operation status, registration status lookup. The ID scope
- * in the path selects the instance; the device proves itself with a SAS token in Authorization.
+ * in the path selects the instance; the device proves itself with a SAS token in Authorization, or — without one —
+ * with the client certificate chain it presented in the TLS handshake (X.509, §4.4).
  */
 export const DEVICE_API_VERSIONS = [
   '2017-08-31-preview',
@@ -46,7 +48,17 @@ type DeviceParams = { idScope: string; registrationId: string };
 
 function deviceRequest(request: FastifyRequest): DeviceRequest {
   const { idScope, registrationId } = request.params as DeviceParams;
-  return { idScope, registrationId, credential: { kind: 'sas', authorization: request.headers.authorization }, transport: 'http' };
+  return { idScope, registrationId, credential: credentialOf(request), transport: 'http' };
+}
+
+/** A SAS token wins when both are present: a symmetric-key device may still hold a client certificate. */
+function credentialOf(request: FastifyRequest): DeviceCredential {
+  const authorization = request.headers.authorization;
+  if (authorization === undefined) {
+    const chain = peerCertificateChain(request.raw.socket);
+    if (chain.length > 0) return { kind: 'x509', chain };
+  }
+  return { kind: 'sas', authorization };
 }
 
 function checkBody(request: FastifyRequest): JsonMap | undefined {

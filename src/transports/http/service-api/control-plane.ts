@@ -42,8 +42,17 @@ const Instance = Type.Object({
   serviceHostNames: Type.Array(Type.String()),
   allocationPolicy: Type.String(),
   createdDateTimeUtc: Type.String(),
+  auditRetentionDays: Type.Integer(),
+  eventWebhookUrl: Type.Union([Type.String(), Type.Null()]),
 });
 const InstancePatch = Type.Object({
+  auditRetentionDays: Type.Optional(Type.Integer({ minimum: 1, maximum: 3650, description: 'How long the system log keeps events.' })),
+  eventWebhook: Type.Optional(
+    Type.Union([
+      Type.Object({ url: Type.String({ maxLength: 2048 }), secret: Type.String({ minLength: 16, maxLength: 256, description: 'Signs every delivery; never shown again.' }) }),
+      Type.Null(),
+    ]),
+  ),
   allocationPolicy: Type.Optional(Type.String({ enum: ['hashed', 'geoLatency', 'static'] })),
   serviceHostNames: Type.Optional(Type.Array(Type.String(), { minItems: 1, maxItems: 16 })),
 });
@@ -73,7 +82,7 @@ export function controlPlanePlugin(deps: { auth: ServiceAuth; instances: Instanc
     });
     app.patch('/instance', {
       schema: { querystring: ApiVersionQuery, body: InstancePatch },
-      config: { ...common, operationId: 'Instance_Update', summary: 'Change the default allocation policy or the service host names.', responses: { 200: { description: 'Instance', schema: Instance }, ...errors } },
+      config: { ...common, operationId: 'Instance_Update', summary: 'Change the default allocation policy, the service host names, the audit retention or the lifecycle-event webhook (null removes it).', responses: { 200: { description: 'Instance', schema: Instance }, ...errors } },
       handler: async (request) => instances.update(callerOf(request).instance, body(request)),
     });
 

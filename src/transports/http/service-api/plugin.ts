@@ -124,8 +124,9 @@ export function addServiceAuthHooks(app: FastifyInstance, auth: ServiceAuth): vo
   app.addHook('onRequest', async (request) => {
     checkApiVersion(request, SERVICE_API_VERSIONS);
     const caller = await auth.authenticate(request.headers.authorization, request.headers.host, request.url.split('?')[0] ?? '');
-    const right = request.routeOptions.config.right;
+    const { right, rights } = request.routeOptions.config;
     if (right !== undefined) ServiceAuth.requireRight(caller, right);
+    for (const needed of rights ?? []) ServiceAuth.requireRight(caller, needed);
     request.caller = caller;
   });
   // A body nested a few thousand levels deep parses fine but overflows the stack when stored: a 400, never a 500.
@@ -150,6 +151,7 @@ export function serviceApiPlugin(deps: ServiceApiDeps) {
         output: IndividualEnrollment,
         bulk: BulkEnrollmentOperation,
         bulkItems: 'enrollments',
+        auditSubject: 'registrationId',
       },
       {
         service: deps.groups,
@@ -160,6 +162,7 @@ export function serviceApiPlugin(deps: ServiceApiDeps) {
         output: EnrollmentGroup,
         bulk: BulkEnrollmentGroupOperation,
         bulkItems: 'enrollmentGroups',
+        auditSubject: 'enrollmentGroupId',
       },
     ] as const;
 
@@ -167,13 +170,14 @@ export function serviceApiPlugin(deps: ServiceApiDeps) {
       const { service, base, tag, noun } = kind;
       app.get(`${base}/:id`, {
         schema: { params: IdParams, querystring: ApiVersionQuery },
-        config: { right: 'EnrollmentRead', operationId: `${noun}_Get`, tag, summary: `Get an ${noun} (no secrets).`, responses: { 200: { description: noun, schema: kind.output }, ...errorResponses } },
+        config: { right: 'EnrollmentRead', auditSubject: kind.auditSubject, operationId: `${noun}_Get`, tag, summary: `Get an ${noun} (no secrets).`, responses: { 200: { description: noun, schema: kind.output }, ...errorResponses } },
         handler: async (request) => service.get(callerOf(request).instance, (request.params as { id: string }).id),
       });
       app.put(`${base}/:id`, {
         schema: { params: IdParams, querystring: ApiVersionQuery, headers: IfMatchHeaders, body: kind.input },
         config: {
           right: 'EnrollmentWrite',
+          auditSubject: kind.auditSubject,
           operationId: `${noun}_CreateOrUpdate`,
           tag,
           summary: `Create or replace an ${noun}; with If-Match only if the etag matches. The response carries generated keys.`,
@@ -186,6 +190,7 @@ export function serviceApiPlugin(deps: ServiceApiDeps) {
         schema: { params: IdParams, querystring: ApiVersionQuery, headers: IfMatchHeaders },
         config: {
           right: 'EnrollmentWrite',
+          auditSubject: kind.auditSubject,
           operationId: `${noun}_Delete`,
           tag,
           summary: `Delete an ${noun} and the registration records that belong to it.`,
@@ -200,6 +205,7 @@ export function serviceApiPlugin(deps: ServiceApiDeps) {
         schema: { params: IdParams, querystring: ApiVersionQuery },
         config: {
           right: 'EnrollmentRead',
+          auditSubject: kind.auditSubject,
           operationId: `${noun}_GetAttestationMechanism`,
           tag,
           summary: 'The attestation mechanism with its secrets (symmetric keys, certificates).',
@@ -222,6 +228,7 @@ export function serviceApiPlugin(deps: ServiceApiDeps) {
         schema: { querystring: ApiVersionQuery, body: kind.bulk },
         config: {
           right: 'EnrollmentWrite',
+          auditSubject: kind.auditSubject,
           operationId: `${noun}_RunBulkOperation`,
           tag,
           summary: 'Bulk create/update/updateIfMatchETag/delete; each item is applied atomically and reported on its own.',
@@ -238,6 +245,7 @@ export function serviceApiPlugin(deps: ServiceApiDeps) {
       schema: { params: IdParams, querystring: ApiVersionQuery },
       config: {
         right: 'RegistrationStatusRead',
+        auditSubject: 'registrationId',
         operationId: 'DeviceRegistrationState_Get',
         tag: 'Registration records',
         summary: 'Get the registration record of a device.',
@@ -249,6 +257,7 @@ export function serviceApiPlugin(deps: ServiceApiDeps) {
       schema: { params: IdParams, querystring: ApiVersionQuery, headers: IfMatchHeaders },
       config: {
         right: 'RegistrationStatusWrite',
+        auditSubject: 'registrationId',
         operationId: 'DeviceRegistrationState_Delete',
         tag: 'Registration records',
         summary: 'Delete a registration record (the device stays in its hub).',
@@ -263,6 +272,7 @@ export function serviceApiPlugin(deps: ServiceApiDeps) {
       schema: { params: IdParams, querystring: ApiVersionQuery, headers: PagingHeaders },
       config: {
         right: 'RegistrationStatusRead',
+        auditSubject: 'enrollmentGroupId',
         operationId: 'DeviceRegistrationState_Query',
         tag: 'Registration records',
         summary: 'The registration records of the devices registered through an enrollment group (the body is optional).',

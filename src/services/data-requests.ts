@@ -1,0 +1,626 @@
+import { createHash, generateKeyPairSync, randomBytes } from 'node:crypto';
+import type { FastifyBaseLogger } from 'fastify';
+import { renderEnrollment, type JsonMap, type StoredEnrollment } from '../domain/enrollment.js';
+import { ProvisioningError } from '../domain/errors.js';
+import { isValidId } from '../domain/ids.js';
+import { canonicalJson, keyIdOf, signReceipt, subjectHash } from '../domain/receipt.js';
+import { renderRegistration } from '../domain/registration.js';
+import { dpsTimestamp } from '../domain/time.js';
+import type { HubClientFactory } from '../hubs/hub-client.js';
+import { DATA_REQUEST_FIELDS, type AuditEvent, type InstanceRecord, type LinkedHubRecord, type Store } from '../store/store.js';
+import type { AuditLog } from './audit-log.js';
+import type { ServiceDeps } from './deps.js';
+import type { LifecycleEvents } from './lifecycle-events.js';
+import { encodeContinuation, readPageRequest, type PageRequest } from './paging.js';
+
+/**
+ * Customer-data requests (docs/customer-data.md): export everything about one subject, or erase it everywhere —
+ * enrollments, registration records, operations, device identities and twins on every linked hub, and the system
+ * log. An erase is a job: its plan is stored before anything is deleted, progress is stored as it goes, and a
+ * request left running by a crash is finished when the server starts again. Each finished erase yields a receipt
+ * signed with the instance's Ed25519 key. Afterwards the request remembers the subject only by its keyed hash.
+ */
+export type SubjectKind = 'registrationId' | 'deviceId' | 'enrollmentGroupId';
+
+export interface DataRequestBody {
+  type: 'export' | 'erase';
+  subject: Partial<Record<SubjectKind, string>>;
+  dryRun?: boolean;
+  includeSecrets?: boolean;
+}
+
+interface EraseStep {
+  place: string;
+  action: 'delete' | 'pseudonymize';
+  /** Registration IDs, device IDs or group IDs the step works through (removed once the request completes). */
+  items: string[];
+  done: number;
+  count: number;
+  hub?: string;
+  error?: string;
+  completed: boolean;
+}
+
+interface Subjects {
+  registrationIds: string[];
+  deviceIds: string[];
+  groupIds: string[];
+  enrollments: StoredEnrollment[];
+}
+
+export type DataRequestDoc = JsonMap & {
+  requestId: string;
+  sortKey: string;
+  type: 'export' | 'erase';
+  status: 'running' | 'completed' | 'partiallyCompleted' | 'failed';
+  dryRun: boolean;
+  includeSecrets: boolean;
+  subject: { kind: SubjectKind; id?: string; hash: string };
+  bodyFingerprint: string;
+  requestedBy: string;
+  createdDateTimeUtc: string;
+  lastUpdatedDateTimeUtc: string;
+  progress: { done: number; total: number };
+  plan?: EraseStep[];
+  result?: JsonMap;
+  error?: string;
+  bundle?: JsonMap;
+  receipt?: JsonMap;
+};
+
+export interface DataRequestDeps extends ServiceDeps {
+  hubClients: HubClientFactory;
+  audit: AuditLog;
+  events: LifecycleEvents;
+  logger: FastifyBaseLogger;
+  /** How long a create call waits for its job before answering `running`. */
+  waitMs: number;
+}
+
+const REDACTED = '<redacted>';
+const PERSIST_EVERY = 50;
+
+export class DataRequestService {
+  readonly #deps: DataRequestDeps;
+  /** Jobs running on this node, so one request never runs twice at once. */
+  readonly #jobs = new Map<string, Promise<void>>();
+  #stopping = false;
+
+  constructor(deps: DataRequestDeps) {
+    this.#deps = deps;
+  }
+
+  // ---- the instance's secrets
+
+  /** The subject-hash key and receipt signing key, created on first use. */
+  async secrets(instance: InstanceRecord): Promise<NonNullable<InstanceRecord['secrets']>> {
+    return this.#deps.store.transaction(async (store) => {
+      const current = (await store.getInstance(instance.id)) ?? instance;
+      if (current.secrets !== undefined) return current.secrets;
+      const { privateKey, publicKey } = generateKeyPairSync('ed25519');
+      const secrets = {
+        subjectHashKey: randomBytes(32).toString('base64'),
+        receiptPrivateKeyPem: privateKey.export({ type: 'pkcs8', format: 'pem' }).toString(),
+        receiptPublicKeyPem: publicKey.export({ type: 'spki', format: 'pem' }).toString(),
+      };
+      await store.updateInstance({ ...current, secrets });
+      return secrets;
+    });
+  }
+
+  async signingKey(instance: InstanceRecord): Promise<JsonMap> {
+    const { receiptPublicKeyPem } = await this.secrets(instance);
+    return { keyId: keyIdOf(receiptPublicKeyPem), algorithm: 'Ed25519', publicKeyPem: receiptPublicKeyPem };
+  }
+
+  // ---- requests
+
+  async create(instance: InstanceRecord, requestId: string, body: DataRequestBody, requestedBy: string): Promise<JsonMap> {
+    if (!isValidId(requestId)) {
+      throw new ProvisioningError('BadRequest', `The request ID '${requestId}' is invalid: use 1-128 letters, digits, '-', '.', '_' or ':'.`);
+    }
+    const subject = this.#checkSubject(body);
+    const fingerprint = createHash('sha256').update(canonicalJson({ ...body, dryRun: body.dryRun === true, includeSecrets: body.includeSecrets === true })).digest('hex');
+    const existing = await this.#deps.store.getDataRequest(instance.id, requestId);
+    if (existing !== undefined) {
+      // Idempotent by ID: the same request again is the same request; a different one under that ID is a conflict.
+      if (existing.doc.bodyFingerprint !== fingerprint) {
+        throw new ProvisioningError('Conflict', `Data request '${requestId}' already exists with a different body.`);
+      }
+      return this.#view(existing.doc as DataRequestDoc);
+    }
+    const { subjectHashKey } = await this.secrets(instance);
+    const now = this.#deps.now();
+    const doc: DataRequestDoc = {
+      requestId,
+      sortKey: `${(9_999_999_999_999 - now.getTime()).toString().padStart(13, '0')}:${requestId.toLowerCase()}`,
+      type: body.type,
+      status: 'running',
+      dryRun: body.type === 'erase' && body.dryRun === true,
+      includeSecrets: body.type === 'export' && body.includeSecrets === true,
+      subject: { kind: subject.kind, id: subject.id, hash: subjectHash(subjectHashKey, subject.kind, subject.id) },
+      bodyFingerprint: fingerprint,
+      requestedBy,
+      createdDateTimeUtc: dpsTimestamp(now),
+      lastUpdatedDateTimeUtc: dpsTimestamp(now),
+      progress: { done: 0, total: 0 },
+    };
+    await this.#save(instance, doc);
+    await this.#waitFor(this.#start(instance, doc));
+    return this.get(instance, requestId, body.type);
+  }
+
+  /** Reads a request; `type` restricts which kind the caller may see (rights differ per kind). */
+  async get(instance: InstanceRecord, requestId: string, type?: 'export' | 'erase'): Promise<JsonMap> {
+    return this.#view(await this.#require(instance, requestId, type));
+  }
+
+  async bundle(instance: InstanceRecord, requestId: string): Promise<JsonMap> {
+    const doc = await this.#require(instance, requestId, 'export');
+    if (doc.bundle === undefined) {
+      throw new ProvisioningError('DataRequestResultUnavailable', `Data request '${requestId}' has no bundle yet (status ${doc.status}).`);
+    }
+    return doc.bundle;
+  }
+
+  async receipt(instance: InstanceRecord, requestId: string): Promise<JsonMap> {
+    const doc = await this.#require(instance, requestId, 'erase');
+    if (doc.receipt === undefined) {
+      throw new ProvisioningError('DataRequestResultUnavailable', `Data request '${requestId}' has no receipt${doc.dryRun ? ' (a dry run changes nothing)' : ` yet (status ${doc.status})`}.`);
+    }
+    return doc.receipt;
+  }
+
+  async retry(instance: InstanceRecord, requestId: string): Promise<JsonMap> {
+    const doc = await this.#require(instance, requestId, 'erase');
+    if (doc.status === 'partiallyCompleted' || doc.status === 'failed') {
+      doc.status = 'running';
+      delete doc.error;
+      for (const step of doc.plan ?? []) delete step.error;
+      await this.#save(instance, doc);
+      await this.#waitFor(this.#start(instance, doc));
+    }
+    return this.get(instance, requestId, 'erase');
+  }
+
+  async query(instance: InstanceRecord, request: PageRequest): Promise<{ items: JsonMap[]; continuation: string | undefined; maxItemCount: number }> {
+    const page = readPageRequest(request, DATA_REQUEST_FIELDS, this.#deps.config);
+    const result = await this.#deps.store.queryDataRequests(instance.id, page);
+    return {
+      items: result.items.map((item) => this.#view(item.doc as DataRequestDoc)),
+      continuation: result.nextKey === undefined ? undefined : encodeContinuation(result.nextKey, request.query ?? ''),
+      maxItemCount: page.limit,
+    };
+  }
+
+  /** After a restart: finish every request a crash left running. */
+  async resumeUnfinished(): Promise<number> {
+    const unfinished = await this.#deps.store.listDataRequestsByStatus(['running']);
+    for (const record of unfinished) {
+      const instance = await this.#deps.store.getInstance(record.instanceId);
+      if (instance !== undefined) void this.#start(instance, record.doc as DataRequestDoc);
+    }
+    return unfinished.length;
+  }
+
+  /** Shutdown: jobs stop between two items and stay `running`, so the next start finishes them. */
+  async stop(): Promise<void> {
+    this.#stopping = true;
+    await this.idle();
+  }
+
+  /** Waits for every job running on this node (tests, shutdown). */
+  async idle(): Promise<void> {
+    while (this.#jobs.size > 0) await Promise.allSettled([...this.#jobs.values()]);
+  }
+
+  #checkSubject(body: DataRequestBody): { kind: SubjectKind; id: string } {
+    const given = (['registrationId', 'deviceId', 'enrollmentGroupId'] as const).filter((kind) => body.subject[kind] !== undefined);
+    if (given.length !== 1) {
+      throw new ProvisioningError('BadRequest', 'subject names exactly one of registrationId, deviceId or enrollmentGroupId.');
+    }
+    const kind = given[0] as SubjectKind;
+    const id = body.subject[kind] as string;
+    if (id === '' || id.length > 128) throw new ProvisioningError('BadRequest', `subject.${kind} must be 1-128 characters.`);
+    if (kind === 'enrollmentGroupId' && body.type !== 'erase') {
+      throw new ProvisioningError('BadRequest', 'An enrollment group can be the subject of an erase, not of an export.');
+    }
+    return { kind, id };
+  }
+
+  async #require(instance: InstanceRecord, requestId: string, type?: 'export' | 'erase'): Promise<DataRequestDoc> {
+    const record = await this.#deps.store.getDataRequest(instance.id, requestId);
+    // A request of the other kind is "not found" for a caller who may only see this kind.
+    if (record === undefined || (type !== undefined && record.type !== type)) {
+      throw new ProvisioningError('DataRequestNotFound', `Data request '${requestId}' was not found.`);
+    }
+    return record.doc as DataRequestDoc;
+  }
+
+  #view(doc: DataRequestDoc): JsonMap {
+    const { bodyFingerprint: _fingerprint, sortKey: _sortKey, plan: _plan, bundle: _bundle, receipt, ...view } = doc;
+    return { ...view, hasReceipt: receipt !== undefined };
+  }
+
+  async #save(instance: InstanceRecord, doc: DataRequestDoc): Promise<void> {
+    doc.lastUpdatedDateTimeUtc = dpsTimestamp(this.#deps.now());
+    await this.#deps.store.putDataRequest(instance.id, { requestId: doc.requestId, sortKey: doc.sortKey, status: doc.status, type: doc.type, doc });
+  }
+
+  async #waitFor(job: Promise<void>): Promise<void> {
+    await Promise.race([job, new Promise((resolve) => setTimeout(resolve, this.#deps.waitMs).unref())]);
+  }
+
+  #start(instance: InstanceRecord, doc: DataRequestDoc): Promise<void> {
+    const key = `${instance.id}/${doc.requestId.toLowerCase()}`;
+    const running = this.#jobs.get(key);
+    if (running !== undefined) return running;
+    const job = (doc.type === 'export' ? this.#runExport(instance, doc) : this.#runErase(instance, doc))
+      .catch(async (error: unknown) => {
+        if (error instanceof Stopped) return;
+        this.#deps.logger.error({ err: error, requestId: doc.requestId }, 'data request failed');
+        doc.status = 'failed';
+        doc.error = error instanceof Error ? error.message : String(error);
+        await this.#save(instance, doc).catch(() => undefined);
+      })
+      .finally(() => this.#jobs.delete(key));
+    this.#jobs.set(key, job);
+    return job;
+  }
+
+  // ---- finding the subject's data
+
+  async #subjects(instance: InstanceRecord, kind: SubjectKind, id: string): Promise<Subjects> {
+    const store = this.#deps.store;
+    const registrationIds = new Set<string>();
+    const deviceIds = new Set<string>();
+    const groupIds = new Set<string>();
+    const enrollments: StoredEnrollment[] = [];
+    const addRecordsWhere = async (field: 'deviceId' | 'enrollmentGroupId', value: string) => {
+      let afterKey: string | undefined;
+      do {
+        const page = await store.queryRegistrations(instance.id, { filters: [{ field, op: 'eq', values: [value] }], afterKey, limit: 1000 });
+        for (const record of page.items) {
+          registrationIds.add(record.registrationId);
+          if (record.deviceId !== undefined) deviceIds.add(record.deviceId);
+        }
+        afterKey = page.nextKey;
+      } while (afterKey !== undefined);
+    };
+    if (kind === 'registrationId') {
+      registrationIds.add(id);
+      const enrollment = await store.getEnrollment(instance.id, id);
+      const record = await store.getRegistration(instance.id, id);
+      if (enrollment !== undefined) {
+        enrollments.push(enrollment);
+        deviceIds.add(enrollment.deviceId ?? enrollment.registrationId);
+      }
+      if (record?.deviceId !== undefined) deviceIds.add(record.deviceId);
+      if (enrollment === undefined && record === undefined) deviceIds.add(id);
+    } else if (kind === 'deviceId') {
+      deviceIds.add(id);
+      await addRecordsWhere('deviceId', id);
+      let afterKey: string | undefined;
+      do {
+        const page = await store.queryEnrollments(instance.id, { filters: [{ field: 'deviceId', op: 'eq', values: [id] }], afterKey, limit: 1000 });
+        for (const enrollment of page.items) {
+          enrollments.push(enrollment);
+          registrationIds.add(enrollment.registrationId);
+        }
+        afterKey = page.nextKey;
+      } while (afterKey !== undefined);
+    } else {
+      groupIds.add(id);
+      await addRecordsWhere('enrollmentGroupId', id);
+    }
+    return { registrationIds: [...registrationIds], deviceIds: [...deviceIds], groupIds: [...groupIds], enrollments };
+  }
+
+  // ---- export
+
+  async #runExport(instance: InstanceRecord, doc: DataRequestDoc): Promise<void> {
+    const { kind, id } = doc.subject;
+    if (id === undefined) throw new Error('the subject of an export is gone');
+    const store = this.#deps.store;
+    const subjects = await this.#subjects(instance, kind, id);
+    const searched: JsonMap[] = [];
+    const visibility = doc.includeSecrets ? 'withSecrets' : 'public';
+
+    const enrollments = subjects.enrollments.map((enrollment) => {
+      const rendered = renderEnrollment(enrollment, visibility);
+      if (doc.includeSecrets && enrollment.attestation.type === 'symmetricKey') rendered.attestation = structuredClone(enrollment.attestation) as unknown as JsonMap;
+      return rendered;
+    });
+    searched.push({ place: 'enrollments', count: enrollments.length });
+
+    const records = [];
+    for (const registrationId of subjects.registrationIds) {
+      const record = await store.getRegistration(instance.id, registrationId);
+      if (record !== undefined) records.push(record);
+    }
+    searched.push({ place: 'registrations', count: records.length });
+    const groups = [...new Set(records.flatMap((record) => (record.enrollmentGroupId === undefined ? [] : [record.enrollmentGroupId])))];
+    searched.push({ place: 'enrollmentGroups (membership)', count: groups.length });
+
+    const hubDevices: JsonMap[] = [];
+    for (const hub of await store.listLinkedHubs(instance.id)) {
+      const client = this.#deps.hubClients.forHub(hub);
+      let count = 0;
+      try {
+        for (const deviceId of subjects.deviceIds) {
+          const device = await client.getDevice(deviceId);
+          if (device === undefined) continue;
+          const twin = await client.getTwin(deviceId);
+          hubDevices.push({ hub: hub.name, device: doc.includeSecrets ? device : redactDevice(device as unknown as JsonMap), twin: twin ?? null });
+          count += 1;
+        }
+        searched.push({ place: `hub:${hub.name}/devices`, count });
+      } catch (error) {
+        searched.push({ place: `hub:${hub.name}/devices`, count, error: (error as Error).message });
+      }
+    }
+
+    const events = await store.findAuditEventsAbout(instance.id, subjects);
+    const webhookExchanges = events.filter((event) => event.kind === 'webhook');
+    const auditEvents = events.filter((event) => event.kind !== 'webhook');
+    searched.push({ place: 'webhookExchanges', count: webhookExchanges.length }, { place: 'auditEvents', count: auditEvents.length });
+
+    doc.bundle = {
+      manifest: {
+        requestId: doc.requestId,
+        subject: { kind, id },
+        generatedDateTimeUtc: dpsTimestamp(this.#deps.now()),
+        secretsIncluded: doc.includeSecrets,
+        searched,
+      },
+      individualEnrollment: enrollments[0] ?? null,
+      individualEnrollments: enrollments,
+      enrollmentGroups: groups.map((enrollmentGroupId) => ({ enrollmentGroupId })),
+      registrationRecords: records.map(renderRegistration),
+      hubDevices,
+      webhookExchanges,
+      auditEvents,
+    };
+    doc.result = { searched };
+    doc.status = searched.some((entry) => entry.error !== undefined) ? 'partiallyCompleted' : 'completed';
+    if (doc.status === 'partiallyCompleted') doc.error = 'Some hubs could not be searched; see result.searched.';
+    doc.progress = { done: searched.length, total: searched.length };
+    await this.#save(instance, doc);
+    await this.#deps.audit.record(instance.id, {
+      kind: 'dataRequest',
+      operation: 'export',
+      actor: doc.requestedBy,
+      subject: subjectFields(kind, id),
+      outcome: 'success',
+      details: { requestId: doc.requestId, includeSecrets: doc.includeSecrets },
+    });
+    await this.#deps.events.emit(instance, 'dataRequest.completed', { requestId: doc.requestId, type: 'export', status: doc.status });
+  }
+
+  // ---- erase
+
+  async #plan(instance: InstanceRecord, doc: DataRequestDoc): Promise<EraseStep[]> {
+    const { kind, id } = doc.subject;
+    if (id === undefined) throw new Error('the subject of an erase is gone');
+    const store = this.#deps.store;
+    const subjects = await this.#subjects(instance, kind, id);
+    const step = (place: string, items: string[], extra: Partial<EraseStep> = {}): EraseStep => ({
+      place,
+      action: 'delete',
+      items,
+      done: 0,
+      count: 0,
+      completed: false,
+      ...extra,
+    });
+    const steps: EraseStep[] = [];
+    // Hub identities first: the records below are what says where a device lives.
+    for (const hub of await store.listLinkedHubs(instance.id)) steps.push(step(`hub:${hub.name}/devices`, subjects.deviceIds, { hub: hub.name }));
+    steps.push(step('registrations', subjects.registrationIds));
+    steps.push(step('operations', subjects.registrationIds));
+    steps.push(step('enrollments', subjects.enrollments.map((enrollment) => enrollment.registrationId)));
+    if (kind === 'enrollmentGroupId') steps.push(step('enrollmentGroups', [id]));
+    steps.push(
+      step('auditEvents', [...subjects.registrationIds.map((x) => `r:${x}`), ...subjects.deviceIds.map((x) => `d:${x}`), ...subjects.groupIds.map((x) => `g:${x}`)], {
+        action: 'pseudonymize',
+      }),
+    );
+    return steps;
+  }
+
+  async #runErase(instance: InstanceRecord, doc: DataRequestDoc): Promise<void> {
+    if (doc.plan === undefined) {
+      doc.plan = await this.#plan(instance, doc);
+      doc.progress = { done: 0, total: doc.plan.reduce((sum, step) => sum + step.items.length, 0) };
+      await this.#save(instance, doc);
+    }
+    if (doc.dryRun) {
+      doc.result = await this.#preview(instance, doc.plan);
+      doc.status = 'completed';
+      await this.#save(instance, doc);
+      return;
+    }
+    const { subjectHashKey } = await this.secrets(instance);
+    for (const step of doc.plan) {
+      if (step.completed) continue;
+      try {
+        await this.#execute(instance, doc, step, subjectHashKey);
+        step.completed = true;
+      } catch (error) {
+        if (error instanceof Stopped) throw error;
+        step.error = error instanceof Error ? error.message : String(error);
+      }
+      await this.#save(instance, doc);
+    }
+    const failed = doc.plan.filter((step) => step.error !== undefined);
+    const summary = (action: EraseStep['action']) =>
+      doc.plan?.filter((step) => step.action === action).map((step) => ({ place: step.place, count: step.count })) ?? [];
+    doc.result = {
+      deleted: summary('delete'),
+      pseudonymized: summary('pseudonymize'),
+      failures: failed.map((step) => ({ place: step.place, reason: step.error })),
+    };
+    if (failed.length > 0) {
+      doc.status = 'partiallyCompleted';
+      doc.error = failed.map((step) => `${step.place}: ${step.error ?? ''}`).join('; ');
+      await this.#save(instance, doc);
+      return;
+    }
+    const secrets = await this.secrets(instance);
+    const completed = dpsTimestamp(this.#deps.now());
+    doc.receipt = signReceipt(
+      {
+        requestId: doc.requestId,
+        instance: instance.idScope,
+        subjectKind: doc.subject.kind,
+        subjectHash: doc.subject.hash,
+        completedDateTimeUtc: completed,
+        deleted: summary('delete'),
+        pseudonymized: summary('pseudonymize'),
+      },
+      secrets.receiptPrivateKeyPem,
+      secrets.receiptPublicKeyPem,
+    ) as unknown as JsonMap;
+    // From here on the request knows the subject only by its keyed hash.
+    delete doc.subject.id;
+    for (const step of doc.plan) step.items = [];
+    doc.status = 'completed';
+    await this.#save(instance, doc);
+    await this.#deps.audit.record(instance.id, {
+      kind: 'dataRequest',
+      operation: 'erase',
+      actor: doc.requestedBy,
+      subject: { hash: doc.subject.hash },
+      outcome: 'success',
+      details: { requestId: doc.requestId, deleted: summary('delete'), pseudonymized: summary('pseudonymize') },
+    });
+    await this.#deps.events.emit(instance, 'dataRequest.completed', { requestId: doc.requestId, type: 'erase', status: 'completed', subjectHash: doc.subject.hash });
+  }
+
+  async #execute(instance: InstanceRecord, doc: DataRequestDoc, step: EraseStep, subjectHashKey: string): Promise<void> {
+    const store = this.#deps.store;
+    if (step.action === 'pseudonymize') {
+      const subjects = { registrationIds: [] as string[], deviceIds: [] as string[], groupIds: [] as string[] };
+      for (const item of step.items) {
+        const value = item.slice(2);
+        if (item.startsWith('r:')) subjects.registrationIds.push(value);
+        else if (item.startsWith('d:')) subjects.deviceIds.push(value);
+        else subjects.groupIds.push(value);
+      }
+      // Found afresh, so events written since the plan (a device that tried again meanwhile) are covered too.
+      const events = await store.findAuditEventsAbout(instance.id, subjects);
+      await store.replaceAuditEvents(instance.id, events.map((event) => pseudonymize(event, subjectHashKey)));
+      step.count += events.length;
+      step.done = step.items.length;
+      doc.progress.done += step.items.length;
+      return;
+    }
+    const hub = step.hub === undefined ? undefined : (await store.listLinkedHubs(instance.id)).find((linked) => linked.name === step.hub);
+    for (let index = step.done; index < step.items.length; index += 1) {
+      if (this.#stopping) {
+        await this.#save(instance, doc);
+        throw new Stopped();
+      }
+      const item = step.items[index] as string;
+      step.count += (await this.#deleteOne(instance, step, item, hub)) ? 1 : 0;
+      step.done = index + 1;
+      doc.progress.done += 1;
+      if (step.done % PERSIST_EVERY === 0) await this.#save(instance, doc);
+    }
+  }
+
+  /** Deletes one item of a step; true when something was there. Idempotent, so a resumed step may repeat an item. */
+  async #deleteOne(instance: InstanceRecord, step: EraseStep, item: string, hub: LinkedHubRecord | undefined): Promise<boolean> {
+    const store = this.#deps.store;
+    if (step.hub !== undefined) {
+      // An unlinked hub is no longer provisiond's to clean; nothing there is reachable through the instance.
+      if (hub === undefined) return false;
+      return this.#deps.hubClients.forHub(hub).deleteDevice(item);
+    }
+    switch (step.place) {
+      case 'registrations':
+        return store.deleteRegistration(instance.id, item);
+      case 'operations':
+        return (await store.deleteOperationsOfRegistration(instance.id, item)) > 0;
+      case 'enrollments':
+        return store.deleteEnrollment(instance.id, item);
+      case 'enrollmentGroups':
+        return store.deleteEnrollmentGroup(instance.id, item);
+      default:
+        throw new Error(`unknown erase step ${step.place}`);
+    }
+  }
+
+  async #preview(instance: InstanceRecord, plan: EraseStep[]): Promise<JsonMap> {
+    const store = this.#deps.store;
+    const deleted: JsonMap[] = [];
+    let pseudonymized: JsonMap[] = [];
+    const hubs = await store.listLinkedHubs(instance.id);
+    for (const step of plan) {
+      const present: string[] = [];
+      if (step.action === 'pseudonymize') {
+        const subjects = { registrationIds: [] as string[], deviceIds: [] as string[], groupIds: [] as string[] };
+        for (const item of step.items) (item.startsWith('r:') ? subjects.registrationIds : item.startsWith('d:') ? subjects.deviceIds : subjects.groupIds).push(item.slice(2));
+        const events = await store.findAuditEventsAbout(instance.id, subjects);
+        pseudonymized = [{ place: step.place, count: events.length, items: events.map((event) => event.eventId) }];
+        continue;
+      }
+      const entry: JsonMap = { place: step.place };
+      try {
+        for (const item of step.items) {
+          const hub = hubs.find((linked) => linked.name === step.hub);
+          const exists =
+            step.hub !== undefined
+              ? hub !== undefined && (await this.#deps.hubClients.forHub(hub).getDevice(item)) !== undefined
+              : step.place === 'registrations'
+                ? (await store.getRegistration(instance.id, item)) !== undefined
+                : step.place === 'operations'
+                  ? (await store.countOperationsOfRegistration(instance.id, item)) > 0
+                  : step.place === 'enrollments'
+                    ? (await store.getEnrollment(instance.id, item)) !== undefined
+                    : (await store.getEnrollmentGroup(instance.id, item)) !== undefined;
+          if (exists) present.push(item);
+        }
+      } catch (error) {
+        entry.error = (error as Error).message;
+      }
+      deleted.push({ ...entry, count: present.length, items: present });
+    }
+    return { dryRun: true, deleted, pseudonymized };
+  }
+}
+
+function subjectFields(kind: SubjectKind, id: string): AuditEvent['subject'] {
+  return kind === 'registrationId' ? { registrationId: id } : kind === 'deviceId' ? { deviceId: id } : { enrollmentGroupId: id };
+}
+
+/** What stays of an event about an erased subject: when, what kind, by whom, with what outcome — no IDs, no details. */
+function pseudonymize(event: AuditEvent, key: string): AuditEvent {
+  const hashOf = event.subject.registrationId ?? event.subject.deviceId ?? event.subject.enrollmentGroupId;
+  const kind = event.subject.registrationId !== undefined ? 'registrationId' : event.subject.deviceId !== undefined ? 'deviceId' : 'enrollmentGroupId';
+  const kept: AuditEvent = {
+    eventId: event.eventId,
+    timeUtc: event.timeUtc,
+    kind: event.kind,
+    operation: event.operation,
+    actor: event.actor,
+    subject: hashOf === undefined ? { ...(event.subject.hash === undefined ? {} : { hash: event.subject.hash }) } : { hash: subjectHash(key, kind, hashOf) },
+    outcome: event.outcome,
+  };
+  if (event.errorCode !== undefined) kept.errorCode = event.errorCode;
+  if (event.transport !== undefined) kept.transport = event.transport;
+  if (event.attestationType !== undefined) kept.attestationType = event.attestationType;
+  if (event.hub !== undefined) kept.hub = event.hub;
+  return kept;
+}
+
+function redactDevice(device: JsonMap): JsonMap {
+  const copy = structuredClone(device);
+  const authentication = copy.authentication as { symmetricKey?: { primaryKey?: string; secondaryKey?: string } } | undefined;
+  if (authentication?.symmetricKey !== undefined) authentication.symmetricKey = { primaryKey: REDACTED, secondaryKey: REDACTED };
+  return copy;
+}
+
+
+/** Thrown inside a job when the server shuts down; the request stays `running` and resumes at the next start. */
+class Stopped extends Error {}

@@ -1,0 +1,92 @@
+import type { Server as HttpServer } from 'node:http';
+import type { FastifyBaseLogger } from 'fastify';
+import type { Config } from '../config/config.js';
+import type { RegistrationService } from '../services/registrations.js';
+import { AmqpDeviceEndpoint } from './amqp/endpoint.js';
+import { closeServer, createDeviceTlsServer, DeviceConnections, listenOn } from './device-connections.js';
+import { MqttDeviceBroker } from './mqtt/broker.js';
+import { peerCertificateChain } from './tls-peer.js';
+import { attachDeviceWebSockets, type DeviceWebSockets } from './websocket.js';
+import type { Server as TlsServer } from 'node:tls';
+
+/**
+ * The long-lived device endpoints beside the HTTPS device API: MQTT over TLS, AMQP over TLS, and both over WebSocket
+ * on the HTTPS listener. Each can be switched off; all share the connection limits and call the one registration
+ * service.
+ */
+export interface DeviceEndpointDeps {
+  config: Config;
+  logger: FastifyBaseLogger;
+  registrations: RegistrationService;
+  tls: { key: string; cert: string };
+  /** The HTTPS listener's server, for the `/$iothub/websocket` upgrades. */
+  httpServer: HttpServer;
+}
+
+/** A listener still to bind, named the way ListenError reports it. */
+export interface DeviceListener {
+  what: string;
+  port: number;
+  flag: string;
+  listen(): Promise<void>;
+}
+
+export interface DeviceEndpoints {
+  readonly listeners: readonly DeviceListener[];
+  readonly connections: DeviceConnections;
+  close(): Promise<void>;
+}
+
+export async function createDeviceEndpoints(deps: DeviceEndpointDeps): Promise<DeviceEndpoints> {
+  const { config, logger, registrations } = deps;
+  const connections = new DeviceConnections({ maxConnections: config.maxDeviceConnections, idleTimeoutMs: config.deviceIdleTimeoutMs }, logger);
+  const needsMqtt = config.mqttEnabled || config.webSocketsEnabled;
+  const needsAmqp = config.amqpEnabled || config.webSocketsEnabled;
+  const mqtt = needsMqtt
+    ? await MqttDeviceBroker.create({ registrations, logger, maxPacketBytes: config.mqttMaxPacketBytes, connectTimeoutMs: Math.min(30000, config.deviceIdleTimeoutMs) })
+    : undefined;
+  const amqp = needsAmqp ? new AmqpDeviceEndpoint({ registrations, logger, maxMessageBytes: config.amqpMaxMessageBytes }) : undefined;
+
+  const servers: TlsServer[] = [];
+  const listeners: DeviceListener[] = [];
+  if (config.mqttEnabled && mqtt !== undefined) {
+    const server = createDeviceTlsServer({
+      tls: deps.tls,
+      connections,
+      onConnection: (socket) => mqtt.handle(socket, { transport: 'mqtt', chain: peerCertificateChain(socket), remoteAddress: socket.remoteAddress }),
+    });
+    servers.push(server);
+    listeners.push({ what: 'MQTT', port: config.mqttPort, flag: '--mqtt-port', listen: () => listenOn(server, config.mqttPort, config.listenHost) });
+  }
+  if (config.amqpEnabled && amqp !== undefined) {
+    const server = createDeviceTlsServer({
+      tls: deps.tls,
+      connections,
+      onConnection: (socket) => amqp.accept(socket, { transport: 'amqp', chain: peerCertificateChain(socket), remoteAddress: socket.remoteAddress }),
+    });
+    servers.push(server);
+    listeners.push({ what: 'AMQP', port: config.amqpPort, flag: '--amqp-port', listen: () => listenOn(server, config.amqpPort, config.listenHost) });
+  }
+  let webSockets: DeviceWebSockets | undefined;
+  if (config.webSocketsEnabled) {
+    webSockets = attachDeviceWebSockets(deps.httpServer, {
+      mqtt,
+      amqp,
+      connections,
+      maxPayloadBytes: Math.max(config.mqttMaxPacketBytes, config.amqpMaxMessageBytes),
+      logger,
+    });
+  }
+
+  return {
+    listeners,
+    connections,
+    async close() {
+      webSockets?.close();
+      const closing = servers.map((server) => closeServer(server));
+      connections.destroyAll();
+      await Promise.all(closing);
+      await mqtt?.close();
+    },
+  };
+}

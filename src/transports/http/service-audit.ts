@@ -1,0 +1,50 @@
+import type { FastifyReply, FastifyRequest } from 'fastify';
+import type { AuditLog } from '../../services/audit-log.js';
+import type { AuditEvent } from '../../store/store.js';
+import './route-docs.js';
+import './service-api/plugin.js';
+
+/**
+ * The system-log entry of an authenticated service-API call: who (policy), from where, which operation on which
+ * subject, and how it ended. A bulk call is logged once per item, so every item's subject can be found and erased.
+ * Paths are logged as route patterns: the IDs in them go to the indexed subject fields only.
+ */
+export function serviceCallAuditor(audit: AuditLog) {
+  return async function record(request: FastifyRequest, reply: FastifyReply): Promise<void> {
+    const caller = request.caller;
+    const config = request.routeOptions.config;
+    if (caller === undefined || config.operationId === undefined) return;
+    const base: Omit<AuditEvent, 'eventId' | 'timeUtc' | 'subject'> = {
+      kind: 'serviceApi',
+      operation: config.operationId,
+      actor: caller.policy.keyName,
+      source: request.ip,
+      outcome: reply.statusCode < 400 ? 'success' : 'failure',
+      trackingId: request.id,
+      details: { method: request.method, route: request.routeOptions.url ?? '', status: reply.statusCode },
+    };
+    if (request.provisioningError !== undefined) {
+      base.errorCode = request.provisioningError.errorCode;
+      base.reason = request.provisioningError.message;
+    }
+    const field = config.auditSubject;
+    const subjects: string[] = [];
+    if (field !== undefined) {
+      const id = (request.params as { id?: string } | undefined)?.id;
+      if (id !== undefined) subjects.push(id);
+      if (config.operationId.endsWith('_RunBulkOperation')) {
+        const body = request.body as Record<string, unknown> | undefined;
+        const items = (body?.enrollments ?? body?.enrollmentGroups) as Array<Record<string, unknown>> | undefined;
+        for (const item of Array.isArray(items) ? items : []) {
+          const itemId = item?.[field];
+          if (typeof itemId === 'string') subjects.push(itemId);
+        }
+      }
+    }
+    if (field === undefined || subjects.length === 0) {
+      await audit.record(caller.instance.id, { ...base, subject: {} });
+      return;
+    }
+    for (const id of subjects) await audit.record(caller.instance.id, { ...base, subject: { [field]: id } });
+  };
+}

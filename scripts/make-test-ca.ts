@@ -1,4 +1,4 @@
-import { mkdirSync, readFileSync, writeFileSync, existsSync } from 'node:fs';
+import { mkdirSync, readFileSync, renameSync, writeFileSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { createCa } from '../src/tls/dev-ca.js';
 
@@ -14,5 +14,8 @@ if (!existsSync(join(dir, 'ca.pem')) || !existsSync(join(dir, 'ca.key'))) {
   writeFileSync(join(dir, 'ca.pem'), ca.certPem);
 }
 const system = ['/etc/ssl/certs/ca-certificates.crt'].filter(existsSync).map((file) => readFileSync(file, 'utf8'));
-writeFileSync(join(dir, 'bundle.pem'), [...system, readFileSync(join(dir, 'ca.pem'), 'utf8')].join('\n'));
+// Written aside and renamed, so a test process starting meanwhile never reads half a bundle.
+const staging = join(dir, `bundle.${process.pid}.pem`);
+writeFileSync(staging, [...system, readFileSync(join(dir, 'ca.pem'), 'utf8')].join('\n'));
+renameSync(staging, join(dir, 'bundle.pem'));
 process.stdout.write(`${join(dir, 'bundle.pem')}\n`);

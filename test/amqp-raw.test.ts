@@ -174,7 +174,7 @@ describe('AMQP on the wire', () => {
       });
     const closedByServer = async (socket: TLSSocket): Promise<void> => {
       socket.on('error', () => undefined);
-      await Promise.race([once(socket, 'close'), new Promise((_, reject) => setTimeout(() => reject(new Error('still open')), 3000).unref())]);
+      await Promise.race([new Promise((resolve) => socket.once('close', resolve)), new Promise((_, reject) => setTimeout(() => reject(new Error('still open')), 3000).unref())]);
     };
     const garbage = await raw();
     garbage.write('GET / HTTP/1.1\r\nHost: x\r\n\r\n');

@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { generateKeyPairSync } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { createServer, type AddressInfo, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -323,21 +324,50 @@ describe('provisiond data and audit', () => {
     assert.equal((bundle.individualEnrollment as Doc).registrationId, DEVICE_2);
   });
 
-  test('an unreachable hub leaves an erase partially completed (exit 2); data retry finishes it', async () => {
+  test('an unreachable hub: export and erase end partially completed (exit 2), the CLI waits for a slow one, retry finishes', async () => {
     await ok(['hub', 'link', '127.0.0.2', '--hub-connection-string', `HostName=127.0.0.2;SharedAccessKeyName=iothubowner;SharedAccessKey=${KEY}`, '--no-apply-allocation-policy']);
+    const exported = await runInProcess(['data', 'export', '--device-id', DEVICE_2]);
+    assert.equal(exported.code, 2, exported.stderr);
+    const bundle = JSON.parse(exported.stdout) as Doc;
+    assert.equal((bundle.hubDevices as Doc[]).length, 1, 'the reachable hub is in the bundle');
+    assert.match(exported.stderr, /^provisiond: the export is incomplete: Some hubs could not be searched; see result\.searched\.; run it again with a new --request-id once they are reachable\n$/);
     const dry = await ok(['data', 'erase', '--device-id', DEVICE_2, '--dry-run']);
     assert.match(dry, /\n {4}hub:127\.0\.0\.2\/devices +0  \(could not be checked: .+\)\n/);
+    await ok(['hub', 'unlink', '127.0.0.2']);
 
-    const partial = await runInProcess(['data', 'erase', '--device-id', DEVICE_2, '--yes', '--request-id', 'erase-2', '--receipt', file('receipt-2.json')]);
+    // A hub that accepts connections and never answers keeps the erase running past the server's wait (5 s): the CLI
+    // says on stderr that it waits and polls until the hub connection fails.
+    const held = new Set<Socket>();
+    const silent = createServer((socket) => void held.add(socket));
+    await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
+    const hub = `127.0.0.1:${(silent.address() as AddressInfo).port}`;
+    await ok(['hub', 'link', hub, '--hub-connection-string', `HostName=${hub};SharedAccessKeyName=iothubowner;SharedAccessKey=${KEY}`, '--no-apply-allocation-policy']);
+    const release = setTimeout(() => {
+      silent.close();
+      for (const socket of held) socket.destroy();
+    }, 6500);
+    let partial: Run;
+    try {
+      partial = await runInProcess(['data', 'erase', '--device-id', DEVICE_2, '--yes', '--request-id', 'erase-2', '--receipt', file('receipt-2.json')]);
+    } finally {
+      clearTimeout(release);
+      silent.close();
+      for (const socket of held) socket.destroy();
+    }
     assert.equal(partial.code, 2, partial.stderr);
     assert.match(partial.stdout, new RegExp(`^erase of deviceId '${DEVICE_2}': partially completed \\(data request 'erase-2'\\)\\n`));
-    assert.match(partial.stdout, /\n {2}failed:\n {4}hub:127\.0\.0\.2\/devices: .+\n$/);
-    assert.equal(partial.stderr, "provisiond: the erase is not complete; fix what failed, then run 'provisiond data retry erase-2'\n");
+    assert.match(partial.stdout, /\n {4}hub:localhost\/devices +1\n/);
+    assert.match(partial.stdout, new RegExp(`\\n {2}failed:\\n {4}hub:${hub.replaceAll('.', '\\.')}/devices: .+\\n$`));
+    assert.match(
+      partial.stderr,
+      /^waiting for data request 'erase-2' \(\d+ of \d+ items done\); Ctrl-C stops the waiting, not the request: see 'provisiond data show erase-2'\n/,
+    );
+    assert.match(partial.stderr, /\nprovisiond: the erase is not complete; fix what failed, then run 'provisiond data retry erase-2'\n$/);
     assert.equal(((await json(['data', 'show', 'erase-2'])) as Doc).status, 'partiallyCompleted');
     assertRefused(await runInProcess(['data', 'receipt', 'erase-2']), /has no receipt yet \(status partiallyCompleted\).*HTTP 404/);
 
     // The hub is gone for good: unlinked, it is no longer provisiond's to clean, and the retry completes.
-    await ok(['hub', 'unlink', '127.0.0.2']);
+    await ok(['hub', 'unlink', hub]);
     const retried = await ok(['data', 'retry', 'erase-2']);
     assert.match(retried, /^erase of deviceId \(erased, hash [0-9a-f]{12}…\): completed \(data request 'erase-2'\)\n/);
     assert.match(retried, /\nreceipt: get it with 'provisiond data receipt erase-2 --output receipt\.json'\n$/);

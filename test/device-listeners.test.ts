@@ -1,5 +1,4 @@
 import assert from 'node:assert/strict';
-import { once } from 'node:events';
 import { copyFileSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -44,7 +43,7 @@ function tlsSocket(port: number): Promise<TLSSocket> {
 
 async function closesWithin(socket: TLSSocket, ms: number): Promise<void> {
   socket.on('error', () => undefined);
-  await Promise.race([once(socket, 'close'), new Promise((_, reject) => setTimeout(() => reject(new Error('still open')), ms).unref())]);
+  await Promise.race([new Promise((resolve) => socket.once('close', resolve)), new Promise((_, reject) => setTimeout(() => reject(new Error('still open')), ms).unref())]);
 }
 
 describe('device listeners', () => {
@@ -102,7 +101,7 @@ describe('device listeners', () => {
       const third = tlsConnect({ host: 'localhost', port: 18883, ca: readCa() });
       await closesWithin(third, 2000);
       first.destroy();
-      await new Promise((resolve) => setTimeout(resolve, 100));
+      await new Promise((resolve) => setTimeout(resolve, 200));
       const fourth = await tlsSocket(18883);
       assert.equal(fourth.destroyed, false);
       for (const socket of [second, fourth]) socket.destroy();

@@ -1,5 +1,4 @@
 import assert from 'node:assert/strict';
-import { once } from 'node:events';
 import { connect as tlsConnect, type TLSSocket } from 'node:tls';
 import { after, before, describe, test } from 'node:test';
 import { connectAsync, type IClientOptions, type MqttClient } from 'mqtt';
@@ -143,7 +142,7 @@ async function closedByServer(socket: TLSSocket, timeoutMs = 3000): Promise<void
   socket.on('error', () => undefined);
   if (socket.destroyed) return;
   await Promise.race([
-    once(socket, 'close'),
+    new Promise((resolve) => socket.once('close', resolve)),
     new Promise((_, reject) => setTimeout(() => reject(new Error('the server kept the connection open')), timeoutMs).unref()),
   ]);
 }

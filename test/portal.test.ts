@@ -6,7 +6,9 @@ import { after, before, test } from 'node:test';
 import Fastify from 'fastify';
 import { chromium, type Browser, type BrowserContext, type Download, type Page } from 'playwright-core';
 import { portalPlugin } from '../src/transports/http/portal.js';
-import { rawRegister, sdkRegister } from './devices.js';
+import { randomBytes } from 'node:crypto';
+import { createRootCertificate, createSelfSignedDeviceCertificate, createVerificationCertificate } from '../src/tls/x509-issuer.js';
+import { deriveDeviceKey, rawRegister, sdkRegister } from './devices.js';
 import { call, startServer, type TestServer } from './harness.js';
 
 /**
@@ -78,10 +80,11 @@ async function withPage(name: string, viewport: { width: number; height: number 
   }
 }
 
-async function screenshot(page: Page, name: string): Promise<void> {
+async function screenshot(page: Page, name: string, options: { fullPage?: boolean } = {}): Promise<void> {
+  const fullPage = options.fullPage ?? true;
   // Sticky headers are drawn where the page is scrolled to; a full-page picture wants them at the top.
-  await page.evaluate('window.scrollTo(0, 0)');
-  await page.screenshot({ path: join(ARTIFACTS, `${name}.png`), fullPage: true });
+  if (fullPage) await page.evaluate('window.scrollTo(0, 0)');
+  await page.screenshot({ path: join(ARTIFACTS, `${name}.png`), fullPage });
 }
 
 async function signIn(page: Page, connectionString: string): Promise<void> {
@@ -287,7 +290,7 @@ test('sign in, enroll, provision with the device SDK, export, erase, verify the 
     await dialog.getByLabel(/Type .* to confirm/).fill(`${DEVICE}x`);
     assert.equal(await erase.isDisabled(), true);
     await dialog.getByLabel(/Type .* to confirm/).fill(DEVICE);
-    await screenshot(page, 'portal-erase-confirmation');
+    await screenshot(page, 'portal-erase-confirmation', { fullPage: false });
     await erase.click();
     await page.getByRole('heading', { name: /^Erasure / }).waitFor();
     await page.getByRole('region', { name: 'Status' }).getByText('completed', { exact: true }).waitFor({ timeout: 30_000 });
@@ -337,7 +340,7 @@ test('sign in, enroll, provision with the device SDK, export, erase, verify the 
     assert.ok(!(await page.getByTestId('audit-events').innerText()).includes(DEVICE));
     await page.getByRole('button', { name: 'Clear' }).click();
     await page.getByTestId('audit-events').waitFor();
-    await screenshot(page, 'portal-system-log');
+    await screenshot(page, 'portal-system-log', { fullPage: false });
 
     // Instance settings.
     await nav.getByRole('link', { name: 'Instance' }).click();
@@ -355,6 +358,152 @@ test('sign in, enroll, provision with the device SDK, export, erase, verify the 
     await page.getByRole('button', { name: 'Sign out' }).click();
     await page.getByLabel('Service connection string').waitFor();
     assert.equal(await page.evaluate('sessionStorage.length'), 0);
+  });
+});
+
+test('groups, every attestation form, edits, CA proof of possession, linked hubs and access policies', async () => {
+  const root = await createRootCertificate({ commonName: 'Portal Test Root' });
+  const deviceCertificate = await createSelfSignedDeviceCertificate({ commonName: 'portal-x509-dev' });
+  await withPage('forms', DESKTOP, async (page) => {
+    await signIn(page, server.connectionString);
+    const nav = page.getByRole('navigation', { name: 'Sections' });
+    await page.getByRole('heading', { name: 'Enrollments', level: 1 }).waitFor();
+
+    // A CA certificate, verified by proof of possession.
+    await nav.getByRole('link', { name: 'CA certificates' }).click();
+    await page.getByRole('button', { name: 'Upload a CA certificate' }).click();
+    await page.getByLabel('Certificate file (PEM or DER)').setInputFiles({ name: 'portal-root.pem', mimeType: 'application/x-pem-file', buffer: Buffer.from(root.certPem) });
+    await page.getByRole('dialog').getByRole('button', { name: 'Upload' }).click();
+    await page.getByRole('heading', { name: /portal-root/ }).waitFor();
+    await page.getByText('unverified', { exact: true }).waitFor();
+    await page.getByRole('button', { name: 'Generate verification code' }).click();
+    const code = (await page.locator('.steps li').first().locator('code').innerText()).trim();
+    assert.match(code, /^[0-9A-Za-z]{8,}$/);
+    const verification = await createVerificationCertificate(root, code);
+    await page.getByLabel('Verification certificate').setInputFiles({ name: 'verification.pem', mimeType: 'application/x-pem-file', buffer: Buffer.from(verification.certPem) });
+    await page.getByText('Verified: enrollment groups can name this CA').waitFor();
+    await screenshot(page, 'portal-ca-certificate');
+
+    // A symmetric-key group; a device registers with its derived key and shows up in the group's records.
+    await nav.getByRole('link', { name: 'Enrollment groups' }).click();
+    await page.getByText('No enrollment groups yet').waitFor();
+    await page.getByRole('link', { name: 'New enrollment group' }).click();
+    await page.getByLabel('Group ID').fill('portal-group');
+    await page.getByRole('button', { name: 'Create enrollment group' }).click();
+    await page.getByRole('heading', { name: /portal-group/ }).waitFor();
+    await page.getByRole('button', { name: 'Show keys' }).click();
+    const groupKey = (await page.getByTestId('primary-key').innerText()).trim();
+    const registered = await sdkRegister(server.info.idScope, 'portal-group-dev-1', deriveDeviceKey(groupKey, 'portal-group-dev-1'));
+    assert.equal(registered.status, 'assigned');
+    const records = page.getByRole('region', { name: 'Registration records' });
+    await records.getByRole('button', { name: 'Refresh' }).click();
+    await records.getByRole('link', { name: 'portal-group-dev-1' }).waitFor();
+    await records.getByLabel('Search by registration ID').fill('nothing-like-it');
+    await records.getByText('No records match').waitFor();
+    await records.getByLabel('Search by registration ID').fill('portal-group');
+    await records.getByRole('link', { name: 'portal-group-dev-1' }).waitFor();
+    await screenshot(page, 'portal-group');
+
+    // An X.509 group that trusts the verified CA.
+    await nav.getByRole('link', { name: 'Enrollment groups' }).click();
+    await page.getByRole('link', { name: 'New enrollment group' }).click();
+    await page.getByLabel('Group ID').fill('portal-ca-group');
+    await page.getByRole('radio', { name: 'X.509 certificate' }).check();
+    await page.getByRole('radio', { name: /A verified CA certificate/ }).check();
+    await page.getByLabel('CA certificate (primary)').selectOption('portal-root');
+    await screenshot(page, 'portal-group-form');
+    await page.getByRole('button', { name: 'Create enrollment group' }).click();
+    await page.getByRole('heading', { name: /portal-ca-group/ }).waitFor();
+    await page.getByText('CA certificate (primary)').waitFor();
+
+    // An X.509 enrollment from an uploaded certificate; a private key is refused before upload.
+    await nav.getByRole('link', { name: 'Enrollments' }).click();
+    await page.getByRole('link', { name: 'New enrollment' }).click();
+    await page.getByRole('textbox', { name: 'Registration ID', exact: true }).fill('portal-x509-dev');
+    await page.getByRole('radio', { name: 'X.509 certificate' }).check();
+    const primaryCertificate = page.getByLabel('Device certificate (primary)');
+    await primaryCertificate.setInputFiles({ name: 'device.key', mimeType: 'application/x-pem-file', buffer: Buffer.from(deviceCertificate.keyPem) });
+    await page.getByText('That file holds a private key').waitFor();
+    await primaryCertificate.setInputFiles({ name: 'device.pem', mimeType: 'application/x-pem-file', buffer: Buffer.from(deviceCertificate.certPem) });
+    await page.getByText('Will upload device.pem.').waitFor();
+    await page.getByRole('button', { name: 'Create enrollment' }).click();
+    await page.getByRole('heading', { name: /portal-x509-dev/ }).waitFor();
+    await page.getByText('CN=portal-x509-dev').first().waitFor();
+
+    // A TPM enrollment by endorsement key; then an edit, with a JSON mistake caught in the form.
+    await nav.getByRole('link', { name: 'Enrollments' }).click();
+    await page.getByRole('link', { name: 'New enrollment' }).click();
+    await page.getByRole('textbox', { name: 'Registration ID', exact: true }).fill('portal-tpm-dev');
+    await page.getByRole('radio', { name: 'TPM' }).check();
+    const endorsementKey = randomBytes(282).toString('base64');
+    await page.getByLabel('Endorsement key (base64)').fill(endorsementKey);
+    await page.getByRole('button', { name: 'Create enrollment' }).click();
+    await page.getByRole('heading', { name: /portal-tpm-dev/ }).waitFor();
+    await page.getByText(endorsementKey).waitFor();
+    await page.getByRole('link', { name: 'Edit', exact: true }).click();
+    await page.getByLabel(/^Device ID/).fill('tpm-device-renamed');
+    await page.getByLabel('Enabled — devices may register').uncheck();
+    await page.getByLabel(/^Tags/).fill('{"site": ');
+    await page.getByRole('button', { name: 'Save changes' }).click();
+    await page.getByText(/Tags is not valid JSON/).first().waitFor();
+    await page.getByLabel(/^Tags/).fill('{"site": "line-1"}');
+    await page.getByRole('button', { name: 'Save changes' }).click();
+    await page.getByRole('heading', { name: /portal-tpm-dev/ }).getByText('disabled').waitFor();
+    const edited = (await api('GET', '/enrollments/portal-tpm-dev')).body;
+    assert.equal(edited.deviceId, 'tpm-device-renamed');
+    assert.equal(edited.provisioningStatus, 'disabled');
+    assert.deepEqual(edited.initialTwin.tags, { site: 'line-1' });
+    assert.equal(edited.attestation.tpm.endorsementKey, endorsementKey);
+    await page.getByRole('button', { name: 'Enable', exact: true }).click();
+    await page.getByRole('heading', { name: /portal-tpm-dev/ }).getByText('enabled').waitFor();
+
+    // Filters use the query API's WHERE support.
+    await nav.getByRole('link', { name: 'Enrollments' }).click();
+    await page.getByLabel('Attestation').selectOption('tpm');
+    await page.getByRole('link', { name: 'portal-x509-dev' }).waitFor({ state: 'detached' });
+    await page.getByRole('link', { name: 'portal-tpm-dev' }).waitFor();
+    await page.getByLabel('Attestation').selectOption('');
+    await page.getByLabel('Search by registration ID').fill('portal-x');
+    await page.getByRole('link', { name: 'portal-tpm-dev' }).waitFor({ state: 'detached' });
+    await page.getByRole('link', { name: 'portal-x509-dev' }).waitFor();
+
+    // Delete with confirmation.
+    await page.getByRole('link', { name: 'portal-x509-dev' }).click();
+    await page.getByRole('button', { name: 'Delete', exact: true }).click();
+    await page.getByRole('dialog').getByRole('button', { name: 'Delete' }).click();
+    await page.getByRole('heading', { name: 'Enrollments', level: 1 }).waitFor();
+    assert.equal((await api('GET', '/enrollments/portal-x509-dev')).status, 404);
+
+    // Linked hubs: link, change, unlink.
+    await nav.getByRole('link', { name: 'Linked hubs' }).click();
+    await page.getByRole('button', { name: 'Link a hub' }).click();
+    const hubDialog = page.getByRole('dialog');
+    await hubDialog.getByLabel('Host the hub inside provisiond (built in)').check();
+    await hubDialog.getByLabel('Hub host name').fill('second-hub.localhost');
+    await hubDialog.getByLabel('Allocation weight (1–1000)').fill('3');
+    await hubDialog.getByRole('button', { name: 'Save' }).click();
+    const hubRow = page.getByRole('row').filter({ hasText: 'second-hub.localhost' });
+    await hubRow.getByRole('cell', { name: '3', exact: true }).waitFor();
+    await page.getByRole('button', { name: 'Edit second-hub.localhost' }).click();
+    await hubDialog.getByLabel('Allocation weight (1–1000)').fill('7');
+    await hubDialog.getByRole('button', { name: 'Save' }).click();
+    await hubRow.getByRole('cell', { name: '7', exact: true }).waitFor();
+    await page.getByRole('button', { name: 'Unlink second-hub.localhost' }).click();
+    await page.getByRole('dialog').getByRole('button', { name: 'Unlink' }).click();
+    await hubRow.waitFor({ state: 'detached' });
+
+    // Access policies: a new one, its keys and connection string.
+    await nav.getByRole('link', { name: 'Access policies' }).click();
+    await page.getByRole('button', { name: 'New policy' }).click();
+    await page.getByRole('dialog').getByLabel('Name').fill('portal-ops');
+    await page.getByRole('dialog').getByRole('button', { name: 'Create' }).click();
+    const keysDialog = page.getByRole('dialog', { name: 'Keys of portal-ops' });
+    await keysDialog.waitFor();
+    assert.match(await keysDialog.innerText(), /HostName=localhost;SharedAccessKeyName=portal-ops;SharedAccessKey=/);
+    await screenshot(page, 'portal-access-policy-keys', { fullPage: false });
+    await keysDialog.getByRole('button', { name: 'Close' }).click();
+    await page.getByRole('cell', { name: 'portal-ops', exact: true }).waitFor();
+    assert.equal((await api('POST', '/accessPolicies/portal-ops/listKeys')).body.rights, 'EnrollmentRead, RegistrationStatusRead');
   });
 });
 

@@ -361,7 +361,8 @@ export class InstanceService {
     }
     const apply = body.applyAllocationPolicy ?? true;
     if (typeof apply !== 'boolean') throw new ProvisioningError('InvalidLinkedHub', 'applyAllocationPolicy is true or false.');
-    const builtIn = body.builtIn ?? false;
+    // PUT of an already linked hub keeps its kind unless the body names one: nothing is lost by omission.
+    const builtIn = body.builtIn ?? (await this.#deps.store.getLinkedHub(instance.id, hostName))?.builtIn ?? false;
     if (typeof builtIn !== 'boolean') throw new ProvisioningError('InvalidLinkedHub', 'builtIn is true or false.');
     if (body.location !== undefined && typeof body.location !== 'string') throw new ProvisioningError('InvalidLinkedHub', 'location is a string.');
     // A built-in hub is created on first link; its owner connection string comes from the hub itself. Created before

@@ -183,7 +183,7 @@ export class RegistrationService {
   }
 
   /**
-   * Checks a credential without registering anything: MQTT CONNECT and AMQP SASL/attach refuse a device that proves
+   * Checks a credential without registering anything: MQTT CONNECT and AMQP SASL PLAIN refuse a device that proves
    * nothing before it sends a request. Register and poll still authenticate on their own.
    */
   async authenticate(request: DeviceRequest): Promise<void> {

@@ -148,8 +148,11 @@ export class KyselyStore implements Store {
   }
 
   async listInstances(): Promise<InstanceRecord[]> {
-    const rows = await this.#db.selectFrom('instances').select('doc').orderBy('id').execute();
-    return rows.map((row) => parse<InstanceRecord>(row.doc));
+    const rows = await this.#db.selectFrom('instances').select('doc').execute();
+    // Oldest first: the operator instance (the first one created) leads.
+    return rows
+      .map((row) => parse<InstanceRecord>(row.doc))
+      .sort((a, b) => a.createdDateTimeUtc.localeCompare(b.createdDateTimeUtc) || a.id.localeCompare(b.id));
   }
 
   async deleteInstance(id: string): Promise<boolean> {

@@ -1,6 +1,7 @@
 import type { Socket } from 'node:net';
 import { createServer, type Server as TlsServer, type TLSSocket } from 'node:tls';
 import type { FastifyBaseLogger } from 'fastify';
+import { DEVICE_TLS_OPTIONS } from './tls-peer.js';
 
 /**
  * The limits every long-lived device connection shares, whatever its protocol (MQTT, AMQP, either over WebSocket):
@@ -75,8 +76,8 @@ export function createDeviceTlsServer(options: DeviceTlsListenerOptions): TlsSer
   const server = createServer({
     key: options.tls.key,
     cert: options.tls.cert,
-    requestCert: true,
-    rejectUnauthorized: false,
+    // No session resumption: a resumed session keeps the leaf but not the intermediates an X.509 group device sent.
+    ...DEVICE_TLS_OPTIONS,
     handshakeTimeout: connections.handshakeTimeoutMs,
   });
   // A full server refuses before spending a handshake; the TLS socket is what is counted (it owns the connection).

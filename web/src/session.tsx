@@ -18,6 +18,8 @@ export interface Session {
 interface SessionState {
   session: Session | undefined;
   restoring: boolean;
+  /** Why a session kept in this tab could not be reopened (shown on the sign-in page). */
+  restoreError: string | undefined;
   signIn(credentials: Credentials): Promise<void>;
 }
 
@@ -26,6 +28,7 @@ const SessionContext = createContext<SessionState | undefined>(undefined);
 export function SessionProvider({ children }: { children: ReactNode }) {
   const [session, setSession] = useState<Session | undefined>(undefined);
   const [restoring, setRestoring] = useState(() => loadCredentials() !== undefined);
+  const [restoreError, setRestoreError] = useState<string | undefined>(undefined);
 
   const signOut = useCallback(() => {
     storeCredentials(undefined);
@@ -59,11 +62,12 @@ export function SessionProvider({ children }: { children: ReactNode }) {
       .catch((error: unknown) => {
         // Keys that stopped working (regenerated, policy deleted) end the session; a network error keeps them.
         if (error instanceof SignInError && !/reached/.test(error.message)) storeCredentials(undefined);
+        setRestoreError(error instanceof Error ? error.message : String(error));
       })
       .finally(() => setRestoring(false));
   }, [open]);
 
-  const value = useMemo(() => ({ session, restoring, signIn }), [session, restoring, signIn]);
+  const value = useMemo(() => ({ session, restoring, restoreError, signIn }), [session, restoring, restoreError, signIn]);
   return <SessionContext.Provider value={value}>{children}</SessionContext.Provider>;
 }
 

@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import { formatFields, formatTable, text, yesNo } from '../output.js';
 import type { CliIo } from '../program.js';
-import { adminAction, apiPath, asArray, asObject, readFileArgument, runAdmin, type ConnectionFlags, type Json } from './common.js';
+import { adminAction, apiPath, asArray, asObject, certificateText, runAdmin, type ConnectionFlags, type Json } from './common.js';
 
 /**
  * `provisiond ca …`: the CA certificates of the instance and their proof of possession (docs/x509.md; needs
@@ -23,7 +23,7 @@ export function registerCaCommands(program: Command, io: CliIo): void {
       .option('--etag <etag>', 'replace only if the etag still matches'),
     async (name: string, file: string, flags: EtagFlags) =>
       runAdmin(io, flags, async (context) => {
-        const certificate = certificateText(readFileArgument('<certificate-file>', file));
+        const certificate = certificateText('<certificate-file>', file);
         const ca = asObject(await context.request('PUT', apiPath('certificates', name), { body: { certificate }, ...ifMatch(flags) }));
         context.print(ca, () =>
           [
@@ -88,7 +88,7 @@ export function registerCaCommands(program: Command, io: CliIo): void {
       .option('--etag <etag>', 'only if the etag still matches'),
     async (name: string, file: string, flags: EtagFlags) =>
       runAdmin(io, flags, async (context) => {
-        const certificate = certificateText(readFileArgument('<verification-certificate-file>', file));
+        const certificate = certificateText('<verification-certificate-file>', file);
         const ca = asObject(await context.request('POST', apiPath('certificates', name, 'verify'), { body: { certificate }, ...ifMatch(flags) }));
         context.print(ca, () => describeCa(ca));
       }),
@@ -105,11 +105,6 @@ export function registerCaCommands(program: Command, io: CliIo): void {
 }
 
 /** PEM files are sent as they are; anything else (DER) as base64, which the server accepts too. */
-function certificateText(content: Buffer): string {
-  const asText = content.toString('utf8');
-  return asText.includes('-----BEGIN') ? asText : content.toString('base64');
-}
-
 function ifMatch(flags: EtagFlags): { headers?: Record<string, string> } {
   return flags.etag === undefined ? {} : { headers: { 'if-match': flags.etag } };
 }

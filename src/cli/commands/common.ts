@@ -163,3 +163,16 @@ export function selectQuery(from: string, where: string | undefined): string {
   const clause = where.trim().replace(/^where\s+/i, '');
   return `SELECT * FROM ${from} WHERE ${clause}`;
 }
+
+/**
+ * A certificate file as the service API takes it (dps-wire.md §3 X509CertificateWithInfo): from PEM only the first
+ * certificate block, so a private key kept in the same file never leaves this machine; DER as base64.
+ */
+export function certificateText(option: string, file: string): string {
+  const bytes = readFileArgument(option, file);
+  const asText = bytes.toString('utf8');
+  if (!asText.includes('-----BEGIN')) return bytes.toString('base64');
+  const block = /-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/.exec(asText);
+  if (block === null) throw new CliError(`${option}: ${file} holds no PEM certificate (-----BEGIN CERTIFICATE-----)`);
+  return `${block[0]}\n`;
+}

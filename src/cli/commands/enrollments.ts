@@ -3,6 +3,7 @@ import { CliError, ServiceApiError } from '../api-client.js';
 import { formatFields, formatTable, text, yesNo, type Row } from '../output.js';
 import type { CliIo } from '../program.js';
 import {
+  certificateText,
   addListOptions,
   adminAction,
   apiPath,
@@ -211,19 +212,6 @@ async function requireAbsent(context: AdminContext, spec: KindSpec, id: string):
     throw error;
   }
   throw new CliError(`${spec.noun} '${id}' already exists; change it with 'provisiond ${spec.command} update ${id} …'`);
-}
-
-/**
- * A certificate file as the service API takes it (dps-wire.md §3 X509CertificateWithInfo): from PEM only the first
- * certificate block, so a private key kept in the same file never leaves this machine; DER as base64.
- */
-function certificateText(option: string, file: string): string {
-  const bytes = readFileArgument(option, file);
-  const asText = bytes.toString('utf8');
-  if (!asText.includes('-----BEGIN')) return bytes.toString('base64');
-  const block = /-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/.exec(asText);
-  if (block === null) throw new CliError(`${option}: ${file} holds no PEM certificate (-----BEGIN CERTIFICATE-----)`);
-  return `${block[0]}\n`;
 }
 
 /**

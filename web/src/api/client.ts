@@ -88,14 +88,22 @@ export class ApiClient {
       body = JSON.stringify(options.body);
       headers.set('content-type', 'application/json; charset=utf-8');
     }
-    let response: Response;
-    try {
-      response = await fetch(ApiClient.url(segments), {
+    const send = () =>
+      fetch(ApiClient.url(segments), {
         method,
         headers,
         cache: 'no-store',
         ...(body === undefined ? {} : { body }),
         ...(options.signal === undefined ? {} : { signal: options.signal }),
+      });
+    let response: Response;
+    try {
+      response = await send().catch(async (error: unknown) => {
+        // A keep-alive connection the server closed just as it was reused fails without an answer; a call that is
+        // safe to repeat is sent once more.
+        if (!isRepeatable(method, segments) || (error instanceof DOMException && error.name === 'AbortError')) throw error;
+        await new Promise((resolve) => setTimeout(resolve, 250));
+        return send();
       });
     } catch (error) {
       if (error instanceof DOMException && error.name === 'AbortError') throw error;
@@ -143,6 +151,13 @@ export class ApiClient {
     const items = (response.text === '' ? [] : JSON.parse(response.text)) as T[];
     return { items, continuation: response.headers.get('x-ms-continuation') ?? undefined };
   }
+}
+
+/** GET, PUT and DELETE are idempotent; of the POSTs, only the ones that read. */
+function isRepeatable(method: string, segments: readonly string[]): boolean {
+  if (method !== 'POST') return true;
+  const last = segments[segments.length - 1]?.toLowerCase();
+  return last === 'query' || last === 'attestationmechanism' || last === 'listkeys';
 }
 
 function errorFrom(status: number, text: string): ApiError {

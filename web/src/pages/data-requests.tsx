@@ -65,6 +65,7 @@ function placeLabel(place: string): string {
     auditEvents: 'System log events',
     webhookExchanges: 'Custom allocation webhook exchanges',
     dataRequests: 'Earlier data requests',
+    'enrollmentGroups (membership)': 'Enrollment group membership',
   };
   return names[place] ?? place;
 }

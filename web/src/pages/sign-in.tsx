@@ -8,13 +8,13 @@ import { useSessionState } from '../session';
  * this tab and kept in its session storage; it is never sent to the server.
  */
 export function SignInPage() {
-  const { signIn } = useSessionState();
+  const { signIn, restoreError } = useSessionState();
   const [mode, setMode] = useState<'connectionString' | 'policy'>('connectionString');
   const [connectionString, setConnectionString] = useState('');
   const [hostName, setHostName] = useState(() => window.location.hostname);
   const [keyName, setKeyName] = useState('provisioningserviceowner');
   const [key, setKey] = useState('');
-  const [error, setError] = useState<string | undefined>(undefined);
+  const [error, setError] = useState<string | undefined>(restoreError === undefined ? undefined : `Your earlier sign-in could not be reopened: ${restoreError}`);
   const [busy, setBusy] = useState(false);
   const ids = { cs: useId(), host: useId(), name: useId(), key: useId(), error: useId() };
 

@@ -130,7 +130,9 @@ export function SystemLogPage() {
               <thead>
                 <tr>
                   <th scope="col">Time</th>
-                  <th scope="col">Event</th>
+                  <th scope="col" className="col-wide">
+                    Event
+                  </th>
                   <th scope="col">Subject</th>
                   <th scope="col">Outcome</th>
                   <th scope="col" className="hide-narrow">

@@ -5,7 +5,7 @@ import { ProvisioningError } from '../../../domain/errors.js';
 import { ErrorDetails, JsonObject } from '../../../domain/wire.js';
 import type { DeviceCredential, DeviceRequest, OperationReply, RegistrationService } from '../../../services/registrations.js';
 import { peerCertificateChain } from '../../tls-peer.js';
-import { checkApiVersion } from '../service-api/plugin.js';
+import { checkApiVersion, refuseDeepBodies } from '../service-api/plugin.js';
 import '../route-docs.js';
 
 /**
@@ -84,6 +84,8 @@ function sendOperation(request: FastifyRequest, reply: FastifyReply, result: Ope
 export function deviceApiPlugin(deps: { registrations: RegistrationService }) {
   return async function register(app: FastifyInstance): Promise<void> {
     app.addHook('onRequest', async (request) => checkApiVersion(request, DEVICE_API_VERSIONS));
+    // A device payload is stored and forwarded to webhooks: the same depth limit as the service API.
+    refuseDeepBodies(app);
 
     app.put('/:idScope/registrations/:registrationId/register', {
       schema: { params: Params, querystring: ApiVersionQuery, body: DeviceRegistration },

@@ -129,7 +129,11 @@ export function addServiceAuthHooks(app: FastifyInstance, auth: ServiceAuth): vo
     for (const needed of rights ?? []) ServiceAuth.requireRight(caller, needed);
     request.caller = caller;
   });
-  // A body nested a few thousand levels deep parses fine but overflows the stack when stored: a 400, never a 500.
+  refuseDeepBodies(app);
+}
+
+/** A body nested a few thousand levels deep parses fine but overflows the stack when stored: a 400, never a 500. */
+export function refuseDeepBodies(app: FastifyInstance): void {
   app.addHook('preValidation', async (request) => {
     if (nestedDeeperThan(request.body, MAX_BODY_DEPTH)) {
       throw new ProvisioningError('SchemaViolation', `The request body is nested more than ${MAX_BODY_DEPTH} levels deep.`);

@@ -87,7 +87,7 @@ export class ListenError extends Error {
 
 export async function createApp(deps: AppDeps): Promise<App> {
   const { config } = deps;
-  const logger = deps.logger ?? (pino({ level: config.logLevel }) as unknown as FastifyBaseLogger);
+  const logger = deps.logger ?? (pino({ level: config.logLevel, serializers: { req: requestForLog } }) as unknown as FastifyBaseLogger);
   const db = await openSqliteDatabase(sqliteFile(config));
   const store = new KyselyStore(db);
   const tls = deps.tls ?? (await ensureTlsMaterial(config.dataDir, config.hostNames));
@@ -231,4 +231,12 @@ export async function createApp(deps: AppDeps): Promise<App> {
 /** Where this process reaches its own HTTPS listener (built-in hubs are called through it like any other hub). */
 function loopbackFor(listenHost: string): string {
   return listenHost === '0.0.0.0' || listenHost === '::' ? '127.0.0.1' : listenHost;
+}
+
+/**
+ * What the operational log says about a request: the route pattern, never the URL — URLs carry registration and
+ * device IDs, and this log is outside what a customer-data erase can reach.
+ */
+function requestForLog(request: { method?: string; ip?: string; routeOptions?: { url?: string } }): Record<string, unknown> {
+  return { method: request.method, route: request.routeOptions?.url ?? '(no route)', remoteAddress: request.ip };
 }

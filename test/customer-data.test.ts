@@ -143,6 +143,7 @@ describe('export and erase of one device', () => {
       operations: ['cd-dev-1'],
       enrollments: ['cd-dev-1'],
     });
+    assert.deepEqual(done.result.pseudonymized.map((entry: Json) => entry.place), ['auditEvents']);
     assert.ok(done.result.pseudonymized[0].count > 0);
     assert.equal(await snapshot(), before);
     assert.equal((await api('GET', '/dataRequests/cd-dry-1/receipt')).status, 404);
@@ -192,8 +193,10 @@ describe('export and erase of one device', () => {
     const receipt = await api('GET', '/dataRequests/cd-erase-1/receipt');
     assert.equal(receipt.status, 200);
     const deleted = Object.fromEntries((receipt.body.receipt.deleted as Json[]).map((entry) => [entry.place, entry.count]));
-    assert.deepEqual(deleted, { 'hub:localhost/devices': 1, 'hub:127.0.0.2/devices': 0, registrations: 1, operations: 1, enrollments: 1 });
-    assert.equal(receipt.body.receipt.pseudonymized[0].count, eventsBefore.length);
+    assert.deepEqual(deleted, { 'hub:localhost/devices': 1, 'hub:127.0.0.2/devices': 0, registrations: 1, operations: 1, enrollments: 1, lifecycleEventOutbox: 0 });
+    const pseudonymized = Object.fromEntries((receipt.body.receipt.pseudonymized as Json[]).map((entry) => [entry.place, entry.count]));
+    // The earlier exports and the dry run (not the refused ones, which never existed) keep only the subject's hash.
+    assert.deepEqual(pseudonymized, { dataRequests: 4, auditEvents: eventsBefore.length });
     assert.equal(receipt.body.receipt.subjectHash, done.subject.hash);
     const signingKey = await api('GET', '/receiptSigningKey');
     assert.deepEqual(verifyReceipt(receipt.body, signingKey.body.publicKeyPem as string), { valid: true, keyId: signingKey.body.keyId });
@@ -204,6 +207,16 @@ describe('export and erase of one device', () => {
     const retimed = structuredClone(receipt.body);
     retimed.receipt.completedDateTimeUtc = (retimed.receipt.completedDateTimeUtc as string).replace(/.$/, 'Z ');
     assert.equal(verifyReceipt(retimed).valid, false);
+
+    // Earlier requests about the device keep no bundle, no item list and no plain ID.
+    const earlier = await api('GET', '/dataRequests/cd-export-secrets');
+    assert.equal(earlier.body.subject.id, undefined);
+    assert.equal(earlier.body.subject.kind, 'registrationId');
+    assert.equal((await api('GET', '/dataRequests/cd-export-secrets/bundle')).body.errorCode, 404210);
+    const dryRun = await api('GET', '/dataRequests/cd-dry-1');
+    assert.equal(JSON.stringify(dryRun.body).includes('cd-dev-1'), false);
+    const everything = JSON.stringify((await api('POST', '/dataRequests/query')).body);
+    assert.equal(everything.includes('cd-dev-1'), false, 'no data request names the device any more');
 
     // A second export finds nothing.
     const again = await exportBundle('cd-export-2', { registrationId: 'cd-dev-1' });
@@ -244,7 +257,15 @@ test('a group erase with 1,000 registered devices completes', async () => {
   const done = await dataRequest('cd-erase-group', { type: 'erase', subject: { enrollmentGroupId: 'cd-big-group' } });
   assert.equal(done.status, 'completed', JSON.stringify(done.error));
   const deleted = Object.fromEntries((done.result.deleted as Json[]).map((entry) => [entry.place, entry.count]));
-  assert.deepEqual(deleted, { 'hub:localhost/devices': 1000, 'hub:127.0.0.2/devices': 0, registrations: 1000, operations: 1000, enrollments: 0, enrollmentGroups: 1 });
+  assert.deepEqual(deleted, {
+    'hub:localhost/devices': 1000,
+    'hub:127.0.0.2/devices': 0,
+    registrations: 1000,
+    operations: 1000,
+    enrollments: 0,
+    enrollmentGroups: 1,
+    lifecycleEventOutbox: 0,
+  });
   const store = server.app.store;
   assert.equal((await store.queryRegistrations(instanceId, { filters: [{ field: 'enrollmentGroupId', op: 'eq', values: ['cd-big-group'] }], limit: 10 })).items.length, 0);
   assert.equal(await store.getEnrollmentGroup(instanceId, 'cd-big-group'), undefined);
@@ -343,6 +364,8 @@ test('the lifecycle webhook receives the events in order, signed, and retried af
     const key = await enroll('cd-events-1');
     await enroll('cd-events-1', { attestation: { type: 'symmetricKey', symmetricKey: { primaryKey: key, secondaryKey: key } }, provisioningStatus: 'enabled' });
     await rawRegister(idScope, 'cd-events-1', key);
+    // Delivered before the erase: an erase drops undelivered events that name the device (tested below).
+    for (let i = 0; i < 200 && received.length < 3; i += 1) await new Promise((resolve) => setTimeout(resolve, 50));
     await dataRequest('cd-events-erase', { type: 'erase', subject: { registrationId: 'cd-events-1' } });
     for (let i = 0; i < 200 && received.length < 4; i += 1) await new Promise((resolve) => setTimeout(resolve, 50));
     assert.deepEqual(
@@ -359,6 +382,38 @@ test('the lifecycle webhook receives the events in order, signed, and retried af
     receiver.closeAllConnections();
     await new Promise((resolve) => receiver.close(resolve));
   }
+});
+
+test('an erase drops undelivered lifecycle events that name the device', async () => {
+  // A webhook that cannot be reached: the events wait in the outbox.
+  await api('PATCH', '/instance', { eventWebhook: { url: 'http://127.0.0.1:9/events', secret: 'a-webhook-secret-of-some-length' } });
+  try {
+    const key = await enroll('cd-outbox-1');
+    await rawRegister(idScope, 'cd-outbox-1', key);
+    const waiting = await server.app.store.listOutboxEvents(instanceId, 1000);
+    assert.ok(waiting.some((event) => JSON.stringify(event.doc).includes('cd-outbox-1')));
+    const done = await dataRequest('cd-erase-outbox', { type: 'erase', subject: { registrationId: 'cd-outbox-1' } });
+    assert.equal(done.status, 'completed');
+    const left = await server.app.store.listOutboxEvents(instanceId, 1000);
+    assert.equal(JSON.stringify(left).includes('cd-outbox-1'), false);
+    assert.ok((done.result.deleted as Json[]).find((entry) => entry.place === 'lifecycleEventOutbox')?.count >= 2);
+  } finally {
+    await api('PATCH', '/instance', { eventWebhook: null });
+  }
+});
+
+test('the system log filters by time in any ISO-8601 form', async () => {
+  const events = (await api('POST', '/auditEvents/query', { kind: 'registration' })).body as unknown as Json[];
+  const newest = events[0] as Json;
+  const at = new Date(newest.timeUtc as string);
+  const minuteBefore = new Date(at.getTime() - 60_000);
+  const withOffset = new Date(minuteBefore.getTime() + 3_600_000).toISOString().replace('Z', '+01:00');
+  for (const from of [minuteBefore.toISOString(), withOffset, minuteBefore.toISOString().replace(/\.\d+Z$/, 'Z')]) {
+    const found = (await api('POST', '/auditEvents/query', { kind: 'registration', from })).body as unknown as Json[];
+    assert.ok(found.some((event) => event.eventId === newest.eventId), `from ${from}`);
+  }
+  const after = (await api('POST', '/auditEvents/query', { kind: 'registration', from: new Date(at.getTime() + 1000).toISOString() })).body as unknown as Json[];
+  assert.equal(after.some((event) => event.eventId === newest.eventId), false);
 });
 
 test('data requests are listed newest first, and an export of a group is refused', async () => {

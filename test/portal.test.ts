@@ -197,6 +197,10 @@ test('a read-only policy sees lists and details but no way to change anything', 
     await page.getByRole('textbox', { name: 'Registration ID' }).waitFor();
     assert.equal(await page.getByRole('button', { name: 'Erase…' }).count(), 0);
     await page.getByText('Erasing needs the EnrollmentWrite and RegistrationStatusWrite rights').waitFor();
+    // Without the erase rights, the preview is an export's manifest of where the data was found.
+    await page.getByRole('textbox', { name: 'Registration ID' }).fill('reader-visible');
+    await page.getByRole('button', { name: 'Preview' }).click();
+    await page.getByTestId('preview-searched').getByText('(enrollments)').waitFor();
 
     // A page the policy may not use, opened by its address, names the missing right.
     await page.goto(`${ORIGIN}/portal/settings/policies`);
@@ -313,8 +317,7 @@ test('sign in, enroll, provision with the device SDK, export, erase, verify the 
     await page.getByLabel('Search by registration ID').fill(DEVICE);
     await page.getByText('No enrollments match').waitFor();
     await nav.getByRole('link', { name: 'Registration records' }).click();
-    await page.getByRole('region', { name: 'Records of individual enrollments' }).waitFor();
-    assert.equal(await page.getByRole('link', { name: DEVICE }).count(), 0);
+    await page.getByRole('region', { name: 'Records of individual enrollments' }).getByText('No individually enrolled device has registered yet').waitFor();
     // Every event that named the device before the erasure is pseudonymized.
     await nav.getByRole('link', { name: 'System log' }).click();
     await page.getByLabel(/^Subject/).fill(DEVICE);

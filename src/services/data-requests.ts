@@ -420,6 +420,10 @@ export class DataRequestService {
     steps.push(step('operations', subjects.registrationIds));
     steps.push(step('enrollments', subjects.enrollments.map((enrollment) => enrollment.registrationId)));
     if (kind === 'enrollmentGroupId') steps.push(step('enrollmentGroups', [id]));
+    // Earlier requests about the subject (export bundles, dry-run lists) and undelivered lifecycle events name it too.
+    const mentions = [...subjects.registrationIds.map((x) => `r:${x}`), ...subjects.deviceIds.map((x) => `d:${x}`), ...subjects.groupIds.map((x) => `g:${x}`)];
+    steps.push(step('dataRequests', mentions, { action: 'pseudonymize' }));
+    steps.push(step('lifecycleEventOutbox', mentions));
     steps.push(
       step('auditEvents', [...subjects.registrationIds.map((x) => `r:${x}`), ...subjects.deviceIds.map((x) => `d:${x}`), ...subjects.groupIds.map((x) => `g:${x}`)], {
         action: 'pseudonymize',
@@ -499,6 +503,13 @@ export class DataRequestService {
 
   async #execute(instance: InstanceRecord, doc: DataRequestDoc, step: EraseStep, subjectHashKey: string): Promise<void> {
     const store = this.#deps.store;
+    if (step.place === 'dataRequests' || step.place === 'lifecycleEventOutbox') {
+      const ids = new Set(step.items.map((item) => item.slice(2).toLowerCase()));
+      step.count += step.place === 'dataRequests' ? await this.#scrubDataRequests(instance, doc, ids, subjectHashKey) : await this.#scrubOutbox(instance, ids);
+      step.done = step.items.length;
+      doc.progress.done += step.items.length;
+      return;
+    }
     if (step.action === 'pseudonymize') {
       const subjects = { registrationIds: [] as string[], deviceIds: [] as string[], groupIds: [] as string[] };
       for (const item of step.items) {
@@ -527,6 +538,42 @@ export class DataRequestService {
       doc.progress.done += 1;
       if (step.done % PERSIST_EVERY === 0) await this.#save(instance, doc);
     }
+  }
+
+  /** Other data requests about the subject: their bundles and item lists go, their subject is kept as its hash. */
+  async #scrubDataRequests(instance: InstanceRecord, current: DataRequestDoc, ids: Set<string>, key: string): Promise<number> {
+    let scrubbed = 0;
+    let afterKey: string | undefined;
+    do {
+      const page = await this.#deps.store.queryDataRequests(instance.id, { filters: [], afterKey, limit: 500 });
+      for (const record of page.items) {
+        const other = record.doc as DataRequestDoc;
+        if (other.requestId.toLowerCase() === current.requestId.toLowerCase()) continue;
+        const mentioned = other.subject.id !== undefined && ids.has(other.subject.id.toLowerCase());
+        if (!mentioned || other.status === 'running') continue;
+        other.subject = { kind: other.subject.kind, hash: subjectHash(key, other.subject.kind, other.subject.id as string) };
+        delete other.bundle;
+        delete other.plan;
+        if (other.result !== undefined) other.result = withoutItems(other.result);
+        await this.#save(instance, other);
+        scrubbed += 1;
+      }
+      afterKey = page.nextKey;
+    } while (afterKey !== undefined);
+    return scrubbed;
+  }
+
+  /** Lifecycle events not yet delivered that name the subject are dropped. */
+  async #scrubOutbox(instance: InstanceRecord, ids: Set<string>): Promise<number> {
+    let dropped = 0;
+    for (const event of await this.#deps.store.listOutboxEvents(instance.id, 100_000)) {
+      const data = (event.doc.data ?? {}) as Record<string, unknown>;
+      const named = ['registrationId', 'deviceId', 'enrollmentGroupId'].some((field) => typeof data[field] === 'string' && ids.has((data[field] as string).toLowerCase()));
+      if (!named) continue;
+      await this.#deps.store.deleteOutboxEvent(instance.id, event.eventId);
+      dropped += 1;
+    }
+    return dropped;
   }
 
   /** Deletes one item of a step; true when something was there. Idempotent, so a resumed step may repeat an item. */
@@ -558,6 +605,7 @@ export class DataRequestService {
     const hubs = await store.listLinkedHubs(instance.id);
     for (const step of plan) {
       const present: string[] = [];
+      if (step.place === 'dataRequests' || step.place === 'lifecycleEventOutbox') continue;
       if (step.action === 'pseudonymize') {
         const subjects = { registrationIds: [] as string[], deviceIds: [] as string[], groupIds: [] as string[] };
         for (const item of step.items) (item.startsWith('r:') ? subjects.registrationIds : item.startsWith('d:') ? subjects.deviceIds : subjects.groupIds).push(item.slice(2));
@@ -624,3 +672,12 @@ function redactDevice(device: JsonMap): JsonMap {
 
 /** Thrown inside a job when the server shuts down; the request stays `running` and resumes at the next start. */
 class Stopped extends Error {}
+
+/** A dry run's result without the lists of what it found (they name the subject). */
+function withoutItems(result: JsonMap): JsonMap {
+  const copy = structuredClone(result);
+  for (const list of [copy.deleted, copy.pseudonymized]) {
+    if (Array.isArray(list)) for (const entry of list as JsonMap[]) delete entry.items;
+  }
+  return copy;
+}

@@ -111,7 +111,7 @@ export function DataRequestsPage() {
   const [kind, setKind] = useState<SubjectKind>(initialKind);
   const [subject, setSubject] = useState(location.search.get('registrationId') ?? location.search.get('deviceId') ?? '');
   const [includeSecrets, setIncludeSecrets] = useState(false);
-  const [preview, setPreview] = useState<{ subject: string; kind: SubjectKind; request: DataRequest } | undefined>(undefined);
+  const [preview, setPreview] = useState<{ subject: string; kind: SubjectKind; request: DataRequest; searched?: PlaceCount[] } | undefined>(undefined);
   const [exported, setExported] = useState<{ request: DataRequest; fileName: string; bytes: number; bundle: ExportBundle } | undefined>(undefined);
   const [running, setRunning] = useState<DataRequest | undefined>(undefined);
   const [confirmErase, setConfirmErase] = useState(false);
@@ -144,12 +144,16 @@ export function DataRequestsPage() {
     if (id === '') return;
     setExported(undefined);
     setPreview(undefined);
-    const request = await action.run(() =>
-      canErase
-        ? start({ type: 'erase', subject: subjectOf(kind, id), dryRun: true }, 'preview')
-        : start({ type: 'export', subject: subjectOf(kind, id), includeSecrets: false }, 'preview'),
-    );
-    if (request !== undefined) setPreview({ subject: id, kind, request });
+    // With the erase rights a dry run lists every item that would go; without them, an export's manifest says where
+    // the data was found.
+    const found = await action.run(async () => {
+      if (canErase) return { request: await start({ type: 'erase', subject: subjectOf(kind, id), dryRun: true }, 'preview') };
+      const request = await start({ type: 'export', subject: subjectOf(kind, id), includeSecrets: false }, 'preview');
+      if (request.status !== 'completed') return { request };
+      const bundle = await session.client.get<ExportBundle>(['dataRequests', request.requestId, 'bundle']);
+      return { request, searched: bundle.manifest.searched };
+    });
+    if (found !== undefined) setPreview({ subject: id, kind, ...found });
   };
 
   const runExport = async () => {
@@ -244,7 +248,10 @@ export function DataRequestsPage() {
               )}
             </>
           ) : (
-            <p className="muted">Run an export to see every place searched.</p>
+            <>
+              <PlaceTable title="Found" places={preview?.searched} testId="preview-searched" />
+              {totalCount(preview?.searched) === 0 && <Empty title="Nothing found for this device" />}
+            </>
           )}
         </Section>
       )}

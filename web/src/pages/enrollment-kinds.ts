@@ -9,6 +9,8 @@ export interface EnrollmentKind {
   readonly route: '/enrollments' | '/groups';
   readonly idField: 'registrationId' | 'enrollmentGroupId';
   readonly idLabel: string;
+  /** The ID's name inside a sentence ("Search by registration ID"). */
+  readonly idNoun: string;
   readonly singular: string;
   readonly plural: string;
   readonly attestations: readonly AttestationType[];
@@ -19,6 +21,7 @@ export const INDIVIDUAL: EnrollmentKind = {
   route: '/enrollments',
   idField: 'registrationId',
   idLabel: 'Registration ID',
+  idNoun: 'registration ID',
   singular: 'enrollment',
   plural: 'Enrollments',
   attestations: ['symmetricKey', 'x509', 'tpm'],
@@ -29,6 +32,7 @@ export const GROUP: EnrollmentKind = {
   route: '/groups',
   idField: 'enrollmentGroupId',
   idLabel: 'Group ID',
+  idNoun: 'group ID',
   singular: 'enrollment group',
   plural: 'Enrollment groups',
   attestations: ['symmetricKey', 'x509'],
@@ -56,8 +60,8 @@ export const ALLOCATION_LABEL: Record<string, string> = {
 
 /** IDs: 1-128 letters, digits and - . _ :, starting and ending with a letter or digit (the server has the last word). */
 export function idProblem(kind: EnrollmentKind, id: string): string | undefined {
-  if (id === '') return `Enter a ${kind.idLabel.toLowerCase()}.`;
-  if (id.length > 128) return `A ${kind.idLabel.toLowerCase()} has at most 128 characters.`;
+  if (id === '') return `Enter a ${kind.idNoun}.`;
+  if (id.length > 128) return `A ${kind.idNoun} has at most 128 characters.`;
   if (!/^[A-Za-z0-9](?:[A-Za-z0-9\-._:]*[A-Za-z0-9])?$/.test(id)) return "Use letters, digits and - . _ : only, starting and ending with a letter or digit.";
   return undefined;
 }

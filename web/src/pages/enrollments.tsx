@@ -66,7 +66,7 @@ export function EnrollmentListPage({ kind }: { kind: EnrollmentKind }) {
       <div className="card">
         <form className="filters" role="search" onSubmit={(event) => event.preventDefault()}>
           <div className="form-row grow">
-            <label htmlFor={ids.search}>Search by {kind.idLabel.toLowerCase()}</label>
+            <label htmlFor={ids.search}>Search by {kind.idNoun}</label>
             <input id={ids.search} type="search" value={search} onChange={(event) => setSearch(event.target.value)} placeholder="Starts with…" spellCheck={false} />
           </div>
           <div className="form-row">
@@ -111,8 +111,14 @@ export function EnrollmentListPage({ kind }: { kind: EnrollmentKind }) {
               <thead>
                 <tr>
                   <th scope="col">{kind.idLabel}</th>
-                  {individual && <th scope="col">Device ID</th>}
-                  <th scope="col">Attestation</th>
+                  {individual && (
+                    <th scope="col" className="hide-narrow">
+                      Device ID
+                    </th>
+                  )}
+                  <th scope="col" className="hide-narrow">
+                    Attestation
+                  </th>
                   <th scope="col">Status</th>
                   {individual && <th scope="col">Registration</th>}
                   <th scope="col" className="hide-narrow">
@@ -129,8 +135,8 @@ export function EnrollmentListPage({ kind }: { kind: EnrollmentKind }) {
                       <td>
                         <Link to={path(kind.route.slice(1), id)}>{id}</Link>
                       </td>
-                      {individual && <td>{(entry as IndividualEnrollment).deviceId ?? <span className="muted">—</span>}</td>}
-                      <td>{ATTESTATION_LABEL[entry.attestation.type]}</td>
+                      {individual && <td className="hide-narrow">{(entry as IndividualEnrollment).deviceId ?? <span className="muted">—</span>}</td>}
+                      <td className="hide-narrow">{ATTESTATION_LABEL[entry.attestation.type]}</td>
                       <td>
                         <Badge value={entry.provisioningStatus} />
                       </td>
@@ -267,7 +273,8 @@ export function EnrollmentDetailPage({ kind, id }: { kind: EnrollmentKind; id: s
           {state === undefined ? (
             <Empty title="Not registered yet">
               <span>
-                When the device registers with ID scope <IdScope />, its record appears here.{' '}
+                When the device registers
+                <IdScope />, its record appears here.{' '}
                 <button type="button" className="link-button" onClick={loaded.reload}>
                   Refresh
                 </button>
@@ -297,7 +304,9 @@ export function EnrollmentDetailPage({ kind, id }: { kind: EnrollmentKind; id: s
       {individual && session.canAll('EnrollmentRead', 'RegistrationStatusRead') && (
         <Section title="Customer data">
           <p>
-            Export everything provisiond holds about this device, or erase it.{' '}
+            {session.canAll('EnrollmentWrite', 'RegistrationStatusWrite')
+              ? 'Export everything provisiond holds about this device, or erase it.'
+              : 'Export everything provisiond holds about this device.'}{' '}
             <Link to={`/data-requests?registrationId=${encodeURIComponent(id)}`}>Open a data request for {id}</Link>
           </p>
         </Section>
@@ -328,7 +337,12 @@ export function EnrollmentDetailPage({ kind, id }: { kind: EnrollmentKind; id: s
 function IdScope() {
   const session = useSession();
   const scope = session.capabilities.instance?.idScope;
-  return scope === undefined ? <span>of this instance</span> : <code>{scope}</code>;
+  return scope === undefined ? null : (
+    <>
+      {' '}
+      with ID scope <code>{scope}</code>
+    </>
+  );
 }
 
 /** The credential: certificate details and TPM keys are public; symmetric keys and certificate text only on request. */
@@ -486,7 +500,9 @@ export function RecordTable({ records, busy }: { records: RegistrationState[]; b
         <thead>
           <tr>
             <th scope="col">Registration ID</th>
-            <th scope="col">Device ID</th>
+            <th scope="col" className="hide-narrow">
+              Device ID
+            </th>
             <th scope="col">Status</th>
             <th scope="col">Hub</th>
             <th scope="col" className="hide-narrow">
@@ -500,7 +516,7 @@ export function RecordTable({ records, busy }: { records: RegistrationState[]; b
               <td>
                 <Link to={path('registrations', record.registrationId)}>{record.registrationId}</Link>
               </td>
-              <td>{record.deviceId ?? <span className="muted">—</span>}</td>
+              <td className="hide-narrow">{record.deviceId ?? <span className="muted">—</span>}</td>
               <td>
                 <Badge value={record.status} />
                 {record.status === 'failed' && record.errorMessage !== undefined && <div className="small failure-reason">{record.errorMessage}</div>}

@@ -1,5 +1,5 @@
 import { useId, useState, type FormEvent } from 'react';
-import { quote, selectWhere } from '../api/client';
+import { ApiError, quote, selectWhere } from '../api/client';
 import type { EnrollmentGroup, IndividualEnrollment, RegistrationState } from '../api/types';
 import { RegistrationRecord } from '../components/registration-record';
 import { Timeline } from '../components/timeline';
@@ -123,7 +123,7 @@ function IndividualRecords() {
 
 export function RegistrationDetailPage({ id }: { id: string }) {
   const session = useSession();
-  const loaded = useLoad((signal) => session.client.get<RegistrationState & { enrollmentGroupId?: string }>(['registrations', id], { signal }), [id]);
+  const loaded = useLoad((signal) => session.client.get<RegistrationState>(['registrations', id], { signal }), [id]);
   const [confirm, setConfirm] = useState(false);
   const action = useAction();
   const [timelineKey, setTimelineKey] = useState(0);
@@ -166,13 +166,7 @@ export function RegistrationDetailPage({ id }: { id: string }) {
             }
           >
             <RegistrationRecord record={record} linkToRecord={false} />
-            <p>
-              {record.enrollmentGroupId !== undefined ? (
-                <Link to={path('groups', record.enrollmentGroupId)}>Enrollment group {record.enrollmentGroupId}</Link>
-              ) : (
-                <Link to={path('enrollments', id)}>Its enrollment</Link>
-              )}
-            </p>
+            <EnrollmentLink id={id} />
           </Section>
         </>
       )}
@@ -204,4 +198,25 @@ export function RegistrationDetailPage({ id }: { id: string }) {
       </ConfirmDialog>
     </>
   );
+}
+
+/** A record does not name its enrollment; an individual enrollment has the same ID, otherwise a group enrolled it. */
+function EnrollmentLink({ id }: { id: string }) {
+  const session = useSession();
+  const allowed = session.can('EnrollmentRead');
+  const loaded = useLoad(
+    (signal) =>
+      allowed
+        ? session.client.get<IndividualEnrollment>(['enrollments', id], { signal }).then(
+            () => true,
+            (error: unknown) => {
+              if (error instanceof ApiError && error.kind === 'notFound') return false;
+              throw error;
+            },
+          )
+        : Promise.resolve(undefined),
+    [id, allowed],
+  );
+  if (loaded.data === undefined) return null;
+  return <p>{loaded.data ? <Link to={path('enrollments', id)}>Its individual enrollment</Link> : 'This device registered through an enrollment group.'}</p>;
 }

@@ -4,6 +4,7 @@ import type { JsonMap } from '../../../domain/enrollment.js';
 import { ProvisioningError } from '../../../domain/errors.js';
 import { ErrorDetails, JsonObject, StringEnum } from '../../../domain/wire.js';
 import { assertValid, compileSchema } from '../../../domain/validation.js';
+import { dpsTimestamp } from '../../../domain/time.js';
 import type { AuditLog } from '../../../services/audit-log.js';
 import type { DataRequestBody, DataRequestService } from '../../../services/data-requests.js';
 import { ServiceAuth, type ServiceCaller } from '../../../services/service-auth.js';
@@ -209,7 +210,18 @@ export function customerDataPlugin(deps: { auth: ServiceAuth; dataRequests: Data
           if (!/^[0-9a-f]{24}$/.test(continuation)) throw new ProvisioningError('InvalidContinuationToken');
           beforeKey = continuation;
         }
-        const page = await audit.query(callerOf(request).instance, { ...filter, beforeKey, limit });
+        // Timestamps are stored as DPS writes them (UTC, seven fractional digits); any ISO-8601 form the caller sends,
+        // with an offset or without fractions, is brought to that form so the comparison is a time comparison.
+        const asStored = (value: string | undefined): string | undefined => (value === undefined ? undefined : dpsTimestamp(new Date(value)));
+        const from = asStored(filter.from);
+        const to = asStored(filter.to);
+        const page = await audit.query(callerOf(request).instance, {
+          ...filter,
+          ...(from === undefined ? {} : { from }),
+          ...(to === undefined ? {} : { to }),
+          beforeKey,
+          limit,
+        });
         reply.header('x-ms-item-type', 'AuditEvent').header('x-ms-max-item-count', String(limit));
         if (page.nextKey !== undefined) reply.header('x-ms-continuation', page.nextKey);
         return reply.send(page.items);

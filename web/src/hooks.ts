@@ -15,6 +15,7 @@ export function useLoad<T>(load: (signal: AbortSignal) => Promise<T>, deps: read
   const loadRef = useRef(load);
   loadRef.current = load;
 
+  // The loader is read through a ref, so a new closure each render does not reload; `deps` say when to.
   useEffect(() => {
     const controller = new AbortController();
     setState((previous) => ({ ...previous, loading: true, error: undefined }));
@@ -27,7 +28,6 @@ export function useLoad<T>(load: (signal: AbortSignal) => Promise<T>, deps: read
         if (!controller.signal.aborted) setState((previous) => ({ data: previous.data, error, loading: false }));
       });
     return () => controller.abort();
-    // eslint-disable-next-line react-hooks/exhaustive-deps
   }, [...deps, generation]);
 
   const reload = useCallback(() => setGeneration((value) => value + 1), []);

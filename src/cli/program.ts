@@ -34,6 +34,7 @@ export function formatInfo(info: ServerInfo): string {
     ...(info.ports.mqtt === undefined ? [] : [`  MQTT port:                  ${info.ports.mqtt}`]),
     ...(info.ports.amqp === undefined ? [] : [`  AMQP port:                  ${info.ports.amqp}`]),
     `  data directory:             ${info.dataDir}`,
+    `  portal:                     https://${info.hostNames[0] ?? 'localhost'}${info.ports.https === 443 ? '' : `:${info.ports.https}`}/portal/`,
   ].join('\n');
 }
 

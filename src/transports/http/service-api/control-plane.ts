@@ -2,7 +2,7 @@ import { Type } from '@sinclair/typebox';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { ProvisioningError } from '../../../domain/errors.js';
 import { ErrorDetails } from '../../../domain/wire.js';
-import { instanceView, type InstanceService } from '../../../services/instances.js';
+import { formatRights, instanceView, type InstanceService } from '../../../services/instances.js';
 import type { ServiceAuth } from '../../../services/service-auth.js';
 import { addServiceAuthHooks, callerOf } from './plugin.js';
 import '../route-docs.js';
@@ -15,6 +15,7 @@ const NameParams = Type.Object({ name: Type.String() });
 const ApiVersionQuery = Type.Object({ 'api-version': Type.String() });
 const Rights = Type.String({ description: 'Comma-separated: ServiceConfig, EnrollmentRead, EnrollmentWrite, RegistrationStatusRead, RegistrationStatusWrite, DeviceConnect.' });
 const Policy = Type.Object({ keyName: Type.String(), rights: Rights });
+const Caller = Type.Object({ keyName: Type.String(), rights: Rights, instance: Type.Object({ name: Type.String(), idScope: Type.String() }) });
 const PolicyWithKeys = Type.Object({ keyName: Type.String(), rights: Rights, primaryKey: Type.String(), secondaryKey: Type.String() });
 const PolicyInput = Type.Object({
   rights: Type.Union([Rights, Type.Array(Type.String())]),
@@ -84,6 +85,21 @@ export function controlPlanePlugin(deps: { auth: ServiceAuth; instances: Instanc
       schema: { querystring: ApiVersionQuery, body: InstancePatch },
       config: { ...common, operationId: 'Instance_Update', summary: 'Change the default allocation policy, the service host names, the audit retention or the lifecycle-event webhook (null removes it).', responses: { 200: { description: 'Instance', schema: Instance }, ...errors } },
       handler: async (request) => instances.update(callerOf(request).instance, body(request)),
+    });
+
+    app.get('/caller', {
+      schema: { querystring: ApiVersionQuery },
+      config: {
+        sas: true,
+        operationId: 'Caller_Get',
+        tag,
+        summary: 'The calling policy: its name and rights, and its instance (any valid policy; clients such as the portal use it to show only what is allowed).',
+        responses: { 200: { description: 'The caller', schema: Caller }, ...errors },
+      },
+      handler: async (request) => {
+        const { policy, instance } = callerOf(request);
+        return { keyName: policy.keyName, rights: formatRights(policy.rights), instance: { name: instance.name, idScope: instance.idScope } };
+      },
     });
 
     app.get('/accessPolicies', {

@@ -1,6 +1,6 @@
 import { mkdirSync, readFileSync, renameSync, writeFileSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { createCa } from '../src/tls/dev-ca.js';
+import { createRootCertificate } from '../src/tls/x509-issuer.js';
 
 /**
  * Creates the CA the tests' servers use, and a trust bundle (system CAs + this CA) for NODE_EXTRA_CA_CERTS, which Node
@@ -9,7 +9,7 @@ import { createCa } from '../src/tls/dev-ca.js';
 const dir = join(process.cwd(), 'test', '.tmp', 'ca');
 mkdirSync(dir, { recursive: true });
 if (!existsSync(join(dir, 'ca.pem')) || !existsSync(join(dir, 'ca.key'))) {
-  const ca = await createCa('provisiond test CA', 30);
+  const ca = await createRootCertificate({ commonName: 'provisiond test CA', days: 30 });
   writeFileSync(join(dir, 'ca.key'), ca.keyPem, { mode: 0o600 });
   writeFileSync(join(dir, 'ca.pem'), ca.certPem);
 }

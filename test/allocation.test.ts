@@ -7,7 +7,7 @@ import { after, before, describe, test } from 'node:test';
 import serviceSdk from 'azure-iot-provisioning-service';
 import { hashedChoice } from '../src/domain/allocation.js';
 import type { LinkedHubRecord } from '../src/store/store.js';
-import { issueServerCertificate } from '../src/tls/dev-ca.js';
+import { createServerCertificate } from '../src/tls/x509-issuer.js';
 import { CA_DIR, call, startServer, type TestServer } from './harness.js';
 import { deriveDeviceKey, inBatches, rawRegister, type Json } from './devices.js';
 import { HUB_HOST_NAMES, linkHub, registryFor, twinOf } from './hubs.js';
@@ -213,7 +213,7 @@ describe('custom allocation webhook', () => {
 
 test('geoLatency picks the hub that answers faster', async () => {
   const caPem = readFileSync(join(CA_DIR, 'ca.pem'), 'utf8');
-  const certificate = await issueServerCertificate({ certPem: caPem, keyPem: readFileSync(join(CA_DIR, 'ca.key'), 'utf8') }, ['127.0.0.1'], 1);
+  const certificate = await createServerCertificate({ certPem: caPem, keyPem: readFileSync(join(CA_DIR, 'ca.key'), 'utf8') }, ['127.0.0.1'], 1);
   // An external "hub" 200 ms away: every registry call answers DeviceNotFound after a delay.
   const slowHub = createHttpsServer({ key: certificate.keyPem, cert: certificate.certPem }, (_request, response) => {
     setTimeout(

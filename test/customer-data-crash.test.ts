@@ -8,7 +8,7 @@ import Database from 'better-sqlite3';
 import { createServer as createHttpsServer } from 'node:https';
 import { readFileSync } from 'node:fs';
 import { createSasToken } from '../src/domain/sas.js';
-import { issueServerCertificate } from '../src/tls/dev-ca.js';
+import { createServerCertificate } from '../src/tls/x509-issuer.js';
 import { CA_DIR, call } from './harness.js';
 import { deriveDeviceKey, inBatches, rawRegister, type Json } from './devices.js';
 
@@ -81,7 +81,7 @@ test('an erase killed halfway (SIGKILL) finishes after restart, with nothing lef
 
   // A slow external hub (15 ms a call, none of the devices there): the erase must ask it about every device, which
   // holds the job open long enough to kill the server in the middle of it.
-  const certificate = await issueServerCertificate(
+  const certificate = await createServerCertificate(
     { certPem: readFileSync(join(CA_DIR, 'ca.pem'), 'utf8'), keyPem: readFileSync(join(CA_DIR, 'ca.key'), 'utf8') },
     ['127.0.0.1'],
     1,

@@ -6,7 +6,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { verifyReceipt } from '../src/domain/receipt.js';
-import { issueServerCertificate } from '../src/tls/dev-ca.js';
+import { createServerCertificate } from '../src/tls/x509-issuer.js';
 import { CA_DIR, call, startServer, type TestServer } from './harness.js';
 import { deriveDeviceKey, inBatches, rawRegister, sdkRegister, type Json } from './devices.js';
 import { HUB_HOST_NAMES, deviceOf, linkHub, registryFor, twinOf } from './hubs.js';
@@ -276,7 +276,7 @@ test('a group erase with 1,000 registered devices completes', async () => {
 
 test('a hub that cannot be reached leaves the erase partially completed; a retry completes it', async () => {
   const caPem = readFileSync(join(CA_DIR, 'ca.pem'), 'utf8');
-  const certificate = await issueServerCertificate({ certPem: caPem, keyPem: readFileSync(join(CA_DIR, 'ca.key'), 'utf8') }, ['127.0.0.1'], 1);
+  const certificate = await createServerCertificate({ certPem: caPem, keyPem: readFileSync(join(CA_DIR, 'ca.key'), 'utf8') }, ['127.0.0.1'], 1);
   let reachable = false;
   // An external hub: down at first, then a hub that has no such device.
   const hub = createHttpsServer({ key: certificate.keyPem, cert: certificate.certPem }, (_request, response) => {

@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { createHash, randomBytes, webcrypto, X509Certificate } from 'node:crypto';
 import { after, before, beforeEach, describe, test } from 'node:test';
 import serviceSdk from 'azure-iot-provisioning-service';
-import { createCa } from '../src/tls/dev-ca.js';
+import { createRootCertificate } from '../src/tls/x509-issuer.js';
 import type { StoredRegistration } from '../src/store/store.js';
 import { call, startServer, type TestServer } from './harness.js';
 
@@ -195,7 +195,7 @@ async function deviceCertificate(commonName: string, serialNumber: string): Prom
 
 /** A CA certificate (the dev CA generator); its expected info read with node:crypto. */
 async function signingCertificate(commonName: string): Promise<TestCertificate> {
-  const { certPem } = await createCa(commonName, 365);
+  const { certPem } = await createRootCertificate({ commonName, days: 365 });
   const cert = new X509Certificate(certPem);
   const stamp = (text: string): string => new Date(text).toISOString().replace(/\.(\d{3})Z$/, '.$10000Z');
   return {

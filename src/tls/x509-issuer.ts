@@ -1,9 +1,11 @@
 import 'reflect-metadata';
 import * as x509 from '@peculiar/x509';
 import { createPrivateKey, webcrypto } from 'node:crypto';
+import { isIP } from 'node:net';
 
 x509.cryptoProvider.set(webcrypto as never);
 type CryptoKey = webcrypto.CryptoKey;
+type CryptoKeyPair = webcrypto.CryptoKeyPair;
 
 /**
  * Certificates for trying X.509 attestation: roots, intermediates, device (leaf) certificates whose CN is the
@@ -28,31 +30,29 @@ const EC_P256 = { name: 'ECDSA', namedCurve: 'P-256', hash: 'SHA-256' } as const
 const DAY_MS = 24 * 60 * 60 * 1000;
 
 export async function createRootCertificate(spec: CertificateSpec): Promise<CertificateAndKey> {
-  const keys = await webcrypto.subtle.generateKey(EC_P256, true, ['sign', 'verify']);
-  const { notBefore, notAfter } = period(spec);
-  const cert = await x509.X509CertificateGenerator.createSelfSigned({
-    serialNumber: serial(),
-    name: distinguishedName(spec.commonName),
-    notBefore,
-    notAfter,
-    signingAlgorithm: EC_P256,
-    keys,
-    extensions: [...caExtensions(), await x509.SubjectKeyIdentifierExtension.create(keys.publicKey)],
-  });
-  return pemPair(cert, keys.privateKey);
+  return selfSigned(spec, async (keys) => [...caExtensions(), await x509.SubjectKeyIdentifierExtension.create(keys.publicKey)]);
 }
 
 export async function createIntermediateCertificate(issuer: CertificateAndKey, spec: CertificateSpec): Promise<CertificateAndKey> {
-  return issue(issuer, spec, 'ca');
+  return issue(issuer, spec, caExtensions());
 }
 
 /** A device certificate: CN = registration ID, for TLS client authentication. */
 export async function createDeviceCertificate(issuer: CertificateAndKey, spec: CertificateSpec): Promise<CertificateAndKey> {
-  return issue(issuer, spec, 'device');
+  return issue(issuer, spec, deviceExtensions());
 }
 
 /** A self-signed device certificate (individual enrollments only). */
 export async function createSelfSignedDeviceCertificate(spec: CertificateSpec): Promise<CertificateAndKey> {
+  return selfSigned(spec, async () => deviceExtensions());
+}
+
+/** A TLS server certificate for these host names (DNS names or IP addresses), CN = the first. */
+export async function createServerCertificate(issuer: CertificateAndKey, hostNames: readonly string[], days: number): Promise<CertificateAndKey> {
+  return issue(issuer, { commonName: hostNames[0] ?? 'localhost', days }, serverExtensions(hostNames));
+}
+
+async function selfSigned(spec: CertificateSpec, extensions: (keys: CryptoKeyPair) => Promise<x509.Extension[]>): Promise<CertificateAndKey> {
   const keys = await webcrypto.subtle.generateKey(EC_P256, true, ['sign', 'verify']);
   const { notBefore, notAfter } = period(spec);
   const cert = await x509.X509CertificateGenerator.createSelfSigned({
@@ -62,17 +62,17 @@ export async function createSelfSignedDeviceCertificate(spec: CertificateSpec): 
     notAfter,
     signingAlgorithm: EC_P256,
     keys,
-    extensions: deviceExtensions(),
+    extensions: await extensions(keys),
   });
   return pemPair(cert, keys.privateKey);
 }
 
 /** A proof-of-possession certificate for a CA: CN = the verification code, signed by the CA's key. */
 export async function createVerificationCertificate(ca: CertificateAndKey, verificationCode: string): Promise<CertificateAndKey> {
-  return issue(ca, { commonName: verificationCode, days: 30 }, 'device');
+  return issue(ca, { commonName: verificationCode, days: 30 }, deviceExtensions());
 }
 
-async function issue(issuer: CertificateAndKey, spec: CertificateSpec, kind: 'ca' | 'device'): Promise<CertificateAndKey> {
+async function issue(issuer: CertificateAndKey, spec: CertificateSpec, extensions: x509.Extension[]): Promise<CertificateAndKey> {
   const issuerCert = new x509.X509Certificate(issuer.certPem);
   const signing = await importIssuerKey(issuer.keyPem, issuerCert);
   const keys = await webcrypto.subtle.generateKey(EC_P256, true, ['sign', 'verify']);
@@ -87,7 +87,7 @@ async function issue(issuer: CertificateAndKey, spec: CertificateSpec, kind: 'ca
     publicKey: keys.publicKey,
     signingKey: signing.key,
     extensions: [
-      ...(kind === 'ca' ? caExtensions() : deviceExtensions()),
+      ...extensions,
       await x509.SubjectKeyIdentifierExtension.create(keys.publicKey),
       await x509.AuthorityKeyIdentifierExtension.create(issuerCert),
     ],
@@ -107,6 +107,15 @@ function deviceExtensions(): x509.Extension[] {
     new x509.BasicConstraintsExtension(false, undefined, true),
     new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature, true),
     new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.clientAuth]),
+  ];
+}
+
+function serverExtensions(hostNames: readonly string[]): x509.Extension[] {
+  return [
+    new x509.BasicConstraintsExtension(false, undefined, true),
+    new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature | x509.KeyUsageFlags.keyEncipherment, true),
+    new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.serverAuth]),
+    new x509.SubjectAlternativeNameExtension(hostNames.map((name) => (isIP(name) === 0 ? { type: 'dns' as const, value: name } : { type: 'ip' as const, value: name }))),
   ];
 }
 

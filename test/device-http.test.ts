@@ -115,6 +115,8 @@ describe('device registration over HTTP with the official SDK', () => {
     await assert.rejects(sdkRegister(idScope, 'blocked-1', enrollment.attestation.symmetricKey.primaryKey as string), /status is disabled/);
     const record = (await service.getDeviceRegistrationState('blocked-1')).responseBody as unknown as Json;
     assert.equal(record.status, 'disabled');
+    assert.equal(record.errorCode, 401004);
+    assert.equal(record.errorMessage, "The individual enrollment 'blocked-1' is disabled.");
     await assert.rejects(getDevice('blocked-1'), (error: Error) => error.constructor.name === 'DeviceNotFoundError');
   });
 

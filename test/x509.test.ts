@@ -322,6 +322,8 @@ describe('X.509 devices that are refused, each with the DPS error body', () => {
     await assert.rejects(x509Register('x509-blocked', chain, device.keyPem), /status is disabled/);
     const blocked = await record('x509-blocked');
     assert.equal(blocked.status, 'disabled');
+    assert.equal(blocked.errorCode, 401004);
+    assert.equal(blocked.errorMessage, "The individual enrollment 'x509-blocked' is disabled.");
     assert.equal(blocked.assignedHub, undefined);
     assert.equal(await getDevice('x509-blocked'), undefined);
     // The group alone would have taken it.
@@ -334,7 +336,10 @@ describe('X.509 devices that are refused, each with the DPS error body', () => {
     await createGroup(signingGroup('x509-disabled-group', issuing.root.certPem, { provisioningStatus: 'disabled' }));
     const { device, chain } = await deviceUnder(issuing, 'x509-in-disabled-group');
     await assert.rejects(x509Register('x509-in-disabled-group', chain, device.keyPem), /status is disabled/);
-    assert.equal((await record('x509-in-disabled-group')).status, 'disabled');
+    const refused = await record('x509-in-disabled-group');
+    assert.equal(refused.status, 'disabled');
+    assert.equal(refused.errorCode, 401004);
+    assert.equal(refused.errorMessage, "The enrollment group 'x509-disabled-group' is disabled.");
     assert.equal(await getDevice('x509-in-disabled-group'), undefined);
   });
 

@@ -28,6 +28,7 @@ export const errorCatalog = Object.freeze({
   CaVerificationFailed: { errorCode: 400023, message: 'The verification certificate does not prove possession of the CA private key.' },
   CustomAllocationFailed: { errorCode: 400208, message: 'The custom allocation webhook did not return a usable answer.' },
   NoHubAvailable: { errorCode: 400209, message: 'No linked hub can be assigned to the device.' },
+  EnrollmentDisabled: { errorCode: 401004, message: 'The enrollment is disabled; the device is not provisioned.' },
   Unauthorized: { errorCode: 401002, message: 'Unauthorized' },
   NotFound: { errorCode: 404001, message: 'The resource was not found.' },
   EnrollmentNotFound: { errorCode: 404201, message: 'The enrollment was not found.' },

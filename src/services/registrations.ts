@@ -327,7 +327,14 @@ export class RegistrationService {
     let record: StoredRegistration;
     try {
       if (enrollment.provisioningStatus === 'disabled') {
-        record = { ...base, status: 'disabled' };
+        // DPS ends the registration `disabled` (dps-wire.md §8.3); the record also says which entry refused it.
+        const refusal = new ProvisioningError(
+          'EnrollmentDisabled',
+          match.enrollment.kind === 'individual'
+            ? `The individual enrollment '${match.enrollment.doc.registrationId}' is disabled.`
+            : `The enrollment group '${match.enrollment.doc.enrollmentGroupId}' is disabled.`,
+        );
+        record = { ...base, status: 'disabled', errorCode: refusal.errorCode, errorMessage: refusal.message };
       } else {
         record = await this.#allocateAndWrite(match, previous, base, payload);
       }
@@ -352,7 +359,7 @@ export class RegistrationService {
       },
       outcome: record.status === 'assigned' ? 'success' : 'failure',
       ...(record.errorCode === undefined ? {} : { errorCode: record.errorCode }),
-      ...(record.status === 'disabled' ? { reason: 'The enrollment is disabled.' } : record.errorMessage === undefined ? {} : { reason: record.errorMessage }),
+      ...(record.errorMessage === undefined ? {} : { reason: record.errorMessage }),
       transport,
       attestationType: match.attestationType,
       ...(record.status === 'assigned' && record.assignedHub !== undefined ? { hub: record.assignedHub } : {}),

@@ -1,15 +1,13 @@
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { generateKeyPairSync } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { createServer, type AddressInfo, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { CommanderError } from 'commander';
-import { buildProgram, type CliIo } from '../src/cli/program.js';
 import { sdkRegister } from './devices.js';
 import { startServer, type TestServer } from './harness.js';
+import { cliRunners, type Env, type Run } from './cli-runner.js';
 
 /**
  * `provisiond data …` and `provisiond audit query` against a real server, for one device provisioned with the official
@@ -26,12 +24,6 @@ const KEY_2 = Buffer.alloc(32, 8).toString('base64');
 const DEVICE = 'data-dev-1';
 const DEVICE_2 = 'data-dev-2';
 
-interface Run {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-type Env = Record<string, string>;
 type Doc = Record<string, unknown>;
 
 before(async () => {
@@ -52,44 +44,7 @@ after(async () => {
   rmSync(scratch, { recursive: true, force: true });
 });
 
-/** `node --import tsx src/main.ts …` with the owner's connection string, stdin not a terminal. */
-function runChild(args: string[], env: Env = {}): Promise<Run> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts', ...args], {
-      cwd: process.cwd(),
-      env: { ...process.env, PROVISIOND_CONNECTION_STRING: server.connectionString, ...env },
-      stdio: ['ignore', 'pipe', 'pipe'],
-      timeout: 120_000,
-    });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString('utf8')));
-    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString('utf8')));
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code, stdout, stderr }));
-  });
-}
-
-const noServer = { serve: () => Promise.reject(new Error('not in this test')), info: () => Promise.reject(new Error('not in this test')) };
-
-/** The same program in this process, failures reported the way main.ts reports them; `prompt` plays a terminal. */
-async function runInProcess(args: string[], env: Env = {}, prompt?: (question: string) => Promise<string>): Promise<Run> {
-  let stdout = '';
-  let stderr = '';
-  const io: CliIo = {
-    env: { PROVISIOND_CONNECTION_STRING: server.connectionString, ...env },
-    out: (text: string) => void (stdout += text),
-    err: (text: string) => void (stderr += text),
-    ...(prompt === undefined ? {} : { prompt }),
-  };
-  try {
-    await buildProgram(io, noServer, '0.0.0').parseAsync(args, { from: 'user' });
-    return { code: 0, stdout, stderr };
-  } catch (error) {
-    if (error instanceof CommanderError) return { code: error.exitCode, stdout, stderr };
-    return { code: 1, stdout, stderr: `${stderr}provisiond: ${(error as Error).message}\n` };
-  }
-}
+const { runChild, runInProcess } = cliRunners(() => server.connectionString);
 
 async function ok(args: string[], env: Env = {}): Promise<string> {
   const result = await runInProcess(args, env);

@@ -1,14 +1,14 @@
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { createServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { CommanderError, type Command } from 'commander';
+import type { Command } from 'commander';
 import { buildProgram } from '../src/cli/program.js';
 import { CONFIG_ENV_VARS, ConfigSchema } from '../src/config/config.js';
 import { CA_DIR, startServer, type TestServer } from './harness.js';
+import { cliRunners, type Env, type Run } from './cli-runner.js';
 
 /**
  * The provisiond command line against a real server over HTTPS. The round trips a user depends on run `provisiond` as
@@ -29,51 +29,9 @@ after(async () => {
   for (const dir of scratch) rmSync(dir, { recursive: true, force: true });
 });
 
-interface Run {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-type Env = Record<string, string>;
 type Doc = Record<string, unknown>;
 
-/** `node --import tsx src/main.ts …`; `env` is added to the test's environment (the owner's connection string unless replaced). */
-function runChild(args: string[], env: Env = {}): Promise<Run> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts', ...args], {
-      cwd: process.cwd(),
-      env: { ...process.env, PROVISIOND_CONNECTION_STRING: server.connectionString, ...env },
-      stdio: ['ignore', 'pipe', 'pipe'],
-      timeout: 120_000,
-    });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString('utf8')));
-    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString('utf8')));
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code, stdout, stderr }));
-  });
-}
-
-const noServer = { serve: () => Promise.reject(new Error('not in this test')), info: () => Promise.reject(new Error('not in this test')) };
-
-/** The same program in this process, failures reported the way main.ts reports them. */
-async function runInProcess(args: string[], env: Env = {}): Promise<Run> {
-  let stdout = '';
-  let stderr = '';
-  const io = {
-    env: { PROVISIOND_CONNECTION_STRING: server.connectionString, ...env },
-    out: (text: string) => void (stdout += text),
-    err: (text: string) => void (stderr += text),
-  };
-  try {
-    await buildProgram(io, noServer, '0.0.0').parseAsync(args, { from: 'user' });
-    return { code: 0, stdout, stderr };
-  } catch (error) {
-    if (error instanceof CommanderError) return { code: error.exitCode, stdout, stderr };
-    return { code: 1, stdout, stderr: `${stderr}provisiond: ${(error as Error).message}\n` };
-  }
-}
+const { runChild, runInProcess } = cliRunners(() => server.connectionString);
 
 /** Helpers over one way of running the program. */
 function runner(run: (args: string[], env?: Env) => Promise<Run>) {

@@ -7,7 +7,7 @@ import { canonicalJson, keyIdOf, signReceipt, subjectHash } from '../domain/rece
 import { renderRegistration } from '../domain/registration.js';
 import { dpsTimestamp } from '../domain/time.js';
 import type { HubClientFactory } from '../hubs/hub-client.js';
-import { DATA_REQUEST_FIELDS, type AuditEvent, type InstanceRecord, type LinkedHubRecord, type Store } from '../store/store.js';
+import { DATA_REQUEST_FIELDS, type AuditEvent, type InstanceRecord, type LinkedHubRecord } from '../store/store.js';
 import type { AuditLog } from './audit-log.js';
 import type { ServiceDeps } from './deps.js';
 import type { LifecycleEvents } from './lifecycle-events.js';

@@ -11,7 +11,6 @@ import {
   asObject,
   collect,
   queryAll,
-  readFileArgument,
   readJsonArgument,
   runAdmin,
   selectQuery,

@@ -153,6 +153,8 @@ test('the route list comes from the app and holds every DPS service operation an
     'DeviceRegistrationState_Query', 'Instance_Get', 'Instance_Update', 'AccessPolicy_List', 'AccessPolicy_CreateOrUpdate',
     'AccessPolicy_ListKeys', 'AccessPolicy_RegenerateKey', 'AccessPolicy_Delete', 'LinkedHub_List', 'LinkedHub_Get',
     'LinkedHub_CreateOrUpdate', 'LinkedHub_Delete', 'Instances_List', 'Instances_Create', 'Instances_Delete',
+    'Caller_Get', 'DataRequest_Create', 'DataRequest_Get', 'DataRequest_GetBundle', 'DataRequest_GetReceipt', 'DataRequest_Retry',
+    'DataRequest_Query', 'DataRequest_GetSigningKey', 'AuditEvent_Query',
   ]) {
     assert.ok(operationIds.includes(expected), `${expected} is an authenticated route`);
   }

@@ -145,7 +145,7 @@ test('the write routes come from the app', () => {
     'EnrollmentGroup_Delete', 'EnrollmentGroup_GetAttestationMechanism', 'EnrollmentGroup_Query', 'EnrollmentGroup_RunBulkOperation',
     'DeviceRegistrationState_Delete', 'DeviceRegistrationState_Query', 'Instance_Update', 'AccessPolicy_CreateOrUpdate',
     'AccessPolicy_ListKeys', 'AccessPolicy_RegenerateKey', 'AccessPolicy_Delete', 'LinkedHub_CreateOrUpdate', 'LinkedHub_Delete',
-    'Instances_Create', 'Instances_Delete',
+    'Instances_Create', 'Instances_Delete', 'DataRequest_Create', 'DataRequest_Retry', 'DataRequest_Query', 'AuditEvent_Query',
   ]) {
     assert.ok(ids.includes(expected), `${expected} is a write route`);
   }

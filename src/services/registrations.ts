@@ -1,4 +1,4 @@
-import { randomBytes, randomUUID, type X509Certificate } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import type { FastifyBaseLogger } from 'fastify';
 import { candidateHubs, geoLatencyChoice, hashedChoice, staticChoice } from '../domain/allocation.js';
 import {
@@ -6,18 +6,14 @@ import {
   renderEnrollmentGroup,
   type InitialTwinDoc,
   type JsonMap,
-  type StoredEnrollment,
-  type StoredEnrollmentGroup,
 } from '../domain/enrollment.js';
 import { ProvisioningError } from '../domain/errors.js';
 import { newEtag } from '../domain/etag.js';
-import { assertRegistrationId, idKey } from '../domain/ids.js';
+import { idKey } from '../domain/ids.js';
 import { renderDeviceRegistration } from '../domain/registration.js';
 import { decideReprovision } from '../domain/reprovision.js';
-import { deriveDeviceKey, isExpired, parseSasToken, signedByOneOf } from '../domain/sas.js';
 import { dpsTimestamp } from '../domain/time.js';
-import { certificateInfo, commonName } from '../domain/x509.js';
-import { HubError, type HubAuthentication, type HubClientFactory, type HubTwinContent } from '../hubs/hub-client.js';
+import { HubError, type HubClientFactory, type HubTwinContent } from '../hubs/hub-client.js';
 import type { InstanceRecord, LinkedHubRecord, StoredOperation, StoredRegistration } from '../store/store.js';
 import { callAllocationWebhook, type WebhookExchange } from './custom-allocation.js';
 import type { ServiceDeps } from './deps.js';
@@ -26,7 +22,10 @@ import type { SymmetricKeyGroups } from './symmetric-key-groups.js';
 import { RateLimiter } from './throttle.js';
 import type { AuditLog } from './audit-log.js';
 import type { LifecycleEvents } from './lifecycle-events.js';
-import { walkX509Enrollments } from './x509-attestation.js';
+import { authenticateDevice } from './attestation/authenticate.js';
+import type { DeviceCredential, DeviceMatch } from './attestation/device-match.js';
+
+export type { DeviceCredential } from './attestation/device-match.js';
 
 /**
  * The registration flow — one implementation for every transport (ARCHITECTURE.md "The registration flow"):
@@ -34,14 +33,6 @@ import { walkX509Enrollments } from './x509-attestation.js';
  * the registration record, and keep an operation the device polls. HTTP, MQTT and AMQP only translate to and from it.
  */
 export type Transport = 'http' | 'mqtt' | 'mqttWs' | 'amqp' | 'amqpWs';
-
-/**
- * What a device proves itself with, as the transport received it: a SAS token (HTTP Authorization header, MQTT
- * password, AMQP SASL PLAIN password), or the certificate chain of its TLS client certificate, leaf first.
- */
-export type DeviceCredential =
-  | { kind: 'sas'; authorization: string | undefined }
-  | { kind: 'x509'; chain: readonly X509Certificate[] };
 
 export interface DeviceRequest {
   idScope: string;
@@ -57,24 +48,6 @@ export interface OperationReply {
   retryAfterSeconds: number | undefined;
 }
 
-type EnrollmentMatch =
-  | { kind: 'individual'; doc: StoredEnrollment }
-  | { kind: 'group'; doc: StoredEnrollmentGroup };
-
-interface DeviceMatch {
-  instance: InstanceRecord;
-  registrationId: string;
-  enrollment: EnrollmentMatch;
-  attestationType: 'symmetricKey' | 'x509';
-  deviceId: string;
-  hubAuthentication: HubAuthentication;
-  /** The attestation part of the device's registrationState. */
-  resultSection: JsonMap;
-  /** The attestation part of a custom allocation webhook's deviceRuntimeContext (dps-wire.md §7). */
-  runtimeContext: JsonMap;
-  previous: StoredRegistration | undefined;
-}
-
 export interface RegistrationServiceDeps extends ServiceDeps {
   hubClients: HubClientFactory;
   latencies: HubLatencies;
@@ -87,8 +60,6 @@ export interface RegistrationServiceDeps extends ServiceDeps {
 }
 
 const unauthorized = (): ProvisioningError => new ProvisioningError('Unauthorized');
-/** Every X.509 refusal looks the same on the wire (dps-wire.md §4.4); the precise reason goes to the server log. */
-const invalidCertificate = (): ProvisioningError => new ProvisioningError('Unauthorized', 'Invalid certificate.');
 
 export class RegistrationService {
   readonly #deps: RegistrationServiceDeps;
@@ -197,97 +168,8 @@ export class RegistrationService {
     return instance;
   }
 
-  /**
-   * Finds the enrollment the credential proves (dps-wire.md §4.3, §8.3): an individual enrollment for the
-   * registration ID decides on its own — a wrong key or a disabled enrollment is not rescued by a group — otherwise
-   * the symmetric-key group whose derived key signed the token.
-   */
-  async #authenticate(instance: InstanceRecord, request: DeviceRequest): Promise<DeviceMatch> {
-    assertRegistrationId(request.registrationId);
-    if (request.credential.kind === 'x509') return this.#authenticateX509(instance, request.registrationId, request.credential.chain);
-    const token = parseSasToken(request.credential.authorization);
-    if (token === undefined || isExpired(token, this.#deps.now().getTime())) throw unauthorized();
-    // Devices sign `{idScope}/registrations/{registrationId}`; skn is `registration` or absent (dps-wire.md §14).
-    if (token.resource.toLowerCase() !== `${instance.idScope}/registrations/${request.registrationId}`.toLowerCase()) throw unauthorized();
-    if (token.keyName !== undefined && token.keyName !== 'registration') throw unauthorized();
-    const store = this.#deps.store;
-    const [individual, previous] = await Promise.all([
-      store.getEnrollment(instance.id, request.registrationId),
-      store.getRegistration(instance.id, request.registrationId),
-    ]);
-    const base = { instance, registrationId: request.registrationId, attestationType: 'symmetricKey' as const, previous };
-    if (individual !== undefined) {
-      if (individual.attestation.type !== 'symmetricKey') throw unauthorized();
-      const { primaryKey, secondaryKey } = individual.attestation.symmetricKey;
-      if (!signedByOneOf(token, [primaryKey, secondaryKey])) throw unauthorized();
-      return {
-        ...base,
-        enrollment: { kind: 'individual', doc: individual },
-        deviceId: individual.deviceId ?? request.registrationId,
-        hubAuthentication: { type: 'sas', symmetricKey: { primaryKey, secondaryKey } },
-        resultSection: { symmetricKey: {} },
-        runtimeContext: { symmetricKey: {} },
-      };
-    }
-    const group = await this.#deps.groups.match(instance.id, request.registrationId, token, previous?.enrollmentGroupId);
-    if (group === undefined || group.attestation.type !== 'symmetricKey') throw unauthorized();
-    const { primaryKey, secondaryKey } = group.attestation.symmetricKey;
-    return {
-      ...base,
-      enrollment: { kind: 'group', doc: group },
-      deviceId: request.registrationId,
-      hubAuthentication: {
-        type: 'sas',
-        symmetricKey: { primaryKey: deriveDeviceKey(primaryKey, request.registrationId), secondaryKey: deriveDeviceKey(secondaryKey, request.registrationId) },
-      },
-      resultSection: { symmetricKey: { enrollmentGroupId: group.enrollmentGroupId } },
-      runtimeContext: { symmetricKey: {} },
-    };
-  }
-
-  /**
-   * X.509 (dps-wire.md §4.4, §8.3): the TLS client certificate chain decides, walked from the leaf toward the root.
-   * Individual devices get a self-signed-thumbprint identity on the hub (the enrollment's SHA-1 thumbprints, as DPS
-   * writes them); group devices a certificateAuthority identity. The device ID of a group device is its CN.
-   */
-  async #authenticateX509(instance: InstanceRecord, registrationId: string, chain: readonly X509Certificate[]): Promise<DeviceMatch> {
-    const store = this.#deps.store;
-    const [verdict, previous] = await Promise.all([
-      walkX509Enrollments(store, instance, registrationId, chain, this.#deps.now()),
-      store.getRegistration(instance.id, registrationId),
-    ]);
-    if (!verdict.ok) {
-      this.#deps.logger.info({ idScope: instance.idScope, registrationId, reason: verdict.reason }, 'X.509 device refused');
-      throw invalidCertificate();
-    }
-    const base = { instance, registrationId, attestationType: 'x509' as const, previous };
-    const certificate = certificateInfo(verdict.leaf);
-    const cn = commonName(verdict.leaf) ?? registrationId;
-    const entry = verdict.entry;
-    if (entry.kind === 'individual') {
-      const attestation = entry.doc.attestation;
-      const pair = attestation.type === 'x509' ? attestation.x509.clientCertificates : undefined;
-      const primary = pair?.primary?.info.sha1Thumbprint ?? certificate.sha1Thumbprint;
-      const secondary = pair?.secondary?.info.sha1Thumbprint;
-      return {
-        ...base,
-        enrollment: entry,
-        deviceId: entry.doc.deviceId ?? cn,
-        hubAuthentication: { type: 'selfSigned', x509Thumbprint: { primaryThumbprint: primary, ...(secondary === undefined ? {} : { secondaryThumbprint: secondary }) } },
-        resultSection: { x509: { certificateInfo: certificate } },
-        runtimeContext: { x509: { certificateInfo: certificate } },
-      };
-    }
-    const section: JsonMap = { certificateInfo: certificate, enrollmentGroupId: entry.doc.enrollmentGroupId };
-    if (verdict.signer !== undefined) section.signingCertificateInfo = certificateInfo(verdict.signer);
-    return {
-      ...base,
-      enrollment: entry,
-      deviceId: cn,
-      hubAuthentication: { type: 'certificateAuthority' },
-      resultSection: { x509: section },
-      runtimeContext: { x509: section },
-    };
+  #authenticate(instance: InstanceRecord, request: DeviceRequest): Promise<DeviceMatch> {
+    return authenticateDevice(this.#deps, instance, request.registrationId, request.credential);
   }
 
   #serialized<T>(key: string, work: () => Promise<T>): Promise<T> {

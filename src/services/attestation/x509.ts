@@ -1,7 +1,63 @@
 import { X509Certificate } from 'node:crypto';
-import type { StoredCertificatePair, StoredEnrollment, StoredEnrollmentGroup } from '../domain/enrollment.js';
-import { walkCertificateChain, type ChainAnchor, type ChainVerdict, type IndividualCandidate } from '../domain/x509-chain.js';
-import type { CaCertificateRecord, InstanceRecord, Store } from '../store/store.js';
+import type { JsonMap, StoredCertificatePair, StoredEnrollment, StoredEnrollmentGroup } from '../../domain/enrollment.js';
+import { ProvisioningError } from '../../domain/errors.js';
+import { walkCertificateChain, type ChainAnchor, type ChainVerdict, type IndividualCandidate } from '../../domain/x509-chain.js';
+import { certificateInfo, commonName } from '../../domain/x509.js';
+import type { CaCertificateRecord, InstanceRecord, Store } from '../../store/store.js';
+import type { AttestationDeps, DeviceMatch } from './device-match.js';
+
+/** Every X.509 refusal looks the same on the wire (dps-wire.md §4.4); the precise reason goes to the server log. */
+const invalidCertificate = (): ProvisioningError => new ProvisioningError('Unauthorized', 'Invalid certificate.');
+
+/**
+ * X.509 (dps-wire.md §4.4, §8.3): the TLS client certificate chain decides, walked from the leaf toward the root.
+ * Individual devices get a self-signed-thumbprint identity on the hub (the enrollment's SHA-1 thumbprints, as DPS
+ * writes them); group devices a certificateAuthority identity. The device ID of a group device is its CN.
+ */
+export async function authenticateX509(
+  deps: AttestationDeps,
+  instance: InstanceRecord,
+  registrationId: string,
+  chain: readonly X509Certificate[],
+): Promise<DeviceMatch> {
+  const store = deps.store;
+  const [verdict, previous] = await Promise.all([
+    walkX509Enrollments(store, instance, registrationId, chain, deps.now()),
+    store.getRegistration(instance.id, registrationId),
+  ]);
+  if (!verdict.ok) {
+    deps.logger.info({ idScope: instance.idScope, registrationId, reason: verdict.reason }, 'X.509 device refused');
+    throw invalidCertificate();
+  }
+  const base = { instance, registrationId, attestationType: 'x509' as const, previous };
+  const certificate = certificateInfo(verdict.leaf);
+  const cn = commonName(verdict.leaf) ?? registrationId;
+  const entry = verdict.entry;
+  if (entry.kind === 'individual') {
+    const attestation = entry.doc.attestation;
+    const pair = attestation.type === 'x509' ? attestation.x509.clientCertificates : undefined;
+    const primary = pair?.primary?.info.sha1Thumbprint ?? certificate.sha1Thumbprint;
+    const secondary = pair?.secondary?.info.sha1Thumbprint;
+    return {
+      ...base,
+      enrollment: entry,
+      deviceId: entry.doc.deviceId ?? cn,
+      hubAuthentication: { type: 'selfSigned', x509Thumbprint: { primaryThumbprint: primary, ...(secondary === undefined ? {} : { secondaryThumbprint: secondary }) } },
+      resultSection: { x509: { certificateInfo: certificate } },
+      runtimeContext: { x509: { certificateInfo: certificate } },
+    };
+  }
+  const section: JsonMap = { certificateInfo: certificate, enrollmentGroupId: entry.doc.enrollmentGroupId };
+  if (verdict.signer !== undefined) section.signingCertificateInfo = certificateInfo(verdict.signer);
+  return {
+    ...base,
+    enrollment: entry,
+    deviceId: cn,
+    hubAuthentication: { type: 'certificateAuthority' },
+    resultSection: { x509: section },
+    runtimeContext: { x509: section },
+  };
+}
 
 /**
  * Gathers what the X.509 chain walk (domain/x509-chain.ts) decides between, for one device of one instance: the

@@ -1,0 +1,21 @@
+import { assertRegistrationId } from '../../domain/ids.js';
+import type { InstanceRecord } from '../../store/store.js';
+import type { AttestationDeps, DeviceCredential, DeviceMatch } from './device-match.js';
+import { authenticateSymmetricKey } from './symmetric-key.js';
+import { authenticateX509 } from './x509.js';
+
+/** Finds the enrollment the credential proves, whichever mechanism the device used (dps-wire.md §4). */
+export async function authenticateDevice(
+  deps: AttestationDeps,
+  instance: InstanceRecord,
+  registrationId: string,
+  credential: DeviceCredential,
+): Promise<DeviceMatch> {
+  assertRegistrationId(registrationId);
+  switch (credential.kind) {
+    case 'x509':
+      return authenticateX509(deps, instance, registrationId, credential.chain);
+    case 'sas':
+      return authenticateSymmetricKey(deps, instance, registrationId, credential.authorization);
+  }
+}

@@ -1,0 +1,54 @@
+import { ProvisioningError } from '../../domain/errors.js';
+import { deriveDeviceKey, isExpired, parseSasToken, signedByOneOf } from '../../domain/sas.js';
+import type { InstanceRecord } from '../../store/store.js';
+import type { AttestationDeps, DeviceMatch } from './device-match.js';
+
+const unauthorized = (): ProvisioningError => new ProvisioningError('Unauthorized');
+
+/**
+ * Symmetric key (dps-wire.md §4.3, §8.3): an individual enrollment for the registration ID decides on its own — a
+ * wrong key or a disabled enrollment is not rescued by a group — otherwise the symmetric-key group whose derived key
+ * signed the token.
+ */
+export async function authenticateSymmetricKey(
+  deps: AttestationDeps,
+  instance: InstanceRecord,
+  registrationId: string,
+  authorization: string | undefined,
+): Promise<DeviceMatch> {
+  const token = parseSasToken(authorization);
+  if (token === undefined || isExpired(token, deps.now().getTime())) throw unauthorized();
+  // Devices sign `{idScope}/registrations/{registrationId}`; skn is `registration` or absent (dps-wire.md §14).
+  if (token.resource.toLowerCase() !== `${instance.idScope}/registrations/${registrationId}`.toLowerCase()) throw unauthorized();
+  if (token.keyName !== undefined && token.keyName !== 'registration') throw unauthorized();
+  const store = deps.store;
+  const [individual, previous] = await Promise.all([store.getEnrollment(instance.id, registrationId), store.getRegistration(instance.id, registrationId)]);
+  const base = { instance, registrationId, attestationType: 'symmetricKey' as const, previous };
+  if (individual !== undefined) {
+    if (individual.attestation.type !== 'symmetricKey') throw unauthorized();
+    const { primaryKey, secondaryKey } = individual.attestation.symmetricKey;
+    if (!signedByOneOf(token, [primaryKey, secondaryKey])) throw unauthorized();
+    return {
+      ...base,
+      enrollment: { kind: 'individual', doc: individual },
+      deviceId: individual.deviceId ?? registrationId,
+      hubAuthentication: { type: 'sas', symmetricKey: { primaryKey, secondaryKey } },
+      resultSection: { symmetricKey: {} },
+      runtimeContext: { symmetricKey: {} },
+    };
+  }
+  const group = await deps.groups.match(instance.id, registrationId, token, previous?.enrollmentGroupId);
+  if (group === undefined || group.attestation.type !== 'symmetricKey') throw unauthorized();
+  const { primaryKey, secondaryKey } = group.attestation.symmetricKey;
+  return {
+    ...base,
+    enrollment: { kind: 'group', doc: group },
+    deviceId: registrationId,
+    hubAuthentication: {
+      type: 'sas',
+      symmetricKey: { primaryKey: deriveDeviceKey(primaryKey, registrationId), secondaryKey: deriveDeviceKey(secondaryKey, registrationId) },
+    },
+    resultSection: { symmetricKey: { enrollmentGroupId: group.enrollmentGroupId } },
+    runtimeContext: { symmetricKey: {} },
+  };
+}

@@ -94,8 +94,29 @@ test('static allocation assigns the one hub the enrollment names', async () => {
   });
   const result = await rawRegister(idScope, 'static-1', enrollment.attestation.symmetricKey.primaryKey as string);
   assert.equal(result.registrationState.assignedHub, '127.0.0.3');
-  // Static without exactly one hub is refused at enrollment time.
-  await assert.rejects(put('enrollments', { registrationId: 'static-2', attestation: { type: 'symmetricKey' }, allocationPolicy: 'static' }), /400016/);
+});
+
+test('static allocation naming no hub is accepted (as DPS does), and fails clearly when several hubs take part in allocation', async () => {
+  // What the official service SDK's end-to-end suite creates: symmetric-key groups, static, no iotHubs, with and without IoT Edge.
+  for (const iotEdge of [false, true]) {
+    const id = `static-group-${String(iotEdge)}`;
+    const group = await put('enrollmentGroups', { enrollmentGroupId: id, attestation: { type: 'symmetricKey' }, allocationPolicy: 'static', capabilities: { iotEdge } });
+    assert.equal(group.allocationPolicy, 'static');
+    assert.equal(group.iotHubs, undefined);
+    const deviceId = `${id}-device`;
+    const result = await rawRegister(idScope, deviceId, deriveDeviceKey(group.attestation.symmetricKey.primaryKey as string, deviceId));
+    // Three linked hubs take part in allocation here: which one "static" means is unknowable.
+    assert.equal(result.status, 'failed');
+    assert.equal(result.registrationState.errorCode, 400209);
+    assert.equal(
+      result.registrationState.errorMessage,
+      'The static allocation policy needs one hub: the enrollment names none in iotHubs and 3 linked hubs take part in allocation.',
+    );
+  }
+  await assert.rejects(
+    put('enrollments', { registrationId: 'static-2', attestation: { type: 'symmetricKey' }, allocationPolicy: 'static', iotHubs: ['127.0.0.2', '127.0.0.3'] }),
+    /400016/,
+  );
 });
 
 describe('custom allocation webhook', () => {

@@ -4,6 +4,8 @@ import { connect as tlsConnect, type TLSSocket } from 'node:tls';
 import { after, before, describe, test } from 'node:test';
 import rhea, { type AmqpError, type Connection, type Message, type Receiver, type Sender } from 'rhea';
 import serviceSdk from 'azure-iot-provisioning-service';
+import type { FastifyBaseLogger } from 'fastify';
+import { pino } from 'pino';
 import { deviceToken, type Json } from './devices.js';
 import { readCa, startServer, type TestServer } from './harness.js';
 
@@ -17,9 +19,17 @@ const PORT = 5671;
 let server: TestServer;
 let idScope: string;
 let service: InstanceType<typeof ProvisioningServiceClient>;
+/** What the server logged about refused links. */
+const linkRefusals: Json[] = [];
 
 before(async () => {
-  server = await startServer({ pollsPerSecondPerDevice: 1, amqpMaxMessageBytes: 4096 });
+  const logger = pino({ level: 'info' }, {
+    write(line: string) {
+      const entry = JSON.parse(line) as Json;
+      if (entry.msg === 'amqp link refused') linkRefusals.push(entry);
+    },
+  });
+  server = await startServer({ pollsPerSecondPerDevice: 1, amqpMaxMessageBytes: 4096 }, { logger: logger as unknown as FastifyBaseLogger });
   idScope = server.info.idScope;
   service = ProvisioningServiceClient.fromConnectionString(server.connectionString);
 });
@@ -58,7 +68,11 @@ async function connectDevice(registrationId: string, key: string, address = `${i
   const receiver = connection.open_receiver({ source: { address } });
   receiver.on('message', (context) => replies.push(context.message as Message));
   const sender = connection.open_sender({ target: { address } });
-  await once(sender, 'sendable');
+  // A refused link is closed instead of becoming sendable: fail rather than wait forever.
+  await Promise.race([
+    once(sender, 'sendable'),
+    once(sender, 'sender_close').then(() => Promise.reject(new Error(`the link at '${address}' was closed by the server`))),
+  ]);
   let next = 0;
   return {
     connection,
@@ -149,14 +163,44 @@ describe('AMQP on the wire', () => {
     device.connection.close();
   });
 
-  test("a link at another device's address is closed with unauthorized-access", async () => {
+  test("a link at another device's address is closed with unauthorized-access, and the refusal is logged with why", async () => {
     await enroll('amqp-raw-victim');
     const device = await connectDevice('amqp-raw-3', await enroll('amqp-raw-3'));
     const foreign = device.connection.open_receiver({ source: { address: `${idScope}/registrations/amqp-raw-victim` } });
     const [context] = (await once(foreign, 'receiver_close')) as [{ receiver: Receiver }];
     assert.equal((context.receiver.error as AmqpError | undefined)?.condition, 'amqp:unauthorized-access');
+    const logged = linkRefusals.find((entry) => entry.address === `${idScope}/registrations/amqp-raw-victim`);
+    assert.equal(logged?.reason, `the link names registration '${idScope}/registrations/amqp-raw-victim', the connection authenticated '${idScope}/registrations/amqp-raw-3'`);
+    assert.equal(logged?.role, 'sender');
     // The device's own links still work.
     assert.equal(json(await register(device)).status, 'assigning');
+    device.connection.close();
+  });
+
+  test('links at the full URI form (azure-iot-sdk-c) work; the attach reply advertises max-message-size', async () => {
+    const uri = `amqps://localhost/${idScope}/registrations/amqp-raw-uri`;
+    const device = await connectDevice('amqp-raw-uri', await enroll('amqp-raw-uri'), uri);
+    // The reply attach keeps the address the device used, and names the largest message taken.
+    const attachOf = (link: Sender | Receiver): Json => (link as unknown as { remote: { attach: Json } }).remote.attach;
+    assert.equal(attachOf(device.sender).target.address, uri);
+    assert.equal(attachOf(device.receiver).source.address, uri);
+    assert.equal(Number(attachOf(device.sender).max_message_size), 4096);
+    assert.equal(Number(attachOf(device.receiver).max_message_size), 4096);
+    const accepted = json(await register(device));
+    assert.equal(accepted.status, 'assigning');
+    await new Promise((resolve) => setTimeout(resolve, 1100));
+    assert.equal(json(await poll(device, accepted.operationId as string)).status, 'assigned');
+    device.connection.close();
+  });
+
+  test('a URI-form link whose host is not one of the instance host names is refused and logged', async () => {
+    const device = await connectDevice('amqp-raw-host', await enroll('amqp-raw-host'));
+    const address = `amqps://elsewhere.example.net/${idScope}/registrations/amqp-raw-host`;
+    const stray = device.connection.open_receiver({ source: { address } });
+    const [context] = (await once(stray, 'receiver_close')) as [{ receiver: Receiver }];
+    assert.equal((context.receiver.error as AmqpError | undefined)?.condition, 'amqp:unauthorized-access');
+    const logged = linkRefusals.find((entry) => entry.address === address);
+    assert.equal(logged?.reason, "the host 'elsewhere.example.net' is not one of this server's host names (localhost, 127.0.0.1)");
     device.connection.close();
   });
 

@@ -74,6 +74,22 @@ describe('device registration over HTTP with the official SDK', () => {
     assert.equal(withState.registrationState.status, 'assigned');
   });
 
+  test("a static group that names no hub (as the official service SDK's own tests create) assigns the only linked hub", async () => {
+    for (const iotEdge of [false, true]) {
+      const enrollmentGroupId = `http-static-${String(iotEdge)}`;
+      const group = await createGroup({ enrollmentGroupId, attestation: { type: 'symmetricKey' }, allocationPolicy: 'static', capabilities: { iotEdge } });
+      assert.equal(group.iotHubs, undefined);
+      const read = (await service.getEnrollmentGroup(enrollmentGroupId)).responseBody as unknown as Json;
+      assert.equal(read.allocationPolicy, 'static');
+      const deviceId = `${enrollmentGroupId}-device`;
+      const state = await sdkRegister(idScope, deviceId, deriveDeviceKey(group.attestation.symmetricKey.primaryKey as string, deviceId));
+      assert.equal(state.status, 'assigned');
+      assert.equal(state.assignedHub, 'localhost');
+      assert.equal((await getDevice(deviceId)).capabilities.iotEdge, iotEdge);
+      await service.deleteEnrollmentGroup(enrollmentGroupId);
+    }
+  });
+
   test('the secondary key works too', async () => {
     const enrollment = await createEnrollment({ registrationId: 'http-ind-2', attestation: { type: 'symmetricKey' } });
     const state = await sdkRegister(idScope, 'http-ind-2', enrollment.attestation.symmetricKey.secondaryKey as string);

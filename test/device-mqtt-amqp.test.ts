@@ -16,8 +16,8 @@ import { HUB_HOST_NAMES, deviceOf, linkHub, registryFor, twinOf } from './hubs.j
  * The scenario table of device-http.test.ts over MQTT, MQTT over WebSocket, AMQP and AMQP over WebSocket, each with
  * the unmodified official transport (azure-iot-provisioning-device-mqtt / -amqp) against the real server: the same
  * registration service, so the same outcomes. A refused credential is refused at connection time on these
- * transports: CONNACK 5 on MQTT, a failed SASL exchange on AMQP; an X.509 chain over AMQP (no SASL) is refused per
- * request with the DPS 401 in the rejection.
+ * transports: CONNACK 5 on MQTT, a failed SASL exchange on AMQP; an X.509 chain is refused per request, as DPS does:
+ * `$dps/registrations/res/401` on MQTT, the DPS 401 in the rejection on AMQP.
  */
 const { ProvisioningDeviceClient } = deviceSdk;
 const { ProvisioningServiceClient } = serviceSdk;
@@ -223,7 +223,16 @@ for (const transport of Object.keys(TRANSPORTS) as TransportName[]) {
       const stranger = await createSelfSignedDeviceCertificate({ commonName: id('x509-stranger') });
       const registration = register(transport, withCertificate(id('x509-stranger'), stranger.certPem, stranger.keyPem));
       if (transport === 'Mqtt' || transport === 'MqttWs') {
-        await assertRefused(transport, registration);
+        // As DPS (dps-wire.md §4.4, §5): the CONNECT succeeds and the register is answered on res/401, so the SDK
+        // reports the DPS error code rather than a bare CONNACK refusal.
+        const error = (await registration.then(
+          () => assert.fail('expected a refusal'),
+          (failure: unknown) => failure as { name?: string; result?: Json; transportObject?: Json },
+        )) as { name?: string; result?: Json; transportObject?: Json };
+        assert.equal(error.name, 'UnauthorizedError');
+        assert.equal(error.result?.errorCode, 401002);
+        assert.equal(error.result?.message, 'Invalid certificate.');
+        assert.match(String(error.transportObject?.topic), /^\$dps\/registrations\/res\/401\/\?\$rid=/);
       } else {
         // No SASL: the request itself is rejected, with the DPS error in the AMQP error.
         const error = (await registration.then(

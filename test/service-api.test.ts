@@ -527,7 +527,7 @@ describe('individual enrollments', () => {
     const twoStatic = await failure(
       client.createOrUpdateIndividualEnrollment({ registrationId: 'alloc-1', attestation, allocationPolicy: 'static', iotHubs: ['hub1.example.net', 'hub2.example.net'] } as never),
     );
-    assertErrorBody(twoStatic.body, 400016, "allocationPolicy 'static' needs exactly one hub in iotHubs (or iotHubHostName).");
+    assertErrorBody(twoStatic.body, 400016, "allocationPolicy 'static' takes at most one hub in iotHubs (or iotHubHostName).");
     const customWithout = await failure(client.createOrUpdateIndividualEnrollment({ registrationId: 'alloc-1', attestation, allocationPolicy: 'custom' } as never));
     assertErrorBody(customWithout.body, 400016, "allocationPolicy 'custom' needs customAllocationDefinition with webhookUrl and apiVersion.");
 

@@ -51,9 +51,16 @@ export function hashedChoice(registrationId: string, hubs: readonly LinkedHubRec
   return best;
 }
 
+/**
+ * Static: the one hub the enrollment names; an enrollment that names none (as DPS allows) gets the instance's only
+ * linked hub taking part in allocation — with several, which one is meant is unknowable, so the registration fails.
+ */
 export function staticChoice(hubs: readonly LinkedHubRecord[]): LinkedHubRecord {
   if (hubs.length !== 1 || hubs[0] === undefined) {
-    throw new ProvisioningError('NoHubAvailable', "The static allocation policy needs the enrollment to name exactly one hub in iotHubs.");
+    throw new ProvisioningError(
+      'NoHubAvailable',
+      `The static allocation policy needs one hub: the enrollment names none in iotHubs and ${hubs.length} linked hubs take part in allocation.`,
+    );
   }
   return hubs[0];
 }

@@ -45,7 +45,7 @@ export async function createDeviceEndpoints(deps: DeviceEndpointDeps): Promise<D
   const mqtt = needsMqtt
     ? await MqttDeviceBroker.create({ registrations, logger, maxPacketBytes: config.mqttMaxPacketBytes, connectTimeoutMs: Math.min(30000, config.deviceIdleTimeoutMs) })
     : undefined;
-  const amqp = needsAmqp ? new AmqpDeviceEndpoint({ registrations, logger, maxMessageBytes: config.amqpMaxMessageBytes }) : undefined;
+  const amqp = needsAmqp ? new AmqpDeviceEndpoint({ registrations, logger, maxMessageBytes: config.amqpMaxMessageBytes, hostNames: config.hostNames }) : undefined;
 
   const servers: TlsServer[] = [];
   const listeners: DeviceListener[] = [];

@@ -7,22 +7,25 @@ import { ProvisioningError } from '../../domain/errors.js';
 import type { DeviceCredential, DeviceRequest, OperationReply, RegistrationService } from '../../services/registrations.js';
 import type { DevicePeer } from '../device-peer.js';
 import { deviceFailure, registrationPayload, type DeviceFailure } from '../device-requests.js';
-import { parseRegistrationPath, type RegistrationPath } from '../registration-path.js';
+import { formatRegistrationPath, parseLinkAddress, parseRegistrationPath, type RegistrationPath } from '../registration-path.js';
 import { AmqpFrameSizeGuard } from './frame-size.js';
 
 /**
  * The DPS AMQP device endpoint (dps-wire.md §6) on rhea in server mode. A device authenticates with SASL PLAIN
  * (username `{idScope}/registrations/{registrationId}`, password = SAS token) or with its TLS client certificate and
  * no SASL at all (the Node SDK sends no SASL header for X.509; SASL ANONYMOUS is accepted for the same case). It
- * attaches a receiver and a sender link at `{idScope}/registrations/{registrationId}` and sends request messages;
+ * attaches a receiver and a sender link at `{idScope}/registrations/{registrationId}` (or at its `amqps://{host}/…`
+ * URI form, as Microsoft's C device SDK does) and sends request messages;
  * each is one call to the registration service, answered on the device's receiver link with the request's
  * correlation_id, or by rejecting the request with an AMQP error that carries the DPS error.
  */
 export interface AmqpEndpointDeps {
   registrations: RegistrationService;
   logger: FastifyBaseLogger;
-  /** The advertised max-frame-size, and the most bytes a device may send toward one message. */
+  /** The advertised max-frame-size and max-message-size, and the most bytes a device may send toward one message. */
   maxMessageBytes: number;
+  /** The host names a URI-form link address may name (dps-wire.md §6). */
+  hostNames: readonly string[];
 }
 
 const OPERATION_TYPE = 'iotdps-operation-type';
@@ -153,9 +156,19 @@ export class AmqpDeviceEndpoint {
     const address = (role === 'sender' ? link.source?.address : link.target?.address) ?? '';
     if (role === 'sender') link.set_source({ address });
     else link.set_target({ address });
-    const path = parseRegistrationPath(address);
-    if (path !== undefined) state.device ??= this.#identify(state, path);
-    if (path === undefined || state.device === undefined || !samePath(state.device, path)) {
+    // The C SDK looks for max-message-size in the attach reply and complains in its log when it is absent.
+    (link as unknown as { local: { attach: { max_message_size?: number } } }).local.attach.max_message_size = this.#deps.maxMessageBytes;
+    const parsed = parseLinkAddress(address, this.#deps.hostNames);
+    if (parsed.ok) state.device ??= this.#identify(state, parsed.path);
+    let reason: string | undefined;
+    if (!parsed.ok) reason = parsed.reason;
+    else if (state.device === undefined) reason = 'the connection authenticated no device';
+    else if (!samePath(state.device, parsed.path)) {
+      reason = `the link names registration '${formatRegistrationPath(parsed.path)}', the connection authenticated '${formatRegistrationPath(state.device)}'`;
+    }
+    if (reason !== undefined) {
+      // Refusals are logged with why: a device SDK only reports a detached link.
+      this.#deps.logger.info({ remoteAddress: state.peer.remoteAddress, role, address: address.slice(0, 300), reason }, 'amqp link refused');
       link.close({ condition: 'amqp:unauthorized-access', description: `Links are attached at {idScope}/registrations/{registrationId} of the authenticated device, not '${address}'.` });
       return;
     }

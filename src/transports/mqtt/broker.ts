@@ -113,6 +113,13 @@ export class MqttDeviceBroker {
     const credential: DeviceCredential =
       password === undefined || password.length === 0 ? (peer.chain.length > 0 ? { kind: 'x509', chain: peer.chain } : { kind: 'sas', authorization: undefined }) : { kind: 'sas', authorization: password.toString('utf8') };
     const request: DeviceRequest = { idScope: parsed.idScope, registrationId: parsed.registrationId, credential, transport: peer.transport };
+    if (credential.kind === 'x509') {
+      // DPS accepts the CONNECT of a certificate device and answers each request on `$dps/registrations/res/401` with
+      // "Invalid certificate." when the chain proves nothing (dps-wire.md §4.4, §5), so device SDKs report the DPS
+      // error code. The registration service judges the chain on every request.
+      this.#sessions.set(client, { request, responseQos: 0 });
+      return done(null, true);
+    }
     this.#deps.registrations.authenticate(request).then(
       () => {
         this.#sessions.set(client, { request, responseQos: 0 });

@@ -13,6 +13,12 @@ if ! command -v chromium >/dev/null; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update && apt-get install -y chromium
 fi
+# The TPM tests run the official TPM client against Debian's software TPM (test/tpm-simulator.ts).
+if ! command -v swtpm >/dev/null; then
+  echo "== installing swtpm"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update && apt-get install -y swtpm swtpm-tools
+fi
 echo "== test CA"
 bundle=$(npx tsx scripts/make-test-ca.ts)
 export NODE_EXTRA_CA_CERTS="$bundle"

@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import { ProvisioningError } from './errors.js';
 import { assertDeviceId, isValidSymmetricKey, newSymmetricKey } from './ids.js';
 import type {
@@ -23,7 +24,7 @@ export interface StoredCertificatePair {
 }
 export type StoredAttestation =
   | { type: 'symmetricKey'; symmetricKey: { primaryKey: string; secondaryKey: string } }
-  | { type: 'tpm'; tpm: { endorsementKey: string; storageRootKey?: string } }
+  | { type: 'tpm'; tpm: StoredTpmAttestation }
   | {
       type: 'x509';
       x509: {
@@ -32,6 +33,16 @@ export type StoredAttestation =
         caReferences?: { primary?: string; secondary?: string };
       };
     };
+
+export interface StoredTpmAttestation {
+  endorsementKey: string;
+  storageRootKey?: string;
+  /**
+   * Never shown: the HMAC key (base64) the TPM challenge hands the device and its SAS tokens are checked with
+   * (dps-wire.md §4.5). Made with the enrollment and kept while its endorsement key stays the same.
+   */
+  registrationKey?: string;
+}
 
 export type JsonMap = Record<string, unknown>;
 export interface InitialTwinDoc {
@@ -218,11 +229,13 @@ export function buildAttestation(
       if (input.tpm == null) throw invalidAttestation("attestation.type is 'tpm' but attestation.tpm is missing.");
       const endorsementKey = input.tpm.endorsementKey;
       if (!isBase64(endorsementKey)) throw invalidAttestation('attestation.tpm.endorsementKey must be base64.');
-      const tpm: { endorsementKey: string; storageRootKey?: string } = { endorsementKey };
+      const tpm: StoredTpmAttestation = { endorsementKey };
       if (input.tpm.storageRootKey != null && input.tpm.storageRootKey !== '') {
         if (!isBase64(input.tpm.storageRootKey)) throw invalidAttestation('attestation.tpm.storageRootKey must be base64.');
         tpm.storageRootKey = input.tpm.storageRootKey;
       }
+      const previous = existing?.type === 'tpm' ? existing.tpm : undefined;
+      tpm.registrationKey = previous?.endorsementKey === endorsementKey && previous.registrationKey !== undefined ? previous.registrationKey : newTpmRegistrationKey();
       return { type: 'tpm', tpm };
     }
     case 'x509': {
@@ -299,7 +312,7 @@ export function publicAttestation(attestation: StoredAttestation): JsonMap {
     case 'symmetricKey':
       return { type: 'symmetricKey' };
     case 'tpm':
-      return { type: 'tpm', tpm: { ...attestation.tpm } };
+      return { type: 'tpm', tpm: tpmKeys(attestation.tpm) };
     case 'x509': {
       const x509: JsonMap = {};
       for (const [name, value] of Object.entries(attestation.x509)) {
@@ -318,7 +331,19 @@ export function publicAttestation(attestation: StoredAttestation): JsonMap {
 
 /** The attestation mechanism with its secrets (POST …/attestationmechanism). */
 export function fullAttestation(attestation: StoredAttestation): JsonMap {
+  // The TPM registration key is the server's half of the challenge: the device learns it only inside its TPM.
+  if (attestation.type === 'tpm') return { type: 'tpm', tpm: tpmKeys(attestation.tpm) };
   return structuredClone(attestation) as unknown as JsonMap;
+}
+
+/** A TPM attestation as anyone outside the server sees it: the public keys only. */
+function tpmKeys(tpm: StoredTpmAttestation): JsonMap {
+  return { endorsementKey: tpm.endorsementKey, ...(tpm.storageRootKey === undefined ? {} : { storageRootKey: tpm.storageRootKey }) };
+}
+
+/** 32 random bytes: within the 64 a TPM keyed-hash key may have (domain/tpm.ts). */
+export function newTpmRegistrationKey(): string {
+  return randomBytes(32).toString('base64');
 }
 
 export type Visibility = 'public' | 'withSecrets';

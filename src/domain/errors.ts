@@ -30,6 +30,7 @@ export const errorCatalog = Object.freeze({
   NoHubAvailable: { errorCode: 400209, message: 'No linked hub can be assigned to the device.' },
   EnrollmentDisabled: { errorCode: 401004, message: 'The enrollment is disabled; the device is not provisioned.' },
   Unauthorized: { errorCode: 401002, message: 'Unauthorized' },
+  TpmChallenge: { errorCode: 401005, message: 'Authorization required, resend request using supplied key' },
   NotFound: { errorCode: 404001, message: 'The resource was not found.' },
   EnrollmentNotFound: { errorCode: 404201, message: 'The enrollment was not found.' },
   RegistrationNotFound: { errorCode: 404202, message: 'The device registration was not found.' },
@@ -81,10 +82,30 @@ export interface ErrorBody {
   message: string;
   timestampUtc: string;
   info?: Record<string, string>;
+  /** TPM challenge only (dps-wire.md §4.5). */
+  authenticationKey?: string;
+  keyName?: string;
+}
+
+/**
+ * The TPM challenge (dps-wire.md §4.5): a 401 whose body carries the activation blob and `keyName: registration`;
+ * the device activates it in its TPM and resends the request signed with the key inside.
+ */
+export class TpmChallenge extends ProvisioningError {
+  readonly authenticationKey: string;
+
+  constructor(authenticationKey: string) {
+    super('TpmChallenge');
+    this.authenticationKey = authenticationKey;
+  }
 }
 
 export function errorBody(error: ProvisioningError, trackingId: string, timestampUtc: string): ErrorBody {
   const body: ErrorBody = { errorCode: error.errorCode, trackingId, message: error.message, timestampUtc };
   if (error.info !== undefined) body.info = { ...error.info };
+  if (error instanceof TpmChallenge) {
+    body.authenticationKey = error.authenticationKey;
+    body.keyName = 'registration';
+  }
   return body;
 }

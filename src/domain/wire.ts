@@ -206,4 +206,7 @@ export const ErrorDetails = Type.Object({
   message: Type.String(),
   timestampUtc: DateTime,
   info: Type.Optional(Type.Record(Type.String(), Type.String())),
+  /** The TPM challenge (401005) carries the activation blob and the key name (dps-wire.md §4.5). */
+  authenticationKey: Type.Optional(Type.String()),
+  keyName: Type.Optional(Type.String()),
 });

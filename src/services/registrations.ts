@@ -93,7 +93,7 @@ export class RegistrationService {
           errorCode: error.errorCode,
           reason: error.message,
           transport: request.transport,
-          attestationType: request.credential.kind === 'x509' ? 'x509' : 'symmetricKey',
+          attestationType: request.credential.kind === 'sas' ? 'symmetricKey' : request.credential.kind,
         });
       }
       throw error;

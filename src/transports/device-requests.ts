@@ -1,30 +1,68 @@
-import { randomUUID } from 'node:crypto';
+import { randomUUID, type X509Certificate } from 'node:crypto';
 import type { FastifyBaseLogger } from 'fastify';
 import type { JsonMap } from '../domain/enrollment.js';
 import { errorBody, ProvisioningError, type ErrorBody } from '../domain/errors.js';
 import { dpsTimestamp } from '../domain/time.js';
+import type { DeviceCredential } from '../services/registrations.js';
 import { retryAfterOf } from '../services/throttle.js';
 
 /**
- * What the MQTT and AMQP transports share on the way in and out of the registration service: reading a
- * `DeviceRegistration` message body, and turning a failure into the DPS error envelope (dps-wire.md §1.1).
+ * What the HTTP, MQTT and AMQP transports share on the way in and out of the registration service: which credential
+ * the device presented, the check of a `DeviceRegistration` body, and turning a failure into the DPS error envelope
+ * (dps-wire.md §1.1).
  */
 
+/** The TPM keys a register body carries (dps-wire.md §4.1), base64 TPM2B_PUBLIC each. */
+export interface BodyTpmKeys {
+  endorsementKey: string;
+  storageRootKey: string | undefined;
+}
+
+/** What a `DeviceRegistration` body says once checked: the custom payload and the TPM keys, either may be absent. */
+export interface RegistrationBody {
+  payload: JsonMap | undefined;
+  tpm: BodyTpmKeys | undefined;
+}
+
 /**
- * The custom payload of a register message. The body may be empty (the C# MQTT client sends nothing when it has no
- * payload) or `DeviceRegistration` JSON whose registrationId, when present, names the connected device
- * (dps-wire.md §5). TPM attestation is not available on these transports here.
+ * The one rule for which credential a device presented, on every transport: TPM keys in the body make a TPM request
+ * (with the token its TPM signed, once it answered the challenge); otherwise a SAS token wins — a symmetric-key
+ * device may still hold a client certificate; otherwise the TLS client certificate chain; otherwise nothing, which
+ * is refused as a missing SAS token.
  */
-export function registrationPayload(body: Uint8Array, registrationId: string): JsonMap | undefined {
+export function deviceCredential(presented: {
+  authorization: string | undefined;
+  chain: readonly X509Certificate[];
+  tpm?: BodyTpmKeys | undefined;
+}): DeviceCredential {
+  const authorization = presented.authorization === '' ? undefined : presented.authorization;
+  if (presented.tpm !== undefined) return { kind: 'tpm', ...presented.tpm, authorization };
+  if (authorization === undefined && presented.chain.length > 0) return { kind: 'x509', chain: presented.chain };
+  return { kind: 'sas', authorization };
+}
+
+/**
+ * Reads the `DeviceRegistration` of an MQTT or AMQP register message. The body may be empty (the C# MQTT client
+ * sends nothing when it has no payload) or JSON whose registrationId may be missing or null (dps-wire.md §5).
+ */
+export function parseRegistrationBody(body: Uint8Array, registrationId: string): RegistrationBody {
   const text = Buffer.from(body).toString('utf8');
-  if (text.trim() === '') return undefined;
+  if (text.trim() === '') return { payload: undefined, tpm: undefined };
   let parsed: unknown;
   try {
     parsed = JSON.parse(text);
   } catch {
     throw new ProvisioningError('InvalidJson');
   }
-  if (parsed === null) return undefined;
+  return checkRegistrationBody(parsed, registrationId);
+}
+
+/**
+ * The register-body check every transport applies: a `DeviceRegistration` object whose registrationId, when present,
+ * names the device of the path or connection, whose payload is a JSON object and whose tpm carries base64 keys.
+ */
+export function checkRegistrationBody(parsed: unknown, registrationId: string): RegistrationBody {
+  if (parsed === null || parsed === undefined) return { payload: undefined, tpm: undefined };
   if (typeof parsed !== 'object' || Array.isArray(parsed)) {
     throw new ProvisioningError('SchemaViolation', 'The request body must be a DeviceRegistration object.');
   }
@@ -34,17 +72,25 @@ export function registrationPayload(body: Uint8Array, registrationId: string): J
     if (registration.registrationId.toLowerCase() !== registrationId.toLowerCase()) {
       throw new ProvisioningError(
         'IdMismatch',
-        `The registrationId in the body ('${registration.registrationId}') does not match the connection ('${registrationId}').`,
+        `The registrationId in the body ('${registration.registrationId}') does not match the device of the request ('${registrationId}').`,
       );
     }
   }
+  let tpm: BodyTpmKeys | undefined;
   if (registration.tpm !== undefined && registration.tpm !== null) {
-    throw new ProvisioningError('BadRequest', 'TPM attestation is not supported on this transport.');
+    const keys = registration.tpm as { endorsementKey?: unknown; storageRootKey?: unknown };
+    if (typeof keys !== 'object' || Array.isArray(keys) || typeof keys.endorsementKey !== 'string' || keys.endorsementKey === '') {
+      throw new ProvisioningError('SchemaViolation', "'tpm.endorsementKey' must be a base64 string.");
+    }
+    if (keys.storageRootKey !== undefined && keys.storageRootKey !== null && typeof keys.storageRootKey !== 'string') {
+      throw new ProvisioningError('SchemaViolation', "'tpm.storageRootKey' must be a base64 string.");
+    }
+    tpm = { endorsementKey: keys.endorsementKey, storageRootKey: typeof keys.storageRootKey === 'string' && keys.storageRootKey !== '' ? keys.storageRootKey : undefined };
   }
   const payload = registration.payload;
-  if (payload === undefined || payload === null) return undefined;
+  if (payload === undefined || payload === null) return { payload: undefined, tpm };
   if (typeof payload !== 'object' || Array.isArray(payload)) throw new ProvisioningError('SchemaViolation', "'payload' must be a JSON object.");
-  return payload as JsonMap;
+  return { payload: payload as JsonMap, tpm };
 }
 
 export interface DeviceFailure {

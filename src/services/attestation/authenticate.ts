@@ -2,6 +2,7 @@ import { assertRegistrationId } from '../../domain/ids.js';
 import type { InstanceRecord } from '../../store/store.js';
 import type { AttestationDeps, DeviceCredential, DeviceMatch } from './device-match.js';
 import { authenticateSymmetricKey } from './symmetric-key.js';
+import { authenticateTpm } from './tpm.js';
 import { authenticateX509 } from './x509.js';
 
 /** Finds the enrollment the credential proves, whichever mechanism the device used (dps-wire.md §4). */
@@ -17,5 +18,7 @@ export async function authenticateDevice(
       return authenticateX509(deps, instance, registrationId, credential.chain);
     case 'sas':
       return authenticateSymmetricKey(deps, instance, registrationId, credential.authorization);
+    case 'tpm':
+      return authenticateTpm(deps, instance, registrationId, credential);
   }
 }

@@ -8,11 +8,14 @@ import type { SymmetricKeyGroups } from '../symmetric-key-groups.js';
 
 /**
  * What a device proves itself with, as the transport received it: a SAS token (HTTP Authorization header, MQTT
- * password, AMQP SASL PLAIN password), or the certificate chain of its TLS client certificate, leaf first.
+ * password, AMQP SASL PLAIN password), the certificate chain of its TLS client certificate, leaf first, or its TPM's
+ * endorsement and storage root keys (HTTP register body, AMQP SASL `TPM`) with — once it answered the challenge — a
+ * SAS token signed inside the TPM.
  */
 export type DeviceCredential =
   | { kind: 'sas'; authorization: string | undefined }
-  | { kind: 'x509'; chain: readonly X509Certificate[] };
+  | { kind: 'x509'; chain: readonly X509Certificate[] }
+  | { kind: 'tpm'; endorsementKey: string; storageRootKey: string | undefined; authorization: string | undefined };
 
 export type EnrollmentMatch =
   | { kind: 'individual'; doc: StoredEnrollment }
@@ -26,7 +29,7 @@ export interface DeviceMatch {
   instance: InstanceRecord;
   registrationId: string;
   enrollment: EnrollmentMatch;
-  attestationType: 'symmetricKey' | 'x509';
+  attestationType: 'symmetricKey' | 'x509' | 'tpm';
   deviceId: string;
   hubAuthentication: HubAuthentication;
   /** The attestation part of the device's registrationState. */

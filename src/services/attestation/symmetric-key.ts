@@ -2,6 +2,7 @@ import { ProvisioningError } from '../../domain/errors.js';
 import { deriveDeviceKey, isExpired, parseSasToken, signedByOneOf } from '../../domain/sas.js';
 import type { InstanceRecord } from '../../store/store.js';
 import type { AttestationDeps, DeviceMatch } from './device-match.js';
+import { authenticateTpm } from './tpm.js';
 
 const unauthorized = (): ProvisioningError => new ProvisioningError('Unauthorized');
 
@@ -25,6 +26,8 @@ export async function authenticateSymmetricKey(
   const [individual, previous] = await Promise.all([store.getEnrollment(instance.id, registrationId), store.getRegistration(instance.id, registrationId)]);
   const base = { instance, registrationId, attestationType: 'symmetricKey' as const, previous };
   if (individual !== undefined) {
+    // A TPM device's later requests (polls) carry only the token its TPM signed: the TPM mechanism checks it.
+    if (individual.attestation.type === 'tpm') return authenticateTpm(deps, instance, registrationId, { endorsementKey: undefined, storageRootKey: undefined, authorization });
     if (individual.attestation.type !== 'symmetricKey') throw unauthorized();
     const { primaryKey, secondaryKey } = individual.attestation.symmetricKey;
     if (!signedByOneOf(token, [primaryKey, secondaryKey])) throw unauthorized();

@@ -4,11 +4,12 @@ import rhea, { type AmqpError, type Connection, type ConnectionOptions, type Con
 import type { WebSocket } from 'ws';
 import type { JsonMap } from '../../domain/enrollment.js';
 import { ProvisioningError } from '../../domain/errors.js';
-import type { DeviceCredential, DeviceRequest, OperationReply, RegistrationService } from '../../services/registrations.js';
+import type { DeviceRequest, OperationReply, RegistrationService } from '../../services/registrations.js';
 import type { DevicePeer } from '../device-peer.js';
-import { deviceFailure, registrationPayload, type DeviceFailure } from '../device-requests.js';
+import { deviceCredential, deviceFailure, parseRegistrationBody, type DeviceFailure } from '../device-requests.js';
 import { formatRegistrationPath, parseLinkAddress, parseRegistrationPath, type RegistrationPath } from '../registration-path.js';
 import { AmqpFrameSizeGuard } from './frame-size.js';
+import { TpmSaslServer } from './sasl-tpm.js';
 
 /**
  * The DPS AMQP device endpoint (dps-wire.md §6) on rhea in server mode. A device authenticates with SASL PLAIN
@@ -39,6 +40,8 @@ const CONTROL_BYTES_ALLOWANCE = 64 * 1024;
 interface ServerMechanisms {
   enable_plain(callback: (username: string | null, password: string | null) => Promise<boolean>): void;
   enable_anonymous(): void;
+  /** rhea takes further mechanisms as factories by name. */
+  [name: string]: unknown;
 }
 interface AcceptingConnection {
   accept(socket: Socket): Connection;
@@ -115,6 +118,17 @@ export class AmqpDeviceEndpoint {
     });
     const mechanisms = container.sasl_server_mechanisms as ServerMechanisms;
     mechanisms.enable_plain((username, password) => this.#saslPlain(state, username, password));
+    // TPM devices prove themselves in a SASL challenge exchange (dps-wire.md §6).
+    mechanisms.TPM = () =>
+      new TpmSaslServer({
+        transport: state.peer.transport,
+        authenticate: (request) => this.#deps.registrations.authenticate(request),
+        onAuthenticated: (request) => {
+          state.sasl = request;
+        },
+        onRefused: (reason, registrationId) =>
+          this.#deps.logger.info({ remoteAddress: state.peer.remoteAddress, registrationId, reason }, 'amqp TPM SASL refused'),
+      });
     // Selects rhea's mode that also takes bare AMQP (no SASL header): X.509 devices authenticate by certificate.
     mechanisms.enable_anonymous();
     container.on('sender_open', (context: EventContext) => this.#onLinkOpen(state, context.sender as Sender, 'sender'));
@@ -181,8 +195,7 @@ export class AmqpDeviceEndpoint {
    */
   #identify(state: DeviceConnection, path: RegistrationPath): DeviceRequest {
     if (state.sasl !== undefined) return state.sasl;
-    const credential: DeviceCredential = state.peer.chain.length > 0 ? { kind: 'x509', chain: state.peer.chain } : { kind: 'sas', authorization: undefined };
-    return { ...path, credential, transport: state.peer.transport };
+    return { ...path, credential: deviceCredential({ authorization: undefined, chain: state.peer.chain }), transport: state.peer.transport };
   }
 
   async #onMessage(state: DeviceConnection, message: Message, delivery: Delivery): Promise<void> {
@@ -196,7 +209,12 @@ export class AmqpDeviceEndpoint {
       const operation: unknown = properties[OPERATION_TYPE];
       let reply: OperationReply;
       if (operation === REGISTER) {
-        reply = await registrations.register({ ...device, payload: registrationPayload(body, device.registrationId) });
+        const registration = parseRegistrationBody(body, device.registrationId);
+        // TPM keys count only from the SASL TPM exchange that proved them; a body cannot switch mechanisms.
+        if (registration.tpm !== undefined && device.credential.kind !== 'tpm') {
+          throw new ProvisioningError('BadRequest', 'TPM attestation over AMQP uses the SASL mechanism TPM.');
+        }
+        reply = await registrations.register({ ...device, payload: registration.payload });
       } else if (operation === OPERATION_STATUS) {
         const operationId: unknown = properties[OPERATION_ID];
         if (typeof operationId !== 'string' || operationId === '') throw new ProvisioningError('BadRequest', `The application property '${OPERATION_ID}' is required.`);

@@ -2,10 +2,11 @@ import { randomUUID } from 'node:crypto';
 import type { Duplex } from 'node:stream';
 import { Aedes, type AedesPublishPacket, type AuthenticateError, type AuthErrorCode, type Client, type PublishPacket, type Subscription } from 'aedes';
 import type { FastifyBaseLogger } from 'fastify';
+import type { JsonMap } from '../../domain/enrollment.js';
 import { ProvisioningError } from '../../domain/errors.js';
-import type { DeviceCredential, DeviceRequest, OperationReply, RegistrationService } from '../../services/registrations.js';
+import type { DeviceRequest, OperationReply, RegistrationService } from '../../services/registrations.js';
 import type { DevicePeer } from '../device-peer.js';
-import { deviceFailure, registrationPayload } from '../device-requests.js';
+import { deviceCredential, deviceFailure, parseRegistrationBody } from '../device-requests.js';
 import { MqttPacketSizeGuard } from './packet-size.js';
 import { isResponseFilter, parseRequestTopic, parseUsername, responseTopic, type DeviceRequestTopic } from './topics.js';
 
@@ -110,8 +111,7 @@ export class MqttDeviceBroker {
     if (peer === undefined || parsed === undefined) return done(refusal(BAD_USERNAME_OR_PASSWORD), false);
     // The username names the same device as the client ID (dps-wire.md §5).
     if (parsed.registrationId.toLowerCase() !== client.id.toLowerCase()) return done(refusal(IDENTIFIER_REJECTED), false);
-    const credential: DeviceCredential =
-      password === undefined || password.length === 0 ? (peer.chain.length > 0 ? { kind: 'x509', chain: peer.chain } : { kind: 'sas', authorization: undefined }) : { kind: 'sas', authorization: password.toString('utf8') };
+    const credential = deviceCredential({ authorization: password?.toString('utf8'), chain: peer.chain });
     const request: DeviceRequest = { idScope: parsed.idScope, registrationId: parsed.registrationId, credential, transport: peer.transport };
     if (credential.kind === 'x509') {
       // DPS accepts the CONNECT of a certificate device and answers each request on `$dps/registrations/res/401` with
@@ -169,7 +169,7 @@ export class MqttDeviceBroker {
     try {
       const reply: OperationReply =
         request.kind === 'register'
-          ? await registrations.register({ ...session.request, payload: registrationPayload(payload, session.request.registrationId) })
+          ? await registrations.register({ ...session.request, payload: mqttRegisterPayload(payload, session.request.registrationId) })
           : await registrations.operationStatus({ ...session.request, operationId: request.operationId });
       this.#reply(client, session, responseTopic(reply.httpStatus, request.rid, reply.httpStatus === 202 ? reply.retryAfterSeconds : undefined), reply.body);
     } catch (error) {
@@ -197,4 +197,11 @@ export class MqttDeviceBroker {
 
 function refusal(returnCode: AuthErrorCode): AuthenticateError {
   return Object.assign(new ProvisioningError('Unauthorized'), { returnCode });
+}
+
+/** DPS has no TPM attestation over MQTT (dps-wire.md §4.5): a register body with TPM keys is refused. */
+function mqttRegisterPayload(payload: Buffer, registrationId: string): JsonMap | undefined {
+  const body = parseRegistrationBody(payload, registrationId);
+  if (body.tpm !== undefined) throw new ProvisioningError('BadRequest', 'TPM attestation is not available over MQTT; use HTTPS or AMQP.');
+  return body.payload;
 }

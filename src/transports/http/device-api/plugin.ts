@@ -1,17 +1,17 @@
 import { Type } from '@sinclair/typebox';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
-import type { JsonMap } from '../../../domain/enrollment.js';
-import { ProvisioningError } from '../../../domain/errors.js';
 import { ErrorDetails, JsonObject } from '../../../domain/wire.js';
-import type { DeviceCredential, DeviceRequest, OperationReply, RegistrationService } from '../../../services/registrations.js';
+import type { DeviceRequest, OperationReply, RegistrationService } from '../../../services/registrations.js';
+import { checkRegistrationBody, deviceCredential, type RegistrationBody } from '../../device-requests.js';
 import { peerCertificateChain } from '../../tls-peer.js';
 import { checkApiVersion, refuseDeepBodies } from '../service-api/plugin.js';
 import '../route-docs.js';
 
 /**
  * The device API over HTTPS (dps-wire.md §4): register, operation status, registration status lookup. The ID scope
- * in the path selects the instance; the device proves itself with a SAS token in Authorization, or — without one —
- * with the client certificate chain it presented in the TLS handshake (X.509, §4.4).
+ * in the path selects the instance; the device proves itself with a SAS token in Authorization, without one with the
+ * client certificate chain it presented in the TLS handshake (X.509, §4.4), or with the TPM keys in its register body
+ * and the 401 challenge (§4.5).
  */
 export const DEVICE_API_VERSIONS = [
   '2017-08-31-preview',
@@ -46,28 +46,15 @@ const tag = 'Device API';
 
 type DeviceParams = { idScope: string; registrationId: string };
 
-function deviceRequest(request: FastifyRequest): DeviceRequest {
+/** The request as the registration service takes it; `body` is the checked DeviceRegistration (register, lookup). */
+function deviceRequest(request: FastifyRequest, body?: RegistrationBody): DeviceRequest {
   const { idScope, registrationId } = request.params as DeviceParams;
-  return { idScope, registrationId, credential: credentialOf(request), transport: 'http' };
+  const credential = deviceCredential({ authorization: request.headers.authorization, chain: peerCertificateChain(request.raw.socket), tpm: body?.tpm });
+  return { idScope, registrationId, credential, transport: 'http' };
 }
 
-/** A SAS token wins when both are present: a symmetric-key device may still hold a client certificate. */
-function credentialOf(request: FastifyRequest): DeviceCredential {
-  const authorization = request.headers.authorization;
-  if (authorization === undefined) {
-    const chain = peerCertificateChain(request.raw.socket);
-    if (chain.length > 0) return { kind: 'x509', chain };
-  }
-  return { kind: 'sas', authorization };
-}
-
-function checkBody(request: FastifyRequest): JsonMap | undefined {
-  const body = request.body as { registrationId?: string; payload?: JsonMap | null } | undefined;
-  const { registrationId } = request.params as DeviceParams;
-  if (body?.registrationId !== undefined && body.registrationId.toLowerCase() !== registrationId.toLowerCase()) {
-    throw new ProvisioningError('IdMismatch', `The registrationId in the body ('${body.registrationId}') does not match the path ('${registrationId}').`);
-  }
-  return body?.payload ?? undefined;
+function checkBody(request: FastifyRequest): RegistrationBody {
+  return checkRegistrationBody(request.body, (request.params as DeviceParams).registrationId);
 }
 
 function sendOperation(request: FastifyRequest, reply: FastifyReply, result: OperationReply): FastifyReply {
@@ -95,8 +82,10 @@ export function deviceApiPlugin(deps: { registrations: RegistrationService }) {
         summary: 'Register a device: 202 with an operation to poll (Retry-After: 0 when the assignment is already done).',
         responses: { 202: { description: 'RegistrationOperationStatus', schema: RegistrationOperationStatus, headers: { 'retry-after': 'Seconds until the first poll.', location: 'The register URL.' } }, ...errors },
       },
-      handler: async (request, reply) =>
-        sendOperation(request, reply, await deps.registrations.register({ ...deviceRequest(request), payload: checkBody(request) })),
+      handler: async (request, reply) => {
+        const body = checkBody(request);
+        return sendOperation(request, reply, await deps.registrations.register({ ...deviceRequest(request, body), payload: body.payload }));
+      },
     });
     app.get('/:idScope/registrations/:registrationId/operations/:operationId', {
       schema: { params: OperationParams, querystring: ApiVersionQuery },
@@ -121,10 +110,7 @@ export function deviceApiPlugin(deps: { registrations: RegistrationService }) {
         summary: "The device's registration record (DeviceRegistrationResult).",
         responses: { 200: { description: 'DeviceRegistrationResult', schema: JsonObject }, ...errors },
       },
-      handler: async (request) => {
-        checkBody(request);
-        return deps.registrations.statusLookup(deviceRequest(request));
-      },
+      handler: async (request) => deps.registrations.statusLookup(deviceRequest(request, checkBody(request))),
     });
   };
 }

@@ -19,4 +19,5 @@ export NODE_EXTRA_CA_CERTS="$bundle"
 files=(test/*.test.ts)
 if [ "$#" -gt 0 ]; then files=("$@"); fi
 echo "== tests (${#files[@]} files)"
-node --import tsx --test --test-concurrency=1 --test-reporter=spec "${files[@]}"
+# A hung test (a reply that never comes) fails after this long instead of holding CI until its own timeout.
+node --import tsx --test --test-concurrency=1 --test-timeout=180000 --test-reporter=spec "${files[@]}"

@@ -26,6 +26,8 @@ const API_VERSION = '2019-03-31';
 const SERVICE_API = 'api-version=2021-10-01';
 type Transport = 'https' | 'mqtt' | 'amqp';
 const TRANSPORTS: readonly Transport[] = ['https', 'mqtt', 'amqp'];
+/** A reply that never comes fails the test rather than hanging it. */
+const REPLY_TIMEOUT_MS = 10_000;
 
 let server: TestServer;
 let idScope: string;
@@ -114,7 +116,8 @@ async function present(transport: Transport, registrationId: string, authorizati
       return 401;
     }
     try {
-      const reply = new Promise<number>((resolve) => {
+      const reply = new Promise<number>((resolve, reject) => {
+        setTimeout(() => reject(new Error(`no MQTT reply for ${registrationId}`)), REPLY_TIMEOUT_MS).unref();
         client.on('message', (topic) => {
           const parsed = parseResponseTopic(topic);
           if (parsed?.rid === 'credential-1') resolve(parsed.status);
@@ -148,7 +151,8 @@ async function present(transport: Transport, registrationId: string, authorizati
     const receiver = connection.open_receiver({ source: { address } });
     const sender = connection.open_sender({ target: { address } });
     await once(sender, 'sendable');
-    return await new Promise<number>((resolve) => {
+    return await new Promise<number>((resolve, reject) => {
+      setTimeout(() => reject(new Error(`no AMQP reply or rejection for ${registrationId}`)), REPLY_TIMEOUT_MS).unref();
       receiver.on('message', (context) => {
         if ((context.message as Message).correlation_id === 'credential-1') resolve(202);
       });

@@ -15,6 +15,7 @@ import { readCa, startServer, type TestServer } from './harness.js';
  */
 const { ProvisioningServiceClient } = serviceSdk;
 const PORT = 5671;
+const REPLY_TIMEOUT_MS = 10_000;
 
 let server: TestServer;
 let idScope: string;
@@ -84,16 +85,23 @@ async function connectDevice(registrationId: string, key: string, address = `${i
       const correlationId = `corr-${next}`;
       return new Promise((resolve, reject) => {
         const delivery = sender.send({ correlation_id: correlationId, application_properties: properties, body });
+        // A reply that never comes (a lost correlation_id, an unsettled delivery) fails the test instead of hanging it.
+        const deadline = Date.now() + REPLY_TIMEOUT_MS;
+        const timer = setTimeout(() => reject(new Error(`no disposition for the request with correlation_id ${correlationId}`)), REPLY_TIMEOUT_MS);
         const waitForReply = (): void => {
+          clearTimeout(timer);
           const reply = replies.find((message) => message.correlation_id === correlationId);
           if (reply !== undefined) resolve(reply);
+          else if (Date.now() > deadline) reject(new Error(`no reply with correlation_id ${correlationId}; got ${JSON.stringify(replies.map((message) => message.correlation_id))}`));
           else setTimeout(waitForReply, 20);
         };
         sender.on('accepted', (context) => {
           if (context.delivery === delivery) waitForReply();
         });
         sender.on('rejected', (context) => {
-          if (context.delivery === delivery) reject((context.delivery.remote_state as { error: AmqpError }).error);
+          if (context.delivery !== delivery) return;
+          clearTimeout(timer);
+          reject((context.delivery.remote_state as { error: AmqpError }).error);
         });
       });
     },

@@ -20,6 +20,67 @@ const OTHER_HOST = '127.0.0.2';
 const OTHER_NAME = 'other.localhost';
 const OWNER = 'provisioningserviceowner';
 
+/**
+ * The rights each operation needs, written from dps-wire.md §2.1 and docs/service-api.md / docs/customer-data-api.md
+ * rather than read from the app, so a route that demands the wrong right fails here. `any`: every valid policy;
+ * `request`: the rights depend on the request (export vs erase), tested in test/customer-data.test.ts.
+ */
+const EXPECTED_RIGHTS: Record<string, readonly Right[] | 'any' | 'request'> = {
+  IndividualEnrollment_Get: ['EnrollmentRead'],
+  IndividualEnrollment_CreateOrUpdate: ['EnrollmentWrite'],
+  IndividualEnrollment_Delete: ['EnrollmentWrite'],
+  IndividualEnrollment_GetAttestationMechanism: ['EnrollmentRead'],
+  IndividualEnrollment_Query: ['EnrollmentRead'],
+  IndividualEnrollment_RunBulkOperation: ['EnrollmentWrite'],
+  EnrollmentGroup_Get: ['EnrollmentRead'],
+  EnrollmentGroup_CreateOrUpdate: ['EnrollmentWrite'],
+  EnrollmentGroup_Delete: ['EnrollmentWrite'],
+  EnrollmentGroup_GetAttestationMechanism: ['EnrollmentRead'],
+  EnrollmentGroup_Query: ['EnrollmentRead'],
+  EnrollmentGroup_RunBulkOperation: ['EnrollmentWrite'],
+  DeviceRegistrationState_Get: ['RegistrationStatusRead'],
+  DeviceRegistrationState_Delete: ['RegistrationStatusWrite'],
+  DeviceRegistrationState_Query: ['RegistrationStatusRead'],
+  Instance_Get: ['ServiceConfig'],
+  Instance_Update: ['ServiceConfig'],
+  AccessPolicy_List: ['ServiceConfig'],
+  AccessPolicy_CreateOrUpdate: ['ServiceConfig'],
+  AccessPolicy_ListKeys: ['ServiceConfig'],
+  AccessPolicy_RegenerateKey: ['ServiceConfig'],
+  AccessPolicy_Delete: ['ServiceConfig'],
+  LinkedHub_List: ['ServiceConfig'],
+  LinkedHub_Get: ['ServiceConfig'],
+  LinkedHub_CreateOrUpdate: ['ServiceConfig'],
+  LinkedHub_Delete: ['ServiceConfig'],
+  LinkedHub_ListKeys: ['ServiceConfig'],
+  Instances_List: ['ServiceConfig'],
+  Instances_Create: ['ServiceConfig'],
+  Instances_Delete: ['ServiceConfig'],
+  Certificate_List: ['ServiceConfig'],
+  Certificate_Get: ['ServiceConfig'],
+  Certificate_CreateOrUpdate: ['ServiceConfig'],
+  Certificate_Delete: ['ServiceConfig'],
+  Certificate_GenerateVerificationCode: ['ServiceConfig'],
+  Certificate_Verify: ['ServiceConfig'],
+  Caller_Get: 'any',
+  DataRequest_Create: 'request',
+  DataRequest_Get: 'request',
+  DataRequest_GetBundle: 'request',
+  DataRequest_GetReceipt: 'request',
+  DataRequest_Retry: 'request',
+  DataRequest_Query: ['EnrollmentRead', 'RegistrationStatusRead'],
+  DataRequest_GetSigningKey: 'any',
+  AuditEvent_Query: ['EnrollmentRead', 'RegistrationStatusRead'],
+};
+
+/** The rights the table says a route needs (fails for a route the table does not know). */
+function expectedRights(route: Route): readonly Right[] | 'any' | 'request' {
+  const expected = EXPECTED_RIGHTS[route.operationId];
+  assert.ok(expected !== undefined, `${route.operationId} is missing from EXPECTED_RIGHTS`);
+  return expected;
+}
+const exactPolicyName = (rights: readonly Right[]): string => `only-${rights.join('-')}`;
+
 let server: TestServer;
 let routes: Route[] = [];
 let ownerSecondaryKey = '';
@@ -110,6 +171,8 @@ before(async () => {
     'seed-policy': ['EnrollmentRead'],
   };
   for (const right of ALL_RIGHTS) limited[`lacks-${right}`] = ALL_RIGHTS.filter((other) => other !== right);
+  // For each set of rights in the table, a policy with exactly those.
+  for (const rights of Object.values(EXPECTED_RIGHTS)) if (Array.isArray(rights)) limited[exactPolicyName(rights)] = [...rights];
   for (const [name, rights] of Object.entries(limited)) {
     const policy = ok(await api('PUT', '/accessPolicies/{name}', { auth: owner, params: { name }, body: { rights: rights.join(', ') } }), `PUT policy ${name}`);
     policyKeys.set(name, (policy.body as { primaryKey: string }).primaryKey);
@@ -213,22 +276,42 @@ test('a token without skn, a malformed token, a bearer token, a token for an unk
   for (const header of malformed) await refusesEverywhere(() => header, { message: /^Unauthorized$/ });
 });
 
-test('a policy without the right a route needs: 401 naming the right, on every route', async () => {
-  await refusesEverywhere((route) => token({ keyName: `lacks-${route.right}`, key: policyKeys.get(`lacks-${route.right}`) ?? '' }), {
-    message: /^Unauthorized: this operation needs the \w+ right\.$/,
-    // Routes whose rights depend on the request are covered in test/customer-data.test.ts.
-    only: (route) => route.right !== undefined,
-  });
-  // The narrow policies of the DPS docs: a registration reader may not touch enrollments or configuration, an
-  // enrollment reader may not write anything or read registrations.
-  // (Routes whose rights depend on the request are covered with narrow policies in test/customer-data.test.ts.)
-  const narrow = routes.filter((route) => route.right !== undefined && route.right !== 'RegistrationStatusRead');
+test('the table of expected rights names exactly the routes the app has', () => {
+  const known = new Set(Object.keys(EXPECTED_RIGHTS));
+  const routeIds = new Set(routes.map((route) => route.operationId));
+  assert.deepEqual([...routeIds].filter((id) => !known.has(id)), [], 'routes missing from EXPECTED_RIGHTS');
+  assert.deepEqual([...known].filter((id) => !routeIds.has(id)), [], 'EXPECTED_RIGHTS names routes the app does not have');
+});
+
+test('a policy without one of the rights the table names: 401 naming that right, on every route', async () => {
   const before = await snapshotStore(server.app.store);
-  for (const route of narrow) {
-    assertDpsError(await hit(route, token({ keyName: 'registration-reader', key: policyKeys.get('registration-reader') ?? '' })), 401, { errorCode: 401002 }, `${route.method} ${route.template}`);
+  let checked = 0;
+  for (const route of routes) {
+    const rights = expectedRights(route);
+    if (!Array.isArray(rights)) continue;
+    for (const right of rights) {
+      const keyName = `lacks-${right}`;
+      const response = await hit(route, token({ keyName, key: policyKeys.get(keyName) ?? '' }));
+      assertDpsError(response, 401, { errorCode: 401002, message: /^Unauthorized: this operation needs the \w+ right\.$/ }, `${keyName} on ${route.method} ${route.template}`);
+      checked += 1;
+    }
   }
-  for (const route of routes.filter((route) => route.right !== undefined && route.right !== 'EnrollmentRead')) {
-    assertDpsError(await hit(route, token({ keyName: 'enrollment-reader', key: policyKeys.get('enrollment-reader') ?? '' })), 401, { errorCode: 401002 }, `${route.method} ${route.template}`);
+  assert.ok(checked >= 40, `checked ${checked}`);
+  assert.deepEqual(await snapshotStore(server.app.store), before, 'the store is unchanged');
+});
+
+test('the narrow policies of the DPS docs: 401 wherever the table asks for more than they have', async () => {
+  // A registration reader may not touch enrollments or configuration; an enrollment reader may not write anything or
+  // read registrations. (Routes whose rights depend on the request are covered in test/customer-data.test.ts.)
+  const needsMoreThan = (route: Route, right: Right): boolean => {
+    const rights = expectedRights(route);
+    return Array.isArray(rights) && rights.some((needed) => needed !== right);
+  };
+  const before = await snapshotStore(server.app.store);
+  for (const [keyName, right] of [['registration-reader', 'RegistrationStatusRead'], ['enrollment-reader', 'EnrollmentRead']] as const) {
+    for (const route of routes.filter((candidate) => needsMoreThan(candidate, right))) {
+      assertDpsError(await hit(route, token({ keyName, key: policyKeys.get(keyName) ?? '' })), 401, { errorCode: 401002 }, `${keyName} on ${route.method} ${route.template}`);
+    }
   }
   assert.deepEqual(await snapshotStore(server.app.store), before);
 });
@@ -246,8 +329,8 @@ test("another instance's credentials: 401 on every route of this instance", asyn
 test('only the operator instance manages instances', async () => {
   const otherOwner = token({ resource: OTHER_HOST, key: otherOwnerKey });
   const before = await snapshotStore(server.app.store);
-  const operatorRoutes = routes.filter((route) => route.template.startsWith('/instances'));
-  assert.equal(operatorRoutes.length, 3);
+  const operatorRoutes = routes.filter((route) => route.template.startsWith('/instances') || route.operationId === 'LinkedHub_ListKeys');
+  assert.equal(operatorRoutes.length, 4);
   for (const route of operatorRoutes) {
     const params = { name: route.method === 'PUT' ? 'third' : 'default' };
     const body = route.hasBody ? validBodies[route.operationId] : undefined;
@@ -362,6 +445,21 @@ test('the routes are reachable with the right credentials (so the 401s above are
     const where = `${route.method} ${route.template} → ${response.status} ${response.text}`;
     assert.notEqual(response.status, 401, where);
     assert.notEqual((response.body as { errorCode?: number } | undefined)?.errorCode, 404001, where);
+    assert.ok(response.status < 500, where);
+  }
+});
+
+test('a policy with exactly the rights the table names is let through on every route (no other right is demanded)', async () => {
+  // Runs last (it deletes what it may): deleting routes after the others, so the entries those need are still there.
+  const ordered = [...routes].sort((a, b) => Number(a.method === 'DELETE') - Number(b.method === 'DELETE'));
+  for (const route of ordered) {
+    const rights = expectedRights(route);
+    if (rights === 'request') continue;
+    // `any`: a policy with one unrelated right will do.
+    const keyName = rights === 'any' ? 'registration-reader' : exactPolicyName(rights);
+    const response = await hit(route, token({ keyName, key: policyKeys.get(keyName) ?? '' }));
+    const where = `${keyName} on ${route.method} ${route.template} → ${response.status} ${response.text.slice(0, 200)}`;
+    assert.notEqual(response.status, 401, where);
     assert.ok(response.status < 500, where);
   }
 });

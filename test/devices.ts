@@ -1,7 +1,8 @@
 import deviceSdk from 'azure-iot-provisioning-device';
 import httpTransport from 'azure-iot-provisioning-device-http';
 import symmetricKeySecurity from 'azure-iot-security-symmetric-key';
-import { createSasToken, deriveDeviceKey } from '../src/domain/sas.js';
+import { createHmac } from 'node:crypto';
+import { createSasToken } from '../src/domain/sas.js';
 import { call } from './harness.js';
 
 /** Device-side helpers: the unmodified official SDK, and raw HTTP registrations for bulk runs. */
@@ -20,7 +21,14 @@ export function sdkRegister(idScope: string, registrationId: string, key: string
   });
 }
 
-export { deriveDeviceKey };
+/**
+ * A group device's key, computed here rather than with the server's own `deriveDeviceKey`, so a wrong formula on the
+ * server cannot pass unnoticed: base64(HMAC-SHA256(key = base64-decoded group key, message = UTF-8 registration ID))
+ * (dps-wire.md §4.3). test/device-credentials.test.ts pins it to vectors computed with openssl.
+ */
+export function deriveDeviceKey(groupKeyBase64: string, registrationId: string): string {
+  return createHmac('sha256', Buffer.from(groupKeyBase64, 'base64')).update(Buffer.from(registrationId, 'utf8')).digest('base64');
+}
 
 export function deviceToken(idScope: string, registrationId: string, key: string): string {
   return createSasToken({

@@ -10,6 +10,7 @@ import {
   createVerificationCertificate,
   type CertificateAndKey,
 } from '../src/tls/x509-issuer.js';
+import { forgeDeviceCertificate } from './forged-certificates.js';
 
 /**
  * The chain walk (src/domain/x509-chain.ts) as a table: each case is a presented chain, the enrolled candidates and
@@ -34,6 +35,8 @@ interface Pki {
   leafSignedDevice: CertificateAndKey;
   /** Same subject as the intermediate, other key: a forger's look-alike. */
   impostor: CertificateAndKey;
+  /** Names the intermediate as issuer, by name and authority key identifier, but signed by another key. */
+  forged: CertificateAndKey;
 }
 let pki: Pki;
 const cert = (pair: CertificateAndKey): X509Certificate => new X509Certificate(pair.certPem);
@@ -67,6 +70,7 @@ before(async () => {
     rootSignedDevice: await createDeviceCertificate(root, { commonName: 'dev-1' }),
     leafSignedDevice: await createDeviceCertificate(device, { commonName: 'dev-1' }),
     impostor: await createIntermediateCertificate(otherRoot, { commonName: 'Test Intermediate' }),
+    forged: await forgeDeviceCertificate(intermediate, 'dev-1'),
   };
 });
 
@@ -210,6 +214,16 @@ const cases: Case[] = [
     name: 'a look-alike intermediate (same name, other key) does not verify',
     input: () => ({ chain: [cert(pki.device), cert(pki.impostor)], anchors: [anchor(pki.impostor, 'impostor')] }),
     expect: /did not sign CN=dev-1 \(the signature does not verify\)|did not issue CN=dev-1/,
+  },
+  {
+    name: 'a leaf with the right issuer name and authority key identifier but signed by another key',
+    input: () => ({ chain: [cert(pki.forged), cert(pki.intermediate)], anchors: [anchor(pki.root, 'by-root')] }),
+    expect: /did not sign CN=dev-1 \(the signature does not verify\)/,
+  },
+  {
+    name: 'the same forged leaf under the enrolled intermediate itself, sent or not',
+    input: () => ({ chain: [cert(pki.forged)], anchors: [anchor(pki.intermediate, 'by-intermediate')] }),
+    expect: /did not sign CN=dev-1 \(the signature does not verify\)|no enrollment names the leaf/,
   },
   {
     name: 'a look-alike enrolled certificate is not the issuer of an unsent link',

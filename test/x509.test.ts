@@ -23,6 +23,7 @@ import {
   type CertificateAndKey,
 } from '../src/tls/x509-issuer.js';
 import { sdkRegister, type Json } from './devices.js';
+import { forgeDeviceCertificate } from './forged-certificates.js';
 import { call, startServer, type TestServer } from './harness.js';
 
 /**
@@ -301,6 +302,12 @@ describe('X.509 devices that are refused, each with the DPS error body', () => {
     // Self-signed, with no individual enrollment: the same.
     const selfSigned = await createSelfSignedDeviceCertificate({ commonName: 'x509-unenrolled' });
     await assertRefused('x509-unenrolled', x509Register('x509-unenrolled', selfSigned.certPem, selfSigned.keyPem), /no enrollment names the leaf/);
+  });
+
+  test('a leaf with the right issuer name and key identifier, signed by another key', async () => {
+    const forged = await forgeDeviceCertificate(shared.intermediate, 'x509-forged');
+    await assertRefused('x509-forged', x509Register('x509-forged', forged.certPem + shared.intermediate.certPem, forged.keyPem), /did not sign CN=x509-forged \(the signature does not verify\)/);
+    assert.equal(await getDevice('x509-forged'), undefined);
   });
 
   test('a leaf that is not the certificate of the individual enrollment for its registration ID', async () => {

@@ -24,6 +24,17 @@ import { HubApiError, type DeviceInput, type RegistryStatistics, type TwinInput,
  */
 
 export const HUB_OWNER_POLICY = 'iothubowner';
+/**
+ * The shared access policies every IoT hub starts with (Azure docs, "Control access to IoT Hub with shared access
+ * signatures"), so a registry reader or a twin service gets a key that can do only that.
+ */
+export const DEFAULT_HUB_POLICIES: readonly { keyName: string; rights: readonly HubRight[] }[] = [
+  { keyName: HUB_OWNER_POLICY, rights: ALL_HUB_RIGHTS },
+  { keyName: 'service', rights: ['ServiceConnect'] },
+  { keyName: 'device', rights: ['DeviceConnect'] },
+  { keyName: 'registryRead', rights: ['RegistryRead'] },
+  { keyName: 'registryReadWrite', rights: ['RegistryRead', 'RegistryWrite'] },
+];
 /** What IoT Hub shows for times that never happened (a device that never connected). */
 const NEVER = '0001-01-01T00:00:00Z';
 /** IoT Hub's limits: twin collections nest at most 10 levels; keys are at most 1 KB. */
@@ -40,11 +51,12 @@ export interface BuiltInHub {
   name: string;
   /** The owner policy's connection string, for linking the hub and for registry clients. */
   connectionString: string;
+  /** Every shared access policy of the hub, with its keys. */
+  policies: HubAccessPolicy[];
 }
 
 export interface BuiltInHubDetails extends BuiltInHub {
   createdDateTimeUtc: string;
-  policies: HubAccessPolicy[];
 }
 
 export interface DeviceQueryRequest {
@@ -75,16 +87,20 @@ export class BuiltInHubService {
 
   // ---- hubs
 
-  /** Creates the hub with an `iothubowner` policy unless it exists; either way returns its owner connection string. */
+  /**
+   * Creates the hub with IoT Hub's default policies unless it exists; either way returns its owner connection string.
+   * A hub made before the narrower policies existed gets the ones it lacks; its own policies and keys are kept.
+   */
   async ensureHub(name: string): Promise<BuiltInHub> {
     const hubName = name.toLowerCase();
     const existing = await this.#store.getHub(hubName);
-    if (existing !== undefined) return view(existing);
-    await this.#store.insertHub({
-      name: hubName,
-      createdDateTimeUtc: dpsTimestamp(this.#now()),
-      policies: [{ keyName: HUB_OWNER_POLICY, primaryKey: newHubKey(), secondaryKey: newHubKey(), rights: [...ALL_HUB_RIGHTS] }],
-    });
+    if (existing !== undefined) {
+      const missing = DEFAULT_HUB_POLICIES.filter((policy) => !existing.policies.some((held) => held.keyName === policy.keyName)).map(newPolicy);
+      if (missing.length === 0) return view(existing);
+      await this.#store.updateHub({ ...existing, policies: [...existing.policies, ...missing] });
+      return view((await this.#store.getHub(hubName)) ?? existing);
+    }
+    await this.#store.insertHub({ name: hubName, createdDateTimeUtc: dpsTimestamp(this.#now()), policies: DEFAULT_HUB_POLICIES.map(newPolicy) });
     // Read back: when another node created it first, its keys are the ones that count.
     const created = await this.#store.getHub(hubName);
     if (created === undefined) throw new Error(`built-in hub ${hubName} vanished while being created`);
@@ -93,7 +109,7 @@ export class BuiltInHubService {
 
   async getHub(name: string): Promise<BuiltInHubDetails | undefined> {
     const hub = await this.#store.getHub(name);
-    return hub === undefined ? undefined : { ...view(hub), createdDateTimeUtc: hub.createdDateTimeUtc, policies: hub.policies.map((p) => ({ ...p, rights: [...p.rights] })) };
+    return hub === undefined ? undefined : { ...view(hub), createdDateTimeUtc: hub.createdDateTimeUtc };
   }
 
   async listHubs(): Promise<BuiltInHub[]> {
@@ -311,7 +327,11 @@ function view(hub: BuiltInHubRecord): BuiltInHub {
   const owner = hub.policies.find((policy) => policy.keyName === HUB_OWNER_POLICY) ?? hub.policies[0];
   const connectionString =
     owner === undefined ? '' : `HostName=${hub.name};SharedAccessKeyName=${owner.keyName};SharedAccessKey=${owner.primaryKey}`;
-  return { name: hub.name, connectionString };
+  return { name: hub.name, connectionString, policies: hub.policies.map((policy) => ({ ...policy, rights: [...policy.rights] })) };
+}
+
+function newPolicy(policy: { keyName: string; rights: readonly HubRight[] }): HubAccessPolicy {
+  return { keyName: policy.keyName, primaryKey: newHubKey(), secondaryKey: newHubKey(), rights: [...policy.rights] };
 }
 
 /** IoT Hub generates 32-byte keys for policies and devices. */

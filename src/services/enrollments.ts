@@ -158,6 +158,11 @@ export class EnrollmentService<Doc extends EnrollmentDocument> {
 
   async delete(instance: InstanceRecord, id: string, ifMatch: string | undefined): Promise<void> {
     await this.#deps.store.transaction(async (store) => {
+      // If-Match names a version; once the entry is gone none can match (RFC 7232 §3.1: 412, as on PUT), so of writers
+      // racing with one etag exactly one deletes and the others learn they lost rather than that it never existed.
+      if (ifMatch !== undefined && (await this.#spec.get(store, instance.id, id)) === undefined) {
+        throw new ProvisioningError('PreconditionFailed', `'${id}' does not exist, so If-Match cannot match.`);
+      }
       const existing = await this.#require(store, instance, id);
       if (ifMatch !== undefined && !etagMatches(ifMatch, existing.etag)) throw new ProvisioningError('PreconditionFailed');
       await this.#spec.cascade(store, instance.id, id);

@@ -119,8 +119,20 @@ export function parseConnectionString(text: string): Record<string, string> {
   return fields;
 }
 
-/** Creates (if needed) a hub hosted by provisiond and returns its owner connection string. */
-export type EnsureBuiltInHub = (name: string) => Promise<{ connectionString: string }>;
+/** Creates (if needed) a hub hosted by provisiond and returns its owner connection string and its policies. */
+export type EnsureBuiltInHub = (name: string) => Promise<{
+  connectionString: string;
+  policies: readonly { keyName: string; primaryKey: string; secondaryKey: string; rights: readonly string[] }[];
+}>;
+
+/** One shared access policy of a built-in hub, as IoT Hub's `listkeys` shows it, with its connection string. */
+export interface HubPolicyKeys {
+  keyName: string;
+  rights: string;
+  primaryKey: string;
+  secondaryKey: string;
+  connectionString: string;
+}
 
 export class InstanceService {
   readonly #deps: ServiceDeps;
@@ -346,6 +358,25 @@ export class InstanceService {
     const hub = await this.#deps.store.getLinkedHub(instance.id, name);
     if (hub === undefined) throw new ProvisioningError('LinkedHubNotFound', `Linked hub '${name}' was not found.`);
     return hubView(hub, false);
+  }
+
+  /**
+   * The shared access policies of a linked built-in hub, with keys: the owner's and the narrower ones (registryRead,
+   * registryReadWrite, service, device) for clients that should hold no more than they need. External hubs keep their
+   * keys themselves.
+   */
+  async builtInHubKeys(instance: InstanceRecord, name: string): Promise<HubPolicyKeys[]> {
+    const hub = await this.#deps.store.getLinkedHub(instance.id, name);
+    if (hub === undefined) throw new ProvisioningError('LinkedHubNotFound', `Linked hub '${truncate(name)}' was not found.`);
+    if (!hub.builtIn) throw new ProvisioningError('InvalidLinkedHub', `'${hub.name}' is an external hub; its keys are kept by that hub, not by provisiond.`);
+    const { policies } = await this.#ensureBuiltInHub(hub.name);
+    return policies.map((policy) => ({
+      keyName: policy.keyName,
+      rights: policy.rights.join(', '),
+      primaryKey: policy.primaryKey,
+      secondaryKey: policy.secondaryKey,
+      connectionString: `HostName=${hub.name};SharedAccessKeyName=${policy.keyName};SharedAccessKey=${policy.primaryKey}`,
+    }));
   }
 
   /** Links (or updates) a hub. An external hub needs a connection string whose HostName is the hub's name. */

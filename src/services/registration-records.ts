@@ -24,6 +24,8 @@ export class RegistrationRecordService {
   async delete(instance: InstanceRecord, registrationId: string, ifMatch: string | undefined): Promise<void> {
     await this.#deps.store.transaction(async (store) => {
       const record = await store.getRegistration(instance.id, registrationId);
+      // If-Match on a record that is gone cannot match (RFC 7232 §3.1), as for enrollments.
+      if (record === undefined && ifMatch !== undefined) throw new ProvisioningError('PreconditionFailed', `'${registrationId}' does not exist, so If-Match cannot match.`);
       if (record === undefined) throw notFound(registrationId);
       if (ifMatch !== undefined && !etagMatches(ifMatch, record.etag)) throw new ProvisioningError('PreconditionFailed');
       await store.deleteRegistration(instance.id, registrationId);

@@ -30,6 +30,13 @@ const LinkedHub = Type.Object({
   applyAllocationPolicy: Type.Boolean(),
   location: Type.Optional(Type.String()),
 });
+const HubPolicyWithKeys = Type.Object({
+  keyName: Type.String(),
+  rights: Type.String({ description: 'Comma-separated IoT Hub rights: RegistryRead, RegistryWrite, ServiceConnect, DeviceConnect.' }),
+  primaryKey: Type.String(),
+  secondaryKey: Type.String(),
+  connectionString: Type.String({ description: 'HostName=<hub>;SharedAccessKeyName=<policy>;SharedAccessKey=<primary key>' }),
+});
 const LinkedHubInput = Type.Object({
   builtIn: Type.Optional(Type.Boolean({ description: 'Host the hub inside provisiond.' })),
   connectionString: Type.Optional(Type.String({ description: 'External hub: HostName=…;SharedAccessKeyName=…;SharedAccessKey=…' })),
@@ -162,6 +169,21 @@ export function controlPlanePlugin(deps: { auth: ServiceAuth; instances: Instanc
       }
       return operator;
     };
+    // A built-in hub may be linked by several instances, so its keys go to the operator only: another tenant could
+    // link the hub by name and would otherwise read keys to every device on it.
+    app.post('/linkedHubs/:name/listKeys', {
+      schema: { params: NameParams, querystring: ApiVersionQuery },
+      config: {
+        ...common,
+        operationId: 'LinkedHub_ListKeys',
+        summary: "A built-in hub's shared access policies with their keys: iothubowner, registryRead, registryReadWrite, service, device (operator instance only).",
+        responses: { 200: { description: 'Hub policies with keys', schema: Type.Array(HubPolicyWithKeys) }, ...errors },
+      },
+      handler: async (request) => {
+        await operatorOnly(request);
+        return instances.builtInHubKeys(callerOf(request).instance, name(request));
+      },
+    });
     app.get('/instances', {
       schema: { querystring: ApiVersionQuery },
       config: { ...common, operationId: 'Instances_List', summary: 'Every instance of the deployment (operator instance only).', responses: { 200: { description: 'Instances', schema: Type.Array(Instance) }, ...errors } },

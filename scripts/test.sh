@@ -7,6 +7,9 @@ npx tsc --noEmit
 npx tsc -p web
 echo "== portal build"
 npx vite build --config web/vite.config.ts
+# bin/provisiond.js runs dist/: tests that start it (npm start, the package) must see the sources as they are now.
+echo "== build"
+npm run build --silent
 # The portal's browser tests drive Debian's Chromium; a fresh machine gets it here (as root, non-interactive).
 if ! command -v chromium >/dev/null; then
   echo "== installing chromium"

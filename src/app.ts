@@ -1,3 +1,4 @@
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { FastifyBaseLogger, FastifyInstance } from 'fastify';
 import pino from 'pino';
 import { sqliteFile, type Config } from './config/config.js';
@@ -70,6 +71,8 @@ export interface App {
   close(): Promise<void>;
 }
 
+const ALTERNATIVE_PORTS: Record<string, number> = { '--https-port': 8443, '--mqtt-port': 18883, '--amqp-port': 15671 };
+
 export class ListenError extends Error {
   constructor(what: string, address: string, cause: NodeJS.ErrnoException, flag: string) {
     const reason =
@@ -79,7 +82,9 @@ export class ListenError extends Error {
           ? 'permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)'
           : cause.message;
     const port = Number(address.slice(address.lastIndexOf(':') + 1));
-    const example = port === 8443 ? 8444 : 8443;
+    // An unprivileged port that reads as the usual one for that protocol (443 → 8443, 8883 → 18883, 5671 → 15671).
+    const usual = ALTERNATIVE_PORTS[flag] ?? 8443;
+    const example = port === usual ? usual + 1 : usual;
     super(`cannot listen for ${what} on ${address}: ${reason}; choose another port with ${flag} (e.g. ${flag} ${example})`);
     this.name = 'ListenError';
   }
@@ -164,6 +169,29 @@ export async function createApp(deps: AppDeps): Promise<App> {
   hubClients.useBuiltInTransport(new InjectTransport(http));
   const devices = await createDeviceEndpoints({ config, logger, registrations: registrationService, tls: { key: tls.key, cert: tls.cert }, httpServer: http.server });
 
+  // HTTPS requests being answered, so a stop can wait for them (see close()).
+  const running = new Set<ServerResponse>();
+  let draining = false;
+  let onIdle: (() => void) | undefined;
+  http.server.on('request', (_request: IncomingMessage, response: ServerResponse) => {
+    // A request that arrives on an open connection while stopping is served, and its connection then closed.
+    if (draining) response.setHeader('connection', 'close');
+    running.add(response);
+    response.once('close', () => {
+      running.delete(response);
+      if (running.size === 0) onIdle?.();
+    });
+  });
+  const requestsDone = (limitMs: number) =>
+    new Promise<void>((resolve) => {
+      if (running.size === 0) return resolve();
+      const timer = setTimeout(resolve, limitMs);
+      onIdle = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+    });
+
   let purgeTimer: NodeJS.Timeout | undefined;
   return {
     http,
@@ -220,7 +248,14 @@ export async function createApp(deps: AppDeps): Promise<App> {
       if (purgeTimer !== undefined) clearInterval(purgeTimer);
       await dataRequests.stop();
       await events.close();
-      await devices.close();
+      // Stop accepting and close device connections; let HTTPS requests already running finish — for at most
+      // shutdownGraceMs, so a stuck client cannot hold the stop open — and only then close Fastify: once it is
+      // closing it refuses the in-process calls that running registrations make to the built-in hub.
+      draining = true;
+      http.server.close();
+      http.server.closeIdleConnections();
+      await Promise.all([devices.close(), requestsDone(config.shutdownGraceMs)]);
+      http.server.closeAllConnections();
       await http.close();
       await hubClients.close();
       await store.close();

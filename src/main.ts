@@ -41,9 +41,25 @@ const program = buildProgram(
         throw error;
       }
       running = app;
+      let stopping = false;
       for (const signal of ['SIGINT', 'SIGTERM'] as const) {
-        process.once(signal, () => {
-          void app.close().then(() => process.exit(0));
+        process.on(signal, () => {
+          // A second signal means "now": the operator has seen the first one is taking too long.
+          if (stopping) process.exit(1);
+          stopping = true;
+          io.err(`provisiond: ${signal}: stopping (requests still running get ${config.shutdownGraceMs} ms)\n`);
+          // Bounded whatever happens: close() cuts HTTP connections after the grace period, and this ends the rest.
+          setTimeout(() => {
+            io.err('provisiond: did not stop in time; exiting\n');
+            process.exit(1);
+          }, config.shutdownGraceMs + 5000).unref();
+          app.close().then(
+            () => process.exit(0),
+            (error: unknown) => {
+              io.err(`provisiond: stopping failed: ${(error as Error).message}\n`);
+              process.exit(1);
+            },
+          );
         });
       }
       return app.info();

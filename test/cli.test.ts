@@ -307,7 +307,7 @@ describe('provisiond CLI', { concurrency: 4 }, () => {
   test('info --json prints the connection details of a data directory', async () => {
     const dataDir = mkdtempSync(join(tmpdir(), 'provisiond-cli-info-'));
     scratch.push(dataDir);
-    const run = await child.run(['info', '--data-dir', dataDir, '--json', '--log-level', 'silent']);
+    const run = await child.run(['info', '--data-dir', dataDir, '--json']);
     assert.equal(run.code, 0, run.stderr);
     const info = JSON.parse(run.stdout) as Record<string, unknown>;
     assert.match(String(info.serviceConnectionString), /^HostName=localhost;SharedAccessKeyName=provisioningserviceowner;SharedAccessKey=[A-Za-z0-9+/]+={0,2}$/);
@@ -318,7 +318,7 @@ describe('provisiond CLI', { concurrency: 4 }, () => {
     assert.equal((info.ports as { https: number }).https, 443);
     assert.equal(info.dataDir, dataDir);
     // A second run reads the same instance.
-    const again = JSON.parse((await child.run(['info', '--data-dir', dataDir, '--json', '--log-level', 'silent'])).stdout) as Record<string, unknown>;
+    const again = JSON.parse((await child.run(['info', '--data-dir', dataDir, '--json'])).stdout) as Record<string, unknown>;
     assert.equal(again.idScope, info.idScope);
     assert.equal(again.serviceConnectionString, info.serviceConnectionString);
   });

@@ -47,9 +47,11 @@ async function closesWithin(socket: TLSSocket, ms: number): Promise<void> {
 }
 
 describe('device listeners', () => {
-  for (const [what, port, flag, overrides] of [
-    ['MQTT', 18883, '--mqtt-port', {}],
-    ['AMQP', 15671, '--amqp-port', { mqttEnabled: false }],
+  // The suggested port is the protocol's usual unprivileged one, or the next when that is the busy one.
+  for (const [what, port, flag, suggested, overrides] of [
+    ['MQTT', 8883, '--mqtt-port', 18883, { mqttPort: 8883 }],
+    ['AMQP', 5671, '--amqp-port', 15671, { mqttEnabled: false, amqpPort: 5671 }],
+    ['MQTT', 18883, '--mqtt-port', 18884, {}],
   ] as const) {
     test(`a ${what} port in use is a one-line ListenError naming ${flag}`, async () => {
       const blocker = await occupy(port);
@@ -62,7 +64,7 @@ describe('device listeners', () => {
           assert.ok(error instanceof ListenError);
           assert.equal(
             error.message,
-            `cannot listen for ${what} on 127.0.0.1:${port}: the address is already in use; choose another port with ${flag} (e.g. ${flag} 8443)`,
+            `cannot listen for ${what} on 127.0.0.1:${port}: the address is already in use; choose another port with ${flag} (e.g. ${flag} ${suggested})`,
           );
         });
       } finally {

@@ -232,7 +232,7 @@ test('sign in, enroll, provision with the device SDK, export, erase, verify the 
     await page.getByRole('textbox', { name: 'Registration ID', exact: true }).fill(DEVICE);
     await page.getByRole('button', { name: 'Create enrollment' }).click();
     await page.getByRole('heading', { name: new RegExp(DEVICE) }).waitFor();
-    await page.getByRole('button', { name: 'Show keys' }).click();
+    // The create answer's keys are shown at once (test/portal-polish.test.ts).
     const primaryKey = (await page.getByTestId('primary-key').innerText()).trim();
     const secondaryKey = (await page.getByTestId('secondary-key').innerText()).trim();
     const stored = await api('POST', `/enrollments/${DEVICE}/attestationmechanism`);
@@ -396,7 +396,6 @@ test('groups, every attestation form, edits, CA proof of possession, linked hubs
     await page.getByLabel('Group ID').fill('portal-group');
     await page.getByRole('button', { name: 'Create enrollment group' }).click();
     await page.getByRole('heading', { name: /portal-group/ }).waitFor();
-    await page.getByRole('button', { name: 'Show keys' }).click();
     const groupKey = (await page.getByTestId('primary-key').innerText()).trim();
     const registered = await sdkRegister(server.info.idScope, 'portal-group-dev-1', deriveDeviceKey(groupKey, 'portal-group-dev-1'));
     assert.equal(registered.status, 'assigned');

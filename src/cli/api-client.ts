@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
+import { Agent, request as httpsRequest } from 'node:https';
 import { rootCertificates } from 'node:tls';
-import { Agent, fetch, type Dispatcher, type Headers } from 'undici';
 import { createSasToken } from '../domain/sas.js';
 
 /**
@@ -84,9 +84,14 @@ export function formatServiceConnectionString(connection: ServiceConnection): st
   return `HostName=${hostWithPort};SharedAccessKeyName=${connection.keyName};SharedAccessKey=${connection.key}`;
 }
 
+/** Response headers by lower-case name (the subset of fetch's Headers the commands use). */
+export interface ApiHeaders {
+  get(name: string): string | null;
+}
+
 export interface ApiResponse {
   status: number;
-  headers: Headers;
+  headers: ApiHeaders;
   body: unknown;
 }
 
@@ -106,7 +111,7 @@ export interface ServiceApiClientOptions {
 export class ServiceApiClient {
   readonly connection: ServiceConnection;
   readonly #base: URL;
-  readonly #dispatcher: Dispatcher | undefined;
+  readonly #agent: Agent;
   readonly #now: () => Date;
 
   constructor(options: ServiceApiClientOptions) {
@@ -123,9 +128,10 @@ export class ServiceApiClient {
         throw new CliError(`cannot read --ca ${options.caFile}: ${(error as Error).message}`);
       }
       // `ca` replaces the default trust store, so keep the public roots alongside the given CA.
-      this.#dispatcher = new Agent({ connect: { ca: [...rootCertificates, ca] } });
+      this.#agent = new Agent({ keepAlive: true, ca: [...rootCertificates, ca] });
     } else {
-      this.#dispatcher = undefined;
+      // Without `ca` the default store applies, which includes NODE_EXTRA_CA_CERTS.
+      this.#agent = new Agent({ keepAlive: true });
     }
   }
 
@@ -155,18 +161,14 @@ export class ServiceApiClient {
       body = JSON.stringify(request.body);
       headers['content-type'] = 'application/json; charset=utf-8';
     }
-    let response;
+    // node:https rather than fetch: the CLI starts in a fraction of the time without loading an HTTP client library.
+    let response: { status: number; headers: ApiHeaders; text: string };
     try {
-      response = await fetch(url, {
-        method,
-        headers,
-        ...(body === undefined ? {} : { body }),
-        ...(this.#dispatcher === undefined ? {} : { dispatcher: this.#dispatcher }),
-      });
+      response = await this.#send(method, url, headers, body);
     } catch (error) {
       throw new CliError(describeNetworkError(error, this.origin));
     }
-    const text = await response.text();
+    const { text } = response;
     let parsed: unknown = undefined;
     if (text !== '') {
       try {
@@ -179,8 +181,33 @@ export class ServiceApiClient {
     return { status: response.status, headers: response.headers, body: parsed };
   }
 
+  #send(method: string, url: URL, headers: Record<string, string>, body: string | undefined): Promise<{ status: number; headers: ApiHeaders; text: string }> {
+    return new Promise((resolve, reject) => {
+      const request = httpsRequest(url, { method, headers, agent: this.#agent }, (response) => {
+        const chunks: Buffer[] = [];
+        response.on('data', (chunk: Buffer) => chunks.push(chunk));
+        response.on('error', reject);
+        response.on('end', () => {
+          const received = response.headers;
+          resolve({
+            status: response.statusCode ?? 0,
+            headers: {
+              get(name: string) {
+                const value = received[name.toLowerCase()];
+                return value === undefined ? null : Array.isArray(value) ? value.join(', ') : value;
+              },
+            },
+            text: Buffer.concat(chunks).toString('utf8'),
+          });
+        });
+      });
+      request.on('error', reject);
+      request.end(body);
+    });
+  }
+
   async close(): Promise<void> {
-    await this.#dispatcher?.close();
+    this.#agent.destroy();
   }
 }
 
@@ -193,10 +220,8 @@ const TLS_TRUST_CODES = new Set([
   'CERT_UNTRUSTED',
 ]);
 
-/** fetch reports every transport failure as "fetch failed"; the cause says what actually went wrong. */
-function describeNetworkError(error: unknown, origin: string): string {
-  let cause: unknown = error;
-  while (cause instanceof Error && cause.cause !== undefined && cause.message === 'fetch failed') cause = cause.cause;
+/** Turns a socket or TLS failure into a sentence that says what to do about it. */
+function describeNetworkError(cause: unknown, origin: string): string {
   const code = typeof cause === 'object' && cause !== null && 'code' in cause ? String((cause as { code: unknown }).code) : '';
   // A refused dual-stack connect is an AggregateError with an empty message; its code still says what happened.
   const message = (cause instanceof Error ? cause.message : String(cause)) || code || 'unknown network error';

@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import type { Command } from 'commander';
-import { loadConfig, type Config } from '../config/config.js';
+import type { Config } from '../config/config.js';
 
 /** The options every server-side command shares (serve, info), and how they become a Config. */
 export function addConfigOptions(command: Command): Command {
@@ -8,17 +8,22 @@ export function addConfigOptions(command: Command): Command {
     .option('--config <file>', 'JSON config file (defaults < file < PROVISIOND_* env < flags)')
     .option('--data-dir <dir>', 'data directory (database, dev CA, keys); default ./data')
     .option('--https-port <port>', 'HTTPS port; default 443')
-    .option('--listen-host <address>', 'address to bind; default 0.0.0.0')
     .option('--host-names <names>', 'comma-separated host names for the server certificate; default localhost,127.0.0.1')
     .option('--store <store>', "'sqlite' (default: a file in the data directory) or a SQLite file path")
-    .option('--log-level <level>', 'fatal, error, warn, info, debug, trace or silent; default info')
     .option('--mqtt-port <port>', 'MQTT over TLS device port; default 8883')
     .option('--amqp-port <port>', 'AMQP over TLS device port; default 5671')
     // Both spellings, so that an absent flag leaves the setting to the config file and environment.
     .option('--mqtt', 'serve MQTT over TLS (default)')
     .option('--no-mqtt', 'do not serve MQTT over TLS')
     .option('--amqp', 'serve AMQP over TLS (default)')
-    .option('--no-amqp', 'do not serve AMQP over TLS')
+    .option('--no-amqp', 'do not serve AMQP over TLS');
+}
+
+/** Options that matter only to a running server (how it listens, logs and limits devices): `info` does not take them. */
+export function addServeOptions(command: Command): Command {
+  return command
+    .option('--listen-host <address>', 'address to bind; default 0.0.0.0')
+    .option('--log-level <level>', 'fatal, error, warn, info, debug, trace or silent; default info')
     .option('--websockets', 'serve MQTT and AMQP over WebSocket at /$iothub/websocket on the HTTPS port (default)')
     .option('--no-websockets', 'do not serve MQTT and AMQP over WebSocket')
     .option('--mqtt-max-packet-bytes <bytes>', 'largest MQTT packet from a device; default 131072')
@@ -46,7 +51,9 @@ export interface ConfigFlags {
   deviceIdleTimeoutMs?: string;
 }
 
-export function configFromFlags(flags: ConfigFlags, env: Record<string, string | undefined>): Config {
+/** Async because the schema library loads here, when a server command runs, not for every admin command. */
+export async function configFromFlags(flags: ConfigFlags, env: Record<string, string | undefined>): Promise<Config> {
+  const { loadConfig } = await import('../config/config.js');
   let file: Record<string, unknown> | undefined;
   if (flags.config !== undefined) {
     try {

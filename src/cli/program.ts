@@ -1,7 +1,7 @@
 import { Command } from 'commander';
 import type { Config } from '../config/config.js';
 import type { ServerInfo } from '../app.js';
-import { addConfigOptions, configFromFlags, type ConfigFlags } from './config-options.js';
+import { addConfigOptions, addServeOptions, configFromFlags, type ConfigFlags } from './config-options.js';
 import { registerAdminCommands } from './admin.js';
 
 /**
@@ -45,9 +45,9 @@ export function buildProgram(io: CliIo, runner: ServerRunner, version: string): 
     .configureOutput({ writeOut: (text) => io.out(text), writeErr: (text) => io.err(text) })
     .exitOverride();
 
-  addConfigOptions(program.command('serve').description('run the server (HTTPS service API, device API, built-in hub)')).action(
+  addServeOptions(addConfigOptions(program.command('serve').description('run the server (HTTPS service API, device API, built-in hub)'))).action(
     async (flags: ConfigFlags) => {
-      const info = await runner.serve(configFromFlags(flags, io.env));
+      const info = await runner.serve(await configFromFlags(flags, io.env));
       io.out(`${formatInfo(info)}\n`);
     },
   );
@@ -55,7 +55,7 @@ export function buildProgram(io: CliIo, runner: ServerRunner, version: string): 
   addConfigOptions(program.command('info').description('print the service connection string, ID scope and CA path'))
     .option('--json', 'print JSON for scripts')
     .action(async (flags: ConfigFlags & { json?: boolean }) => {
-      const info = await runner.info(configFromFlags(flags, io.env));
+      const info = await runner.info(await configFromFlags(flags, io.env));
       io.out(flags.json === true ? `${JSON.stringify(info, null, 2)}\n` : `${formatInfo(info)}\n`);
     });
 

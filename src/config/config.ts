@@ -1,4 +1,4 @@
-import { Type, type Static } from '@sinclair/typebox';
+import { Type, type Static, type TSchema } from '@sinclair/typebox';
 import { Value } from '@sinclair/typebox/value';
 import { resolve } from 'node:path';
 
@@ -39,6 +39,12 @@ export const ConfigSchema = Type.Object({
   lifecycleEventRetryBaseMs: Type.Integer({ minimum: 10, maximum: 600000, default: 1000, description: 'First retry delay of a failed lifecycle-event delivery; doubles per attempt up to 60 s.' }),
   auditPurgeIntervalMs: Type.Integer({ minimum: 1000, default: 3600000, description: 'How often events past their retention period are purged.' }),
   operationRetentionMs: Type.Integer({ minimum: 60000, default: 86400000, description: 'How long finished operations can still be polled.' }),
+  shutdownGraceMs: Type.Integer({
+    minimum: 0,
+    maximum: 600000,
+    default: 10000,
+    description: 'On SIGTERM/SIGINT, how long requests already running may take to finish before their connections are cut.',
+  }),
   mqttPort: Type.Integer({ minimum: 0, maximum: 65535, default: 8883, description: 'MQTT over TLS device port.' }),
   amqpPort: Type.Integer({ minimum: 0, maximum: 65535, default: 5671, description: 'AMQP over TLS device port.' }),
   mqttEnabled: Type.Boolean({ default: true, description: 'Serve MQTT over TLS on mqttPort.' }),
@@ -93,6 +99,7 @@ const ENV: Record<string, { key: keyof Config; kind: 'string' | 'int' | 'list' |
   PROVISIOND_POLLS_PER_SECOND_PER_DEVICE: { key: 'pollsPerSecondPerDevice', kind: 'int' },
   PROVISIOND_HUB_LATENCY_CACHE_MS: { key: 'hubLatencyCacheMs', kind: 'int' },
   PROVISIOND_OPERATION_RETENTION_MS: { key: 'operationRetentionMs', kind: 'int' },
+  PROVISIOND_SHUTDOWN_GRACE_MS: { key: 'shutdownGraceMs', kind: 'int' },
   PROVISIOND_DATA_REQUEST_WAIT_MS: { key: 'dataRequestWaitMs', kind: 'int' },
   PROVISIOND_LIFECYCLE_EVENT_RETRY_BASE_MS: { key: 'lifecycleEventRetryBaseMs', kind: 'int' },
   PROVISIOND_AUDIT_PURGE_INTERVAL_MS: { key: 'auditPurgeIntervalMs', kind: 'int' },
@@ -140,13 +147,22 @@ export function loadConfig(sources: ConfigSources): Config {
   }
   const withDefaults = Value.Default(ConfigSchema, merged) as Record<string, unknown>;
   for (const error of Value.Errors(ConfigSchema, withDefaults)) {
-    problems.push(`${error.path.slice(1).replaceAll('/', '.') || '(root)'}: ${error.message}${error.value === undefined ? '' : ` (got ${JSON.stringify(error.value)})`}`);
+    problems.push(`${error.path.slice(1).replaceAll('/', '.') || '(root)'}: ${describeProblem(error)}${error.value === undefined ? '' : ` (got ${JSON.stringify(error.value)})`}`);
   }
   if (problems.length > 0) throw new ConfigError(problems);
   const config = withDefaults as Static<typeof ConfigSchema>;
   config.dataDir = resolve(config.dataDir);
   config.hostNames = config.hostNames.map((name) => name.toLowerCase());
   return Object.freeze(config);
+}
+
+/** TypeBox says "Expected union value" for a choice of words; a person needs to read the words they may use. */
+function describeProblem(error: { message: string; schema: TSchema }): string {
+  const choices = (error.schema.anyOf as TSchema[] | undefined)?.map((member) => member.const as unknown);
+  if (choices !== undefined && choices.length > 0 && choices.every((choice) => typeof choice === 'string')) {
+    return `must be one of ${choices.join(', ')}`;
+  }
+  return error.message;
 }
 
 /** The SQLite file the config names. */

@@ -49,14 +49,15 @@ const NAV: Array<{ heading?: string; items: NavItem[] }> = [
 type Route = [pattern: string, render: (params: Record<string, string>) => ReactNode];
 
 const ROUTES: Route[] = [
-  ['/enrollments', () => <EnrollmentListPage kind={INDIVIDUAL} />],
+  // Keys name the list as well as the entry: switching lists starts a new page, never showing the other list's rows.
+  ['/enrollments', () => <EnrollmentListPage kind={INDIVIDUAL} key="enrollments" />],
   ['/enrollments/new', () => <EnrollmentFormPage kind={INDIVIDUAL} />],
-  ['/enrollments/:id', (params) => <EnrollmentDetailPage kind={INDIVIDUAL} id={params.id ?? ''} key={params.id} />],
-  ['/enrollments/:id/edit', (params) => <EnrollmentFormPage kind={INDIVIDUAL} id={params.id ?? ''} key={params.id} />],
-  ['/groups', () => <EnrollmentListPage kind={GROUP} />],
+  ['/enrollments/:id', (params) => <EnrollmentDetailPage kind={INDIVIDUAL} id={params.id ?? ''} key={`enrollment/${params.id ?? ''}`} />],
+  ['/enrollments/:id/edit', (params) => <EnrollmentFormPage kind={INDIVIDUAL} id={params.id ?? ''} key={`enrollment/${params.id ?? ''}`} />],
+  ['/groups', () => <EnrollmentListPage kind={GROUP} key="groups" />],
   ['/groups/new', () => <EnrollmentFormPage kind={GROUP} />],
-  ['/groups/:id', (params) => <EnrollmentDetailPage kind={GROUP} id={params.id ?? ''} key={params.id} />],
-  ['/groups/:id/edit', (params) => <EnrollmentFormPage kind={GROUP} id={params.id ?? ''} key={params.id} />],
+  ['/groups/:id', (params) => <EnrollmentDetailPage kind={GROUP} id={params.id ?? ''} key={`group/${params.id ?? ''}`} />],
+  ['/groups/:id/edit', (params) => <EnrollmentFormPage kind={GROUP} id={params.id ?? ''} key={`group/${params.id ?? ''}`} />],
   ['/registrations', () => <RegistrationsPage />],
   ['/registrations/:id', (params) => <RegistrationDetailPage id={params.id ?? ''} key={params.id} />],
   ['/data-requests', () => <DataRequestsPage />],

@@ -4,14 +4,7 @@ import { join } from 'node:path';
 import type { Command } from 'commander';
 import { isValidId } from '../../domain/ids.js';
 import { formatName } from '../../domain/x509.js';
-import {
-  createDeviceCertificate,
-  createIntermediateCertificate,
-  createRootCertificate,
-  createSelfSignedDeviceCertificate,
-  createVerificationCertificate,
-  type CertificateAndKey,
-} from '../../tls/x509-issuer.js';
+import type { CertificateAndKey } from '../../tls/x509-issuer.js';
 import { CliError } from '../api-client.js';
 import { formatFields } from '../output.js';
 import type { CliIo } from '../program.js';
@@ -33,6 +26,9 @@ interface IssuedFlags extends OutputFlags {
   ca?: string;
 }
 
+/** The issuer pulls in an X.509 library; only these commands load it, so every other command starts faster. */
+const loadIssuer = () => import('../../tls/x509-issuer.js');
+
 /** The CN of an X.509 device is its registration ID, which X.509 limits to 64 characters (dps-wire.md §3). */
 const MAX_CN = 64;
 
@@ -47,7 +43,7 @@ export function registerCertCommands(program: Command, io: CliIo): void {
   outputOptions(root.command('root').argument('<name>', 'file prefix and CN').description('create a self-signed root CA certificate'), 3650).action(
     async (name: string, flags: OutputFlags) => {
       assertName(name);
-      const issued = await createRootCertificate({ commonName: name, days: flags.days ?? 3650 });
+      const issued = await (await loadIssuer()).createRootCertificate({ commonName: name, days: flags.days ?? 3650 });
       const files = write(flags, name, issued, undefined);
       io.out(`${describe(`root CA '${name}'`, issued, files)}\n`);
     },
@@ -63,7 +59,7 @@ export function registerCertCommands(program: Command, io: CliIo): void {
   ).action(async (name: string, flags: IssuedFlags) => {
     assertName(name);
     const issuer = readIssuer(flags.ca ?? '');
-    const issued = await createIntermediateCertificate(issuer.pair, { commonName: name, days: flags.days ?? 1825 });
+    const issued = await (await loadIssuer()).createIntermediateCertificate(issuer.pair, { commonName: name, days: flags.days ?? 1825 });
     const files = write(flags, name, issued, issuer);
     io.out(`${describe(`intermediate CA '${name}'`, issued, files)}\n`);
   });
@@ -85,8 +81,8 @@ export function registerCertCommands(program: Command, io: CliIo): void {
     const issuer = flags.ca === undefined ? undefined : readIssuer(flags.ca);
     const issued =
       issuer === undefined
-        ? await createSelfSignedDeviceCertificate({ commonName: registrationId, days })
-        : await createDeviceCertificate(issuer.pair, { commonName: registrationId, days });
+        ? await (await loadIssuer()).createSelfSignedDeviceCertificate({ commonName: registrationId, days })
+        : await (await loadIssuer()).createDeviceCertificate(issuer.pair, { commonName: registrationId, days });
     const files = write(flags, registrationId, issued, issuer);
     const present = files.chain ?? files.cert;
     io.out(
@@ -105,7 +101,7 @@ export function registerCertCommands(program: Command, io: CliIo): void {
   ).action(async (code: string, flags: IssuedFlags) => {
     if (!/^[A-Za-z0-9]{1,64}$/.test(code)) throw new CliError(`'${code}' does not look like a verification code (letters and digits, at most 64)`);
     const issuer = readIssuer(flags.ca ?? '');
-    const issued = await createVerificationCertificate(issuer.pair, code);
+    const issued = await (await loadIssuer()).createVerificationCertificate(issuer.pair, code);
     const files = write(flags, `verification-${code}`, issued, undefined);
     io.out(`${describe(`verification certificate for '${formatName(issuer.cert.subject)}'`, issued, files)}\n`);
   });

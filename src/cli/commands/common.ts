@@ -150,9 +150,10 @@ export interface ListFlags extends ConnectionFlags {
   max?: number;
 }
 
-export function addListOptions(command: Command): Command {
+/** `whereExample` names fields of the listed kind: each list filters on its own fields. */
+export function addListOptions(command: Command, whereExample = "\"provisioningStatus = 'disabled' AND registrationId LIKE 'line1-%'\""): Command {
   return command
-    .option('--where <clause>', "filter, e.g. \"provisioningStatus = 'disabled' AND registrationId LIKE 'line1-%'\"")
+    .option('--where <clause>', `filter, e.g. ${whereExample}`)
     .option('--page-size <n>', 'items per request (x-ms-max-item-count); the server caps it', positiveInteger)
     .option('--max <n>', 'stop after n items (default: follow continuation to the end)', positiveInteger);
 }

@@ -1,4 +1,6 @@
 import { Option, type Command } from 'commander';
+import { isValidId } from '../../domain/ids.js';
+import { deriveDeviceKey } from '../../domain/sas.js';
 import { CliError, ServiceApiError } from '../api-client.js';
 import { formatFields, formatTable, text, yesNo, type Row } from '../output.js';
 import type { CliIo } from '../program.js';
@@ -125,6 +127,43 @@ function registerKind(program: Command, io: CliIo, spec: KindSpec): void {
         context.print(mechanism, () => describeMechanism(mechanism, `attestation of ${spec.noun} '${id}'`));
       }),
   );
+
+  if (!spec.individual) {
+    adminAction(
+      root
+        .command('device-key')
+        .argument(spec.idArgument)
+        .argument('<registration-id>')
+        .description("compute a device's symmetric keys from a symmetric-key group's keys (what the device registers with)"),
+      async (id: string, registrationId: string, flags: ConnectionFlags) =>
+        runAdmin(io, flags, async (context) => {
+          // Fails early for an ID no device could register with, instead of handing out a key for it.
+          if (!isValidId(registrationId)) {
+            throw new CliError(`'${registrationId}' is not a valid registration ID: up to 128 letters, digits, '-', '.', '_' or ':', starting and ending with a letter or digit`);
+          }
+          const mechanism = asObject(await context.request('POST', apiPath(spec.collection, id, 'attestationmechanism')));
+          const keys = asObject(mechanism.symmetricKey);
+          const primary = text(keys.primaryKey);
+          const secondary = text(keys.secondaryKey);
+          if (text(mechanism.type) !== 'symmetricKey' || primary === undefined) {
+            throw new CliError(`enrollment group '${id}' uses ${text(mechanism.type) ?? 'no'} attestation; device keys exist only for symmetric-key groups`);
+          }
+          const derived = {
+            enrollmentGroupId: id,
+            registrationId,
+            primaryKey: deriveDeviceKey(primary, registrationId),
+            ...(secondary === undefined ? {} : { secondaryKey: deriveDeviceKey(secondary, registrationId) }),
+          };
+          context.print(derived, () =>
+            formatFields(`device keys of '${registrationId}' in enrollment group '${id}'`, [
+              ['primary key', derived.primaryKey],
+              ['secondary key', derived.secondaryKey],
+              ['formula', 'base64(HMAC-SHA256(key = base64decode(group key), message = registration ID))'],
+            ]),
+          );
+        }),
+    );
+  }
 
   adminAction(addListOptions(root.command('list').description(`list ${spec.noun}s (follows continuation)`)), async (flags: ListFlags) =>
     runAdmin(io, flags, async (context) => {
@@ -300,9 +339,7 @@ function applyFlags(spec: KindSpec, doc: Json, flags: EnrollmentFlags): number {
     if (flags.allocationPolicy === undefined && flags.webhookUrl !== undefined) doc.allocationPolicy = 'custom';
   }
   if (flags.initialTwin !== undefined) {
-    const twin = readJsonArgument('--initial-twin', flags.initialTwin);
-    if (typeof twin !== 'object' || twin === null || Array.isArray(twin)) throw new CliError('--initial-twin must be a JSON object');
-    set('initialTwin', twin);
+    set('initialTwin', initialTwinArgument(flags.initialTwin));
   }
   if (flags.edge !== undefined) set('capabilities', { iotEdge: flags.edge });
   if (flags.reprovision !== undefined) {
@@ -399,4 +436,35 @@ function listTable(spec: KindSpec, items: Json[]): string {
       : [text(item.enrollmentGroupId) ?? '', attestation, status, text(item.allocationPolicy) ?? 'default', hubs];
   });
   return formatTable(headers, rows, `no ${spec.noun}s`);
+}
+
+const isObject = (value: unknown): value is Record<string, unknown> => typeof value === 'object' && value !== null && !Array.isArray(value);
+
+/**
+ * An initial twin has only `tags` and `properties.desired` (dps-wire.md §3 InitialTwin); the service keeps nothing
+ * else, so `{"foo":1}` would be stored as an empty twin. Refuse it and show where such a value belongs.
+ */
+export function initialTwinArgument(value: string): Record<string, unknown> {
+  const twin = readJsonArgument('--initial-twin', value);
+  const shape = '{"tags":{…},"properties":{"desired":{…}}}';
+  if (!isObject(twin)) throw new CliError(`--initial-twin must be a JSON object ${shape}`);
+  const unknown = Object.keys(twin).filter((key) => key !== 'tags' && key !== 'properties');
+  if (unknown.length > 0) {
+    const example = JSON.stringify({ properties: { desired: Object.fromEntries(unknown.map((key) => [key, twin[key]])) } });
+    throw new CliError(
+      `--initial-twin takes only "tags" and "properties" (${shape}), not ${unknown.map((key) => JSON.stringify(key)).join(', ')}; a desired property is written ${example}`,
+    );
+  }
+  if (twin.tags !== undefined && !isObject(twin.tags)) throw new CliError('--initial-twin: "tags" must be an object');
+  if (twin.properties !== undefined) {
+    if (!isObject(twin.properties)) throw new CliError('--initial-twin: "properties" must be an object {"desired":{…}}');
+    const other = Object.keys(twin.properties).filter((key) => key !== 'desired');
+    if (other.length > 0) {
+      throw new CliError(
+        `--initial-twin: "properties" takes only "desired" (reported properties come from the device), not ${other.map((key) => JSON.stringify(key)).join(', ')}`,
+      );
+    }
+    if (twin.properties.desired !== undefined && !isObject(twin.properties.desired)) throw new CliError('--initial-twin: "properties.desired" must be an object');
+  }
+  return twin;
 }

@@ -1,8 +1,9 @@
+import { randomBytes } from 'node:crypto';
 import { Option, type Command } from 'commander';
 import { CliError, formatServiceConnectionString } from '../api-client.js';
 import { formatFields, formatTable, text } from '../output.js';
 import type { CliIo } from '../program.js';
-import { adminAction, apiPath, asArray, asObject, collect, runAdmin, type ConnectionFlags, type Json } from './common.js';
+import { adminAction, apiPath, asArray, asObject, collect, positiveInteger, runAdmin, type ConnectionFlags, type Json } from './common.js';
 
 /**
  * `provisiond instance …`: the instance the connection string names (show, update) and, with the operator instance's
@@ -23,17 +24,38 @@ export function registerInstanceCommands(program: Command, io: CliIo): void {
   adminAction(
     root
       .command('update')
-      .description("change this instance's default allocation policy or service host names")
+      .description("change this instance's default allocation policy, service host names, system-log retention or lifecycle-event webhook")
       .addOption(new Option('--allocation-policy <policy>', 'default allocation policy').choices(DEFAULT_POLICIES))
-      .option('--host-names <names>', 'service host names, comma-separated or repeated (replaces the list)', collect),
-    async (flags: ConnectionFlags & { allocationPolicy?: string; hostNames?: string[] }) =>
+      .option('--host-names <names>', 'service host names, comma-separated or repeated (replaces the list)', collect)
+      .option('--audit-retention-days <days>', 'keep system-log events this many days (1 to 3650; default 90)', positiveInteger)
+      .option('--event-webhook <url>', 'send signed lifecycle events to this http(s) URL')
+      .option('--event-webhook-secret <secret>', 'the secret that signs each delivery, 16 to 256 characters (default: a new random one, printed once)')
+      .option('--no-event-webhook', 'stop sending lifecycle events'),
+    async (flags: ConnectionFlags & { allocationPolicy?: string; hostNames?: string[]; auditRetentionDays?: number; eventWebhook?: string | false; eventWebhookSecret?: string }) =>
       runAdmin(io, flags, async (context) => {
         const body: Json = {};
         if (flags.allocationPolicy !== undefined) body.allocationPolicy = flags.allocationPolicy;
         if (flags.hostNames !== undefined) body.serviceHostNames = flags.hostNames;
-        if (Object.keys(body).length === 0) throw new CliError('nothing to update: give --allocation-policy or --host-names');
+        if (flags.auditRetentionDays !== undefined) body.auditRetentionDays = flags.auditRetentionDays;
+        if (flags.eventWebhookSecret !== undefined && typeof flags.eventWebhook !== 'string') {
+          throw new CliError('--event-webhook-secret goes with --event-webhook <url>');
+        }
+        // The server never shows the secret again, so a generated one is printed here, once.
+        let generatedSecret: string | undefined;
+        if (flags.eventWebhook === false) body.eventWebhook = null;
+        else if (flags.eventWebhook !== undefined) {
+          const secret = flags.eventWebhookSecret ?? (generatedSecret = randomBytes(32).toString('base64url'));
+          body.eventWebhook = { url: flags.eventWebhook, secret };
+        }
+        if (Object.keys(body).length === 0) {
+          throw new CliError('nothing to update: give --allocation-policy, --host-names, --audit-retention-days, --event-webhook <url> or --no-event-webhook');
+        }
         const instance = asObject(await context.request('PATCH', apiPath('instance'), { body }));
-        context.print(instance, () => describeInstance(instance));
+        context.print(generatedSecret === undefined ? instance : { ...instance, eventWebhookSecret: generatedSecret }, () =>
+          generatedSecret === undefined
+            ? describeInstance(instance)
+            : `${describeInstance(instance)}\nevent webhook secret (shown once; the receiver checks x-provisiond-signature with it): ${generatedSecret}`,
+        );
       }),
   );
 
@@ -100,6 +122,8 @@ function describeInstance(instance: Json): string {
     ['ID scope', text(instance.idScope)],
     ['service host names', asArray(instance.serviceHostNames).map(String).join(', ')],
     ['default allocation policy', text(instance.allocationPolicy)],
+    ['system log retention', instance.auditRetentionDays === undefined ? undefined : `${text(instance.auditRetentionDays) ?? ''} days`],
+    ['lifecycle event webhook', text(instance.eventWebhookUrl) ?? 'none'],
     ['created', text(instance.createdDateTimeUtc)],
   ]);
 }

@@ -20,6 +20,7 @@ export function registerRegistrationCommands(program: Command, io: CliIo): void 
         .command('list')
         .description('list the registration records of the devices registered through an enrollment group')
         .requiredOption('--group <group-id>', 'the enrollment group'),
+      "\"status = 'failed' AND registrationId LIKE 'line1-%'\"",
     ),
     async (flags: ListFlags & { group: string }) =>
       runAdmin(io, flags, async (context) => {

@@ -91,6 +91,9 @@ export interface Instance {
   serviceHostNames: string[];
   allocationPolicy: string;
   createdDateTimeUtc: string;
+  auditRetentionDays?: number;
+  /** Where lifecycle events go; the secret that signs them is never shown. */
+  eventWebhookUrl?: string | null;
 }
 
 export interface AccessPolicy {

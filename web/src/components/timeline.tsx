@@ -76,6 +76,16 @@ const OPERATIONS: Record<string, string> = {
   customAllocation: 'Custom allocation webhook',
 };
 
+/**
+ * Why a failed event failed. An erase keeps the event (pseudonymized) but drops its reason, which could name the
+ * device: say so rather than suggest nothing was ever recorded.
+ */
+export function failureReason(event: AuditEvent): string {
+  if (event.reason !== undefined) return event.reason;
+  if (event.subject?.hash !== undefined) return 'reason removed when the device\'s data was erased';
+  return 'no reason recorded';
+}
+
 /** `IndividualEnrollment_Get` → "Enrollment read"; `register` → "Device registration"; otherwise the words. */
 export function eventTitle(event: AuditEvent): string {
   const [noun, verb] = event.operation.split('_');
@@ -107,7 +117,7 @@ function TimelineEvent({ event }: { event: AuditEvent }) {
         </div>
         {failed && (
           <div className="failure-reason">
-            Why it failed: {event.reason ?? 'no reason recorded'}
+            Why it failed: {failureReason(event)}
             {event.errorCode !== undefined && <span className="muted"> (error {event.errorCode})</span>}
           </div>
         )}

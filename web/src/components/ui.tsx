@@ -20,6 +20,12 @@ export function describeError(error: unknown): { title: string; detail: string |
     if (error.kind === 'unauthenticated') {
       return { title: 'The server no longer accepts this sign-in.', detail: `${error.message}. Sign out and sign in again.` };
     }
+    if (error.status === 412) {
+      return {
+        title: 'Someone changed this after you loaded it, so your change was not saved.',
+        detail: `Load the current version and make your change again; nothing of theirs is overwritten. (error ${error.errorCode ?? 412}: ${error.message})`,
+      };
+    }
     const code = error.errorCode === undefined ? '' : ` (error ${error.errorCode}${error.trackingId === undefined ? '' : `, tracking ID ${error.trackingId}`})`;
     return { title: error.message, detail: code === '' ? undefined : code.trim() };
   }
@@ -27,7 +33,12 @@ export function describeError(error: unknown): { title: string; detail: string |
   return { title: String(error), detail: undefined };
 }
 
-export function ErrorBanner({ error, onRetry }: { error: unknown; onRetry?: () => void }) {
+/** A 412: the entry changed since it was loaded (its etag no longer matches). */
+export function isConflict(error: unknown): boolean {
+  return error instanceof ApiError && error.status === 412;
+}
+
+export function ErrorBanner({ error, onRetry, retryLabel = 'Try again' }: { error: unknown; onRetry?: () => void; retryLabel?: string }) {
   if (error === undefined || error === null) return null;
   const { title, detail } = describeError(error);
   return (
@@ -38,7 +49,7 @@ export function ErrorBanner({ error, onRetry }: { error: unknown; onRetry?: () =
       </div>
       {onRetry !== undefined && (
         <button type="button" className="button secondary small" onClick={onRetry}>
-          Try again
+          {retryLabel}
         </button>
       )}
     </div>

@@ -1,7 +1,7 @@
 import { useId, useState, type FormEvent, type ReactNode } from 'react';
 import { base64ToBytes, certificateFileText, isBase64Key, randomKey } from '../api/encoding';
 import type { AllocationPolicy, AttestationMechanism, AttestationType, CaCertificate, CertificateWithInfo, IndividualEnrollment, LinkedHub } from '../api/types';
-import { ErrorBanner, Loading, PageHeader, Section } from '../components/ui';
+import { ErrorBanner, isConflict, Loading, Notice, PageHeader, Section } from '../components/ui';
 import { useAction, useLoad } from '../hooks';
 import { Link, navigate, path } from '../router';
 import { useSession } from '../session';
@@ -93,9 +93,12 @@ function initialState(kind: EnrollmentKind, original: AnyEnrollment | undefined)
   };
 }
 
-function EnrollmentForm({ kind, original, title, back }: { kind: EnrollmentKind; original: AnyEnrollment | undefined; title: string; back: string }) {
+function EnrollmentForm({ kind, original: loadedOriginal, title, back }: { kind: EnrollmentKind; original: AnyEnrollment | undefined; title: string; back: string }) {
   const session = useSession();
-  const [state, setState] = useState<FormState>(() => initialState(kind, original));
+  // The version the edits apply to; replaced by the current one after an etag conflict.
+  const [original, setOriginal] = useState(loadedOriginal);
+  const [reapplied, setReapplied] = useState<string | undefined>(undefined);
+  const [state, setState] = useState<FormState>(() => initialState(kind, loadedOriginal));
   const [problems, setProblems] = useState<Record<string, string>>({});
   const action = useAction();
   const set = <K extends keyof FormState>(key: K, value: FormState[K]) => setState((previous) => ({ ...previous, [key]: value }));
@@ -118,6 +121,24 @@ function EnrollmentForm({ kind, original, title, back }: { kind: EnrollmentKind;
     if (saved === undefined) return;
     if (saved.attestation.symmetricKey?.primaryKey) freshAttestations.set(`${kind.api}/${id.toLowerCase()}`, saved.attestation);
     navigate(path(kind.route.slice(1), idOf(kind, saved)));
+  };
+
+  /**
+   * After a 412: load the current version and carry over only the fields this person changed, so someone else's
+   * change to the other fields is kept; the form then waits for them to review and save.
+   */
+  const reloadAndReapply = async () => {
+    if (original === undefined) return;
+    const current = await action.run(() => session.client.get<AnyEnrollment>([kind.api, idOf(kind, original)]));
+    if (current === undefined) return;
+    const before = initialState(kind, original);
+    const merged: Record<string, unknown> = { ...initialState(kind, current) };
+    for (const [key, value] of Object.entries(state)) {
+      if (JSON.stringify(value) !== JSON.stringify(before[key as keyof FormState])) merged[key] = value;
+    }
+    setState(merged as unknown as FormState);
+    setOriginal(current);
+    setReapplied(current.lastUpdatedDateTimeUtc ?? '');
   };
 
   const ids = {
@@ -345,7 +366,18 @@ function EnrollmentForm({ kind, original, title, back }: { kind: EnrollmentKind;
           </div>
         </Section>
 
-        <ErrorBanner error={action.error} />
+        <ErrorBanner
+          error={action.error}
+          {...(isConflict(action.error) && original !== undefined
+            ? { onRetry: () => void reloadAndReapply(), retryLabel: 'Load the current version and reapply my changes' }
+            : {})}
+        />
+        {reapplied !== undefined && action.error === undefined && (
+          <Notice>
+            Loaded the current version{reapplied === '' ? '' : ` (saved ${new Date(reapplied).toLocaleString()})`} and applied your changes to it. Review
+            them and save again.
+          </Notice>
+        )}
         {Object.keys(problems).length > 0 && (
           <div className="banner banner-error" role="alert">
             <div>Some fields need attention: {Object.values(problems).join(' ')}</div>

@@ -1,4 +1,5 @@
-import { useId, useState, type ReactNode } from 'react';
+import { useEffect, useId, useState, type FormEvent, type ReactNode } from 'react';
+import { base64ToBytes, bytesToBase64 } from '../api/encoding';
 import { quote, selectWhere } from '../api/client';
 import type { AttestationMechanism, CertificateWithInfo, IndividualEnrollment, RegistrationState } from '../api/types';
 import { RegistrationRecord } from '../components/registration-record';
@@ -11,6 +12,7 @@ import {
   Empty,
   ErrorBanner,
   Fields,
+  isConflict,
   JsonBlock,
   Lacks,
   Loading,
@@ -230,7 +232,20 @@ export function EnrollmentDetailPage({ kind, id }: { kind: EnrollmentKind; id: s
           ) : undefined
         }
       />
-      {!confirmDelete && <ErrorBanner error={action.error} />}
+      {!confirmDelete && (
+        <ErrorBanner
+          error={action.error}
+          {...(isConflict(action.error)
+            ? {
+                onRetry: () => {
+                  action.clear();
+                  loaded.reload();
+                },
+                retryLabel: 'Load the current version',
+              }
+            : {})}
+        />
+      )}
       {loaded.error !== undefined && <ErrorBanner error={loaded.error} onRetry={loaded.reload} />}
       <div className="grid-2">
         <Section title="Overview">
@@ -285,6 +300,7 @@ export function EnrollmentDetailPage({ kind, id }: { kind: EnrollmentKind; id: s
           )}
         </Section>
       )}
+      {!individual && entry.attestation.type === 'symmetricKey' && session.can('EnrollmentRead') && <GroupDeviceKey kind={kind} id={id} />}
       {!individual && <GroupRecords groupId={id} />}
       {entry.initialTwin !== undefined && (
         <Section title="Initial twin">
@@ -348,8 +364,13 @@ function IdScope() {
 /** The credential: certificate details and TPM keys are public; symmetric keys and certificate text only on request. */
 function Credential({ kind, id, attestation }: { kind: EnrollmentKind; id: string; attestation: AttestationMechanism }) {
   const session = useSession();
-  const fresh = freshAttestations.get(`${kind.api}/${id.toLowerCase()}`);
-  const [secrets, setSecrets] = useState<AttestationMechanism | undefined>(undefined);
+  const freshKey = `${kind.api}/${id.toLowerCase()}`;
+  // The create answer's keys are shown straight away, once: coming back later asks for them again.
+  const [fresh] = useState(() => freshAttestations.get(freshKey));
+  useEffect(() => {
+    freshAttestations.delete(freshKey);
+  }, [freshKey]);
+  const [secrets, setSecrets] = useState<AttestationMechanism | undefined>(fresh);
   const action = useAction();
   const show = async () => {
     const full = fresh ?? (await action.run(() => session.client.post<AttestationMechanism>([kind.api, id, 'attestationmechanism'])));
@@ -379,7 +400,7 @@ function Credential({ kind, id, attestation }: { kind: EnrollmentKind; id: strin
   const hasSecrets = attestation.type === 'symmetricKey' || (attestation.type === 'x509' && !attestation.x509?.caReferences);
   return (
     <div>
-      {fresh !== undefined && secrets === undefined && <Notice kind="success">Created. The keys below are also available later with Show keys.</Notice>}
+      {fresh !== undefined && secrets === fresh && <Notice kind="success">Created. The keys below are also available later with Show keys.</Notice>}
       {rows.length > 0 && <Fields rows={rows} />}
       {hasSecrets && (
         <div className="actions">
@@ -396,6 +417,69 @@ function Credential({ kind, id, attestation }: { kind: EnrollmentKind; id: strin
       )}
       <ErrorBanner error={action.error} />
     </div>
+  );
+}
+
+/**
+ * A device of a symmetric-key group registers with a key derived from the group key (as in Azure DPS):
+ * base64(HMAC-SHA256(base64decode(group key), registration ID)). Computed here, in the browser, from the group's
+ * primary key; the same as `provisiond group device-key`.
+ */
+function GroupDeviceKey({ kind, id }: { kind: EnrollmentKind; id: string }) {
+  const session = useSession();
+  const inputId = useId();
+  const [registrationId, setRegistrationId] = useState('');
+  const [derived, setDerived] = useState<{ registrationId: string; key: string } | undefined>(undefined);
+  const [problem, setProblem] = useState<string | undefined>(undefined);
+  const action = useAction();
+  const compute = async (event: FormEvent) => {
+    event.preventDefault();
+    const wanted = registrationId.trim();
+    setDerived(undefined);
+    if (!/^[A-Za-z0-9](?:[A-Za-z0-9\-._:]{0,126}[A-Za-z0-9])?$/.test(wanted)) {
+      setProblem('A registration ID is up to 128 letters, digits, -, ., _ or :, starting and ending with a letter or digit.');
+      return;
+    }
+    setProblem(undefined);
+    const mechanism = await action.run(() => session.client.post<AttestationMechanism>([kind.api, id, 'attestationmechanism']));
+    const groupKey = mechanism?.symmetricKey?.primaryKey;
+    if (groupKey === undefined || groupKey === null) return;
+    const hmac = await crypto.subtle.importKey('raw', base64ToBytes(groupKey), { name: 'HMAC', hash: 'SHA-256' }, false, ['sign']);
+    const signature = await crypto.subtle.sign('HMAC', hmac, new TextEncoder().encode(wanted));
+    setDerived({ registrationId: wanted, key: bytesToBase64(new Uint8Array(signature)) });
+  };
+  return (
+    <Section title="Device keys">
+      <p className="muted">
+        Each device of this group registers with its own key, derived from the group key and its registration ID:{' '}
+        <code>base64(HMAC-SHA256(base64decode(group key), registration ID))</code>.
+      </p>
+      <form className="filters" onSubmit={(event) => void compute(event)} noValidate>
+        <div className="form-row grow">
+          <label htmlFor={inputId}>Registration ID of the device</label>
+          <input
+            id={inputId}
+            value={registrationId}
+            onChange={(event) => setRegistrationId(event.target.value)}
+            spellCheck={false}
+            autoComplete="off"
+            aria-invalid={problem !== undefined}
+          />
+        </div>
+        <div className="form-row">
+          <button type="submit" className="button secondary" disabled={action.busy}>
+            {action.busy ? 'Computing…' : 'Compute device key'}
+          </button>
+        </div>
+      </form>
+      {problem !== undefined && (
+        <div className="banner banner-error" role="alert">
+          <div>{problem}</div>
+        </div>
+      )}
+      <ErrorBanner error={action.error} />
+      {derived !== undefined && <Fields rows={[[`Key of ${derived.registrationId}`, <KeyText value={derived.key} testId="device-key" key="k" />]]} />}
+    </Section>
   );
 }
 

@@ -1,6 +1,6 @@
 import { useId, useRef, useState, type FormEvent } from 'react';
 import { RIGHTS } from '../api/client';
-import { certificateFileText } from '../api/encoding';
+import { bytesToBase64, certificateFileText } from '../api/encoding';
 import { parseRights } from '../api/rights';
 import type { AccessPolicy, CaCertificate, Instance, LinkedHub } from '../api/types';
 import {
@@ -41,14 +41,23 @@ export function InstancePage() {
   const [editing, setEditing] = useState(false);
   const [allocation, setAllocation] = useState('hashed');
   const [hosts, setHosts] = useState('');
+  const [retention, setRetention] = useState('90');
+  const [webhookUrl, setWebhookUrl] = useState('');
+  const [webhookSecret, setWebhookSecret] = useState('');
+  // A secret made here is shown once after saving: the server never shows it again.
+  const [generatedSecret, setGeneratedSecret] = useState<string | undefined>(undefined);
   const action = useAction();
-  const ids = { allocation: useId(), hosts: useId() };
+  const ids = { allocation: useId(), hosts: useId(), retention: useId(), webhookUrl: useId(), webhookSecret: useId() };
   if (!session.can('ServiceConfig')) return <RequiresServiceConfig title="Instance" />;
   const instance = loaded.data;
   const edit = () => {
     if (instance === undefined) return;
     setAllocation(instance.allocationPolicy);
     setHosts(instance.serviceHostNames.join('\n'));
+    setRetention(String(instance.auditRetentionDays ?? 90));
+    setWebhookUrl(instance.eventWebhookUrl ?? '');
+    setWebhookSecret('');
+    setGeneratedSecret(undefined);
     setEditing(true);
   };
   const save = async (event: FormEvent) => {
@@ -57,8 +66,18 @@ export function InstancePage() {
       .split(/[\s,]+/)
       .map((host) => host.trim())
       .filter((host) => host !== '');
-    const saved = await action.run(() => session.client.patch<Instance>(['instance'], { allocationPolicy: allocation, serviceHostNames }));
+    const patch: Record<string, unknown> = { allocationPolicy: allocation, serviceHostNames, auditRetentionDays: Number(retention) };
+    const url = webhookUrl.trim();
+    const current = instance?.eventWebhookUrl ?? '';
+    let generated: string | undefined;
+    if (url === '' && current !== '') patch.eventWebhook = null;
+    else if (url !== '' && (url !== current || webhookSecret !== '')) {
+      if (webhookSecret === '') generated = bytesToBase64(crypto.getRandomValues(new Uint8Array(32))).replace(/=+$/, '');
+      patch.eventWebhook = { url, secret: generated ?? webhookSecret };
+    }
+    const saved = await action.run(() => session.client.patch<Instance>(['instance'], patch));
     if (saved !== undefined) {
+      setGeneratedSecret(generated);
       setEditing(false);
       loaded.reload();
     }
@@ -77,6 +96,11 @@ export function InstancePage() {
         }
       />
       <ErrorBanner error={loaded.error} onRetry={loaded.reload} />
+      {generatedSecret !== undefined && !editing && (
+        <Notice kind="success">
+          Webhook signing secret, shown only now — give it to the receiver: <CodeWithCopy value={generatedSecret} />
+        </Notice>
+      )}
       {instance === undefined ? (
         loaded.loading && <Loading />
       ) : editing ? (
@@ -94,6 +118,21 @@ export function InstancePage() {
               <label htmlFor={ids.hosts}>Service host names (one per line)</label>
               <textarea id={ids.hosts} rows={3} value={hosts} onChange={(event) => setHosts(event.target.value)} spellCheck={false} />
               <p className="hint">Service API callers reach this instance by these names; removing the one you signed in with ends this session's access.</p>
+            </div>
+            <div className="form-row">
+              <label htmlFor={ids.retention}>System log retention (days)</label>
+              <input id={ids.retention} type="number" min={1} max={3650} value={retention} onChange={(event) => setRetention(event.target.value)} />
+              <p className="hint">Events older than this are deleted (1 to 3650 days).</p>
+            </div>
+            <div className="form-row">
+              <label htmlFor={ids.webhookUrl}>Lifecycle event webhook URL</label>
+              <input id={ids.webhookUrl} type="url" value={webhookUrl} onChange={(event) => setWebhookUrl(event.target.value)} spellCheck={false} placeholder="https://hooks.example.com/provisiond" />
+              <p className="hint">Receives a signed POST for each enrollment change, registration and data request. Empty: no events.</p>
+            </div>
+            <div className="form-row">
+              <label htmlFor={ids.webhookSecret}>Webhook signing secret</label>
+              <input id={ids.webhookSecret} type="password" value={webhookSecret} onChange={(event) => setWebhookSecret(event.target.value)} autoComplete="new-password" spellCheck={false} />
+              <p className="hint">16 to 256 characters; the receiver checks each delivery's x-provisiond-signature with it. Leave empty to keep the current one, or, for a new URL, to have one generated and shown once.</p>
             </div>
             <ErrorBanner error={action.error} />
             <div className="form-footer">
@@ -114,6 +153,8 @@ export function InstancePage() {
               ['Global device endpoint', <CodeWithCopy value={window.location.hostname} key="endpoint" />],
               ['Service host names', instance.serviceHostNames.join(', ')],
               ['Default allocation policy', instance.allocationPolicy],
+              ['System log retention', instance.auditRetentionDays === undefined ? undefined : `${instance.auditRetentionDays} days`],
+              ['Lifecycle event webhook', instance.eventWebhookUrl ?? 'None'],
               ['Created', <DateTime value={instance.createdDateTimeUtc} key="created" />],
               ['Signed in as', session.client.credentials.keyName],
             ]}

@@ -1,6 +1,6 @@
 import { Fragment, useId, useState, type FormEvent } from 'react';
 import type { AuditEvent, AuditKind, AuditQuery } from '../api/types';
-import { eventTitle, queryAuditEvents } from '../components/timeline';
+import { eventTitle, failureReason, queryAuditEvents } from '../components/timeline';
 import { Badge, DateTime, Empty, ErrorBanner, JsonBlock, Lacks, Loading, PageHeader, Pager } from '../components/ui';
 import { usePaged } from '../hooks';
 import { Link, path, useLocation } from '../router';
@@ -161,7 +161,7 @@ export function SystemLogPage() {
                         <Badge value={event.outcome} />
                         {event.outcome === 'failure' && (
                           <div className="small failure-reason">
-                            {event.reason ?? 'no reason recorded'}
+                            {failureReason(event)}
                             {event.errorCode !== undefined && ` (${event.errorCode})`}
                           </div>
                         )}

@@ -16,7 +16,7 @@ fi
 echo "== test CA"
 bundle=$(npx tsx scripts/make-test-ca.ts)
 export NODE_EXTRA_CA_CERTS="$bundle"
-files=(test/*.test.ts)
+files=(test/*.test.ts test/resilience/*.test.ts)
 if [ "$#" -gt 0 ]; then files=("$@"); fi
 echo "== tests (${#files[@]} files)"
 node --import tsx --test --test-concurrency=1 --test-reporter=spec "${files[@]}"

@@ -56,6 +56,8 @@ export interface ServerInfo {
   ports: { https: number; mqtt?: number; amqp?: number };
   dataDir: string;
   builtInHubConnectionString: string;
+  /** True when this process created the default instance (and its owner key) on start. */
+  created: boolean;
 }
 
 export interface App {
@@ -188,6 +190,7 @@ export async function createApp(deps: AppDeps): Promise<App> {
         },
         dataDir: config.dataDir,
         builtInHubConnectionString: defaultHub.connectionString,
+        created,
       };
     },
     async listen() {

@@ -24,6 +24,7 @@ import type { ServiceDeps } from './deps.js';
 import type { HubLatencies } from './hub-latency.js';
 import type { SymmetricKeyGroups } from './symmetric-key-groups.js';
 import { RateLimiter } from './throttle.js';
+import { RefusedAttempts } from './refused-attempts.js';
 import type { AuditLog } from './audit-log.js';
 import type { LifecycleEvents } from './lifecycle-events.js';
 import { walkX509Enrollments } from './x509-attestation.js';
@@ -48,6 +49,8 @@ export interface DeviceRequest {
   registrationId: string;
   credential: DeviceCredential;
   transport: Transport;
+  /** The peer's address: refused attempts are counted by it (undefined only for in-process callers). */
+  source?: string | undefined;
 }
 
 export interface OperationReply {
@@ -94,6 +97,7 @@ export class RegistrationService {
   readonly #deps: RegistrationServiceDeps;
   readonly #registrationLimiter: RateLimiter;
   readonly #pollLimiter: RateLimiter;
+  readonly #refused: RefusedAttempts;
   /** Registrations of one device run one after another on this node. */
   readonly #deviceQueues = new Map<string, Promise<unknown>>();
 
@@ -101,18 +105,23 @@ export class RegistrationService {
     this.#deps = deps;
     this.#registrationLimiter = new RateLimiter(deps.config.registrationsPerSecond);
     this.#pollLimiter = new RateLimiter(deps.config.pollsPerSecondPerDevice);
+    this.#refused = new RefusedAttempts(new RateLimiter(deps.config.refusedAttemptsPerSecondPerSource));
   }
 
   /** Register: authenticate now (401 at once), assign in the background, answer 202 `assigning` with an operation. */
   async register(request: DeviceRequest & { payload?: JsonMap | undefined }): Promise<OperationReply> {
-    const instance = await this.#instance(request.idScope);
+    let instance: InstanceRecord | undefined;
     let match: DeviceMatch;
     try {
-      this.#registrationLimiter.take(instance.id);
-      match = await this.#authenticate(instance, request);
+      // Authenticate first: the instance's registration budget is spent only by devices that proved who they are.
+      match = await this.#refused.guard(request.source, async () => {
+        instance = await this.#instance(request.idScope);
+        return this.#authenticate(instance, request);
+      });
+      this.#registrationLimiter.take(match.instance.id);
     } catch (error) {
       // A refused attempt is logged with why, so a tenant can tell a wrong key from a throttled device.
-      if (error instanceof ProvisioningError) {
+      if (error instanceof ProvisioningError && instance !== undefined) {
         await this.#deps.audit?.record(instance.id, {
           kind: 'registration',
           operation: 'register',
@@ -127,6 +136,7 @@ export class RegistrationService {
       }
       throw error;
     }
+    const { instance: matched } = match;
     const now = dpsTimestamp(this.#deps.now());
     const operation: StoredOperation = {
       operationId: `5.${randomBytes(8).toString('hex')}.${randomUUID()}`,
@@ -135,8 +145,8 @@ export class RegistrationService {
       createdDateTimeUtc: now,
       lastUpdatedDateTimeUtc: now,
     };
-    await this.#deps.store.putOperation(instance.id, operation);
-    const work = this.#serialized(`${instance.id}/${idKey(match.registrationId)}`, () => this.#assign(match, operation, request.payload, request.transport));
+    await this.#deps.store.putOperation(matched.id, operation);
+    const work = this.#serialized(`${matched.id}/${idKey(match.registrationId)}`, () => this.#assign(match, operation, request.payload, request.transport));
     // A fast assignment is finished before the device is told to poll, so its first poll is the answer (Retry-After: 0).
     const finished = await Promise.race([
       work.then(() => true),
@@ -150,9 +160,9 @@ export class RegistrationService {
   }
 
   async operationStatus(request: DeviceRequest & { operationId: string }): Promise<OperationReply> {
-    const instance = await this.#instance(request.idScope);
-    this.#pollLimiter.take(`${instance.id}/${idKey(request.registrationId)}`);
-    const match = await this.#authenticate(instance, request);
+    const match = await this.#authenticated(request);
+    const instance = match.instance;
+    this.#pollLimiter.take(`${instance.id}/${idKey(match.registrationId)}`);
     const operation = await this.#deps.store.getOperation(instance.id, request.operationId);
     if (operation === undefined || idKey(operation.registrationId) !== idKey(match.registrationId)) {
       throw new ProvisioningError('OperationNotFound', `Operation '${request.operationId}' was not found for '${request.registrationId}'.`);
@@ -173,9 +183,8 @@ export class RegistrationService {
 
   /** DeviceRegistrationStatusLookup: the device's current record, no operation wrapper. */
   async statusLookup(request: DeviceRequest): Promise<JsonMap> {
-    const instance = await this.#instance(request.idScope);
-    this.#pollLimiter.take(`${instance.id}/${idKey(request.registrationId)}`);
-    const match = await this.#authenticate(instance, request);
+    const match = await this.#authenticated(request);
+    this.#pollLimiter.take(`${match.instance.id}/${idKey(match.registrationId)}`);
     if (match.previous === undefined) {
       throw new ProvisioningError('RegistrationNotFound', `Registration '${request.registrationId}' was not found.`);
     }
@@ -187,7 +196,15 @@ export class RegistrationService {
    * nothing before it sends a request. Register and poll still authenticate on their own.
    */
   async authenticate(request: DeviceRequest): Promise<void> {
-    await this.#authenticate(await this.#instance(request.idScope), request);
+    await this.#authenticated(request);
+  }
+
+  /**
+   * Authentication before any limit of the device's own (issue 13.2): a stranger's junk token must not spend the poll
+   * budget of the device it names. Refused attempts are counted by source address instead.
+   */
+  #authenticated(request: DeviceRequest): Promise<DeviceMatch> {
+    return this.#refused.guard(request.source, async () => this.#authenticate(await this.#instance(request.idScope), request));
   }
 
   async #instance(idScope: string): Promise<InstanceRecord> {

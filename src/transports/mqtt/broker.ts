@@ -112,7 +112,7 @@ export class MqttDeviceBroker {
     if (parsed.registrationId.toLowerCase() !== client.id.toLowerCase()) return done(refusal(IDENTIFIER_REJECTED), false);
     const credential: DeviceCredential =
       password === undefined || password.length === 0 ? (peer.chain.length > 0 ? { kind: 'x509', chain: peer.chain } : { kind: 'sas', authorization: undefined }) : { kind: 'sas', authorization: password.toString('utf8') };
-    const request: DeviceRequest = { idScope: parsed.idScope, registrationId: parsed.registrationId, credential, transport: peer.transport };
+    const request: DeviceRequest = { idScope: parsed.idScope, registrationId: parsed.registrationId, credential, transport: peer.transport, source: peer.remoteAddress };
     this.#deps.registrations.authenticate(request).then(
       () => {
         this.#sessions.set(client, { request, responseQos: 0 });

@@ -48,7 +48,7 @@ type DeviceParams = { idScope: string; registrationId: string };
 
 function deviceRequest(request: FastifyRequest): DeviceRequest {
   const { idScope, registrationId } = request.params as DeviceParams;
-  return { idScope, registrationId, credential: credentialOf(request), transport: 'http' };
+  return { idScope, registrationId, credential: credentialOf(request), transport: 'http', source: request.ip };
 }
 
 /** A SAS token wins when both are present: a symmetric-key device may still hold a client certificate. */

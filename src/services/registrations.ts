@@ -18,7 +18,8 @@ import { deriveDeviceKey, isExpired, parseSasToken, signedByOneOf } from '../dom
 import { dpsTimestamp } from '../domain/time.js';
 import { certificateInfo, commonName } from '../domain/x509.js';
 import { HubError, type HubAuthentication, type HubClientFactory, type HubTwinContent } from '../hubs/hub-client.js';
-import type { InstanceRecord, LinkedHubRecord, StoredOperation, StoredRegistration } from '../store/store.js';
+import type { InstanceRecord, LinkedHubRecord, RegistrationIntent, StoredOperation, StoredRegistration } from '../store/store.js';
+import { settleIntent, type IntentOutcome } from './registration-intents.js';
 import { callAllocationWebhook, type WebhookExchange } from './custom-allocation.js';
 import type { ServiceDeps } from './deps.js';
 import type { HubLatencies } from './hub-latency.js';
@@ -100,6 +101,8 @@ export class RegistrationService {
   readonly #refused: RefusedAttempts;
   /** Registrations of one device run one after another on this node. */
   readonly #deviceQueues = new Map<string, Promise<unknown>>();
+  /** Operations this node is assigning right now: the intent sweep leaves them alone. */
+  readonly #inFlight = new Set<string>();
 
   constructor(deps: RegistrationServiceDeps) {
     this.#deps = deps;
@@ -197,6 +200,33 @@ export class RegistrationService {
    */
   async authenticate(request: DeviceRequest): Promise<void> {
     await this.#authenticated(request);
+  }
+
+  /**
+   * Settles every registration intent created more than `olderThanMs` ago that this node is not working on (issue
+   * 13.3): at start with 0 (one server per data directory: nothing else is writing), then periodically with a
+   * timeout long enough that another node's live registration is never touched. Each device's intents run in its
+   * queue, so a registration of the same device on this node never races its settling.
+   */
+  async reconcile(options: { olderThanMs: number }): Promise<Record<IntentOutcome, number>> {
+    const counts: Record<IntentOutcome, number> = { finished: 0, completed: 0, rolledBack: 0, unreachable: 0 };
+    const cutoff = dpsTimestamp(new Date(this.#deps.now().getTime() - options.olderThanMs + (options.olderThanMs === 0 ? 1 : 0)));
+    const seen = new Set<string>();
+    for (;;) {
+      const batch = (await this.#deps.store.listRegistrationIntents(cutoff, 500)).filter((intent) => !seen.has(intent.operationId) && !this.#inFlight.has(intent.operationId));
+      if (batch.length === 0) break;
+      for (const intent of batch) {
+        seen.add(intent.operationId);
+        const outcome = await this.#serialized(`${intent.instanceId}/${idKey(intent.registrationId)}`, async () =>
+          this.#inFlight.has(intent.operationId) ? 'finished' : settleIntent(this.#deps, intent.instanceId, intent),
+        ).catch((error: unknown): IntentOutcome => {
+          this.#deps.logger.error({ err: error, operationId: intent.operationId }, 'settling a registration intent failed; retried by the next sweep');
+          return 'unreachable';
+        });
+        counts[outcome] += 1;
+      }
+    }
+    return counts;
   }
 
   /**
@@ -323,8 +353,19 @@ export class RegistrationService {
 
   /** Allocation, hub write and record; never throws — every failure ends the operation `failed` with a reason. */
   async #assign(match: DeviceMatch, operation: StoredOperation, payload: JsonMap | undefined, transport: Transport): Promise<void> {
+    this.#inFlight.add(operation.operationId);
+    try {
+      await this.#assignTracked(match, operation, payload, transport);
+    } finally {
+      this.#inFlight.delete(operation.operationId);
+    }
+  }
+
+  async #assignTracked(match: DeviceMatch, operation: StoredOperation, payload: JsonMap | undefined, transport: Transport): Promise<void> {
     const { instance } = match;
     const store = this.#deps.store;
+    /** Set once the intent is stored, before the first hub write. */
+    const intent: { written?: RegistrationIntent } = {};
     const previous = await store.getRegistration(instance.id, match.registrationId);
     const enrollment = match.enrollment.doc;
     const now = dpsTimestamp(this.#deps.now());
@@ -353,7 +394,7 @@ export class RegistrationService {
         );
         record = { ...base, status: 'disabled', errorCode: refusal.errorCode, errorMessage: refusal.message };
       } else {
-        record = await this.#allocateAndWrite(match, previous, base, payload);
+        record = await this.#allocateAndWrite(match, previous, base, payload, operation.operationId, intent);
       }
     } catch (error) {
       const failure = error instanceof ProvisioningError ? error : this.#asProvisioningError(error, match);
@@ -383,11 +424,20 @@ export class RegistrationService {
       details: { status: record.status, ...(record.substatus === undefined ? {} : { substatus: record.substatus }), operationId: operation.operationId },
     });
     // The record, the operation and the log entry of the outcome are written together (ARCHITECTURE.md, step 5).
+    // The intent goes in the same transaction: a crash before it leaves the intent for the sweep to settle.
     await store.transaction(async (tx) => {
       await tx.putRegistration(instance.id, record);
       await tx.putOperation(instance.id, finished);
       if (outcome !== undefined) await tx.appendAuditEvent(instance.id, outcome);
+      if (intent.written !== undefined && record.status === 'assigned') await tx.deleteRegistrationIntent(instance.id, operation.operationId);
     });
+    // A failure after the first hub write: what was written is rolled back to agree with the record.
+    if (intent.written !== undefined && record.status !== 'assigned') {
+      const written = intent.written;
+      await settleIntent(this.#deps, instance.id, written).catch((error: unknown) =>
+        this.#deps.logger.error({ err: error, operationId: written.operationId }, 'rolling back a failed registration failed; the intent sweep retries'),
+      );
+    }
     const reprovisioned = previous?.status === 'assigned';
     void this.#deps.events?.emit(instance, record.status === 'assigned' ? (reprovisioned ? 'device.reprovisioned' : 'device.registered') : 'device.failed', {
       registrationId: record.registrationId,
@@ -431,6 +481,8 @@ export class RegistrationService {
     previous: StoredRegistration | undefined,
     base: StoredRegistration,
     devicePayload: JsonMap | undefined,
+    operationId: string,
+    intent: { written?: RegistrationIntent },
   ): Promise<StoredRegistration> {
     const { instance } = match;
     const enrollment = match.enrollment.doc;
@@ -497,6 +549,37 @@ export class RegistrationService {
       const old = await clients.forHub(current).getTwin(previousDeviceId ?? match.deviceId);
       twin = old === undefined ? twinOf(initialTwin) : { tags: old.tags, desired: withoutMetadata(old.desired) };
     }
+    const history = [...(previous?.hubHistory ?? [])];
+    if (!history.includes(target.name)) history.push(target.name);
+    const record: StoredRegistration = {
+      ...base,
+      assignedHub: target.name,
+      deviceId: match.deviceId,
+      status: 'assigned',
+      substatus: decision.substatus,
+      hubHistory: history,
+    };
+    if (resultPayload !== undefined) record.payload = resultPayload;
+    const leave =
+      decision.leaveHub !== undefined && current !== undefined
+        ? { hub: current.name, deviceId: previousDeviceId ?? match.deviceId }
+        : previousDeviceId !== undefined && current !== undefined && idKey(previousDeviceId) !== idKey(match.deviceId)
+          ? { hub: current.name, deviceId: previousDeviceId }
+          : undefined;
+    // Durable intent before the first hub write (issue 13.3): a crash from here on is settled by the sweep.
+    const stored: RegistrationIntent = {
+      operationId,
+      registrationId: match.registrationId,
+      createdDateTimeUtc: dpsTimestamp(this.#deps.now()),
+      targetHub: target.name,
+      deviceId: match.deviceId,
+      ...(leave === undefined ? {} : { leave }),
+      assigned: { ...record, status: 'assigned' },
+      resultSection: match.resultSection,
+    };
+    await this.#deps.store.putRegistrationIntent(instance.id, stored);
+    intent.written = stored;
+
     const client = clients.forHub(target);
     const written = await this.#hubWrite(match, target.name, 'putDevice', match.deviceId, () =>
       client.putDevice({
@@ -512,25 +595,11 @@ export class RegistrationService {
       const content = twin;
       await this.#hubWrite(match, target.name, 'replaceTwin', match.deviceId, () => client.replaceTwin(match.deviceId, content));
     }
-    if (decision.leaveHub !== undefined && current !== undefined) {
-      const leaving = previousDeviceId ?? match.deviceId;
-      await this.#hubWrite(match, current.name, 'deleteDevice', leaving, () => clients.forHub(current).deleteDevice(leaving));
-    } else if (previousDeviceId !== undefined && current !== undefined && idKey(previousDeviceId) !== idKey(match.deviceId)) {
-      // The enrollment's deviceId changed: the old identity leaves the hub.
-      await this.#hubWrite(match, current.name, 'deleteDevice', previousDeviceId, () => clients.forHub(current).deleteDevice(previousDeviceId));
+    // The old identity leaves last (another hub on a move, or an old device ID on the same hub): a crash before this
+    // line is rolled back, one after it finished (registration-intents.ts).
+    if (leave !== undefined && current !== undefined) {
+      await this.#hubWrite(match, leave.hub, 'deleteDevice', leave.deviceId, () => clients.forHub(current).deleteDevice(leave.deviceId));
     }
-
-    const history = [...(previous?.hubHistory ?? [])];
-    if (!history.includes(target.name)) history.push(target.name);
-    const record: StoredRegistration = {
-      ...base,
-      assignedHub: target.name,
-      deviceId: match.deviceId,
-      status: 'assigned',
-      substatus: decision.substatus,
-      hubHistory: history,
-    };
-    if (resultPayload !== undefined) record.payload = resultPayload;
     return record;
   }
 }

@@ -25,7 +25,7 @@ fi
 echo "== test CA"
 bundle=$(npx tsx scripts/make-test-ca.ts)
 export NODE_EXTRA_CA_CERTS="$bundle"
-files=(test/*.test.ts)
+files=(test/*.test.ts test/resilience/*.test.ts)
 if [ "$#" -gt 0 ]; then files=("$@"); fi
 echo "== tests (${#files[@]} files)"
 # A hung test (a reply that never comes) fails instead of holding CI until its own limit. Node 20 applies the limit to

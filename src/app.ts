@@ -27,6 +27,7 @@ import { CaCertificateService } from './services/ca-certificates.js';
 import { serviceApiPlugin } from './transports/http/service-api/plugin.js';
 import { createHttpServer } from './transports/http/server.js';
 import { createDeviceEndpoints } from './transports/device-endpoints.js';
+import { raiseFileLimit } from './transports/file-limit.js';
 import { ensureTlsMaterial, type TlsMaterial } from './tls/dev-ca.js';
 import { AuditLog } from './services/audit-log.js';
 import { LifecycleEvents } from './services/lifecycle-events.js';
@@ -57,6 +58,8 @@ export interface ServerInfo {
   ports: { https: number; mqtt?: number; amqp?: number };
   dataDir: string;
   builtInHubConnectionString: string;
+  /** True when this process created the default instance (and its owner key) on start. */
+  created: boolean;
 }
 
 export interface App {
@@ -193,6 +196,7 @@ export async function createApp(deps: AppDeps): Promise<App> {
     });
 
   let purgeTimer: NodeJS.Timeout | undefined;
+  let intentTimer: NodeJS.Timeout | undefined;
   return {
     http,
     store,
@@ -216,9 +220,14 @@ export async function createApp(deps: AppDeps): Promise<App> {
         },
         dataDir: config.dataDir,
         builtInHubConnectionString: defaultHub.connectionString,
+        created,
       };
     },
     async listen() {
+      // Connections are file descriptors: the soft limit goes up to the hard one before anything listens.
+      const fileLimit = raiseFileLimit();
+      if (fileLimit.problem !== undefined) logger.warn({ fileLimit }, fileLimit.problem);
+      else logger.info({ fileLimit }, fileLimit.raisedFrom === undefined ? `open-file limit ${fileLimit.soft}` : `open-file limit raised from ${fileLimit.raisedFrom} to ${fileLimit.soft}`);
       const address = `${config.listenHost}:${config.httpsPort}`;
       try {
         await http.listen({ port: config.httpsPort, host: config.listenHost });
@@ -236,6 +245,16 @@ export async function createApp(deps: AppDeps): Promise<App> {
       purgeTimer.unref();
       void purge().catch((error: unknown) => logger.error({ err: error }, 'purge failed'));
       await dataRequests.resumeUnfinished();
+      // Registrations a previous run left between their hub write and their record are settled before devices come
+      // in (docs/reliability.md); then a sweep catches any a failing hub kept open.
+      const settled = await registrationService.reconcile({ olderThanMs: 0 });
+      if (settled.completed + settled.rolledBack + settled.unreachable > 0) logger.warn({ settled }, 'interrupted registrations settled at start');
+      intentTimer = setInterval(() => {
+        void registrationService
+          .reconcile({ olderThanMs: config.registrationIntentTimeoutMs })
+          .catch((error: unknown) => logger.error({ err: error }, 'registration intent sweep failed'));
+      }, Math.floor(config.registrationIntentTimeoutMs / 2));
+      intentTimer.unref();
       for (const listener of devices.listeners) {
         try {
           await listener.listen();
@@ -246,6 +265,7 @@ export async function createApp(deps: AppDeps): Promise<App> {
     },
     async close() {
       if (purgeTimer !== undefined) clearInterval(purgeTimer);
+      if (intentTimer !== undefined) clearInterval(intentTimer);
       await dataRequests.stop();
       await events.close();
       // Stop accepting and close device connections; let HTTPS requests already running finish — for at most

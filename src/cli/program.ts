@@ -23,11 +23,18 @@ export interface ServerRunner {
   info(config: Config): Promise<ServerInfo>;
 }
 
-export function formatInfo(info: ServerInfo): string {
+/**
+ * The connection details. `serve` shows the owner key only on the start that created it: its output shares stdout
+ * with the JSON log, which ends up in log collectors; `provisiond info` shows it on demand.
+ */
+export function formatInfo(info: ServerInfo, options: { withKey: boolean } = { withKey: true }): string {
+  const connectionString = options.withKey
+    ? info.serviceConnectionString
+    : `${info.serviceConnectionString.replace(/SharedAccessKey=[^;]*/, 'SharedAccessKey=****')}   (the key: provisiond info)`;
   return [
     `provisiond instance '${info.instance}'`,
     `  ID scope:                   ${info.idScope}`,
-    `  service connection string:  ${info.serviceConnectionString}`,
+    `  service connection string:  ${connectionString}`,
     `  CA certificate:             ${info.caCertificatePath}   (export NODE_EXTRA_CA_CERTS=${info.caCertificatePath})`,
     `  host names:                 ${info.hostNames.join(', ')}`,
     `  HTTPS port:                 ${info.ports.https}`,
@@ -48,7 +55,7 @@ export function buildProgram(io: CliIo, runner: ServerRunner, version: string): 
   addServeOptions(addConfigOptions(program.command('serve').description('run the server (HTTPS service API, device API, built-in hub)'))).action(
     async (flags: ConfigFlags) => {
       const info = await runner.serve(await configFromFlags(flags, io.env));
-      io.out(`${formatInfo(info)}\n`);
+      io.out(`${formatInfo(info, { withKey: info.created })}\n`);
     },
   );
 

@@ -52,6 +52,7 @@ export const errorCatalog = Object.freeze({
   Throttled: { errorCode: 429001, message: 'Too many requests; retry after the indicated time.' },
   InternalError: { errorCode: 500001, message: 'An internal error occurred.' },
   HubWriteFailed: { errorCode: 500208, message: 'Writing the device to its IoT hub failed.' },
+  RegistrationInterrupted: { errorCode: 500209, message: 'The registration was interrupted by a server restart; register again.' },
 } as const);
 
 export type ErrorName = keyof typeof errorCatalog;

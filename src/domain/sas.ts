@@ -55,6 +55,29 @@ function safeDecode(value: string): string | undefined {
   }
 }
 
+/**
+ * Whether a token's `sr` covers a request path. The part of `sr` after the host is a path prefix: it covers that path
+ * and everything under it, by whole segments and case-insensitively — `host/a/b` covers `/a/b/c` but not `/a/bc` — and
+ * a bare host name covers everything (dps-wire.md §2.1; IoT Hub scopes its registry tokens the same way).
+ */
+export function resourceCoversPath(resource: string, requestPath: string): boolean {
+  const wanted = resource
+    .split('/')
+    .slice(1)
+    .filter((segment) => segment !== '')
+    .map((segment) => segment.toLowerCase());
+  const actual = requestPath.split('/').filter((segment) => segment !== '');
+  return wanted.every((segment, index) => {
+    const part = actual[index];
+    if (part === undefined) return false;
+    try {
+      return decodeURIComponent(part).toLowerCase() === segment;
+    } catch {
+      return false;
+    }
+  });
+}
+
 export function computeSignature(keyBase64: string, rawResource: string, expirySeconds: number): Buffer {
   return createHmac('sha256', Buffer.from(keyBase64, 'base64')).update(`${rawResource}\n${expirySeconds}`).digest();
 }

@@ -2,7 +2,7 @@ import { randomBytes, randomInt } from 'node:crypto';
 import type { JsonMap } from '../domain/enrollment.js';
 import { etagMatches } from '../domain/etag.js';
 import { assertDeviceId, isValidSymmetricKey } from '../domain/ids.js';
-import { isExpired, parseSasToken, signedByOneOf } from '../domain/sas.js';
+import { isExpired, parseSasToken, resourceCoversPath, signedByOneOf } from '../domain/sas.js';
 import { dpsTimestamp } from '../domain/time.js';
 import {
   ALL_HUB_RIGHTS,
@@ -126,14 +126,18 @@ export class BuiltInHubService {
    * (`sr=<hub host>[/path]`, `skn=<policy>`) signed by one of the policy's keys over the raw `sr`, unexpired, and a
    * policy that grants `right`. The token's path, if any, is not a restriction: the signer holds a hub-wide key.
    */
-  async authorize(hostName: string, authorization: string | undefined, right: HubRight | undefined): Promise<BuiltInHubRecord> {
+  /**
+   * A hub policy token is valid for its `sr` and everything under it, as on IoT Hub: `hub/devices/dev-a` reaches
+   * `/devices/dev-a` only, `hub/devices` every device, the bare host name the whole hub.
+   */
+  async authorize(hostName: string, authorization: string | undefined, right: HubRight | undefined, requestPath: string): Promise<BuiltInHubRecord> {
     const hub = await this.#store.getHub(hostName);
     if (hub === undefined) throw new HubApiError('IotHubNotFound', `No IoT hub is hosted at '${truncate(hostName)}'.`);
     const token = parseSasToken(authorization);
     if (token === undefined || token.keyName === undefined) throw unauthorized();
     if (isExpired(token, this.#now().getTime())) throw unauthorized();
     const resourceHost = hostWithoutPort(token.resource.split('/')[0] ?? '').toLowerCase();
-    if (resourceHost !== hub.name) throw unauthorized();
+    if (resourceHost !== hub.name || !resourceCoversPath(token.resource, requestPath)) throw unauthorized();
     const policy = hub.policies.find((candidate) => candidate.keyName === token.keyName);
     if (policy === undefined || !signedByOneOf(token, [policy.primaryKey, policy.secondaryKey])) throw unauthorized();
     if (right !== undefined && !grants(policy.rights, right)) {

@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { ProvisioningError } from '../domain/errors.js';
 import { isValidSymmetricKey, newIdScope, newSymmetricKey, truncate } from '../domain/ids.js';
 import { dpsTimestamp } from '../domain/time.js';
+import { redactUrl } from '../domain/enrollment.js';
 import {
   ALL_RIGHTS,
   type AccessPolicyRecord,
@@ -60,8 +61,9 @@ export function instanceView(instance: InstanceRecord): InstanceView {
     allocationPolicy: instance.allocationPolicy,
     createdDateTimeUtc: instance.createdDateTimeUtc,
     auditRetentionDays: instance.auditRetentionDays ?? DEFAULT_AUDIT_RETENTION_DAYS,
-    // The webhook's URL is shown; its signing secret never is.
-    eventWebhookUrl: instance.eventWebhook?.url ?? null,
+    // The webhook's URL is shown with its query values redacted (they often carry a key, e.g. `?code=`), as the
+    // custom-allocation URL is; its signing secret is never shown.
+    eventWebhookUrl: instance.eventWebhook === undefined ? null : redactUrl(instance.eventWebhook.url),
   };
 }
 

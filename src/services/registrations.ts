@@ -14,12 +14,14 @@ import { renderDeviceRegistration } from '../domain/registration.js';
 import { decideReprovision } from '../domain/reprovision.js';
 import { dpsTimestamp } from '../domain/time.js';
 import { HubError, type HubClientFactory, type HubTwinContent } from '../hubs/hub-client.js';
-import type { InstanceRecord, LinkedHubRecord, StoredOperation, StoredRegistration } from '../store/store.js';
+import type { InstanceRecord, LinkedHubRecord, RegistrationIntent, StoredOperation, StoredRegistration } from '../store/store.js';
+import { settleIntent, type IntentOutcome } from './registration-intents.js';
 import { callAllocationWebhook, type WebhookExchange } from './custom-allocation.js';
 import type { ServiceDeps } from './deps.js';
 import type { HubLatencies } from './hub-latency.js';
 import type { SymmetricKeyGroups } from './symmetric-key-groups.js';
 import { RateLimiter } from './throttle.js';
+import { RefusedAttempts } from './refused-attempts.js';
 import type { AuditLog } from './audit-log.js';
 import type { LifecycleEvents } from './lifecycle-events.js';
 import { authenticateDevice } from './attestation/authenticate.js';
@@ -39,6 +41,8 @@ export interface DeviceRequest {
   registrationId: string;
   credential: DeviceCredential;
   transport: Transport;
+  /** The peer's address: refused attempts are counted by it (undefined only for in-process callers). */
+  source?: string | undefined;
 }
 
 export interface OperationReply {
@@ -65,25 +69,33 @@ export class RegistrationService {
   readonly #deps: RegistrationServiceDeps;
   readonly #registrationLimiter: RateLimiter;
   readonly #pollLimiter: RateLimiter;
+  readonly #refused: RefusedAttempts;
   /** Registrations of one device run one after another on this node. */
   readonly #deviceQueues = new Map<string, Promise<unknown>>();
+  /** Operations this node is assigning right now: the intent sweep leaves them alone. */
+  readonly #inFlight = new Set<string>();
 
   constructor(deps: RegistrationServiceDeps) {
     this.#deps = deps;
     this.#registrationLimiter = new RateLimiter(deps.config.registrationsPerSecond);
     this.#pollLimiter = new RateLimiter(deps.config.pollsPerSecondPerDevice);
+    this.#refused = new RefusedAttempts(new RateLimiter(deps.config.refusedAttemptsPerSecondPerSource));
   }
 
   /** Register: authenticate now (401 at once), assign in the background, answer 202 `assigning` with an operation. */
   async register(request: DeviceRequest & { payload?: JsonMap | undefined }): Promise<OperationReply> {
-    const instance = await this.#instance(request.idScope);
+    let instance: InstanceRecord | undefined;
     let match: DeviceMatch;
     try {
-      this.#registrationLimiter.take(instance.id);
-      match = await this.#authenticate(instance, request);
+      // Authenticate first: the instance's registration budget is spent only by devices that proved who they are.
+      match = await this.#refused.guard(request.source, async () => {
+        instance = await this.#instance(request.idScope);
+        return this.#authenticate(instance, request);
+      });
+      this.#registrationLimiter.take(match.instance.id);
     } catch (error) {
       // A refused attempt is logged with why, so a tenant can tell a wrong key from a throttled device.
-      if (error instanceof ProvisioningError) {
+      if (error instanceof ProvisioningError && instance !== undefined) {
         await this.#deps.audit?.record(instance.id, {
           kind: 'registration',
           operation: 'register',
@@ -98,6 +110,7 @@ export class RegistrationService {
       }
       throw error;
     }
+    const { instance: matched } = match;
     const now = dpsTimestamp(this.#deps.now());
     const operation: StoredOperation = {
       operationId: `5.${randomBytes(8).toString('hex')}.${randomUUID()}`,
@@ -106,8 +119,8 @@ export class RegistrationService {
       createdDateTimeUtc: now,
       lastUpdatedDateTimeUtc: now,
     };
-    await this.#deps.store.putOperation(instance.id, operation);
-    const work = this.#serialized(`${instance.id}/${idKey(match.registrationId)}`, () => this.#assign(match, operation, request.payload, request.transport));
+    await this.#deps.store.putOperation(matched.id, operation);
+    const work = this.#serialized(`${matched.id}/${idKey(match.registrationId)}`, () => this.#assign(match, operation, request.payload, request.transport));
     // A fast assignment is finished before the device is told to poll, so its first poll is the answer (Retry-After: 0).
     const finished = await Promise.race([
       work.then(() => true),
@@ -121,9 +134,9 @@ export class RegistrationService {
   }
 
   async operationStatus(request: DeviceRequest & { operationId: string }): Promise<OperationReply> {
-    const instance = await this.#instance(request.idScope);
-    this.#pollLimiter.take(`${instance.id}/${idKey(request.registrationId)}`);
-    const match = await this.#authenticate(instance, request);
+    const match = await this.#authenticated(request);
+    const instance = match.instance;
+    this.#pollLimiter.take(`${instance.id}/${idKey(match.registrationId)}`);
     const operation = await this.#deps.store.getOperation(instance.id, request.operationId);
     if (operation === undefined || idKey(operation.registrationId) !== idKey(match.registrationId)) {
       throw new ProvisioningError('OperationNotFound', `Operation '${request.operationId}' was not found for '${request.registrationId}'.`);
@@ -144,9 +157,8 @@ export class RegistrationService {
 
   /** DeviceRegistrationStatusLookup: the device's current record, no operation wrapper. */
   async statusLookup(request: DeviceRequest): Promise<JsonMap> {
-    const instance = await this.#instance(request.idScope);
-    this.#pollLimiter.take(`${instance.id}/${idKey(request.registrationId)}`);
-    const match = await this.#authenticate(instance, request);
+    const match = await this.#authenticated(request);
+    this.#pollLimiter.take(`${match.instance.id}/${idKey(match.registrationId)}`);
     if (match.previous === undefined) {
       throw new ProvisioningError('RegistrationNotFound', `Registration '${request.registrationId}' was not found.`);
     }
@@ -158,7 +170,42 @@ export class RegistrationService {
    * nothing before it sends a request. Register and poll still authenticate on their own.
    */
   async authenticate(request: DeviceRequest): Promise<void> {
-    await this.#authenticate(await this.#instance(request.idScope), request);
+    await this.#authenticated(request);
+  }
+
+  /**
+   * Settles every registration intent created more than `olderThanMs` ago that this node is not working on (issue
+   * 13.3): at start with 0 (one server per data directory: nothing else is writing), then periodically with a
+   * timeout long enough that another node's live registration is never touched. Each device's intents run in its
+   * queue, so a registration of the same device on this node never races its settling.
+   */
+  async reconcile(options: { olderThanMs: number }): Promise<Record<IntentOutcome, number>> {
+    const counts: Record<IntentOutcome, number> = { finished: 0, completed: 0, rolledBack: 0, unreachable: 0 };
+    const cutoff = dpsTimestamp(new Date(this.#deps.now().getTime() - options.olderThanMs + (options.olderThanMs === 0 ? 1 : 0)));
+    const seen = new Set<string>();
+    for (;;) {
+      const batch = (await this.#deps.store.listRegistrationIntents(cutoff, 500)).filter((intent) => !seen.has(intent.operationId) && !this.#inFlight.has(intent.operationId));
+      if (batch.length === 0) break;
+      for (const intent of batch) {
+        seen.add(intent.operationId);
+        const outcome = await this.#serialized(`${intent.instanceId}/${idKey(intent.registrationId)}`, async () =>
+          this.#inFlight.has(intent.operationId) ? 'finished' : settleIntent(this.#deps, intent.instanceId, intent),
+        ).catch((error: unknown): IntentOutcome => {
+          this.#deps.logger.error({ err: error, operationId: intent.operationId }, 'settling a registration intent failed; retried by the next sweep');
+          return 'unreachable';
+        });
+        counts[outcome] += 1;
+      }
+    }
+    return counts;
+  }
+
+  /**
+   * Authentication before any limit of the device's own (issue 13.2): a stranger's junk token must not spend the poll
+   * budget of the device it names. Refused attempts are counted by source address instead.
+   */
+  #authenticated(request: DeviceRequest): Promise<DeviceMatch> {
+    return this.#refused.guard(request.source, async () => this.#authenticate(await this.#instance(request.idScope), request));
   }
 
   async #instance(idScope: string): Promise<InstanceRecord> {
@@ -188,8 +235,19 @@ export class RegistrationService {
 
   /** Allocation, hub write and record; never throws — every failure ends the operation `failed` with a reason. */
   async #assign(match: DeviceMatch, operation: StoredOperation, payload: JsonMap | undefined, transport: Transport): Promise<void> {
+    this.#inFlight.add(operation.operationId);
+    try {
+      await this.#assignTracked(match, operation, payload, transport);
+    } finally {
+      this.#inFlight.delete(operation.operationId);
+    }
+  }
+
+  async #assignTracked(match: DeviceMatch, operation: StoredOperation, payload: JsonMap | undefined, transport: Transport): Promise<void> {
     const { instance } = match;
     const store = this.#deps.store;
+    /** Set once the intent is stored, before the first hub write. */
+    const intent: { written?: RegistrationIntent } = {};
     const previous = await store.getRegistration(instance.id, match.registrationId);
     const enrollment = match.enrollment.doc;
     const now = dpsTimestamp(this.#deps.now());
@@ -218,7 +276,7 @@ export class RegistrationService {
         );
         record = { ...base, status: 'disabled', errorCode: refusal.errorCode, errorMessage: refusal.message };
       } else {
-        record = await this.#allocateAndWrite(match, previous, base, payload);
+        record = await this.#allocateAndWrite(match, previous, base, payload, operation.operationId, intent);
       }
     } catch (error) {
       const failure = error instanceof ProvisioningError ? error : this.#asProvisioningError(error, match);
@@ -248,11 +306,20 @@ export class RegistrationService {
       details: { status: record.status, ...(record.substatus === undefined ? {} : { substatus: record.substatus }), operationId: operation.operationId },
     });
     // The record, the operation and the log entry of the outcome are written together (ARCHITECTURE.md, step 5).
+    // The intent goes in the same transaction: a crash before it leaves the intent for the sweep to settle.
     await store.transaction(async (tx) => {
       await tx.putRegistration(instance.id, record);
       await tx.putOperation(instance.id, finished);
       if (outcome !== undefined) await tx.appendAuditEvent(instance.id, outcome);
+      if (intent.written !== undefined && record.status === 'assigned') await tx.deleteRegistrationIntent(instance.id, operation.operationId);
     });
+    // A failure after the first hub write: what was written is rolled back to agree with the record.
+    if (intent.written !== undefined && record.status !== 'assigned') {
+      const written = intent.written;
+      await settleIntent(this.#deps, instance.id, written).catch((error: unknown) =>
+        this.#deps.logger.error({ err: error, operationId: written.operationId }, 'rolling back a failed registration failed; the intent sweep retries'),
+      );
+    }
     const reprovisioned = previous?.status === 'assigned';
     void this.#deps.events?.emit(instance, record.status === 'assigned' ? (reprovisioned ? 'device.reprovisioned' : 'device.registered') : 'device.failed', {
       registrationId: record.registrationId,
@@ -296,6 +363,8 @@ export class RegistrationService {
     previous: StoredRegistration | undefined,
     base: StoredRegistration,
     devicePayload: JsonMap | undefined,
+    operationId: string,
+    intent: { written?: RegistrationIntent },
   ): Promise<StoredRegistration> {
     const { instance } = match;
     const enrollment = match.enrollment.doc;
@@ -362,6 +431,37 @@ export class RegistrationService {
       const old = await clients.forHub(current).getTwin(previousDeviceId ?? match.deviceId);
       twin = old === undefined ? twinOf(initialTwin) : { tags: old.tags, desired: withoutMetadata(old.desired) };
     }
+    const history = [...(previous?.hubHistory ?? [])];
+    if (!history.includes(target.name)) history.push(target.name);
+    const record: StoredRegistration = {
+      ...base,
+      assignedHub: target.name,
+      deviceId: match.deviceId,
+      status: 'assigned',
+      substatus: decision.substatus,
+      hubHistory: history,
+    };
+    if (resultPayload !== undefined) record.payload = resultPayload;
+    const leave =
+      decision.leaveHub !== undefined && current !== undefined
+        ? { hub: current.name, deviceId: previousDeviceId ?? match.deviceId }
+        : previousDeviceId !== undefined && current !== undefined && idKey(previousDeviceId) !== idKey(match.deviceId)
+          ? { hub: current.name, deviceId: previousDeviceId }
+          : undefined;
+    // Durable intent before the first hub write (issue 13.3): a crash from here on is settled by the sweep.
+    const stored: RegistrationIntent = {
+      operationId,
+      registrationId: match.registrationId,
+      createdDateTimeUtc: dpsTimestamp(this.#deps.now()),
+      targetHub: target.name,
+      deviceId: match.deviceId,
+      ...(leave === undefined ? {} : { leave }),
+      assigned: { ...record, status: 'assigned' },
+      resultSection: match.resultSection,
+    };
+    await this.#deps.store.putRegistrationIntent(instance.id, stored);
+    intent.written = stored;
+
     const client = clients.forHub(target);
     const written = await this.#hubWrite(match, target.name, 'putDevice', match.deviceId, () =>
       client.putDevice({
@@ -377,25 +477,11 @@ export class RegistrationService {
       const content = twin;
       await this.#hubWrite(match, target.name, 'replaceTwin', match.deviceId, () => client.replaceTwin(match.deviceId, content));
     }
-    if (decision.leaveHub !== undefined && current !== undefined) {
-      const leaving = previousDeviceId ?? match.deviceId;
-      await this.#hubWrite(match, current.name, 'deleteDevice', leaving, () => clients.forHub(current).deleteDevice(leaving));
-    } else if (previousDeviceId !== undefined && current !== undefined && idKey(previousDeviceId) !== idKey(match.deviceId)) {
-      // The enrollment's deviceId changed: the old identity leaves the hub.
-      await this.#hubWrite(match, current.name, 'deleteDevice', previousDeviceId, () => clients.forHub(current).deleteDevice(previousDeviceId));
+    // The old identity leaves last (another hub on a move, or an old device ID on the same hub): a crash before this
+    // line is rolled back, one after it finished (registration-intents.ts).
+    if (leave !== undefined && current !== undefined) {
+      await this.#hubWrite(match, leave.hub, 'deleteDevice', leave.deviceId, () => clients.forHub(current).deleteDevice(leave.deviceId));
     }
-
-    const history = [...(previous?.hubHistory ?? [])];
-    if (!history.includes(target.name)) history.push(target.name);
-    const record: StoredRegistration = {
-      ...base,
-      assignedHub: target.name,
-      deviceId: match.deviceId,
-      status: 'assigned',
-      substatus: decision.substatus,
-      hubHistory: history,
-    };
-    if (resultPayload !== undefined) record.payload = resultPayload;
     return record;
   }
 }

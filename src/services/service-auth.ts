@@ -1,5 +1,5 @@
 import { ProvisioningError } from '../domain/errors.js';
-import { isExpired, parseSasToken, signedByOneOf } from '../domain/sas.js';
+import { isExpired, parseSasToken, resourceCoversPath, signedByOneOf } from '../domain/sas.js';
 import type { AccessPolicyRecord, InstanceRecord, Right } from '../store/store.js';
 import type { ServiceDeps } from './deps.js';
 
@@ -25,9 +25,9 @@ export class ServiceAuth {
     const token = parseSasToken(authorization);
     if (token === undefined || token.keyName === undefined) throw unauthorized();
     if (isExpired(token, this.#deps.now().getTime())) throw unauthorized();
-    const [hostPart, ...scope] = token.resource.split('/');
+    const [hostPart] = token.resource.split('/');
     const resourceHost = stripPort(hostPart) ?? '';
-    if (!coversPath(scope, requestPath)) throw unauthorized();
+    if (!resourceCoversPath(token.resource, requestPath)) throw unauthorized();
     const instance = await this.#deps.store.findInstanceByHostName(resourceHost);
     if (instance === undefined) throw unauthorized();
     const host = stripPort(hostHeader);
@@ -45,24 +45,6 @@ export class ServiceAuth {
       throw new ProvisioningError('Unauthorized', `Unauthorized: this operation needs the ${right} right.`);
     }
   }
-}
-
-/**
- * An `sr` with a path (`host/enrollments`) covers that path and everything under it, by whole segments and
- * case-insensitively: `/a/b` covers `/a/b/c` but not `/a/bc` (dps-wire.md §2.1). A bare host name covers everything.
- */
-function coversPath(scope: readonly string[], requestPath: string): boolean {
-  const wanted = scope.filter((segment) => segment !== '').map((segment) => segment.toLowerCase());
-  const actual = requestPath.split('/').filter((segment) => segment !== '');
-  return wanted.every((segment, index) => {
-    const part = actual[index];
-    if (part === undefined) return false;
-    try {
-      return decodeURIComponent(part).toLowerCase() === segment;
-    } catch {
-      return false;
-    }
-  });
 }
 
 function unauthorized(): ProvisioningError {

@@ -13,6 +13,7 @@ import type {
   Page,
   Store,
   StoredOperation,
+  RegistrationIntent,
   StoredRegistration,
   AuditEvent,
   AuditQuery,
@@ -465,6 +466,31 @@ export class KyselyStore implements Store {
       .where('registration_id_key', '=', lower(registrationId))
       .executeTakeFirst();
     return Number(row?.n ?? 0);
+  }
+
+  // ---- registration intents
+
+  async putRegistrationIntent(instanceId: string, intent: RegistrationIntent): Promise<void> {
+    await this.#db
+      .insertInto('registration_intents')
+      .values({ instance_id: instanceId, operation_id: intent.operationId, created_at: intent.createdDateTimeUtc, doc: JSON.stringify(intent) })
+      .onConflict((oc) => oc.columns(['instance_id', 'operation_id']).doUpdateSet({ created_at: intent.createdDateTimeUtc, doc: JSON.stringify(intent) }))
+      .execute();
+  }
+
+  async deleteRegistrationIntent(instanceId: string, operationId: string): Promise<void> {
+    await this.#db.deleteFrom('registration_intents').where('instance_id', '=', instanceId).where('operation_id', '=', operationId).execute();
+  }
+
+  async listRegistrationIntents(createdBeforeUtc: string, limit: number): Promise<Array<RegistrationIntent & { instanceId: string }>> {
+    const rows = await this.#db
+      .selectFrom('registration_intents')
+      .select(['instance_id', 'doc'])
+      .where('created_at', '<', createdBeforeUtc)
+      .orderBy('created_at')
+      .limit(limit)
+      .execute();
+    return rows.map((row) => ({ ...parse<RegistrationIntent>(row.doc), instanceId: row.instance_id }));
   }
 
   // ---- the system log

@@ -185,6 +185,22 @@ const customerData: Migration = {
 };
 migrations['0005_customer_data'] = customerData;
 
+/** What a registration is about to write to a hub, recorded durably before the write (services/registration-intents.ts). */
+const registrationIntents: Migration = {
+  async up(db: Kysely<unknown>): Promise<void> {
+    await db.schema
+      .createTable('registration_intents')
+      .addColumn('instance_id', 'text', (c) => c.notNull())
+      .addColumn('operation_id', 'text', (c) => c.notNull())
+      .addColumn('created_at', 'text', (c) => c.notNull())
+      .addColumn('doc', 'text', (c) => c.notNull())
+      .addPrimaryKeyConstraint('registration_intents_pk', ['instance_id', 'operation_id'])
+      .execute();
+    await db.schema.createIndex('registration_intents_created').on('registration_intents').columns(['created_at']).execute();
+  },
+};
+migrations['0006_registration_intents'] = registrationIntents;
+
 export const migrationProvider: MigrationProvider = {
   getMigrations: () => Promise.resolve(migrations),
 };

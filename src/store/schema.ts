@@ -41,6 +41,7 @@ export interface Database {
   };
   data_requests: { instance_id: string; request_id_key: string; sort_key: string; status: string; type: string; doc: string };
   event_outbox: { instance_id: string; event_id: string; doc: string };
+  registration_intents: { instance_id: string; operation_id: string; created_at: string; doc: string };
   operations: {
     instance_id: string;
     operation_id: string;

@@ -107,6 +107,26 @@ export interface StoredOperation {
   registrationState?: JsonMap;
 }
 
+/**
+ * What a registration is about to write to a hub, stored before the first hub write and removed in the transaction
+ * that records the outcome (issue 13.3). One left behind means the process died in between: a restart (or the periodic
+ * sweep) settles it so that the hubs and the records agree.
+ */
+export interface RegistrationIntent {
+  operationId: string;
+  registrationId: string;
+  createdDateTimeUtc: string;
+  /** The hub and device ID being written. */
+  targetHub: string;
+  deviceId: string;
+  /** The identity the registration removes once the new one is written: the old hub on a move, or an old device ID. */
+  leave?: { hub: string; deviceId: string };
+  /** The record as it will be when the write finishes (used to finish a registration whose old identity is gone). */
+  assigned: StoredRegistration;
+  /** The attestation part of the device's registrationState. */
+  resultSection: JsonMap;
+}
+
 /** One entry of the system log. Never carries a secret. */
 export interface AuditEvent {
   eventId: string;
@@ -223,6 +243,10 @@ export interface Store {
   deleteRegistrationsOfGroup(instanceId: string, groupId: string): Promise<number>;
 
   putOperation(instanceId: string, operation: StoredOperation): Promise<void>;
+  putRegistrationIntent(instanceId: string, intent: RegistrationIntent): Promise<void>;
+  deleteRegistrationIntent(instanceId: string, operationId: string): Promise<void>;
+  /** Intents of every instance created before the given time, oldest first. */
+  listRegistrationIntents(createdBeforeUtc: string, limit: number): Promise<Array<RegistrationIntent & { instanceId: string }>>;
   /** Deletes every operation of a registration ID; returns how many. */
   deleteOperationsOfRegistration(instanceId: string, registrationId: string): Promise<number>;
   countOperationsOfRegistration(instanceId: string, registrationId: string): Promise<number>;

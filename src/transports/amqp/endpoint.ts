@@ -151,7 +151,7 @@ export class AmqpDeviceEndpoint {
   async #saslPlain(state: DeviceConnection, username: string | null, password: string | null): Promise<boolean> {
     const path = username === null ? undefined : parseRegistrationPath(username);
     if (path === undefined) return false;
-    const request: DeviceRequest = { ...path, credential: { kind: 'sas', authorization: password ?? undefined }, transport: state.peer.transport };
+    const request: DeviceRequest = { ...path, credential: { kind: 'sas', authorization: password ?? undefined }, transport: state.peer.transport, source: state.peer.remoteAddress };
     try {
       await this.#deps.registrations.authenticate(request);
       state.sasl = request;
@@ -195,7 +195,7 @@ export class AmqpDeviceEndpoint {
    */
   #identify(state: DeviceConnection, path: RegistrationPath): DeviceRequest {
     if (state.sasl !== undefined) return state.sasl;
-    return { ...path, credential: deviceCredential({ authorization: undefined, chain: state.peer.chain }), transport: state.peer.transport };
+    return { ...path, credential: deviceCredential({ authorization: undefined, chain: state.peer.chain }), transport: state.peer.transport, source: state.peer.remoteAddress };
   }
 
   async #onMessage(state: DeviceConnection, message: Message, delivery: Delivery): Promise<void> {

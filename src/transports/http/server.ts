@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import type { Socket } from 'node:net';
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import type { Config } from '../../config/config.js';
 import { ProvisioningError } from '../../domain/errors.js';
@@ -23,7 +24,12 @@ export function createHttpServer(options: HttpServerOptions): { app: FastifyInst
   const tls = options.tls;
   const app = (Fastify as unknown as (opts: Record<string, unknown>) => FastifyInstance)({
     loggerInstance: options.logger,
-    ...(tls === undefined ? {} : { https: { key: tls.key, cert: tls.cert, ...DEVICE_TLS_OPTIONS } }),
+    ...(tls === undefined ? {} : { https: { key: tls.key, cert: tls.cert, ...DEVICE_TLS_OPTIONS, handshakeTimeout: config.httpsHandshakeTimeoutMs } }),
+    // Whole-request receipt; a response may take longer (a register waits up to registrationWaitMs).
+    requestTimeout: config.httpsRequestTimeoutMs,
+    // The socket's inactivity timer; what it does is decided by the 'timeout' listener in limitConnections.
+    connectionTimeout: config.httpsIdleTimeoutMs,
+    keepAliveTimeout: config.httpsIdleTimeoutMs,
     bodyLimit: config.maxBodyBytes,
     genReqId: () => randomUUID(),
     // IDs may be 128 characters, percent-encoded up to three times as long; the router's default limit (100) would
@@ -46,7 +52,52 @@ export function createHttpServer(options: HttpServerOptions): { app: FastifyInst
   app.addHook('onRequest', async (request) => {
     if (request.headers['content-encoding']?.toLowerCase() === 'utf-8') delete request.headers['content-encoding'];
   });
+  limitConnections(app, config, options.logger);
   const openApi = new OpenApiCollector();
   openApi.attach(app);
   return { app, openApi };
+}
+
+/**
+ * The HTTPS listener's connection limits (issue 13.4; docs/transports.md "Limits"): a TLS handshake, a request's
+ * headers and the whole request are timed; a connection with no request in progress — one that never sends a request,
+ * or a kept-alive one between requests — is closed after the idle timeout; and there is a cap on open connections,
+ * overall and per source address, so idle sockets cannot use up the process's file descriptors.
+ */
+function limitConnections(app: FastifyInstance, config: Config, logger: FastifyBaseLogger): void {
+  const server = app.server;
+  server.maxConnections = config.httpsMaxConnections;
+  server.headersTimeout = Math.min(15000, Math.ceil(config.httpsRequestTimeoutMs / 2));
+  const perSource = new Map<string, number>();
+  server.on('connection', (socket: Socket) => {
+    const source = socket.remoteAddress ?? '';
+    const open = perSource.get(source) ?? 0;
+    if (open >= config.httpsMaxConnectionsPerSource) {
+      logger.warn({ remoteAddress: source, open }, 'HTTPS connection refused: too many from this address');
+      socket.destroy();
+      return;
+    }
+    perSource.set(source, open + 1);
+    socket.once('close', () => {
+      const left = (perSource.get(source) ?? 1) - 1;
+      if (left <= 0) perSource.delete(source);
+      else perSource.set(source, left);
+    });
+  });
+  // Requests in progress per socket: the inactivity timer must not cut a request whose handler is still working (a
+  // register that waits for its assignment), only a connection that is doing nothing.
+  const active = new WeakMap<object, number>();
+  const upgraded = new WeakSet<object>();
+  app.addHook('onRequest', async (request) => {
+    active.set(request.raw.socket, (active.get(request.raw.socket) ?? 0) + 1);
+  });
+  app.addHook('onResponse', async (request) => {
+    active.set(request.raw.socket, Math.max(0, (active.get(request.raw.socket) ?? 1) - 1));
+  });
+  // WebSocket device connections have their own idle limit (device-connections.ts).
+  server.on('upgrade', (_request: unknown, socket: object) => upgraded.add(socket));
+  server.on('timeout', (socket: Socket) => {
+    if (upgraded.has(socket) || (active.get(socket) ?? 0) > 0) return;
+    socket.destroy();
+  });
 }

@@ -112,7 +112,7 @@ export class MqttDeviceBroker {
     // The username names the same device as the client ID (dps-wire.md §5).
     if (parsed.registrationId.toLowerCase() !== client.id.toLowerCase()) return done(refusal(IDENTIFIER_REJECTED), false);
     const credential = deviceCredential({ authorization: password?.toString('utf8'), chain: peer.chain });
-    const request: DeviceRequest = { idScope: parsed.idScope, registrationId: parsed.registrationId, credential, transport: peer.transport };
+    const request: DeviceRequest = { idScope: parsed.idScope, registrationId: parsed.registrationId, credential, transport: peer.transport, source: peer.remoteAddress };
     if (credential.kind === 'x509') {
       // DPS accepts the CONNECT of a certificate device and answers each request on `$dps/registrations/res/401` with
       // "Invalid certificate." when the chain proves nothing (dps-wire.md §4.4, §5), so device SDKs report the DPS

@@ -50,7 +50,7 @@ type DeviceParams = { idScope: string; registrationId: string };
 function deviceRequest(request: FastifyRequest, body?: RegistrationBody): DeviceRequest {
   const { idScope, registrationId } = request.params as DeviceParams;
   const credential = deviceCredential({ authorization: request.headers.authorization, chain: peerCertificateChain(request.raw.socket), tpm: body?.tpm });
-  return { idScope, registrationId, credential, transport: 'http' };
+  return { idScope, registrationId, credential, transport: 'http', source: request.ip };
 }
 
 function checkBody(request: FastifyRequest): RegistrationBody {

@@ -163,7 +163,7 @@ export function builtInHubPlugin(deps: BuiltInHubApiDeps) {
       checkApiVersion(request);
       const host = hostWithoutPort(request.headers.host ?? '').toLowerCase();
       const right = request.routeOptions.config.hubRight ?? longIdOperation(request)?.operation.right;
-      const hub = await hubs.authorize(host, request.headers.authorization, right);
+      const hub = await hubs.authorize(host, request.headers.authorization, right, request.url.split('?')[0] ?? '');
       request.builtInHub = hub.name;
     });
 

@@ -114,7 +114,12 @@ export function customerDataPlugin(deps: { auth: ServiceAuth; dataRequests: Data
       config: { sas: true, operationId: 'DataRequest_Get', tag, summary: 'A data request: status, progress and result.', responses: { 200: { description: 'DataRequest', schema: DataRequest }, ...errors } },
       handler: async (request) => {
         const caller = callerOf(request);
-        return dataRequests.get(caller.instance, requestIdOf(request), visibleType(caller));
+        visibleType(caller);
+        // A request of a kind the caller's rights do not cover is a 401 naming the rights, as for creating one
+        // (docs/customer-data-api.md), not a 404.
+        const found = await dataRequests.get(caller.instance, requestIdOf(request));
+        requireAll(caller, found.type === 'export' ? EXPORT_RIGHTS : ERASE_RIGHTS);
+        return found;
       },
     });
     app.get('/dataRequests/:id/bundle', {
@@ -163,7 +168,10 @@ export function customerDataPlugin(deps: { auth: ServiceAuth; dataRequests: Data
       },
       handler: async (request, reply) => {
         const body = request.body as { query?: unknown } | undefined | null;
-        if (body != null && typeof body.query !== 'string') throw new ProvisioningError('SchemaViolation', 'body.query must be a string.');
+        // No body, `{}` and `{"query": …}` are the same request with and without a filter.
+        if (body != null && (typeof body !== 'object' || Array.isArray(body) || Object.keys(body).some((name) => name !== 'query') || (body.query !== undefined && typeof body.query !== 'string'))) {
+          throw new ProvisioningError('SchemaViolation', 'The body is optional; when sent it is {"query": "<string>"}.');
+        }
         const header = (name: string): string | undefined => {
           const value = request.headers[name];
           return Array.isArray(value) ? value[0] : value;

@@ -41,6 +41,8 @@ const program = buildProgram(
         throw error;
       }
       running = app;
+      // SIGHUP: serve a renewed certificate without dropping a connection (app.reloadTls logs the outcome).
+      process.on('SIGHUP', () => void app.reloadTls().catch(() => undefined));
       for (const signal of ['SIGINT', 'SIGTERM'] as const) {
         process.once(signal, () => {
           void app.close().then(() => process.exit(0));

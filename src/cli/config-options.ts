@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import type { Command } from 'commander';
-import { loadConfig, type Config } from '../config/config.js';
+import { loadConfig, parseLogLevels, type Config } from '../config/config.js';
 
 /** The options every server-side command shares (serve, info), and how they become a Config. */
 export function addConfigOptions(command: Command): Command {
@@ -12,6 +12,12 @@ export function addConfigOptions(command: Command): Command {
     .option('--host-names <names>', 'comma-separated host names for the server certificate; default localhost,127.0.0.1')
     .option('--store <store>', "'sqlite' (default: a file in the data directory) or a SQLite file path")
     .option('--log-level <level>', 'fatal, error, warn, info, debug, trace or silent; default info')
+    .option('--log-format <format>', 'json (one object per line on stdout, default) or pretty')
+    .option('--log-levels <levels>', 'levels per component, e.g. mqtt=debug,http=warn')
+    .option('--tls-cert-file <file>', 'your server certificate (PEM, chain after the leaf); used as it is')
+    .option('--tls-key-file <file>', 'the private key of --tls-cert-file (PEM)')
+    .option('--metrics', 'serve Prometheus metrics at /metrics')
+    .option('--metrics-listen <host:port>', 'serve /metrics on this separate plain-HTTP address instead of the HTTPS port')
     .option('--mqtt-port <port>', 'MQTT over TLS device port; default 8883')
     .option('--amqp-port <port>', 'AMQP over TLS device port; default 5671')
     // Both spellings, so that an absent flag leaves the setting to the config file and environment.
@@ -35,6 +41,12 @@ export interface ConfigFlags {
   hostNames?: string;
   store?: string;
   logLevel?: string;
+  logFormat?: string;
+  logLevels?: string;
+  tlsCertFile?: string;
+  tlsKeyFile?: string;
+  metrics?: boolean;
+  metricsListen?: string;
   mqttPort?: string;
   amqpPort?: string;
   mqtt?: boolean;
@@ -66,6 +78,12 @@ export function configFromFlags(flags: ConfigFlags, env: Record<string, string |
       hostNames: flags.hostNames?.split(',').map((name) => name.trim()).filter((name) => name !== ''),
       store: flags.store,
       logLevel: flags.logLevel,
+      logFormat: flags.logFormat,
+      logLevels: flags.logLevels === undefined ? undefined : parseLogLevels(flags.logLevels),
+      tlsCertFile: flags.tlsCertFile,
+      tlsKeyFile: flags.tlsKeyFile,
+      metricsEnabled: flags.metrics,
+      metricsListen: flags.metricsListen,
       mqttPort: int(flags.mqttPort),
       amqpPort: int(flags.amqpPort),
       mqttEnabled: flags.mqtt,

@@ -30,7 +30,7 @@ import { createDeviceEndpoints } from './transports/device-endpoints.js';
 import { DEVICE_TLS_OPTIONS } from './transports/tls-peer.js';
 import type { TlsMaterial } from './tls/dev-ca.js';
 import { loadServerCertificate, type CertificateSource, type ServedCertificate } from './tls/server-certificate.js';
-import { componentLogger, createLogger, unknownComponents } from './logging/logger.js';
+import { componentLogger, createLogger, LOG_COMPONENTS, unknownComponents } from './logging/logger.js';
 import { Metrics } from './metrics/metrics.js';
 import { addMetricsRoute, createMetricsListener, type MetricsListener } from './metrics/endpoint.js';
 import { checkReadiness } from './health/readiness.js';
@@ -107,7 +107,7 @@ export async function createApp(deps: AppDeps): Promise<App> {
     deps.logger ?? createLogger({ level: config.logLevel, format: config.logFormat, levels: config.logLevels, serializers: { req: requestForLog } });
   const log = (component: Parameters<typeof componentLogger>[2]) => componentLogger(logger, config.logLevels, component);
   const unknown = unknownComponents(config.logLevels);
-  if (unknown.length > 0) logger.warn({ unknown }, `logLevels names unknown components (${unknown.join(', ')}); known: http, mqtt, amqp, registrations, dataRequests, events, audit, tls, metrics`);
+  if (unknown.length > 0) logger.warn({ unknown }, `logLevels names unknown components (${unknown.join(', ')}); known: ${LOG_COMPONENTS.join(', ')}`);
   const databaseFile = sqliteFile(config);
   const db = await openSqliteDatabase(databaseFile);
   // Scrape-time sources refer to parts made further down; they are only read once the server runs.

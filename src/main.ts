@@ -52,7 +52,7 @@ const program = buildProgram(
     },
     async info(config) {
       const { createApp } = await loadApp();
-      const app = await createApp({ config: { ...config, logLevel: 'silent' }, version });
+      const app = await createApp({ config: { ...config, logLevel: 'silent', logLevels: {} }, version });
       try {
         return await app.info();
       } finally {

@@ -9,7 +9,7 @@ import type { Config } from '../config/config.js';
  * named by its component, whose level `logLevels` can set apart from `logLevel` (e.g. `mqtt=debug` while chasing a
  * device problem without drowning in HTTP request lines).
  */
-export const LOG_COMPONENTS = ['http', 'mqtt', 'amqp', 'registrations', 'dataRequests', 'events', 'audit', 'tls', 'metrics'] as const;
+export const LOG_COMPONENTS = ['http', 'mqtt', 'amqp', 'registrations', 'dataRequests', 'events', 'audit', 'tls'] as const;
 export type LogComponent = (typeof LOG_COMPONENTS)[number];
 
 export interface LoggerOptions {

@@ -158,7 +158,11 @@ export class RegistrationService {
     };
     await this.#deps.store.putOperation(instance.id, operation);
     const work = this.#serialized(`${instance.id}/${idKey(match.registrationId)}`, () => this.#assign(match, operation, request.payload, request.transport));
-    void work.then((record) => observe(record.status === 'assigned' || record.status === 'disabled' ? record.status : 'failed', match.attestationType, record.errorCode));
+    // (A rejected assignment is the race's below to report; this only counts the finished ones.)
+    void work.then(
+      (record) => observe(record.status === 'assigned' || record.status === 'disabled' ? record.status : 'failed', match.attestationType, record.errorCode),
+      () => undefined,
+    );
     // A fast assignment is finished before the device is told to poll, so its first poll is the answer (Retry-After: 0).
     const finished = await Promise.race([
       work.then(() => true),

@@ -1,4 +1,6 @@
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { call, startServer, type TestServer } from './harness.js';
 import { deviceToken, sdkRegister, type Json } from './devices.js';
@@ -99,6 +101,11 @@ describe('metrics on the HTTPS port with a bearer token', () => {
     assert.ok((sampleValue(family('provisiond_event_outbox_oldest_age_seconds'), 'provisiond_event_outbox_oldest_age_seconds', {}) ?? -1) >= 0);
     // Process metrics come with it.
     assert.ok(families.has('provisiond_process_resident_memory_bytes'));
+    // docs/operations.md documents every metric of provisiond's own (prom-client's process metrics as one row).
+    const guide = readFileSync(join(process.cwd(), 'docs', 'operations.md'), 'utf8');
+    const own = [...families.keys()].filter((name) => !/^provisiond_(process|nodejs)_/.test(name));
+    assert.ok(own.length >= 11);
+    assert.deepEqual(own.filter((name) => !guide.includes(`| \`${name}\` |`)), [], 'undocumented in docs/operations.md');
     // No label anywhere carries a registration ID, a device ID or a key.
     for (const metric of families.values()) {
       for (const sample of metric.samples) assert.ok(!JSON.stringify(sample.labels).includes('metrics-1'), `${sample.name} labels an ID`);

@@ -1,6 +1,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import { X509Certificate } from 'node:crypto';
+import type { Server as TlsServer } from 'node:tls';
 import type { FastifyBaseLogger, FastifyInstance } from 'fastify';
-import pino from 'pino';
 import { sqliteFile, type Config } from './config/config.js';
 import { EnrollmentService, groupSpec, individualSpec } from './services/enrollments.js';
 import { redactUrl } from './domain/enrollment.js';
@@ -28,7 +29,14 @@ import { serviceApiPlugin } from './transports/http/service-api/plugin.js';
 import { createHttpServer } from './transports/http/server.js';
 import { createDeviceEndpoints } from './transports/device-endpoints.js';
 import { raiseFileLimit } from './transports/file-limit.js';
-import { ensureTlsMaterial, type TlsMaterial } from './tls/dev-ca.js';
+import { DEVICE_TLS_OPTIONS } from './transports/tls-peer.js';
+import type { TlsMaterial } from './tls/dev-ca.js';
+import { loadServerCertificate, type CertificateSource, type ServedCertificate } from './tls/server-certificate.js';
+import { componentLogger, createLogger, LOG_COMPONENTS, unknownComponents } from './logging/logger.js';
+import { Metrics } from './metrics/metrics.js';
+import { addMetricsRoute, createMetricsListener, type MetricsListener } from './metrics/endpoint.js';
+import { checkReadiness } from './health/readiness.js';
+import { operationalCounts, pendingMigrations } from './store/operational-counts.js';
 import { AuditLog } from './services/audit-log.js';
 import { LifecycleEvents } from './services/lifecycle-events.js';
 import { DataRequestService } from './services/data-requests.js';
@@ -60,6 +68,8 @@ export interface ServerInfo {
   builtInHubConnectionString: string;
   /** True when this process created the default instance (and its owner key) on start. */
   created: boolean;
+  /** The certificate the listeners serve: the dev CA's, or the operator's own (used as it is). */
+  serverCertificate: { source: CertificateSource; path: string; subject: string; issuer: string; validTo: string };
 }
 
 export interface App {
@@ -69,6 +79,12 @@ export interface App {
   readonly audit: AuditLog;
   readonly dataRequests: DataRequestService;
   info(): Promise<ServerInfo>;
+  /**
+   * Reads the server certificate and key again and serves them to new connections on every listener; open
+   * connections keep the certificate they started with (SIGHUP). A certificate that does not load leaves the
+   * current one in place and rejects with why.
+   */
+  reloadTls(): Promise<ServerInfo['serverCertificate']>;
   /** Binds every listener; rejects with ListenError naming the port and the flag to change it. */
   listen(): Promise<void>;
   close(): Promise<void>;
@@ -95,15 +111,34 @@ export class ListenError extends Error {
 
 export async function createApp(deps: AppDeps): Promise<App> {
   const { config } = deps;
-  const logger = deps.logger ?? (pino({ level: config.logLevel, serializers: { req: requestForLog } }) as unknown as FastifyBaseLogger);
-  const db = await openSqliteDatabase(sqliteFile(config));
-  const store = new KyselyStore(db);
-  const tls = deps.tls ?? (await ensureTlsMaterial(config.dataDir, config.hostNames));
+  const logger =
+    deps.logger ?? createLogger({ level: config.logLevel, format: config.logFormat, levels: config.logLevels, serializers: { req: requestForLog } });
+  const log = (component: Parameters<typeof componentLogger>[2]) => componentLogger(logger, config.logLevels, component);
+  const unknown = unknownComponents(config.logLevels);
+  if (unknown.length > 0) logger.warn({ unknown }, `logLevels names unknown components (${unknown.join(', ')}); known: ${LOG_COMPONENTS.join(', ')}`);
+  const databaseFile = sqliteFile(config);
+  const db = await openSqliteDatabase(databaseFile);
+  // Scrape-time sources refer to parts made further down; they are only read once the server runs.
+  let httpServer: FastifyInstance['server'] | undefined;
+  let devices: Awaited<ReturnType<typeof createDeviceEndpoints>> | undefined;
+  const metrics = config.metricsEnabled || config.metricsListen !== undefined
+    ? new Metrics({
+        openConnections: async () => ({
+          https: await new Promise<number>((resolve) => (httpServer === undefined ? resolve(0) : httpServer.getConnections((error, count) => resolve(error === null ? count : 0)))),
+          ...Object.fromEntries(await Promise.all((devices?.listeners ?? []).map(async (listener) => [listener.what.toLowerCase(), await listener.openConnections()] as const))),
+        }),
+        storeCounts: () => operationalCounts(db),
+      })
+    : undefined;
+  const store = new KyselyStore(metrics === undefined ? db : db.withPlugin(metrics.storePlugin()));
+  const tlsLogger = log('tls');
+  let tls: TlsMaterial = deps.tls ?? (await loadServerCertificate(config));
+  if (isServed(tls)) for (const warning of tls.warnings) tlsLogger.warn({ certificate: tls.certPath }, warning);
   const serviceDeps: ServiceDeps = { store, config, now: deps.now ?? (() => new Date()) };
 
   const auth = new ServiceAuth(serviceDeps);
-  const audit = new AuditLog(serviceDeps, logger);
-  const events = new LifecycleEvents(serviceDeps, logger, {
+  const audit = new AuditLog(serviceDeps, log('audit'));
+  const events = new LifecycleEvents(serviceDeps, log('events'), {
     retryBaseMs: config.lifecycleEventRetryBaseMs,
     retryMaxMs: 60_000,
     timeoutMs: 10_000,
@@ -117,7 +152,7 @@ export async function createApp(deps: AppDeps): Promise<App> {
     void events.emit(instance, `enrollmentGroup.${change}`, { enrollmentGroupId: id });
   });
   const registrations = new RegistrationRecordService(serviceDeps);
-  const builtInHubs = new BuiltInHubService({ hubStore: new KyselyHubStore(db), now: serviceDeps.now });
+  const builtInHubs = new BuiltInHubService({ hubStore: new KyselyHubStore(metrics === undefined ? db : db.withPlugin(metrics.storePlugin())), now: serviceDeps.now });
   const instances = new InstanceService(serviceDeps, (name) => builtInHubs.ensureHub(name));
   const hubClients = new RestHubClientFactory({
     ca: tls.ca,
@@ -129,14 +164,16 @@ export async function createApp(deps: AppDeps): Promise<App> {
   // start: a hub the owner later unlinks stays unlinked.
   if (created) await instances.putHub(operator, defaultHub.name, { builtIn: true });
 
+  const measuredHubClients = metrics === undefined ? hubClients : metrics.measureHubWrites(hubClients);
   const registrationService = new RegistrationService({
     ...serviceDeps,
-    hubClients,
+    hubClients: measuredHubClients,
     latencies: new HubLatencies(hubClients, config.hubLatencyCacheMs),
     groups: symmetricKeyGroups,
-    logger,
+    logger: log('registrations'),
     audit,
     events,
+    ...(metrics === undefined ? {} : { observer: metrics.registrations }),
     onWebhookExchange: (instance, registrationId, exchange) =>
       void audit.record(instance.id, {
         kind: 'webhook',
@@ -154,9 +191,18 @@ export async function createApp(deps: AppDeps): Promise<App> {
         },
       }),
   });
-  const dataRequests = new DataRequestService({ ...serviceDeps, hubClients, audit, events, logger, waitMs: config.dataRequestWaitMs });
+  const dataRequests = new DataRequestService({ ...serviceDeps, hubClients: measuredHubClients, audit, events, logger: log('dataRequests'), waitMs: config.dataRequestWaitMs });
 
-  const { app: http, openApi } = createHttpServer({ config, logger, tls: { key: tls.key, cert: tls.cert } });
+  const { app: http, openApi } = createHttpServer({ config, logger: log('http'), tls: { key: tls.key, cert: tls.cert } });
+  httpServer = http.server;
+  if (metrics !== undefined) {
+    http.addHook('onResponse', async (request, reply) => {
+      const operationId = request.routeOptions.config.operationId;
+      // Device API calls are counted as registrations; the portal's files and probes are not API calls.
+      if (operationId === undefined || operationId.startsWith('RuntimeRegistration_')) return;
+      metrics.serviceApiRequest(request.method, request.routeOptions.url ?? '', reply.statusCode);
+    });
+  }
   // Every authenticated service-API call goes in the system log (added before the plugins, so it covers them all).
   http.addHook('onResponse', serviceCallAuditor(audit));
   await http.register(serviceApiPlugin({ auth, enrollments: enrollments as never, groups: groups as never, registrations }));
@@ -167,10 +213,47 @@ export async function createApp(deps: AppDeps): Promise<App> {
   await http.register(customerDataPlugin({ auth, dataRequests, audit }));
   await http.register(portalPlugin());
   http.get('/healthz', async () => ({ status: 'ok' }));
+  let metricsListener: MetricsListener | undefined;
+  if (metrics !== undefined) {
+    if (config.metricsListen === undefined) addMetricsRoute(http, metrics, config.metricsToken);
+    else metricsListener = createMetricsListener(config.metricsListen, metrics, config.metricsToken);
+  }
+  http.get('/readyz', async (_request, reply) => {
+    const readiness = await checkReadiness({
+      store,
+      instanceId: operator.id,
+      ...(config.store === 'sqlite' || !config.store.includes('://') ? { databaseFile } : {}),
+      pendingMigrations: () => pendingMigrations(db),
+      listeners: () => ({
+        https: http.server.listening,
+        ...Object.fromEntries((devices?.listeners ?? []).map((listener) => [listener.what.toLowerCase(), listener.isListening()])),
+        ...(metricsListener === undefined ? {} : { metrics: metricsListener.server.listening }),
+      }),
+      outbox: async () => {
+        const counts = await operationalCounts(db);
+        return { depth: counts.outboxDepth, oldestAgeSeconds: counts.outboxOldestAgeSeconds };
+      },
+      lastOutboxSweepAt: () => events.lastSweepAt,
+    });
+    return reply.code(readiness.httpStatus).send(readiness.body);
+  });
   http.get('/openapi.json', async () => openApi.document(deps.version ?? '0.0.0'));
   await http.ready();
   hubClients.useBuiltInTransport(new InjectTransport(http));
-  const devices = await createDeviceEndpoints({ config, logger, registrations: registrationService, tls: { key: tls.key, cert: tls.cert }, httpServer: http.server });
+  const deviceEndpoints = await createDeviceEndpoints({
+    config,
+    logger: log('mqtt'),
+    amqpLogger: log('amqp'),
+    registrations: registrationService,
+    tls: { key: tls.key, cert: tls.cert },
+    httpServer: http.server,
+  });
+  devices = deviceEndpoints;
+  const describeCertificate = (): ServerInfo['serverCertificate'] => {
+    if (isServed(tls)) return { source: tls.source, path: tls.certPath, subject: tls.subject, issuer: tls.issuer, validTo: tls.validTo.toISOString() };
+    const leaf = new X509Certificate(tls.cert);
+    return { source: 'operator', path: tls.caPath, subject: leaf.subject, issuer: leaf.issuer, validTo: new Date(leaf.validTo).toISOString() };
+  };
 
   // HTTPS requests being answered, so a stop can wait for them (see close()).
   const running = new Set<ServerResponse>();
@@ -221,7 +304,26 @@ export async function createApp(deps: AppDeps): Promise<App> {
         dataDir: config.dataDir,
         builtInHubConnectionString: defaultHub.connectionString,
         created,
+        serverCertificate: describeCertificate(),
       };
+    },
+    async reloadTls() {
+      if (deps.tls !== undefined) throw new Error('this server was given its TLS material; there is nothing to reload');
+      let next: ServedCertificate;
+      try {
+        next = await loadServerCertificate(config);
+      } catch (error) {
+        tlsLogger.error({ err: error }, 'server certificate not reloaded; the current one stays in use');
+        throw error;
+      }
+      for (const warning of next.warnings) tlsLogger.warn({ certificate: next.certPath }, warning);
+      const context = { key: next.key, cert: next.cert, ...DEVICE_TLS_OPTIONS };
+      // Fastify was created with `https`, so its server is a TLS server (the raw type does not say so).
+      (http.server as unknown as TlsServer).setSecureContext(context);
+      deviceEndpoints.setSecureContext(next);
+      tls = next;
+      tlsLogger.info({ certificate: next.certPath, subject: next.subject, validTo: next.validTo.toISOString(), fingerprint256: next.fingerprint256 }, 'server certificate reloaded');
+      return describeCertificate();
     },
     async listen() {
       // Connections are file descriptors: the soft limit goes up to the hard one before anything listens.
@@ -255,11 +357,18 @@ export async function createApp(deps: AppDeps): Promise<App> {
           .catch((error: unknown) => logger.error({ err: error }, 'registration intent sweep failed'));
       }, Math.floor(config.registrationIntentTimeoutMs / 2));
       intentTimer.unref();
-      for (const listener of devices.listeners) {
+      for (const listener of deviceEndpoints.listeners) {
         try {
           await listener.listen();
         } catch (error) {
           throw new ListenError(listener.what, `${config.listenHost}:${listener.port}`, error as NodeJS.ErrnoException, listener.flag);
+        }
+      }
+      if (metricsListener !== undefined) {
+        try {
+          await metricsListener.listen();
+        } catch (error) {
+          throw new ListenError('metrics', config.metricsListen ?? '', error as NodeJS.ErrnoException, '--metrics-listen');
         }
       }
     },
@@ -274,13 +383,18 @@ export async function createApp(deps: AppDeps): Promise<App> {
       draining = true;
       http.server.close();
       http.server.closeIdleConnections();
-      await Promise.all([devices.close(), requestsDone(config.shutdownGraceMs)]);
+      await metricsListener?.close();
+      await Promise.all([deviceEndpoints.close(), requestsDone(config.shutdownGraceMs)]);
       http.server.closeAllConnections();
       await http.close();
       await hubClients.close();
       await store.close();
     },
   };
+}
+
+function isServed(tls: TlsMaterial): tls is ServedCertificate {
+  return 'source' in tls;
 }
 
 /** Where this process reaches its own HTTPS listener (built-in hubs are called through it like any other hub). */

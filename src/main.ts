@@ -42,6 +42,8 @@ const program = buildProgram(
       }
       running = app;
       let stopping = false;
+      // SIGHUP: serve a renewed certificate without dropping a connection (app.reloadTls logs the outcome).
+      process.on('SIGHUP', () => void app.reloadTls().catch(() => undefined));
       for (const signal of ['SIGINT', 'SIGTERM'] as const) {
         process.on(signal, () => {
           // A second signal means "now": the operator has seen the first one is taking too long.
@@ -66,7 +68,7 @@ const program = buildProgram(
     },
     async info(config) {
       const { createApp } = await loadApp();
-      const app = await createApp({ config: { ...config, logLevel: 'silent' }, version });
+      const app = await createApp({ config: { ...config, logLevel: 'silent', logLevels: {} }, version });
       try {
         return await app.info();
       } finally {

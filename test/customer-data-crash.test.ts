@@ -26,11 +26,12 @@ async function serve(): Promise<{ connectionString: string; idScope: string }> {
   child = spawn(
     process.execPath,
     ['--import', 'tsx', 'src/main.ts', 'serve', '--data-dir', dataDir, '--https-port', '443', '--listen-host', '127.0.0.1', '--log-level', 'warn', '--no-mqtt', '--no-amqp'],
-    { env: { ...process.env, PROVISIOND_DATA_REQUEST_WAIT_MS: '0' }, stdio: ['ignore', 'pipe', 'inherit'] },
+    { env: { ...process.env, PROVISIOND_DATA_REQUEST_WAIT_MS: '0' }, stdio: ['ignore', 'inherit', 'pipe'] },
   );
   let output = '';
   await new Promise<void>((resolve, reject) => {
-    child?.stdout?.on('data', (chunk: Buffer) => {
+    // The banner goes to stderr (stdout is the JSON log).
+    child?.stderr?.on('data', (chunk: Buffer) => {
       output += chunk.toString();
       if (output.includes('ID scope:')) resolve();
     });

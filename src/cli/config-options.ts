@@ -10,6 +10,8 @@ export function addConfigOptions(command: Command): Command {
     .option('--https-port <port>', 'HTTPS port; default 443')
     .option('--host-names <names>', 'comma-separated host names for the server certificate; default localhost,127.0.0.1')
     .option('--store <store>', "'sqlite' (default: a file in the data directory) or a SQLite file path")
+    .option('--tls-cert-file <file>', 'your server certificate (PEM, chain after the leaf); used as it is')
+    .option('--tls-key-file <file>', 'the private key of --tls-cert-file (PEM)')
     .option('--mqtt-port <port>', 'MQTT over TLS device port; default 8883')
     .option('--amqp-port <port>', 'AMQP over TLS device port; default 5671')
     // Both spellings, so that an absent flag leaves the setting to the config file and environment.
@@ -24,6 +26,10 @@ export function addServeOptions(command: Command): Command {
   return command
     .option('--listen-host <address>', 'address to bind; default 0.0.0.0')
     .option('--log-level <level>', 'fatal, error, warn, info, debug, trace or silent; default info')
+    .option('--log-format <format>', 'json (one object per line on stdout, default) or pretty')
+    .option('--log-levels <levels>', 'levels per component, e.g. mqtt=debug,http=warn')
+    .option('--metrics', 'serve Prometheus metrics at /metrics')
+    .option('--metrics-listen <host:port>', 'serve /metrics on this separate plain-HTTP address instead of the HTTPS port')
     .option('--websockets', 'serve MQTT and AMQP over WebSocket at /$iothub/websocket on the HTTPS port (default)')
     .option('--no-websockets', 'do not serve MQTT and AMQP over WebSocket')
     .option('--mqtt-max-packet-bytes <bytes>', 'largest MQTT packet from a device; default 131072')
@@ -40,6 +46,12 @@ export interface ConfigFlags {
   hostNames?: string;
   store?: string;
   logLevel?: string;
+  logFormat?: string;
+  logLevels?: string;
+  tlsCertFile?: string;
+  tlsKeyFile?: string;
+  metrics?: boolean;
+  metricsListen?: string;
   mqttPort?: string;
   amqpPort?: string;
   mqtt?: boolean;
@@ -53,7 +65,7 @@ export interface ConfigFlags {
 
 /** Async because the schema library loads here, when a server command runs, not for every admin command. */
 export async function configFromFlags(flags: ConfigFlags, env: Record<string, string | undefined>): Promise<Config> {
-  const { loadConfig } = await import('../config/config.js');
+  const { loadConfig, parseLogLevels } = await import('../config/config.js');
   let file: Record<string, unknown> | undefined;
   if (flags.config !== undefined) {
     try {
@@ -73,6 +85,12 @@ export async function configFromFlags(flags: ConfigFlags, env: Record<string, st
       hostNames: flags.hostNames?.split(',').map((name) => name.trim()).filter((name) => name !== ''),
       store: flags.store,
       logLevel: flags.logLevel,
+      logFormat: flags.logFormat,
+      logLevels: flags.logLevels === undefined ? undefined : parseLogLevels(flags.logLevels),
+      tlsCertFile: flags.tlsCertFile,
+      tlsKeyFile: flags.tlsKeyFile,
+      metricsEnabled: flags.metrics,
+      metricsListen: flags.metricsListen,
       mqttPort: int(flags.mqttPort),
       amqpPort: int(flags.amqpPort),
       mqttEnabled: flags.mqtt,

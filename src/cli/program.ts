@@ -3,6 +3,7 @@ import type { Config } from '../config/config.js';
 import type { ServerInfo } from '../app.js';
 import { addConfigOptions, addServeOptions, configFromFlags, type ConfigFlags } from './config-options.js';
 import { registerAdminCommands } from './admin.js';
+import { registerBackupCommands } from './commands/backup.js';
 
 /**
  * The `provisiond` command line. Server commands (serve, info) work on a data directory; every admin command is a
@@ -35,7 +36,9 @@ export function formatInfo(info: ServerInfo, options: { withKey: boolean } = { w
     `provisiond instance '${info.instance}'`,
     `  ID scope:                   ${info.idScope}`,
     `  service connection string:  ${connectionString}`,
-    `  CA certificate:             ${info.caCertificatePath}   (export NODE_EXTRA_CA_CERTS=${info.caCertificatePath})`,
+    info.serverCertificate.source === 'devCa'
+      ? `  CA certificate:             ${info.caCertificatePath}   (export NODE_EXTRA_CA_CERTS=${info.caCertificatePath})`
+      : `  server certificate:         ${info.serverCertificate.path}   (yours, used as it is; issued by ${info.serverCertificate.issuer})`,
     `  host names:                 ${info.hostNames.join(', ')}`,
     `  HTTPS port:                 ${info.ports.https}`,
     ...(info.ports.mqtt === undefined ? [] : [`  MQTT port:                  ${info.ports.mqtt}`]),
@@ -55,7 +58,8 @@ export function buildProgram(io: CliIo, runner: ServerRunner, version: string): 
   addServeOptions(addConfigOptions(program.command('serve').description('run the server (HTTPS service API, device API, built-in hub)'))).action(
     async (flags: ConfigFlags) => {
       const info = await runner.serve(await configFromFlags(flags, io.env));
-      io.out(`${formatInfo(info, { withKey: info.created })}\n`);
+      // stdout carries the JSON log lines; the banner is for the person who started the server.
+      io.err(`${formatInfo(info, { withKey: info.created })}\n`);
     },
   );
 
@@ -66,6 +70,7 @@ export function buildProgram(io: CliIo, runner: ServerRunner, version: string): 
       io.out(flags.json === true ? `${JSON.stringify(info, null, 2)}\n` : `${formatInfo(info)}\n`);
     });
 
+  registerBackupCommands(program, io, version);
   registerAdminCommands(program, io);
   return program;
 }

@@ -6,6 +6,8 @@ import { resolve } from 'node:path';
  * The one configuration schema. Sources merge as defaults < config file < environment < command-line flags, the
  * result is validated once (every problem listed), frozen and passed down. Nothing else reads process.env.
  */
+export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
+
 export const ConfigSchema = Type.Object({
   dataDir: Type.String({ minLength: 1, default: './data', description: 'Where the database, the dev CA and keys live.' }),
   listenHost: Type.String({ minLength: 1, default: '0.0.0.0', description: 'Address the listeners bind.' }),
@@ -17,8 +19,23 @@ export const ConfigSchema = Type.Object({
   }),
   store: Type.String({ minLength: 1, default: 'sqlite', description: "'sqlite' (a file in dataDir) or a sqlite file path." }),
   logLevel: Type.Union(
-    ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map((level) => Type.Literal(level)),
+    LOG_LEVELS.map((level) => Type.Literal(level)),
     { default: 'info' },
+  ),
+  logFormat: Type.Union([Type.Literal('json'), Type.Literal('pretty')], {
+    default: 'json',
+    description: "'json' (one JSON object per line on stdout, for collectors) or 'pretty' (readable lines, for people).",
+  }),
+  logLevels: Type.Record(Type.String({ pattern: '^[A-Za-z]+$' }), Type.Union(LOG_LEVELS.map((level) => Type.Literal(level))), {
+    default: {},
+    description: 'Per-component log levels overriding logLevel, e.g. {"mqtt":"debug","http":"warn"}.',
+  }),
+  tlsCertFile: Type.Optional(Type.String({ minLength: 1, description: "The server certificate (PEM, leaf first, chain after it); used as it is, never replaced." })),
+  tlsKeyFile: Type.Optional(Type.String({ minLength: 1, description: "The server certificate's private key (PEM)." })),
+  metricsEnabled: Type.Boolean({ default: false, description: 'Serve Prometheus metrics at /metrics.' }),
+  metricsToken: Type.Optional(Type.String({ minLength: 16, description: 'When set, /metrics requires Authorization: Bearer <token>.' })),
+  metricsListen: Type.Optional(
+    Type.String({ pattern: '^(\\[[0-9A-Fa-f:.]+\\]|[A-Za-z0-9.-]+):[0-9]{1,5}$', description: "host:port of a separate plain-HTTP listener for /metrics (instead of the HTTPS port)." }),
   ),
   bulkMaxItems: Type.Integer({ minimum: 1, maximum: 100000, default: 1000, description: 'Most items in one bulk request.' }),
   queryMaxItemCount: Type.Integer({ minimum: 1, maximum: 10000, default: 1000, description: 'Largest query page.' }),
@@ -114,13 +131,21 @@ export class ConfigError extends Error {
 }
 
 /** Environment variable → config key, with how to read the text. */
-const ENV: Record<string, { key: keyof Config; kind: 'string' | 'int' | 'list' | 'bool' }> = {
+type TextKind = 'string' | 'int' | 'list' | 'bool' | 'levels';
+const ENV: Record<string, { key: keyof Config; kind: TextKind }> = {
   PROVISIOND_DATA_DIR: { key: 'dataDir', kind: 'string' },
   PROVISIOND_LISTEN_HOST: { key: 'listenHost', kind: 'string' },
   PROVISIOND_HTTPS_PORT: { key: 'httpsPort', kind: 'int' },
   PROVISIOND_HOST_NAMES: { key: 'hostNames', kind: 'list' },
   PROVISIOND_STORE: { key: 'store', kind: 'string' },
   PROVISIOND_LOG_LEVEL: { key: 'logLevel', kind: 'string' },
+  PROVISIOND_LOG_FORMAT: { key: 'logFormat', kind: 'string' },
+  PROVISIOND_LOG_LEVELS: { key: 'logLevels', kind: 'levels' },
+  PROVISIOND_TLS_CERT_FILE: { key: 'tlsCertFile', kind: 'string' },
+  PROVISIOND_TLS_KEY_FILE: { key: 'tlsKeyFile', kind: 'string' },
+  PROVISIOND_METRICS_ENABLED: { key: 'metricsEnabled', kind: 'bool' },
+  PROVISIOND_METRICS_TOKEN: { key: 'metricsToken', kind: 'string' },
+  PROVISIOND_METRICS_LISTEN: { key: 'metricsListen', kind: 'string' },
   PROVISIOND_BULK_MAX_ITEMS: { key: 'bulkMaxItems', kind: 'int' },
   PROVISIOND_QUERY_MAX_ITEM_COUNT: { key: 'queryMaxItemCount', kind: 'int' },
   PROVISIOND_MAX_BODY_BYTES: { key: 'maxBodyBytes', kind: 'int' },
@@ -155,7 +180,8 @@ const ENV: Record<string, { key: keyof Config; kind: 'string' | 'int' | 'list' |
 };
 export const CONFIG_ENV_VARS = Object.keys(ENV);
 
-function readText(text: string, kind: 'string' | 'int' | 'list' | 'bool'): unknown {
+function readText(text: string, kind: TextKind): unknown {
+  if (kind === 'levels') return parseLogLevels(text);
   if (kind === 'bool') return /^(true|1|yes|on)$/i.test(text.trim()) ? true : /^(false|0|no|off)$/i.test(text.trim()) ? false : text;
   if (kind === 'int') return /^-?\d+$/.test(text.trim()) ? Number(text.trim()) : text;
   if (kind === 'list') return text.split(',').map((part) => part.trim()).filter((part) => part.length > 0);
@@ -202,6 +228,16 @@ function describeProblem(error: { message: string; schema: TSchema }): string {
     return `must be one of ${choices.join(', ')}`;
   }
   return error.message;
+}
+
+/** `mqtt=debug,http=warn` → { mqtt: 'debug', http: 'warn' } (the schema then checks the names and levels). */
+export function parseLogLevels(text: string): Record<string, string> {
+  const levels: Record<string, string> = {};
+  for (const part of text.split(',').map((entry) => entry.trim()).filter((entry) => entry !== '')) {
+    const at = part.indexOf('=');
+    levels[at < 0 ? part : part.slice(0, at).trim()] = at < 0 ? '' : part.slice(at + 1).trim();
+  }
+  return levels;
 }
 
 /** The SQLite file the config names. */

@@ -45,6 +45,7 @@ export class LifecycleEvents {
   readonly #retry = new Map<string, { attempts: number; notBefore: number }>();
   #timer: NodeJS.Timeout | undefined;
   #closed = false;
+  #lastSweepAt: number | undefined;
 
   constructor(deps: ServiceDeps, logger: FastifyBaseLogger, options: LifecycleEventOptions) {
     this.#deps = deps;
@@ -73,6 +74,11 @@ export class LifecycleEvents {
     void this.#sweep();
   }
 
+  /** When the outbox was last swept (readiness: a delivery loop that stopped sweeping is stuck). */
+  get lastSweepAt(): number | undefined {
+    return this.#lastSweepAt;
+  }
+
   async close(): Promise<void> {
     this.#closed = true;
     if (this.#timer !== undefined) clearInterval(this.#timer);
@@ -83,6 +89,7 @@ export class LifecycleEvents {
     if (this.#closed) return;
     try {
       for (const instanceId of await this.#deps.store.listInstancesWithOutboxEvents()) void this.#deliver(instanceId);
+      this.#lastSweepAt = Date.now();
     } catch (error) {
       this.#logger.error({ err: error }, 'lifecycle event sweep failed');
     }

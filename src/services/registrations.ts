@@ -1,4 +1,5 @@
 import { randomBytes, randomUUID } from 'node:crypto';
+import { performance } from 'node:perf_hooks';
 import type { FastifyBaseLogger } from 'fastify';
 import { candidateHubs, geoLatencyChoice, hashedChoice, staticChoice } from '../domain/allocation.js';
 import {
@@ -61,6 +62,22 @@ export interface RegistrationServiceDeps extends ServiceDeps {
   /** The system log: every attempt (refused ones too), every hub write, every outcome. */
   audit?: AuditLog;
   events?: LifecycleEvents;
+  /** Metrics: every register attempt's outcome and duration, every throttled request. */
+  observer?: RegistrationObserver;
+}
+
+export interface RegistrationObservation {
+  transport: Transport;
+  attestationType: 'symmetricKey' | 'x509' | 'tpm';
+  /** `refused`: the request was answered with an error before an operation existed (credential, throttling). */
+  outcome: 'assigned' | 'failed' | 'disabled' | 'refused';
+  errorCode?: number;
+  seconds: number;
+}
+
+export interface RegistrationObserver {
+  attempted(observation: RegistrationObservation): void;
+  throttled(transport: Transport, operation: 'register' | 'poll' | 'statusLookup'): void;
 }
 
 const unauthorized = (): ProvisioningError => new ProvisioningError('Unauthorized');
@@ -84,6 +101,9 @@ export class RegistrationService {
 
   /** Register: authenticate now (401 at once), assign in the background, answer 202 `assigning` with an operation. */
   async register(request: DeviceRequest & { payload?: JsonMap | undefined }): Promise<OperationReply> {
+    const started = performance.now();
+    const observe = (outcome: RegistrationObservation['outcome'], attestationType: RegistrationObservation['attestationType'], errorCode: number | undefined) =>
+      this.#deps.observer?.attempted({ transport: request.transport, attestationType, outcome, seconds: (performance.now() - started) / 1000, ...(errorCode === undefined ? {} : { errorCode }) });
     let instance: InstanceRecord | undefined;
     let match: DeviceMatch;
     try {
@@ -92,8 +112,10 @@ export class RegistrationService {
         instance = await this.#instance(request.idScope);
         return this.#authenticate(instance, request);
       });
-      this.#registrationLimiter.take(match.instance.id);
+      const instanceId = match.instance.id;
+      this.#throttling(request.transport, 'register', () => this.#registrationLimiter.take(instanceId));
     } catch (error) {
+      observe('refused', request.credential.kind === 'x509' ? 'x509' : 'symmetricKey', error instanceof ProvisioningError ? error.errorCode : undefined);
       // A refused attempt is logged with why, so a tenant can tell a wrong key from a throttled device.
       if (error instanceof ProvisioningError && instance !== undefined) {
         await this.#deps.audit?.record(instance.id, {
@@ -121,6 +143,11 @@ export class RegistrationService {
     };
     await this.#deps.store.putOperation(matched.id, operation);
     const work = this.#serialized(`${matched.id}/${idKey(match.registrationId)}`, () => this.#assign(match, operation, request.payload, request.transport));
+    // (A rejected assignment is the race's below to report; this only counts the finished ones.)
+    void work.then(
+      (record) => observe(record.status === 'assigned' || record.status === 'disabled' ? record.status : 'failed', match.attestationType, record.errorCode),
+      () => undefined,
+    );
     // A fast assignment is finished before the device is told to poll, so its first poll is the answer (Retry-After: 0).
     const finished = await Promise.race([
       work.then(() => true),
@@ -136,7 +163,7 @@ export class RegistrationService {
   async operationStatus(request: DeviceRequest & { operationId: string }): Promise<OperationReply> {
     const match = await this.#authenticated(request);
     const instance = match.instance;
-    this.#pollLimiter.take(`${instance.id}/${idKey(match.registrationId)}`);
+    this.#throttling(request.transport, 'poll', () => this.#pollLimiter.take(`${instance.id}/${idKey(match.registrationId)}`));
     const operation = await this.#deps.store.getOperation(instance.id, request.operationId);
     if (operation === undefined || idKey(operation.registrationId) !== idKey(match.registrationId)) {
       throw new ProvisioningError('OperationNotFound', `Operation '${request.operationId}' was not found for '${request.registrationId}'.`);
@@ -158,7 +185,7 @@ export class RegistrationService {
   /** DeviceRegistrationStatusLookup: the device's current record, no operation wrapper. */
   async statusLookup(request: DeviceRequest): Promise<JsonMap> {
     const match = await this.#authenticated(request);
-    this.#pollLimiter.take(`${match.instance.id}/${idKey(match.registrationId)}`);
+    this.#throttling(request.transport, 'statusLookup', () => this.#pollLimiter.take(`${match.instance.id}/${idKey(match.registrationId)}`));
     if (match.previous === undefined) {
       throw new ProvisioningError('RegistrationNotFound', `Registration '${request.registrationId}' was not found.`);
     }
@@ -208,6 +235,16 @@ export class RegistrationService {
     return this.#refused.guard(request.source, async () => this.#authenticate(await this.#instance(request.idScope), request));
   }
 
+  /** A rate limit's refusal, counted for the metrics and passed on. */
+  #throttling(transport: Transport, operation: 'register' | 'poll' | 'statusLookup', take: () => void): void {
+    try {
+      take();
+    } catch (error) {
+      if (error instanceof ProvisioningError && error.httpStatus === 429) this.#deps.observer?.throttled(transport, operation);
+      throw error;
+    }
+  }
+
   async #instance(idScope: string): Promise<InstanceRecord> {
     const instance = await this.#deps.store.findInstanceByIdScope(idScope);
     // An unknown ID scope is answered like a bad credential: it tells a prober nothing.
@@ -234,16 +271,16 @@ export class RegistrationService {
   }
 
   /** Allocation, hub write and record; never throws — every failure ends the operation `failed` with a reason. */
-  async #assign(match: DeviceMatch, operation: StoredOperation, payload: JsonMap | undefined, transport: Transport): Promise<void> {
+  async #assign(match: DeviceMatch, operation: StoredOperation, payload: JsonMap | undefined, transport: Transport): Promise<StoredRegistration> {
     this.#inFlight.add(operation.operationId);
     try {
-      await this.#assignTracked(match, operation, payload, transport);
+      return await this.#assignTracked(match, operation, payload, transport);
     } finally {
       this.#inFlight.delete(operation.operationId);
     }
   }
 
-  async #assignTracked(match: DeviceMatch, operation: StoredOperation, payload: JsonMap | undefined, transport: Transport): Promise<void> {
+  async #assignTracked(match: DeviceMatch, operation: StoredOperation, payload: JsonMap | undefined, transport: Transport): Promise<StoredRegistration> {
     const { instance } = match;
     const store = this.#deps.store;
     /** Set once the intent is stored, before the first hub write. */
@@ -329,6 +366,7 @@ export class RegistrationService {
       ...(record.substatus === undefined ? {} : { substatus: record.substatus }),
       ...(record.errorCode === undefined ? {} : { errorCode: record.errorCode, errorMessage: record.errorMessage }),
     });
+    return record;
   }
 
   /** One write to a hub, logged with its outcome. */

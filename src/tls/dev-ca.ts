@@ -1,50 +1,29 @@
-import { X509Certificate } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { isIP } from 'node:net';
-import { createRootCertificate, createServerCertificate, type CertificateAndKey } from './x509-issuer.js';
+import { createRootCertificate, type CertificateAndKey } from './x509-issuer.js';
 
 /**
- * The development CA and server certificate created on first start under `<dataDir>/tls/`. Devices and SDKs trust
- * the CA (NODE_EXTRA_CA_CERTS); the server certificate is re-issued when the configured host names change or it
- * nears expiry. A CA placed there beforehand (ca.pem + ca.key) is used as-is.
+ * The development CA created on first start under `<dataDir>/tls/` (ca.pem + ca.key): the zero-config issuer of the
+ * server certificate, which devices and SDKs trust through NODE_EXTRA_CA_CERTS. A CA placed there beforehand is used
+ * as it is. server-certificate.ts decides whether it is needed at all (not when the operator brings a certificate).
  */
 export interface TlsMaterial {
+  /** What to point NODE_EXTRA_CA_CERTS at. */
   caPath: string;
   ca: string;
   cert: string;
   key: string;
 }
 
-const DAY_MS = 24 * 60 * 60 * 1000;
-
-function serverCertificateFits(certPem: string, caPem: string, hostNames: readonly string[]): boolean {
-  const cert = new X509Certificate(certPem);
-  if (!cert.checkIssued(new X509Certificate(caPem))) return false;
-  if (new Date(cert.validTo).getTime() - Date.now() < 30 * DAY_MS) return false;
-  return hostNames.every((name) => (isIP(name) === 0 ? cert.checkHost(name) !== undefined : cert.checkIP(name) !== undefined));
-}
-
-export async function ensureTlsMaterial(dataDir: string, hostNames: readonly string[]): Promise<TlsMaterial> {
-  const dir = join(dataDir, 'tls');
-  mkdirSync(dir, { recursive: true, mode: 0o700 });
-  const caPath = join(dir, 'ca.pem');
-  const caKeyPath = join(dir, 'ca.key');
-  const certPath = join(dir, 'server.pem');
-  const keyPath = join(dir, 'server.key');
-  let ca: CertificateAndKey;
+export async function ensureDevCa(tlsDir: string): Promise<CertificateAndKey> {
+  mkdirSync(tlsDir, { recursive: true, mode: 0o700 });
+  const caPath = join(tlsDir, 'ca.pem');
+  const caKeyPath = join(tlsDir, 'ca.key');
   if (existsSync(caPath) && existsSync(caKeyPath)) {
-    ca = { certPem: readFileSync(caPath, 'utf8'), keyPem: readFileSync(caKeyPath, 'utf8') };
-  } else {
-    ca = await createRootCertificate({ commonName: 'provisiond development CA', days: 3650 });
-    writeFileSync(caKeyPath, ca.keyPem, { mode: 0o600 });
-    writeFileSync(caPath, ca.certPem);
+    return { certPem: readFileSync(caPath, 'utf8'), keyPem: readFileSync(caKeyPath, 'utf8') };
   }
-  const haveServer = existsSync(certPath) && existsSync(keyPath);
-  if (!haveServer || !serverCertificateFits(readFileSync(certPath, 'utf8'), ca.certPem, hostNames)) {
-    const server = await createServerCertificate(ca, hostNames, 825);
-    writeFileSync(keyPath, server.keyPem, { mode: 0o600 });
-    writeFileSync(certPath, server.certPem);
-  }
-  return { caPath, ca: ca.certPem, cert: readFileSync(certPath, 'utf8'), key: readFileSync(keyPath, 'utf8') };
+  const ca = await createRootCertificate({ commonName: 'provisiond development CA', days: 3650 });
+  writeFileSync(caKeyPath, ca.keyPem, { mode: 0o600 });
+  writeFileSync(caPath, ca.certPem);
+  return ca;
 }

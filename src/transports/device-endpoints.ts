@@ -5,7 +5,7 @@ import type { RegistrationService } from '../services/registrations.js';
 import { AmqpDeviceEndpoint } from './amqp/endpoint.js';
 import { closeServer, createDeviceTlsServer, DeviceConnections, listenOn } from './device-connections.js';
 import { MqttDeviceBroker } from './mqtt/broker.js';
-import { peerCertificateChain } from './tls-peer.js';
+import { DEVICE_TLS_OPTIONS, peerCertificateChain } from './tls-peer.js';
 import { attachDeviceWebSockets, type DeviceWebSockets } from './websocket.js';
 import type { Server as TlsServer } from 'node:tls';
 
@@ -16,7 +16,10 @@ import type { Server as TlsServer } from 'node:tls';
  */
 export interface DeviceEndpointDeps {
   config: Config;
+  /** The MQTT endpoint's logger (and the shared connection limits'). */
   logger: FastifyBaseLogger;
+  /** The AMQP endpoint's logger; defaults to `logger`. */
+  amqpLogger?: FastifyBaseLogger;
   registrations: RegistrationService;
   tls: { key: string; cert: string };
   /** The HTTPS listener's server, for the `/$iothub/websocket` upgrades. */
@@ -29,11 +32,16 @@ export interface DeviceListener {
   port: number;
   flag: string;
   listen(): Promise<void>;
+  /** Readiness and metrics: whether it is bound, and its open connections (handshaking ones included). */
+  isListening(): boolean;
+  openConnections(): Promise<number>;
 }
 
 export interface DeviceEndpoints {
   readonly listeners: readonly DeviceListener[];
   readonly connections: DeviceConnections;
+  /** Serves a new certificate to new connections; open ones keep theirs (SIGHUP reload). */
+  setSecureContext(tls: { key: string; cert: string }): void;
   close(): Promise<void>;
 }
 
@@ -45,7 +53,7 @@ export async function createDeviceEndpoints(deps: DeviceEndpointDeps): Promise<D
   const mqtt = needsMqtt
     ? await MqttDeviceBroker.create({ registrations, logger, maxPacketBytes: config.mqttMaxPacketBytes, connectTimeoutMs: Math.min(30000, config.deviceIdleTimeoutMs) })
     : undefined;
-  const amqp = needsAmqp ? new AmqpDeviceEndpoint({ registrations, logger, maxMessageBytes: config.amqpMaxMessageBytes, hostNames: config.hostNames }) : undefined;
+  const amqp = needsAmqp ? new AmqpDeviceEndpoint({ registrations, logger: deps.amqpLogger ?? logger, maxMessageBytes: config.amqpMaxMessageBytes, hostNames: config.hostNames }) : undefined;
 
   const servers: TlsServer[] = [];
   const listeners: DeviceListener[] = [];
@@ -56,7 +64,7 @@ export async function createDeviceEndpoints(deps: DeviceEndpointDeps): Promise<D
       onConnection: (socket) => mqtt.handle(socket, { transport: 'mqtt', chain: peerCertificateChain(socket), remoteAddress: socket.remoteAddress }),
     });
     servers.push(server);
-    listeners.push({ what: 'MQTT', port: config.mqttPort, flag: '--mqtt-port', listen: () => listenOn(server, config.mqttPort, config.listenHost) });
+    listeners.push({ what: 'MQTT', port: config.mqttPort, flag: '--mqtt-port', listen: () => listenOn(server, config.mqttPort, config.listenHost), ...observe(server) });
   }
   if (config.amqpEnabled && amqp !== undefined) {
     const server = createDeviceTlsServer({
@@ -65,7 +73,7 @@ export async function createDeviceEndpoints(deps: DeviceEndpointDeps): Promise<D
       onConnection: (socket) => amqp.accept(socket, { transport: 'amqp', chain: peerCertificateChain(socket), remoteAddress: socket.remoteAddress }),
     });
     servers.push(server);
-    listeners.push({ what: 'AMQP', port: config.amqpPort, flag: '--amqp-port', listen: () => listenOn(server, config.amqpPort, config.listenHost) });
+    listeners.push({ what: 'AMQP', port: config.amqpPort, flag: '--amqp-port', listen: () => listenOn(server, config.amqpPort, config.listenHost), ...observe(server) });
   }
   let webSockets: DeviceWebSockets | undefined;
   if (config.webSocketsEnabled) {
@@ -81,6 +89,9 @@ export async function createDeviceEndpoints(deps: DeviceEndpointDeps): Promise<D
   return {
     listeners,
     connections,
+    setSecureContext(tls) {
+      for (const server of servers) server.setSecureContext({ key: tls.key, cert: tls.cert, ...DEVICE_TLS_OPTIONS });
+    },
     async close() {
       webSockets?.close();
       const closing = servers.map((server) => closeServer(server));
@@ -88,5 +99,12 @@ export async function createDeviceEndpoints(deps: DeviceEndpointDeps): Promise<D
       await Promise.all(closing);
       await mqtt?.close();
     },
+  };
+}
+
+function observe(server: TlsServer): Pick<DeviceListener, 'isListening' | 'openConnections'> {
+  return {
+    isListening: () => server.listening,
+    openConnections: () => new Promise((resolve) => server.getConnections((error, count) => resolve(error === null ? count : 0))),
   };
 }

@@ -200,7 +200,7 @@ test('a read-only policy sees lists and details but no way to change anything', 
     // Without the erase rights, the preview is an export's manifest of where the data was found.
     await page.getByRole('textbox', { name: 'Registration ID' }).fill('reader-visible');
     await page.getByRole('button', { name: 'Preview' }).click();
-    await page.getByTestId('preview-searched').getByText('(enrollments)').waitFor();
+    await page.getByTestId('preview-searched').getByText('Individual enrollment').waitFor();
 
     // A page the policy may not use, opened by its address, names the missing right.
     await page.goto(`${ORIGIN}/portal/settings/policies`);

@@ -18,7 +18,7 @@ import { deriveDeviceKey, isExpired, parseSasToken, signedByOneOf } from '../dom
 import { dpsTimestamp } from '../domain/time.js';
 import { certificateInfo, commonName } from '../domain/x509.js';
 import { HubError, type HubAuthentication, type HubClientFactory, type HubTwinContent } from '../hubs/hub-client.js';
-import type { InstanceRecord, LinkedHubRecord, StoredOperation, StoredRegistration } from '../store/store.js';
+import type { FenceProbe, InstanceRecord, LinkedHubRecord, StoredOperation, StoredRegistration } from '../store/store.js';
 import { callAllocationWebhook, type WebhookExchange } from './custom-allocation.js';
 import type { ServiceDeps } from './deps.js';
 import type { HubLatencies } from './hub-latency.js';
@@ -27,6 +27,7 @@ import { RateLimiter } from './throttle.js';
 import type { AuditLog } from './audit-log.js';
 import type { LifecycleEvents } from './lifecycle-events.js';
 import { walkX509Enrollments } from './x509-attestation.js';
+import { assertNotFenced, isFenceRefusal, registrationRefusal, undoInterruptedRegistration } from './customer-data/erase-fence.js';
 
 /**
  * The registration flow — one implementation for every transport (ARCHITECTURE.md "The registration flow"):
@@ -135,7 +136,31 @@ export class RegistrationService {
       createdDateTimeUtc: now,
       lastUpdatedDateTimeUtc: now,
     };
-    await this.#deps.store.putOperation(instance.id, operation);
+    // Erase fence, first check: an erase running for this device refuses the attempt before anything is written.
+    await this.#deps.store
+      .transaction(async (tx) => {
+        await assertNotFenced(tx, instance.id, fenceProbe(match));
+        // An erase may have come and gone since the credential was checked: the enrollment must still be there.
+        const entry = match.enrollment;
+        const current = entry.kind === 'individual' ? await tx.getEnrollment(instance.id, entry.doc.registrationId) : await tx.getEnrollmentGroup(instance.id, entry.doc.enrollmentGroupId);
+        if (current === undefined) throw unauthorized();
+        await tx.putOperation(instance.id, operation);
+      })
+      .catch(async (error: unknown) => {
+        if (isFenceRefusal(error)) {
+          await this.#deps.audit?.record(instance.id, {
+            kind: 'registration',
+            operation: 'register',
+            actor: 'device',
+            subject: { registrationId: match.registrationId, deviceId: match.deviceId },
+            outcome: 'failure',
+            errorCode: error.errorCode,
+            transport: request.transport,
+            attestationType: match.attestationType,
+          });
+        }
+        throw error;
+      });
     const work = this.#serialized(`${instance.id}/${idKey(match.registrationId)}`, () => this.#assign(match, operation, request.payload, request.transport));
     // A fast assignment is finished before the device is told to poll, so its first poll is the answer (Retry-After: 0).
     const finished = await Promise.race([
@@ -153,6 +178,7 @@ export class RegistrationService {
     const instance = await this.#instance(request.idScope);
     this.#pollLimiter.take(`${instance.id}/${idKey(request.registrationId)}`);
     const match = await this.#authenticate(instance, request);
+    await assertNotFenced(this.#deps.store, instance.id, fenceProbe(match));
     const operation = await this.#deps.store.getOperation(instance.id, request.operationId);
     if (operation === undefined || idKey(operation.registrationId) !== idKey(match.registrationId)) {
       throw new ProvisioningError('OperationNotFound', `Operation '${request.operationId}' was not found for '${request.registrationId}'.`);
@@ -308,6 +334,9 @@ export class RegistrationService {
   async #assign(match: DeviceMatch, operation: StoredOperation, payload: JsonMap | undefined, transport: Transport): Promise<void> {
     const { instance } = match;
     const store = this.#deps.store;
+    // Attempts of one device queue behind each other: one that waited through an erase of the device must not run.
+    const erased = await registrationRefusal(store, instance.id, fenceProbe(match), operation.operationId);
+    if (erased !== undefined) return;
     const previous = await store.getRegistration(instance.id, match.registrationId);
     const enrollment = match.enrollment.doc;
     const now = dpsTimestamp(this.#deps.now());
@@ -366,11 +395,30 @@ export class RegistrationService {
       details: { status: record.status, ...(record.substatus === undefined ? {} : { substatus: record.substatus }), operationId: operation.operationId },
     });
     // The record, the operation and the log entry of the outcome are written together (ARCHITECTURE.md, step 5).
-    await store.transaction(async (tx) => {
-      await tx.putRegistration(instance.id, record);
-      await tx.putOperation(instance.id, finished);
-      if (outcome !== undefined) await tx.appendAuditEvent(instance.id, outcome);
-    });
+    try {
+      await store.transaction(async (tx) => {
+        // Erase fence, second check: an erase that started while this registration ran wins, and nothing is written.
+        const refusal = await registrationRefusal(tx, instance.id, fenceProbe(match, record.deviceId), operation.operationId);
+        if (refusal !== undefined) throw refusal;
+        await tx.putRegistration(instance.id, record);
+        await tx.putOperation(instance.id, finished);
+        if (outcome !== undefined) await tx.appendAuditEvent(instance.id, outcome);
+      });
+    } catch (error) {
+      if (!isFenceRefusal(error)) throw error;
+      // What this attempt wrote to the hub before the erase caught up with it goes too: the erase wants none of it.
+      await undoInterruptedRegistration(store, this.#deps.hubClients, instance.id, {
+        registrationId: match.registrationId,
+        deviceId: record.deviceId ?? match.deviceId,
+        assignedHub: record.status === 'assigned' ? record.assignedHub : undefined,
+        sinceUtc: now,
+      });
+      // Logged through the fence-aware path, so the entry names the subject only by its hash.
+      if (outcome !== undefined && (await store.findEraseFence(instance.id, fenceProbe(match))) !== undefined) {
+        await this.#deps.audit?.record(instance.id, { ...outcome, outcome: 'failure', errorCode: error.errorCode, reason: error.message });
+      }
+      return;
+    }
     const reprovisioned = previous?.status === 'assigned';
     void this.#deps.events?.emit(instance, record.status === 'assigned' ? (reprovisioned ? 'device.reprovisioned' : 'device.registered') : 'device.failed', {
       registrationId: record.registrationId,
@@ -516,6 +564,15 @@ export class RegistrationService {
     if (resultPayload !== undefined) record.payload = resultPayload;
     return record;
   }
+}
+
+/** The IDs a registration writes about: a fence on any of them refuses it. */
+function fenceProbe(match: DeviceMatch, deviceId: string = match.deviceId): FenceProbe {
+  return {
+    registrationIds: [match.registrationId],
+    deviceIds: [deviceId, match.deviceId],
+    ...(match.enrollment.kind === 'group' ? { groupIds: [match.enrollment.doc.enrollmentGroupId] } : {}),
+  };
 }
 
 function twinOf(initialTwin: InitialTwinDoc | undefined): HubTwinContent {

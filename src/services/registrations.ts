@@ -28,6 +28,7 @@ import type { AuditLog } from './audit-log.js';
 import type { LifecycleEvents } from './lifecycle-events.js';
 import { walkX509Enrollments } from './x509-attestation.js';
 import { assertNotFenced, isFenceRefusal, registrationRefusal, undoInterruptedRegistration } from './customer-data/erase-fence.js';
+import { refusalReason } from './device-refusals.js';
 
 /**
  * The registration flow — one implementation for every transport (ARCHITECTURE.md "The registration flow"):
@@ -121,7 +122,7 @@ export class RegistrationService {
           subject: { registrationId: request.registrationId },
           outcome: 'failure',
           errorCode: error.errorCode,
-          reason: error.message,
+          reason: error.errorName === 'Unauthorized' ? await refusalReason(this.#deps.store, instance, request, this.#deps.now()) : error.message,
           transport: request.transport,
           attestationType: request.credential.kind === 'x509' ? 'x509' : 'symmetricKey',
         });
@@ -213,7 +214,26 @@ export class RegistrationService {
    * nothing before it sends a request. Register and poll still authenticate on their own.
    */
   async authenticate(request: DeviceRequest): Promise<void> {
-    await this.#authenticate(await this.#instance(request.idScope), request);
+    const instance = await this.#instance(request.idScope);
+    try {
+      await this.#authenticate(instance, request);
+    } catch (error) {
+      // A refused MQTT CONNECT or AMQP SASL sign-in is an attempt too: logged with why, like a refused HTTPS one.
+      if (error instanceof ProvisioningError) {
+        await this.#deps.audit?.record(instance.id, {
+          kind: 'registration',
+          operation: 'signIn',
+          actor: 'device',
+          subject: { registrationId: request.registrationId },
+          outcome: 'failure',
+          errorCode: error.errorCode,
+          reason: error.errorName === 'Unauthorized' ? await refusalReason(this.#deps.store, instance, request, this.#deps.now()) : error.message,
+          transport: request.transport,
+          attestationType: request.credential.kind === 'x509' ? 'x509' : 'symmetricKey',
+        });
+      }
+      throw error;
+    }
   }
 
   async #instance(idScope: string): Promise<InstanceRecord> {

@@ -10,7 +10,7 @@ import { createSasToken, deriveDeviceKey } from '../src/domain/sas.js';
  * provisiond on the embedded SQLite store, symmetric key, individual and group enrollments; then the same load
  * generator against a minimal Fastify TLS server, as this machine's ceiling. Bounded in time; loopback only.
  *
- *   npm run bench -- [--devices 200] [--seconds 15] [--warmup 3] [--enrollments 2000] [--profile DIR]
+ *   npm run bench -- [--devices 200] [--seconds 15] [--warmup 3] [--enrollments 2000] [--profile DIR] [--baseline no]
  */
 const args = new Map<string, string>();
 for (let i = 2; i < process.argv.length; i += 2) args.set(process.argv[i]?.replace(/^--/, '') ?? '', process.argv[i + 1] ?? '');
@@ -46,6 +46,12 @@ async function startProcess(dataDir: string, mode: string): Promise<Started> {
 function rssMiB(pid: number | undefined): number {
   const status = readFileSync(`/proc/${pid}/status`, 'utf8');
   return Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0) / 1024;
+}
+
+/** The process's CPU time (user + system) in ms, from /proc (clock ticks of 10 ms). */
+function cpuMs(pid: number | undefined): number {
+  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]?.split(' ') ?? [];
+  return (Number(fields[11] ?? 0) + Number(fields[12] ?? 0)) * 10;
 }
 
 function percentile(sorted: number[], p: number): number {
@@ -140,6 +146,12 @@ try {
     }
   }
 
+  // Server CPU over the measured window only (process accounting), for a per-registration cost that does not depend
+  // on how much of the shared machine the server got.
+  const cpuMarks: number[] = [];
+  const markCpu = (): void => void cpuMarks.push(cpuMs(server.child.pid));
+  setTimeout(markCpu, Math.max(0, measureFrom - Date.now()));
+  setTimeout(markCpu, Math.max(0, deadline - Date.now()));
   await Promise.all(
     Array.from({ length: DEVICES }, async () => {
       while (Date.now() < deadline) {
@@ -169,31 +181,34 @@ try {
     p99Ms: Number(percentile(latencies, 99).toFixed(1)),
     maxMs: Number((latencies.at(-1) ?? NaN).toFixed(1)),
     serverPeakRssMiB: Math.round(peakRss),
+    serverCpuMsPerRegistration: cpuMarks.length === 2 ? Number((((cpuMarks[1] ?? 0) - (cpuMarks[0] ?? 0)) / Math.max(1, latencies.length)).toFixed(3)) : null,
   };
   await agent.close();
   server.child.kill('SIGTERM');
   await new Promise((resolve) => server.child.once('exit', resolve));
 
-  // ---- the ceiling: a minimal Fastify TLS server
-  const baseline = await startProcess(dataDir, 'baseline');
-  const baselineAgent = new Agent({ connect: { ca: ca(), servername: 'localhost' }, connections: DEVICES });
-  let baselineRequests = 0;
-  const baselineMeasureFrom = Date.now() + WARMUP_SECONDS * 1000;
-  const baselineDeadline = baselineMeasureFrom + SECONDS * 1000;
-  await Promise.all(
-    Array.from({ length: DEVICES }, async () => {
-      while (Date.now() < baselineDeadline) {
-        const response = await request(`https://localhost:${PORT}/ping`, { dispatcher: baselineAgent });
-        await response.body.dump();
-        const now = Date.now();
-        if (now >= baselineMeasureFrom && now <= baselineDeadline) baselineRequests += 1;
-      }
-    }),
-  );
-  results.minimalFastifyTls = { requestsPerSecond: Math.round(baselineRequests / SECONDS) };
-  await baselineAgent.close();
-  baseline.child.kill('SIGTERM');
-  await new Promise((resolve) => baseline.child.once('exit', resolve));
+  // ---- the ceiling: a minimal Fastify TLS server (--baseline no skips it, for short comparison runs)
+  if (args.get('baseline') !== 'no') {
+    const baseline = await startProcess(dataDir, 'baseline');
+    const baselineAgent = new Agent({ connect: { ca: ca(), servername: 'localhost' }, connections: DEVICES });
+    let baselineRequests = 0;
+    const baselineMeasureFrom = Date.now() + WARMUP_SECONDS * 1000;
+    const baselineDeadline = baselineMeasureFrom + SECONDS * 1000;
+    await Promise.all(
+      Array.from({ length: DEVICES }, async () => {
+        while (Date.now() < baselineDeadline) {
+          const response = await request(`https://localhost:${PORT}/ping`, { dispatcher: baselineAgent });
+          await response.body.dump();
+          const now = Date.now();
+          if (now >= baselineMeasureFrom && now <= baselineDeadline) baselineRequests += 1;
+        }
+      }),
+    );
+    results.minimalFastifyTls = { requestsPerSecond: Math.round(baselineRequests / SECONDS) };
+    await baselineAgent.close();
+    baseline.child.kill('SIGTERM');
+    await new Promise((resolve) => baseline.child.once('exit', resolve));
+  }
 } finally {
   rmSync(dataDir, { recursive: true, force: true });
 }

@@ -88,7 +88,7 @@ describe('provisiond data and audit', () => {
   test('data export --output: enrollment, record, hub device and twin, and the log, with secrets', async () => {
     const out = await ok(['data', 'export', '--registration-id', DEVICE, '--include-secrets', '--request-id', 'exp-file', '--output', file('bundle.json')]);
     assert.match(out, new RegExp(`^wrote the export bundle of registrationId '${DEVICE}' to .*bundle\\.json \\(data request 'exp-file'\\)\\n  found:\\n`));
-    assert.match(out, /\n {4}hub:localhost\/devices +1\n/);
+    assert.match(out, /\n {4}Device identity and twin on hub localhost +1\n/);
     assert.equal(statSync(file('bundle.json')).mode & 0o777, 0o600);
 
     const bundle = readJson(file('bundle.json'));
@@ -140,16 +140,16 @@ describe('provisiond data and audit', () => {
   test('data erase --dry-run lists what would go and changes nothing', async () => {
     const out = await ok(['data', 'erase', '--registration-id', DEVICE, '--dry-run', '--request-id', 'dry-1']);
     assert.match(out, new RegExp(`^dry run of erasing registrationId '${DEVICE}': nothing was changed \\(data request 'dry-1'\\)\\. An erase would\\n  delete:\\n`));
-    for (const place of ['hub:localhost/devices', 'registrations', 'operations', 'enrollments']) {
+    for (const place of ['Device identity and twin on hub localhost', 'Registration records', 'Registration operations \\(with custom allocation payloads\\)', 'Individual enrollment']) {
       assert.match(out, new RegExp(`\\n {4}${place} +1  ${DEVICE}\\n`));
     }
-    assert.match(out, /\n {2}pseudonymize:\n {4}auditEvents +\d+ {2}[0-9a-f]{24}/);
+    assert.match(out, /\n {2}pseudonymize:\n {4}System log events +\d+ {2}[0-9a-f]{24}/);
 
     const request = (await json(['data', 'show', 'dry-1'])) as Doc;
     assert.equal(request.status, 'completed');
     assert.equal(request.dryRun, true);
     assert.equal(request.hasReceipt, false);
-    assert.deepEqual((request.result as { deleted: Doc[] }).deleted.find((entry) => entry.place === 'enrollments'), { place: 'enrollments', count: 1, items: [DEVICE] });
+    assert.deepEqual((request.result as { deleted: Doc[] }).deleted.find((entry) => entry.place === 'enrollments'), { place: 'enrollments', name: 'Individual enrollment', count: 1, items: [DEVICE] });
 
     // Still there: the enrollment, the record, the device on its hub.
     assert.equal(((await json(['enrollment', 'show', DEVICE])) as Doc).registrationId, DEVICE);
@@ -177,8 +177,11 @@ describe('provisiond data and audit', () => {
   test('data erase --yes --receipt: everything goes, the log forgets the ID, the receipt verifies offline', async () => {
     const out = await ok(['data', 'erase', '--registration-id', DEVICE, '--yes', '--request-id', 'erase-1', '--receipt', file('receipt.json')]);
     assert.match(out, new RegExp(`^erase of registrationId '${DEVICE}': completed \\(data request 'erase-1'\\)\\n  deleted:\\n`));
-    for (const place of ['hub:localhost/devices', 'registrations', 'operations', 'enrollments']) assert.match(out, new RegExp(`\\n {4}${place} +[1-9]\\n`));
-    assert.match(out, /\n {2}pseudonymized:\n(?: {4}\S+ +\d+\n)* {4}auditEvents +[1-9]\d*\n/);
+    // Places by their human names (the API's `name`), never table names.
+    for (const place of ['Device identity and twin on hub localhost', 'Registration records', 'Registration operations \\(with custom allocation payloads\\)', 'Individual enrollment']) {
+      assert.match(out, new RegExp(`\\n {4}${place} +[1-9]\\n`));
+    }
+    assert.match(out, /\n {2}pseudonymized:\n(?: {4}.+ +\d+\n)* {4}System log events +[1-9]\d*\n/);
     assert.match(out, /\nreceipt: written to .*receipt\.json \(signed by key [0-9a-f]{16}\); check it with 'provisiond data verify-receipt .*receipt\.json'\n$/);
 
     // Straight after the erase (any later call naming the ID would be logged under it again).
@@ -289,7 +292,7 @@ describe('provisiond data and audit', () => {
     assert.equal((bundle.hubDevices as Doc[]).length, 1, 'the reachable hub is in the bundle');
     assert.match(exported.stderr, /^provisiond: the export is incomplete: Some hubs could not be searched; see result\.searched\.; run it again with a new --request-id once they are reachable\n$/);
     const dry = await ok(['data', 'erase', '--device-id', DEVICE_2, '--dry-run']);
-    assert.match(dry, /\n {4}hub:127\.0\.0\.2\/devices +0  \(could not be checked: .+\)\n/);
+    assert.match(dry, /\n {4}Device identity and twin on hub 127\.0\.0\.2 +0  \(could not be checked: .+\)\n/);
     await ok(['hub', 'unlink', '127.0.0.2']);
 
     // A hub that accepts connections and never answers keeps the erase running past the server's wait (5 s): the CLI
@@ -313,7 +316,7 @@ describe('provisiond data and audit', () => {
     }
     assert.equal(partial.code, 2, partial.stderr);
     assert.match(partial.stdout, new RegExp(`^erase of deviceId '${DEVICE_2}': partially completed \\(data request 'erase-2'\\)\\n`));
-    assert.match(partial.stdout, /\n {4}hub:localhost\/devices +1\n/);
+    assert.match(partial.stdout, /\n {4}Device identity and twin on hub localhost +1\n/);
     assert.match(partial.stdout, new RegExp(`\\n {2}failed:\\n {4}hub:${hub.replaceAll('.', '\\.')}/devices: .+\\n$`));
     assert.match(
       partial.stderr,

@@ -46,6 +46,7 @@ export const errorCatalog = Object.freeze({
   Conflict: { errorCode: 409001, message: 'The resource already exists.' },
   CertificateInUse: { errorCode: 409002, message: 'A certificate can be specified in only one enrollment entry.' },
   LastOwnerPolicy: { errorCode: 409003, message: 'The last policy with the ServiceConfig right cannot be removed.' },
+  SubjectBeingErased: { errorCode: 409210, message: 'A data request is erasing this device; it cannot be written until the erase is final.' },
   PreconditionFailed: { errorCode: 412002, message: 'The etag does not match the current resource.' },
   PayloadTooLarge: { errorCode: 413001, message: 'The request body is too large.' },
   UnsupportedMediaType: { errorCode: 415001, message: 'The request content type is not supported.' },

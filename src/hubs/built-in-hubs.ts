@@ -6,6 +6,7 @@ import { isExpired, parseSasToken, resourceCoversPath, signedByOneOf } from '../
 import { dpsTimestamp } from '../domain/time.js';
 import {
   ALL_HUB_RIGHTS,
+  DeviceFencedError,
   type BuiltInHubRecord,
   type BuiltInHubStore,
   type HubAccessPolicy,
@@ -188,7 +189,7 @@ export class BuiltInHubService {
         capabilities,
         twin: newTwin(now),
       };
-      if (!(await this.#store.insertDevice(hubName, device, newRevision()))) {
+      if (!(await fenced(() => this.#store.insertDevice(hubName, device, newRevision())))) {
         throw new HubApiError('DeviceAlreadyExists', `A device with ID '${truncate(deviceId)}' is already registered.`);
       }
       return renderDevice(device);
@@ -319,13 +320,23 @@ export class BuiltInHubService {
       const etag = etagOf === 'device' ? row.device.etag : row.device.twin.etag;
       if (ifMatch !== undefined && !etagMatches(ifMatch, etag)) throw preconditionFailed(etagOf);
       const next = change(row.device);
-      if (await this.#store.replaceDevice(hubName, next, row.revision, newRevision())) return next;
+      if (await fenced(() => this.#store.replaceDevice(hubName, next, row.revision, newRevision()))) return next;
     }
     throw conflictingWrites();
   }
 }
 
 // ---- hubs and auth
+
+/** A device write the erase fence refused is IoT Hub-style 409 `DeviceBeingErased`. */
+async function fenced<T>(write: () => Promise<T>): Promise<T> {
+  try {
+    return await write();
+  } catch (error) {
+    if (error instanceof DeviceFencedError) throw new HubApiError('DeviceBeingErased', error.message.replaceAll(';', ','));
+    throw error;
+  }
+}
 
 function view(hub: BuiltInHubRecord): BuiltInHub {
   const owner = hub.policies.find((policy) => policy.keyName === HUB_OWNER_POLICY) ?? hub.policies[0];

@@ -32,6 +32,8 @@ export const hubErrorCatalog = Object.freeze({
   IotHubNotFound: { status: 404, message: 'The IoT hub was not found.' },
   RequestNotFound: { status: 404, message: 'The resource is not supported by this hub.' },
   DeviceAlreadyExists: { status: 409, message: 'A device with this ID already exists.' },
+  /** provisiond's own: a customer-data erase of this device is running (docs/customer-data.md "The erase fence"). */
+  DeviceBeingErased: { status: 409, message: 'A data request is erasing this device. It cannot be written until the erase is final.' },
   PreconditionFailed: { status: 412, message: 'The etag does not match the current resource.' },
   MessageTooLarge: { status: 413, message: 'The request body is too large.' },
   ServerError: { status: 500, message: 'An internal error occurred.' },

@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import type { FastifyBaseLogger } from 'fastify';
 import { dpsTimestamp } from '../domain/time.js';
 import type { AuditEvent, AuditQuery, InstanceRecord, Page } from '../store/store.js';
+import { probeOfEvent, pseudonymizedEvent } from './customer-data/erase-fence.js';
 import type { ServiceDeps } from './deps.js';
 
 /**
@@ -44,7 +45,12 @@ export class AuditLog {
   async record(instanceId: string, input: AuditInput): Promise<void> {
     const event = this.event(input);
     try {
-      await this.#deps.store.appendAuditEvent(instanceId, event);
+      // An event about a subject an erase has fenced is written already pseudonymized, so nothing the erase has
+      // cleaned can reappear in the log while it runs (docs/customer-data.md "The erase fence").
+      await this.#deps.store.transaction(async (store) => {
+        const fence = await store.findEraseFence(instanceId, probeOfEvent(event.subject));
+        await store.appendAuditEvent(instanceId, fence === undefined ? event : pseudonymizedEvent(event, fence.subjectHash));
+      });
     } catch (error) {
       this.#logger.error({ err: error, kind: input.kind, operation: input.operation }, 'could not write an audit event');
     }

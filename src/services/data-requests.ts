@@ -1,3 +1,5 @@
+import { Type } from '@sinclair/typebox';
+import { Value } from '@sinclair/typebox/value';
 import { createHash, generateKeyPairSync, randomBytes } from 'node:crypto';
 import type { FastifyBaseLogger } from 'fastify';
 import { renderEnrollment, type JsonMap, type StoredEnrollment } from '../domain/enrollment.js';
@@ -7,7 +9,9 @@ import { canonicalJson, keyIdOf, signReceipt, subjectHash } from '../domain/rece
 import { renderRegistration } from '../domain/registration.js';
 import { dpsTimestamp } from '../domain/time.js';
 import type { HubClientFactory } from '../hubs/hub-client.js';
-import { DATA_REQUEST_FIELDS, type AuditEvent, type InstanceRecord, type LinkedHubRecord } from '../store/store.js';
+import { DATA_REQUEST_FIELDS, type AuditEvent, type EraseFence, type InstanceRecord, type LinkedHubRecord, type OutboxEvent, type SubjectKind } from '../store/store.js';
+import { pseudonymizedEvent } from './customer-data/erase-fence.js';
+import { withPlaceNames } from './customer-data/place-names.js';
 import type { AuditLog } from './audit-log.js';
 import type { ServiceDeps } from './deps.js';
 import type { LifecycleEvents } from './lifecycle-events.js';
@@ -20,7 +24,7 @@ import { encodeContinuation, readPageRequest, type PageRequest } from './paging.
  * request left running by a crash is finished when the server starts again. Each finished erase yields a receipt
  * signed with the instance's Ed25519 key. Afterwards the request remembers the subject only by its keyed hash.
  */
-export type SubjectKind = 'registrationId' | 'deviceId' | 'enrollmentGroupId';
+export type { SubjectKind };
 
 export interface DataRequestBody {
   type: 'export' | 'erase';
@@ -79,6 +83,11 @@ export interface DataRequestDeps extends ServiceDeps {
 
 const REDACTED = '<redacted>';
 const PERSIST_EVERY = 50;
+/** How many times the erase searches every place again before it gives up on signing (writes were under way). */
+const RECHECK_PASSES = 5;
+const PREVIEW_CONCURRENCY = 16;
+/** Said (API `result.warning`, CLI warning and exit code) when a subject is unknown: not the same as a fulfilled request. */
+const NOTHING_FOUND = 'Nothing was found for the subject in any place; nothing was exported, deleted or pseudonymized.';
 
 export class DataRequestService {
   readonly #deps: DataRequestDeps;
@@ -127,7 +136,7 @@ export class DataRequestService {
       if (existing.doc.bodyFingerprint !== fingerprint) {
         throw new ProvisioningError('Conflict', `Data request '${requestId}' already exists with a different body.`);
       }
-      return this.#view(existing.doc as DataRequestDoc);
+      return this.#view(readRequestDoc(existing.doc));
     }
     const { subjectHashKey } = await this.secrets(instance);
     const now = this.#deps.now();
@@ -187,7 +196,7 @@ export class DataRequestService {
     const page = readPageRequest(request, DATA_REQUEST_FIELDS, this.#deps.config);
     const result = await this.#deps.store.queryDataRequests(instance.id, page);
     return {
-      items: result.items.map((item) => this.#view(item.doc as DataRequestDoc)),
+      items: result.items.map((item) => this.#view(readRequestDoc(item.doc))),
       continuation: result.nextKey === undefined ? undefined : encodeContinuation(result.nextKey, request.query ?? ''),
       maxItemCount: page.limit,
     };
@@ -198,7 +207,7 @@ export class DataRequestService {
     const unfinished = await this.#deps.store.listDataRequestsByStatus(['running']);
     for (const record of unfinished) {
       const instance = await this.#deps.store.getInstance(record.instanceId);
-      if (instance !== undefined) void this.#start(instance, record.doc as DataRequestDoc);
+      if (instance !== undefined) void this.#start(instance, readRequestDoc(record.doc));
     }
     return unfinished.length;
   }
@@ -234,7 +243,7 @@ export class DataRequestService {
     if (record === undefined || (type !== undefined && record.type !== type)) {
       throw new ProvisioningError('DataRequestNotFound', `Data request '${requestId}' was not found.`);
     }
-    return record.doc as DataRequestDoc;
+    return readRequestDoc(record.doc);
   }
 
   #view(doc: DataRequestDoc): JsonMap {
@@ -287,6 +296,24 @@ export class DataRequestService {
         afterKey = page.nextKey;
       } while (afterKey !== undefined);
     };
+    /**
+     * Devices a registration ID wrote to a hub, from every trace provisiond keeps — so an erase still finds the hub
+     * device after the enrollment (and with it the record) was deleted: the operations' results and the log's hub
+     * writes and registrations.
+     */
+    const addTracesOf = async (ids: { registrationIds: string[]; deviceIds: string[]; groupIds: string[] }) => {
+      for (const registrationId of ids.registrationIds) {
+        for (const operation of await store.listOperationsOfRegistration(instance.id, registrationId)) {
+          const deviceId = operation.registrationState?.deviceId;
+          if (typeof deviceId === 'string' && deviceId !== '') deviceIds.add(deviceId);
+        }
+      }
+      for (const event of await store.findAuditEventsAbout(instance.id, ids)) {
+        if (event.kind !== 'registration' && event.kind !== 'hubWrite') continue;
+        if (event.subject.registrationId !== undefined) registrationIds.add(event.subject.registrationId);
+        if (event.subject.deviceId !== undefined) deviceIds.add(event.subject.deviceId);
+      }
+    };
     if (kind === 'registrationId') {
       registrationIds.add(id);
       const enrollment = await store.getEnrollment(instance.id, id);
@@ -313,6 +340,9 @@ export class DataRequestService {
       groupIds.add(id);
       await addRecordsWhere('enrollmentGroupId', id);
     }
+    await addTracesOf({ registrationIds: kind === 'registrationId' ? [id] : [], deviceIds: kind === 'deviceId' ? [id] : [], groupIds: [...groupIds] });
+    // The devices found so far may have registrations of their own (a device ID shared by several registrations).
+    if (kind !== 'registrationId') await addTracesOf({ registrationIds: [...registrationIds], deviceIds: [], groupIds: [] });
     return { registrationIds: [...registrationIds], deviceIds: [...deviceIds], groupIds: [...groupIds], enrollments };
   }
 
@@ -360,28 +390,46 @@ export class DataRequestService {
       }
     }
 
+    // Every operation (the device's registration results, with what a custom allocation webhook returned).
+    const operations: JsonMap[] = [];
+    for (const registrationId of subjects.registrationIds) {
+      for (const operation of await store.listOperationsOfRegistration(instance.id, registrationId)) operations.push(operation as unknown as JsonMap);
+    }
+    searched.push({ place: 'operations', count: operations.length });
+    const ids = new Set([...subjects.registrationIds, ...subjects.deviceIds, ...subjects.groupIds].map((value) => value.toLowerCase()));
+    const earlierRequests = (await this.#requestsAbout(instance, doc, ids)).map((other) => this.#view(other));
+    searched.push({ place: 'dataRequests', count: earlierRequests.length });
+    const undelivered = (await this.#outboxAbout(instance, ids)).map((event) => event.doc);
+    searched.push({ place: 'lifecycleEventOutbox', count: undelivered.length });
+
     const events = await store.findAuditEventsAbout(instance.id, subjects);
     const webhookExchanges = events.filter((event) => event.kind === 'webhook');
     const auditEvents = events.filter((event) => event.kind !== 'webhook');
     searched.push({ place: 'webhookExchanges', count: webhookExchanges.length }, { place: 'auditEvents', count: auditEvents.length });
 
+    const nothingFound = searched.every((entry) => entry.count === 0 && entry.error === undefined);
     doc.bundle = {
       manifest: {
         requestId: doc.requestId,
         subject: { kind, id },
         generatedDateTimeUtc: dpsTimestamp(this.#deps.now()),
         secretsIncluded: doc.includeSecrets,
-        searched,
+        searched: withPlaceNames(searched),
+        ...(nothingFound ? { nothingFound: true } : {}),
       },
       individualEnrollment: enrollments[0] ?? null,
       individualEnrollments: enrollments,
       enrollmentGroups: groups.map((enrollmentGroupId) => ({ enrollmentGroupId })),
-      registrationRecords: records.map(renderRegistration),
+      // With every hub the device was ever assigned to (the previous assigned hub among them).
+      registrationRecords: records.map((record) => ({ ...renderRegistration(record), hubHistory: record.hubHistory ?? [] })),
+      operations,
       hubDevices,
       webhookExchanges,
       auditEvents,
+      dataRequests: earlierRequests,
+      lifecycleEventOutbox: undelivered,
     };
-    doc.result = { searched };
+    doc.result = { searched: withPlaceNames(searched), ...(nothingFound ? { nothingFound: true, warning: NOTHING_FOUND } : {}) };
     doc.status = searched.some((entry) => entry.error !== undefined) ? 'partiallyCompleted' : 'completed';
     if (doc.status === 'partiallyCompleted') doc.error = 'Some hubs could not be searched; see result.searched.';
     doc.progress = { done: searched.length, total: searched.length };
@@ -432,14 +480,27 @@ export class DataRequestService {
     return steps;
   }
 
+  /**
+   * Fences every ID the erase is about (docs/customer-data.md "The erase fence"): the subject itself first, so a
+   * registration starting while the rest is being found is refused already, then every ID found for it.
+   */
+  async #fence(instance: InstanceRecord, doc: DataRequestDoc, ids: Array<[SubjectKind, string]>): Promise<void> {
+    const { subjectHashKey } = await this.secrets(instance);
+    const fences: EraseFence[] = ids.map(([kind, id]) => ({ kind, id, requestId: doc.requestId, subjectHash: subjectHash(subjectHashKey, kind, id) }));
+    await this.#deps.store.putEraseFences(instance.id, fences);
+  }
+
   async #runErase(instance: InstanceRecord, doc: DataRequestDoc): Promise<void> {
     if (doc.plan === undefined) {
+      const { kind, id } = doc.subject;
+      if (!doc.dryRun && id !== undefined) await this.#fence(instance, doc, [[kind, id]]);
       doc.plan = await this.#plan(instance, doc);
+      if (!doc.dryRun) await this.#fence(instance, doc, fencedIdsOf(doc.plan));
       doc.progress = { done: 0, total: doc.plan.reduce((sum, step) => sum + step.items.length, 0) };
       await this.#save(instance, doc);
     }
     if (doc.dryRun) {
-      doc.result = await this.#preview(instance, doc.plan);
+      doc.result = await this.#preview(instance, doc, doc.plan);
       doc.status = 'completed';
       await this.#save(instance, doc);
       return;
@@ -456,13 +517,42 @@ export class DataRequestService {
       }
       await this.#save(instance, doc);
     }
+    // The re-check: every place is searched again for everything the plan named and everything found for the subject
+    // now; whatever turned up (a write that was already under way when the fence went up) is erased and counted, and
+    // the receipt is signed only when a pass finds nothing.
+    if (!doc.plan.some((step) => step.error !== undefined)) {
+      let clean = false;
+      for (let pass = 0; pass < RECHECK_PASSES && !clean; pass += 1) {
+        const again = await this.#recheckPlan(instance, doc);
+        const preview = await this.#preview(instance, doc, again);
+        const found = [...(preview.deleted as JsonMap[]), ...(preview.pseudonymized as JsonMap[])].filter((entry) => Number(entry.count) > 0 || entry.error !== undefined);
+        clean = found.length === 0;
+        if (clean) break;
+        for (const step of again) {
+          // Delete steps go through what the re-check found; the set-based places search afresh anyway.
+          const foundHere = (preview.deleted as JsonMap[]).find((entry) => entry.place === step.place);
+          if (step.action === 'delete' && Array.isArray(foundHere?.items)) step.items = foundHere.items as string[];
+          doc.progress.total += step.items.length;
+          await this.#execute(instance, doc, step, subjectHashKey);
+          const original = doc.plan.find((planned) => planned.place === step.place);
+          if (original !== undefined) original.count += step.count;
+        }
+        await this.#save(instance, doc);
+      }
+      if (!clean) {
+        const step = doc.plan.at(-1);
+        if (step !== undefined) step.error = `data about the subject kept appearing after ${RECHECK_PASSES} re-checks`;
+      }
+    }
     const failed = doc.plan.filter((step) => step.error !== undefined);
     const summary = (action: EraseStep['action']) =>
       doc.plan?.filter((step) => step.action === action).map((step) => ({ place: step.place, count: step.count })) ?? [];
+    const nothingFound = failed.length === 0 && doc.plan.every((step) => step.count === 0);
     doc.result = {
-      deleted: summary('delete'),
-      pseudonymized: summary('pseudonymize'),
-      failures: failed.map((step) => ({ place: step.place, reason: step.error })),
+      deleted: withPlaceNames(summary('delete')),
+      pseudonymized: withPlaceNames(summary('pseudonymize')),
+      failures: withPlaceNames(failed.map((step) => ({ place: step.place, reason: step.error }))),
+      ...(nothingFound ? { nothingFound: true, warning: NOTHING_FOUND } : {}),
     };
     if (failed.length > 0) {
       doc.status = 'partiallyCompleted';
@@ -470,6 +560,16 @@ export class DataRequestService {
       await this.#save(instance, doc);
       return;
     }
+    // From here on the request knows the subject only by its keyed hash; the fences (which hold the IDs) go in the
+    // same transaction, and the freed bytes are wiped from the store's files before the receipt is signed.
+    delete doc.subject.id;
+    for (const step of doc.plan) step.items = [];
+    await this.#deps.store.transaction(async (store) => {
+      doc.lastUpdatedDateTimeUtc = dpsTimestamp(this.#deps.now());
+      await store.putDataRequest(instance.id, { requestId: doc.requestId, sortKey: doc.sortKey, status: doc.status, type: doc.type, doc });
+      await store.deleteEraseFences(instance.id, doc.requestId);
+    });
+    await this.#deps.store.reclaimErasedSpace();
     const secrets = await this.secrets(instance);
     const completed = dpsTimestamp(this.#deps.now());
     doc.receipt = signReceipt(
@@ -481,13 +581,11 @@ export class DataRequestService {
         completedDateTimeUtc: completed,
         deleted: summary('delete'),
         pseudonymized: summary('pseudonymize'),
+        ...(nothingFound ? { nothingFound: true } : {}),
       },
       secrets.receiptPrivateKeyPem,
       secrets.receiptPublicKeyPem,
     ) as unknown as JsonMap;
-    // From here on the request knows the subject only by its keyed hash.
-    delete doc.subject.id;
-    for (const step of doc.plan) step.items = [];
     doc.status = 'completed';
     await this.#save(instance, doc);
     await this.#deps.audit.record(instance.id, {
@@ -499,6 +597,16 @@ export class DataRequestService {
       details: { requestId: doc.requestId, deleted: summary('delete'), pseudonymized: summary('pseudonymize') },
     });
     await this.#deps.events.emit(instance, 'dataRequest.completed', { requestId: doc.requestId, type: 'erase', status: 'completed', subjectHash: doc.subject.hash });
+  }
+
+  /** A fresh plan for the re-check: what the subject leads to now, plus every ID the original plan named. */
+  async #recheckPlan(instance: InstanceRecord, doc: DataRequestDoc): Promise<EraseStep[]> {
+    const fresh = await this.#plan(instance, doc);
+    for (const step of fresh) {
+      const planned = doc.plan?.find((original) => original.place === step.place);
+      step.items = [...new Set([...step.items, ...(planned?.items ?? [])])];
+    }
+    return fresh;
   }
 
   async #execute(instance: InstanceRecord, doc: DataRequestDoc, step: EraseStep, subjectHashKey: string): Promise<void> {
@@ -533,79 +641,96 @@ export class DataRequestService {
         throw new Stopped();
       }
       const item = step.items[index] as string;
-      step.count += (await this.#deleteOne(instance, step, item, hub)) ? 1 : 0;
+      step.count += await this.#deleteOne(instance, step, item, hub);
       step.done = index + 1;
       doc.progress.done += 1;
       if (step.done % PERSIST_EVERY === 0) await this.#save(instance, doc);
     }
   }
 
-  /** Other data requests about the subject: their bundles and item lists go, their subject is kept as its hash. */
-  async #scrubDataRequests(instance: InstanceRecord, current: DataRequestDoc, ids: Set<string>, key: string): Promise<number> {
-    let scrubbed = 0;
+  /** Other finished data requests that name one of these IDs (lower-cased) as their subject. */
+  async #requestsAbout(instance: InstanceRecord, current: DataRequestDoc, ids: Set<string>): Promise<DataRequestDoc[]> {
+    const found: DataRequestDoc[] = [];
     let afterKey: string | undefined;
     do {
       const page = await this.#deps.store.queryDataRequests(instance.id, { filters: [], afterKey, limit: 500 });
       for (const record of page.items) {
-        const other = record.doc as DataRequestDoc;
+        const other = readRequestDoc(record.doc);
         if (other.requestId.toLowerCase() === current.requestId.toLowerCase()) continue;
         const mentioned = other.subject.id !== undefined && ids.has(other.subject.id.toLowerCase());
-        if (!mentioned || other.status === 'running') continue;
-        other.subject = { kind: other.subject.kind, hash: subjectHash(key, other.subject.kind, other.subject.id as string) };
-        delete other.bundle;
-        delete other.plan;
-        if (other.result !== undefined) other.result = withoutItems(other.result);
-        await this.#save(instance, other);
-        scrubbed += 1;
+        if (mentioned && other.status !== 'running') found.push(other);
       }
       afterKey = page.nextKey;
     } while (afterKey !== undefined);
-    return scrubbed;
+    return found;
+  }
+
+  /** Other data requests about the subject: their bundles and item lists go, their subject is kept as its hash. */
+  async #scrubDataRequests(instance: InstanceRecord, current: DataRequestDoc, ids: Set<string>, key: string, countOnly = false): Promise<number> {
+    const others = await this.#requestsAbout(instance, current, ids);
+    if (countOnly) return others.length;
+    for (const other of others) {
+      other.subject = { kind: other.subject.kind, hash: subjectHash(key, other.subject.kind, other.subject.id as string) };
+      delete other.bundle;
+      delete other.plan;
+      if (other.result !== undefined) other.result = withoutItems(other.result);
+      await this.#save(instance, other);
+    }
+    return others.length;
+  }
+
+  /** Lifecycle events not yet delivered that name one of these IDs (lower-cased). */
+  async #outboxAbout(instance: InstanceRecord, ids: Set<string>): Promise<OutboxEvent[]> {
+    return (await this.#deps.store.listOutboxEvents(instance.id, 100_000)).filter((event) => {
+      const data = (event.doc.data ?? {}) as Record<string, unknown>;
+      return ['registrationId', 'deviceId', 'enrollmentGroupId'].some((field) => typeof data[field] === 'string' && ids.has((data[field] as string).toLowerCase()));
+    });
   }
 
   /** Lifecycle events not yet delivered that name the subject are dropped. */
-  async #scrubOutbox(instance: InstanceRecord, ids: Set<string>): Promise<number> {
-    let dropped = 0;
-    for (const event of await this.#deps.store.listOutboxEvents(instance.id, 100_000)) {
-      const data = (event.doc.data ?? {}) as Record<string, unknown>;
-      const named = ['registrationId', 'deviceId', 'enrollmentGroupId'].some((field) => typeof data[field] === 'string' && ids.has((data[field] as string).toLowerCase()));
-      if (!named) continue;
-      await this.#deps.store.deleteOutboxEvent(instance.id, event.eventId);
-      dropped += 1;
-    }
-    return dropped;
+  async #scrubOutbox(instance: InstanceRecord, ids: Set<string>, countOnly = false): Promise<number> {
+    const events = await this.#outboxAbout(instance, ids);
+    if (!countOnly) for (const event of events) await this.#deps.store.deleteOutboxEvent(instance.id, event.eventId);
+    return events.length;
   }
 
-  /** Deletes one item of a step; true when something was there. Idempotent, so a resumed step may repeat an item. */
-  async #deleteOne(instance: InstanceRecord, step: EraseStep, item: string, hub: LinkedHubRecord | undefined): Promise<boolean> {
+  /** Deletes one item of a step; returns how many rows went. Idempotent, so a resumed step may repeat an item. */
+  async #deleteOne(instance: InstanceRecord, step: EraseStep, item: string, hub: LinkedHubRecord | undefined): Promise<number> {
     const store = this.#deps.store;
+    const one = (deleted: boolean): number => (deleted ? 1 : 0);
     if (step.hub !== undefined) {
       // An unlinked hub is no longer provisiond's to clean; nothing there is reachable through the instance.
-      if (hub === undefined) return false;
-      return this.#deps.hubClients.forHub(hub).deleteDevice(item);
+      if (hub === undefined) return 0;
+      return one(await this.#deps.hubClients.forHub(hub).deleteDevice(item));
     }
     switch (step.place) {
       case 'registrations':
-        return store.deleteRegistration(instance.id, item);
+        return one(await store.deleteRegistration(instance.id, item));
       case 'operations':
-        return (await store.deleteOperationsOfRegistration(instance.id, item)) > 0;
+        return store.deleteOperationsOfRegistration(instance.id, item);
       case 'enrollments':
-        return store.deleteEnrollment(instance.id, item);
+        return one(await store.deleteEnrollment(instance.id, item));
       case 'enrollmentGroups':
-        return store.deleteEnrollmentGroup(instance.id, item);
+        return one(await store.deleteEnrollmentGroup(instance.id, item));
       default:
         throw new Error(`unknown erase step ${step.place}`);
     }
   }
 
-  async #preview(instance: InstanceRecord, plan: EraseStep[]): Promise<JsonMap> {
+  async #preview(instance: InstanceRecord, current: DataRequestDoc, plan: EraseStep[]): Promise<JsonMap> {
     const store = this.#deps.store;
     const deleted: JsonMap[] = [];
     let pseudonymized: JsonMap[] = [];
+    const pseudonymizedExtra: JsonMap[] = [];
     const hubs = await store.listLinkedHubs(instance.id);
     for (const step of plan) {
       const present: string[] = [];
-      if (step.place === 'dataRequests' || step.place === 'lifecycleEventOutbox') continue;
+      if (step.place === 'dataRequests' || step.place === 'lifecycleEventOutbox') {
+        const ids = new Set(step.items.map((item) => item.slice(2).toLowerCase()));
+        const count = step.place === 'dataRequests' ? await this.#scrubDataRequests(instance, current, ids, '', true) : await this.#scrubOutbox(instance, ids, true);
+        (step.action === 'pseudonymize' ? pseudonymizedExtra : deleted).push({ place: step.place, count });
+        continue;
+      }
       if (step.action === 'pseudonymize') {
         const subjects = { registrationIds: [] as string[], deviceIds: [] as string[], groupIds: [] as string[] };
         for (const item of step.items) (item.startsWith('r:') ? subjects.registrationIds : item.startsWith('d:') ? subjects.deviceIds : subjects.groupIds).push(item.slice(2));
@@ -615,8 +740,9 @@ export class DataRequestService {
       }
       const entry: JsonMap = { place: step.place };
       try {
-        for (const item of step.items) {
-          const hub = hubs.find((linked) => linked.name === step.hub);
+        const hub = hubs.find((linked) => linked.name === step.hub);
+        // A few lookups at once: an external hub answers each device on its own round trip.
+        await inParallel(step.items, PREVIEW_CONCURRENCY, async (item) => {
           const exists =
             step.hub !== undefined
               ? hub !== undefined && (await this.#deps.hubClients.forHub(hub).getDevice(item)) !== undefined
@@ -628,13 +754,21 @@ export class DataRequestService {
                     ? (await store.getEnrollment(instance.id, item)) !== undefined
                     : (await store.getEnrollmentGroup(instance.id, item)) !== undefined;
           if (exists) present.push(item);
-        }
+        });
       } catch (error) {
         entry.error = (error as Error).message;
       }
-      deleted.push({ ...entry, count: present.length, items: present });
+      const found = new Set(present);
+      deleted.push({ ...entry, count: present.length, items: step.items.filter((item) => found.has(item)) });
     }
-    return { dryRun: true, deleted, pseudonymized };
+    const all = [...deleted, ...pseudonymized, ...pseudonymizedExtra];
+    const nothingFound = all.every((entry) => entry.count === 0 && entry.error === undefined);
+    return {
+      dryRun: true,
+      deleted: withPlaceNames(deleted),
+      pseudonymized: withPlaceNames([...pseudonymized, ...pseudonymizedExtra]),
+      ...(nothingFound ? { nothingFound: true, warning: NOTHING_FOUND } : {}),
+    };
   }
 }
 
@@ -646,20 +780,7 @@ function subjectFields(kind: SubjectKind, id: string): AuditEvent['subject'] {
 function pseudonymize(event: AuditEvent, key: string): AuditEvent {
   const hashOf = event.subject.registrationId ?? event.subject.deviceId ?? event.subject.enrollmentGroupId;
   const kind = event.subject.registrationId !== undefined ? 'registrationId' : event.subject.deviceId !== undefined ? 'deviceId' : 'enrollmentGroupId';
-  const kept: AuditEvent = {
-    eventId: event.eventId,
-    timeUtc: event.timeUtc,
-    kind: event.kind,
-    operation: event.operation,
-    actor: event.actor,
-    subject: hashOf === undefined ? { ...(event.subject.hash === undefined ? {} : { hash: event.subject.hash }) } : { hash: subjectHash(key, kind, hashOf) },
-    outcome: event.outcome,
-  };
-  if (event.errorCode !== undefined) kept.errorCode = event.errorCode;
-  if (event.transport !== undefined) kept.transport = event.transport;
-  if (event.attestationType !== undefined) kept.attestationType = event.attestationType;
-  if (event.hub !== undefined) kept.hub = event.hub;
-  return kept;
+  return pseudonymizedEvent(event, hashOf === undefined ? event.subject.hash : subjectHash(key, kind, hashOf));
 }
 
 function redactDevice(device: JsonMap): JsonMap {
@@ -669,6 +790,73 @@ function redactDevice(device: JsonMap): JsonMap {
   return copy;
 }
 
+
+async function inParallel<T>(items: readonly T[], width: number, task: (item: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  const worker = async (): Promise<void> => {
+    while (next < items.length) {
+      const item = items[next] as T;
+      next += 1;
+      await task(item);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(width, items.length) }, worker));
+}
+
+/** The stored shape a request document must have; checked on every read instead of trusted. */
+const StoredRequestShape = Type.Object({
+  requestId: Type.String({ minLength: 1 }),
+  sortKey: Type.String(),
+  type: Type.Union([Type.Literal('export'), Type.Literal('erase')]),
+  status: Type.Union([Type.Literal('running'), Type.Literal('completed'), Type.Literal('partiallyCompleted'), Type.Literal('failed')]),
+  dryRun: Type.Boolean(),
+  includeSecrets: Type.Boolean(),
+  subject: Type.Object({
+    kind: Type.Union([Type.Literal('registrationId'), Type.Literal('deviceId'), Type.Literal('enrollmentGroupId')]),
+    id: Type.Optional(Type.String()),
+    hash: Type.String(),
+  }),
+  bodyFingerprint: Type.String(),
+  requestedBy: Type.String(),
+  createdDateTimeUtc: Type.String(),
+  lastUpdatedDateTimeUtc: Type.String(),
+  progress: Type.Object({ done: Type.Number(), total: Type.Number() }),
+  plan: Type.Optional(
+    Type.Array(
+      Type.Object({
+        place: Type.String(),
+        action: Type.Union([Type.Literal('delete'), Type.Literal('pseudonymize')]),
+        items: Type.Array(Type.String()),
+        done: Type.Number(),
+        count: Type.Number(),
+        hub: Type.Optional(Type.String()),
+        error: Type.Optional(Type.String()),
+        completed: Type.Boolean(),
+      }),
+    ),
+  ),
+});
+
+function readRequestDoc(doc: JsonMap): DataRequestDoc {
+  if (!Value.Check(StoredRequestShape, doc)) {
+    const first = [...Value.Errors(StoredRequestShape, doc)][0];
+    throw new Error(`a stored data request is malformed (${first === undefined ? 'unknown' : `${first.path}: ${first.message}`})`);
+  }
+  return doc as DataRequestDoc;
+}
+
+/** Every ID a plan names, by kind (what the erase fences). */
+function fencedIdsOf(plan: EraseStep[]): Array<[SubjectKind, string]> {
+  const ids = new Map<string, [SubjectKind, string]>();
+  for (const step of plan) {
+    if (step.place !== 'auditEvents') continue;
+    for (const item of step.items) {
+      const kind: SubjectKind = item.startsWith('r:') ? 'registrationId' : item.startsWith('d:') ? 'deviceId' : 'enrollmentGroupId';
+      ids.set(`${kind}/${item.slice(2).toLowerCase()}`, [kind, item.slice(2)]);
+    }
+  }
+  return [...ids.values()];
+}
 
 /** Thrown inside a job when the server shuts down; the request stays `running` and resumes at the next start. */
 class Stopped extends Error {}

@@ -21,6 +21,7 @@ import { dpsTimestamp } from '../domain/time.js';
 import { EnrollmentGroupInput, IndividualEnrollmentInput, type BulkMode } from '../domain/wire.js';
 import { ENROLLMENT_FIELDS, GROUP_FIELDS, type InstanceRecord, type ListQuery, type Page, type Store } from '../store/store.js';
 import type { ServiceDeps } from './deps.js';
+import { assertNotFenced } from './customer-data/erase-fence.js';
 import { encodeContinuation, readPageRequest, type PageRequest } from './paging.js';
 
 /**
@@ -231,6 +232,12 @@ export class EnrollmentService<Doc extends EnrollmentDocument> {
       if (!etagMatches(expected, existing.etag)) throw new ProvisioningError('PreconditionFailed');
     }
     const doc = this.#spec.build(input, existing, { etag: newEtag(), now: dpsTimestamp(this.#deps.now()) });
+    // An erase running for this entry (or the device it names) refuses the write (docs/customer-data.md).
+    await assertNotFenced(
+      store,
+      instance.id,
+      this.#spec.kind === 'group' ? { groupIds: [id] } : { registrationIds: [id], deviceIds: [(doc as unknown as StoredEnrollment).deviceId ?? id] },
+    );
     await this.#checkHubs(store, instance, doc);
     await this.#checkCertificatesUnused(store, instance, doc);
     await this.#spec.put(store, instance.id, doc);

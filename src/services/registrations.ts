@@ -15,7 +15,7 @@ import { renderDeviceRegistration } from '../domain/registration.js';
 import { decideReprovision } from '../domain/reprovision.js';
 import { dpsTimestamp } from '../domain/time.js';
 import { HubError, type HubClientFactory, type HubTwinContent } from '../hubs/hub-client.js';
-import type { InstanceRecord, LinkedHubRecord, RegistrationIntent, StoredOperation, StoredRegistration } from '../store/store.js';
+import type { FenceProbe, InstanceRecord, LinkedHubRecord, RegistrationIntent, StoredOperation, StoredRegistration } from '../store/store.js';
 import { settleIntent, type IntentOutcome } from './registration-intents.js';
 import { callAllocationWebhook, type WebhookExchange } from './custom-allocation.js';
 import type { ServiceDeps } from './deps.js';
@@ -29,6 +29,8 @@ import { authenticateDevice } from './attestation/authenticate.js';
 import type { DeviceCredential, DeviceMatch } from './attestation/device-match.js';
 
 export type { DeviceCredential } from './attestation/device-match.js';
+import { assertNotFenced, isFenceRefusal, registrationRefusal, undoInterruptedRegistration } from './customer-data/erase-fence.js';
+import { refusalReason } from './device-refusals.js';
 
 /**
  * The registration flow — one implementation for every transport (ARCHITECTURE.md "The registration flow"):
@@ -125,7 +127,7 @@ export class RegistrationService {
           subject: { registrationId: request.registrationId },
           outcome: 'failure',
           errorCode: error.errorCode,
-          reason: error.message,
+          reason: error.errorName === 'Unauthorized' ? await refusalReason(this.#deps.store, instance, request, this.#deps.now()) : error.message,
           transport: request.transport,
           attestationType: request.credential.kind === 'sas' ? 'symmetricKey' : request.credential.kind,
         });
@@ -141,11 +143,37 @@ export class RegistrationService {
       createdDateTimeUtc: now,
       lastUpdatedDateTimeUtc: now,
     };
-    await this.#deps.store.putOperation(matched.id, operation);
+    // Erase fence, first check: an erase running for this device refuses the attempt before anything is written.
+    await this.#deps.store
+      .transaction(async (tx) => {
+        await assertNotFenced(tx, matched.id, fenceProbe(match));
+        // An erase may have come and gone since the credential was checked: the enrollment must still be there.
+        const entry = match.enrollment;
+        const current = entry.kind === 'individual' ? await tx.getEnrollment(matched.id, entry.doc.registrationId) : await tx.getEnrollmentGroup(matched.id, entry.doc.enrollmentGroupId);
+        if (current === undefined) throw unauthorized();
+        await tx.putOperation(matched.id, operation);
+      })
+      .catch(async (error: unknown) => {
+        if (isFenceRefusal(error)) {
+          await this.#deps.audit?.record(matched.id, {
+            kind: 'registration',
+            operation: 'register',
+            actor: 'device',
+            subject: { registrationId: match.registrationId, deviceId: match.deviceId },
+            outcome: 'failure',
+            errorCode: error.errorCode,
+            transport: request.transport,
+            attestationType: match.attestationType,
+          });
+        }
+        throw error;
+      });
     const work = this.#serialized(`${matched.id}/${idKey(match.registrationId)}`, () => this.#assign(match, operation, request.payload, request.transport));
     // (A rejected assignment is the race's below to report; this only counts the finished ones.)
     void work.then(
-      (record) => observe(record.status === 'assigned' || record.status === 'disabled' ? record.status : 'failed', match.attestationType, record.errorCode),
+      (record) => {
+        if (record !== undefined) observe(record.status === 'assigned' || record.status === 'disabled' ? record.status : 'failed', match.attestationType, record.errorCode);
+      },
       () => undefined,
     );
     // A fast assignment is finished before the device is told to poll, so its first poll is the answer (Retry-After: 0).
@@ -164,6 +192,7 @@ export class RegistrationService {
     const match = await this.#authenticated(request);
     const instance = match.instance;
     this.#throttling(request.transport, 'poll', () => this.#pollLimiter.take(`${instance.id}/${idKey(match.registrationId)}`));
+    await assertNotFenced(this.#deps.store, instance.id, fenceProbe(match));
     const operation = await this.#deps.store.getOperation(instance.id, request.operationId);
     if (operation === undefined || idKey(operation.registrationId) !== idKey(match.registrationId)) {
       throw new ProvisioningError('OperationNotFound', `Operation '${request.operationId}' was not found for '${request.registrationId}'.`);
@@ -197,7 +226,27 @@ export class RegistrationService {
    * nothing before it sends a request. Register and poll still authenticate on their own.
    */
   async authenticate(request: DeviceRequest): Promise<void> {
-    await this.#authenticated(request);
+    try {
+      await this.#authenticated(request);
+    } catch (error) {
+      // A refused MQTT CONNECT or AMQP SASL sign-in is an attempt too: logged with why, like a refused HTTPS one. A
+      // source already over its refusal budget (429) is not: logging it would hand a flood the write it was denied.
+      const instance = error instanceof ProvisioningError && error.httpStatus !== 429 ? await this.#deps.store.findInstanceByIdScope(request.idScope) : undefined;
+      if (error instanceof ProvisioningError && instance !== undefined) {
+        await this.#deps.audit?.record(instance.id, {
+          kind: 'registration',
+          operation: 'signIn',
+          actor: 'device',
+          subject: { registrationId: request.registrationId },
+          outcome: 'failure',
+          errorCode: error.errorCode,
+          reason: error.errorName === 'Unauthorized' ? await refusalReason(this.#deps.store, instance, request, this.#deps.now()) : error.message,
+          transport: request.transport,
+          attestationType: request.credential.kind === 'sas' ? 'symmetricKey' : request.credential.kind,
+        });
+      }
+      throw error;
+    }
   }
 
   /**
@@ -271,7 +320,7 @@ export class RegistrationService {
   }
 
   /** Allocation, hub write and record; never throws — every failure ends the operation `failed` with a reason. */
-  async #assign(match: DeviceMatch, operation: StoredOperation, payload: JsonMap | undefined, transport: Transport): Promise<StoredRegistration> {
+  async #assign(match: DeviceMatch, operation: StoredOperation, payload: JsonMap | undefined, transport: Transport): Promise<StoredRegistration | undefined> {
     this.#inFlight.add(operation.operationId);
     try {
       return await this.#assignTracked(match, operation, payload, transport);
@@ -280,11 +329,14 @@ export class RegistrationService {
     }
   }
 
-  async #assignTracked(match: DeviceMatch, operation: StoredOperation, payload: JsonMap | undefined, transport: Transport): Promise<StoredRegistration> {
+  async #assignTracked(match: DeviceMatch, operation: StoredOperation, payload: JsonMap | undefined, transport: Transport): Promise<StoredRegistration | undefined> {
     const { instance } = match;
     const store = this.#deps.store;
     /** Set once the intent is stored, before the first hub write. */
     const intent: { written?: RegistrationIntent } = {};
+    // Attempts of one device queue behind each other: one that waited through an erase of the device must not run.
+    const erased = await registrationRefusal(store, instance.id, fenceProbe(match), operation.operationId);
+    if (erased !== undefined) return undefined;
     const previous = await store.getRegistration(instance.id, match.registrationId);
     const enrollment = match.enrollment.doc;
     const now = dpsTimestamp(this.#deps.now());
@@ -343,13 +395,35 @@ export class RegistrationService {
       details: { status: record.status, ...(record.substatus === undefined ? {} : { substatus: record.substatus }), operationId: operation.operationId },
     });
     // The record, the operation and the log entry of the outcome are written together (ARCHITECTURE.md, step 5).
-    // The intent goes in the same transaction: a crash before it leaves the intent for the sweep to settle.
-    await store.transaction(async (tx) => {
-      await tx.putRegistration(instance.id, record);
-      await tx.putOperation(instance.id, finished);
-      if (outcome !== undefined) await tx.appendAuditEvent(instance.id, outcome);
-      if (intent.written !== undefined && record.status === 'assigned') await tx.deleteRegistrationIntent(instance.id, operation.operationId);
-    });
+    // The record, the operation, the log entry of the outcome and the end of the intent are written together: a crash
+    // before this leaves the intent for the sweep to settle.
+    try {
+      await store.transaction(async (tx) => {
+        // Erase fence, second check: an erase that started while this registration ran wins, and nothing is written.
+        const refusal = await registrationRefusal(tx, instance.id, fenceProbe(match, record.deviceId), operation.operationId);
+        if (refusal !== undefined) throw refusal;
+        await tx.putRegistration(instance.id, record);
+        await tx.putOperation(instance.id, finished);
+        if (outcome !== undefined) await tx.appendAuditEvent(instance.id, outcome);
+        if (intent.written !== undefined && record.status === 'assigned') await tx.deleteRegistrationIntent(instance.id, operation.operationId);
+      });
+    } catch (error) {
+      if (!isFenceRefusal(error)) throw error;
+      // What this attempt wrote to the hub before the erase caught up with it goes too: the erase wants none of it.
+      await undoInterruptedRegistration(store, this.#deps.hubClients, instance.id, {
+        registrationId: match.registrationId,
+        deviceId: record.deviceId ?? match.deviceId,
+        assignedHub: record.status === 'assigned' ? record.assignedHub : undefined,
+        sinceUtc: now,
+      });
+      // The intent names the device: it goes with the rest, so nothing of the erased subject stays behind.
+      if (intent.written !== undefined) await store.deleteRegistrationIntent(instance.id, operation.operationId);
+      // Logged through the fence-aware path, so the entry names the subject only by its hash.
+      if (outcome !== undefined && (await store.findEraseFence(instance.id, fenceProbe(match))) !== undefined) {
+        await this.#deps.audit?.record(instance.id, { ...outcome, outcome: 'failure', errorCode: error.errorCode, reason: error.message });
+      }
+      return undefined;
+    }
     // A failure after the first hub write: what was written is rolled back to agree with the record.
     if (intent.written !== undefined && record.status !== 'assigned') {
       const written = intent.written;
@@ -522,6 +596,15 @@ export class RegistrationService {
     }
     return record;
   }
+}
+
+/** The IDs a registration writes about: a fence on any of them refuses it. */
+function fenceProbe(match: DeviceMatch, deviceId: string = match.deviceId): FenceProbe {
+  return {
+    registrationIds: [match.registrationId],
+    deviceIds: [deviceId, match.deviceId],
+    ...(match.enrollment.kind === 'group' ? { groupIds: [match.enrollment.doc.enrollmentGroupId] } : {}),
+  };
 }
 
 function twinOf(initialTwin: InitialTwinDoc | undefined): HubTwinContent {

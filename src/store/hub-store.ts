@@ -98,6 +98,30 @@ export interface BuiltInHubStore {
 }
 
 const key = (value: string): string => value.toLowerCase();
+
+/**
+ * Thrown by a device write while a data request of an instance that links the hub is erasing the device (the erase
+ * fence, docs/customer-data.md). The check and the write are one transaction, so no write lands behind the erase.
+ */
+export class DeviceFencedError extends Error {
+  readonly requestId: string;
+  constructor(requestId: string) {
+    super(`Data request '${requestId}' is erasing this device; it cannot be written until the erase is final.`);
+    this.name = 'DeviceFencedError';
+    this.requestId = requestId;
+  }
+}
+
+async function refuseFenced(db: Kysely<Database>, hubName: string, deviceId: string): Promise<void> {
+  const row = await db
+    .selectFrom('erase_fences')
+    .select('doc')
+    .where('subject_kind', '=', 'deviceId')
+    .where('id_key', '=', key(deviceId))
+    .where('instance_id', 'in', (eb) => eb.selectFrom('linked_hubs').select('instance_id').where('name_key', '=', key(hubName)))
+    .executeTakeFirst();
+  if (row !== undefined) throw new DeviceFencedError((JSON.parse(row.doc) as { requestId: string }).requestId);
+}
 const parse = <T>(doc: string): T => JSON.parse(doc) as T;
 
 export class KyselyHubStore implements BuiltInHubStore {
@@ -154,7 +178,14 @@ export class KyselyHubStore implements BuiltInHubStore {
   }
 
   async insertDevice(hubName: string, device: StoredHubDevice, revision: string): Promise<boolean> {
-    const result = await this.#db
+    return this.#db.transaction().execute(async (trx) => {
+      await refuseFenced(trx, hubName, device.deviceId);
+      return this.#insertDevice(trx, hubName, device, revision);
+    });
+  }
+
+  async #insertDevice(db: Kysely<Database>, hubName: string, device: StoredHubDevice, revision: string): Promise<boolean> {
+    const result = await db
       .insertInto('hub_devices')
       .values({ hub_key: key(hubName), device_id_key: key(device.deviceId), status: device.status, revision, doc: JSON.stringify(device) })
       .onConflict((oc) => oc.columns(['hub_key', 'device_id_key']).doNothing())
@@ -163,7 +194,14 @@ export class KyselyHubStore implements BuiltInHubStore {
   }
 
   async replaceDevice(hubName: string, device: StoredHubDevice, expectedRevision: string, revision: string): Promise<boolean> {
-    const result = await this.#db
+    return this.#db.transaction().execute(async (trx) => {
+      await refuseFenced(trx, hubName, device.deviceId);
+      return this.#replaceDevice(trx, hubName, device, expectedRevision, revision);
+    });
+  }
+
+  async #replaceDevice(db: Kysely<Database>, hubName: string, device: StoredHubDevice, expectedRevision: string, revision: string): Promise<boolean> {
+    const result = await db
       .updateTable('hub_devices')
       .set({ status: device.status, revision, doc: JSON.stringify(device) })
       .where('hub_key', '=', key(hubName))

@@ -1,4 +1,4 @@
-import { Kysely, Migrator, type SelectQueryBuilder, type Transaction } from 'kysely';
+import { Kysely, Migrator, SqliteAdapter, sql, type SelectQueryBuilder, type Transaction } from 'kysely';
 import type { StoredEnrollment, StoredEnrollmentGroup } from '../domain/enrollment.js';
 import { certificateThumbprints } from '../domain/enrollment.js';
 import type { Filter } from '../domain/query.js';
@@ -18,6 +18,8 @@ import type {
   AuditEvent,
   AuditQuery,
   DataRequestRecord,
+  EraseFence,
+  FenceProbe,
   OutboxEvent,
 } from './store.js';
 
@@ -69,6 +71,11 @@ const COLUMNS = {
 type QueriedTable = keyof typeof COLUMNS;
 
 const parse = <T>(doc: string): T => JSON.parse(doc) as T;
+
+function fenceOf(row: { subject_kind: string; doc: string }): Pick<EraseFence, 'kind' | 'requestId' | 'subjectHash'> {
+  const doc = parse<{ requestId: string; subjectHash: string }>(row.doc);
+  return { kind: row.subject_kind as EraseFence['kind'], requestId: doc.requestId, subjectHash: doc.subjectHash };
+}
 const lower = (value: string | undefined): string => (value ?? '').toLowerCase();
 
 export class KyselyStore implements Store {
@@ -447,6 +454,71 @@ export class KyselyStore implements Store {
   async deleteOperationsBefore(cutoffUtc: string): Promise<number> {
     const result = await this.#db.deleteFrom('operations').where('updated_at', '<', cutoffUtc).executeTakeFirst();
     return Number(result.numDeletedRows);
+  }
+
+  async listOperationsOfRegistration(instanceId: string, registrationId: string): Promise<StoredOperation[]> {
+    const rows = await this.#db
+      .selectFrom('operations')
+      .select('doc')
+      .where('instance_id', '=', instanceId)
+      .where('registration_id_key', '=', lower(registrationId))
+      .orderBy('operation_id')
+      .execute();
+    return rows.map((row) => parse<StoredOperation>(row.doc));
+  }
+
+  // ---- erase fences
+
+  async putEraseFences(instanceId: string, fences: readonly EraseFence[]): Promise<void> {
+    for (const fence of fences) {
+      await this.#db
+        .insertInto('erase_fences')
+        .values({
+          instance_id: instanceId,
+          subject_kind: fence.kind,
+          id_key: lower(fence.id),
+          request_id_key: lower(fence.requestId),
+          doc: JSON.stringify({ requestId: fence.requestId, subjectHash: fence.subjectHash }),
+        })
+        .onConflict((oc) => oc.columns(['instance_id', 'subject_kind', 'id_key', 'request_id_key']).doNothing())
+        .execute();
+    }
+  }
+
+  async findEraseFence(instanceId: string, probe: FenceProbe): Promise<Pick<EraseFence, 'kind' | 'requestId' | 'subjectHash'> | undefined> {
+    const wanted = (
+      [
+        ['registrationId', probe.registrationIds],
+        ['deviceId', probe.deviceIds],
+        ['enrollmentGroupId', probe.groupIds],
+      ] as const
+    ).flatMap(([kind, ids]) => (ids ?? []).filter((id) => id !== '').map((id) => [kind, lower(id)] as const));
+    if (wanted.length === 0) return undefined;
+    const row = await this.#db
+      .selectFrom('erase_fences')
+      .select(['subject_kind', 'doc'])
+      .where('instance_id', '=', instanceId)
+      .where((eb) => eb.or(wanted.map(([kind, key]) => eb.and([eb('subject_kind', '=', kind), eb('id_key', '=', key)]))))
+      .executeTakeFirst();
+    return row === undefined ? undefined : fenceOf(row);
+  }
+
+  async deleteEraseFences(instanceId: string, requestId: string): Promise<number> {
+    const result = await this.#db
+      .deleteFrom('erase_fences')
+      .where('instance_id', '=', instanceId)
+      .where('request_id_key', '=', lower(requestId))
+      .executeTakeFirst();
+    return Number(result.numDeletedRows);
+  }
+
+  async reclaimErasedSpace(): Promise<void> {
+    // Inside a transaction a checkpoint cannot run; the caller asks at the root.
+    if (this.#root === undefined) return;
+    // PostgreSQL: nothing to do here — dead tuples are reclaimed by VACUUM (docs/customer-data.md says what remains).
+    if (!(this.#root.getExecutor().adapter instanceof SqliteAdapter)) return;
+    // The WAL holds old page images that still contain erased rows; copy it back and cut it to zero bytes.
+    await sql`PRAGMA wal_checkpoint(TRUNCATE)`.execute(this.#root);
   }
 
   async deleteOperationsOfRegistration(instanceId: string, registrationId: string): Promise<number> {

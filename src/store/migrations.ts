@@ -201,6 +201,26 @@ const registrationIntents: Migration = {
 };
 migrations['0006_registration_intents'] = registrationIntents;
 
+/**
+ * Erase fences (docs/customer-data.md "The erase fence"): while an erase runs, every write about its subject is
+ * refused. The fence lives here, not in process memory, so it holds on every node that shares the store.
+ */
+const eraseFences: Migration = {
+  async up(db: Kysely<unknown>): Promise<void> {
+    await db.schema
+      .createTable('erase_fences')
+      .addColumn('instance_id', 'text', (c) => c.notNull())
+      .addColumn('subject_kind', 'text', (c) => c.notNull())
+      .addColumn('id_key', 'text', (c) => c.notNull())
+      .addColumn('request_id_key', 'text', (c) => c.notNull())
+      .addColumn('doc', 'text', (c) => c.notNull())
+      .addPrimaryKeyConstraint('erase_fences_pk', ['instance_id', 'subject_kind', 'id_key', 'request_id_key'])
+      .execute();
+    await db.schema.createIndex('erase_fences_request').on('erase_fences').columns(['instance_id', 'request_id_key']).execute();
+  },
+};
+migrations['0007_erase_fences'] = eraseFences;
+
 export const migrationProvider: MigrationProvider = {
   getMigrations: () => Promise.resolve(migrations),
 };

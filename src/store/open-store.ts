@@ -17,6 +17,9 @@ export async function openSqliteDatabase(file: string): Promise<Kysely<Schema>> 
   database.pragma('journal_mode = WAL');
   database.pragma('synchronous = NORMAL');
   database.pragma('busy_timeout = 5000');
+  // Deleted rows are overwritten with zeros, so an erased device's bytes do not linger in free space inside pages
+  // (docs/customer-data.md "What remains"; its cost is measured in bench/README.md).
+  database.pragma('secure_delete = ON');
   // Kysely prepares every statement anew; better-sqlite3 statements are reusable, so keep one per SQL text.
   const statements = new Map<string, Database.Statement>();
   const prepare = database.prepare.bind(database);

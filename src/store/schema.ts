@@ -42,6 +42,8 @@ export interface Database {
   data_requests: { instance_id: string; request_id_key: string; sort_key: string; status: string; type: string; doc: string };
   event_outbox: { instance_id: string; event_id: string; doc: string };
   registration_intents: { instance_id: string; operation_id: string; created_at: string; doc: string };
+  /** One row per fenced ID of a running erase; `doc` holds the request ID and the ID's keyed hash, never the ID. */
+  erase_fences: { instance_id: string; subject_kind: string; id_key: string; request_id_key: string; doc: string };
   operations: {
     instance_id: string;
     operation_id: string;

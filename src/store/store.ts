@@ -174,6 +174,25 @@ export interface OutboxEvent {
   doc: JsonMap;
 }
 
+/** The kinds of ID a customer-data subject (and so an erase fence) can name. */
+export type SubjectKind = 'registrationId' | 'deviceId' | 'enrollmentGroupId';
+
+/** One ID an erase has fenced: writes about it are refused until the erase is final. */
+export interface EraseFence {
+  kind: SubjectKind;
+  id: string;
+  requestId: string;
+  /** The ID's keyed hash (what the system log says instead of the ID while the fence stands). */
+  subjectHash: string;
+}
+
+/** IDs a write is about; a fence on any of them refuses it. */
+export interface FenceProbe {
+  registrationIds?: readonly string[];
+  deviceIds?: readonly string[];
+  groupIds?: readonly string[];
+}
+
 export interface Page<T> {
   items: T[];
   /** Key of the last item when more may follow. */
@@ -272,6 +291,20 @@ export interface Store {
   deleteOutboxEvent(instanceId: string, eventId: string): Promise<void>;
   listInstancesWithOutboxEvents(): Promise<string[]>;
   getOperation(instanceId: string, operationId: string): Promise<StoredOperation | undefined>;
+  /** Every operation of a registration ID (customer-data export and erase). */
+  listOperationsOfRegistration(instanceId: string, registrationId: string): Promise<StoredOperation[]>;
+
+  /** Adds fences (an existing one for the same ID and request is kept). */
+  putEraseFences(instanceId: string, fences: readonly EraseFence[]): Promise<void>;
+  /** The first fence standing on any of these IDs (case-insensitive), if any. */
+  findEraseFence(instanceId: string, probe: FenceProbe): Promise<Pick<EraseFence, 'kind' | 'requestId' | 'subjectHash'> | undefined>;
+  /** Lifts every fence of a request; returns how many. */
+  deleteEraseFences(instanceId: string, requestId: string): Promise<number>;
+  /**
+   * Makes deleted bytes unrecoverable from the store's files where the dialect can: on SQLite, checkpoints the WAL
+   * into the database and truncates it (deleted rows are already zeroed by `secure_delete`). A no-op elsewhere.
+   */
+  reclaimErasedSpace(): Promise<void>;
   /** Deletes operations last updated before the given time; returns how many. */
   deleteOperationsBefore(cutoffUtc: string): Promise<number>;
 }

@@ -65,6 +65,8 @@ const PROGRESS_EVERY_MS = 10_000;
 const ITEMS_SHOWN = 10;
 /** What `partiallyCompleted` exits with: some places were done, some must be retried. */
 const EXIT_PARTIAL = 2;
+/** What a request that found nothing about its subject exits with: it completed, but it is not a fulfilled request. */
+const EXIT_NOTHING_FOUND = 3;
 
 export function registerDataCommands(program: Command, io: CliIo): void {
   const root = program.command('data').description('export or erase everything about a device (customer-data requests), and check erase receipts');
@@ -95,6 +97,7 @@ export function registerDataCommands(program: Command, io: CliIo): void {
             ].join('\n'),
           );
         }
+        warnIfNothingFound(io, request, subjectLabel(subject.kind, subject.id));
         if (request.status === 'partiallyCompleted') {
           exitPartial(io, `the export is incomplete: ${text(request.error) ?? 'some places could not be searched'}; run it again with a new --request-id once they are reachable`);
         }
@@ -347,6 +350,15 @@ async function finishErase(io: CliIo, context: AdminContext, request: Json, json
   if (request.status === 'partiallyCompleted') {
     exitPartial(io, `the erase is not complete; fix what failed, then run 'provisiond data retry ${requestId}'`);
   }
+  warnIfNothingFound(io, request, subject);
+}
+
+/** An unknown subject: the request completed, but found nothing — say so on stderr and exit 3. */
+function warnIfNothingFound(io: CliIo, request: Json, subject: string): void {
+  if (asObject(request.result).nothingFound !== true) return;
+  const message = `nothing found for ${subject}: no place holds data about it (check the ID and its kind)`;
+  io.err(`provisiond: warning: ${message}\n`);
+  throw new CommanderError(EXIT_NOTHING_FOUND, 'provisiond.nothingFound', message);
 }
 
 function exitPartial(io: CliIo, message: string): never {
@@ -359,7 +371,7 @@ function exitPartial(io: CliIo, message: string): never {
 function placeLines(title: string, value: unknown, withItems: boolean): string[] {
   const entries = asArray(value).map(asObject);
   if (entries.length === 0) return [];
-  const places = entries.map((entry) => text(entry.place) ?? '?');
+  const places = entries.map((entry) => text(entry.name) ?? text(entry.place) ?? '?');
   const width = Math.max(...places.map((place) => place.length));
   const lines = entries.map((entry, index) => {
     const cells = [`    ${(places[index] ?? '').padEnd(width)}  ${text(entry.count) ?? '0'}`];

@@ -128,6 +128,8 @@ export type DataRequestStatus = 'running' | 'completed' | 'partiallyCompleted' |
 
 export interface PlaceCount {
   place: string;
+  /** The place's human name (the server sends it; older servers did not). */
+  name?: string;
   count: number;
   items?: string[];
   reason?: string;

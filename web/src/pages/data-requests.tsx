@@ -64,7 +64,8 @@ function placeLabel(place: string): string {
     operations: 'Registration operations',
     auditEvents: 'System log events',
     webhookExchanges: 'Custom allocation webhook exchanges',
-    dataRequests: 'Earlier data requests',
+    dataRequests: 'Earlier data requests about the subject',
+    lifecycleEventOutbox: 'Undelivered lifecycle events',
     'enrollmentGroups (membership)': 'Enrollment group membership',
   };
   return names[place] ?? place;
@@ -89,7 +90,7 @@ export function PlaceTable({ title, places, showItems, testId }: { title: string
           {places.map((place) => (
             <tr key={place.place}>
               <td>
-                {placeLabel(place.place)} <span className="muted small">({place.place})</span>
+                {place.name ?? placeLabel(place.place)}
                 {place.reason !== undefined && <div className="small failure-reason">{place.reason}</div>}
               </td>
               <td className="numeric">{place.count}</td>

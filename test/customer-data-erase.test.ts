@@ -1,0 +1,321 @@
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+import deviceSdk from 'azure-iot-provisioning-device';
+import amqpTransport from 'azure-iot-provisioning-device-amqp';
+import mqttTransport from 'azure-iot-provisioning-device-mqtt';
+import symmetricKeySecurity from 'azure-iot-security-symmetric-key';
+import { connectAsync, type MqttClient } from 'mqtt';
+import { verifyReceipt } from '../src/domain/receipt.js';
+import { cliRunners } from './cli-runner.js';
+import { call, readCa, startServer, type TestServer } from './harness.js';
+import { deviceToken, rawRegister, sdkRegister, type Json } from './devices.js';
+import { HUB_HOST_NAMES, linkHub } from './hubs.js';
+
+/**
+ * The defects of issue 10, each a test: an erase that a re-registering device could outrun (the erase fence), an erase
+ * that missed the hub device once the enrollment was gone, an export that left places out, counts per registration
+ * instead of per item, a dry run that omitted places, and an unknown subject that looked like a fulfilled request.
+ */
+let server: TestServer;
+let idScope: string;
+let instanceId: string;
+const API = 'api-version=2021-10-01';
+const HUBS = ['localhost', '127.0.0.2'];
+
+async function api(method: string, path: string, body?: unknown): Promise<{ status: number; body: Json; text: string }> {
+  const response = await call(method, `${path}${path.includes('?') ? '&' : '?'}${API}`, { headers: { authorization: server.token() }, ...(body === undefined ? {} : { body }) });
+  return { status: response.status, body: response.body as Json, text: response.text };
+}
+
+async function enroll(registrationId: string, extra: Json = {}): Promise<string> {
+  const response = await api('PUT', `/enrollments/${registrationId}`, { registrationId, attestation: { type: 'symmetricKey' }, ...extra });
+  assert.equal(response.status, 200, response.text);
+  return response.body.attestation.symmetricKey.primaryKey as string;
+}
+
+async function finished(requestId: string): Promise<Json> {
+  for (let attempt = 0; attempt < 1200; attempt += 1) {
+    const current = await api('GET', `/dataRequests/${requestId}`);
+    if (current.body.status !== 'running') return current.body;
+    await new Promise((resolve) => setTimeout(resolve, 25));
+  }
+  throw new Error(`data request ${requestId} did not finish`);
+}
+
+async function dataRequest(requestId: string, body: Json): Promise<Json> {
+  const created = await api('PUT', `/dataRequests/${requestId}`, body);
+  assert.equal(created.status, 200, created.text);
+  return finished(requestId);
+}
+
+async function receiptCounts(requestId: string): Promise<Record<string, number>> {
+  const receipt = await api('GET', `/dataRequests/${requestId}/receipt`);
+  assert.equal(receipt.status, 200, receipt.text);
+  assert.equal(verifyReceipt(receipt.body).valid, true);
+  return Object.fromEntries([...receipt.body.receipt.deleted, ...receipt.body.receipt.pseudonymized].map((entry: Json) => [entry.place, entry.count]));
+}
+
+/** Everything provisiond holds that names these IDs: store rows and hub devices on every hub. */
+async function leftovers(ids: { registrationId: string; deviceId: string }, since?: string): Promise<string[]> {
+  const store = server.app.store;
+  const found: string[] = [];
+  if ((await store.getEnrollment(instanceId, ids.registrationId)) !== undefined) found.push('enrollment');
+  if ((await store.getRegistration(instanceId, ids.registrationId)) !== undefined) found.push('registration record');
+  const operations = await store.countOperationsOfRegistration(instanceId, ids.registrationId);
+  if (operations > 0) found.push(`${operations} operations`);
+  for (const hub of HUBS) {
+    const devices = await server.app.builtInHubs.queryDevices(hub, { query: `SELECT * FROM devices WHERE deviceId = '${ids.deviceId}'` });
+    if (devices.items.length > 0) found.push(`hub device on ${hub}`);
+  }
+  const events = (await store.findAuditEventsAbout(instanceId, { registrationIds: [ids.registrationId], deviceIds: [ids.deviceId], groupIds: [] })).filter(
+    // A device that tries again once its erase is final is a new attempt, refused for want of an enrollment, and
+    // logged as one; only that may name it afterwards.
+    (event) => !(since !== undefined && event.timeUtc >= since && event.errorCode === 401002 && event.kind === 'registration'),
+  );
+  if (events.length > 0) found.push(`${events.length} log events (${events.map((event) => `${event.kind}:${event.operation}:${event.timeUtc}:${event.errorCode ?? ''}`).join(', ')})`);
+  return found;
+}
+
+before(async () => {
+  server = await startServer({ hostNames: HUB_HOST_NAMES, listenHost: '0.0.0.0', dataRequestWaitMs: 0, registrationsPerSecond: 0, pollsPerSecondPerDevice: 0 });
+  idScope = server.info.idScope;
+  instanceId = (await server.app.store.listInstances())[0]?.id as string;
+  await linkHub(server, '127.0.0.2', { builtIn: true, applyAllocationPolicy: false });
+});
+after(async () => {
+  await server.close();
+});
+
+/** Registers over MQTT (or AMQP) with the official SDK; resolves with the error or the state. */
+function mqttRegister(registrationId: string, key: string, transport: 'mqtt' | 'amqp' = 'mqtt'): Promise<unknown> {
+  const client = deviceSdk.ProvisioningDeviceClient.create(
+    'localhost',
+    idScope,
+    transport === 'mqtt' ? new mqttTransport.Mqtt() : new amqpTransport.Amqp(),
+    new symmetricKeySecurity.SymmetricKeySecurityClient(registrationId, key) as never,
+  );
+  return new Promise((resolve) => {
+    client.register((error?: Error, result?: unknown) => resolve(error ?? result));
+  });
+}
+
+/**
+ * One registration over MQTT with a plain MQTT client speaking the DPS topics (register, then poll until terminal).
+ * The race uses it for its dozens of concurrent attempts: the SDK's MQTT transport throws outside any callback when a
+ * refused CONNECT's error event arrives after it has disconnected (an SDK defect), which such a load makes likely.
+ */
+async function plainMqttRegister(registrationId: string, key: string): Promise<unknown> {
+  let client: MqttClient;
+  try {
+    client = await connectAsync('mqtts://localhost:8883', {
+    clientId: registrationId,
+    username: `${idScope}/registrations/${registrationId}/api-version=2019-03-31`,
+    password: deviceToken(idScope, registrationId, key),
+    protocolVersion: 4,
+    ca: readCa(),
+    reconnectPeriod: 0,
+    connectTimeout: 5000,
+    });
+  } catch (error) {
+    return error;
+  }
+  try {
+    const replies = new Map<string, { status: number; body: Json }>();
+    client.on('message', (topic, payload) => {
+      const match = /^\$dps\/registrations\/res\/(\d+)\/\?\$rid=([^&]+)/.exec(topic);
+      if (match !== null) replies.set(match[2] ?? '', { status: Number(match[1]), body: JSON.parse(payload.toString('utf8')) as Json });
+    });
+    await client.subscribeAsync('$dps/registrations/res/#', { qos: 1 });
+    const reply = async (rid: string): Promise<{ status: number; body: Json }> => {
+      for (let waited = 0; waited < 10_000; waited += 20) {
+        const found = replies.get(rid);
+        if (found !== undefined) return found;
+        await new Promise((resolve) => setTimeout(resolve, 20));
+      }
+      throw new Error(`no reply to ${rid}`);
+    };
+    await client.publishAsync('$dps/registrations/PUT/iotdps-register/?$rid=r', JSON.stringify({ registrationId }), { qos: 1 });
+    let answer = await reply('r');
+    for (let poll = 0; answer.status === 202 && poll < 20; poll += 1) {
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      await client.publishAsync(`$dps/registrations/GET/iotdps-get-operationstatus/?$rid=p${poll}&operationId=${String(answer.body.operationId)}`, ' ', { qos: 1 });
+      answer = await reply(`p${poll}`);
+    }
+    return answer;
+  } catch (error) {
+    return error;
+  } finally {
+    await client.endAsync().catch(() => undefined);
+  }
+}
+
+describe('an erase cannot be outrun (the erase fence)', () => {
+  for (const transport of ['https', 'mqtt'] as const) {
+    test(`20 rounds of registering over ${transport.toUpperCase()} while the device is erased leave nothing, and no receipt over leftovers`, async () => {
+      // An attempt the SDK never answers (its MQTT transport can lose a callback when a refused CONNECT races its own
+      // disconnect) must not hang the round; what matters is what the server kept.
+      const register = (id: string, key: string): Promise<unknown> =>
+        Promise.race([
+          transport === 'https' ? rawRegister(idScope, id, key).catch((error: unknown) => error) : plainMqttRegister(id, key),
+          new Promise((resolve) => setTimeout(resolve, 20_000, 'no answer').unref()),
+        ]);
+      for (let round = 0; round < 20; round += 1) {
+        const registrationId = `race-${transport}-${round}`;
+        const deviceId = `${registrationId}-dev`;
+        const key = await enroll(registrationId, { deviceId, initialTwin: { tags: { round: String(round) } } });
+        await register(registrationId, key);
+        // The device keeps trying while the erase runs: some attempts start before it, some during it.
+        let erasing = true;
+        const attempts: Promise<unknown>[] = [];
+        const device = (async () => {
+          while (erasing) {
+            attempts.push(register(registrationId, key));
+            await new Promise((resolve) => setTimeout(resolve, transport === 'https' ? 3 : 10));
+          }
+        })();
+        // Rounds vary how far the device's attempts have got (connecting, assigning, writing) when the erase starts.
+        await new Promise((resolve) => setTimeout(resolve, (round % 5) * 25));
+        const done = await dataRequest(`race-erase-${transport}-${round}`, { type: 'erase', subject: { registrationId } });
+        erasing = false;
+        await device;
+        assert.equal(done.status, 'completed', JSON.stringify(done));
+        const atCompletion = await leftovers({ registrationId, deviceId }, done.lastUpdatedDateTimeUtc as string);
+        await Promise.all(attempts);
+        const afterwards = await leftovers({ registrationId, deviceId }, done.lastUpdatedDateTimeUtc as string);
+        assert.deepEqual(atCompletion, [], `round ${round}: left when the receipt was signed ${JSON.stringify(done)}`);
+        assert.deepEqual(afterwards, [], `round ${round}: left after the device stopped trying`);
+        const counts = await receiptCounts(`race-erase-${transport}-${round}`);
+        assert.equal(counts.enrollments, 1);
+        assert.equal(counts['hub:localhost/devices'], 1);
+      }
+    });
+  }
+
+  test('while an erase runs, writes about its subject are refused with SubjectBeingErased on every surface', async () => {
+    const key = await enroll('fence-1', { deviceId: 'fence-1-dev' });
+    await rawRegister(idScope, 'fence-1', key);
+    // Put the fence up the way an erase does, and take it down afterwards.
+    await server.app.store.putEraseFences(instanceId, [
+      { kind: 'registrationId', id: 'fence-1', requestId: 'fence-req', subjectHash: 'h1' },
+      { kind: 'deviceId', id: 'fence-1-dev', requestId: 'fence-req', subjectHash: 'h2' },
+    ]);
+    try {
+      const registered = await rawRegister(idScope, 'fence-1', key);
+      assert.equal(registered.httpStatus, 409);
+      assert.equal(registered.errorCode, 409210);
+      assert.deepEqual(registered.info, { requestId: 'fence-req' });
+      const mqtt = (await mqttRegister('fence-1', key)) as Json;
+      assert.ok(mqtt instanceof Error, 'MQTT registration refused');
+      const rewrite = await api('PUT', '/enrollments/fence-1', { registrationId: 'fence-1', deviceId: 'fence-1-dev', attestation: { type: 'symmetricKey' } });
+      assert.equal(rewrite.status, 409);
+      assert.equal(rewrite.body.errorCode, 409210);
+      const hubWrite = await server.app.builtInHubs.replaceTwin('localhost', 'fence-1-dev', { tags: { a: '1' } }, '*').then(
+        () => undefined,
+        (error: Error & { code?: string }) => error.code,
+      );
+      assert.equal(hubWrite, 'DeviceBeingErased');
+      // The refused attempts are in the log, by the subject's hash only.
+      const events = (await server.app.store.queryAuditEvents(instanceId, { limit: 50 })).items.filter((event) => event.errorCode === 409210);
+      assert.ok(events.length >= 2, 'refusals logged');
+      for (const event of events) assert.deepEqual(Object.keys(event.subject), ['hash']);
+    } finally {
+      await server.app.store.deleteEraseFences(instanceId, 'fence-req');
+    }
+    assert.equal((await rawRegister(idScope, 'fence-1', key)).status, 'assigned');
+  });
+});
+
+describe('an erase finds every trace', () => {
+  test('erase by registration ID removes the hub device when the enrollment was deleted first', async () => {
+    const key = await enroll('del-o1', { deviceId: 'del-o1-dev' });
+    assert.equal((await sdkRegister(idScope, 'del-o1', key)).deviceId, 'del-o1-dev');
+    assert.equal((await api('DELETE', '/enrollments/del-o1')).status, 204);
+    const done = await dataRequest('del-o1-erase', { type: 'erase', subject: { registrationId: 'del-o1' } });
+    assert.equal(done.status, 'completed', JSON.stringify(done));
+    assert.equal((await receiptCounts('del-o1-erase'))['hub:localhost/devices'], 1);
+    assert.deepEqual(await leftovers({ registrationId: 'del-o1', deviceId: 'del-o1-dev' }), []);
+  });
+
+  test('counts are per item deleted: two operations are two', async () => {
+    const key = await enroll('count-1');
+    await rawRegister(idScope, 'count-1', key);
+    await rawRegister(idScope, 'count-1', key);
+    assert.equal(await server.app.store.countOperationsOfRegistration(instanceId, 'count-1'), 2);
+    const done = await dataRequest('count-1-erase', { type: 'erase', subject: { registrationId: 'count-1' } });
+    assert.equal(done.status, 'completed');
+    assert.equal((await receiptCounts('count-1-erase')).operations, 2);
+  });
+});
+
+describe('export and dry run show every place the erase touches', () => {
+  test('the export holds operations, the hub history and earlier data requests; the dry run lists every place by its human name', async () => {
+    const key = await enroll('places-1', { initialTwin: { tags: { site: 'x' } } });
+    await rawRegister(idScope, 'places-1', key, { hello: 'world' });
+    await dataRequest('places-1-first-export', { type: 'export', subject: { registrationId: 'places-1' } });
+    const exported = await dataRequest('places-1-export', { type: 'export', subject: { registrationId: 'places-1' } });
+    assert.equal(exported.status, 'completed');
+    const bundle = (await api('GET', '/dataRequests/places-1-export/bundle')).body;
+    assert.equal(bundle.operations.length, 1);
+    assert.equal(bundle.operations[0].registrationId, 'places-1');
+    assert.equal(bundle.operations[0].registrationState.status, 'assigned');
+    assert.deepEqual(bundle.registrationRecords[0].hubHistory, ['localhost']);
+    assert.deepEqual(
+      bundle.dataRequests.map((request: Json) => request.requestId),
+      ['places-1-first-export'],
+    );
+    const searched = bundle.manifest.searched.map((entry: Json) => entry.place);
+    for (const place of ['operations', 'dataRequests', 'lifecycleEventOutbox']) assert.ok(searched.includes(place), `${place} searched`);
+
+    const dry = await dataRequest('places-1-dry', { type: 'erase', subject: { registrationId: 'places-1' }, dryRun: true });
+    const places = [...dry.result.deleted, ...dry.result.pseudonymized];
+    const byPlace = Object.fromEntries(places.map((entry: Json) => [entry.place, entry]));
+    for (const place of ['registrations', 'operations', 'enrollments', 'auditEvents', 'dataRequests', 'lifecycleEventOutbox', 'hub:localhost/devices']) {
+      assert.ok(byPlace[place] !== undefined, `dry run lists ${place}`);
+    }
+    assert.equal(byPlace.dataRequests.count, 2);
+    for (const entry of places) assert.doesNotMatch(entry.name, /^[a-z]+[A-Z]|^hub:/, `human name for ${entry.place}: ${entry.name}`);
+    assert.equal(byPlace.lifecycleEventOutbox.name, 'Undelivered lifecycle events');
+  });
+});
+
+describe('an unknown subject is said to be unknown', () => {
+  test('API: the erase completes, says nothing was found, and so does its receipt', async () => {
+    const done = await dataRequest('nosuch-erase', { type: 'erase', subject: { registrationId: 'nosuch' } });
+    assert.equal(done.status, 'completed');
+    assert.equal(done.result.nothingFound, true);
+    assert.match(done.result.warning, /Nothing was found/);
+    const receipt = await api('GET', '/dataRequests/nosuch-erase/receipt');
+    assert.equal(receipt.body.receipt.nothingFound, true);
+    const exported = await dataRequest('nosuch-export', { type: 'export', subject: { deviceId: 'nosuch-dev' } });
+    assert.equal(exported.result.nothingFound, true);
+  });
+
+  test('CLI: data erase and data export warn and exit 3', async () => {
+    const { runInProcess } = cliRunners(() => server.connectionString);
+    const erase = await runInProcess(['data', 'erase', '--registration-id', 'nosuch-cli', '--yes']);
+    assert.equal(erase.code, 3, erase.stderr);
+    assert.match(erase.stderr, /nothing found for registration ID 'nosuch-cli'|nothing found for .*nosuch-cli/);
+    const exported = await runInProcess(['data', 'export', '--device-id', 'nosuch-cli-dev']);
+    assert.equal(exported.code, 3, exported.stderr);
+    assert.match(exported.stderr, /nothing found/);
+  });
+});
+
+describe('refused sign-ins on every transport are in the system log', () => {
+  test('MQTT and AMQP refusals are logged with why: no such enrollment, or a wrong key (the wire says only 401002)', async () => {
+    await enroll('refuse-1');
+    const wrongKey = Buffer.alloc(32, 7).toString('base64');
+    for (const transport of ['mqtt', 'amqp'] as const) {
+      assert.ok((await mqttRegister('refuse-1', wrongKey, transport)) instanceof Error);
+      assert.ok((await mqttRegister('refuse-nosuch', wrongKey, transport)) instanceof Error);
+    }
+    const reasons = async (registrationId: string): Promise<string[]> =>
+      (await server.app.store.findAuditEventsAbout(instanceId, { registrationIds: [registrationId], deviceIds: [], groupIds: [] }))
+        .filter((event) => event.outcome === 'failure' && event.errorCode === 401002)
+        .map((event) => `${event.transport ?? ''}: ${event.reason ?? ''}`);
+    for (const transport of ['mqtt', 'amqp']) {
+      assert.ok((await reasons('refuse-1')).some((line) => line.startsWith(`${transport}: wrong key`)), `${transport} wrong key in ${(await reasons('refuse-1')).join(' | ')}`);
+      assert.ok((await reasons('refuse-nosuch')).some((line) => line.startsWith(`${transport}: no such enrollment`)), `${transport} unknown in ${(await reasons('refuse-nosuch')).join(' | ')}`);
+    }
+  });
+});

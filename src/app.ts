@@ -1,6 +1,6 @@
 import type { FastifyBaseLogger, FastifyInstance } from 'fastify';
 import pino from 'pino';
-import { sqliteFile, type Config } from './config/config.js';
+import type { Config } from './config/config.js';
 import { EnrollmentService, groupSpec, individualSpec } from './services/enrollments.js';
 import { redactUrl } from './domain/enrollment.js';
 import { dpsTimestamp } from './domain/time.js';
@@ -8,9 +8,7 @@ import { InstanceService, OWNER_POLICY } from './services/instances.js';
 import { RegistrationRecordService } from './services/registration-records.js';
 import { ServiceAuth } from './services/service-auth.js';
 import type { ServiceDeps } from './services/deps.js';
-import { openSqliteDatabase } from './store/open-store.js';
-import { KyselyStore } from './store/kysely-store.js';
-import { KyselyHubStore } from './store/hub-store.js';
+import { openStore } from './store/open-store.js';
 import { BuiltInHubService } from './hubs/built-in-hubs.js';
 import { RestHubClientFactory } from './hubs/registry-client.js';
 import { builtInHubPlugin } from './transports/http/hub-api/plugin.js';
@@ -88,8 +86,8 @@ export class ListenError extends Error {
 export async function createApp(deps: AppDeps): Promise<App> {
   const { config } = deps;
   const logger = deps.logger ?? (pino({ level: config.logLevel, serializers: { req: requestForLog } }) as unknown as FastifyBaseLogger);
-  const db = await openSqliteDatabase(sqliteFile(config));
-  const store = new KyselyStore(db);
+  // The one place that chooses the store: SQLite in the data directory, or a PostgreSQL database shared by nodes.
+  const { store, hubStore } = await openStore(config, (error) => logger.warn({ err: error }, 'database connection lost; the pool reconnects'));
   const tls = deps.tls ?? (await ensureTlsMaterial(config.dataDir, config.hostNames));
   const serviceDeps: ServiceDeps = { store, config, now: deps.now ?? (() => new Date()) };
 
@@ -109,7 +107,7 @@ export async function createApp(deps: AppDeps): Promise<App> {
     void events.emit(instance, `enrollmentGroup.${change}`, { enrollmentGroupId: id });
   });
   const registrations = new RegistrationRecordService(serviceDeps);
-  const builtInHubs = new BuiltInHubService({ hubStore: new KyselyHubStore(db), now: serviceDeps.now });
+  const builtInHubs = new BuiltInHubService({ hubStore, now: serviceDeps.now });
   const instances = new InstanceService(serviceDeps, (name) => builtInHubs.ensureHub(name));
   const hubClients = new RestHubClientFactory({
     ca: tls.ca,

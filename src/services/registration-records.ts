@@ -26,7 +26,9 @@ export class RegistrationRecordService {
       const record = await store.getRegistration(instance.id, registrationId);
       if (record === undefined) throw notFound(registrationId);
       if (ifMatch !== undefined && !etagMatches(ifMatch, record.etag)) throw new ProvisioningError('PreconditionFailed');
-      await store.deleteRegistration(instance.id, registrationId);
+      // Compare-and-swap on the etag just checked: a concurrent write or delete makes this one a 412.
+      const deleted = await store.deleteRegistration(instance.id, registrationId, ifMatch === undefined ? undefined : record.etag);
+      if (ifMatch !== undefined && !deleted) throw new ProvisioningError('PreconditionFailed');
     });
   }
 

@@ -1,38 +1,53 @@
-import Database from 'better-sqlite3';
-import { mkdirSync } from 'node:fs';
-import { dirname } from 'node:path';
-import { Kysely, SqliteDialect } from 'kysely';
+import { sqliteFile, usesPostgres, type Config } from '../config/config.js';
+import type { OpenedDialect } from './dialects/dialect.js';
+import { openPostgresDialect } from './dialects/postgres.js';
+import { openSqliteDialect } from './dialects/sqlite.js';
+import { KyselyHubStore, type BuiltInHubStore } from './hub-store.js';
 import { KyselyStore } from './kysely-store.js';
-import type { Database as Schema } from './schema.js';
 import type { Store } from './store.js';
 
-/**
- * Opens the database the configuration names: the embedded SQLite file (WAL) by default, migrated. Only this file
- * and app.ts know which dialect is in use.
- */
-export async function openSqliteDatabase(file: string): Promise<Kysely<Schema>> {
-  if (file !== ':memory:') mkdirSync(dirname(file), { recursive: true });
-  const database = new Database(file);
-  // WAL: readers never wait for the writer; NORMAL sync is durable across application crashes in WAL mode.
-  database.pragma('journal_mode = WAL');
-  database.pragma('synchronous = NORMAL');
-  database.pragma('busy_timeout = 5000');
-  // Kysely prepares every statement anew; better-sqlite3 statements are reusable, so keep one per SQL text.
-  const statements = new Map<string, Database.Statement>();
-  const prepare = database.prepare.bind(database);
-  database.prepare = ((sql: string) => {
-    let statement = statements.get(sql);
-    if (statement === undefined) {
-      statement = prepare(sql);
-      if (statements.size < 2000) statements.set(sql, statement);
-    }
-    return statement;
-  }) as typeof database.prepare;
-  const db = new Kysely<Schema>({ dialect: new SqliteDialect({ database }) });
-  await KyselyStore.migrate(db);
-  return db;
+export interface OpenedStore {
+  store: Store;
+  hubStore: BuiltInHubStore;
 }
 
+/**
+ * Opens and migrates the database the configuration names: the embedded SQLite file (WAL) by default, or a shared
+ * PostgreSQL database for several nodes. Only this file and the dialect adapters know which one is in use.
+ */
+export async function openStore(config: Config, onPoolError: (error: Error) => void = () => undefined): Promise<OpenedStore> {
+  if (usesPostgres(config)) {
+    return fromDialect(openPostgresDialect({ url: config.store, poolSize: config.storePoolSize, statementTimeoutMs: config.storeStatementTimeoutMs, onPoolError }));
+  }
+  return fromDialect(openSqliteDialect(sqliteFile(config)));
+}
+
+async function fromDialect(opened: OpenedDialect): Promise<OpenedStore> {
+  try {
+    await KyselyStore.migrate(opened.db, opened.capabilities);
+  } catch (error) {
+    await opened.close?.();
+    await opened.db.destroy();
+    throw error;
+  }
+  return {
+    store: new KyselyStore(opened.db, {
+      capabilities: opened.capabilities,
+      ...(opened.withLock === undefined ? {} : { withLock: opened.withLock }),
+      ...(opened.close === undefined ? {} : { close: opened.close }),
+    }),
+    hubStore: new KyselyHubStore(opened.db),
+  };
+}
+
+/** Tests and tools: a migrated SQLite store on a file or `:memory:`. */
 export async function openSqliteStore(file: string): Promise<Store> {
-  return new KyselyStore(await openSqliteDatabase(file));
+  return (await fromDialect(openSqliteDialect(file))).store;
+}
+
+/** Tests: the SQLite Kysely instance, migrated (the built-in hub store's own tests). */
+export async function openSqliteDatabase(file: string): Promise<OpenedDialect['db']> {
+  const opened = openSqliteDialect(file);
+  await KyselyStore.migrate(opened.db, opened.capabilities);
+  return opened.db;
 }

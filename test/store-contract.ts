@@ -553,6 +553,144 @@ export function runStoreContract(name: string, open: () => Promise<Store>): void
         assert.deepEqual(await store.findCertificateOwner(b.id, 'CERT-b'), { kind: 'individual', id: 'shared' });
       });
     });
+
+    describe('several writers (compare-and-swap, unique constraints, collation)', () => {
+      test('20 concurrent etag-guarded writes of one entry: exactly one wins, on every kind of entry', async () => {
+        await store.putEnrollment(a.id, enrollment('race', { etag: 'e0' }));
+        await store.putEnrollmentGroup(a.id, group('race', { etag: 'e0' }));
+        await store.putCaCertificate(a.id, caCertificate('race', 'C0FFEE', { etag: 'e0' }));
+        const writes = Array.from({ length: 20 }, (_, i) => i);
+        const enrollmentWins = await Promise.all(writes.map((i) => store.putEnrollment(a.id, enrollment('race', { etag: `e${i + 1}` }), 'e0')));
+        const groupWins = await Promise.all(writes.map((i) => store.putEnrollmentGroup(a.id, group('race', { etag: `e${i + 1}` }), 'e0')));
+        const caWins = await Promise.all(writes.map((i) => store.putCaCertificate(a.id, caCertificate('race', 'C0FFEE', { etag: `e${i + 1}` }), 'e0')));
+        for (const wins of [enrollmentWins, groupWins, caWins]) assert.equal(wins.filter(Boolean).length, 1);
+        const winner = `e${enrollmentWins.indexOf(true) + 1}`;
+        assert.equal((await store.getEnrollment(a.id, 'race'))?.etag, winner, 'the stored entry is the winner\'s');
+        assert.equal(await store.putEnrollment(a.id, enrollment('race', { etag: 'late' }), 'e0'), false, 'a stale etag never writes');
+        assert.equal(await store.putEnrollment(a.id, enrollment('nobody', { etag: 'x' }), 'e0'), false, 'a guarded write never creates');
+        assert.equal(await store.getEnrollment(a.id, 'nobody'), undefined);
+      });
+
+      test('20 concurrent etag-guarded deletes: exactly one deletes; a stale etag deletes nothing', async () => {
+        await store.putEnrollment(a.id, enrollment('gone', { etag: 'e1' }));
+        await store.putRegistration(a.id, registration('gone', { etag: 'r1' }));
+        assert.equal(await store.deleteEnrollment(a.id, 'gone', 'stale'), false);
+        assert.equal(await store.deleteRegistration(a.id, 'gone', 'stale'), false);
+        assert.notEqual(await store.getEnrollment(a.id, 'gone'), undefined);
+        const deletes = await Promise.all(Array.from({ length: 20 }, () => store.deleteEnrollment(a.id, 'gone', 'e1')));
+        assert.equal(deletes.filter(Boolean).length, 1);
+        const recordDeletes = await Promise.all(Array.from({ length: 20 }, () => store.deleteRegistration(a.id, 'gone', 'r1')));
+        assert.equal(recordDeletes.filter(Boolean).length, 1);
+        await store.putEnrollmentGroup(a.id, group('g-gone', { etag: 'g1' }));
+        await store.putCaCertificate(a.id, caCertificate('ca-gone', 'BEEF', { etag: 'c1' }));
+        assert.equal(await store.deleteEnrollmentGroup(a.id, 'g-gone', 'stale'), false);
+        assert.equal(await store.deleteCaCertificate(a.id, 'ca-gone', 'stale'), false);
+        assert.equal(await store.deleteEnrollmentGroup(a.id, 'g-gone', 'g1'), true);
+        assert.equal(await store.deleteCaCertificate(a.id, 'ca-gone', 'c1'), true);
+      });
+
+      test('instance names, ID scopes and host names are unique in the schema (409), whatever checks the caller made', async () => {
+        const twinName = instance('A', '0ne0000000C', ['dps-c.example.net']);
+        await assert.rejects(store.insertInstance(twinName), (error: Error & { errorCode?: number }) => error.errorCode === 409001);
+        await assert.rejects(store.insertInstance(instance('c', '0NE0000000a', ['dps-c.example.net'])), /already belongs/);
+        await assert.rejects(store.insertInstance(instance('c', '0ne0000000C', ['DPS-B.example.net'])), /already belongs/);
+        await assert.rejects(store.updateInstance({ ...b, name: 'a' }), /already belongs/);
+        assert.deepEqual(await store.findInstanceByHostName('dps-b.example.net'), b, 'a refused update changes nothing');
+        const racers = await Promise.allSettled(Array.from({ length: 10 }, (_, i) => store.insertInstance(instance('same', `0ne00000${String(i).padStart(3, '0')}`, [`h${i}.example.net`]))));
+        assert.equal(racers.filter((result) => result.status === 'fulfilled').length, 1);
+      });
+
+      test('one certificate in one enrollment entry: the second entry naming it is refused by the schema', async () => {
+        await store.putEnrollment(a.id, enrollment('cert-1', { attestation: x509Client('AB12') }));
+        await assert.rejects(store.putEnrollmentGroup(a.id, group('cert-2', { attestation: x509Signing('ab12') })), /only one enrollment entry/);
+        assert.equal(await store.getEnrollmentGroup(a.id, 'cert-2'), undefined, 'the refused write left nothing');
+        assert.deepEqual(await store.findCertificateOwner(a.id, 'AB12'), { kind: 'individual', id: 'cert-1' });
+      });
+
+      test('keys compare byte-wise: a prefix filter for abc never matches ab-cd or ab_c, whatever the database locale', async () => {
+        for (const id of ['abc', 'abc-1', 'abcd', 'ab-cd', 'ab_c', 'ab.cx', 'abd', 'ab']) await store.putEnrollment(a.id, enrollment(id));
+        const page = await query(store, a.id, [f('registrationId', 'prefix', 'abc')]);
+        assert.deepEqual(page.items.map((item) => item.registrationId), ['abc', 'abc-1', 'abcd']);
+        const everything = await store.queryEnrollments(a.id, all());
+        const ids = everything.items.map((item) => item.registrationId);
+        assert.deepEqual(ids, [...ids].sort((x, y) => (Buffer.from(x) < Buffer.from(y) ? -1 : 1)), 'keyset order is byte order');
+      });
+    });
+
+    describe('state shared by nodes', () => {
+      test('rate tokens: a bucket starts full, empties, refills with time, and never goes negative on a late clock', async () => {
+        const t0 = 1_000_000;
+        const taken = [];
+        for (let i = 0; i < 5; i += 1) taken.push(await store.takeRateToken('k1', 2, 4, t0));
+        assert.deepEqual(taken, [true, true, true, true, false]);
+        assert.equal(await store.takeRateToken('k1', 2, 4, t0 + 400), false, '0.8 token after 400 ms at 2/s');
+        assert.equal(await store.takeRateToken('k1', 2, 4, t0 + 500), true, 'one token after 500 ms');
+        assert.equal(await store.takeRateToken('k1', 2, 4, t0 - 10_000), false, 'an earlier clock adds nothing');
+        assert.equal(await store.takeRateToken('k2', 2, 4, t0), true, 'buckets are separate');
+        const concurrent = await Promise.all(Array.from({ length: 30 }, () => store.takeRateToken('k3', 1, 10, t0)));
+        assert.equal(concurrent.filter(Boolean).length, 10, 'concurrent takers share one bucket exactly');
+      });
+
+      test('leases: one holder at a time; renewal, release and expiry hand it over', async () => {
+        assert.equal(await store.claimLease('job/1', 'node-a', 1000, 5000), true);
+        assert.equal(await store.claimLease('job/1', 'node-b', 1000, 5500), false, 'held by another');
+        assert.equal(await store.claimLease('job/1', 'node-a', 1000, 5500), true, 'the holder may claim again');
+        assert.equal(await store.renewLease('job/1', 'node-a', 1000, 6000), true);
+        assert.equal(await store.renewLease('job/1', 'node-b', 1000, 6000), false);
+        assert.equal(await store.claimLease('job/1', 'node-b', 1000, 6900), false, 'renewed until 7000');
+        assert.equal(await store.claimLease('job/1', 'node-b', 1000, 7001), true, 'expired: another node takes it');
+        assert.equal(await store.renewLease('job/1', 'node-a', 1000, 7002), false, 'the old holder learns it lost it');
+        await store.releaseLease('job/1', 'node-a');
+        assert.equal(await store.claimLease('job/1', 'node-c', 1000, 7003), false, 'only the holder releases');
+        await store.releaseLease('job/1', 'node-b');
+        assert.equal(await store.claimLease('job/1', 'node-c', 1000, 7003), true);
+        const racers = await Promise.all(['p', 'q', 'r', 's', 't'].map((owner) => store.claimLease('job/2', owner, 1000, 9000)));
+        assert.equal(racers.filter(Boolean).length, 1);
+      });
+
+      test('enrollment-group writes bump the instance\'s change counter; other instances\' stay', async () => {
+        const counter = `groups/${a.id}`;
+        const before = await store.changeCounter(counter);
+        await store.putEnrollmentGroup(a.id, group('g1', { etag: 'x1' }));
+        const afterPut = await store.changeCounter(counter);
+        assert.ok(afterPut > before);
+        await store.putEnrollmentGroup(a.id, group('g1', { etag: 'x2' }), 'x1');
+        const afterUpdate = await store.changeCounter(counter);
+        assert.ok(afterUpdate > afterPut);
+        await store.deleteEnrollmentGroup(a.id, 'g1');
+        assert.ok((await store.changeCounter(counter)) > afterUpdate);
+        assert.equal(await store.changeCounter(`groups/${b.id}`), 0);
+        await store.putEnrollment(a.id, enrollment('not-a-group'));
+        assert.equal(await store.changeCounter(`groups/${b.id}`), 0);
+      });
+
+      test('withLock runs the work and returns its value; work under one name never overlaps', async () => {
+        let inside = 0;
+        let most = 0;
+        const results = await Promise.all(
+          Array.from({ length: 5 }, (_, i) =>
+            store.withLock('device/x', async () => {
+              inside += 1;
+              most = Math.max(most, inside);
+              await new Promise((resolve) => setTimeout(resolve, 10));
+              inside -= 1;
+              return i;
+            }),
+          ),
+        );
+        assert.deepEqual(results, [0, 1, 2, 3, 4]);
+        if (store.capabilities.advisoryLocks) assert.equal(most, 1);
+        await assert.rejects(store.withLock('device/y', () => Promise.reject(new Error('boom'))), /boom/);
+        assert.equal(await store.withLock('device/y', () => Promise.resolve('free again')), 'free again');
+      });
+
+      test('reclaimDeleted runs after deletes (VACUUM where the dialect keeps dead rows)', async () => {
+        await store.putEnrollment(a.id, enrollment('vac'));
+        await store.deleteEnrollment(a.id, 'vac');
+        await store.reclaimDeleted(['enrollments', 'enrollment_certificates', 'audit_events']);
+        assert.equal(await store.getEnrollment(a.id, 'vac'), undefined);
+      });
+    });
   });
 }
 

@@ -1,3 +1,4 @@
+import { existsSync } from 'node:fs';
 import { sqliteFile, usesPostgres, type Config } from '../config/config.js';
 import type { OpenedDialect } from './dialects/dialect.js';
 import { openPostgresDialect } from './dialects/postgres.js';
@@ -22,9 +23,23 @@ export async function openStore(config: Config, onPoolError: (error: Error) => v
   return fromDialect(openSqliteDialect(sqliteFile(config)));
 }
 
-async function fromDialect(opened: OpenedDialect): Promise<OpenedStore> {
+/**
+ * Opens the store to read only: no file, table or migration is created. Undefined when there is nothing to read
+ * (no SQLite file yet); a database without provisiond's tables fails on the first read.
+ */
+export async function openStoreReadOnly(config: Config): Promise<OpenedStore | undefined> {
+  if (usesPostgres(config)) {
+    const opened = openPostgresDialect({ url: config.store, poolSize: 1, statementTimeoutMs: config.storeStatementTimeoutMs, onPoolError: () => undefined });
+    return fromDialect(opened, false);
+  }
+  const file = sqliteFile(config);
+  if (!existsSync(file)) return undefined;
+  return fromDialect(openSqliteDialect(file, { readOnly: true }), false);
+}
+
+async function fromDialect(opened: OpenedDialect, migrate = true): Promise<OpenedStore> {
   try {
-    await KyselyStore.migrate(opened.db, opened.capabilities);
+    if (migrate) await KyselyStore.migrate(opened.db, opened.capabilities);
   } catch (error) {
     await opened.close?.();
     await opened.db.destroy();

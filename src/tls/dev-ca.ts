@@ -1,5 +1,5 @@
 import { X509Certificate } from 'node:crypto';
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { isIP } from 'node:net';
 import { createRootCertificate, createServerCertificate, type CertificateAndKey } from './x509-issuer.js';
@@ -25,6 +25,13 @@ function serverCertificateFits(certPem: string, caPem: string, hostNames: readon
   return hostNames.every((name) => (isIP(name) === 0 ? cert.checkHost(name) !== undefined : cert.checkIP(name) !== undefined));
 }
 
+/** Write then rename: a reader (or a crash) never sees half a key or certificate. */
+function writeAtomically(path: string, text: string, mode = 0o644): void {
+  const temporary = `${path}.${process.pid}.tmp`;
+  writeFileSync(temporary, text, { mode });
+  renameSync(temporary, path);
+}
+
 export async function ensureTlsMaterial(dataDir: string, hostNames: readonly string[]): Promise<TlsMaterial> {
   const dir = join(dataDir, 'tls');
   mkdirSync(dir, { recursive: true, mode: 0o700 });
@@ -37,14 +44,14 @@ export async function ensureTlsMaterial(dataDir: string, hostNames: readonly str
     ca = { certPem: readFileSync(caPath, 'utf8'), keyPem: readFileSync(caKeyPath, 'utf8') };
   } else {
     ca = await createRootCertificate({ commonName: 'provisiond development CA', days: 3650 });
-    writeFileSync(caKeyPath, ca.keyPem, { mode: 0o600 });
-    writeFileSync(caPath, ca.certPem);
+    writeAtomically(caKeyPath, ca.keyPem, 0o600);
+    writeAtomically(caPath, ca.certPem);
   }
   const haveServer = existsSync(certPath) && existsSync(keyPath);
   if (!haveServer || !serverCertificateFits(readFileSync(certPath, 'utf8'), ca.certPem, hostNames)) {
     const server = await createServerCertificate(ca, hostNames, 825);
-    writeFileSync(keyPath, server.keyPem, { mode: 0o600 });
-    writeFileSync(certPath, server.certPem);
+    writeAtomically(keyPath, server.keyPem, 0o600);
+    writeAtomically(certPath, server.certPem);
   }
   return { caPath, ca: ca.certPem, cert: readFileSync(certPath, 'utf8'), key: readFileSync(keyPath, 'utf8') };
 }

@@ -14,8 +14,16 @@ export const SQLITE_CAPABILITIES: DialectCapabilities = Object.freeze({
   vacuumAfterErase: false,
 });
 
-/** The embedded database: one file in WAL mode (or `:memory:` for tests). */
-export function openSqliteDialect(file: string): OpenedDialect {
+/**
+ * The embedded database: one file in WAL mode (or `:memory:` for tests). `readOnly` opens an existing file without
+ * creating or changing anything (`provisiond info` beside a running server).
+ */
+export function openSqliteDialect(file: string, options: { readOnly?: boolean } = {}): OpenedDialect {
+  if (options.readOnly === true) {
+    const database = new Database(file, { readonly: true, fileMustExist: true });
+    database.pragma('busy_timeout = 5000');
+    return { db: new Kysely<Schema>({ dialect: new SqliteDialect({ database }) }), capabilities: SQLITE_CAPABILITIES };
+  }
   if (file !== ':memory:') mkdirSync(dirname(file), { recursive: true });
   const database = new Database(file);
   // WAL: readers never wait for the writer; NORMAL sync is durable across application crashes in WAL mode.

@@ -8,7 +8,10 @@ import { InstanceService, OWNER_POLICY } from './services/instances.js';
 import { RegistrationRecordService } from './services/registration-records.js';
 import { ServiceAuth } from './services/service-auth.js';
 import type { ServiceDeps } from './services/deps.js';
-import { openStore } from './store/open-store.js';
+import { openStore, openStoreReadOnly } from './store/open-store.js';
+import { lockDataDir } from './store/data-dir-lock.js';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
 import { BuiltInHubService } from './hubs/built-in-hubs.js';
 import { RestHubClientFactory } from './hubs/registry-client.js';
 import { builtInHubPlugin } from './transports/http/hub-api/plugin.js';
@@ -86,6 +89,19 @@ export class ListenError extends Error {
 export async function createApp(deps: AppDeps): Promise<App> {
   const { config } = deps;
   const logger = deps.logger ?? (pino({ level: config.logLevel, serializers: { req: requestForLog } }) as unknown as FastifyBaseLogger);
+  // One data directory, one server: taken before anything in it is created, so first-start initialisation never
+  // races another server.
+  const dataDirLock = lockDataDir(config.dataDir);
+  try {
+    return await createLockedApp(deps, logger, () => dataDirLock.release());
+  } catch (error) {
+    dataDirLock.release();
+    throw error;
+  }
+}
+
+async function createLockedApp(deps: AppDeps, logger: FastifyBaseLogger, releaseDataDir: () => void): Promise<App> {
+  const { config } = deps;
   // The one place that chooses the store: SQLite in the data directory, or a PostgreSQL database shared by nodes.
   const { store, hubStore } = await openStore(config, (error) => logger.warn({ err: error }, 'database connection lost; the pool reconnects'));
   const tls = deps.tls ?? (await ensureTlsMaterial(config.dataDir, config.hostNames));
@@ -113,11 +129,16 @@ export async function createApp(deps: AppDeps): Promise<App> {
     ca: tls.ca,
     builtInAddress: { host: loopbackFor(config.listenHost), port: config.httpsPort },
   });
-  const { instance: operator, created } = await instances.bootstrap();
-  const defaultHub = await builtInHubs.ensureHub(config.hostNames[0] ?? 'localhost');
-  // A fresh server links its built-in hub, so a first device provisions with no configuration at all. Only on first
-  // start: a hub the owner later unlinks stays unlinked.
-  if (created) await instances.putHub(operator, defaultHub.name, { builtIn: true });
+  // Nodes starting together on one database bootstrap one default instance: the first takes the lock and creates
+  // it, the others find it.
+  const { operator, defaultHub } = await store.withLock('provisiond/bootstrap', async () => {
+    const { instance, created } = await instances.bootstrap();
+    const hub = await builtInHubs.ensureHub(config.hostNames[0] ?? 'localhost');
+    // A fresh server links its built-in hub, so a first device provisions with no configuration at all. Only on first
+    // start: a hub the owner later unlinks stays unlinked.
+    if (created) await instances.putHub(instance, hub.name, { builtIn: true });
+    return { operator: instance, defaultHub: hub };
+  });
 
   const registrationService = new RegistrationService({
     ...serviceDeps,
@@ -222,8 +243,53 @@ export async function createApp(deps: AppDeps): Promise<App> {
       await http.close();
       await hubClients.close();
       await store.close();
+      releaseDataDir();
     },
   };
+}
+
+/**
+ * `provisiond info`: what a running (or stopped) server would print, read without creating or changing anything —
+ * no data directory, CA, key, database file, migration or instance. On a data directory no server has initialised
+ * yet it says so and how to start one.
+ */
+export async function readServerInfo(config: Config): Promise<ServerInfo> {
+  const caPath = join(config.dataDir, 'tls', 'ca.pem');
+  const notYet = (what: string) =>
+    new Error(`${what}; nothing to show yet. Start the server once to initialise it: provisiond serve --data-dir ${config.dataDir}`);
+  if (!existsSync(config.dataDir)) throw notYet(`the data directory ${config.dataDir} does not exist`);
+  if (!existsSync(caPath)) throw notYet(`the data directory ${config.dataDir} is not initialised (no tls/ca.pem)`);
+  const opened = await openStoreReadOnly(config);
+  if (opened === undefined) throw notYet(`the data directory ${config.dataDir} has no database`);
+  try {
+    let instances: Awaited<ReturnType<Store['listInstances']>>;
+    try {
+      instances = await opened.store.listInstances();
+    } catch {
+      throw notYet('the database is not initialised');
+    }
+    const operator = instances[0];
+    if (operator === undefined) throw notYet('the database has no instance');
+    const owner = await opened.store.getAccessPolicy(operator.id, OWNER_POLICY);
+    const hostName = operator.serviceHostNames[0] ?? config.hostNames[0] ?? 'localhost';
+    const hub = await new BuiltInHubService({ hubStore: opened.hubStore, now: () => new Date() }).getHub(config.hostNames[0] ?? 'localhost');
+    return {
+      instance: operator.name,
+      serviceConnectionString: owner === undefined ? '' : `HostName=${hostName};SharedAccessKeyName=${owner.keyName};SharedAccessKey=${owner.primaryKey}`,
+      idScope: operator.idScope,
+      caCertificatePath: caPath,
+      hostNames: [...config.hostNames],
+      ports: {
+        https: config.httpsPort,
+        ...(config.mqttEnabled ? { mqtt: config.mqttPort } : {}),
+        ...(config.amqpEnabled ? { amqp: config.amqpPort } : {}),
+      },
+      dataDir: config.dataDir,
+      builtInHubConnectionString: hub?.connectionString ?? '',
+    };
+  } finally {
+    await opened.store.close();
+  }
 }
 
 /** Where this process reaches its own HTTPS listener (built-in hubs are called through it like any other hub). */

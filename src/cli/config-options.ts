@@ -10,7 +10,7 @@ export function addConfigOptions(command: Command): Command {
     .option('--https-port <port>', 'HTTPS port; default 443')
     .option('--listen-host <address>', 'address to bind; default 0.0.0.0')
     .option('--host-names <names>', 'comma-separated host names for the server certificate; default localhost,127.0.0.1')
-    .option('--store <store>', "'sqlite' (default: a file in the data directory) or a SQLite file path")
+    .option('--store <store>', "'sqlite' (default: a file in the data directory), a SQLite file path, or a postgres:// URL")
     .option('--log-level <level>', 'fatal, error, warn, info, debug, trace or silent; default info')
     .option('--mqtt-port <port>', 'MQTT over TLS device port; default 8883')
     .option('--amqp-port <port>', 'AMQP over TLS device port; default 5671')

@@ -13,6 +13,17 @@ if ! command -v chromium >/dev/null; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update && apt-get install -y chromium
 fi
+# The PostgreSQL store's tests need a PostgreSQL server: Debian's, installed here on a fresh machine. One private
+# cluster (initdb + pg_ctl on a free port, trust auth on 127.0.0.1) serves the whole run and is removed at the end.
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  echo "== installing postgresql"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update && apt-get install -y postgresql
+fi
+echo "== postgresql test cluster"
+read -r pg_url pg_dir < <(npx tsx scripts/test-postgres.ts start)
+trap 'npx tsx scripts/test-postgres.ts stop "$pg_dir"' EXIT
+export PROVISIOND_TEST_PG_URL="$pg_url"
 echo "== test CA"
 bundle=$(npx tsx scripts/make-test-ca.ts)
 export NODE_EXTRA_CA_CERTS="$bundle"
@@ -20,3 +31,9 @@ files=(test/*.test.ts)
 if [ "$#" -gt 0 ]; then files=("$@"); fi
 echo "== tests (${#files[@]} files)"
 node --import tsx --test --test-concurrency=1 --test-reporter=spec "${files[@]}"
+if [ "$#" -eq 0 ]; then
+  # The service-API, device (every transport) and customer-data suites once more, each server on PostgreSQL.
+  pg_files=(test/service-api.test.ts test/device-http.test.ts test/device-mqtt-amqp.test.ts test/customer-data.test.ts)
+  echo "== the same suites on PostgreSQL (${#pg_files[@]} files)"
+  PROVISIOND_TEST_STORE=postgres node --import tsx --test --test-concurrency=1 --test-reporter=spec "${pg_files[@]}"
+fi

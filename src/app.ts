@@ -10,6 +10,7 @@ import { ServiceAuth } from './services/service-auth.js';
 import type { ServiceDeps } from './services/deps.js';
 import { openStore, openStoreReadOnly } from './store/open-store.js';
 import { lockDataDir } from './store/data-dir-lock.js';
+import { randomUUID } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { BuiltInHubService } from './hubs/built-in-hubs.js';
@@ -109,10 +110,14 @@ async function createLockedApp(deps: AppDeps, logger: FastifyBaseLogger, release
 
   const auth = new ServiceAuth(serviceDeps);
   const audit = new AuditLog(serviceDeps, logger);
+  // This process among the nodes sharing the database: the holder named in leases.
+  const nodeId = `${config.listenHost}/${process.pid}/${randomUUID()}`;
   const events = new LifecycleEvents(serviceDeps, logger, {
     retryBaseMs: config.lifecycleEventRetryBaseMs,
     retryMaxMs: 60_000,
     timeoutMs: 10_000,
+    nodeId,
+    leaseMs: config.leaseMs,
   });
   const symmetricKeyGroups = new SymmetricKeyGroups(store);
   const enrollments = new EnrollmentService(serviceDeps, individualSpec, (instance, change, id) => {
@@ -165,7 +170,7 @@ async function createLockedApp(deps: AppDeps, logger: FastifyBaseLogger, release
         },
       }),
   });
-  const dataRequests = new DataRequestService({ ...serviceDeps, hubClients, audit, events, logger, waitMs: config.dataRequestWaitMs });
+  const dataRequests = new DataRequestService({ ...serviceDeps, hubClients, audit, events, logger, waitMs: config.dataRequestWaitMs, nodeId, leaseMs: config.leaseMs });
 
   const { app: http, openApi } = createHttpServer({ config, logger, tls: { key: tls.key, cert: tls.cert } });
   // Every authenticated service-API call goes in the system log (added before the plugins, so it covers them all).
@@ -184,6 +189,7 @@ async function createLockedApp(deps: AppDeps, logger: FastifyBaseLogger, release
   const devices = await createDeviceEndpoints({ config, logger, registrations: registrationService, tls: { key: tls.key, cert: tls.cert }, httpServer: http.server });
 
   let purgeTimer: NodeJS.Timeout | undefined;
+  let resumeTimer: NodeJS.Timeout | undefined;
   return {
     http,
     store,
@@ -227,6 +233,14 @@ async function createLockedApp(deps: AppDeps, logger: FastifyBaseLogger, release
       purgeTimer.unref();
       void purge().catch((error: unknown) => logger.error({ err: error }, 'purge failed'));
       await dataRequests.resumeUnfinished();
+      // Nodes sharing a database: a job whose node died is taken over once its lease expires, without a restart.
+      if (!store.capabilities.singleWriter) {
+        resumeTimer = setInterval(
+          () => void dataRequests.resumeUnfinished().catch((error: unknown) => logger.error({ err: error }, 'resuming data requests failed')),
+          Math.max(250, Math.floor(config.leaseMs / 2)),
+        );
+        resumeTimer.unref();
+      }
       for (const listener of devices.listeners) {
         try {
           await listener.listen();
@@ -237,6 +251,7 @@ async function createLockedApp(deps: AppDeps, logger: FastifyBaseLogger, release
     },
     async close() {
       if (purgeTimer !== undefined) clearInterval(purgeTimer);
+      if (resumeTimer !== undefined) clearInterval(resumeTimer);
       await dataRequests.stop();
       await events.close();
       await devices.close();

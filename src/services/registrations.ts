@@ -23,7 +23,7 @@ import { callAllocationWebhook, type WebhookExchange } from './custom-allocation
 import type { ServiceDeps } from './deps.js';
 import type { HubLatencies } from './hub-latency.js';
 import type { SymmetricKeyGroups } from './symmetric-key-groups.js';
-import { RateLimiter } from './throttle.js';
+import { createRateLimiter, type RateLimiter } from './throttle.js';
 import type { AuditLog } from './audit-log.js';
 import type { LifecycleEvents } from './lifecycle-events.js';
 import { walkX509Enrollments } from './x509-attestation.js';
@@ -99,8 +99,8 @@ export class RegistrationService {
 
   constructor(deps: RegistrationServiceDeps) {
     this.#deps = deps;
-    this.#registrationLimiter = new RateLimiter(deps.config.registrationsPerSecond);
-    this.#pollLimiter = new RateLimiter(deps.config.pollsPerSecondPerDevice);
+    this.#registrationLimiter = createRateLimiter(deps.config.registrationsPerSecond, deps.store);
+    this.#pollLimiter = createRateLimiter(deps.config.pollsPerSecondPerDevice, deps.store);
   }
 
   /** Register: authenticate now (401 at once), assign in the background, answer 202 `assigning` with an operation. */
@@ -108,7 +108,7 @@ export class RegistrationService {
     const instance = await this.#instance(request.idScope);
     let match: DeviceMatch;
     try {
-      this.#registrationLimiter.take(instance.id);
+      await this.#registrationLimiter.take(instance.id);
       match = await this.#authenticate(instance, request);
     } catch (error) {
       // A refused attempt is logged with why, so a tenant can tell a wrong key from a throttled device.
@@ -151,7 +151,7 @@ export class RegistrationService {
 
   async operationStatus(request: DeviceRequest & { operationId: string }): Promise<OperationReply> {
     const instance = await this.#instance(request.idScope);
-    this.#pollLimiter.take(`${instance.id}/${idKey(request.registrationId)}`);
+    await this.#pollLimiter.take(`${instance.id}/${idKey(request.registrationId)}`);
     const match = await this.#authenticate(instance, request);
     const operation = await this.#deps.store.getOperation(instance.id, request.operationId);
     if (operation === undefined || idKey(operation.registrationId) !== idKey(match.registrationId)) {
@@ -174,7 +174,7 @@ export class RegistrationService {
   /** DeviceRegistrationStatusLookup: the device's current record, no operation wrapper. */
   async statusLookup(request: DeviceRequest): Promise<JsonMap> {
     const instance = await this.#instance(request.idScope);
-    this.#pollLimiter.take(`${instance.id}/${idKey(request.registrationId)}`);
+    await this.#pollLimiter.take(`${instance.id}/${idKey(request.registrationId)}`);
     const match = await this.#authenticate(instance, request);
     if (match.previous === undefined) {
       throw new ProvisioningError('RegistrationNotFound', `Registration '${request.registrationId}' was not found.`);
@@ -290,9 +290,15 @@ export class RegistrationService {
     };
   }
 
+  /**
+   * Registrations of one device run one after another: in this process by a queue per device, and across the nodes
+   * of a shared database by the store's lock on the device (PostgreSQL advisory lock), so two nodes never create two
+   * hub identities or two records for one device. The queue keeps this node to one lock (one connection) per device.
+   */
   #serialized<T>(key: string, work: () => Promise<T>): Promise<T> {
     const previous = this.#deviceQueues.get(key) ?? Promise.resolve();
-    const next = previous.then(work, work);
+    const locked = () => this.#deps.store.withLock(`device/${key}`, work);
+    const next = previous.then(locked, locked);
     const settled = next.then(
       () => undefined,
       () => undefined,

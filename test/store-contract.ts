@@ -3,6 +3,9 @@ import { afterEach, beforeEach, describe, test } from 'node:test';
 import type { StoredAttestation, StoredCertificate, StoredEnrollment, StoredEnrollmentGroup } from '../src/domain/enrollment.js';
 import type { Filter } from '../src/domain/query.js';
 import type {
+  AuditEvent,
+  AuditQuery,
+  DataRequestRecord,
   AccessPolicyRecord,
   CaCertificateRecord,
   InstanceRecord,
@@ -551,6 +554,126 @@ export function runStoreContract(name: string, open: () => Promise<Store>): void
         await store.putEnrollment(a.id, enrollment('other', { attestation: x509Client('CERT-b') }));
         assert.deepEqual(await store.findCertificateOwner(a.id, 'CERT-b'), { kind: 'individual', id: 'other' });
         assert.deepEqual(await store.findCertificateOwner(b.id, 'CERT-b'), { kind: 'individual', id: 'shared' });
+      });
+    });
+
+    describe('operations of a registration', () => {
+      test('count and delete every operation of one registration ID (any case), and nothing else', async () => {
+        await store.putOperation(a.id, operation('op-1', 'Dev-1', 'assigned', '2024-01-01T00:00:00.0000000Z'));
+        await store.putOperation(a.id, operation('op-2', 'dev-1', 'assigning', '2024-01-01T00:00:01.0000000Z'));
+        await store.putOperation(a.id, operation('op-3', 'dev-2', 'assigned', '2024-01-01T00:00:02.0000000Z'));
+        await store.putOperation(b.id, operation('op-4', 'dev-1', 'assigned', '2024-01-01T00:00:03.0000000Z'));
+        assert.equal(await store.countOperationsOfRegistration(a.id, 'DEV-1'), 2);
+        assert.equal(await store.countOperationsOfRegistration(a.id, 'nobody'), 0);
+        assert.equal(await store.deleteOperationsOfRegistration(a.id, 'dev-1'), 2);
+        assert.equal(await store.countOperationsOfRegistration(a.id, 'dev-1'), 0);
+        assert.equal(await store.getOperation(a.id, 'op-1'), undefined);
+        assert.notEqual(await store.getOperation(a.id, 'op-3'), undefined);
+        assert.equal(await store.countOperationsOfRegistration(b.id, 'dev-1'), 1, 'another instance keeps its own');
+      });
+    });
+
+    describe('the system log', () => {
+      const event = (eventId: string, timeUtc: string, subject: AuditEvent['subject'], overrides: Partial<AuditEvent> = {}): AuditEvent => ({
+        eventId,
+        timeUtc,
+        kind: 'registration',
+        operation: 'register',
+        actor: 'device',
+        subject,
+        outcome: 'success',
+        ...overrides,
+      });
+
+      test('append and query newest first, with every filter and keyset paging', async () => {
+        const events = [
+          event('e1', '2024-01-01T00:00:01.0000000Z', { registrationId: 'Dev-1', deviceId: 'dev-1' }),
+          event('e2', '2024-01-01T00:00:02.0000000Z', { registrationId: 'dev-2', enrollmentGroupId: 'grp' }, { outcome: 'failure', errorCode: 401002 }),
+          event('e3', '2024-01-01T00:00:03.0000000Z', {}, { kind: 'serviceApi', operation: 'putEnrollment', actor: 'owner' }),
+          event('e4', '2024-01-01T00:00:04.0000000Z', { deviceId: 'DEV-1' }, { kind: 'hubWrite' }),
+        ];
+        for (const item of events) await store.appendAuditEvent(a.id, item);
+        await store.appendAuditEvent(b.id, event('e5', '2024-01-01T00:00:05.0000000Z', { registrationId: 'dev-1' }));
+        const ids = async (query: Partial<AuditQuery>) => (await store.queryAuditEvents(a.id, { limit: 10, ...query })).items.map((item) => item.eventId);
+        assert.deepEqual(await ids({}), ['e4', 'e3', 'e2', 'e1']);
+        assert.deepEqual((await store.queryAuditEvents(a.id, { limit: 10 })).items[3], events[0], 'the event comes back whole');
+        assert.deepEqual(await ids({ subject: 'dev-1' }), ['e4', 'e1'], 'registration or device ID, any case');
+        assert.deepEqual(await ids({ subject: 'GRP' }), ['e2']);
+        assert.deepEqual(await ids({ from: '2024-01-01T00:00:02.0000000Z', to: '2024-01-01T00:00:03.0000000Z' }), ['e3', 'e2']);
+        assert.deepEqual(await ids({ actor: 'owner' }), ['e3']);
+        assert.deepEqual(await ids({ outcome: 'failure' }), ['e2']);
+        assert.deepEqual(await ids({ kind: 'hubWrite' }), ['e4']);
+        const first = await store.queryAuditEvents(a.id, { limit: 3 });
+        assert.deepEqual([first.items.map((item) => item.eventId), first.nextKey], [['e4', 'e3', 'e2'], 'e2']);
+        const second = await store.queryAuditEvents(a.id, { limit: 3, beforeKey: first.nextKey });
+        assert.deepEqual([second.items.map((item) => item.eventId), second.nextKey], [['e1'], undefined]);
+      });
+
+      test('find events about subjects, replace them (pseudonymize), delete by ID and by age', async () => {
+        await store.appendAuditEvent(a.id, event('e1', '2024-01-01T00:00:01.0000000Z', { registrationId: 'dev-1' }));
+        await store.appendAuditEvent(a.id, event('e2', '2024-01-02T00:00:00.0000000Z', { deviceId: 'Dev-9' }));
+        await store.appendAuditEvent(a.id, event('e3', '2024-01-03T00:00:00.0000000Z', { enrollmentGroupId: 'grp' }));
+        await store.appendAuditEvent(a.id, event('e4', '2024-01-04T00:00:00.0000000Z', { registrationId: 'other' }));
+        await store.appendAuditEvent(b.id, event('e5', '2024-01-04T00:00:00.0000000Z', { registrationId: 'dev-1' }));
+        const found = await store.findAuditEventsAbout(a.id, { registrationIds: ['DEV-1'], deviceIds: ['dev-9'], groupIds: ['grp'] });
+        assert.deepEqual(found.map((item) => item.eventId), ['e1', 'e2', 'e3']);
+        assert.deepEqual(await store.findAuditEventsAbout(a.id, { registrationIds: [], deviceIds: [], groupIds: [] }), []);
+        const many = Array.from({ length: 1200 }, (_, i) => `x-${i}`);
+        assert.deepEqual((await store.findAuditEventsAbout(a.id, { registrationIds: [...many, 'dev-1'], deviceIds: [], groupIds: [] })).map((item) => item.eventId), ['e1'], 'long lists are chunked');
+        await store.replaceAuditEvents(a.id, [{ ...(found[0] as AuditEvent), actor: 'hashed', subject: { hash: 'h1' } }]);
+        assert.deepEqual(await store.findAuditEventsAbout(a.id, { registrationIds: ['dev-1'], deviceIds: [], groupIds: [] }), [], 'the replaced event no longer names the subject');
+        assert.deepEqual((await store.queryAuditEvents(a.id, { limit: 10, actor: 'hashed' })).items.map((item) => item.subject), [{ hash: 'h1' }]);
+        assert.equal(await store.deleteAuditEvents(a.id, ['e2', 'no-such']), 1);
+        assert.equal(await store.deleteAuditEventsBefore(a.id, '2024-01-03T12:00:00.0000000Z'), 2);
+        assert.deepEqual((await store.queryAuditEvents(a.id, { limit: 10 })).items.map((item) => item.eventId), ['e4']);
+        assert.deepEqual((await store.queryAuditEvents(b.id, { limit: 10 })).items.map((item) => item.eventId), ['e5'], 'another instance keeps its log');
+      });
+    });
+
+    describe('data requests and the lifecycle-event outbox', () => {
+      const request = (requestId: string, sortKey: string, status: string, type = 'erase'): DataRequestRecord => ({
+        requestId,
+        sortKey,
+        status,
+        type,
+        doc: { requestId, sortKey, status, type, subject: { kind: 'registrationId', id: requestId } },
+      });
+
+      test('put, get (any case), replace, query with filters and paging, list by status across instances', async () => {
+        await store.putDataRequest(a.id, request('Req-1', '3', 'running'));
+        await store.putDataRequest(a.id, request('req-2', '1', 'completed', 'export'));
+        await store.putDataRequest(a.id, request('req-3', '2', 'running', 'export'));
+        await store.putDataRequest(b.id, request('req-4', '0', 'running'));
+        assert.deepEqual(await store.getDataRequest(a.id, 'REQ-1'), request('Req-1', '3', 'running'));
+        assert.equal(await store.getDataRequest(b.id, 'req-1'), undefined);
+        await store.putDataRequest(a.id, request('Req-1', '3', 'completed'));
+        assert.equal((await store.getDataRequest(a.id, 'req-1'))?.status, 'completed');
+        const page = await store.queryDataRequests(a.id, { filters: [], limit: 2 });
+        assert.deepEqual([page.items.map((item) => item.requestId), page.nextKey], [['req-2', 'req-3'], '2']);
+        const rest = await store.queryDataRequests(a.id, { filters: [], limit: 2, afterKey: page.nextKey });
+        assert.deepEqual(rest.items.map((item) => item.requestId), ['Req-1']);
+        const exports = await store.queryDataRequests(a.id, { filters: [f('type', 'eq', 'EXPORT'), f('status', 'eq', 'running')], limit: 10 });
+        assert.deepEqual(exports.items.map((item) => item.requestId), ['req-3']);
+        const running = await store.listDataRequestsByStatus(['running']);
+        assert.deepEqual(sortBy(running.map((item) => `${item.instanceId === a.id ? 'a' : 'b'}:${item.requestId}`), (x) => x), ['a:req-3', 'b:req-4']);
+        assert.deepEqual(await store.listDataRequestsByStatus([]), []);
+      });
+
+      test('outbox: append, list oldest first per instance, delete, and which instances have events', async () => {
+        assert.deepEqual(await store.listInstancesWithOutboxEvents(), []);
+        await store.appendOutboxEvent(a.id, { eventId: 'ev-2', doc: { n: 2 } });
+        await store.appendOutboxEvent(a.id, { eventId: 'ev-1', doc: { n: 1 } });
+        await store.appendOutboxEvent(b.id, { eventId: 'ev-3', doc: { n: 3 } });
+        assert.deepEqual(await store.listOutboxEvents(a.id, 10), [
+          { eventId: 'ev-1', doc: { n: 1 } },
+          { eventId: 'ev-2', doc: { n: 2 } },
+        ]);
+        assert.deepEqual(await store.listOutboxEvents(a.id, 1), [{ eventId: 'ev-1', doc: { n: 1 } }]);
+        assert.deepEqual(sortBy(await store.listInstancesWithOutboxEvents(), (id) => id), sortBy([a.id, b.id], (id) => id));
+        await store.deleteOutboxEvent(a.id, 'ev-1');
+        await store.deleteOutboxEvent(a.id, 'ev-2');
+        assert.deepEqual(await store.listOutboxEvents(a.id, 10), []);
+        assert.deepEqual(await store.listInstancesWithOutboxEvents(), [b.id]);
       });
     });
 

@@ -31,9 +31,3 @@ files=(test/*.test.ts)
 if [ "$#" -gt 0 ]; then files=("$@"); fi
 echo "== tests (${#files[@]} files)"
 node --import tsx --test --test-concurrency=1 --test-reporter=spec "${files[@]}"
-if [ "$#" -eq 0 ]; then
-  # The service-API, device (every transport) and customer-data suites once more, each server on PostgreSQL.
-  pg_files=(test/service-api.test.ts test/device-http.test.ts test/device-mqtt-amqp.test.ts test/customer-data.test.ts)
-  echo "== the same suites on PostgreSQL (${#pg_files[@]} files)"
-  PROVISIOND_TEST_STORE=postgres node --import tsx --test --test-concurrency=1 --test-reporter=spec "${pg_files[@]}"
-fi

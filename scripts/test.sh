@@ -22,6 +22,17 @@ if ! command -v swtpm >/dev/null; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update && apt-get install -y swtpm swtpm-tools
 fi
+# The PostgreSQL store's tests need a PostgreSQL server: Debian's, installed here on a fresh machine. One private
+# cluster (initdb + pg_ctl on a free port, trust auth on 127.0.0.1) serves the whole run and is removed at the end.
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  echo "== installing postgresql"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update && apt-get install -y postgresql
+fi
+echo "== postgresql test cluster"
+read -r pg_url pg_dir < <(npx tsx scripts/test-postgres.ts start)
+trap 'npx tsx scripts/test-postgres.ts stop "$pg_dir"' EXIT
+export PROVISIOND_TEST_PG_URL="$pg_url"
 echo "== test CA"
 bundle=$(npx tsx scripts/make-test-ca.ts)
 export NODE_EXTRA_CA_CERTS="$bundle"

@@ -2,7 +2,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { X509Certificate } from 'node:crypto';
 import type { Server as TlsServer } from 'node:tls';
 import type { FastifyBaseLogger, FastifyInstance } from 'fastify';
-import { sqliteFile, type Config } from './config/config.js';
+import { sqliteFile, usesPostgres, type Config } from './config/config.js';
 import { EnrollmentService, groupSpec, individualSpec } from './services/enrollments.js';
 import { redactUrl } from './domain/enrollment.js';
 import { dpsTimestamp } from './domain/time.js';
@@ -10,9 +10,11 @@ import { InstanceService, OWNER_POLICY } from './services/instances.js';
 import { RegistrationRecordService } from './services/registration-records.js';
 import { ServiceAuth } from './services/service-auth.js';
 import type { ServiceDeps } from './services/deps.js';
-import { openSqliteDatabase } from './store/open-store.js';
-import { KyselyStore } from './store/kysely-store.js';
-import { KyselyHubStore } from './store/hub-store.js';
+import { openStore, openStoreReadOnly, type OpenedStore } from './store/open-store.js';
+import { lockDataDir } from './store/data-dir-lock.js';
+import { randomUUID } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
 import { BuiltInHubService } from './hubs/built-in-hubs.js';
 import { RestHubClientFactory } from './hubs/registry-client.js';
 import { builtInHubPlugin } from './transports/http/hub-api/plugin.js';
@@ -31,7 +33,7 @@ import { createDeviceEndpoints } from './transports/device-endpoints.js';
 import { raiseFileLimit } from './transports/file-limit.js';
 import { DEVICE_TLS_OPTIONS } from './transports/tls-peer.js';
 import type { TlsMaterial } from './tls/dev-ca.js';
-import { loadServerCertificate, type CertificateSource, type ServedCertificate } from './tls/server-certificate.js';
+import { describeServerCertificate, loadServerCertificate, type CertificateSource, type ServedCertificate } from './tls/server-certificate.js';
 import { componentLogger, createLogger, LOG_COMPONENTS, unknownComponents } from './logging/logger.js';
 import { Metrics } from './metrics/metrics.js';
 import { addMetricsRoute, createMetricsListener, type MetricsListener } from './metrics/endpoint.js';
@@ -113,24 +115,44 @@ export async function createApp(deps: AppDeps): Promise<App> {
   const { config } = deps;
   const logger =
     deps.logger ?? createLogger({ level: config.logLevel, format: config.logFormat, levels: config.logLevels, serializers: { req: requestForLog } });
+  // One data directory, one server: taken before anything in it is created, so first-start initialisation never
+  // races another server.
+  const dataDirLock = lockDataDir(config.dataDir);
+  try {
+    return await createLockedApp(deps, logger, () => dataDirLock.release());
+  } catch (error) {
+    dataDirLock.release();
+    throw error;
+  }
+}
+
+async function createLockedApp(deps: AppDeps, logger: FastifyBaseLogger, releaseDataDir: () => void): Promise<App> {
+  const { config } = deps;
   const log = (component: Parameters<typeof componentLogger>[2]) => componentLogger(logger, config.logLevels, component);
   const unknown = unknownComponents(config.logLevels);
   if (unknown.length > 0) logger.warn({ unknown }, `logLevels names unknown components (${unknown.join(', ')}); known: ${LOG_COMPONENTS.join(', ')}`);
-  const databaseFile = sqliteFile(config);
-  const db = await openSqliteDatabase(databaseFile);
+  const databaseFile = usesPostgres(config) ? undefined : sqliteFile(config);
   // Scrape-time sources refer to parts made further down; they are only read once the server runs.
   let httpServer: FastifyInstance['server'] | undefined;
   let devices: Awaited<ReturnType<typeof createDeviceEndpoints>> | undefined;
+  let db: OpenedStore['db'] | undefined;
   const metrics = config.metricsEnabled || config.metricsListen !== undefined
     ? new Metrics({
         openConnections: async () => ({
           https: await new Promise<number>((resolve) => (httpServer === undefined ? resolve(0) : httpServer.getConnections((error, count) => resolve(error === null ? count : 0)))),
           ...Object.fromEntries(await Promise.all((devices?.listeners ?? []).map(async (listener) => [listener.what.toLowerCase(), await listener.openConnections()] as const))),
         }),
-        storeCounts: () => operationalCounts(db),
+        storeCounts: () => operationalCounts(db as OpenedStore['db']),
       })
     : undefined;
-  const store = new KyselyStore(metrics === undefined ? db : db.withPlugin(metrics.storePlugin()));
+  // The one place that chooses the store: SQLite in the data directory, or a PostgreSQL database shared by nodes.
+  const opened = await openStore(
+    config,
+    (error) => logger.warn({ err: error }, 'database connection lost; the pool reconnects'),
+    metrics === undefined ? [] : [metrics.storePlugin()],
+  );
+  const { store, hubStore } = opened;
+  db = opened.db;
   const tlsLogger = log('tls');
   let tls: TlsMaterial = deps.tls ?? (await loadServerCertificate(config));
   if (isServed(tls)) for (const warning of tls.warnings) tlsLogger.warn({ certificate: tls.certPath }, warning);
@@ -138,10 +160,14 @@ export async function createApp(deps: AppDeps): Promise<App> {
 
   const auth = new ServiceAuth(serviceDeps);
   const audit = new AuditLog(serviceDeps, log('audit'));
+  // This process among the nodes sharing the database: the holder named in leases.
+  const nodeId = `${config.listenHost}/${process.pid}/${randomUUID()}`;
   const events = new LifecycleEvents(serviceDeps, log('events'), {
     retryBaseMs: config.lifecycleEventRetryBaseMs,
     retryMaxMs: 60_000,
     timeoutMs: 10_000,
+    nodeId,
+    leaseMs: config.leaseMs,
   });
   const symmetricKeyGroups = new SymmetricKeyGroups(store);
   const enrollments = new EnrollmentService(serviceDeps, individualSpec, (instance, change, id) => {
@@ -152,17 +178,22 @@ export async function createApp(deps: AppDeps): Promise<App> {
     void events.emit(instance, `enrollmentGroup.${change}`, { enrollmentGroupId: id });
   });
   const registrations = new RegistrationRecordService(serviceDeps);
-  const builtInHubs = new BuiltInHubService({ hubStore: new KyselyHubStore(metrics === undefined ? db : db.withPlugin(metrics.storePlugin())), now: serviceDeps.now });
+  const builtInHubs = new BuiltInHubService({ hubStore, now: serviceDeps.now });
   const instances = new InstanceService(serviceDeps, (name) => builtInHubs.ensureHub(name));
   const hubClients = new RestHubClientFactory({
     ca: tls.ca,
     builtInAddress: { host: loopbackFor(config.listenHost), port: config.httpsPort },
   });
-  const { instance: operator, created } = await instances.bootstrap();
-  const defaultHub = await builtInHubs.ensureHub(config.hostNames[0] ?? 'localhost');
-  // A fresh server links its built-in hub, so a first device provisions with no configuration at all. Only on first
-  // start: a hub the owner later unlinks stays unlinked.
-  if (created) await instances.putHub(operator, defaultHub.name, { builtIn: true });
+  // Nodes starting together on one database bootstrap one default instance: the first takes the lock and creates
+  // it, the others find it.
+  const { operator, defaultHub, created } = await store.withLock('provisiond/bootstrap', async () => {
+    const { instance, created } = await instances.bootstrap();
+    const hub = await builtInHubs.ensureHub(config.hostNames[0] ?? 'localhost');
+    // A fresh server links its built-in hub, so a first device provisions with no configuration at all. Only on first
+    // start: a hub the owner later unlinks stays unlinked.
+    if (created) await instances.putHub(instance, hub.name, { builtIn: true });
+    return { operator: instance, defaultHub: hub, created };
+  });
 
   const measuredHubClients = metrics === undefined ? hubClients : metrics.measureHubWrites(hubClients);
   const registrationService = new RegistrationService({
@@ -191,7 +222,7 @@ export async function createApp(deps: AppDeps): Promise<App> {
         },
       }),
   });
-  const dataRequests = new DataRequestService({ ...serviceDeps, hubClients: measuredHubClients, audit, events, logger: log('dataRequests'), waitMs: config.dataRequestWaitMs });
+  const dataRequests = new DataRequestService({ ...serviceDeps, hubClients: measuredHubClients, audit, events, logger: log('dataRequests'), waitMs: config.dataRequestWaitMs, nodeId, leaseMs: config.leaseMs });
 
   const { app: http, openApi } = createHttpServer({ config, logger: log('http'), tls: { key: tls.key, cert: tls.cert } });
   httpServer = http.server;
@@ -222,15 +253,15 @@ export async function createApp(deps: AppDeps): Promise<App> {
     const readiness = await checkReadiness({
       store,
       instanceId: operator.id,
-      ...(config.store === 'sqlite' || !config.store.includes('://') ? { databaseFile } : {}),
-      pendingMigrations: () => pendingMigrations(db),
+      ...(databaseFile === undefined ? {} : { databaseFile }),
+      pendingMigrations: () => pendingMigrations(opened.db, store.capabilities),
       listeners: () => ({
         https: http.server.listening,
         ...Object.fromEntries((devices?.listeners ?? []).map((listener) => [listener.what.toLowerCase(), listener.isListening()])),
         ...(metricsListener === undefined ? {} : { metrics: metricsListener.server.listening }),
       }),
       outbox: async () => {
-        const counts = await operationalCounts(db);
+        const counts = await operationalCounts(opened.db);
         return { depth: counts.outboxDepth, oldestAgeSeconds: counts.outboxOldestAgeSeconds };
       },
       lastOutboxSweepAt: () => events.lastSweepAt,
@@ -280,6 +311,7 @@ export async function createApp(deps: AppDeps): Promise<App> {
 
   let purgeTimer: NodeJS.Timeout | undefined;
   let intentTimer: NodeJS.Timeout | undefined;
+  let resumeTimer: NodeJS.Timeout | undefined;
   return {
     http,
     store,
@@ -357,6 +389,14 @@ export async function createApp(deps: AppDeps): Promise<App> {
           .catch((error: unknown) => logger.error({ err: error }, 'registration intent sweep failed'));
       }, Math.floor(config.registrationIntentTimeoutMs / 2));
       intentTimer.unref();
+      // Nodes sharing a database: a job whose node died is taken over once its lease expires, without a restart.
+      if (!store.capabilities.singleWriter) {
+        resumeTimer = setInterval(
+          () => void dataRequests.resumeUnfinished().catch((error: unknown) => logger.error({ err: error }, 'resuming data requests failed')),
+          Math.max(250, Math.floor(config.leaseMs / 2)),
+        );
+        resumeTimer.unref();
+      }
       for (const listener of deviceEndpoints.listeners) {
         try {
           await listener.listen();
@@ -375,6 +415,7 @@ export async function createApp(deps: AppDeps): Promise<App> {
     async close() {
       if (purgeTimer !== undefined) clearInterval(purgeTimer);
       if (intentTimer !== undefined) clearInterval(intentTimer);
+      if (resumeTimer !== undefined) clearInterval(resumeTimer);
       await dataRequests.stop();
       await events.close();
       // Stop accepting and close device connections; let HTTPS requests already running finish — for at most
@@ -389,12 +430,59 @@ export async function createApp(deps: AppDeps): Promise<App> {
       await http.close();
       await hubClients.close();
       await store.close();
+      releaseDataDir();
     },
   };
 }
 
 function isServed(tls: TlsMaterial): tls is ServedCertificate {
   return 'source' in tls;
+}
+
+/**
+ * `provisiond info`: what a running (or stopped) server would print, read without creating or changing anything —
+ * no data directory, CA, key, database file, migration or instance. On a data directory no server has initialised
+ * yet it says so and how to start one.
+ */
+export async function readServerInfo(config: Config): Promise<ServerInfo> {
+  const caPath = join(config.dataDir, 'tls', 'ca.pem');
+  const notYet = (what: string) =>
+    new Error(`${what}; nothing to show yet. Start the server once to initialise it: provisiond serve --data-dir ${config.dataDir}`);
+  if (!existsSync(config.dataDir)) throw notYet(`the data directory ${config.dataDir} does not exist`);
+  if (!existsSync(caPath)) throw notYet(`the data directory ${config.dataDir} is not initialised (no tls/ca.pem)`);
+  const opened = await openStoreReadOnly(config);
+  if (opened === undefined) throw notYet(`the data directory ${config.dataDir} has no database`);
+  try {
+    let instances: Awaited<ReturnType<Store['listInstances']>>;
+    try {
+      instances = await opened.store.listInstances();
+    } catch {
+      throw notYet('the database is not initialised');
+    }
+    const operator = instances[0];
+    if (operator === undefined) throw notYet('the database has no instance');
+    const owner = await opened.store.getAccessPolicy(operator.id, OWNER_POLICY);
+    const hostName = operator.serviceHostNames[0] ?? config.hostNames[0] ?? 'localhost';
+    const hub = await new BuiltInHubService({ hubStore: opened.hubStore, now: () => new Date() }).getHub(config.hostNames[0] ?? 'localhost');
+    return {
+      instance: operator.name,
+      serviceConnectionString: owner === undefined ? '' : `HostName=${hostName};SharedAccessKeyName=${owner.keyName};SharedAccessKey=${owner.primaryKey}`,
+      idScope: operator.idScope,
+      caCertificatePath: caPath,
+      hostNames: [...config.hostNames],
+      ports: {
+        https: config.httpsPort,
+        ...(config.mqttEnabled ? { mqtt: config.mqttPort } : {}),
+        ...(config.amqpEnabled ? { amqp: config.amqpPort } : {}),
+      },
+      dataDir: config.dataDir,
+      builtInHubConnectionString: hub?.connectionString ?? '',
+      created: false,
+      serverCertificate: describeServerCertificate(config),
+    };
+  } finally {
+    await opened.store.close();
+  }
 }
 
 /** Where this process reaches its own HTTPS listener (built-in hubs are called through it like any other hub). */

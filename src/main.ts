@@ -67,13 +67,9 @@ const program = buildProgram(
       return app.info();
     },
     async info(config) {
-      const { createApp } = await loadApp();
-      const app = await createApp({ config: { ...config, logLevel: 'silent', logLevels: {} }, version });
-      try {
-        return await app.info();
-      } finally {
-        await app.close();
-      }
+      // Read-only: never creates a data directory, a CA or an instance (a running server may hold the directory).
+      const { readServerInfo } = await loadApp();
+      return readServerInfo(config);
     },
   },
   version,

@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { spawn } from 'node:child_process';
 import { createServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -7,6 +8,7 @@ import { after, before, describe, test } from 'node:test';
 import type { Command } from 'commander';
 import { buildProgram } from '../src/cli/program.js';
 import { CONFIG_ENV_VARS, ConfigSchema } from '../src/config/config.js';
+import { lockDataDir } from '../src/store/data-dir-lock.js';
 import { CA_DIR, startServer, type TestServer } from './harness.js';
 import { cliRunners, type Env, type Run } from './cli-runner.js';
 
@@ -304,23 +306,70 @@ describe('provisiond CLI', { concurrency: 4 }, () => {
     assert.match(await child.ok(['instance', 'show', '--ca', join(CA_DIR, 'ca.pem')], untrusted), /^instance 'default'\n/);
   });
 
-  test('info --json prints the connection details of a data directory', async () => {
-    const dataDir = mkdtempSync(join(tmpdir(), 'provisiond-cli-info-'));
-    scratch.push(dataDir);
-    const run = await child.run(['info', '--data-dir', dataDir, '--json']);
+  test('info --json reads the details of a data directory a running server holds, and changes nothing in it', async () => {
+    const before = readdirSync(server.dataDir).sort();
+    const caBefore = readFileSync(join(server.dataDir, 'tls', 'ca.pem'), 'utf8');
+    const run = await child.run(['info', '--data-dir', server.dataDir, '--json']);
     assert.equal(run.code, 0, run.stderr);
     const info = JSON.parse(run.stdout) as Record<string, unknown>;
+    assert.equal(info.serviceConnectionString, server.info.serviceConnectionString);
     assert.match(String(info.serviceConnectionString), /^HostName=localhost;SharedAccessKeyName=provisioningserviceowner;SharedAccessKey=[A-Za-z0-9+/]+={0,2}$/);
+    assert.equal(info.idScope, server.info.idScope);
     assert.match(String(info.idScope), /^0ne[0-9A-F]{8}$/);
-    assert.equal(info.caCertificatePath, join(dataDir, 'tls', 'ca.pem'));
-    assert.ok(existsSync(String(info.caCertificatePath)));
+    assert.equal(info.caCertificatePath, join(server.dataDir, 'tls', 'ca.pem'));
+    assert.equal(info.builtInHubConnectionString, server.info.builtInHubConnectionString);
     assert.deepEqual(info.hostNames, ['localhost', '127.0.0.1']);
-    assert.equal((info.ports as { https: number }).https, 443);
-    assert.equal(info.dataDir, dataDir);
-    // A second run reads the same instance.
-    const again = JSON.parse((await child.run(['info', '--data-dir', dataDir, '--json'])).stdout) as Record<string, unknown>;
-    assert.equal(again.idScope, info.idScope);
-    assert.equal(again.serviceConnectionString, info.serviceConnectionString);
+    assert.equal(info.dataDir, server.dataDir);
+    assert.deepEqual(readdirSync(server.dataDir).sort(), before, 'no file created or removed');
+    assert.equal(readFileSync(join(server.dataDir, 'tls', 'ca.pem'), 'utf8'), caBefore, 'the CA is the one the server serves');
+  });
+
+  test('info on a missing or never-started data directory says so and how to start the server, and creates nothing', async () => {
+    const parent = mkdtempSync(join(tmpdir(), 'provisiond-cli-info-'));
+    scratch.push(parent);
+    const missing = join(parent, 'missing');
+    const run = await child.run(['info', '--data-dir', missing]);
+    assert.equal(run.code, 1);
+    assert.equal(run.stdout, '');
+    assert.equal(
+      run.stderr,
+      `provisiond: the data directory ${missing} does not exist; nothing to show yet. Start the server once to initialise it: provisiond serve --data-dir ${missing}\n`,
+    );
+    assert.equal(existsSync(missing), false, 'info did not create the directory');
+    const empty = mkdtempSync(join(parent, 'empty-'));
+    const again = await child.run(['info', '--data-dir', empty, '--json']);
+    assert.equal(again.code, 1);
+    assert.match(again.stderr, /^provisiond: the data directory .* is not initialised \(no tls\/ca\.pem\); nothing to show yet\. Start the server once to initialise it: provisiond serve --data-dir /);
+    assert.deepEqual(readdirSync(empty), [], 'info created nothing (no CA, no database)');
+  });
+
+  test('a second serve on a data directory a running server holds refuses at once, naming the holder', async () => {
+    const before = readdirSync(server.dataDir).sort();
+    const run = await child.run(['serve', '--data-dir', server.dataDir, '--https-port', '0', '--listen-host', '127.0.0.1', '--no-mqtt', '--no-amqp', '--log-level', 'silent']);
+    assert.equal(run.code, 1);
+    assert.equal(run.stdout, '');
+    assert.equal(
+      run.stderr,
+      `provisiond: the data directory ${server.dataDir} is in use by another provisiond server (PID ${process.pid}); stop that server first, or give this one its own --data-dir\n`,
+    );
+    assert.deepEqual(readdirSync(server.dataDir).sort(), before, 'the refused server left nothing behind');
+    assert.equal(readFileSync(join(server.dataDir, 'provisiond.pid'), 'utf8').split('\n')[0], String(process.pid));
+  });
+
+  test('a lock left by a server that was killed is taken over; the lock goes when the server stops', async () => {
+    const dataDir = mkdtempSync(join(tmpdir(), 'provisiond-cli-stale-'));
+    scratch.push(dataDir);
+    // A PID that is surely not running: a finished child's.
+    const dead = await new Promise<number>((resolve) => {
+      const exited = spawn(process.execPath, ['-e', '0']);
+      exited.on('exit', () => resolve(exited.pid ?? 999_999));
+    });
+    writeFileSync(join(dataDir, 'provisiond.pid'), `${dead}\n2020-01-01T00:00:00.000Z\nx\n`);
+    const lock = lockDataDir(dataDir);
+    assert.equal(readFileSync(join(dataDir, 'provisiond.pid'), 'utf8').split('\n')[0], String(process.pid));
+    assert.throws(() => lockDataDir(dataDir), /is in use by another provisiond server \(PID \d+\)/);
+    lock.release();
+    assert.equal(existsSync(join(dataDir, 'provisiond.pid')), false);
   });
 
   test('serve on a port in use says so in one line naming --https-port and exits non-zero', async () => {

@@ -5,6 +5,8 @@ import type { FastifyBaseLogger } from 'fastify';
 import { createApp, type App, type ServerInfo } from '../src/app.js';
 import { loadConfig, type Config } from '../src/config/config.js';
 import { createSasToken } from '../src/domain/sas.js';
+import { openStore } from '../src/store/open-store.js';
+import { freshPostgresDatabase } from './postgres.js';
 
 /**
  * A real provisiond on 127.0.0.1:443 (the official SDK clients cannot take a port), with a fresh data directory
@@ -31,8 +33,19 @@ export async function startServer(overrides: Partial<Record<keyof Config, unknow
   mkdirSync(join(dataDir, 'tls'), { recursive: true });
   copyFileSync(join(CA_DIR, 'ca.pem'), join(dataDir, 'tls', 'ca.pem'));
   copyFileSync(join(CA_DIR, 'ca.key'), join(dataDir, 'tls', 'ca.key'));
+  // PROVISIOND_TEST_STORE=postgres (scripts/test.sh's second pass): the same suites on a fresh PostgreSQL database.
+  const store = overrides.store ?? (process.env.PROVISIOND_TEST_STORE === 'postgres' ? await freshPostgresDatabase(migratePostgres) : undefined);
   const config = loadConfig({
-    flags: { dataDir, httpsPort: 443, mqttPort: 8883, amqpPort: 5671, listenHost: '127.0.0.1', logLevel: 'silent', ...overrides },
+    flags: {
+      dataDir,
+      httpsPort: 443,
+      mqttPort: 8883,
+      amqpPort: 5671,
+      listenHost: '127.0.0.1',
+      logLevel: 'silent',
+      ...overrides,
+      ...(store === undefined ? {} : { store }),
+    },
   });
   const app = await createApp({ config, ...(options.logger === undefined ? {} : { logger: options.logger }) });
   await app.listen();
@@ -58,6 +71,10 @@ export async function startServer(overrides: Partial<Record<keyof Config, unknow
       rmSync(dataDir, { recursive: true, force: true });
     },
   };
+}
+
+async function migratePostgres(url: string): Promise<void> {
+  await (await openStore(loadConfig({ flags: { store: url, storePoolSize: 1 } }))).store.close();
 }
 
 /** A small HTTPS JSON client for calls the SDK cannot make (raw headers, bad bodies). */

@@ -3,6 +3,9 @@ import { afterEach, beforeEach, describe, test } from 'node:test';
 import type { StoredAttestation, StoredCertificate, StoredEnrollment, StoredEnrollmentGroup } from '../src/domain/enrollment.js';
 import type { Filter } from '../src/domain/query.js';
 import type {
+  AuditEvent,
+  AuditQuery,
+  DataRequestRecord,
   AccessPolicyRecord,
   CaCertificateRecord,
   InstanceRecord,
@@ -551,6 +554,264 @@ export function runStoreContract(name: string, open: () => Promise<Store>): void
         await store.putEnrollment(a.id, enrollment('other', { attestation: x509Client('CERT-b') }));
         assert.deepEqual(await store.findCertificateOwner(a.id, 'CERT-b'), { kind: 'individual', id: 'other' });
         assert.deepEqual(await store.findCertificateOwner(b.id, 'CERT-b'), { kind: 'individual', id: 'shared' });
+      });
+    });
+
+    describe('operations of a registration', () => {
+      test('count and delete every operation of one registration ID (any case), and nothing else', async () => {
+        await store.putOperation(a.id, operation('op-1', 'Dev-1', 'assigned', '2024-01-01T00:00:00.0000000Z'));
+        await store.putOperation(a.id, operation('op-2', 'dev-1', 'assigning', '2024-01-01T00:00:01.0000000Z'));
+        await store.putOperation(a.id, operation('op-3', 'dev-2', 'assigned', '2024-01-01T00:00:02.0000000Z'));
+        await store.putOperation(b.id, operation('op-4', 'dev-1', 'assigned', '2024-01-01T00:00:03.0000000Z'));
+        assert.equal(await store.countOperationsOfRegistration(a.id, 'DEV-1'), 2);
+        assert.equal(await store.countOperationsOfRegistration(a.id, 'nobody'), 0);
+        assert.equal(await store.deleteOperationsOfRegistration(a.id, 'dev-1'), 2);
+        assert.equal(await store.countOperationsOfRegistration(a.id, 'dev-1'), 0);
+        assert.equal(await store.getOperation(a.id, 'op-1'), undefined);
+        assert.notEqual(await store.getOperation(a.id, 'op-3'), undefined);
+        assert.equal(await store.countOperationsOfRegistration(b.id, 'dev-1'), 1, 'another instance keeps its own');
+      });
+    });
+
+    describe('the system log', () => {
+      const event = (eventId: string, timeUtc: string, subject: AuditEvent['subject'], overrides: Partial<AuditEvent> = {}): AuditEvent => ({
+        eventId,
+        timeUtc,
+        kind: 'registration',
+        operation: 'register',
+        actor: 'device',
+        subject,
+        outcome: 'success',
+        ...overrides,
+      });
+
+      test('append and query newest first, with every filter and keyset paging', async () => {
+        const events = [
+          event('e1', '2024-01-01T00:00:01.0000000Z', { registrationId: 'Dev-1', deviceId: 'dev-1' }),
+          event('e2', '2024-01-01T00:00:02.0000000Z', { registrationId: 'dev-2', enrollmentGroupId: 'grp' }, { outcome: 'failure', errorCode: 401002 }),
+          event('e3', '2024-01-01T00:00:03.0000000Z', {}, { kind: 'serviceApi', operation: 'putEnrollment', actor: 'owner' }),
+          event('e4', '2024-01-01T00:00:04.0000000Z', { deviceId: 'DEV-1' }, { kind: 'hubWrite' }),
+        ];
+        for (const item of events) await store.appendAuditEvent(a.id, item);
+        await store.appendAuditEvent(b.id, event('e5', '2024-01-01T00:00:05.0000000Z', { registrationId: 'dev-1' }));
+        const ids = async (query: Partial<AuditQuery>) => (await store.queryAuditEvents(a.id, { limit: 10, ...query })).items.map((item) => item.eventId);
+        assert.deepEqual(await ids({}), ['e4', 'e3', 'e2', 'e1']);
+        assert.deepEqual((await store.queryAuditEvents(a.id, { limit: 10 })).items[3], events[0], 'the event comes back whole');
+        assert.deepEqual(await ids({ subject: 'dev-1' }), ['e4', 'e1'], 'registration or device ID, any case');
+        assert.deepEqual(await ids({ subject: 'GRP' }), ['e2']);
+        assert.deepEqual(await ids({ from: '2024-01-01T00:00:02.0000000Z', to: '2024-01-01T00:00:03.0000000Z' }), ['e3', 'e2']);
+        assert.deepEqual(await ids({ actor: 'owner' }), ['e3']);
+        assert.deepEqual(await ids({ outcome: 'failure' }), ['e2']);
+        assert.deepEqual(await ids({ kind: 'hubWrite' }), ['e4']);
+        const first = await store.queryAuditEvents(a.id, { limit: 3 });
+        assert.deepEqual([first.items.map((item) => item.eventId), first.nextKey], [['e4', 'e3', 'e2'], 'e2']);
+        const second = await store.queryAuditEvents(a.id, { limit: 3, beforeKey: first.nextKey });
+        assert.deepEqual([second.items.map((item) => item.eventId), second.nextKey], [['e1'], undefined]);
+      });
+
+      test('find events about subjects, replace them (pseudonymize), delete by ID and by age', async () => {
+        await store.appendAuditEvent(a.id, event('e1', '2024-01-01T00:00:01.0000000Z', { registrationId: 'dev-1' }));
+        await store.appendAuditEvent(a.id, event('e2', '2024-01-02T00:00:00.0000000Z', { deviceId: 'Dev-9' }));
+        await store.appendAuditEvent(a.id, event('e3', '2024-01-03T00:00:00.0000000Z', { enrollmentGroupId: 'grp' }));
+        await store.appendAuditEvent(a.id, event('e4', '2024-01-04T00:00:00.0000000Z', { registrationId: 'other' }));
+        await store.appendAuditEvent(b.id, event('e5', '2024-01-04T00:00:00.0000000Z', { registrationId: 'dev-1' }));
+        const found = await store.findAuditEventsAbout(a.id, { registrationIds: ['DEV-1'], deviceIds: ['dev-9'], groupIds: ['grp'] });
+        assert.deepEqual(found.map((item) => item.eventId), ['e1', 'e2', 'e3']);
+        assert.deepEqual(await store.findAuditEventsAbout(a.id, { registrationIds: [], deviceIds: [], groupIds: [] }), []);
+        const many = Array.from({ length: 1200 }, (_, i) => `x-${i}`);
+        assert.deepEqual((await store.findAuditEventsAbout(a.id, { registrationIds: [...many, 'dev-1'], deviceIds: [], groupIds: [] })).map((item) => item.eventId), ['e1'], 'long lists are chunked');
+        await store.replaceAuditEvents(a.id, [{ ...(found[0] as AuditEvent), actor: 'hashed', subject: { hash: 'h1' } }]);
+        assert.deepEqual(await store.findAuditEventsAbout(a.id, { registrationIds: ['dev-1'], deviceIds: [], groupIds: [] }), [], 'the replaced event no longer names the subject');
+        assert.deepEqual((await store.queryAuditEvents(a.id, { limit: 10, actor: 'hashed' })).items.map((item) => item.subject), [{ hash: 'h1' }]);
+        assert.equal(await store.deleteAuditEvents(a.id, ['e2', 'no-such']), 1);
+        assert.equal(await store.deleteAuditEventsBefore(a.id, '2024-01-03T12:00:00.0000000Z'), 2);
+        assert.deepEqual((await store.queryAuditEvents(a.id, { limit: 10 })).items.map((item) => item.eventId), ['e4']);
+        assert.deepEqual((await store.queryAuditEvents(b.id, { limit: 10 })).items.map((item) => item.eventId), ['e5'], 'another instance keeps its log');
+      });
+    });
+
+    describe('data requests and the lifecycle-event outbox', () => {
+      const request = (requestId: string, sortKey: string, status: string, type = 'erase'): DataRequestRecord => ({
+        requestId,
+        sortKey,
+        status,
+        type,
+        doc: { requestId, sortKey, status, type, subject: { kind: 'registrationId', id: requestId } },
+      });
+
+      test('put, get (any case), replace, query with filters and paging, list by status across instances', async () => {
+        await store.putDataRequest(a.id, request('Req-1', '3', 'running'));
+        await store.putDataRequest(a.id, request('req-2', '1', 'completed', 'export'));
+        await store.putDataRequest(a.id, request('req-3', '2', 'running', 'export'));
+        await store.putDataRequest(b.id, request('req-4', '0', 'running'));
+        assert.deepEqual(await store.getDataRequest(a.id, 'REQ-1'), request('Req-1', '3', 'running'));
+        assert.equal(await store.getDataRequest(b.id, 'req-1'), undefined);
+        await store.putDataRequest(a.id, request('Req-1', '3', 'completed'));
+        assert.equal((await store.getDataRequest(a.id, 'req-1'))?.status, 'completed');
+        const page = await store.queryDataRequests(a.id, { filters: [], limit: 2 });
+        assert.deepEqual([page.items.map((item) => item.requestId), page.nextKey], [['req-2', 'req-3'], '2']);
+        const rest = await store.queryDataRequests(a.id, { filters: [], limit: 2, afterKey: page.nextKey });
+        assert.deepEqual(rest.items.map((item) => item.requestId), ['Req-1']);
+        const exports = await store.queryDataRequests(a.id, { filters: [f('type', 'eq', 'EXPORT'), f('status', 'eq', 'running')], limit: 10 });
+        assert.deepEqual(exports.items.map((item) => item.requestId), ['req-3']);
+        const running = await store.listDataRequestsByStatus(['running']);
+        assert.deepEqual(sortBy(running.map((item) => `${item.instanceId === a.id ? 'a' : 'b'}:${item.requestId}`), (x) => x), ['a:req-3', 'b:req-4']);
+        assert.deepEqual(await store.listDataRequestsByStatus([]), []);
+      });
+
+      test('outbox: append, list oldest first per instance, delete, and which instances have events', async () => {
+        assert.deepEqual(await store.listInstancesWithOutboxEvents(), []);
+        await store.appendOutboxEvent(a.id, { eventId: 'ev-2', doc: { n: 2 } });
+        await store.appendOutboxEvent(a.id, { eventId: 'ev-1', doc: { n: 1 } });
+        await store.appendOutboxEvent(b.id, { eventId: 'ev-3', doc: { n: 3 } });
+        assert.deepEqual(await store.listOutboxEvents(a.id, 10), [
+          { eventId: 'ev-1', doc: { n: 1 } },
+          { eventId: 'ev-2', doc: { n: 2 } },
+        ]);
+        assert.deepEqual(await store.listOutboxEvents(a.id, 1), [{ eventId: 'ev-1', doc: { n: 1 } }]);
+        assert.deepEqual(sortBy(await store.listInstancesWithOutboxEvents(), (id) => id), sortBy([a.id, b.id], (id) => id));
+        await store.deleteOutboxEvent(a.id, 'ev-1');
+        await store.deleteOutboxEvent(a.id, 'ev-2');
+        assert.deepEqual(await store.listOutboxEvents(a.id, 10), []);
+        assert.deepEqual(await store.listInstancesWithOutboxEvents(), [b.id]);
+      });
+    });
+
+    describe('several writers (compare-and-swap, unique constraints, collation)', () => {
+      test('20 concurrent etag-guarded writes of one entry: exactly one wins, on every kind of entry', async () => {
+        await store.putEnrollment(a.id, enrollment('race', { etag: 'e0' }));
+        await store.putEnrollmentGroup(a.id, group('race', { etag: 'e0' }));
+        await store.putCaCertificate(a.id, caCertificate('race', 'C0FFEE', { etag: 'e0' }));
+        const writes = Array.from({ length: 20 }, (_, i) => i);
+        const enrollmentWins = await Promise.all(writes.map((i) => store.putEnrollment(a.id, enrollment('race', { etag: `e${i + 1}` }), 'e0')));
+        const groupWins = await Promise.all(writes.map((i) => store.putEnrollmentGroup(a.id, group('race', { etag: `e${i + 1}` }), 'e0')));
+        const caWins = await Promise.all(writes.map((i) => store.putCaCertificate(a.id, caCertificate('race', 'C0FFEE', { etag: `e${i + 1}` }), 'e0')));
+        for (const wins of [enrollmentWins, groupWins, caWins]) assert.equal(wins.filter(Boolean).length, 1);
+        const winner = `e${enrollmentWins.indexOf(true) + 1}`;
+        assert.equal((await store.getEnrollment(a.id, 'race'))?.etag, winner, 'the stored entry is the winner\'s');
+        assert.equal(await store.putEnrollment(a.id, enrollment('race', { etag: 'late' }), 'e0'), false, 'a stale etag never writes');
+        assert.equal(await store.putEnrollment(a.id, enrollment('nobody', { etag: 'x' }), 'e0'), false, 'a guarded write never creates');
+        assert.equal(await store.getEnrollment(a.id, 'nobody'), undefined);
+      });
+
+      test('20 concurrent etag-guarded deletes: exactly one deletes; a stale etag deletes nothing', async () => {
+        await store.putEnrollment(a.id, enrollment('gone', { etag: 'e1' }));
+        await store.putRegistration(a.id, registration('gone', { etag: 'r1' }));
+        assert.equal(await store.deleteEnrollment(a.id, 'gone', 'stale'), false);
+        assert.equal(await store.deleteRegistration(a.id, 'gone', 'stale'), false);
+        assert.notEqual(await store.getEnrollment(a.id, 'gone'), undefined);
+        const deletes = await Promise.all(Array.from({ length: 20 }, () => store.deleteEnrollment(a.id, 'gone', 'e1')));
+        assert.equal(deletes.filter(Boolean).length, 1);
+        const recordDeletes = await Promise.all(Array.from({ length: 20 }, () => store.deleteRegistration(a.id, 'gone', 'r1')));
+        assert.equal(recordDeletes.filter(Boolean).length, 1);
+        await store.putEnrollmentGroup(a.id, group('g-gone', { etag: 'g1' }));
+        await store.putCaCertificate(a.id, caCertificate('ca-gone', 'BEEF', { etag: 'c1' }));
+        assert.equal(await store.deleteEnrollmentGroup(a.id, 'g-gone', 'stale'), false);
+        assert.equal(await store.deleteCaCertificate(a.id, 'ca-gone', 'stale'), false);
+        assert.equal(await store.deleteEnrollmentGroup(a.id, 'g-gone', 'g1'), true);
+        assert.equal(await store.deleteCaCertificate(a.id, 'ca-gone', 'c1'), true);
+      });
+
+      test('instance names, ID scopes and host names are unique in the schema (409), whatever checks the caller made', async () => {
+        const twinName = instance('A', '0ne0000000C', ['dps-c.example.net']);
+        await assert.rejects(store.insertInstance(twinName), (error: Error & { errorCode?: number }) => error.errorCode === 409001);
+        await assert.rejects(store.insertInstance(instance('c', '0NE0000000a', ['dps-c.example.net'])), /already belongs/);
+        await assert.rejects(store.insertInstance(instance('c', '0ne0000000C', ['DPS-B.example.net'])), /already belongs/);
+        await assert.rejects(store.updateInstance({ ...b, name: 'a' }), /already belongs/);
+        assert.deepEqual(await store.findInstanceByHostName('dps-b.example.net'), b, 'a refused update changes nothing');
+        const racers = await Promise.allSettled(Array.from({ length: 10 }, (_, i) => store.insertInstance(instance('same', `0ne00000${String(i).padStart(3, '0')}`, [`h${i}.example.net`]))));
+        assert.equal(racers.filter((result) => result.status === 'fulfilled').length, 1);
+      });
+
+      test('one certificate in one enrollment entry: the second entry naming it is refused by the schema', async () => {
+        await store.putEnrollment(a.id, enrollment('cert-1', { attestation: x509Client('AB12') }));
+        await assert.rejects(store.putEnrollmentGroup(a.id, group('cert-2', { attestation: x509Signing('ab12') })), /only one enrollment entry/);
+        assert.equal(await store.getEnrollmentGroup(a.id, 'cert-2'), undefined, 'the refused write left nothing');
+        assert.deepEqual(await store.findCertificateOwner(a.id, 'AB12'), { kind: 'individual', id: 'cert-1' });
+      });
+
+      test('keys compare byte-wise: a prefix filter for abc never matches ab-cd or ab_c, whatever the database locale', async () => {
+        for (const id of ['abc', 'abc-1', 'abcd', 'ab-cd', 'ab_c', 'ab.cx', 'abd', 'ab']) await store.putEnrollment(a.id, enrollment(id));
+        const page = await query(store, a.id, [f('registrationId', 'prefix', 'abc')]);
+        assert.deepEqual(page.items.map((item) => item.registrationId), ['abc', 'abc-1', 'abcd']);
+        const everything = await store.queryEnrollments(a.id, all());
+        const ids = everything.items.map((item) => item.registrationId);
+        assert.deepEqual(ids, [...ids].sort((x, y) => (Buffer.from(x) < Buffer.from(y) ? -1 : 1)), 'keyset order is byte order');
+      });
+    });
+
+    describe('state shared by nodes', () => {
+      test('rate tokens: a bucket starts full, empties, refills with time, and never goes negative on a late clock', async () => {
+        const t0 = 1_000_000;
+        const taken = [];
+        for (let i = 0; i < 5; i += 1) taken.push(await store.takeRateToken('k1', 2, 4, t0));
+        assert.deepEqual(taken, [true, true, true, true, false]);
+        assert.equal(await store.takeRateToken('k1', 2, 4, t0 + 400), false, '0.8 token after 400 ms at 2/s');
+        assert.equal(await store.takeRateToken('k1', 2, 4, t0 + 500), true, 'one token after 500 ms');
+        assert.equal(await store.takeRateToken('k1', 2, 4, t0 - 10_000), false, 'an earlier clock adds nothing');
+        assert.equal(await store.takeRateToken('k2', 2, 4, t0), true, 'buckets are separate');
+        const concurrent = await Promise.all(Array.from({ length: 30 }, () => store.takeRateToken('k3', 1, 10, t0)));
+        assert.equal(concurrent.filter(Boolean).length, 10, 'concurrent takers share one bucket exactly');
+      });
+
+      test('leases: one holder at a time; renewal, release and expiry hand it over', async () => {
+        assert.equal(await store.claimLease('job/1', 'node-a', 1000, 5000), true);
+        assert.equal(await store.claimLease('job/1', 'node-b', 1000, 5500), false, 'held by another');
+        assert.equal(await store.claimLease('job/1', 'node-a', 1000, 5500), true, 'the holder may claim again');
+        assert.equal(await store.renewLease('job/1', 'node-a', 1000, 6000), true);
+        assert.equal(await store.renewLease('job/1', 'node-b', 1000, 6000), false);
+        assert.equal(await store.claimLease('job/1', 'node-b', 1000, 6900), false, 'renewed until 7000');
+        assert.equal(await store.claimLease('job/1', 'node-b', 1000, 7001), true, 'expired: another node takes it');
+        assert.equal(await store.renewLease('job/1', 'node-a', 1000, 7002), false, 'the old holder learns it lost it');
+        await store.releaseLease('job/1', 'node-a');
+        assert.equal(await store.claimLease('job/1', 'node-c', 1000, 7003), false, 'only the holder releases');
+        await store.releaseLease('job/1', 'node-b');
+        assert.equal(await store.claimLease('job/1', 'node-c', 1000, 7003), true);
+        const racers = await Promise.all(['p', 'q', 'r', 's', 't'].map((owner) => store.claimLease('job/2', owner, 1000, 9000)));
+        assert.equal(racers.filter(Boolean).length, 1);
+      });
+
+      test('enrollment-group writes bump the instance\'s change counter; other instances\' stay', async () => {
+        const counter = `groups/${a.id}`;
+        const before = await store.changeCounter(counter);
+        await store.putEnrollmentGroup(a.id, group('g1', { etag: 'x1' }));
+        const afterPut = await store.changeCounter(counter);
+        assert.ok(afterPut > before);
+        await store.putEnrollmentGroup(a.id, group('g1', { etag: 'x2' }), 'x1');
+        const afterUpdate = await store.changeCounter(counter);
+        assert.ok(afterUpdate > afterPut);
+        await store.deleteEnrollmentGroup(a.id, 'g1');
+        assert.ok((await store.changeCounter(counter)) > afterUpdate);
+        assert.equal(await store.changeCounter(`groups/${b.id}`), 0);
+        await store.putEnrollment(a.id, enrollment('not-a-group'));
+        assert.equal(await store.changeCounter(`groups/${b.id}`), 0);
+      });
+
+      test('withLock runs the work and returns its value; work under one name never overlaps', async () => {
+        let inside = 0;
+        let most = 0;
+        const results = await Promise.all(
+          Array.from({ length: 5 }, (_, i) =>
+            store.withLock('device/x', async () => {
+              inside += 1;
+              most = Math.max(most, inside);
+              await new Promise((resolve) => setTimeout(resolve, 10));
+              inside -= 1;
+              return i;
+            }),
+          ),
+        );
+        assert.deepEqual(results, [0, 1, 2, 3, 4]);
+        if (store.capabilities.advisoryLocks) assert.equal(most, 1);
+        await assert.rejects(store.withLock('device/y', () => Promise.reject(new Error('boom'))), /boom/);
+        assert.equal(await store.withLock('device/y', () => Promise.resolve('free again')), 'free again');
+      });
+
+      test('reclaimDeleted runs after deletes (VACUUM where the dialect keeps dead rows)', async () => {
+        await store.putEnrollment(a.id, enrollment('vac'));
+        await store.deleteEnrollment(a.id, 'vac');
+        await store.reclaimDeleted(['enrollments', 'enrollment_certificates', 'audit_events']);
+        assert.equal(await store.getEnrollment(a.id, 'vac'), undefined);
       });
     });
   });

@@ -9,7 +9,7 @@ export function addConfigOptions(command: Command): Command {
     .option('--data-dir <dir>', 'data directory (database, dev CA, keys); default ./data')
     .option('--https-port <port>', 'HTTPS port; default 443')
     .option('--host-names <names>', 'comma-separated host names for the server certificate; default localhost,127.0.0.1')
-    .option('--store <store>', "'sqlite' (default: a file in the data directory) or a SQLite file path")
+    .option('--store <store>', "'sqlite' (default: a file in the data directory), a SQLite file path, or a postgres:// URL")
     .option('--tls-cert-file <file>', 'your server certificate (PEM, chain after the leaf); used as it is')
     .option('--tls-key-file <file>', 'the private key of --tls-cert-file (PEM)')
     .option('--mqtt-port <port>', 'MQTT over TLS device port; default 8883')

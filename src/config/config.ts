@@ -17,7 +17,19 @@ export const ConfigSchema = Type.Object({
     default: ['localhost', '127.0.0.1'],
     description: 'Host names the server certificate covers; the first is the default instance service host name.',
   }),
-  store: Type.String({ minLength: 1, default: 'sqlite', description: "'sqlite' (a file in dataDir) or a sqlite file path." }),
+  store: Type.String({
+    minLength: 1,
+    default: 'sqlite',
+    description: "'sqlite' (a file in dataDir), a SQLite file path, or a postgres:// URL (a database shared by several nodes).",
+  }),
+  storePoolSize: Type.Integer({ minimum: 1, maximum: 1000, default: 10, description: 'PostgreSQL: connections per node (and as many again for per-device locks).' }),
+  storeStatementTimeoutMs: Type.Integer({ minimum: 0, maximum: 3600000, default: 30000, description: 'PostgreSQL: a statement running longer fails (0: no limit).' }),
+  leaseMs: Type.Integer({
+    minimum: 500,
+    maximum: 3600000,
+    default: 30000,
+    description: 'How long a node holds a data-request job or an instance\'s event delivery without renewing; a node that dies is replaced after this.',
+  }),
   logLevel: Type.Union(
     LOG_LEVELS.map((level) => Type.Literal(level)),
     { default: 'info' },
@@ -138,6 +150,9 @@ const ENV: Record<string, { key: keyof Config; kind: TextKind }> = {
   PROVISIOND_HTTPS_PORT: { key: 'httpsPort', kind: 'int' },
   PROVISIOND_HOST_NAMES: { key: 'hostNames', kind: 'list' },
   PROVISIOND_STORE: { key: 'store', kind: 'string' },
+  PROVISIOND_STORE_POOL_SIZE: { key: 'storePoolSize', kind: 'int' },
+  PROVISIOND_STORE_STATEMENT_TIMEOUT_MS: { key: 'storeStatementTimeoutMs', kind: 'int' },
+  PROVISIOND_LEASE_MS: { key: 'leaseMs', kind: 'int' },
   PROVISIOND_LOG_LEVEL: { key: 'logLevel', kind: 'string' },
   PROVISIOND_LOG_FORMAT: { key: 'logFormat', kind: 'string' },
   PROVISIOND_LOG_LEVELS: { key: 'logLevels', kind: 'levels' },
@@ -238,6 +253,11 @@ export function parseLogLevels(text: string): Record<string, string> {
     levels[at < 0 ? part : part.slice(0, at).trim()] = at < 0 ? '' : part.slice(at + 1).trim();
   }
   return levels;
+}
+
+/** True when the store is a PostgreSQL database (`postgres://` or `postgresql://`). */
+export function usesPostgres(config: Config): boolean {
+  return /^postgres(ql)?:\/\//i.test(config.store);
 }
 
 /** The SQLite file the config names. */

@@ -5,7 +5,7 @@ import { etagMatches, newEtag } from '../domain/etag.js';
 import { dpsTimestamp } from '../domain/time.js';
 import { certificateInfo, parseCertificate, toPem } from '../domain/x509.js';
 import { proofOfPossessionProblem, validityProblem } from '../domain/x509-chain.js';
-import type { CaCertificateRecord, InstanceRecord } from '../store/store.js';
+import type { CaCertificateRecord, InstanceRecord, Store } from '../store/store.js';
 import type { ServiceDeps } from './deps.js';
 
 /**
@@ -82,7 +82,7 @@ export class CaCertificateService {
         lastUpdatedDateTimeUtc: now,
       };
       if (unchanged && !existing.isVerified && existing.verificationCode !== undefined) record.verificationCode = existing.verificationCode;
-      await store.putCaCertificate(instance.id, record);
+      await guardedPut(store, instance.id, record, ifMatch, existing);
       return caCertificateView(record);
     });
   }
@@ -92,7 +92,8 @@ export class CaCertificateService {
       const existing = await store.getCaCertificate(instance.id, name);
       if (existing === undefined) throw notFound(name);
       checkIfMatch(ifMatch, existing, name);
-      await store.deleteCaCertificate(instance.id, name);
+      const deleted = await store.deleteCaCertificate(instance.id, name, ifMatch === undefined ? undefined : existing.etag);
+      if (ifMatch !== undefined && !deleted) throw new ProvisioningError('PreconditionFailed');
     });
   }
 
@@ -109,7 +110,7 @@ export class CaCertificateService {
         etag: newEtag(),
         lastUpdatedDateTimeUtc: dpsTimestamp(this.#deps.now()),
       };
-      await store.putCaCertificate(instance.id, record);
+      await guardedPut(store, instance.id, record, ifMatch, existing);
       return { ...caCertificateView(record), verificationCode: record.verificationCode };
     });
   }
@@ -133,7 +134,7 @@ export class CaCertificateService {
       if (problem !== undefined) throw new ProvisioningError('CaVerificationFailed', `Verification of '${existing.name}' failed: ${problem}.`);
       const { verificationCode: _used, ...rest } = existing;
       const record: CaCertificateRecord = { ...rest, isVerified: true, etag: newEtag(), lastUpdatedDateTimeUtc: dpsTimestamp(this.#deps.now()) };
-      await store.putCaCertificate(instance.id, record);
+      await guardedPut(store, instance.id, record, ifMatch, existing);
       return caCertificateView(record);
     });
   }
@@ -152,6 +153,15 @@ function assertName(name: string): void {
       `The CA certificate name '${name.slice(0, 80)}' is invalid: use 1-64 letters, digits, '-', '.' or '_', starting with a letter or digit.`,
     );
   }
+}
+
+/**
+ * With If-Match, the write compare-and-swaps on the etag checkIfMatch accepted, so of concurrent writers holding one
+ * etag (on any node) exactly one wins and the others get 412.
+ */
+async function guardedPut(store: Store, instanceId: string, record: CaCertificateRecord, ifMatch: string | undefined, existing: CaCertificateRecord | undefined): Promise<void> {
+  const written = await store.putCaCertificate(instanceId, record, ifMatch === undefined || existing === undefined ? undefined : existing.etag);
+  if (!written) throw new ProvisioningError('PreconditionFailed');
 }
 
 function checkIfMatch(ifMatch: string | undefined, existing: CaCertificateRecord | undefined, name: string): void {

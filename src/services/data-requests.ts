@@ -79,6 +79,9 @@ export interface DataRequestDeps extends ServiceDeps {
   logger: FastifyBaseLogger;
   /** How long a create call waits for its job before answering `running`. */
   waitMs: number;
+  /** This node, as the holder of job leases; and how long a lease lasts unrenewed. */
+  nodeId?: string;
+  leaseMs?: number;
 }
 
 const REDACTED = '<redacted>';
@@ -260,11 +263,18 @@ export class DataRequestService {
     await Promise.race([job, new Promise((resolve) => setTimeout(resolve, this.#deps.waitMs).unref())]);
   }
 
-  #start(instance: InstanceRecord, doc: DataRequestDoc): Promise<void> {
-    const key = `${instance.id}/${doc.requestId.toLowerCase()}`;
+  #start(instance: InstanceRecord, given: DataRequestDoc): Promise<void> {
+    const key = `${instance.id}/${given.requestId.toLowerCase()}`;
     const running = this.#jobs.get(key);
     if (running !== undefined) return running;
-    const job = (doc.type === 'export' ? this.#runExport(instance, doc) : this.#runErase(instance, doc))
+    let doc = given;
+    const job = this.#leased(key, async () => {
+      // Read again under the lease: another node may have finished (or advanced) it since it was listed.
+      const current = await this.#deps.store.getDataRequest(instance.id, given.requestId);
+      if (current === undefined || current.status !== 'running') return;
+      doc = current.doc as DataRequestDoc;
+      await (doc.type === 'export' ? this.#runExport(instance, doc) : this.#runErase(instance, doc));
+    })
       .catch(async (error: unknown) => {
         if (error instanceof Stopped) return;
         this.#deps.logger.error({ err: error, requestId: doc.requestId }, 'data request failed');
@@ -275,6 +285,35 @@ export class DataRequestService {
       .finally(() => this.#jobs.delete(key));
     this.#jobs.set(key, job);
     return job;
+  }
+
+  /**
+   * Runs a job while this node holds its lease in the store, so that of several nodes sharing the database one at a
+   * time works on a request; the lease is renewed every third of its length, and a node that dies (SIGKILL, power)
+   * stops renewing, so another node's periodic resumeUnfinished takes the job over once it expires. On a
+   * single-writer store there is one server (the data-directory lock), and this node's job map is enough.
+   */
+  async #leased(key: string, work: () => Promise<void>): Promise<void> {
+    const store = this.#deps.store;
+    const { nodeId, leaseMs = 30_000 } = this.#deps;
+    if (store.capabilities.singleWriter || nodeId === undefined) return work();
+    const lease = `dataRequest/${key}`;
+    if (!(await store.claimLease(lease, nodeId, leaseMs, Date.now()))) return;
+    const renew = setInterval(() => {
+      void store.renewLease(lease, nodeId, leaseMs, Date.now()).then(
+        (held) => {
+          if (!held) this.#deps.logger.warn({ lease }, 'data request lease lost to another node; its steps are idempotent');
+        },
+        (error: unknown) => this.#deps.logger.warn({ err: error, lease }, 'data request lease renewal failed'),
+      );
+    }, Math.max(100, Math.floor(leaseMs / 3)));
+    renew.unref();
+    try {
+      await work();
+    } finally {
+      clearInterval(renew);
+      await store.releaseLease(lease, nodeId).catch(() => undefined);
+    }
   }
 
   // ---- finding the subject's data
@@ -588,6 +627,11 @@ export class DataRequestService {
     ) as unknown as JsonMap;
     doc.status = 'completed';
     await this.#save(instance, doc);
+    // PostgreSQL keeps the old versions of deleted and rewritten rows until VACUUM: reclaim them now, so the erased
+    // values leave the tables' pages (docs/customer-data.md says what WAL and backups still hold, and for how long).
+    await this.#deps.store
+      .reclaimDeleted(['enrollments', 'enrollment_groups', 'enrollment_certificates', 'registrations', 'operations', 'audit_events', 'data_requests', 'event_outbox', 'hub_devices'])
+      .catch((error: unknown) => this.#deps.logger.warn({ err: error, requestId: doc.requestId }, 'VACUUM after erase failed'));
     await this.#deps.audit.record(instance.id, {
       kind: 'dataRequest',
       operation: 'erase',

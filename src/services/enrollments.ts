@@ -47,8 +47,9 @@ export interface EnrollmentKindSpec<Doc extends EnrollmentDocument> {
   build(input: unknown, existing: Doc | undefined, stamp: { etag: string; now: string }): Doc;
   idOf(doc: Doc): string;
   get(store: Store, instanceId: string, id: string): Promise<Doc | undefined>;
-  put(store: Store, instanceId: string, doc: Doc): Promise<void>;
-  remove(store: Store, instanceId: string, id: string): Promise<boolean>;
+  /** With `expectedEtag`: compare-and-swap, false when the stored etag is no longer that one. */
+  put(store: Store, instanceId: string, doc: Doc, expectedEtag?: string): Promise<boolean>;
+  remove(store: Store, instanceId: string, id: string, expectedEtag?: string): Promise<boolean>;
   query(store: Store, instanceId: string, query: ListQuery): Promise<Page<Doc>>;
   /** Deletes the registration records that belong to the entry (the cascade rule). */
   cascade(store: Store, instanceId: string, id: string): Promise<number>;
@@ -66,8 +67,8 @@ export const individualSpec: EnrollmentKindSpec<StoredEnrollment> = {
   build: (input, existing, stamp) => buildEnrollment(input as IndividualEnrollmentInput, existing, stamp),
   idOf: (doc) => doc.registrationId,
   get: (store, instanceId, id) => store.getEnrollment(instanceId, id),
-  put: (store, instanceId, doc) => store.putEnrollment(instanceId, doc),
-  remove: (store, instanceId, id) => store.deleteEnrollment(instanceId, id),
+  put: (store, instanceId, doc, expectedEtag) => store.putEnrollment(instanceId, doc, expectedEtag),
+  remove: (store, instanceId, id, expectedEtag) => store.deleteEnrollment(instanceId, id, expectedEtag),
   query: (store, instanceId, query) => store.queryEnrollments(instanceId, query),
   async cascade(store, instanceId, id) {
     const record = await store.getRegistration(instanceId, id);
@@ -93,8 +94,8 @@ export const groupSpec: EnrollmentKindSpec<StoredEnrollmentGroup> = {
   build: (input, existing, stamp) => buildEnrollmentGroup(input as EnrollmentGroupInput, existing, stamp),
   idOf: (doc) => doc.enrollmentGroupId,
   get: (store, instanceId, id) => store.getEnrollmentGroup(instanceId, id),
-  put: (store, instanceId, doc) => store.putEnrollmentGroup(instanceId, doc),
-  remove: (store, instanceId, id) => store.deleteEnrollmentGroup(instanceId, id),
+  put: (store, instanceId, doc, expectedEtag) => store.putEnrollmentGroup(instanceId, doc, expectedEtag),
+  remove: (store, instanceId, id, expectedEtag) => store.deleteEnrollmentGroup(instanceId, id, expectedEtag),
   query: (store, instanceId, query) => store.queryEnrollmentGroups(instanceId, query),
   cascade: (store, instanceId, id) => store.deleteRegistrationsOfGroup(instanceId, id),
   render: (_store, _instanceId, doc, visibility) => Promise.resolve(renderEnrollmentGroup(doc, visibility)),
@@ -167,7 +168,10 @@ export class EnrollmentService<Doc extends EnrollmentDocument> {
       const existing = await this.#require(store, instance, id);
       if (ifMatch !== undefined && !etagMatches(ifMatch, existing.etag)) throw new ProvisioningError('PreconditionFailed');
       await this.#spec.cascade(store, instance.id, id);
-      await this.#spec.remove(store, instance.id, id);
+      // Compare-and-swap on the etag just checked: a write that landed since (another request, another node) makes
+      // this delete a 412, and the transaction undoes the cascade.
+      const removed = await this.#spec.remove(store, instance.id, id, ifMatch === undefined ? undefined : existing.etag);
+      if (ifMatch !== undefined && !removed) throw new ProvisioningError('PreconditionFailed');
     });
     this.#onChange(instance, 'deleted', id);
   }
@@ -240,7 +244,10 @@ export class EnrollmentService<Doc extends EnrollmentDocument> {
     );
     await this.#checkHubs(store, instance, doc);
     await this.#checkCertificatesUnused(store, instance, doc);
-    await this.#spec.put(store, instance.id, doc);
+    // With a precondition, the write is a compare-and-swap on the etag checked above: of concurrent writers holding
+    // the same etag exactly one succeeds (on PostgreSQL the others' conditional UPDATE finds the new etag).
+    const written = await this.#spec.put(store, instance.id, doc, expected === undefined || existing === undefined ? undefined : existing.etag);
+    if (!written) throw new ProvisioningError('PreconditionFailed');
     return { doc, created: existing === undefined };
   }
 

@@ -30,6 +30,9 @@ export interface LifecycleEventOptions {
   retryBaseMs: number;
   retryMaxMs: number;
   timeoutMs: number;
+  /** Nodes sharing a database: this node's name as a lease holder, and how long a lease lasts unrenewed. */
+  nodeId?: string;
+  leaseMs?: number;
 }
 
 export function signDelivery(secret: string, timestampSeconds: number, body: string): string {
@@ -100,9 +103,16 @@ export class LifecycleEvents {
     const retry = this.#retry.get(instanceId);
     if (retry !== undefined && Date.now() < retry.notBefore) return;
     this.#running.add(instanceId);
+    const lease = `outbox/${instanceId}`;
+    const { nodeId, leaseMs = 30_000 } = this.#options;
+    // Several nodes: one delivers an instance's events at a time (a lease in the store), so each event goes out once
+    // and in order. A node that dies mid-delivery leaves its lease to expire; the next sweep elsewhere takes over.
+    const leased = !this.#deps.store.capabilities.singleWriter && nodeId !== undefined;
     try {
       for (;;) {
         if (this.#closed) return;
+        // Claimed (or extended) before each event: a delivery never runs on a lease that might have expired.
+        if (leased && !(await this.#deps.store.claimLease(lease, nodeId, leaseMs, Date.now()))) return;
         const instance = await this.#deps.store.getInstance(instanceId);
         const [event] = await this.#deps.store.listOutboxEvents(instanceId, 1);
         if (event === undefined) return;
@@ -125,6 +135,7 @@ export class LifecycleEvents {
     } catch (error) {
       this.#logger.error({ err: error, instanceId }, 'lifecycle event delivery failed');
     } finally {
+      if (leased && nodeId !== undefined) await this.#deps.store.releaseLease(lease, nodeId).catch(() => undefined);
       this.#running.delete(instanceId);
     }
   }

@@ -41,14 +41,14 @@ export class RefusedAttempts {
     try {
       return await attempt();
     } catch (error) {
-      if (error instanceof ProvisioningError && error.httpStatus === 401) this.#count(key);
+      if (error instanceof ProvisioningError && error.httpStatus === 401) await this.#count(key);
       throw error;
     }
   }
 
-  #count(key: string): void {
+  async #count(key: string): Promise<void> {
     try {
-      this.#limiter.take(key);
+      await this.#limiter.take(key);
     } catch (error) {
       if (!(error instanceof ProvisioningError)) throw error;
       const seconds = retryAfterOf(error) ?? 1;

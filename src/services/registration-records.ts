@@ -28,7 +28,9 @@ export class RegistrationRecordService {
       if (record === undefined && ifMatch !== undefined) throw new ProvisioningError('PreconditionFailed', `'${registrationId}' does not exist, so If-Match cannot match.`);
       if (record === undefined) throw notFound(registrationId);
       if (ifMatch !== undefined && !etagMatches(ifMatch, record.etag)) throw new ProvisioningError('PreconditionFailed');
-      await store.deleteRegistration(instance.id, registrationId);
+      // Compare-and-swap on the etag just checked: a concurrent write or delete makes this one a 412.
+      const deleted = await store.deleteRegistration(instance.id, registrationId, ifMatch === undefined ? undefined : record.etag);
+      if (ifMatch !== undefined && !deleted) throw new ProvisioningError('PreconditionFailed');
     });
   }
 

@@ -21,7 +21,7 @@ import { callAllocationWebhook, type WebhookExchange } from './custom-allocation
 import type { ServiceDeps } from './deps.js';
 import type { HubLatencies } from './hub-latency.js';
 import type { SymmetricKeyGroups } from './symmetric-key-groups.js';
-import { RateLimiter } from './throttle.js';
+import { createRateLimiter, MemoryRateLimiter, type RateLimiter } from './throttle.js';
 import { RefusedAttempts } from './refused-attempts.js';
 import type { AuditLog } from './audit-log.js';
 import type { LifecycleEvents } from './lifecycle-events.js';
@@ -96,9 +96,10 @@ export class RegistrationService {
 
   constructor(deps: RegistrationServiceDeps) {
     this.#deps = deps;
-    this.#registrationLimiter = new RateLimiter(deps.config.registrationsPerSecond);
-    this.#pollLimiter = new RateLimiter(deps.config.pollsPerSecondPerDevice);
-    this.#refused = new RefusedAttempts(new RateLimiter(deps.config.refusedAttemptsPerSecondPerSource));
+    this.#registrationLimiter = createRateLimiter(deps.config.registrationsPerSecond, deps.store);
+    this.#pollLimiter = createRateLimiter(deps.config.pollsPerSecondPerDevice, deps.store);
+    // Refused attempts are counted on this node: a flood of bad tokens must not cost a database write each.
+    this.#refused = new RefusedAttempts(new MemoryRateLimiter(deps.config.refusedAttemptsPerSecondPerSource));
   }
 
   /** Register: authenticate now (401 at once), assign in the background, answer 202 `assigning` with an operation. */
@@ -115,7 +116,7 @@ export class RegistrationService {
         return this.#authenticate(instance, request);
       });
       const instanceId = match.instance.id;
-      this.#throttling(request.transport, 'register', () => this.#registrationLimiter.take(instanceId));
+      await this.#throttling(request.transport, 'register', () => this.#registrationLimiter.take(instanceId));
     } catch (error) {
       observe('refused', request.credential.kind === 'x509' ? 'x509' : 'symmetricKey', error instanceof ProvisioningError ? error.errorCode : undefined);
       // A refused attempt is logged with why, so a tenant can tell a wrong key from a throttled device.
@@ -191,7 +192,7 @@ export class RegistrationService {
   async operationStatus(request: DeviceRequest & { operationId: string }): Promise<OperationReply> {
     const match = await this.#authenticated(request);
     const instance = match.instance;
-    this.#throttling(request.transport, 'poll', () => this.#pollLimiter.take(`${instance.id}/${idKey(match.registrationId)}`));
+    await this.#throttling(request.transport, 'poll', () => this.#pollLimiter.take(`${instance.id}/${idKey(match.registrationId)}`));
     await assertNotFenced(this.#deps.store, instance.id, fenceProbe(match));
     const operation = await this.#deps.store.getOperation(instance.id, request.operationId);
     if (operation === undefined || idKey(operation.registrationId) !== idKey(match.registrationId)) {
@@ -214,7 +215,7 @@ export class RegistrationService {
   /** DeviceRegistrationStatusLookup: the device's current record, no operation wrapper. */
   async statusLookup(request: DeviceRequest): Promise<JsonMap> {
     const match = await this.#authenticated(request);
-    this.#throttling(request.transport, 'statusLookup', () => this.#pollLimiter.take(`${match.instance.id}/${idKey(match.registrationId)}`));
+    await this.#throttling(request.transport, 'statusLookup', () => this.#pollLimiter.take(`${match.instance.id}/${idKey(match.registrationId)}`));
     if (match.previous === undefined) {
       throw new ProvisioningError('RegistrationNotFound', `Registration '${request.registrationId}' was not found.`);
     }
@@ -285,9 +286,9 @@ export class RegistrationService {
   }
 
   /** A rate limit's refusal, counted for the metrics and passed on. */
-  #throttling(transport: Transport, operation: 'register' | 'poll' | 'statusLookup', take: () => void): void {
+  async #throttling(transport: Transport, operation: 'register' | 'poll' | 'statusLookup', take: () => Promise<void>): Promise<void> {
     try {
-      take();
+      await take();
     } catch (error) {
       if (error instanceof ProvisioningError && error.httpStatus === 429) this.#deps.observer?.throttled(transport, operation);
       throw error;
@@ -305,9 +306,15 @@ export class RegistrationService {
     return authenticateDevice(this.#deps, instance, request.registrationId, request.credential);
   }
 
+  /**
+   * Registrations of one device run one after another: in this process by a queue per device, and across the nodes
+   * of a shared database by the store's lock on the device (PostgreSQL advisory lock), so two nodes never create two
+   * hub identities or two records for one device. The queue keeps this node to one lock (one connection) per device.
+   */
   #serialized<T>(key: string, work: () => Promise<T>): Promise<T> {
     const previous = this.#deviceQueues.get(key) ?? Promise.resolve();
-    const next = previous.then(work, work);
+    const locked = () => this.#deps.store.withLock(`device/${key}`, work);
+    const next = previous.then(locked, locked);
     const settled = next.then(
       () => undefined,
       () => undefined,

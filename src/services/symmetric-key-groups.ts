@@ -7,6 +7,10 @@ import type { Store } from '../store/store.js';
  * (dps-wire.md §4.3), so each group's key must be tried; to keep that from costing a database scan per
  * registration, the groups' keys are held in memory per instance and reloaded when a lookup misses on a stale list
  * (new groups) — and a match is always confirmed against the store (changed or deleted groups).
+ *
+ * Several nodes may share the store, and a group written on one must count at the next registration on every other:
+ * every group write bumps the instance's change counter in the same transaction, and each lookup compares it (one
+ * indexed read) with the counter the cached list was loaded at.
  */
 interface CachedGroup {
   id: string;
@@ -18,7 +22,7 @@ const CACHE_TTL_MS = 30_000;
 
 export class SymmetricKeyGroups {
   readonly #store: Store;
-  readonly #cache = new Map<string, { groups: CachedGroup[]; at: number }>();
+  readonly #cache = new Map<string, { groups: CachedGroup[]; at: number; version: number }>();
 
   constructor(store: Store) {
     this.#store = store;
@@ -35,7 +39,8 @@ export class SymmetricKeyGroups {
       if (hinted !== undefined) return hinted;
     }
     let cached = this.#cache.get(instanceId);
-    if (cached === undefined || Date.now() - cached.at > CACHE_TTL_MS) cached = await this.#load(instanceId);
+    const version = await this.#store.changeCounter(`groups/${instanceId}`);
+    if (cached === undefined || cached.version !== version || Date.now() - cached.at > CACHE_TTL_MS) cached = await this.#load(instanceId);
     let found = scan(cached.groups, registrationId, token);
     if (found === undefined && Date.now() - cached.at > RELOAD_AFTER_MS) {
       cached = await this.#load(instanceId);
@@ -56,7 +61,9 @@ export class SymmetricKeyGroups {
     return undefined;
   }
 
-  async #load(instanceId: string): Promise<{ groups: CachedGroup[]; at: number }> {
+  async #load(instanceId: string): Promise<{ groups: CachedGroup[]; at: number; version: number }> {
+    // Read before the list: a write between the two makes the next lookup load again, never miss the write.
+    const version = await this.#store.changeCounter(`groups/${instanceId}`);
     const groups: CachedGroup[] = [];
     let afterKey: string | undefined;
     do {
@@ -72,7 +79,7 @@ export class SymmetricKeyGroups {
       }
       afterKey = page.nextKey;
     } while (afterKey !== undefined);
-    const entry = { groups, at: Date.now() };
+    const entry = { groups, at: Date.now(), version };
     this.#cache.set(instanceId, entry);
     return entry;
   }

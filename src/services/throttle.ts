@@ -1,10 +1,31 @@
 import { ProvisioningError } from '../domain/errors.js';
+import type { Store } from '../store/store.js';
 
 /**
- * Token buckets keyed by whatever is limited (an instance's registrations, a device's polls). A refused call is a
- * 429 with Retry-After; nothing about the device's state changes, so the retry finds it as it was.
+ * Token buckets keyed by whatever is limited (an instance's registrations, a device's polls): `ratePerSecond`
+ * tokens a second, bursts up to twice that. A refused call is a 429 with Retry-After; nothing about the device's
+ * state changes, so the retry finds it as it was.
+ *
+ * Where several nodes share the database, the buckets live in the store (one conditional statement per take), so a
+ * limit holds for the whole cluster, not per node; the tolerance is the clock difference between nodes (each
+ * refills by its own clock, and a clock behind the bucket's last take adds nothing). On a single-writer store
+ * there is one node, and the buckets stay in memory.
  */
-export class RateLimiter {
+export interface RateLimiter {
+  /** Takes one token or throws Throttled. A rate of 0 means unlimited. */
+  take(key: string): Promise<void>;
+}
+
+export function createRateLimiter(ratePerSecond: number, store: Store, now: () => number = Date.now): RateLimiter {
+  return store.capabilities.singleWriter ? new MemoryRateLimiter(ratePerSecond, now) : new StoreRateLimiter(ratePerSecond, store, now);
+}
+
+function throttled(waitSeconds: number): ProvisioningError {
+  return new ProvisioningError('Throttled', `Too many requests; retry after ${waitSeconds} s.`, { 'Retry-After': String(waitSeconds) });
+}
+
+/** The buckets of one process (one node). */
+export class MemoryRateLimiter implements RateLimiter {
   readonly #ratePerSecond: number;
   readonly #burst: number;
   readonly #buckets = new Map<string, { tokens: number; at: number }>();
@@ -16,8 +37,16 @@ export class RateLimiter {
     this.#now = now;
   }
 
-  /** Takes one token or throws Throttled. A rate of 0 means unlimited. */
-  take(key: string): void {
+  take(key: string): Promise<void> {
+    try {
+      this.#take(key);
+      return Promise.resolve();
+    } catch (error) {
+      return Promise.reject(error as Error);
+    }
+  }
+
+  #take(key: string): void {
     if (this.#ratePerSecond === 0) return;
     const now = this.#now();
     const bucket = this.#buckets.get(key) ?? { tokens: this.#burst, at: now };
@@ -25,8 +54,7 @@ export class RateLimiter {
     bucket.at = now;
     if (bucket.tokens < 1) {
       this.#buckets.set(key, bucket);
-      const waitSeconds = Math.max(1, Math.ceil((1 - bucket.tokens) / this.#ratePerSecond));
-      throw new ProvisioningError('Throttled', `Too many requests; retry after ${waitSeconds} s.`, { 'Retry-After': String(waitSeconds) });
+      throw throttled(Math.max(1, Math.ceil((1 - bucket.tokens) / this.#ratePerSecond)));
     }
     bucket.tokens -= 1;
     this.#buckets.set(key, bucket);
@@ -36,6 +64,30 @@ export class RateLimiter {
         if (entry.tokens + ((now - entry.at) / 1000) * this.#ratePerSecond >= this.#burst) this.#buckets.delete(name);
       }
     }
+  }
+}
+
+/** Buckets in the store, shared by every node. */
+export class StoreRateLimiter implements RateLimiter {
+  readonly #ratePerSecond: number;
+  readonly #burst: number;
+  readonly #store: Store;
+  readonly #now: () => number;
+  readonly #prefix: string;
+
+  constructor(ratePerSecond: number, store: Store, now: () => number = Date.now) {
+    this.#ratePerSecond = ratePerSecond;
+    this.#burst = Math.max(1, ratePerSecond * 2);
+    this.#store = store;
+    this.#now = now;
+    // Different limits on one key (registrations vs polls) never share a bucket.
+    this.#prefix = `${ratePerSecond}/`;
+  }
+
+  async take(key: string): Promise<void> {
+    if (this.#ratePerSecond === 0) return;
+    if (await this.#store.takeRateToken(this.#prefix + key, this.#ratePerSecond, this.#burst, this.#now())) return;
+    throw throttled(Math.max(1, Math.ceil(1 / this.#ratePerSecond)));
   }
 }
 

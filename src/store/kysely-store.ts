@@ -1,4 +1,7 @@
-import { Kysely, Migrator, SqliteAdapter, sql, type SelectQueryBuilder, type Transaction } from 'kysely';
+import { Kysely, Migrator, sql, type SelectQueryBuilder, type Transaction } from 'kysely';
+import { ProvisioningError } from '../domain/errors.js';
+import type { DialectCapabilities } from './dialects/dialect.js';
+import { SQLITE_CAPABILITIES } from './dialects/sqlite.js';
 import type { StoredEnrollment, StoredEnrollmentGroup } from '../domain/enrollment.js';
 import { certificateThumbprints } from '../domain/enrollment.js';
 import type { Filter } from '../domain/query.js';
@@ -21,6 +24,7 @@ import type {
   EraseFence,
   FenceProbe,
   OutboxEvent,
+  StoreTable,
 } from './store.js';
 
 type Db = Kysely<Database> | Transaction<Database>;
@@ -78,18 +82,46 @@ function fenceOf(row: { subject_kind: string; doc: string }): Pick<EraseFence, '
 }
 const lower = (value: string | undefined): string => (value ?? '').toLowerCase();
 
+/** What a dialect adds to the one Kysely implementation. */
+export interface KyselyStoreOptions {
+  capabilities: DialectCapabilities;
+  /** Cross-node locks (PostgreSQL advisory locks on their own connections); absent on a single-writer dialect. */
+  withLock?: <T>(name: string, work: () => Promise<T>) => Promise<T>;
+  /** Closes what the dialect opened besides the Kysely instance (the lock connections). */
+  close?: () => Promise<void>;
+}
+
+/** True for a unique-constraint or primary-key violation, on either dialect. */
+export function isUniqueViolation(error: unknown): boolean {
+  const code = (error as { code?: unknown } | undefined)?.code;
+  // PostgreSQL: SQLSTATE 23505; better-sqlite3: SQLITE_CONSTRAINT_UNIQUE / _PRIMARYKEY.
+  return code === '23505' || code === 'SQLITE_CONSTRAINT_UNIQUE' || code === 'SQLITE_CONSTRAINT_PRIMARYKEY';
+}
+
+const changed = (result: { numUpdatedRows?: bigint; numDeletedRows?: bigint; numInsertedOrUpdatedRows?: bigint | undefined }): boolean =>
+  (result.numUpdatedRows ?? result.numDeletedRows ?? result.numInsertedOrUpdatedRows ?? 0n) > 0n;
+
 export class KyselyStore implements Store {
   readonly #db: Db;
   readonly #root: Kysely<Database> | undefined;
+  readonly #options: KyselyStoreOptions;
 
-  constructor(db: Kysely<Database>, transaction?: Transaction<Database>) {
+  constructor(db: Kysely<Database>, options: KyselyStoreOptions = { capabilities: SQLITE_CAPABILITIES }, transaction?: Transaction<Database>) {
     this.#db = transaction ?? db;
     this.#root = transaction === undefined ? db : undefined;
+    this.#options = options;
   }
 
-  /** Applies every pending migration; throws with the failing migration's name. */
-  static async migrate(db: Kysely<Database>): Promise<void> {
-    const migrator = new Migrator({ db, provider: migrationProvider });
+  get capabilities(): DialectCapabilities {
+    return this.#options.capabilities;
+  }
+
+  /**
+   * Applies every pending migration; throws with the failing migration's name. On PostgreSQL, Kysely's migrator
+   * takes an advisory lock and runs the migrations in one transaction, so nodes starting together migrate once.
+   */
+  static async migrate(db: Kysely<Database>, capabilities: DialectCapabilities = SQLITE_CAPABILITIES): Promise<void> {
+    const migrator = new Migrator({ db, provider: migrationProvider(capabilities) });
     const { error, results } = await migrator.migrateToLatest();
     if (error !== undefined) {
       const failed = results?.find((result) => result.status === 'Error')?.migrationName ?? 'unknown';
@@ -100,31 +132,51 @@ export class KyselyStore implements Store {
   async transaction<T>(work: (store: Store) => Promise<T>): Promise<T> {
     // Already inside a transaction: the caller's work joins it.
     if (this.#root === undefined) return work(this);
-    return this.#root.transaction().execute((trx) => work(new KyselyStore(this.#root as Kysely<Database>, trx)));
+    return this.#root.transaction().execute((trx) => work(new KyselyStore(this.#root as Kysely<Database>, this.#options, trx)));
   }
 
   async close(): Promise<void> {
-    await this.#root?.destroy();
+    if (this.#root === undefined) return;
+    await this.#options.close?.();
+    await this.#root.destroy();
   }
 
   // ---- instances
 
   async insertInstance(instance: InstanceRecord): Promise<void> {
-    await this.#db
-      .insertInto('instances')
-      .values({ id: instance.id, id_scope_key: lower(instance.idScope), doc: JSON.stringify(instance) })
-      .execute();
-    await this.#writeHostNames(instance);
+    await this.#unique(instance, async (store) => {
+      await store.#db
+        .insertInto('instances')
+        .values({ id: instance.id, id_scope_key: lower(instance.idScope), name_key: lower(instance.name), doc: JSON.stringify(instance) })
+        .execute();
+      await store.#writeHostNames(instance);
+    });
   }
 
   async updateInstance(instance: InstanceRecord): Promise<void> {
-    await this.#db
-      .updateTable('instances')
-      .set({ id_scope_key: lower(instance.idScope), doc: JSON.stringify(instance) })
-      .where('id', '=', instance.id)
-      .execute();
-    await this.#db.deleteFrom('instance_host_names').where('instance_id', '=', instance.id).execute();
-    await this.#writeHostNames(instance);
+    await this.#unique(instance, async (store) => {
+      await store.#db
+        .updateTable('instances')
+        .set({ id_scope_key: lower(instance.idScope), name_key: lower(instance.name), doc: JSON.stringify(instance) })
+        .where('id', '=', instance.id)
+        .execute();
+      await store.#db.deleteFrom('instance_host_names').where('instance_id', '=', instance.id).execute();
+      await store.#writeHostNames(instance);
+    });
+  }
+
+  /**
+   * Instance names, ID scopes and host names are unique in the schema, so two nodes creating the same one at once
+   * cannot both succeed; the loser gets the same 409 the service's own check gives. Atomic, so a refused update
+   * leaves the old host names in place.
+   */
+  async #unique(instance: InstanceRecord, write: (store: KyselyStore) => Promise<void>): Promise<void> {
+    try {
+      await this.transaction((store) => write(store as KyselyStore));
+    } catch (error) {
+      if (!isUniqueViolation(error)) throw error;
+      throw new ProvisioningError('Conflict', `The instance name '${instance.name}', its ID scope or one of its host names already belongs to another instance.`);
+    }
   }
 
   async #writeHostNames(instance: InstanceRecord): Promise<void> {
@@ -180,6 +232,7 @@ export class KyselyStore implements Store {
     ] as const) {
       await this.#db.deleteFrom(table).where('instance_id', '=', id).execute();
     }
+    await this.#db.deleteFrom('change_counters').where('name', '=', groupsCounter(id)).execute();
     const result = await this.#db.deleteFrom('instances').where('id', '=', id).executeTakeFirst();
     return result.numDeletedRows > 0n;
   }
@@ -229,16 +282,29 @@ export class KyselyStore implements Store {
       .executeTakeFirst();
     return row === undefined ? undefined : parse<CaCertificateRecord>(row.doc);
   }
-  async putCaCertificate(instanceId: string, certificate: CaCertificateRecord): Promise<void> {
-    const columns = { sha256_thumbprint: certificate.info.sha256Thumbprint.toUpperCase(), doc: JSON.stringify(certificate) };
+  async putCaCertificate(instanceId: string, certificate: CaCertificateRecord, expectedEtag?: string): Promise<boolean> {
+    const columns = { sha256_thumbprint: certificate.info.sha256Thumbprint.toUpperCase(), etag: certificate.etag, doc: JSON.stringify(certificate) };
+    if (expectedEtag !== undefined) {
+      const result = await this.#db
+        .updateTable('ca_certificates')
+        .set(columns)
+        .where('instance_id', '=', instanceId)
+        .where('name_key', '=', lower(certificate.name))
+        .where('etag', '=', expectedEtag)
+        .executeTakeFirst();
+      return changed(result);
+    }
     await this.#db
       .insertInto('ca_certificates')
       .values({ instance_id: instanceId, name_key: lower(certificate.name), ...columns })
       .onConflict((oc) => oc.columns(['instance_id', 'name_key']).doUpdateSet(columns))
       .execute();
+    return true;
   }
-  async deleteCaCertificate(instanceId: string, name: string): Promise<boolean> {
-    return this.#deleteNamed('ca_certificates', instanceId, name);
+  async deleteCaCertificate(instanceId: string, name: string, expectedEtag?: string): Promise<boolean> {
+    let query = this.#db.deleteFrom('ca_certificates').where('instance_id', '=', instanceId).where('name_key', '=', lower(name));
+    if (expectedEtag !== undefined) query = query.where('etag', '=', expectedEtag);
+    return changed(await query.executeTakeFirst());
   }
 
   async #listNamed<T>(table: NamedTable, instanceId: string): Promise<T[]> {
@@ -283,31 +349,52 @@ export class KyselyStore implements Store {
     return row === undefined ? undefined : parse<StoredEnrollment>(row.doc);
   }
 
-  async putEnrollment(instanceId: string, enrollment: StoredEnrollment): Promise<void> {
+  async putEnrollment(instanceId: string, enrollment: StoredEnrollment, expectedEtag?: string): Promise<boolean> {
     const key = lower(enrollment.registrationId);
     const columns = {
       device_id_key: lower(enrollment.deviceId ?? enrollment.registrationId),
       provisioning_status: enrollment.provisioningStatus,
       attestation_type: enrollment.attestation.type.toLowerCase(),
+      etag: enrollment.etag,
       doc: JSON.stringify(enrollment),
     };
-    await this.#db
-      .insertInto('enrollments')
-      .values({ instance_id: instanceId, registration_id_key: key, ...columns })
-      .onConflict((oc) => oc.columns(['instance_id', 'registration_id_key']).doUpdateSet(columns))
-      .execute();
-    await this.#writeCertificates(instanceId, 'individual', key, certificateThumbprints(enrollment.attestation));
+    return this.#inTransaction(async (db) => {
+      if (expectedEtag !== undefined) {
+        const result = await db
+          .updateTable('enrollments')
+          .set(columns)
+          .where('instance_id', '=', instanceId)
+          .where('registration_id_key', '=', key)
+          .where('etag', '=', expectedEtag)
+          .executeTakeFirst();
+        if (!changed(result)) return false;
+      } else {
+        await db
+          .insertInto('enrollments')
+          .values({ instance_id: instanceId, registration_id_key: key, ...columns })
+          .onConflict((oc) => oc.columns(['instance_id', 'registration_id_key']).doUpdateSet(columns))
+          .execute();
+      }
+      await this.#writeCertificates(db, instanceId, 'individual', key, certificateThumbprints(enrollment.attestation));
+      return true;
+    });
   }
 
-  async deleteEnrollment(instanceId: string, registrationId: string): Promise<boolean> {
+  async deleteEnrollment(instanceId: string, registrationId: string, expectedEtag?: string): Promise<boolean> {
     const key = lower(registrationId);
-    await this.#writeCertificates(instanceId, 'individual', key, []);
-    const result = await this.#db
-      .deleteFrom('enrollments')
-      .where('instance_id', '=', instanceId)
-      .where('registration_id_key', '=', key)
-      .executeTakeFirst();
-    return result.numDeletedRows > 0n;
+    return this.#inTransaction(async (db) => {
+      let query = db.deleteFrom('enrollments').where('instance_id', '=', instanceId).where('registration_id_key', '=', key);
+      if (expectedEtag !== undefined) query = query.where('etag', '=', expectedEtag);
+      if (!changed(await query.executeTakeFirst())) return false;
+      await this.#writeCertificates(db, instanceId, 'individual', key, []);
+      return true;
+    });
+  }
+
+  /** A write of several statements is atomic on its own; inside a caller's transaction it joins that one. */
+  async #inTransaction<T>(work: (db: Db) => Promise<T>): Promise<T> {
+    if (this.#root === undefined) return work(this.#db);
+    return this.#root.transaction().execute((trx) => work(trx));
   }
 
   async queryEnrollments(instanceId: string, query: ListQuery): Promise<Page<StoredEnrollment>> {
@@ -326,38 +413,55 @@ export class KyselyStore implements Store {
     return row === undefined ? undefined : parse<StoredEnrollmentGroup>(row.doc);
   }
 
-  async putEnrollmentGroup(instanceId: string, group: StoredEnrollmentGroup): Promise<void> {
+  async putEnrollmentGroup(instanceId: string, group: StoredEnrollmentGroup, expectedEtag?: string): Promise<boolean> {
     const key = lower(group.enrollmentGroupId);
     const columns = {
       provisioning_status: group.provisioningStatus,
       attestation_type: group.attestation.type.toLowerCase(),
+      etag: group.etag,
       doc: JSON.stringify(group),
     };
-    await this.#db
-      .insertInto('enrollment_groups')
-      .values({ instance_id: instanceId, group_id_key: key, ...columns })
-      .onConflict((oc) => oc.columns(['instance_id', 'group_id_key']).doUpdateSet(columns))
-      .execute();
-    await this.#writeCertificates(instanceId, 'group', key, certificateThumbprints(group.attestation));
+    return this.#inTransaction(async (db) => {
+      if (expectedEtag !== undefined) {
+        const result = await db
+          .updateTable('enrollment_groups')
+          .set(columns)
+          .where('instance_id', '=', instanceId)
+          .where('group_id_key', '=', key)
+          .where('etag', '=', expectedEtag)
+          .executeTakeFirst();
+        if (!changed(result)) return false;
+      } else {
+        await db
+          .insertInto('enrollment_groups')
+          .values({ instance_id: instanceId, group_id_key: key, ...columns })
+          .onConflict((oc) => oc.columns(['instance_id', 'group_id_key']).doUpdateSet(columns))
+          .execute();
+      }
+      await this.#writeCertificates(db, instanceId, 'group', key, certificateThumbprints(group.attestation));
+      await bumpCounter(db, groupsCounter(instanceId));
+      return true;
+    });
   }
 
-  async deleteEnrollmentGroup(instanceId: string, groupId: string): Promise<boolean> {
+  async deleteEnrollmentGroup(instanceId: string, groupId: string, expectedEtag?: string): Promise<boolean> {
     const key = lower(groupId);
-    await this.#writeCertificates(instanceId, 'group', key, []);
-    const result = await this.#db
-      .deleteFrom('enrollment_groups')
-      .where('instance_id', '=', instanceId)
-      .where('group_id_key', '=', key)
-      .executeTakeFirst();
-    return result.numDeletedRows > 0n;
+    return this.#inTransaction(async (db) => {
+      let query = db.deleteFrom('enrollment_groups').where('instance_id', '=', instanceId).where('group_id_key', '=', key);
+      if (expectedEtag !== undefined) query = query.where('etag', '=', expectedEtag);
+      if (!changed(await query.executeTakeFirst())) return false;
+      await this.#writeCertificates(db, instanceId, 'group', key, []);
+      await bumpCounter(db, groupsCounter(instanceId));
+      return true;
+    });
   }
 
   async queryEnrollmentGroups(instanceId: string, query: ListQuery): Promise<Page<StoredEnrollmentGroup>> {
     return this.#page<StoredEnrollmentGroup>('enrollment_groups', instanceId, query);
   }
 
-  async #writeCertificates(instanceId: string, kind: 'individual' | 'group', key: string, thumbprints: string[]): Promise<void> {
-    await this.#db
+  async #writeCertificates(db: Db, instanceId: string, kind: 'individual' | 'group', key: string, thumbprints: string[]): Promise<void> {
+    await db
       .deleteFrom('enrollment_certificates')
       .where('instance_id', '=', instanceId)
       .where('owner_kind', '=', kind)
@@ -365,10 +469,17 @@ export class KyselyStore implements Store {
       .execute();
     if (thumbprints.length === 0) return;
     // Stored upper-case like findCertificateOwner looks them up, so the index never depends on the writer's casing.
-    await this.#db
-      .insertInto('enrollment_certificates')
-      .values([...new Set(thumbprints.map((thumbprint) => thumbprint.toUpperCase()))].map((sha256_thumbprint) => ({ instance_id: instanceId, sha256_thumbprint, owner_kind: kind, owner_key: key })))
-      .execute();
+    // The primary key (instance, thumbprint) is what makes "one certificate, one enrollment entry" hold when two
+    // nodes write at once: the second insert fails, and the whole write with it.
+    try {
+      await db
+        .insertInto('enrollment_certificates')
+        .values([...new Set(thumbprints.map((thumbprint) => thumbprint.toUpperCase()))].map((sha256_thumbprint) => ({ instance_id: instanceId, sha256_thumbprint, owner_kind: kind, owner_key: key })))
+        .execute();
+    } catch (error) {
+      if (!isUniqueViolation(error)) throw error;
+      throw new ProvisioningError('CertificateInUse', 'A certificate of this entry is already used by another enrollment entry; a certificate can be specified in only one enrollment entry.');
+    }
   }
 
   async findCertificateOwner(instanceId: string, sha256Thumbprint: string): Promise<{ kind: 'individual' | 'group'; id: string } | undefined> {
@@ -399,6 +510,7 @@ export class KyselyStore implements Store {
       group_id_key: lower(registration.enrollmentGroupId),
       status: registration.status,
       assigned_hub_key: lower(registration.assignedHub),
+      etag: registration.etag,
       doc: JSON.stringify(registration),
     };
     await this.#db
@@ -408,13 +520,10 @@ export class KyselyStore implements Store {
       .execute();
   }
 
-  async deleteRegistration(instanceId: string, registrationId: string): Promise<boolean> {
-    const result = await this.#db
-      .deleteFrom('registrations')
-      .where('instance_id', '=', instanceId)
-      .where('registration_id_key', '=', lower(registrationId))
-      .executeTakeFirst();
-    return result.numDeletedRows > 0n;
+  async deleteRegistration(instanceId: string, registrationId: string, expectedEtag?: string): Promise<boolean> {
+    let query = this.#db.deleteFrom('registrations').where('instance_id', '=', instanceId).where('registration_id_key', '=', lower(registrationId));
+    if (expectedEtag !== undefined) query = query.where('etag', '=', expectedEtag);
+    return changed(await query.executeTakeFirst());
   }
 
   async queryRegistrations(instanceId: string, query: ListQuery): Promise<Page<StoredRegistration>> {
@@ -516,7 +625,7 @@ export class KyselyStore implements Store {
     // Inside a transaction a checkpoint cannot run; the caller asks at the root.
     if (this.#root === undefined) return;
     // PostgreSQL: nothing to do here — dead tuples are reclaimed by VACUUM (docs/customer-data.md says what remains).
-    if (!(this.#root.getExecutor().adapter instanceof SqliteAdapter)) return;
+    if (this.#options.capabilities.name !== 'sqlite') return;
     // The WAL holds old page images that still contain erased rows; copy it back and cut it to zero bytes.
     await sql`PRAGMA wal_checkpoint(TRUNCATE)`.execute(this.#root);
   }
@@ -724,6 +833,68 @@ export class KyselyStore implements Store {
     return rows.map((row) => row.instance_id);
   }
 
+  // ---- state shared by every node
+
+  async takeRateToken(bucketKey: string, ratePerSecond: number, burst: number, nowMs: number): Promise<boolean> {
+    // One statement: a new bucket starts full; an existing one is refilled for the time since its last take (never
+    // negative, should node clocks disagree), capped at the burst, and loses a token only if it holds one.
+    const rate = sql<number>`cast(${ratePerSecond} as double precision)`;
+    const now = sql<number>`cast(${nowMs} as bigint)`;
+    const elapsed = sql<number>`(case when ${now} > rate_limits.at_ms then ${now} - rate_limits.at_ms else 0 end)`;
+    const refilled = sql<number>`(case when rate_limits.tokens + ${elapsed} * ${rate} / 1000.0 > ${burst} then cast(${burst} as double precision) else rate_limits.tokens + ${elapsed} * ${rate} / 1000.0 end)`;
+    const result = await this.#db
+      .insertInto('rate_limits')
+      .values({ bucket_key: bucketKey, tokens: burst - 1, at_ms: nowMs })
+      .onConflict((oc) =>
+        oc
+          .column('bucket_key')
+          .doUpdateSet({ tokens: sql<number>`${refilled} - 1`, at_ms: sql<number>`(case when ${now} > rate_limits.at_ms then ${now} else rate_limits.at_ms end)` })
+          .where(sql<boolean>`${refilled} >= 1`),
+      )
+      .executeTakeFirst();
+    return changed(result);
+  }
+
+  async claimLease(name: string, owner: string, ttlMs: number, nowMs: number): Promise<boolean> {
+    const result = await this.#db
+      .insertInto('leases')
+      .values({ name, owner, until_ms: nowMs + ttlMs })
+      .onConflict((oc) =>
+        oc
+          .column('name')
+          .doUpdateSet({ owner, until_ms: nowMs + ttlMs })
+          .where((eb) => eb.or([eb('leases.until_ms', '<', nowMs), eb('leases.owner', '=', owner)])),
+      )
+      .executeTakeFirst();
+    return changed(result);
+  }
+
+  async renewLease(name: string, owner: string, ttlMs: number, nowMs: number): Promise<boolean> {
+    const result = await this.#db.updateTable('leases').set({ until_ms: nowMs + ttlMs }).where('name', '=', name).where('owner', '=', owner).executeTakeFirst();
+    return changed(result);
+  }
+
+  async releaseLease(name: string, owner: string): Promise<void> {
+    await this.#db.deleteFrom('leases').where('name', '=', name).where('owner', '=', owner).execute();
+  }
+
+  async changeCounter(name: string): Promise<number> {
+    const row = await this.#db.selectFrom('change_counters').select('version').where('name', '=', name).executeTakeFirst();
+    return Number(row?.version ?? 0);
+  }
+
+  async withLock<T>(name: string, work: () => Promise<T>): Promise<T> {
+    return this.#options.withLock === undefined ? work() : this.#options.withLock(name, work);
+  }
+
+  async reclaimDeleted(tables: readonly StoreTable[]): Promise<void> {
+    if (!this.#options.capabilities.vacuumAfterErase || tables.length === 0) return;
+    // VACUUM cannot run inside a transaction block: always on the root connection pool. The names come from the
+    // StoreTable type, never from input.
+    const root = this.#root ?? this.#db;
+    await sql`vacuum ${sql.join([...new Set(tables)].map((table) => sql.table(table)))}`.execute(root);
+  }
+
   // ---- keyset paging with filters
 
   async #page<T>(table: QueriedTable, instanceId: string, query: ListQuery): Promise<Page<T>> {
@@ -772,6 +943,16 @@ function applyFilter<QB extends SelectQueryBuilder<Database, QueriedTable, { doc
       return builder.where(column, '>=', prefix as never).where(column, '<', `${prefix}\uffff` as never) as QB;
     }
   }
+}
+
+const groupsCounter = (instanceId: string): string => `groups/${instanceId}`;
+
+async function bumpCounter(db: Db, name: string): Promise<void> {
+  await db
+    .insertInto('change_counters')
+    .values({ name, version: 1 })
+    .onConflict((oc) => oc.column('name').doUpdateSet({ version: sql<number>`change_counters.version + 1` }))
+    .execute();
 }
 
 function auditRow(instanceId: string, event: AuditEvent): Database['audit_events'] {

@@ -1,4 +1,5 @@
-import { type Kysely, type Migration, type MigrationProvider } from 'kysely';
+import { sql, type Kysely, type Migration, type MigrationProvider } from 'kysely';
+import type { DialectCapabilities } from './dialects/dialect.js';
 
 /**
  * Migrations, in order. Only portable DDL (SQLite and PostgreSQL): text columns, composite primary keys, indexes.
@@ -221,6 +222,61 @@ const eraseFences: Migration = {
 };
 migrations['0007_erase_fences'] = eraseFences;
 
-export const migrationProvider: MigrationProvider = {
-  getMigrations: () => Promise.resolve(migrations),
-};
+/** Tables whose etag-guarded writes compare-and-swap on an `etag` column (the document's etag, pulled out). */
+const ETAG_TABLES = ['enrollments', 'enrollment_groups', 'registrations', 'ca_certificates'] as const;
+
+/**
+ * Several nodes on one database (issue 11): etag columns for compare-and-swap writes, instance names unique in the
+ * schema, shared rate-limit buckets, leases (data-request jobs, lifecycle-event delivery) and change counters that
+ * validate node caches. On PostgreSQL, every text column compares byte-wise (`COLLATE "C"`), as SQLite's do, so key
+ * order and prefix ranges never depend on the database's locale.
+ */
+function storeForNodes(capabilities: DialectCapabilities): Migration {
+  const postgres = capabilities.name === 'postgres';
+  // The one dialect difference in DDL: reading a JSON member of a text document.
+  const member = (name: string) => (postgres ? sql.raw(`(doc::jsonb ->> '${name}')`) : sql.raw(`json_extract(doc, '$.${name}')`));
+  return {
+    async up(db: Kysely<unknown>): Promise<void> {
+      for (const table of ETAG_TABLES) {
+        await db.schema.alterTable(table).addColumn('etag', 'text', (c) => c.notNull().defaultTo('')).execute();
+        await sql`update ${sql.table(table)} set etag = coalesce(${member('etag')}, '')`.execute(db);
+      }
+      await db.schema.alterTable('instances').addColumn('name_key', 'text', (c) => c.notNull().defaultTo('')).execute();
+      await sql`update instances set name_key = lower(coalesce(${member('name')}, id))`.execute(db);
+      await db.schema.createIndex('instances_name').on('instances').column('name_key').unique().execute();
+      await db.schema
+        .createTable('rate_limits')
+        .addColumn('bucket_key', 'text', (c) => c.primaryKey())
+        .addColumn('tokens', 'double precision', (c) => c.notNull())
+        .addColumn('at_ms', 'bigint', (c) => c.notNull())
+        .execute();
+      await db.schema
+        .createTable('leases')
+        .addColumn('name', 'text', (c) => c.primaryKey())
+        .addColumn('owner', 'text', (c) => c.notNull())
+        .addColumn('until_ms', 'bigint', (c) => c.notNull())
+        .execute();
+      await db.schema
+        .createTable('change_counters')
+        .addColumn('name', 'text', (c) => c.primaryKey())
+        .addColumn('version', 'bigint', (c) => c.notNull())
+        .execute();
+      if (postgres) {
+        // Last, so the columns added above are covered too.
+        const columns = await sql<{ table_name: string; column_name: string }>`
+          select table_name, column_name from information_schema.columns
+          where table_schema = current_schema() and data_type = 'text' and table_name not like 'kysely_%'`.execute(db);
+        for (const { table_name, column_name } of columns.rows) {
+          await sql`alter table ${sql.table(table_name)} alter column ${sql.ref(column_name)} type text collate "C"`.execute(db);
+        }
+      }
+    },
+  };
+}
+
+/** The migrations for one dialect (the list is the same; a migration may branch on a capability). */
+export function migrationProvider(capabilities: DialectCapabilities): MigrationProvider {
+  return {
+    getMigrations: () => Promise.resolve({ ...migrations, '0011_store_for_nodes': storeForNodes(capabilities) }),
+  };
+}

@@ -1,41 +1,74 @@
-import Database from 'better-sqlite3';
-import { mkdirSync } from 'node:fs';
-import { dirname } from 'node:path';
-import { Kysely, SqliteDialect } from 'kysely';
+import type { KyselyPlugin } from 'kysely';
+import { existsSync } from 'node:fs';
+import { sqliteFile, usesPostgres, type Config } from '../config/config.js';
+import type { OpenedDialect } from './dialects/dialect.js';
+import { openPostgresDialect } from './dialects/postgres.js';
+import { openSqliteDialect } from './dialects/sqlite.js';
+import { KyselyHubStore, type BuiltInHubStore } from './hub-store.js';
 import { KyselyStore } from './kysely-store.js';
-import type { Database as Schema } from './schema.js';
 import type { Store } from './store.js';
 
-/**
- * Opens the database the configuration names: the embedded SQLite file (WAL) by default, migrated. Only this file
- * and app.ts know which dialect is in use.
- */
-export async function openSqliteDatabase(file: string): Promise<Kysely<Schema>> {
-  if (file !== ':memory:') mkdirSync(dirname(file), { recursive: true });
-  const database = new Database(file);
-  // WAL: readers never wait for the writer; NORMAL sync is durable across application crashes in WAL mode.
-  database.pragma('journal_mode = WAL');
-  database.pragma('synchronous = NORMAL');
-  database.pragma('busy_timeout = 5000');
-  // Deleted rows are overwritten with zeros, so an erased device's bytes do not linger in free space inside pages
-  // (docs/customer-data.md "What remains"; its cost is measured in bench/README.md).
-  database.pragma('secure_delete = ON');
-  // Kysely prepares every statement anew; better-sqlite3 statements are reusable, so keep one per SQL text.
-  const statements = new Map<string, Database.Statement>();
-  const prepare = database.prepare.bind(database);
-  database.prepare = ((sql: string) => {
-    let statement = statements.get(sql);
-    if (statement === undefined) {
-      statement = prepare(sql);
-      if (statements.size < 2000) statements.set(sql, statement);
-    }
-    return statement;
-  }) as typeof database.prepare;
-  const db = new Kysely<Schema>({ dialect: new SqliteDialect({ database }) });
-  await KyselyStore.migrate(db);
-  return db;
+export interface OpenedStore {
+  store: Store;
+  hubStore: BuiltInHubStore;
+  /** The Kysely instance beneath both (operational counts and migration status read it directly). */
+  db: OpenedDialect['db'];
 }
 
+/**
+ * Opens and migrates the database the configuration names: the embedded SQLite file (WAL) by default, or a shared
+ * PostgreSQL database for several nodes. Only this file and the dialect adapters know which one is in use.
+ */
+export async function openStore(config: Config, onPoolError: (error: Error) => void = () => undefined, plugins: readonly KyselyPlugin[] = []): Promise<OpenedStore> {
+  if (usesPostgres(config)) {
+    return fromDialect(openPostgresDialect({ url: config.store, poolSize: config.storePoolSize, statementTimeoutMs: config.storeStatementTimeoutMs, onPoolError }), true, plugins);
+  }
+  return fromDialect(openSqliteDialect(sqliteFile(config)), true, plugins);
+}
+
+/**
+ * Opens the store to read only: no file, table or migration is created. Undefined when there is nothing to read
+ * (no SQLite file yet); a database without provisiond's tables fails on the first read.
+ */
+export async function openStoreReadOnly(config: Config): Promise<OpenedStore | undefined> {
+  if (usesPostgres(config)) {
+    const opened = openPostgresDialect({ url: config.store, poolSize: 1, statementTimeoutMs: config.storeStatementTimeoutMs, onPoolError: () => undefined });
+    return fromDialect(opened, false);
+  }
+  const file = sqliteFile(config);
+  if (!existsSync(file)) return undefined;
+  return fromDialect(openSqliteDialect(file, { readOnly: true }), false);
+}
+
+/** `plugins` (e.g. the metrics' query timer) wrap every query of the store and the hub store, not the migrations. */
+async function fromDialect(opened: OpenedDialect, migrate = true, plugins: readonly KyselyPlugin[] = []): Promise<OpenedStore> {
+  try {
+    if (migrate) await KyselyStore.migrate(opened.db, opened.capabilities);
+  } catch (error) {
+    await opened.close?.();
+    await opened.db.destroy();
+    throw error;
+  }
+  const db = plugins.reduce((current, plugin) => current.withPlugin(plugin), opened.db);
+  return {
+    db,
+    store: new KyselyStore(db, {
+      capabilities: opened.capabilities,
+      ...(opened.withLock === undefined ? {} : { withLock: opened.withLock }),
+      ...(opened.close === undefined ? {} : { close: opened.close }),
+    }),
+    hubStore: new KyselyHubStore(db),
+  };
+}
+
+/** Tests and tools: a migrated SQLite store on a file or `:memory:`. */
 export async function openSqliteStore(file: string): Promise<Store> {
-  return new KyselyStore(await openSqliteDatabase(file));
+  return (await fromDialect(openSqliteDialect(file))).store;
+}
+
+/** Tests: the SQLite Kysely instance, migrated (the built-in hub store's own tests). */
+export async function openSqliteDatabase(file: string): Promise<OpenedDialect['db']> {
+  const opened = openSqliteDialect(file);
+  await KyselyStore.migrate(opened.db, opened.capabilities);
+  return opened.db;
 }

@@ -1,14 +1,15 @@
 import { Migrator, type Kysely } from 'kysely';
 import { migrationProvider } from './migrations.js';
 import type { Database } from './schema.js';
+import type { DialectCapabilities } from './dialects/dialect.js';
 
 /**
  * Questions operators ask of the database, not the tenants: what migrations are still pending, how many data
  * requests are in which state, how deep the lifecycle-event outbox is. Read by /readyz and /metrics; one query each,
  * over any dialect.
  */
-export async function pendingMigrations(db: Kysely<Database>): Promise<string[]> {
-  const migrations = await new Migrator({ db, provider: migrationProvider }).getMigrations();
+export async function pendingMigrations(db: Kysely<Database>, capabilities: DialectCapabilities): Promise<string[]> {
+  const migrations = await new Migrator({ db, provider: migrationProvider(capabilities) }).getMigrations();
   return migrations.filter((migration) => migration.executedAt === undefined).map((migration) => migration.name);
 }
 

@@ -1,6 +1,6 @@
 /** Table shapes. Documents are JSON text; the columns queries need are pulled out, keys lower-cased. */
 export interface Database {
-  instances: { id: string; id_scope_key: string; doc: string };
+  instances: { id: string; id_scope_key: string; name_key: string; doc: string };
   instance_host_names: { host_name_key: string; instance_id: string };
   access_policies: { instance_id: string; name_key: string; doc: string };
   linked_hubs: { instance_id: string; name_key: string; doc: string };
@@ -10,6 +10,7 @@ export interface Database {
     device_id_key: string;
     provisioning_status: string;
     attestation_type: string;
+    etag: string;
     doc: string;
   };
   enrollment_groups: {
@@ -17,6 +18,7 @@ export interface Database {
     group_id_key: string;
     provisioning_status: string;
     attestation_type: string;
+    etag: string;
     doc: string;
   };
   enrollment_certificates: {
@@ -26,7 +28,7 @@ export interface Database {
     owner_key: string;
   };
   /** CA certificates of an instance (proof of possession); `sha256_thumbprint` upper-case. */
-  ca_certificates: { instance_id: string; name_key: string; sha256_thumbprint: string; doc: string };
+  ca_certificates: { instance_id: string; name_key: string; sha256_thumbprint: string; etag: string; doc: string };
   audit_events: {
     instance_id: string;
     event_id: string;
@@ -58,10 +60,17 @@ export interface Database {
     group_id_key: string;
     status: string;
     assigned_hub_key: string;
+    etag: string;
     doc: string;
   };
   /** Built-in hubs (hubs/built-in-hubs.ts): the record, by lower-cased host name. */
   built_in_hubs: { name_key: string; doc: string };
   /** Built-in hub devices: identity + twin in one document; `revision` guards compare-and-swap writes. */
   hub_devices: { hub_key: string; device_id_key: string; status: string; revision: string; doc: string };
+  /** Token buckets shared by every node (rate limits). */
+  rate_limits: { bucket_key: string; tokens: number; at_ms: number | string };
+  /** Named leases: who works on something (a data-request job, an instance's event delivery) and until when. */
+  leases: { name: string; owner: string; until_ms: number | string };
+  /** Counters bumped by writes that node caches depend on (an instance's enrollment groups). */
+  change_counters: { name: string; version: number | string };
 }

@@ -1,6 +1,7 @@
 import type { StoredEnrollment, StoredEnrollmentGroup, JsonMap } from '../domain/enrollment.js';
 import type { Filter } from '../domain/query.js';
 import type { AllocationPolicy, RegistrationStatus, Substatus, X509CertificateInfo } from '../domain/wire.js';
+import type { DialectCapabilities } from './dialects/dialect.js';
 
 /**
  * The Store: everything provisiond keeps. One implementation over Kysely serves every dialect; the contract suite in
@@ -211,6 +212,8 @@ export const GROUP_FIELDS = ['enrollmentGroupId', 'provisioningStatus', 'attesta
 export const REGISTRATION_FIELDS = ['registrationId', 'deviceId', 'status', 'assignedHub', 'enrollmentGroupId'] as const;
 
 export interface Store {
+  /** What the database under the store can do (dialects/*.ts). */
+  readonly capabilities: DialectCapabilities;
   /** Runs `work` atomically; inside it, use the store it is given. */
   transaction<T>(work: (store: Store) => Promise<T>): Promise<T>;
   close(): Promise<void>;
@@ -234,13 +237,19 @@ export interface Store {
   deleteLinkedHub(instanceId: string, name: string): Promise<boolean>;
 
   getEnrollment(instanceId: string, registrationId: string): Promise<StoredEnrollment | undefined>;
-  putEnrollment(instanceId: string, enrollment: StoredEnrollment): Promise<void>;
-  deleteEnrollment(instanceId: string, registrationId: string): Promise<boolean>;
+  /**
+   * Etag-guarded writes: with `expectedEtag`, the write is one conditional statement that succeeds only while the
+   * stored etag is still that one (compare-and-swap), and answers false when another write came first or the entry
+   * is gone. Without it, put creates or replaces (true) and delete answers whether something was deleted.
+   */
+  putEnrollment(instanceId: string, enrollment: StoredEnrollment, expectedEtag?: string): Promise<boolean>;
+  deleteEnrollment(instanceId: string, registrationId: string, expectedEtag?: string): Promise<boolean>;
   queryEnrollments(instanceId: string, query: ListQuery): Promise<Page<StoredEnrollment>>;
 
   getEnrollmentGroup(instanceId: string, groupId: string): Promise<StoredEnrollmentGroup | undefined>;
-  putEnrollmentGroup(instanceId: string, group: StoredEnrollmentGroup): Promise<void>;
-  deleteEnrollmentGroup(instanceId: string, groupId: string): Promise<boolean>;
+  /** Etag-guarded like putEnrollment; also bumps the instance's `groups` change counter (node caches). */
+  putEnrollmentGroup(instanceId: string, group: StoredEnrollmentGroup, expectedEtag?: string): Promise<boolean>;
+  deleteEnrollmentGroup(instanceId: string, groupId: string, expectedEtag?: string): Promise<boolean>;
   queryEnrollmentGroups(instanceId: string, query: ListQuery): Promise<Page<StoredEnrollmentGroup>>;
 
   /** Which enrollment entry, if any, already names this certificate (sha256 thumbprint). */
@@ -251,12 +260,12 @@ export interface Store {
   /** Which CA certificate of the instance, if any, is this certificate (sha256 thumbprint, any case). */
   findCaCertificateByThumbprint(instanceId: string, sha256Thumbprint: string): Promise<CaCertificateRecord | undefined>;
   /** Creates or replaces by name (any case). */
-  putCaCertificate(instanceId: string, certificate: CaCertificateRecord): Promise<void>;
-  deleteCaCertificate(instanceId: string, name: string): Promise<boolean>;
+  putCaCertificate(instanceId: string, certificate: CaCertificateRecord, expectedEtag?: string): Promise<boolean>;
+  deleteCaCertificate(instanceId: string, name: string, expectedEtag?: string): Promise<boolean>;
 
   getRegistration(instanceId: string, registrationId: string): Promise<StoredRegistration | undefined>;
   putRegistration(instanceId: string, registration: StoredRegistration): Promise<void>;
-  deleteRegistration(instanceId: string, registrationId: string): Promise<boolean>;
+  deleteRegistration(instanceId: string, registrationId: string, expectedEtag?: string): Promise<boolean>;
   queryRegistrations(instanceId: string, query: ListQuery): Promise<Page<StoredRegistration>>;
   /** Deletes the records of every device registered through the group; returns how many. */
   deleteRegistrationsOfGroup(instanceId: string, groupId: string): Promise<number>;
@@ -307,6 +316,43 @@ export interface Store {
   reclaimErasedSpace(): Promise<void>;
   /** Deletes operations last updated before the given time; returns how many. */
   deleteOperationsBefore(cutoffUtc: string): Promise<number>;
+
+  // ---- state shared by every node on the database
+
+  /**
+   * Takes one token from a shared token bucket (created full with `burst` tokens, refilled at `ratePerSecond`), in
+   * one statement; false when the bucket holds less than one token. `nowMs` is the caller's clock.
+   */
+  takeRateToken(bucketKey: string, ratePerSecond: number, burst: number, nowMs: number): Promise<boolean>;
+  /** Takes the named lease for `owner` until `nowMs + ttlMs` if it is free, expired or already `owner`'s. */
+  claimLease(name: string, owner: string, ttlMs: number, nowMs: number): Promise<boolean>;
+  /** Extends a lease `owner` holds; false when it lost it (expired and taken by another). */
+  renewLease(name: string, owner: string, ttlMs: number, nowMs: number): Promise<boolean>;
+  releaseLease(name: string, owner: string): Promise<void>;
+  /** A counter that writes bump (e.g. `groups/<instanceId>`); 0 when never bumped. */
+  changeCounter(name: string): Promise<number>;
+  /**
+   * Runs `work` while holding the named lock against every node on the database (PostgreSQL advisory lock). On a
+   * single-writer dialect there is no other node, and `work` just runs: callers serialize within their process.
+   */
+  withLock<T>(name: string, work: () => Promise<T>): Promise<T>;
+  /**
+   * After an erase: reclaims the space of deleted rows in these tables so their old versions leave the table
+   * files (PostgreSQL VACUUM). A no-op where deleted rows leave nothing behind (see DialectCapabilities).
+   */
+  reclaimDeleted(tables: readonly StoreTable[]): Promise<void>;
 }
+
+/** Tables an erase may name to reclaimDeleted. */
+export type StoreTable =
+  | 'enrollments'
+  | 'enrollment_groups'
+  | 'enrollment_certificates'
+  | 'registrations'
+  | 'operations'
+  | 'audit_events'
+  | 'data_requests'
+  | 'event_outbox'
+  | 'hub_devices';
 
 export const DATA_REQUEST_FIELDS = ['type', 'status'] as const;

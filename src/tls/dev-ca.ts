@@ -1,4 +1,4 @@
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createRootCertificate, type CertificateAndKey } from './x509-issuer.js';
 
@@ -15,6 +15,13 @@ export interface TlsMaterial {
   key: string;
 }
 
+/** Write then rename: a reader (or a crash) never sees half a key or certificate. */
+function writeAtomically(path: string, text: string, mode = 0o644): void {
+  const temporary = `${path}.${process.pid}.tmp`;
+  writeFileSync(temporary, text, { mode });
+  renameSync(temporary, path);
+}
+
 export async function ensureDevCa(tlsDir: string): Promise<CertificateAndKey> {
   mkdirSync(tlsDir, { recursive: true, mode: 0o700 });
   const caPath = join(tlsDir, 'ca.pem');
@@ -23,7 +30,7 @@ export async function ensureDevCa(tlsDir: string): Promise<CertificateAndKey> {
     return { certPem: readFileSync(caPath, 'utf8'), keyPem: readFileSync(caKeyPath, 'utf8') };
   }
   const ca = await createRootCertificate({ commonName: 'provisiond development CA', days: 3650 });
-  writeFileSync(caKeyPath, ca.keyPem, { mode: 0o600 });
-  writeFileSync(caPath, ca.certPem);
+  writeAtomically(caKeyPath, ca.keyPem, 0o600);
+  writeAtomically(caPath, ca.certPem);
   return ca;
 }

@@ -73,6 +73,20 @@ export async function loadServerCertificate(options: ServerCertificateOptions, n
   return served('devCa', certPath, keyPath, options, now, { caPath: join(dir, 'ca.pem'), ca: ca.certPem });
 }
 
+/**
+ * What `provisiond info` says about the served certificate, read without creating or renewing anything (a running
+ * server may hold the data directory): the operator's file, else the one in `<dataDir>/tls/`.
+ */
+export function describeServerCertificate(options: ServerCertificateOptions): { source: CertificateSource; path: string; subject: string; issuer: string; validTo: string } {
+  const dir = join(options.dataDir, 'tls');
+  const certPath = options.tlsCertFile ?? join(dir, 'server.pem');
+  const source: CertificateSource =
+    options.tlsCertFile !== undefined || (existsSync(certPath) && !issuedByUs(certPath, join(dir, ISSUED_MARKER), dir)) ? 'operator' : 'devCa';
+  if (!existsSync(certPath)) return { source, path: certPath, subject: '', issuer: '', validTo: '' };
+  const leaf = new X509Certificate(readFileSync(certPath, 'utf8'));
+  return { source, path: certPath, subject: leaf.subject.replaceAll('\n', ', '), issuer: leaf.issuer.replaceAll('\n', ', '), validTo: new Date(leaf.validTo).toISOString() };
+}
+
 function served(
   source: CertificateSource,
   certPath: string,

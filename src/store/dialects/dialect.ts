@@ -1,0 +1,31 @@
+import type { Kysely } from 'kysely';
+import type { Database } from '../schema.js';
+
+/**
+ * What the store needs to know about the database under it. Everything else is the same Kysely code on both
+ * dialects; each flag names one real difference, and the adapter that sets it says why.
+ */
+export interface DialectCapabilities {
+  name: 'sqlite' | 'postgres';
+  /**
+   * One writer at a time, in this process only (SQLite behind one connection). Transactions never interleave, so a
+   * read-then-write inside one is already serialized; cross-process locks are neither needed nor available.
+   */
+  singleWriter: boolean;
+  /** Session-level advisory locks (PostgreSQL `pg_advisory_lock`) that serialize work across nodes. */
+  advisoryLocks: boolean;
+  /**
+   * Dead row versions of deleted rows stay in table pages until VACUUM (PostgreSQL MVCC). SQLite overwrites freed
+   * pages itself (`secure_delete`, issue 8), so it needs nothing after an erase.
+   */
+  vacuumAfterErase: boolean;
+}
+
+export interface OpenedDialect {
+  db: Kysely<Database>;
+  capabilities: DialectCapabilities;
+  /** Cross-node named locks, where the dialect has them. */
+  withLock?: <T>(name: string, work: () => Promise<T>) => Promise<T>;
+  /** Closes what the adapter opened besides `db`. */
+  close?: () => Promise<void>;
+}

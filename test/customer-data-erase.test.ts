@@ -77,7 +77,7 @@ async function leftovers(ids: { registrationId: string; deviceId: string }, sinc
 }
 
 before(async () => {
-  server = await startServer({ hostNames: HUB_HOST_NAMES, listenHost: '0.0.0.0', dataRequestWaitMs: 0, registrationsPerSecond: 0, pollsPerSecondPerDevice: 0 });
+  server = await startServer({ hostNames: HUB_HOST_NAMES, listenHost: '0.0.0.0', dataRequestWaitMs: 0, registrationsPerSecond: 0, pollsPerSecondPerDevice: 0, refusedAttemptsPerSecondPerSource: 0 });
   idScope = server.info.idScope;
   instanceId = (await server.app.store.listInstances())[0]?.id as string;
   await linkHub(server, '127.0.0.2', { builtIn: true, applyAllocationPolicy: false });

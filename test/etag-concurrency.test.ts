@@ -24,6 +24,8 @@ const unpatched = new Map<string, unknown>();
 before(async () => {
   const prototype = KyselyStore.prototype as unknown as Record<string, unknown>;
   for (const name of Object.getOwnPropertyNames(prototype)) {
+    // Getters (the store's capabilities) are left alone: only methods are patched.
+    if (Object.getOwnPropertyDescriptor(prototype, name)?.get !== undefined) continue;
     const method = prototype[name];
     if (name === 'constructor' || name === 'transaction' || name === 'close' || typeof method !== 'function') continue;
     unpatched.set(name, method);

@@ -76,10 +76,6 @@ test('npm pack holds only what runs; the tarball installed in an empty directory
   copyFileSync(join(CA_DIR, 'ca.key'), join(dataDir, 'tls', 'ca.key'));
   const env = { ...process.env, npm_config_offline: 'true' };
 
-  const info = JSON.parse((await run('npx', ['provisiond', 'info', '--data-dir', dataDir, '--json'], { cwd: app, env })).stdout) as Record<string, unknown>;
-  assert.match(String(info.idScope), /^0ne[0-9A-F]{8}$/);
-  assert.equal(info.caCertificatePath, join(dataDir, 'tls', 'ca.pem'));
-
   server = spawn('npx', ['provisiond', 'serve', '--data-dir', dataDir, '--listen-host', '127.0.0.1', '--log-level', 'warn'], {
     cwd: app,
     env,
@@ -88,13 +84,19 @@ test('npm pack holds only what runs; the tarball installed in an empty directory
   });
   const banner = await new Promise<string>((resolve, reject) => {
     let output = '';
-    server?.stdout?.on('data', (chunk: Buffer) => {
+    // The banner is on stderr; stdout carries the JSON log.
+    const read = (chunk: Buffer) => {
       output += chunk.toString();
       if (/portal:.*\n/.test(output)) resolve(output);
-    });
-    server?.stderr?.on('data', (chunk: Buffer) => (output += chunk.toString()));
+    };
+    server?.stdout?.on('data', read);
+    server?.stderr?.on('data', read);
     server?.once('exit', (code) => reject(new Error(`provisiond serve exited (${code}): ${output}`)));
   });
+  // `info` reads what the running server created, beside it.
+  const info = JSON.parse((await run('npx', ['provisiond', 'info', '--data-dir', dataDir, '--json'], { cwd: app, env })).stdout) as Record<string, unknown>;
+  assert.match(String(info.idScope), /^0ne[0-9A-F]{8}$/);
+  assert.equal(info.caCertificatePath, join(dataDir, 'tls', 'ca.pem'));
   assert.ok(banner.includes(`ID scope:                   ${String(info.idScope)}`));
   assert.deepEqual((await call('GET', '/healthz')).body, { status: 'ok' });
   // The portal comes from the package's web/dist, not the "not built" page.

@@ -36,14 +36,15 @@ const serveFlags = (dir: string) => ['--data-dir', dir, '--listen-host', '127.0.
 function started(child: ChildProcess): Promise<string> {
   children.push(child);
   let output = '';
-  let errors = '';
-  child.stderr?.on('data', (chunk: Buffer) => (errors += chunk.toString()));
   return new Promise((resolve, reject) => {
-    child.stdout?.on('data', (chunk: Buffer) => {
+    // The banner is on stderr; stdout carries the JSON log.
+    const read = (chunk: Buffer) => {
       output += chunk.toString();
       if (/portal:.*\n/.test(output)) resolve(output);
-    });
-    child.once('exit', (code) => reject(new Error(`provisiond exited (${code}) before it was up: ${output}${errors}`)));
+    };
+    child.stdout?.on('data', read);
+    child.stderr?.on('data', read);
+    child.once('exit', (code) => reject(new Error(`provisiond exited (${code}) before it was up: ${output}`)));
   });
 }
 

@@ -99,11 +99,12 @@ async function serve(): Promise<string> {
   child = spawn(
     process.execPath,
     ['--import', 'tsx', 'src/main.ts', 'serve', '--data-dir', dataDir, '--https-port', '443', '--listen-host', '127.0.0.1', '--log-level', 'warn', '--no-mqtt', '--no-amqp'],
-    { env: { ...process.env, PROVISIOND_REGISTRATION_WAIT_MS: '0' }, stdio: ['ignore', 'pipe', 'inherit'] },
+    // The banner is on stderr (stdout carries the JSON log, quiet at level warn).
+    { env: { ...process.env, PROVISIOND_REGISTRATION_WAIT_MS: '0' }, stdio: ['ignore', 'ignore', 'pipe'] },
   );
   let output = '';
   await new Promise<void>((resolve, reject) => {
-    child?.stdout?.on('data', (chunk: Buffer) => {
+    child?.stderr?.on('data', (chunk: Buffer) => {
       output += chunk.toString();
       if (output.includes('portal:')) resolve();
     });

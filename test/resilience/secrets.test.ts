@@ -162,7 +162,10 @@ test('no secret in any read answer or anywhere in the log; the owner key is prin
   assert.ok(!secondBanner.includes(ownerKey), 'a restart does not print the owner key');
   await stop();
   const info = await new Promise<string>((resolve, reject) => {
-    const run = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts', 'info', ...ARGS, '--log-level', 'silent'], { stdio: ['ignore', 'pipe', 'inherit'] });
+    // `info` takes only the options that change what it prints (not --listen-host or --log-level; it logs nothing).
+    const run = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts', 'info', '--data-dir', dataDir, '--https-port', '443', '--no-mqtt', '--no-amqp'], {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
     let text = '';
     run.stdout.on('data', (chunk: Buffer) => (text += chunk.toString()));
     run.once('exit', (code) => (code === 0 ? resolve(text) : reject(new Error(`info exited ${code}`))));

@@ -1,5 +1,4 @@
 import type { Command } from 'commander';
-import { loadConfig, sqliteFile } from '../../config/config.js';
 import type { CliIo } from '../program.js';
 
 /**
@@ -28,6 +27,8 @@ export function registerBackupCommands(program: Command, io: CliIo, version: str
     .option('--store <store>', "'sqlite' (default) or the SQLite file path the server uses")
     .option('--json', 'print the manifest as JSON')
     .action(async (flags: BackupFlags) => {
+      // The config schema library loads only when a backup runs, so every other command starts fast.
+      const { loadConfig, sqliteFile } = await import('../../config/config.js');
       const config = loadConfig({ env: io.env, flags: { dataDir: flags.dataDir, store: flags.store } });
       if (/^postgres(ql)?:\/\//.test(config.store)) {
         throw new Error('the store is PostgreSQL: dump the database with pg_dump and copy the data directory (its keys) as docs/operations.md says');

@@ -121,17 +121,7 @@ export class RegistrationService {
       observe('refused', request.credential.kind === 'x509' ? 'x509' : 'symmetricKey', error instanceof ProvisioningError ? error.errorCode : undefined);
       // A refused attempt is logged with why, so a tenant can tell a wrong key from a throttled device.
       if (error instanceof ProvisioningError && instance !== undefined) {
-        await this.#deps.audit?.record(instance.id, {
-          kind: 'registration',
-          operation: 'register',
-          actor: 'device',
-          subject: { registrationId: request.registrationId },
-          outcome: 'failure',
-          errorCode: error.errorCode,
-          reason: error.errorName === 'Unauthorized' ? await refusalReason(this.#deps.store, instance, request, this.#deps.now()) : error.message,
-          transport: request.transport,
-          attestationType: request.credential.kind === 'sas' ? 'symmetricKey' : request.credential.kind,
-        });
+        await this.#logRefusal(instance, request, error, 'register');
       }
       throw error;
     }
@@ -234,20 +224,25 @@ export class RegistrationService {
       // source already over its refusal budget (429) is not: logging it would hand a flood the write it was denied.
       const instance = error instanceof ProvisioningError && error.httpStatus !== 429 ? await this.#deps.store.findInstanceByIdScope(request.idScope) : undefined;
       if (error instanceof ProvisioningError && instance !== undefined) {
-        await this.#deps.audit?.record(instance.id, {
-          kind: 'registration',
-          operation: 'signIn',
-          actor: 'device',
-          subject: { registrationId: request.registrationId },
-          outcome: 'failure',
-          errorCode: error.errorCode,
-          reason: error.errorName === 'Unauthorized' ? await refusalReason(this.#deps.store, instance, request, this.#deps.now()) : error.message,
-          transport: request.transport,
-          attestationType: request.credential.kind === 'sas' ? 'symmetricKey' : request.credential.kind,
-        });
+        await this.#logRefusal(instance, request, error, 'signIn');
       }
       throw error;
     }
+  }
+
+  /** A refused attempt goes in the system log with why (a wrong key, no enrollment, …); the wire says only 401002. */
+  async #logRefusal(instance: InstanceRecord, request: DeviceRequest, error: ProvisioningError, operation: 'register' | 'signIn'): Promise<void> {
+    await this.#deps.audit?.record(instance.id, {
+      kind: 'registration',
+      operation,
+      actor: 'device',
+      subject: { registrationId: request.registrationId },
+      outcome: 'failure',
+      errorCode: error.errorCode,
+      reason: error.errorName === 'Unauthorized' ? await refusalReason(this.#deps.store, instance, request, this.#deps.now()) : error.message,
+      transport: request.transport,
+      attestationType: request.credential.kind === 'sas' ? 'symmetricKey' : request.credential.kind,
+    });
   }
 
   /**

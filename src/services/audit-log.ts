@@ -1,7 +1,9 @@
 import { randomBytes } from 'node:crypto';
 import type { FastifyBaseLogger } from 'fastify';
+import { auditClassOf } from '../domain/audit-class.js';
+import type { JsonMap } from '../domain/enrollment.js';
 import { dpsTimestamp } from '../domain/time.js';
-import type { AuditEvent, AuditQuery, InstanceRecord, Page } from '../store/store.js';
+import type { AuditEvent, AuditQuery, InstanceRecord, Page, Store } from '../store/store.js';
 import { probeOfEvent, pseudonymizedEvent } from './customer-data/erase-fence.js';
 import type { ServiceDeps } from './deps.js';
 
@@ -9,11 +11,22 @@ import type { ServiceDeps } from './deps.js';
  * The system log: every service call, registration attempt, hub write, webhook exchange and data request, stored
  * per instance and queryable by the tenant. Recording never fails the operation it records (a failed write is
  * logged). No secret goes in: callers pass IDs, names, codes and reasons, never keys or tokens.
+ *
+ * Each event is an access or a change (src/domain/audit-class.ts). Changes are all kept, one event each. An
+ * operator's reads are folded so the console does not fill the log with itself (docs/customer-data.md "The system
+ * log"): a read by the same policy from the same address, within {@link ACCESS_FOLD_MS} of its previous read of the
+ * same subject, with nothing else logged about that subject in between, is counted in that event
+ * (`details.repeats`, `details.lastTimeUtc`, `details.alsoRead`) instead of written anew; for reads that name no
+ * subject, the same holds per operation. Who read a device's data, and when, stays recorded.
  */
 export type AuditInput = Omit<AuditEvent, 'eventId' | 'timeUtc'>;
 
 export const DEFAULT_AUDIT_RETENTION_DAYS = 90;
 const DAY_MS = 86_400_000;
+/** How long a reader's repeated reads of one subject fold into one event. */
+export const ACCESS_FOLD_MS = 60_000;
+/** How many of a reader's recent access events a read with no subject looks through for one to fold into. */
+const FOLD_LOOKBACK = 20;
 
 let lastId = { ms: 0, sequence: 0 };
 
@@ -30,6 +43,11 @@ export function newEventId(now: Date): string {
 export class AuditLog {
   readonly #deps: ServiceDeps;
   readonly #logger: FastifyBaseLogger;
+  /**
+   * Folding reads looks up, then writes: reads of one instance are recorded one at a time on this node, so the
+   * portal's parallel requests of one page view fold into one event. (Two nodes may each write one; nothing is lost.)
+   */
+  readonly #foldQueues = new Map<string, Promise<void>>();
 
   constructor(deps: ServiceDeps, logger: FastifyBaseLogger) {
     this.#deps = deps;
@@ -39,20 +57,32 @@ export class AuditLog {
   /** The event, stamped now; for callers that write it inside their own transaction. */
   event(input: AuditInput): AuditEvent {
     const now = this.#deps.now();
-    return { eventId: newEventId(now), timeUtc: dpsTimestamp(now), ...input };
+    return { eventId: newEventId(now), timeUtc: dpsTimestamp(now), ...input, class: input.class ?? auditClassOf(input) };
   }
 
   async record(instanceId: string, input: AuditInput): Promise<void> {
     const event = this.event(input);
+    if (!foldable(event)) return this.#write(instanceId, event);
+    const previous = this.#foldQueues.get(instanceId) ?? Promise.resolve();
+    const next = previous.then(() => this.#write(instanceId, event));
+    this.#foldQueues.set(instanceId, next);
+    await next;
+    if (this.#foldQueues.get(instanceId) === next) this.#foldQueues.delete(instanceId);
+  }
+
+  async #write(instanceId: string, event: AuditEvent): Promise<void> {
     try {
-      // An event about a subject an erase has fenced is written already pseudonymized, so nothing the erase has
-      // cleaned can reappear in the log while it runs (docs/customer-data.md "The erase fence").
       await this.#deps.store.transaction(async (store) => {
+        // An event about a subject an erase has fenced is written already pseudonymized, so nothing the erase has
+        // cleaned can reappear in the log while it runs (docs/customer-data.md "The erase fence").
         const fence = await store.findEraseFence(instanceId, probeOfEvent(event.subject));
-        await store.appendAuditEvent(instanceId, fence === undefined ? event : pseudonymizedEvent(event, fence.subjectHash));
+        if (fence !== undefined) return store.appendAuditEvent(instanceId, pseudonymizedEvent(event, fence.subjectHash));
+        const into = foldable(event) ? await foldTarget(store, instanceId, event) : undefined;
+        if (into === undefined) return store.appendAuditEvent(instanceId, event);
+        return store.replaceAuditEvents(instanceId, [folded(into, event)]);
       });
     } catch (error) {
-      this.#logger.error({ err: error, kind: input.kind, operation: input.operation }, 'could not write an audit event');
+      this.#logger.error({ err: error, kind: event.kind, operation: event.operation }, 'could not write an audit event');
     }
   }
 
@@ -70,4 +100,39 @@ export class AuditLog {
     }
     return purged;
   }
+}
+
+/** An operator's successful or not-found read: the events that fold. A failed read (refused, invalid) never does. */
+function foldable(event: AuditEvent): boolean {
+  return event.kind === 'serviceApi' && event.class === 'access' && event.outcome !== 'failure';
+}
+
+const subjectIdOf = (event: AuditEvent): string | undefined => event.subject.registrationId ?? event.subject.deviceId ?? event.subject.enrollmentGroupId;
+
+/** The reader's earlier event this read folds into, if any (see {@link AuditLog}). */
+async function foldTarget(store: Store, instanceId: string, event: AuditEvent): Promise<AuditEvent | undefined> {
+  const since = dpsTimestamp(new Date(Date.parse(event.timeUtc) - ACCESS_FOLD_MS));
+  const sameReader = (candidate: AuditEvent): boolean =>
+    foldable(candidate) && candidate.actor === event.actor && candidate.source === event.source && candidate.timeUtc >= since;
+  const subject = subjectIdOf(event);
+  if (subject !== undefined) {
+    // The newest event about the subject, whoever wrote it: a change or another reader in between starts a new event.
+    const [newest] = (await store.queryAuditEvents(instanceId, { subject, limit: 1 })).items;
+    return newest !== undefined && sameReader(newest) ? newest : undefined;
+  }
+  const recent = await store.queryAuditEvents(instanceId, { actor: event.actor, eventClass: 'access', from: since, limit: FOLD_LOOKBACK });
+  return recent.items.find((candidate) => sameReader(candidate) && candidate.operation === event.operation && subjectIdOf(candidate) === undefined);
+}
+
+/** The earlier event, counting one more read: how many, until when, and which other reads (with how they ended). */
+function folded(into: AuditEvent, read: AuditEvent): AuditEvent {
+  const details: JsonMap = { ...into.details };
+  const repeats = typeof details.repeats === 'number' ? details.repeats : 0;
+  const alsoRead = Array.isArray(details.alsoRead) ? (details.alsoRead as JsonMap[]) : [];
+  const same = (entry: { operation?: unknown; outcome?: unknown }) => entry.operation === read.operation && entry.outcome === read.outcome;
+  if (!same(into) && !alsoRead.some(same)) alsoRead.push({ operation: read.operation, outcome: read.outcome });
+  details.repeats = repeats + 1;
+  details.lastTimeUtc = read.timeUtc;
+  if (alsoRead.length > 0) details.alsoRead = alsoRead;
+  return { ...into, details };
 }

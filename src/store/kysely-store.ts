@@ -1,5 +1,6 @@
 import { Kysely, Migrator, sql, type SelectQueryBuilder, type Transaction } from 'kysely';
 import { ProvisioningError } from '../domain/errors.js';
+import { auditClassOf, type AuditClass, type AuditOutcome } from '../domain/audit-class.js';
 import type { DialectCapabilities } from './dialects/dialect.js';
 import { SQLITE_CAPABILITIES } from './dialects/sqlite.js';
 import type { StoredEnrollment, StoredEnrollmentGroup } from '../domain/enrollment.js';
@@ -681,7 +682,7 @@ export class KyselyStore implements Store {
   }
 
   async queryAuditEvents(instanceId: string, query: AuditQuery): Promise<Page<AuditEvent>> {
-    let builder = this.#db.selectFrom('audit_events').select(['doc', 'event_id']).where('instance_id', '=', instanceId);
+    let builder = this.#db.selectFrom('audit_events').select(['doc', 'event_id', 'event_class', 'outcome']).where('instance_id', '=', instanceId);
     if (query.subject !== undefined) {
       const key = lower(query.subject);
       builder = builder.where((eb) => eb.or([eb('registration_id_key', '=', key), eb('device_id_key', '=', key), eb('group_id_key', '=', key)]));
@@ -691,11 +692,12 @@ export class KyselyStore implements Store {
     if (query.actor !== undefined) builder = builder.where('actor', '=', query.actor);
     if (query.outcome !== undefined) builder = builder.where('outcome', '=', query.outcome);
     if (query.kind !== undefined) builder = builder.where('kind', '=', query.kind);
+    if (query.eventClass !== undefined) builder = builder.where('event_class', '=', query.eventClass);
     if (query.beforeKey !== undefined) builder = builder.where('event_id', '<', query.beforeKey);
     const rows = await builder.orderBy('event_id', 'desc').limit(query.limit + 1).execute();
     const more = rows.length > query.limit;
     const page = more ? rows.slice(0, query.limit) : rows;
-    return { items: page.map((row) => parse<AuditEvent>(row.doc)), nextKey: more ? page.at(-1)?.event_id : undefined };
+    return { items: page.map(auditEventOf), nextKey: more ? page.at(-1)?.event_id : undefined };
   }
 
   async findAuditEventsAbout(
@@ -717,11 +719,11 @@ export class KyselyStore implements Store {
       for (let i = 0; i < values.length; i += 500) {
         const rows = await this.#db
           .selectFrom('audit_events')
-          .select(['event_id', 'doc'])
+          .select(['event_id', 'doc', 'event_class', 'outcome'])
           .where('instance_id', '=', instanceId)
           .where(column, 'in', values.slice(i, i + 500))
           .execute();
-        for (const row of rows) found.set(row.event_id, parse<AuditEvent>(row.doc));
+        for (const row of rows) found.set(row.event_id, auditEventOf(row));
       }
     }
     return [...found.values()].sort((a, b) => a.eventId.localeCompare(b.eventId));
@@ -737,6 +739,8 @@ export class KyselyStore implements Store {
           device_id_key: row.device_id_key,
           group_id_key: row.group_id_key,
           actor: row.actor,
+          outcome: row.outcome,
+          event_class: row.event_class,
           doc: row.doc,
         })
         .where('instance_id', '=', instanceId)
@@ -956,6 +960,7 @@ async function bumpCounter(db: Db, name: string): Promise<void> {
 }
 
 function auditRow(instanceId: string, event: AuditEvent): Database['audit_events'] {
+  const eventClass = event.class ?? auditClassOf(event);
   return {
     instance_id: instanceId,
     event_id: event.eventId,
@@ -963,11 +968,21 @@ function auditRow(instanceId: string, event: AuditEvent): Database['audit_events
     kind: event.kind,
     actor: event.actor,
     outcome: event.outcome,
+    event_class: eventClass,
     registration_id_key: lower(event.subject.registrationId),
     device_id_key: lower(event.subject.deviceId),
     group_id_key: lower(event.subject.enrollmentGroupId),
-    doc: JSON.stringify(event),
+    doc: JSON.stringify({ ...event, class: eventClass }),
   };
+}
+
+/**
+ * The stored event, with its class and outcome from their columns: migration 0015 classified the events written
+ * before classes existed (and made their not-found reads neutral) in the columns only, not in each document.
+ */
+function auditEventOf(row: { doc: string; event_class: string; outcome: string }): AuditEvent {
+  const event = parse<AuditEvent>(row.doc);
+  return { ...event, class: row.event_class as AuditClass, outcome: row.outcome as AuditOutcome };
 }
 
 function dataRequestOf(row: Database['data_requests']): DataRequestRecord {

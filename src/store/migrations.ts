@@ -1,4 +1,5 @@
 import { sql, type Kysely, type Migration, type MigrationProvider } from 'kysely';
+import { auditClassOf } from '../domain/audit-class.js';
 import type { DialectCapabilities } from './dialects/dialect.js';
 
 /**
@@ -221,6 +222,49 @@ const eraseFences: Migration = {
   },
 };
 migrations['0007_erase_fences'] = eraseFences;
+
+/**
+ * System-log classes (docs/customer-data.md "The system log"): each event is an access or a change, in a column so
+ * the log filters on it, and a read that found nothing is `notFound`, not a failure. Events already stored are
+ * classified by the same rule as new ones (src/domain/audit-class.ts, by kind and operation name), in pages, in the
+ * columns only: the store reads class and outcome from the columns. The values are fixed ASCII words, so the column
+ * needs no `COLLATE "C"` on PostgreSQL.
+ */
+const auditEventClasses: Migration = {
+  async up(db: Kysely<unknown>): Promise<void> {
+    await db.schema.alterTable('audit_events').addColumn('event_class', 'text', (c) => c.notNull().defaultTo('change')).execute();
+    let after: { instanceId: string; eventId: string } | undefined;
+    for (;;) {
+      const page = await sql<{ instance_id: string; event_id: string; kind: string; outcome: string; doc: string }>`
+        select instance_id, event_id, kind, outcome, doc from audit_events
+        ${after === undefined ? sql`` : sql`where instance_id > ${after.instanceId} or (instance_id = ${after.instanceId} and event_id > ${after.eventId})`}
+        order by instance_id, event_id limit ${MIGRATION_PAGE}`.execute(db);
+      const last = page.rows.at(-1);
+      if (last === undefined) break;
+      after = { instanceId: last.instance_id, eventId: last.event_id };
+      const updates = new Map<string, { instanceId: string; eventClass: string; outcome: string; eventIds: string[] }>();
+      for (const row of page.rows) {
+        const doc = JSON.parse(row.doc) as { operation?: unknown; errorCode?: unknown };
+        const eventClass = auditClassOf({ kind: row.kind, operation: typeof doc.operation === 'string' ? doc.operation : '' });
+        const notFound = eventClass === 'access' && row.outcome === 'failure' && typeof doc.errorCode === 'number' && Math.floor(doc.errorCode / 1000) === 404;
+        const outcome = notFound ? 'notFound' : row.outcome;
+        if (eventClass === 'change' && outcome === row.outcome) continue;
+        const key = `${row.instance_id}\n${eventClass}\n${outcome}`;
+        const update = updates.get(key) ?? { instanceId: row.instance_id, eventClass, outcome, eventIds: [] };
+        update.eventIds.push(row.event_id);
+        updates.set(key, update);
+      }
+      for (const update of updates.values()) {
+        await sql`update audit_events set event_class = ${update.eventClass}, outcome = ${update.outcome}
+          where instance_id = ${update.instanceId} and event_id in (${sql.join(update.eventIds)})`.execute(db);
+      }
+    }
+    await db.schema.createIndex('audit_events_class').on('audit_events').columns(['instance_id', 'event_class', 'event_id']).execute();
+  },
+};
+migrations['0015_audit_event_classes'] = auditEventClasses;
+/** Rows per page when a migration rewrites stored rows (bounded memory and statement size on any log length). */
+const MIGRATION_PAGE = 500;
 
 /** Tables whose etag-guarded writes compare-and-swap on an `etag` column (the document's etag, pulled out). */
 const ETAG_TABLES = ['enrollments', 'enrollment_groups', 'registrations', 'ca_certificates'] as const;

@@ -36,6 +36,8 @@ export interface Database {
     kind: string;
     actor: string;
     outcome: string;
+    /** `access` or `change` (migration 0015). */
+    event_class: string;
     registration_id_key: string;
     device_id_key: string;
     group_id_key: string;

@@ -1,3 +1,4 @@
+import type { AuditClass, AuditOutcome } from '../domain/audit-class.js';
 import type { StoredEnrollment, StoredEnrollmentGroup, JsonMap } from '../domain/enrollment.js';
 import type { Filter } from '../domain/query.js';
 import type { AllocationPolicy, RegistrationStatus, Substatus, X509CertificateInfo } from '../domain/wire.js';
@@ -138,7 +139,9 @@ export interface AuditEvent {
   actor: string;
   source?: string;
   subject: { registrationId?: string; deviceId?: string; enrollmentGroupId?: string; hash?: string };
-  outcome: 'success' | 'failure';
+  /** Access or change (src/domain/audit-class.ts); the store fills it from `kind` and `operation` when absent. */
+  class?: AuditClass;
+  outcome: AuditOutcome;
   errorCode?: number;
   reason?: string;
   trackingId?: string;
@@ -156,6 +159,8 @@ export interface AuditQuery {
   actor?: string;
   outcome?: string;
   kind?: string;
+  /** `access` or `change`. */
+  eventClass?: string;
   /** Newest first: return events whose key sorts before this one. */
   beforeKey?: string | undefined;
   limit: number;

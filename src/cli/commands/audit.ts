@@ -1,4 +1,5 @@
 import { InvalidArgumentError, Option, type Command } from 'commander';
+import { AUDIT_CLASSES, AUDIT_OUTCOMES } from '../../domain/audit-class.js';
 import { dpsTimestamp } from '../../domain/time.js';
 import { formatTable, text } from '../output.js';
 import type { CliIo } from '../program.js';
@@ -6,7 +7,8 @@ import { adminAction, apiPath, asArray, asObject, positiveInteger, runAdmin, typ
 
 /**
  * `provisiond audit …`: the instance's system log (docs/customer-data.md): every service-API call, registration
- * attempt, hub write, webhook exchange and data request, newest first. Needs EnrollmentRead and RegistrationStatusRead.
+ * attempt, hub write, webhook exchange and data request, newest first, each an access or a change. Needs
+ * EnrollmentRead and RegistrationStatusRead. The server logs one event per query, not one per page it follows.
  */
 interface QueryFlags extends ConnectionFlags {
   subject?: string;
@@ -15,6 +17,7 @@ interface QueryFlags extends ConnectionFlags {
   actor?: string;
   outcome?: string;
   kind?: string;
+  class?: string;
   max?: number;
 }
 
@@ -28,18 +31,19 @@ export function registerAuditCommands(program: Command, io: CliIo): void {
   adminAction(
     root
       .command('query')
-      .description('list audit events, newest first, filtered by subject, time, actor, outcome and kind (follows continuation)')
+      .description('list audit events, newest first, filtered by subject, time, actor, outcome, kind and class (follows continuation)')
       .option('--subject <id>', 'a registration ID, device ID or enrollment group ID (any case)')
       .option('--from <time>', 'events at or after this time: ISO 8601, e.g. 2026-01-31 (midnight UTC) or 2026-01-31T08:00:00+01:00', isoTime)
       .option('--to <time>', 'events at or before this time (ISO 8601)', isoTime)
       .option('--actor <name>', "who acted: a policy name, 'device', or 'provisiond' (the server's own work)")
-      .addOption(new Option('--outcome <outcome>', 'only successes or only failures').choices(['success', 'failure']))
+      .addOption(new Option('--outcome <outcome>', "only successes, failures, or reads that found nothing ('notFound', neutral)").choices([...AUDIT_OUTCOMES]))
       .addOption(new Option('--kind <kind>', 'only one kind of event').choices(KINDS))
+      .addOption(new Option('--class <class>', "only changes (writes and attempts) or only accesses (reads)").choices([...AUDIT_CLASSES]))
       .option('--max <n>', 'stop after n events (default: follow continuation to the end)', positiveInteger),
     async (flags: QueryFlags) =>
       runAdmin(io, flags, async (context) => {
         const filter: Json = {};
-        for (const name of ['subject', 'from', 'to', 'actor', 'outcome', 'kind'] as const) {
+        for (const name of ['subject', 'from', 'to', 'actor', 'outcome', 'kind', 'class'] as const) {
           if (flags[name] !== undefined) filter[name] = flags[name];
         }
         const events: Json[] = [];
@@ -55,9 +59,10 @@ export function registerAuditCommands(program: Command, io: CliIo): void {
         const shown = flags.max === undefined ? events : events.slice(0, flags.max);
         context.print(shown, () =>
           formatTable(
-            ['TIME', 'KIND', 'OPERATION', 'ACTOR', 'SUBJECT', 'OUTCOME', 'ERROR'],
+            ['TIME', 'CLASS', 'KIND', 'OPERATION', 'ACTOR', 'SUBJECT', 'OUTCOME', 'ERROR'],
             shown.map((event) => [
               text(event.timeUtc) ?? '',
+              text(event.class) ?? '',
               text(event.kind) ?? '',
               text(event.operation) ?? '',
               text(event.actor) ?? '',
@@ -83,6 +88,10 @@ function isoTime(value: string): string {
 }
 
 function subjectText(subject: Json): string {
+  // A query of the log names the ID it asked about as all three kinds (it matches any): shown once.
+  if (subject.registrationId !== undefined && subject.registrationId === subject.deviceId && subject.deviceId === subject.enrollmentGroupId) {
+    return `id=${text(subject.registrationId) ?? ''}`;
+  }
   const parts: string[] = [];
   if (subject.registrationId !== undefined) parts.push(`registrationId=${text(subject.registrationId) ?? ''}`);
   if (subject.deviceId !== undefined) parts.push(`deviceId=${text(subject.deviceId) ?? ''}`);

@@ -1,4 +1,5 @@
 import type { FastifyReply, FastifyRequest } from 'fastify';
+import { auditClassOf } from '../../domain/audit-class.js';
 import type { AuditLog } from '../../services/audit-log.js';
 import type { AuditEvent } from '../../store/store.js';
 import './route-docs.js';
@@ -6,26 +7,41 @@ import './service-api/plugin.js';
 
 /**
  * The system-log entry of an authenticated service-API call: who (policy), from where, which operation on which
- * subject, and how it ended. A bulk call is logged once per item, so every item's subject can be found and erased.
- * Paths are logged as route patterns: the IDs in them go to the indexed subject fields only.
+ * subject, whether it read (access) or wrote (change), and how it ended. A read that found nothing (404) is
+ * `notFound`, neutral; a write that found nothing failed. A bulk call is logged once per item, so every item's subject
+ * can be found and erased. The continuation pages of a query are part of that query: only its first page is logged.
+ * A query of the log about one ID names that ID as its subject (who looked at a device's history). Paths are logged as
+ * route patterns: the IDs in them go to the indexed subject fields only.
  */
 export function serviceCallAuditor(audit: AuditLog) {
   return async function record(request: FastifyRequest, reply: FastifyReply): Promise<void> {
     const caller = request.caller;
     const config = request.routeOptions.config;
     if (caller === undefined || config.operationId === undefined) return;
+    const eventClass = auditClassOf({ kind: 'serviceApi', operation: config.operationId });
+    const continuation = request.headers['x-ms-continuation'];
+    if (eventClass === 'access' && typeof continuation === 'string' && continuation !== '' && reply.statusCode < 400) return;
     const base: Omit<AuditEvent, 'eventId' | 'timeUtc' | 'subject'> = {
       kind: 'serviceApi',
       operation: config.operationId,
       actor: caller.policy.keyName,
       source: request.ip,
-      outcome: reply.statusCode < 400 ? 'success' : 'failure',
+      class: eventClass,
+      outcome: reply.statusCode < 400 ? 'success' : reply.statusCode === 404 && eventClass === 'access' ? 'notFound' : 'failure',
       trackingId: request.id,
       details: { method: request.method, route: request.routeOptions.url ?? '', status: reply.statusCode },
     };
     if (request.provisioningError !== undefined) {
       base.errorCode = request.provisioningError.errorCode;
       base.reason = request.provisioningError.message;
+    }
+    if (config.operationId === 'AuditEvent_Query') {
+      // The filter's subject may be a registration, device or group ID: the event names it as all three, so an erase
+      // of any of them finds (and removes) the record of who read its history.
+      const id = (request.body as { subject?: unknown } | undefined)?.subject;
+      const subject = typeof id === 'string' && id !== '' ? { registrationId: id, deviceId: id, enrollmentGroupId: id } : {};
+      await audit.record(caller.instance.id, { ...base, subject });
+      return;
     }
     const field = config.auditSubject;
     const subjects: string[] = [];

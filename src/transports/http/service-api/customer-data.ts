@@ -1,6 +1,7 @@
 import { Type } from '@sinclair/typebox';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { JsonMap } from '../../../domain/enrollment.js';
+import { AUDIT_CLASSES, AUDIT_OUTCOMES } from '../../../domain/audit-class.js';
 import { ProvisioningError } from '../../../domain/errors.js';
 import { ErrorDetails, JsonObject, StringEnum } from '../../../domain/wire.js';
 import { assertValid, compileSchema } from '../../../domain/validation.js';
@@ -47,14 +48,43 @@ const DataRequest = Type.Object(
   },
   { additionalProperties: true },
 );
+const AUDIT_KINDS = ['serviceApi', 'registration', 'hubWrite', 'webhook', 'dataRequest'];
 const AuditQueryInput = Type.Object({
   subject: Type.Optional(Type.String({ maxLength: 128 })),
   from: Type.Optional(Type.String({ format: 'date-time' })),
   to: Type.Optional(Type.String({ format: 'date-time' })),
   actor: Type.Optional(Type.String({ maxLength: 128 })),
-  outcome: Type.Optional(StringEnum(['success', 'failure'])),
-  kind: Type.Optional(StringEnum(['serviceApi', 'registration', 'hubWrite', 'webhook', 'dataRequest'])),
+  outcome: Type.Optional(StringEnum([...AUDIT_OUTCOMES], { description: '`notFound`: a read that found nothing (neutral, not a failure).' })),
+  kind: Type.Optional(StringEnum(AUDIT_KINDS)),
+  class: Type.Optional(StringEnum([...AUDIT_CLASSES], { description: '`access`: reads (service-API reads and queries, exports); `change`: everything that writes or tries to.' })),
 });
+/** One system-log event (docs/customer-data-api.md "System log"). */
+const AuditEventOutput = Type.Object(
+  {
+    eventId: Type.String(),
+    timeUtc: Type.String(),
+    kind: StringEnum(AUDIT_KINDS),
+    class: StringEnum([...AUDIT_CLASSES]),
+    operation: Type.String(),
+    actor: Type.String(),
+    source: Type.Optional(Type.String()),
+    subject: Type.Object({
+      registrationId: Type.Optional(Type.String()),
+      deviceId: Type.Optional(Type.String()),
+      enrollmentGroupId: Type.Optional(Type.String()),
+      hash: Type.Optional(Type.String()),
+    }),
+    outcome: StringEnum([...AUDIT_OUTCOMES]),
+    errorCode: Type.Optional(Type.Integer()),
+    reason: Type.Optional(Type.String()),
+    trackingId: Type.Optional(Type.String()),
+    transport: Type.Optional(Type.String()),
+    attestationType: Type.Optional(Type.String()),
+    hub: Type.Optional(Type.String()),
+    details: Type.Optional(JsonObject),
+  },
+  { additionalProperties: true },
+);
 const validateAuditQuery = compileSchema(AuditQueryInput);
 const PagingHeaders = Type.Object({
   'x-ms-max-item-count': Type.Optional(Type.String()),
@@ -198,12 +228,13 @@ export function customerDataPlugin(deps: { auth: ServiceAuth; dataRequests: Data
         rights: EXPORT_RIGHTS,
         operationId: 'AuditEvent_Query',
         tag: 'System log',
-        summary: 'The system log, newest first, filtered by subject, time range, actor, outcome and kind.',
-        responses: { 200: { description: 'AuditEvent[]', schema: Type.Array(JsonObject) }, ...errors },
+        summary:
+          'The system log, newest first, filtered by subject, time range, actor, outcome, kind and class (access or change). Continuation pages are not logged again; see docs/customer-data.md "The system log".',
+        responses: { 200: { description: 'AuditEvent[]', schema: Type.Array(AuditEventOutput) }, ...errors },
       },
       handler: async (request, reply) => {
         // The body is optional, so it is checked here rather than by the route schema.
-        const filter = assertValid<{ subject?: string; from?: string; to?: string; actor?: string; outcome?: string; kind?: string }>(
+        const { class: eventClass, ...filter } = assertValid<{ subject?: string; from?: string; to?: string; actor?: string; outcome?: string; kind?: string; class?: string }>(
           validateAuditQuery,
           request.body ?? {},
           'body',
@@ -225,6 +256,7 @@ export function customerDataPlugin(deps: { auth: ServiceAuth; dataRequests: Data
         const to = asStored(filter.to);
         const page = await audit.query(callerOf(request).instance, {
           ...filter,
+          ...(eventClass === undefined ? {} : { eventClass }),
           ...(from === undefined ? {} : { from }),
           ...(to === undefined ? {} : { to }),
           beforeKey,

@@ -177,16 +177,21 @@ export interface ReceiptSigningKey {
 }
 
 export type AuditKind = 'serviceApi' | 'registration' | 'hubWrite' | 'webhook' | 'dataRequest';
+/** Access: a read (service-API reads and queries, exports); change: everything that writes or tries to. */
+export type AuditClass = 'access' | 'change';
+/** `notFound`: a read that found nothing, neutral. */
+export type AuditOutcome = 'success' | 'failure' | 'notFound';
 
 export interface AuditEvent {
   eventId: string;
   timeUtc: string;
   kind: AuditKind | string;
+  class: AuditClass;
   operation: string;
   actor: string;
   source?: string;
   subject?: { registrationId?: string; deviceId?: string; enrollmentGroupId?: string; hash?: string };
-  outcome: 'success' | 'failure';
+  outcome: AuditOutcome;
   errorCode?: number;
   reason?: string;
   trackingId?: string;
@@ -201,6 +206,7 @@ export interface AuditQuery {
   from?: string;
   to?: string;
   actor?: string;
-  outcome?: 'success' | 'failure';
+  outcome?: AuditOutcome;
   kind?: AuditKind;
+  class?: AuditClass;
 }

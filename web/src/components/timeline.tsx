@@ -1,4 +1,4 @@
-import { useState } from 'react';
+import { useId, useState } from 'react';
 import type { AuditEvent, AuditQuery } from '../api/types';
 import { usePaged } from '../hooks';
 import { useSession } from '../session';
@@ -6,7 +6,8 @@ import { Badge, DateTime, Empty, ErrorBanner, JsonBlock, Lacks, Loading, Pager }
 
 /**
  * What happened to one subject, from the system log: registrations (with why one failed), service API writes, hub
- * writes, data requests. Newest first, as the log answers.
+ * writes, data requests. Newest first, as the log answers. Changes only unless the reader asks for the reads too
+ * (who looked at the device, the console's own reads among them).
  */
 export function queryAuditEvents(client: ReturnType<typeof useSession>['client'], filter: AuditQuery, pageSize: number, continuation: string | undefined, signal: AbortSignal) {
   return client.page<AuditEvent>(['auditEvents', 'query'], filter, { pageSize, continuation, signal });
@@ -15,17 +16,23 @@ export function queryAuditEvents(client: ReturnType<typeof useSession>['client']
 export function Timeline({ subject, refreshKey = 0 }: { subject: string; refreshKey?: number }) {
   const session = useSession();
   const allowed = session.canAll('EnrollmentRead', 'RegistrationStatusRead');
-  const paged = usePaged<AuditEvent>(`${subject}|${refreshKey}|${allowed}`, (continuation, signal) =>
-    allowed ? queryAuditEvents(session.client, { subject }, 20, continuation, signal) : Promise.resolve({ items: [], continuation: undefined }),
+  const [withReads, setWithReads] = useState(false);
+  const readsId = useId();
+  const filter: AuditQuery = withReads ? { subject } : { subject, class: 'change' };
+  const paged = usePaged<AuditEvent>(`${subject}|${refreshKey}|${allowed}|${withReads}`, (continuation, signal) =>
+    allowed ? queryAuditEvents(session.client, filter, 20, continuation, signal) : Promise.resolve({ items: [], continuation: undefined }),
   );
   if (!allowed) return <Lacks right="EnrollmentRead and RegistrationStatusRead" what="the timeline" />;
   if (paged.data === undefined && paged.loading) return <Loading label="Loading the timeline…" />;
   const events = paged.data?.items ?? [];
   return (
     <div>
+      <label className="checkbox small" htmlFor={readsId}>
+        <input id={readsId} type="checkbox" checked={withReads} onChange={(event) => setWithReads(event.target.checked)} /> Show reads
+      </label>
       <ErrorBanner error={paged.error} onRetry={paged.reload} />
       {events.length === 0 && paged.error === undefined ? (
-        <Empty title="Nothing logged yet">Registrations, changes and data requests for {subject} appear here.</Empty>
+        <Empty title="Nothing logged yet">Registrations, changes and data requests for {subject} appear here{withReads ? ', and who read its data' : ''}.</Empty>
       ) : (
         <ol className="timeline" aria-label={`Timeline of ${subject}`} data-testid="timeline">
           {events.map((event) => (
@@ -96,22 +103,28 @@ export function eventTitle(event: AuditEvent): string {
   return words.charAt(0).toUpperCase() + words.slice(1);
 }
 
+/** The outcome as a person reads it: a read that found nothing is neutral, not a failure. */
+export function OutcomeBadge({ event }: { event: AuditEvent }) {
+  return event.outcome === 'notFound' ? <Badge value="notFound" label="not found" /> : <Badge value={event.outcome} />;
+}
+
 function TimelineEvent({ event }: { event: AuditEvent }) {
   const [open, setOpen] = useState(false);
   const failed = event.outcome === 'failure';
+  const tone = failed ? 'failed' : event.class === 'access' ? 'neutral' : '';
   return (
-    <li className={`timeline-event ${failed ? 'failed' : ''}`}>
+    <li className={`timeline-event ${tone}`}>
       <div className="timeline-dot" aria-hidden="true" />
       <div className="timeline-body">
         <div className="timeline-line">
           <strong>{eventTitle(event)}</strong>
-          <Badge value={event.outcome} />
+          <OutcomeBadge event={event} />
           <span className="muted small">
             <DateTime value={event.timeUtc} />
           </span>
         </div>
         <div className="small muted">
-          {[event.kind, event.actor === '' ? undefined : `by ${event.actor}`, event.transport, event.attestationType, event.hub === undefined ? undefined : `hub ${event.hub}`, event.source]
+          {[event.class, event.kind, event.actor === '' ? undefined : `by ${event.actor}`, repeatsText(event), event.transport, event.attestationType, event.hub === undefined ? undefined : `hub ${event.hub}`, event.source]
             .filter(Boolean)
             .join(' · ')}
         </div>
@@ -128,4 +141,10 @@ function TimelineEvent({ event }: { event: AuditEvent }) {
       </div>
     </li>
   );
+}
+
+/** A folded read: how many more times the same reader read the subject, until when. */
+export function repeatsText(event: AuditEvent): string | undefined {
+  const repeats = event.details?.repeats;
+  return typeof repeats === 'number' && repeats > 0 ? `read ${repeats + 1} times in a row` : undefined;
 }

@@ -1,18 +1,19 @@
 import { Fragment, useId, useState, type FormEvent } from 'react';
-import type { AuditEvent, AuditKind, AuditQuery } from '../api/types';
-import { eventTitle, failureReason, queryAuditEvents } from '../components/timeline';
-import { Badge, DateTime, Empty, ErrorBanner, JsonBlock, Lacks, Loading, PageHeader, Pager } from '../components/ui';
+import type { AuditClass, AuditEvent, AuditKind, AuditQuery } from '../api/types';
+import { eventTitle, failureReason, OutcomeBadge, queryAuditEvents, repeatsText } from '../components/timeline';
+import { DateTime, Empty, ErrorBanner, JsonBlock, Lacks, Loading, PageHeader, Pager } from '../components/ui';
 import { usePaged } from '../hooks';
 import { Link, path, useLocation } from '../router';
 import { useSession } from '../session';
 
 /**
- * The system log: audit events of every kind, newest first, filtered by subject, time range, outcome, kind and actor
- * (POST /auditEvents/query). The filters apply when the form is submitted, so typing does not fire a query per key.
+ * The system log: audit events of every kind, newest first, filtered by subject, time range, class (access or
+ * change), outcome, kind and actor (POST /auditEvents/query). The filters apply when the form is submitted, so typing
+ * does not fire a query per key. Reading the log is itself logged once per query (docs/customer-data.md).
  */
 const KINDS: Array<[AuditKind, string]> = [
   ['registration', 'Device registrations'],
-  ['serviceApi', 'Service API changes'],
+  ['serviceApi', 'Service API calls'],
   ['hubWrite', 'Hub writes'],
   ['webhook', 'Allocation webhooks'],
   ['dataRequest', 'Data requests'],
@@ -28,10 +29,10 @@ function toUtc(local: string): string | undefined {
 export function SystemLogPage() {
   const session = useSession();
   const location = useLocation();
-  const [draft, setDraft] = useState({ subject: location.search.get('subject') ?? '', from: '', to: '', outcome: '', kind: '', actor: '' });
+  const [draft, setDraft] = useState({ subject: location.search.get('subject') ?? '', from: '', to: '', outcome: '', kind: '', eventClass: '', actor: '' });
   const [filter, setFilter] = useState<AuditQuery>(() => (draft.subject === '' ? {} : { subject: draft.subject }));
   const [expanded, setExpanded] = useState<string | undefined>(undefined);
-  const ids = { subject: useId(), from: useId(), to: useId(), outcome: useId(), kind: useId(), actor: useId() };
+  const ids = { subject: useId(), from: useId(), to: useId(), outcome: useId(), kind: useId(), eventClass: useId(), actor: useId() };
   const allowed = session.canAll('EnrollmentRead', 'RegistrationStatusRead');
   const paged = usePaged<AuditEvent>(`${JSON.stringify(filter)}|${allowed}`, (continuation, signal) =>
     allowed ? queryAuditEvents(session.client, filter, 50, continuation, signal) : Promise.resolve({ items: [], continuation: undefined }),
@@ -55,13 +56,14 @@ export function SystemLogPage() {
     const to = toUtc(draft.to);
     if (from !== undefined) next.from = from;
     if (to !== undefined) next.to = to;
-    if (draft.outcome === 'success' || draft.outcome === 'failure') next.outcome = draft.outcome;
+    if (draft.outcome === 'success' || draft.outcome === 'failure' || draft.outcome === 'notFound') next.outcome = draft.outcome;
     if (draft.kind !== '') next.kind = draft.kind as AuditKind;
+    if (draft.eventClass !== '') next.class = draft.eventClass as AuditClass;
     if (draft.actor.trim() !== '') next.actor = draft.actor.trim();
     setFilter(next);
   };
   const clear = () => {
-    setDraft({ subject: '', from: '', to: '', outcome: '', kind: '', actor: '' });
+    setDraft({ subject: '', from: '', to: '', outcome: '', kind: '', eventClass: '', actor: '' });
     setFilter({});
   };
   const set = (key: keyof typeof draft) => (event: { target: { value: string } }) => setDraft((previous) => ({ ...previous, [key]: event.target.value }));
@@ -70,7 +72,7 @@ export function SystemLogPage() {
 
   return (
     <>
-      <PageHeader title="System log" subtitle="Registrations, changes through the service API, hub writes and data requests." />
+      <PageHeader title="System log" subtitle="Changes (registrations, service API writes, hub writes, erasures) and accesses (who read what, exports)." />
       <div className="card">
         <form className="filters wrap" onSubmit={apply} role="search" aria-label="Filter the system log">
           <div className="form-row grow">
@@ -91,6 +93,15 @@ export function SystemLogPage() {
               <option value="">Any</option>
               <option value="success">Success</option>
               <option value="failure">Failure</option>
+              <option value="notFound">Not found (reads)</option>
+            </select>
+          </div>
+          <div className="form-row">
+            <label htmlFor={ids.eventClass}>Class</label>
+            <select id={ids.eventClass} value={draft.eventClass} onChange={set('eventClass')}>
+              <option value="">Any</option>
+              <option value="change">Changes</option>
+              <option value="access">Accesses (reads)</option>
             </select>
           </div>
           <div className="form-row">
@@ -146,19 +157,19 @@ export function SystemLogPage() {
               <tbody>
                 {events.map((event) => (
                   <Fragment key={event.eventId}>
-                    <tr className={event.outcome === 'failure' ? 'row-failed' : ''}>
+                    <tr className={event.outcome === 'failure' ? 'row-failed' : event.outcome === 'notFound' ? 'row-neutral' : ''}>
                       <td className="nowrap">
                         <DateTime value={event.timeUtc} />
                       </td>
                       <td>
                         {eventTitle(event)}
-                        <div className="small muted">{[event.kind, event.transport].filter(Boolean).join(' · ')}</div>
+                        <div className="small muted">{[event.class, event.kind, event.transport, repeatsText(event)].filter(Boolean).join(' · ')}</div>
                       </td>
                       <td>
                         <SubjectLinks event={event} />
                       </td>
                       <td>
-                        <Badge value={event.outcome} />
+                        <OutcomeBadge event={event} />
                         {event.outcome === 'failure' && (
                           <div className="small failure-reason">
                             {failureReason(event)}

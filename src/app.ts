@@ -41,7 +41,7 @@ import { checkReadiness } from './health/readiness.js';
 import { operationalCounts, pendingMigrations } from './store/operational-counts.js';
 import { AuditLog } from './services/audit-log.js';
 import { LifecycleEvents } from './services/lifecycle-events.js';
-import { DataRequestService } from './services/data-requests.js';
+import { DataRequestService } from './services/customer-data/data-request-service.js';
 import { customerDataPlugin } from './transports/http/service-api/customer-data.js';
 import { serviceCallAuditor } from './transports/http/service-audit.js';
 import { portalPlugin } from './transports/http/portal.js';

@@ -113,7 +113,9 @@ describe('export and erase of one device', () => {
     assert.deepEqual(searched, {
       enrollments: 1,
       registrations: 1,
-      'enrollmentGroups (membership)': 0,
+      registrationIntents: 0,
+      hubDeviceLinks: 1,
+      enrollmentGroups: 0,
       'hub:localhost/devices': 1,
       'hub:127.0.0.2/devices': 0,
       webhookExchanges: 0,
@@ -144,12 +146,15 @@ describe('export and erase of one device', () => {
       'hub:127.0.0.2/devices': [],
       registrations: ['cd-dev-1'],
       operations: ['cd-dev-1'],
+      registrationIntents: [],
+      hubDeviceLinks: ['cd-dev-1'],
       enrollments: ['cd-dev-1'],
+      enrollmentGroups: [],
       lifecycleEventOutbox: undefined,
     });
     // Every place the erase would change is listed: the earlier exports of this device too.
     const pseudonymized = Object.fromEntries(done.result.pseudonymized.map((entry: Json) => [entry.place, entry.count]));
-    assert.deepEqual(Object.keys(pseudonymized).sort(), ['auditEvents', 'dataRequests']);
+    assert.deepEqual(Object.keys(pseudonymized).sort(), ['auditEvents', 'dataRequests', 'webhookExchanges']);
     assert.ok(pseudonymized.auditEvents > 0);
     assert.equal(pseudonymized.dataRequests, 2);
     assert.equal(await snapshot(), before);
@@ -200,10 +205,20 @@ describe('export and erase of one device', () => {
     const receipt = await api('GET', '/dataRequests/cd-erase-1/receipt');
     assert.equal(receipt.status, 200);
     const deleted = Object.fromEntries((receipt.body.receipt.deleted as Json[]).map((entry) => [entry.place, entry.count]));
-    assert.deepEqual(deleted, { 'hub:localhost/devices': 1, 'hub:127.0.0.2/devices': 0, registrations: 1, operations: 1, enrollments: 1, lifecycleEventOutbox: 0 });
+    assert.deepEqual(deleted, {
+      'hub:localhost/devices': 1,
+      'hub:127.0.0.2/devices': 0,
+      registrations: 1,
+      operations: 1,
+      registrationIntents: 0,
+      hubDeviceLinks: 1,
+      enrollments: 1,
+      enrollmentGroups: 0,
+      lifecycleEventOutbox: 0,
+    });
     const pseudonymized = Object.fromEntries((receipt.body.receipt.pseudonymized as Json[]).map((entry) => [entry.place, entry.count]));
     // The earlier exports and the dry run (not the refused ones, which never existed) keep only the subject's hash.
-    assert.deepEqual(pseudonymized, { dataRequests: 4, auditEvents: eventsBefore.length });
+    assert.deepEqual(pseudonymized, { dataRequests: 4, webhookExchanges: 0, auditEvents: eventsBefore.length });
     assert.equal(receipt.body.receipt.subjectHash, done.subject.hash);
     const signingKey = await api('GET', '/receiptSigningKey');
     assert.deepEqual(verifyReceipt(receipt.body, signingKey.body.publicKeyPem as string), { valid: true, keyId: signingKey.body.keyId });
@@ -269,6 +284,8 @@ test('a group erase with 1,000 registered devices completes', async () => {
     'hub:127.0.0.2/devices': 0,
     registrations: 1000,
     operations: 1000,
+    registrationIntents: 0,
+    hubDeviceLinks: 1000,
     enrollments: 0,
     enrollmentGroups: 1,
     lifecycleEventOutbox: 0,

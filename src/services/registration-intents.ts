@@ -6,6 +6,7 @@ import { dpsTimestamp } from '../domain/time.js';
 import type { HubClientFactory } from '../hubs/hub-client.js';
 import type { RegistrationIntent, StoredOperation, StoredRegistration } from '../store/store.js';
 import type { AuditLog } from './audit-log.js';
+import { hubDeviceLinkOf } from './customer-data/hub-device-links.js';
 import type { ServiceDeps } from './deps.js';
 
 /**
@@ -54,6 +55,8 @@ export async function settleIntent(deps: IntentSettlerDeps, instanceId: string, 
       const finished: StoredRegistration = { ...intent.assigned, lastUpdatedDateTimeUtc: now };
       await store.transaction(async (tx) => {
         await tx.putRegistration(instanceId, finished);
+        const link = hubDeviceLinkOf(finished, now);
+        if (link !== undefined) await tx.putHubDeviceLink(instanceId, link);
         if (operation !== undefined && operation.status === 'assigning') {
           await tx.putOperation(instanceId, {
             ...operation,

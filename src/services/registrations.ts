@@ -30,6 +30,7 @@ import type { DeviceCredential, DeviceMatch } from './attestation/device-match.j
 
 export type { DeviceCredential } from './attestation/device-match.js';
 import { assertNotFenced, isFenceRefusal, registrationRefusal, undoInterruptedRegistration } from './customer-data/erase-fence.js';
+import { hubDeviceLinkOf } from './customer-data/hub-device-links.js';
 import { refusalReason } from './device-refusals.js';
 
 /**
@@ -405,6 +406,9 @@ export class RegistrationService {
         const refusal = await registrationRefusal(tx, instance.id, fenceProbe(match, record.deviceId), operation.operationId);
         if (refusal !== undefined) throw refusal;
         await tx.putRegistration(instance.id, record);
+        // The explicit subject→hub-device link a later erase follows (customer-data/hub-device-links.ts).
+        const link = hubDeviceLinkOf(record, now);
+        if (link !== undefined) await tx.putHubDeviceLink(instance.id, link);
         await tx.putOperation(instance.id, finished);
         if (outcome !== undefined) await tx.appendAuditEvent(instance.id, outcome);
         if (intent.written !== undefined && record.status === 'assigned') await tx.deleteRegistrationIntent(instance.id, operation.operationId);

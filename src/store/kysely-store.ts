@@ -24,6 +24,8 @@ import type {
   DataRequestRecord,
   EraseFence,
   FenceProbe,
+  HubDeviceLink,
+  SubjectIds,
   OutboxEvent,
   StoreTable,
 } from './store.js';
@@ -230,6 +232,7 @@ export class KyselyStore implements Store {
       'audit_events',
       'data_requests',
       'event_outbox',
+      'hub_device_links',
     ] as const) {
       await this.#db.deleteFrom(table).where('instance_id', '=', id).execute();
     }
@@ -664,6 +667,11 @@ export class KyselyStore implements Store {
     await this.#db.deleteFrom('registration_intents').where('instance_id', '=', instanceId).where('operation_id', '=', operationId).execute();
   }
 
+  async listRegistrationIntentsOf(instanceId: string): Promise<RegistrationIntent[]> {
+    const rows = await this.#db.selectFrom('registration_intents').select('doc').where('instance_id', '=', instanceId).orderBy('created_at').execute();
+    return rows.map((row) => parse<RegistrationIntent>(row.doc));
+  }
+
   async listRegistrationIntents(createdBeforeUtc: string, limit: number): Promise<Array<RegistrationIntent & { instanceId: string }>> {
     const rows = await this.#db
       .selectFrom('registration_intents')
@@ -774,7 +782,7 @@ export class KyselyStore implements Store {
   // ---- data requests
 
   async putDataRequest(instanceId: string, request: DataRequestRecord): Promise<void> {
-    const columns = { sort_key: request.sortKey, status: request.status, type: request.type, doc: JSON.stringify(request.doc) };
+    const columns = { sort_key: request.sortKey, status: request.status, type: request.type, subject_key: lower(request.subjectId), doc: JSON.stringify(request.doc) };
     await this.#db
       .insertInto('data_requests')
       .values({ instance_id: instanceId, request_id_key: lower(request.requestId), ...columns })
@@ -805,6 +813,56 @@ export class KyselyStore implements Store {
     return { items, nextKey: page.nextKey };
   }
 
+  async findDataRequestsAbout(instanceId: string, ids: readonly string[]): Promise<DataRequestRecord[]> {
+    const keys = [...new Set(ids.map(lower))].filter((key) => key !== '');
+    const found: DataRequestRecord[] = [];
+    for (let i = 0; i < keys.length; i += 500) {
+      const rows = await this.#db
+        .selectFrom('data_requests')
+        .selectAll()
+        .where('instance_id', '=', instanceId)
+        .where('subject_key', 'in', keys.slice(i, i + 500))
+        .orderBy('sort_key')
+        .execute();
+      found.push(...rows.map(dataRequestOf));
+    }
+    return found;
+  }
+
+  // ---- subject→hub-device links
+
+  async putHubDeviceLink(instanceId: string, link: HubDeviceLink): Promise<void> {
+    const columns = { group_id_key: lower(link.enrollmentGroupId), doc: JSON.stringify(link) };
+    await this.#db
+      .insertInto('hub_device_links')
+      .values({ instance_id: instanceId, registration_id_key: lower(link.registrationId), hub_key: lower(link.hub), device_id_key: lower(link.deviceId), ...columns })
+      .onConflict((oc) => oc.columns(['instance_id', 'registration_id_key', 'hub_key', 'device_id_key']).doUpdateSet(columns))
+      .execute();
+  }
+
+  async findHubDeviceLinks(instanceId: string, ids: SubjectIds): Promise<HubDeviceLink[]> {
+    const found = new Map<string, HubDeviceLink>();
+    await bySubject(ids, async (column, keys) => {
+      const rows = await this.#db
+        .selectFrom('hub_device_links')
+        .select(['registration_id_key', 'hub_key', 'device_id_key', 'doc'])
+        .where('instance_id', '=', instanceId)
+        .where(column, 'in', keys)
+        .execute();
+      for (const row of rows) found.set(`${row.registration_id_key}/${row.hub_key}/${row.device_id_key}`, linkOf(row.doc));
+    });
+    return [...found.values()];
+  }
+
+  async deleteHubDeviceLinks(instanceId: string, ids: SubjectIds): Promise<number> {
+    let deleted = 0;
+    await bySubject(ids, async (column, keys) => {
+      const result = await this.#db.deleteFrom('hub_device_links').where('instance_id', '=', instanceId).where(column, 'in', keys).executeTakeFirst();
+      deleted += Number(result.numDeletedRows);
+    });
+    return deleted;
+  }
+
   async listDataRequestsByStatus(statuses: string[]): Promise<Array<DataRequestRecord & { instanceId: string }>> {
     if (statuses.length === 0) return [];
     const rows = await this.#db.selectFrom('data_requests').selectAll().where('status', 'in', statuses).orderBy('sort_key', 'desc').execute();
@@ -814,7 +872,28 @@ export class KyselyStore implements Store {
   // ---- lifecycle-event outbox
 
   async appendOutboxEvent(instanceId: string, event: OutboxEvent): Promise<void> {
-    await this.#db.insertInto('event_outbox').values({ instance_id: instanceId, event_id: event.eventId, doc: JSON.stringify(event.doc) }).execute();
+    const data = (event.doc.data ?? {}) as Record<string, unknown>;
+    const key = (field: string): string => (typeof data[field] === 'string' ? lower(data[field]) : '');
+    await this.#db
+      .insertInto('event_outbox')
+      .values({
+        instance_id: instanceId,
+        event_id: event.eventId,
+        registration_id_key: key('registrationId'),
+        device_id_key: key('deviceId'),
+        group_id_key: key('enrollmentGroupId'),
+        doc: JSON.stringify(event.doc),
+      })
+      .execute();
+  }
+
+  async findOutboxEventsAbout(instanceId: string, ids: SubjectIds): Promise<OutboxEvent[]> {
+    const found = new Map<string, OutboxEvent>();
+    await bySubject(ids, async (column, keys) => {
+      const rows = await this.#db.selectFrom('event_outbox').select(['event_id', 'doc']).where('instance_id', '=', instanceId).where(column, 'in', keys).execute();
+      for (const row of rows) found.set(row.event_id, { eventId: row.event_id, doc: parse(row.doc) });
+    });
+    return [...found.values()].sort((a, b) => a.eventId.localeCompare(b.eventId));
   }
 
   async listOutboxEvents(instanceId: string, limit: number): Promise<OutboxEvent[]> {
@@ -983,6 +1062,27 @@ function auditRow(instanceId: string, event: AuditEvent): Database['audit_events
 function auditEventOf(row: { doc: string; event_class: string; outcome: string }): AuditEvent {
   const event = parse<AuditEvent>(row.doc);
   return { ...event, class: row.event_class as AuditClass, outcome: row.outcome as AuditOutcome };
+}
+
+/**
+ * Runs `work` once per chunk of keys per ID column (registration, device, group), so thousands of IDs stay under every
+ * dialect's parameter limit.
+ */
+async function bySubject(ids: SubjectIds, work: (column: 'registration_id_key' | 'device_id_key' | 'group_id_key', keys: string[]) => Promise<void>): Promise<void> {
+  const keysOf = (values: readonly string[]) => [...new Set(values.map(lower))].filter((key) => key !== '');
+  for (const [column, values] of [
+    ['registration_id_key', keysOf(ids.registrationIds)],
+    ['device_id_key', keysOf(ids.deviceIds)],
+    ['group_id_key', keysOf(ids.groupIds)],
+  ] as const) {
+    for (let i = 0; i < values.length; i += 500) await work(column, values.slice(i, i + 500));
+  }
+}
+
+function linkOf(doc: string): HubDeviceLink {
+  // Links backfilled by the migration carry `null` for a registration without a group.
+  const { enrollmentGroupId, ...link } = parse<HubDeviceLink & { enrollmentGroupId?: string | null }>(doc);
+  return typeof enrollmentGroupId === 'string' ? { ...link, enrollmentGroupId } : link;
 }
 
 function dataRequestOf(row: Database['data_requests']): DataRequestRecord {

@@ -318,9 +318,66 @@ function storeForNodes(capabilities: DialectCapabilities): Migration {
   };
 }
 
+/**
+ * Customer data found by subject, not by scanning (issue 10; src/services/customer-data/README.md):
+ * - `hub_device_links`: each hub device provisiond created or assigned for a registration (instance, registration ID,
+ *   group, hub, device ID, when), kept apart from the records so an erase still finds the device after the enrollment,
+ *   the record and the log are gone. Backfilled from the registration records that name a hub and a device.
+ * - `data_requests.subject_key` and the outbox's registration/device/group key columns, indexed, so an erase looks up
+ *   the earlier requests and undelivered events about its subject in O(subject), not by paging through the tables.
+ */
+function customerDataLinks(capabilities: DialectCapabilities): Migration {
+  const postgres = capabilities.name === 'postgres';
+  // Key columns compare byte-wise on PostgreSQL, as every text column since 0011 does.
+  const text = postgres ? sql`text collate "C"` : sql`text`;
+  const member = (path: string[]) =>
+    postgres ? sql.raw(`(doc::jsonb #>> '{${path.join(',')}}')`) : sql.raw(`json_extract(doc, '$.${path.join('.')}')`);
+  return {
+    async up(db: Kysely<unknown>): Promise<void> {
+      await db.schema
+        .createTable('hub_device_links')
+        .addColumn('instance_id', text, (c) => c.notNull())
+        .addColumn('registration_id_key', text, (c) => c.notNull())
+        .addColumn('hub_key', text, (c) => c.notNull())
+        .addColumn('device_id_key', text, (c) => c.notNull())
+        .addColumn('group_id_key', text, (c) => c.notNull())
+        .addColumn('doc', text, (c) => c.notNull())
+        .addPrimaryKeyConstraint('hub_device_links_pk', ['instance_id', 'registration_id_key', 'hub_key', 'device_id_key'])
+        .execute();
+      await db.schema.createIndex('hub_device_links_device').on('hub_device_links').columns(['instance_id', 'device_id_key']).execute();
+      await db.schema.createIndex('hub_device_links_group').on('hub_device_links').columns(['instance_id', 'group_id_key']).execute();
+      const linkDoc = postgres
+        ? sql`json_build_object('registrationId', ${member(['registrationId'])}, 'enrollmentGroupId', ${member(['enrollmentGroupId'])}, 'hub', ${member(['assignedHub'])}, 'deviceId', ${member(['deviceId'])}, 'linkedDateTimeUtc', ${member(['lastUpdatedDateTimeUtc'])})::text`
+        : sql`json_object('registrationId', ${member(['registrationId'])}, 'enrollmentGroupId', ${member(['enrollmentGroupId'])}, 'hub', ${member(['assignedHub'])}, 'deviceId', ${member(['deviceId'])}, 'linkedDateTimeUtc', ${member(['lastUpdatedDateTimeUtc'])})`;
+      await sql`insert into hub_device_links (instance_id, registration_id_key, hub_key, device_id_key, group_id_key, doc)
+        select instance_id, registration_id_key, assigned_hub_key, device_id_key, group_id_key, ${linkDoc}
+        from registrations where assigned_hub_key <> '' and device_id_key <> ''`.execute(db);
+
+      await db.schema.alterTable('data_requests').addColumn('subject_key', text, (c) => c.notNull().defaultTo('')).execute();
+      await sql`update data_requests set subject_key = lower(coalesce(${member(['subject', 'id'])}, ''))`.execute(db);
+      await db.schema.createIndex('data_requests_subject').on('data_requests').columns(['instance_id', 'subject_key']).execute();
+
+      for (const [column, field] of [
+        ['registration_id_key', 'registrationId'],
+        ['device_id_key', 'deviceId'],
+        ['group_id_key', 'enrollmentGroupId'],
+      ] as const) {
+        await db.schema.alterTable('event_outbox').addColumn(column, text, (c) => c.notNull().defaultTo('')).execute();
+        await sql`update event_outbox set ${sql.ref(column)} = lower(coalesce(${member(['data', field])}, ''))`.execute(db);
+        await db.schema.createIndex(`event_outbox_${column}`).on('event_outbox').columns(['instance_id', column]).execute();
+      }
+    },
+  };
+}
+
 /** The migrations for one dialect (the list is the same; a migration may branch on a capability). */
 export function migrationProvider(capabilities: DialectCapabilities): MigrationProvider {
   return {
-    getMigrations: () => Promise.resolve({ ...migrations, '0011_store_for_nodes': storeForNodes(capabilities) }),
+    getMigrations: () =>
+      Promise.resolve({
+        ...migrations,
+        '0011_store_for_nodes': storeForNodes(capabilities),
+        '0012_customer_data_links': customerDataLinks(capabilities),
+      }),
   };
 }

@@ -43,8 +43,12 @@ export interface Database {
     group_id_key: string;
     doc: string;
   };
-  data_requests: { instance_id: string; request_id_key: string; sort_key: string; status: string; type: string; doc: string };
-  event_outbox: { instance_id: string; event_id: string; doc: string };
+  /** `subject_key`: the subject's ID lower-cased while the request still names it, '' once it knows only the hash. */
+  data_requests: { instance_id: string; request_id_key: string; sort_key: string; status: string; type: string; subject_key: string; doc: string };
+  /** The IDs an event's `data` names, lower-cased ('' when absent), so an erase finds the subject's events by index. */
+  event_outbox: { instance_id: string; event_id: string; registration_id_key: string; device_id_key: string; group_id_key: string; doc: string };
+  /** Each hub device provisiond created or assigned for a registration (customer data: the subject→device link). */
+  hub_device_links: { instance_id: string; registration_id_key: string; hub_key: string; device_id_key: string; group_id_key: string; doc: string };
   registration_intents: { instance_id: string; operation_id: string; created_at: string; doc: string };
   /** One row per fenced ID of a running erase; `doc` holds the request ID and the ID's keyed hash, never the ID. */
   erase_fences: { instance_id: string; subject_kind: string; id_key: string; request_id_key: string; doc: string };

@@ -168,6 +168,8 @@ export interface AuditQuery {
 
 export interface DataRequestRecord {
   requestId: string;
+  /** The ID the request is about while it still names it (indexed, so an erase finds earlier requests about it). */
+  subjectId?: string | undefined;
   /** Sorts requests newest first: reversed creation time + ID. */
   sortKey: string;
   status: string;
@@ -178,6 +180,25 @@ export interface DataRequestRecord {
 export interface OutboxEvent {
   eventId: string;
   doc: JsonMap;
+}
+
+/**
+ * A hub device provisiond created or assigned for a registration: the explicit subject→device link an erase follows
+ * when the enrollment, the record and the log that once named the device are gone (issue 10, defect 2).
+ */
+export interface HubDeviceLink {
+  registrationId: string;
+  enrollmentGroupId?: string | undefined;
+  hub: string;
+  deviceId: string;
+  linkedDateTimeUtc: string;
+}
+
+/** The IDs a customer-data lookup is about; a row matches when it names any of them (case-insensitive). */
+export interface SubjectIds {
+  registrationIds: readonly string[];
+  deviceIds: readonly string[];
+  groupIds: readonly string[];
 }
 
 /** The kinds of ID a customer-data subject (and so an erase fence) can name. */
@@ -280,6 +301,11 @@ export interface Store {
   deleteRegistrationIntent(instanceId: string, operationId: string): Promise<void>;
   /** Intents of every instance created before the given time, oldest first. */
   listRegistrationIntents(createdBeforeUtc: string, limit: number): Promise<Array<RegistrationIntent & { instanceId: string }>>;
+  /**
+   * The instance's intents (customer data: an intent a crash left names its device). Intents live only while a
+   * registration writes to a hub, so the table stays small and a scan of one instance's rows is cheap.
+   */
+  listRegistrationIntentsOf(instanceId: string): Promise<RegistrationIntent[]>;
   /** Deletes every operation of a registration ID; returns how many. */
   deleteOperationsOfRegistration(instanceId: string, registrationId: string): Promise<number>;
   countOperationsOfRegistration(instanceId: string, registrationId: string): Promise<number>;
@@ -299,7 +325,19 @@ export interface Store {
   /** Requests of every instance in one of these states (resuming work after a restart). */
   listDataRequestsByStatus(statuses: string[]): Promise<Array<DataRequestRecord & { instanceId: string }>>;
 
+  /** Data requests that name one of these IDs (any kind, case-insensitive) as their subject; by index. */
+  findDataRequestsAbout(instanceId: string, ids: readonly string[]): Promise<DataRequestRecord[]>;
+
+  /** Records a hub device written for a registration (idempotent: the same link again only updates it). */
+  putHubDeviceLink(instanceId: string, link: HubDeviceLink): Promise<void>;
+  /** Links naming any of these registration, device or group IDs. */
+  findHubDeviceLinks(instanceId: string, ids: SubjectIds): Promise<HubDeviceLink[]>;
+  /** Deletes the links naming any of these IDs; returns how many. */
+  deleteHubDeviceLinks(instanceId: string, ids: SubjectIds): Promise<number>;
+
   appendOutboxEvent(instanceId: string, event: OutboxEvent): Promise<void>;
+  /** Undelivered events whose data names one of these registration, device or group IDs; by index. */
+  findOutboxEventsAbout(instanceId: string, ids: SubjectIds): Promise<OutboxEvent[]>;
   /** Oldest first. */
   listOutboxEvents(instanceId: string, limit: number): Promise<OutboxEvent[]>;
   deleteOutboxEvent(instanceId: string, eventId: string): Promise<void>;
@@ -358,6 +396,8 @@ export type StoreTable =
   | 'audit_events'
   | 'data_requests'
   | 'event_outbox'
-  | 'hub_devices';
+  | 'hub_devices'
+  | 'hub_device_links'
+  | 'registration_intents';
 
 export const DATA_REQUEST_FIELDS = ['type', 'status'] as const;

@@ -7,7 +7,7 @@ import { ErrorDetails, JsonObject, StringEnum } from '../../../domain/wire.js';
 import { assertValid, compileSchema } from '../../../domain/validation.js';
 import { dpsTimestamp } from '../../../domain/time.js';
 import type { AuditLog } from '../../../services/audit-log.js';
-import type { DataRequestBody, DataRequestService } from '../../../services/data-requests.js';
+import type { DataRequestBody, DataRequestService } from '../../../services/customer-data/data-request-service.js';
 import { ServiceAuth, type ServiceCaller } from '../../../services/service-auth.js';
 import type { Right } from '../../../store/store.js';
 import { addServiceAuthHooks, callerOf } from './plugin.js';

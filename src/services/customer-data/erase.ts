@@ -1,0 +1,209 @@
+import type { JsonMap } from '../../domain/enrollment.js';
+import type { Place, PlaceContext } from './places.js';
+import { erasePlanOf, NOTHING_FOUND, type DataRequestDoc, type ErasePlan, type PlaceProgress } from './request-doc.js';
+import { fencedIdsOf, mergeTraces, type Subject, type SubjectTrace } from './subject.js';
+
+/** How many times the erase searches every place again before it gives up on signing (writes were under way). */
+const RECHECK_PASSES = 5;
+/** How often (in units of work) a running erase stores its progress. */
+const PERSIST_EVERY = 50;
+
+/** Thrown inside a job when the server shuts down; the request stays `running` and resumes at the next start. */
+export class Stopped extends Error {}
+
+/** What an erase (or its dry run) needs from the service that runs it. */
+export interface EraseJob {
+  /** Everything a place needs but the tick, which the erase supplies. */
+  readonly context: Omit<PlaceContext, 'tick'>;
+  readonly doc: DataRequestDoc;
+  readonly subject: Subject;
+  /** The places as they are now (one per linked hub among them). */
+  places(): Promise<Place[]>;
+  /** What the subject leads to now. */
+  trace(): Promise<SubjectTrace>;
+  /** Fences these IDs (docs/customer-data.md "The erase fence"). */
+  fence(ids: Subject[]): Promise<void>;
+  save(): Promise<void>;
+  stopping(): boolean;
+}
+
+/** One place in a dry run's or an erase's result. */
+export interface PlaceEntry {
+  place: string;
+  name: string;
+  count: number;
+  items?: string[];
+  error?: string;
+}
+
+/**
+ * Runs an erase (or its dry run) up to the point where only the receipt is missing. The plan — what the subject led
+ * to, and each place's progress — is stored before anything is deleted, so a request left running by a crash resumes
+ * where it was. Returns the request's result, and whether it completed.
+ */
+export async function runErase(job: EraseJob): Promise<{ result: JsonMap; completed: boolean; counts: { deleted: PlaceEntry[]; pseudonymized: PlaceEntry[] } }> {
+  const { doc } = job;
+  const places = await job.places();
+  let plan = erasePlanOf(doc);
+  if (plan === undefined) {
+    // The subject itself first, so a registration starting while the rest is being found is refused already.
+    if (!doc.dryRun) await job.fence([job.subject]);
+    const trace = await job.trace();
+    if (!doc.dryRun) await job.fence(fencedIdsOf(trace));
+    plan = { trace, places: places.map((place) => ({ place: place.key, count: 0, completed: false })) };
+    doc.plan = plan;
+    doc.progress = { done: 0, total: places.reduce((sum, place) => sum + place.size(trace), 0) };
+    await job.save();
+  }
+  const trace = plan.trace ?? (await job.trace());
+  if (doc.dryRun) {
+    const found = await findEverywhere(job, places, trace);
+    const nothingFound = found.every((entry) => entry.count === 0 && entry.error === undefined);
+    return {
+      result: { dryRun: true, ...split(places, found), ...(nothingFound ? { nothingFound: true, warning: NOTHING_FOUND } : {}) },
+      completed: true,
+      counts: { deleted: [], pseudonymized: [] },
+    };
+  }
+
+  let sinceSave = 0;
+  let current: PlaceProgress | undefined;
+  const context: PlaceContext = {
+    ...job.context,
+    tick: async (erased) => {
+      if (current !== undefined) current.count += erased;
+      doc.progress.done = Math.min(doc.progress.total, doc.progress.done + 1);
+      if (job.stopping()) {
+        await job.save();
+        throw new Stopped();
+      }
+      sinceSave += 1;
+      if (sinceSave >= PERSIST_EVERY) {
+        sinceSave = 0;
+        await job.save();
+      }
+    },
+  };
+  /** Erases one place, keeping its count exact across a resume: the place's own total replaces the ticks' running one. */
+  const eraseIn = async (place: Place, entry: PlaceProgress, of: SubjectTrace): Promise<void> => {
+    const base = entry.count;
+    current = entry;
+    try {
+      entry.count = base + (await place.erase(context, of));
+    } finally {
+      current = undefined;
+    }
+  };
+
+  for (const place of places) {
+    const entry = progressOf(plan, place);
+    if (entry.completed) continue;
+    try {
+      await eraseIn(place, entry, trace);
+      entry.completed = true;
+      delete entry.error;
+    } catch (error) {
+      if (error instanceof Stopped) throw error;
+      entry.error = messageOf(error);
+    }
+    doc.progress.done = Math.min(doc.progress.total, completedSize(plan, places, trace));
+    await job.save();
+  }
+
+  // The re-check: every place is searched again for everything the plan named and everything the subject leads to now;
+  // whatever turned up (a write that was already under way when the fence went up) is erased and counted, and the
+  // receipt is signed only when a pass finds nothing.
+  if (!plan.places.some((entry) => entry.error !== undefined)) {
+    let clean = false;
+    for (let pass = 0; pass < RECHECK_PASSES && !clean; pass += 1) {
+      const again = mergeTraces(trace, await job.trace());
+      const found = await findEverywhere(job, places, again);
+      const failed = found.find((entry) => entry.error !== undefined);
+      if (failed !== undefined) {
+        progressOf(plan, placeOf(places, failed.place)).error = failed.error ?? 'unknown';
+        break;
+      }
+      const dirty = places.filter((_place, index) => (found[index]?.count ?? 0) > 0);
+      clean = dirty.length === 0;
+      for (const place of dirty) {
+        doc.progress.total += place.size(again);
+        try {
+          await eraseIn(place, progressOf(plan, place), again);
+        } catch (error) {
+          if (error instanceof Stopped) throw error;
+          progressOf(plan, place).error = messageOf(error);
+        }
+      }
+      await job.save();
+      if (plan.places.some((entry) => entry.error !== undefined)) break;
+    }
+    const last = plan.places.at(-1);
+    if (!clean && last !== undefined && !plan.places.some((entry) => entry.error !== undefined)) {
+      last.error = `data about the subject kept appearing after ${RECHECK_PASSES} re-checks`;
+    }
+  }
+
+  const named = (entry: PlaceProgress): PlaceEntry => ({ place: entry.place, name: humanNameOf(places, entry.place), count: entry.count });
+  const actionOf = (entry: PlaceProgress): Place['action'] => places.find((place) => place.key === entry.place)?.action ?? 'delete';
+  const deleted = plan.places.filter((entry) => actionOf(entry) === 'delete').map(named);
+  const pseudonymized = plan.places.filter((entry) => actionOf(entry) === 'pseudonymize').map(named);
+  const failed = plan.places.filter((entry) => entry.error !== undefined);
+  const nothingFound = failed.length === 0 && plan.places.every((entry) => entry.count === 0);
+  const result: JsonMap = {
+    deleted,
+    pseudonymized,
+    failures: failed.map((entry) => ({ place: entry.place, name: humanNameOf(places, entry.place), reason: entry.error })),
+    ...(nothingFound ? { nothingFound: true, warning: NOTHING_FOUND } : {}),
+  };
+  if (failed.length > 0) doc.error = failed.map((entry) => `${entry.place}: ${entry.error ?? ''}`).join('; ');
+  return { result, completed: failed.length === 0, counts: { deleted, pseudonymized } };
+}
+
+/** What every place holds now, in the places' order (a dry run's answer; the re-check's question). */
+async function findEverywhere(job: EraseJob, places: readonly Place[], trace: SubjectTrace): Promise<PlaceEntry[]> {
+  const context: PlaceContext = { ...job.context, tick: () => Promise.resolve() };
+  const found: PlaceEntry[] = [];
+  for (const place of places) {
+    try {
+      const finding = await place.find(context, trace);
+      found.push({ place: place.key, name: place.humanName, count: finding.count, ...(finding.items === undefined ? {} : { items: finding.items }) });
+    } catch (error) {
+      found.push({ place: place.key, name: place.humanName, count: 0, error: messageOf(error) });
+    }
+  }
+  return found;
+}
+
+function split(places: readonly Place[], found: PlaceEntry[]): { deleted: PlaceEntry[]; pseudonymized: PlaceEntry[] } {
+  const action = (entry: PlaceEntry) => places.find((place) => place.key === entry.place)?.action;
+  return { deleted: found.filter((entry) => action(entry) === 'delete'), pseudonymized: found.filter((entry) => action(entry) === 'pseudonymize') };
+}
+
+/** A place's progress entry; a place that appeared since the plan (a hub linked meanwhile) gets a new one. */
+function progressOf(plan: ErasePlan, place: Place): PlaceProgress {
+  let entry = plan.places.find((candidate) => candidate.place === place.key);
+  if (entry === undefined) {
+    entry = { place: place.key, count: 0, completed: false };
+    plan.places.push(entry);
+  }
+  return entry;
+}
+
+function placeOf(places: readonly Place[], key: string): Place {
+  const place = places.find((candidate) => candidate.key === key);
+  if (place === undefined) throw new Error(`no place ${key}`);
+  return place;
+}
+
+/** A place no longer in the list (a hub unlinked since the plan) keeps its key as its name. */
+function humanNameOf(places: readonly Place[], key: string): string {
+  return places.find((place) => place.key === key)?.humanName ?? key;
+}
+
+function completedSize(plan: ErasePlan, places: readonly Place[], trace: SubjectTrace): number {
+  return places.reduce((sum, place) => sum + (plan.places.find((entry) => entry.place === place.key)?.completed === true ? place.size(trace) : 0), 0);
+}
+
+function messageOf(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}

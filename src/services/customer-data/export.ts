@@ -1,0 +1,57 @@
+import type { JsonMap } from '../../domain/enrollment.js';
+import { NOTHING_FOUND } from './request-doc.js';
+import type { BundleField, Place, PlaceContext } from './places.js';
+import type { Subject, SubjectTrace } from './subject.js';
+
+/** One place in an export's `manifest.searched` (and `result.searched`). */
+export interface Searched {
+  place: string;
+  name: string;
+  count: number;
+  error?: string;
+}
+
+/**
+ * An export: every place's part, in the one order of places. A place that cannot be searched (a hub that does not
+ * answer) is listed with its error, and the rest of the bundle is complete.
+ */
+export async function exportEverything(
+  context: PlaceContext,
+  places: readonly Place[],
+  subject: Subject,
+  trace: SubjectTrace,
+  manifest: { requestId: string; generatedDateTimeUtc: string; secretsIncluded: boolean },
+): Promise<{ bundle: JsonMap; result: JsonMap; searched: Searched[] }> {
+  const parts = new Map<BundleField, JsonMap[]>();
+  const searched: Searched[] = [];
+  for (const place of places) {
+    const entries = parts.get(place.bundleField) ?? [];
+    parts.set(place.bundleField, entries);
+    try {
+      const found = await place.export(context, trace);
+      entries.push(...found);
+      searched.push({ place: place.key, name: place.humanName, count: found.length });
+    } catch (error) {
+      searched.push({ place: place.key, name: place.humanName, count: 0, error: error instanceof Error ? error.message : String(error) });
+    }
+  }
+  const nothingFound = searched.every((entry) => entry.count === 0 && entry.error === undefined);
+  const part = (field: BundleField): JsonMap[] => parts.get(field) ?? [];
+  const bundle: JsonMap = {
+    manifest: { requestId: manifest.requestId, subject, generatedDateTimeUtc: manifest.generatedDateTimeUtc, secretsIncluded: manifest.secretsIncluded, searched, ...(nothingFound ? { nothingFound: true } : {}) },
+    individualEnrollment: part('individualEnrollments')[0] ?? null,
+    individualEnrollments: part('individualEnrollments'),
+    enrollmentGroups: part('enrollmentGroups'),
+    registrationRecords: part('registrationRecords'),
+    operations: part('operations'),
+    registrationIntents: part('registrationIntents'),
+    hubDeviceLinks: part('hubDeviceLinks'),
+    hubDevices: part('hubDevices'),
+    webhookExchanges: part('webhookExchanges'),
+    auditEvents: part('auditEvents'),
+    dataRequests: part('dataRequests'),
+    lifecycleEventOutbox: part('lifecycleEventOutbox'),
+  };
+  const result: JsonMap = { searched, ...(nothingFound ? { nothingFound: true, warning: NOTHING_FOUND } : {}) };
+  return { bundle, result, searched };
+}

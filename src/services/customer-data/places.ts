@@ -1,0 +1,440 @@
+import { renderEnrollment, type JsonMap } from '../../domain/enrollment.js';
+import { subjectHash } from '../../domain/receipt.js';
+import { renderRegistration } from '../../domain/registration.js';
+import type { HubClientFactory } from '../../hubs/hub-client.js';
+import type { AuditEvent, LinkedHubRecord, RegistrationIntent, Store } from '../../store/store.js';
+import { pseudonymizedEvent } from './erase-fence.js';
+import { readRequestDoc, requestView, withoutItems, type DataRequestDoc } from './request-doc.js';
+import { idsOf, type SubjectTrace } from './subject.js';
+
+/**
+ * The places a subject's data can live (docs/customer-data.md "Where data about a device lives"). Each place is one
+ * object that knows how to find, export and erase its part; the export, the dry run, the erase and its re-check all
+ * iterate the one list `placesOf` returns, so they can never disagree about which places exist. Adding a place is
+ * adding one object here.
+ */
+export interface Place {
+  /** The stable machine identifier the API, receipts and scripts use. */
+  readonly key: string;
+  /** What the CLI and the portal show; nobody should have to read a table name. */
+  readonly humanName: string;
+  /** What an erase does here: delete the items, or keep them without the subject's IDs. */
+  readonly action: 'delete' | 'pseudonymize';
+  /** Where the place's entries go in an export bundle. */
+  readonly bundleField: BundleField;
+  /** How many units of work an erase here takes (the request's progress). */
+  size(trace: SubjectTrace): number;
+  /** What is there now (a dry run lists it; the erase's re-check erases again wherever it finds something). */
+  find(context: PlaceContext, trace: SubjectTrace): Promise<Finding>;
+  export(context: PlaceContext, trace: SubjectTrace): Promise<JsonMap[]>;
+  /** Erases the subject's part; returns how many items were actually deleted or pseudonymized. Idempotent. */
+  erase(context: PlaceContext, trace: SubjectTrace): Promise<number>;
+}
+
+export type BundleField =
+  | 'hubDevices'
+  | 'registrationRecords'
+  | 'operations'
+  | 'registrationIntents'
+  | 'hubDeviceLinks'
+  | 'individualEnrollments'
+  | 'enrollmentGroups'
+  | 'lifecycleEventOutbox'
+  | 'dataRequests'
+  | 'webhookExchanges'
+  | 'auditEvents';
+
+/** What a place holds about a subject now: how many items and, where they have IDs worth listing, which. */
+export interface Finding {
+  count: number;
+  items?: string[];
+}
+
+export interface PlaceContext {
+  readonly store: Store;
+  readonly hubClients: HubClientFactory;
+  readonly instanceId: string;
+  /** The request at work: never one of the earlier requests it finds. */
+  readonly requestId: string;
+  readonly includeSecrets: boolean;
+  /** Saves an earlier request once its mentions of the subject are scrubbed. */
+  saveRequest(doc: DataRequestDoc): Promise<void>;
+  /**
+   * After each unit of an erase's work, with how many items it actually deleted or pseudonymized: the request's
+   * progress and counts are stored as they grow (a crash loses little), and this is where a shutdown stops the job.
+   */
+  tick(erased: number): Promise<void>;
+  /** The key of the subject hashes that replace IDs. */
+  subjectHashKey(): Promise<string>;
+}
+
+const REDACTED = '<redacted>';
+/** How many hub lookups run at once: an external hub answers each device on its own round trip. */
+const HUB_CONCURRENCY = 16;
+
+/** Every place, in the order an erase works through them: hub identities first (the records say where devices live). */
+export function placesOf(linkedHubs: readonly LinkedHubRecord[]): Place[] {
+  return [
+    ...linkedHubs.map(hubDevicesPlace),
+    registrations,
+    operations,
+    registrationIntents,
+    hubDeviceLinks,
+    enrollments,
+    enrollmentGroups,
+    lifecycleEventOutbox,
+    dataRequests,
+    auditEventsPlace('webhookExchanges', 'Custom allocation webhook exchanges', (event) => event.kind === 'webhook'),
+    auditEventsPlace('auditEvents', 'System log events', (event) => event.kind !== 'webhook'),
+  ];
+}
+
+function hubDevicesPlace(hub: LinkedHubRecord): Place {
+  return {
+    key: `hub:${hub.name}/devices`,
+    humanName: `Device identity and twin on hub ${hub.name}`,
+    action: 'delete',
+    bundleField: 'hubDevices',
+    size: (trace) => trace.deviceIds.length,
+    async find(context, trace) {
+      const client = context.hubClients.forHub(hub);
+      const present = new Set<string>();
+      await inParallel(trace.deviceIds, HUB_CONCURRENCY, async (deviceId) => {
+        if ((await client.getDevice(deviceId)) !== undefined) present.add(deviceId);
+      });
+      const items = trace.deviceIds.filter((deviceId) => present.has(deviceId));
+      return { count: items.length, items };
+    },
+    async export(context, trace) {
+      const client = context.hubClients.forHub(hub);
+      const found: JsonMap[] = [];
+      for (const deviceId of trace.deviceIds) {
+        const device = await client.getDevice(deviceId);
+        if (device === undefined) continue;
+        const twin = await client.getTwin(deviceId);
+        const shown = device as unknown as JsonMap;
+        found.push({ hub: hub.name, device: context.includeSecrets ? shown : redactDevice(shown), twin: twin ?? null });
+      }
+      return found;
+    },
+    async erase(context, trace) {
+      const client = context.hubClients.forHub(hub);
+      let count = 0;
+      for (const deviceId of trace.deviceIds) {
+        const erased = (await client.deleteDevice(deviceId)) ? 1 : 0;
+        count += erased;
+        await context.tick(erased);
+      }
+      return count;
+    },
+  };
+}
+
+const registrations: Place = {
+  key: 'registrations',
+  humanName: 'Registration records',
+  action: 'delete',
+  bundleField: 'registrationRecords',
+  size: (trace) => trace.registrationIds.length,
+  async find(context, trace) {
+    const items: string[] = [];
+    for (const id of trace.registrationIds) if ((await context.store.getRegistration(context.instanceId, id)) !== undefined) items.push(id);
+    return { count: items.length, items };
+  },
+  async export(context, trace) {
+    const found: JsonMap[] = [];
+    for (const id of trace.registrationIds) {
+      const record = await context.store.getRegistration(context.instanceId, id);
+      // With every hub the device was ever assigned to (the previous assigned hub among them).
+      if (record !== undefined) found.push({ ...renderRegistration(record), hubHistory: record.hubHistory ?? [] });
+    }
+    return found;
+  },
+  async erase(context, trace) {
+    let count = 0;
+    for (const id of trace.registrationIds) {
+      const erased = (await context.store.deleteRegistration(context.instanceId, id)) ? 1 : 0;
+      count += erased;
+      await context.tick(erased);
+    }
+    return count;
+  },
+};
+
+const operations: Place = {
+  key: 'operations',
+  humanName: 'Registration operations (with custom allocation payloads)',
+  action: 'delete',
+  bundleField: 'operations',
+  size: (trace) => trace.registrationIds.length,
+  async find(context, trace) {
+    const items: string[] = [];
+    let count = 0;
+    for (const id of trace.registrationIds) {
+      const rows = await context.store.countOperationsOfRegistration(context.instanceId, id);
+      if (rows > 0) items.push(id);
+      count += rows;
+    }
+    return { count, items };
+  },
+  async export(context, trace) {
+    const found: JsonMap[] = [];
+    for (const id of trace.registrationIds) {
+      for (const operation of await context.store.listOperationsOfRegistration(context.instanceId, id)) found.push(operation as unknown as JsonMap);
+    }
+    return found;
+  },
+  async erase(context, trace) {
+    let count = 0;
+    for (const id of trace.registrationIds) {
+      const erased = await context.store.deleteOperationsOfRegistration(context.instanceId, id);
+      count += erased;
+      await context.tick(erased);
+    }
+    return count;
+  },
+};
+
+/**
+ * Registration intents (issue 13.3) a crash left about the subject. The hub identity an intent was writing is among
+ * the trace's devices, so the hub places before this one already removed it: deleting the intent finishes its roll
+ * back, and the sweep never sees it.
+ */
+const registrationIntents: Place = {
+  key: 'registrationIntents',
+  humanName: 'Unfinished registrations (interrupted hub writes)',
+  action: 'delete',
+  bundleField: 'registrationIntents',
+  size: () => 1,
+  async find(context, trace) {
+    const found = await intentsAbout(context, trace);
+    return { count: found.length, items: [...new Set(found.map((intent) => intent.registrationId))] };
+  },
+  async export(context, trace) {
+    // What it was writing, not the result section (it may carry attestation material).
+    return (await intentsAbout(context, trace)).map((intent) => ({
+      operationId: intent.operationId,
+      registrationId: intent.registrationId,
+      createdDateTimeUtc: intent.createdDateTimeUtc,
+      targetHub: intent.targetHub,
+      deviceId: intent.deviceId,
+      ...(intent.leave === undefined ? {} : { leave: intent.leave }),
+    }));
+  },
+  async erase(context, trace) {
+    const found = await intentsAbout(context, trace);
+    for (const intent of found) await context.store.deleteRegistrationIntent(context.instanceId, intent.operationId);
+    await context.tick(found.length);
+    return found.length;
+  },
+};
+
+async function intentsAbout(context: PlaceContext, trace: SubjectTrace): Promise<RegistrationIntent[]> {
+  const registrationIds = new Set(trace.registrationIds.map((id) => id.toLowerCase()));
+  const deviceIds = new Set(trace.deviceIds.map((id) => id.toLowerCase()));
+  return (await context.store.listRegistrationIntentsOf(context.instanceId)).filter(
+    (intent) => registrationIds.has(intent.registrationId.toLowerCase()) || deviceIds.has(intent.deviceId.toLowerCase()),
+  );
+}
+
+/** The explicit subject→hub-device links (what lets an erase find a device after everything else naming it went). */
+const hubDeviceLinks: Place = {
+  key: 'hubDeviceLinks',
+  humanName: 'Hub devices provisiond created for the subject',
+  action: 'delete',
+  bundleField: 'hubDeviceLinks',
+  size: () => 1,
+  async find(context, trace) {
+    const links = await context.store.findHubDeviceLinks(context.instanceId, idsOf(trace));
+    return { count: links.length, items: [...new Set(links.map((link) => link.deviceId))] };
+  },
+  async export(context, trace) {
+    return (await context.store.findHubDeviceLinks(context.instanceId, idsOf(trace))).map((link) => ({ ...link }));
+  },
+  async erase(context, trace) {
+    const count = await context.store.deleteHubDeviceLinks(context.instanceId, idsOf(trace));
+    await context.tick(count);
+    return count;
+  },
+};
+
+const enrollments: Place = {
+  key: 'enrollments',
+  humanName: 'Individual enrollment',
+  action: 'delete',
+  bundleField: 'individualEnrollments',
+  size: (trace) => trace.enrollmentIds.length,
+  async find(context, trace) {
+    const items: string[] = [];
+    for (const id of trace.enrollmentIds) if ((await context.store.getEnrollment(context.instanceId, id)) !== undefined) items.push(id);
+    return { count: items.length, items };
+  },
+  async export(context, trace) {
+    const found: JsonMap[] = [];
+    for (const id of trace.enrollmentIds) {
+      const enrollment = await context.store.getEnrollment(context.instanceId, id);
+      if (enrollment === undefined) continue;
+      const rendered = renderEnrollment(enrollment, context.includeSecrets ? 'withSecrets' : 'public');
+      if (context.includeSecrets && enrollment.attestation.type === 'symmetricKey') rendered.attestation = structuredClone(enrollment.attestation) as unknown as JsonMap;
+      found.push(rendered);
+    }
+    return found;
+  },
+  async erase(context, trace) {
+    let count = 0;
+    for (const id of trace.enrollmentIds) {
+      const erased = (await context.store.deleteEnrollment(context.instanceId, id)) ? 1 : 0;
+      count += erased;
+      await context.tick(erased);
+    }
+    return count;
+  },
+};
+
+/**
+ * The subject group itself (a group erase deletes it). A device's group describes many devices and is not the
+ * device's data: the export shows the membership (from the records), and an erase of the device leaves the group.
+ */
+const enrollmentGroups: Place = {
+  key: 'enrollmentGroups',
+  humanName: 'Enrollment group (the subject group, or the device’s membership)',
+  action: 'delete',
+  bundleField: 'enrollmentGroups',
+  size: (trace) => trace.groupIds.length,
+  async find(context, trace) {
+    const items: string[] = [];
+    for (const id of trace.groupIds) if ((await context.store.getEnrollmentGroup(context.instanceId, id)) !== undefined) items.push(id);
+    return { count: items.length, items };
+  },
+  async export(context, trace) {
+    const groups = new Map<string, string>();
+    for (const id of trace.groupIds) groups.set(id.toLowerCase(), id);
+    for (const id of trace.registrationIds) {
+      const group = (await context.store.getRegistration(context.instanceId, id))?.enrollmentGroupId;
+      if (group !== undefined && !groups.has(group.toLowerCase())) groups.set(group.toLowerCase(), group);
+    }
+    return [...groups.values()].map((enrollmentGroupId) => ({ enrollmentGroupId }));
+  },
+  async erase(context, trace) {
+    let count = 0;
+    for (const id of trace.groupIds) {
+      const erased = (await context.store.deleteEnrollmentGroup(context.instanceId, id)) ? 1 : 0;
+      count += erased;
+      await context.tick(erased);
+    }
+    return count;
+  },
+};
+
+/** Lifecycle events about the subject not yet delivered: dropped. */
+const lifecycleEventOutbox: Place = {
+  key: 'lifecycleEventOutbox',
+  humanName: 'Undelivered lifecycle events',
+  action: 'delete',
+  bundleField: 'lifecycleEventOutbox',
+  size: () => 1,
+  async find(context, trace) {
+    return { count: (await context.store.findOutboxEventsAbout(context.instanceId, idsOf(trace))).length };
+  },
+  async export(context, trace) {
+    return (await context.store.findOutboxEventsAbout(context.instanceId, idsOf(trace))).map((event) => event.doc);
+  },
+  async erase(context, trace) {
+    const events = await context.store.findOutboxEventsAbout(context.instanceId, idsOf(trace));
+    for (const event of events) await context.store.deleteOutboxEvent(context.instanceId, event.eventId);
+    await context.tick(events.length);
+    return events.length;
+  },
+};
+
+/** Earlier finished requests about the subject: their bundles and item lists go, their subject is kept as its hash. */
+const dataRequests: Place = {
+  key: 'dataRequests',
+  humanName: 'Earlier data requests about the subject',
+  action: 'pseudonymize',
+  bundleField: 'dataRequests',
+  size: () => 1,
+  async find(context, trace) {
+    return { count: (await requestsAbout(context, trace)).length };
+  },
+  async export(context, trace) {
+    return (await requestsAbout(context, trace)).map(requestView);
+  },
+  async erase(context, trace) {
+    const others = await requestsAbout(context, trace);
+    const key = others.length === 0 ? '' : await context.subjectHashKey();
+    for (const other of others) {
+      other.subject = { kind: other.subject.kind, hash: subjectHash(key, other.subject.kind, other.subject.id ?? '') };
+      delete other.bundle;
+      delete other.plan;
+      if (other.result !== undefined) other.result = withoutItems(other.result);
+      await context.saveRequest(other);
+    }
+    await context.tick(others.length);
+    return others.length;
+  },
+};
+
+async function requestsAbout(context: PlaceContext, trace: SubjectTrace): Promise<DataRequestDoc[]> {
+  const ids = [...trace.registrationIds, ...trace.deviceIds, ...trace.groupIds];
+  const found = await context.store.findDataRequestsAbout(context.instanceId, ids);
+  return found
+    .map((record) => readRequestDoc(record.doc))
+    .filter((other) => other.requestId.toLowerCase() !== context.requestId.toLowerCase() && other.status !== 'running' && other.subject.id !== undefined);
+}
+
+/** System-log events about the subject (one slice of them): kept, with the subject's keyed hash instead of its IDs. */
+function auditEventsPlace(key: 'auditEvents' | 'webhookExchanges', humanName: string, holds: (event: AuditEvent) => boolean): Place {
+  const about = async (context: PlaceContext, trace: SubjectTrace): Promise<AuditEvent[]> =>
+    (await context.store.findAuditEventsAbout(context.instanceId, { registrationIds: [...trace.registrationIds], deviceIds: [...trace.deviceIds], groupIds: [...trace.groupIds] })).filter(
+      holds,
+    );
+  return {
+    key,
+    humanName,
+    action: 'pseudonymize',
+    bundleField: key,
+    size: () => 1,
+    async find(context, trace) {
+      const events = await about(context, trace);
+      return { count: events.length, items: events.map((event) => event.eventId) };
+    },
+    async export(context, trace) {
+      return (await about(context, trace)) as unknown as JsonMap[];
+    },
+    async erase(context, trace) {
+      // Found afresh, so events written since the plan (a device that tried again meanwhile) are covered too.
+      const events = await about(context, trace);
+      const hashKey = events.length === 0 ? '' : await context.subjectHashKey();
+      await context.store.replaceAuditEvents(context.instanceId, events.map((event) => pseudonymize(event, hashKey)));
+      await context.tick(events.length);
+      return events.length;
+    },
+  };
+}
+
+/** What stays of an event about an erased subject: when, what kind, by whom, with what outcome — no IDs, no details. */
+function pseudonymize(event: AuditEvent, key: string): AuditEvent {
+  const id = event.subject.registrationId ?? event.subject.deviceId ?? event.subject.enrollmentGroupId;
+  const kind = event.subject.registrationId !== undefined ? 'registrationId' : event.subject.deviceId !== undefined ? 'deviceId' : 'enrollmentGroupId';
+  return pseudonymizedEvent(event, id === undefined ? event.subject.hash : subjectHash(key, kind, id));
+}
+
+function redactDevice(device: JsonMap): JsonMap {
+  const copy = structuredClone(device);
+  const authentication = copy.authentication as { symmetricKey?: { primaryKey?: string; secondaryKey?: string } } | undefined;
+  if (authentication?.symmetricKey !== undefined) authentication.symmetricKey = { primaryKey: REDACTED, secondaryKey: REDACTED };
+  return copy;
+}
+
+async function inParallel<T>(items: readonly T[], width: number, task: (item: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  const worker = async (): Promise<void> => {
+    while (next < items.length) {
+      const item = items[next] as T;
+      next += 1;
+      await task(item);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(width, items.length) }, worker));
+}

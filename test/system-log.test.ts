@@ -1,6 +1,13 @@
 import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { Migrator, sql } from 'kysely';
 import { chromium, type Browser, type Page } from 'playwright-core';
+import { openSqliteDialect } from '../src/store/dialects/sqlite.js';
+import { migrationProvider } from '../src/store/migrations.js';
+import { openSqliteStore } from '../src/store/open-store.js';
 import { cliRunners } from './cli-runner.js';
 import type { Json } from './devices.js';
 import { call, startServer, type TestServer } from './harness.js';
@@ -268,4 +275,47 @@ describe('the portal', () => {
       await page.context().close();
     }
   });
+});
+
+test('migration 0015 classifies the events stored before classes existed, by operation name, and makes not-found reads neutral', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'provisiond-0015-'));
+  const file = join(dir, 'provisiond.db');
+  try {
+    const opened = openSqliteDialect(file);
+    const migrated = await new Migrator({ db: opened.db, provider: migrationProvider(opened.capabilities) }).migrateTo('0011_store_for_nodes');
+    assert.equal(migrated.error, undefined);
+    const old = (eventId: string, kind: string, operation: string, outcome: string, extra: Json = {}) => {
+      const doc = { eventId, timeUtc: `2026-01-01T00:00:0${eventId.slice(-1)}.0000000Z`, kind, operation, actor: 'owner', subject: { registrationId: 'old-1' }, outcome, ...extra };
+      return sql`insert into audit_events (instance_id, event_id, time_utc, kind, actor, outcome, registration_id_key, device_id_key, group_id_key, doc)
+        values ('i1', ${eventId}, ${doc.timeUtc}, ${kind}, 'owner', ${outcome}, 'old-1', '', '', ${JSON.stringify(doc)})`.execute(opened.db);
+    };
+    await old('e1', 'serviceApi', 'IndividualEnrollment_CreateOrUpdate', 'success');
+    await old('e2', 'serviceApi', 'IndividualEnrollment_Get', 'failure', { errorCode: 404201 });
+    await old('e3', 'serviceApi', 'IndividualEnrollment_Delete', 'failure', { errorCode: 404201 });
+    await old('e4', 'registration', 'register', 'success');
+    await old('e5', 'dataRequest', 'export', 'success');
+    await old('e6', 'serviceApi', 'AuditEvent_Query', 'failure', { errorCode: 401002 });
+    await opened.db.destroy();
+
+    const store = await openSqliteStore(file);
+    try {
+      const events = (await store.queryAuditEvents('i1', { limit: 10 })).items.reverse();
+      assert.deepEqual(
+        events.map((event) => [event.eventId, event.class, event.outcome]),
+        [
+          ['e1', 'change', 'success'],
+          ['e2', 'access', 'notFound'],
+          ['e3', 'change', 'failure'],
+          ['e4', 'change', 'success'],
+          ['e5', 'access', 'success'],
+          ['e6', 'access', 'failure'],
+        ],
+      );
+      assert.deepEqual((await store.queryAuditEvents('i1', { limit: 10, eventClass: 'access', outcome: 'notFound' })).items.map((event) => event.eventId), ['e2']);
+    } finally {
+      await store.close();
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });

@@ -14,8 +14,8 @@ import type { ServiceDeps } from './deps.js';
  *
  * Each event is an access or a change (src/domain/audit-class.ts). Changes are all kept, one event each. An
  * operator's reads are folded so the console does not fill the log with itself (docs/customer-data.md "The system
- * log"): a read by the same policy from the same address, within {@link ACCESS_FOLD_MS} of its previous read of the
- * same subject, with nothing else logged about that subject in between, is counted in that event
+ * log"): a read by the same policy from the same address, within {@link ACCESS_FOLD_MS} of the start of its previous
+ * event about the same subject, with nothing else logged about that subject in between, is counted in that event
  * (`details.repeats`, `details.lastTimeUtc`, `details.alsoRead`) instead of written anew; for reads that name no
  * subject, the same holds per operation. Who read a device's data, and when, stays recorded.
  */

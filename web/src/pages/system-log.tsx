@@ -211,6 +211,15 @@ export function SystemLogPage() {
 function SubjectLinks({ event }: { event: AuditEvent }) {
   const subject = event.subject;
   if (subject === undefined) return <span className="muted">—</span>;
+  // A query of the log names the ID it asked about as all three kinds (it matches any of them).
+  if (subject.registrationId !== undefined && subject.registrationId === subject.deviceId && subject.deviceId === subject.enrollmentGroupId) {
+    return (
+      <span>
+        {subject.registrationId}
+        <div className="small muted">log queried about this ID</div>
+      </span>
+    );
+  }
   if (subject.registrationId !== undefined) {
     return (
       <span>

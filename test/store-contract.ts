@@ -682,6 +682,51 @@ export function runStoreContract(name: string, open: () => Promise<Store>): void
       });
     });
 
+    describe('customer-data lookups by subject (hub-device links, requests and outbox events about an ID)', () => {
+      test('hub-device links: put (idempotent), find by registration, device or group ID in any case, delete, per instance', async () => {
+        const link = { registrationId: 'Link-R1', enrollmentGroupId: 'Link-G', hub: 'hub-a', deviceId: 'Link-D1', linkedDateTimeUtc: '2024-01-01T00:00:00.0000000Z' };
+        await store.putHubDeviceLink(a.id, link);
+        await store.putHubDeviceLink(a.id, { ...link, linkedDateTimeUtc: '2024-01-02T00:00:00.0000000Z' });
+        await store.putHubDeviceLink(a.id, { registrationId: 'link-r2', hub: 'hub-b', deviceId: 'link-d2', linkedDateTimeUtc: '2024-01-01T00:00:00.0000000Z' });
+        await store.putHubDeviceLink(b.id, { ...link });
+        const none = { registrationIds: [], deviceIds: [], groupIds: [] };
+        assert.deepEqual(await store.findHubDeviceLinks(a.id, { ...none, registrationIds: ['link-r1'] }), [{ ...link, linkedDateTimeUtc: '2024-01-02T00:00:00.0000000Z' }]);
+        assert.deepEqual((await store.findHubDeviceLinks(a.id, { ...none, deviceIds: ['LINK-D1', 'link-d2'] })).map((found) => found.deviceId).sort(), ['Link-D1', 'link-d2']);
+        assert.deepEqual((await store.findHubDeviceLinks(a.id, { ...none, groupIds: ['link-g'] })).map((found) => found.registrationId), ['Link-R1']);
+        assert.deepEqual(await store.findHubDeviceLinks(a.id, none), []);
+        assert.equal(await store.deleteHubDeviceLinks(a.id, { ...none, groupIds: ['LINK-G'] }), 1);
+        assert.deepEqual((await store.findHubDeviceLinks(a.id, { ...none, registrationIds: ['link-r1', 'link-r2'] })).map((found) => found.registrationId), ['link-r2']);
+        assert.equal((await store.findHubDeviceLinks(b.id, { ...none, registrationIds: ['link-r1'] })).length, 1, 'another instance keeps its links');
+      });
+
+      test('data requests and outbox events about an ID are found by it (any case), not by listing', async () => {
+        const about = (requestId: string, id: string | undefined): DataRequestRecord => ({
+          requestId,
+          subjectId: id,
+          sortKey: requestId,
+          status: 'completed',
+          type: 'export',
+          doc: { requestId, subject: id === undefined ? { hash: 'h' } : { id } },
+        });
+        await store.putDataRequest(a.id, about('about-1', 'Subject-X'));
+        await store.putDataRequest(a.id, about('about-2', 'subject-y'));
+        await store.putDataRequest(a.id, about('about-3', undefined));
+        await store.putDataRequest(b.id, about('about-4', 'subject-x'));
+        assert.deepEqual((await store.findDataRequestsAbout(a.id, ['SUBJECT-X', 'nobody'])).map((found) => found.requestId), ['about-1']);
+        await store.putDataRequest(a.id, about('about-1', undefined));
+        assert.deepEqual(await store.findDataRequestsAbout(a.id, ['subject-x']), [], 'a request that forgot its subject is not found by it');
+
+        await store.appendOutboxEvent(a.id, { eventId: 'ox-1', doc: { data: { registrationId: 'Reg-X', deviceId: 'dev-x' } } });
+        await store.appendOutboxEvent(a.id, { eventId: 'ox-2', doc: { data: { enrollmentGroupId: 'grp-x' } } });
+        await store.appendOutboxEvent(a.id, { eventId: 'ox-3', doc: { data: { requestId: 'r' } } });
+        const none = { registrationIds: [], deviceIds: [], groupIds: [] };
+        assert.deepEqual((await store.findOutboxEventsAbout(a.id, { ...none, registrationIds: ['reg-x'] })).map((event) => event.eventId), ['ox-1']);
+        assert.deepEqual((await store.findOutboxEventsAbout(a.id, { ...none, deviceIds: ['DEV-X'], groupIds: ['grp-x'] })).map((event) => event.eventId), ['ox-1', 'ox-2']);
+        assert.deepEqual(await store.findOutboxEventsAbout(b.id, { ...none, registrationIds: ['reg-x'] }), []);
+        for (const eventId of ['ox-1', 'ox-2', 'ox-3']) await store.deleteOutboxEvent(a.id, eventId);
+      });
+    });
+
     describe('several writers (compare-and-swap, unique constraints, collation)', () => {
       test('20 concurrent etag-guarded writes of one entry: exactly one wins, on every kind of entry', async () => {
         await store.putEnrollment(a.id, enrollment('race', { etag: 'e0' }));

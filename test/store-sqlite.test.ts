@@ -3,6 +3,9 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
+import { Migrator, sql } from 'kysely';
+import { openSqliteDialect } from '../src/store/dialects/sqlite.js';
+import { migrationProvider } from '../src/store/migrations.js';
 import { openSqliteStore } from '../src/store/open-store.js';
 import { runStoreContract } from './store-contract.js';
 
@@ -32,5 +35,34 @@ test('SQLite file: data survives a reopen and migrations run once', async () => 
     assert.deepEqual(await second.findInstanceByHostName('LOCALHOST'), instance);
   } finally {
     await second.close();
+  }
+});
+
+test('migration 0012 backfills the subject→hub-device links from the records, and the subject keys of requests and outbox events', async () => {
+  const file = join(dir, 'backfill', 'provisiond.db');
+  const opened = openSqliteDialect(file);
+  const migrator = new Migrator({ db: opened.db, provider: migrationProvider(opened.capabilities) });
+  const upTo11 = await migrator.migrateTo('0011_store_for_nodes');
+  assert.equal(upTo11.error, undefined);
+  // Rows as the code before 0012 wrote them.
+  const record = { registrationId: 'Old-1', deviceId: 'Old-1-Dev', assignedHub: 'localhost', enrollmentGroupId: 'Grp', status: 'assigned', lastUpdatedDateTimeUtc: '2024-01-01T00:00:00.0000000Z' };
+  await sql`insert into registrations (instance_id, registration_id_key, device_id_key, group_id_key, status, assigned_hub_key, etag, doc)
+    values ('i1', 'old-1', 'old-1-dev', 'grp', 'assigned', 'localhost', 'e', ${JSON.stringify(record)}),
+           ('i1', 'old-2', '', '', 'failed', '', 'e', ${JSON.stringify({ registrationId: 'old-2', status: 'failed' })})`.execute(opened.db);
+  await sql`insert into data_requests (instance_id, request_id_key, sort_key, status, type, doc)
+    values ('i1', 'r1', '1', 'completed', 'export', ${JSON.stringify({ requestId: 'r1', subject: { kind: 'registrationId', id: 'Old-1' } })})`.execute(opened.db);
+  await sql`insert into event_outbox (instance_id, event_id, doc) values ('i1', 'ev1', ${JSON.stringify({ data: { registrationId: 'Old-1', deviceId: 'Old-1-Dev' } })})`.execute(opened.db);
+  await opened.db.destroy();
+
+  const store = await openSqliteStore(file);
+  try {
+    const none = { registrationIds: [], deviceIds: [], groupIds: [] };
+    assert.deepEqual(await store.findHubDeviceLinks('i1', { ...none, registrationIds: ['old-1', 'old-2'] }), [
+      { registrationId: 'Old-1', enrollmentGroupId: 'Grp', hub: 'localhost', deviceId: 'Old-1-Dev', linkedDateTimeUtc: '2024-01-01T00:00:00.0000000Z' },
+    ]);
+    assert.deepEqual((await store.findDataRequestsAbout('i1', ['old-1'])).map((request) => request.requestId), ['r1']);
+    assert.deepEqual((await store.findOutboxEventsAbout('i1', { ...none, deviceIds: ['OLD-1-DEV'] })).map((event) => event.eventId), ['ev1']);
+  } finally {
+    await store.close();
   }
 });

@@ -268,7 +268,7 @@ export class DataRequestService {
     doc.bundle = bundle;
     doc.result = result;
     doc.status = searched.some((entry) => entry.error !== undefined) ? 'partiallyCompleted' : 'completed';
-    if (doc.status === 'partiallyCompleted') doc.error = 'Some places could not be searched; see result.searched.';
+    if (doc.status === 'partiallyCompleted') doc.error = 'Some hubs could not be searched; see result.searched.';
     doc.progress = { done: searched.length, total: searched.length };
     await this.#save(instance, doc);
     await this.#deps.audit.record(instance.id, {

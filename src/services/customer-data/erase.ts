@@ -115,15 +115,14 @@ export async function runErase(job: EraseJob): Promise<{ result: JsonMap; comple
   // receipt is signed only when a pass finds nothing.
   if (!plan.places.some((entry) => entry.error !== undefined)) {
     let clean = false;
+    // A place that could not be searched or erased in a pass (a hub that dropped a connection) is tried again in the
+    // next one; only what still fails after the last pass fails the erase.
+    let failing = new Map<string, string>();
     for (let pass = 0; pass < RECHECK_PASSES && !clean; pass += 1) {
       const again = mergeTraces(trace, await job.trace());
       const found = await findEverywhere(job, places, again);
-      const failed = found.find((entry) => entry.error !== undefined);
-      if (failed !== undefined) {
-        progressOf(plan, placeOf(places, failed.place)).error = failed.error ?? 'unknown';
-        break;
-      }
-      const dirty = places.filter((_place, index) => (found[index]?.count ?? 0) > 0);
+      failing = new Map();
+      const dirty = places.filter((_place, index) => (found[index]?.count ?? 0) > 0 || found[index]?.error !== undefined);
       clean = dirty.length === 0;
       for (const place of dirty) {
         doc.progress.total += place.size(again);
@@ -131,16 +130,14 @@ export async function runErase(job: EraseJob): Promise<{ result: JsonMap; comple
           await eraseIn(place, progressOf(plan, place), again);
         } catch (error) {
           if (error instanceof Stopped) throw error;
-          progressOf(plan, place).error = messageOf(error);
+          failing.set(place.key, messageOf(error));
         }
       }
       await job.save();
-      if (plan.places.some((entry) => entry.error !== undefined)) break;
     }
+    for (const [key, reason] of failing) progressOf(plan, placeOf(places, key)).error = reason;
     const last = plan.places.at(-1);
-    if (!clean && last !== undefined && !plan.places.some((entry) => entry.error !== undefined)) {
-      last.error = `data about the subject kept appearing after ${RECHECK_PASSES} re-checks`;
-    }
+    if (!clean && failing.size === 0 && last !== undefined) last.error = `data about the subject kept appearing after ${RECHECK_PASSES} re-checks`;
   }
 
   const named = (entry: PlaceProgress): PlaceEntry => ({ place: entry.place, name: humanNameOf(places, entry.place), count: entry.count });

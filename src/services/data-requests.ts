@@ -1,3 +1,4 @@
+import { exportIssuedCertificates, hasIssuedCertificates, ISSUED_CERTIFICATES_PLACE, revokeIssuedCertificates } from './customer-data/issued-certificates.js';
 import { Type } from '@sinclair/typebox';
 import { Value } from '@sinclair/typebox/value';
 import { createHash, generateKeyPairSync, randomBytes } from 'node:crypto';
@@ -435,6 +436,8 @@ export class DataRequestService {
       for (const operation of await store.listOperationsOfRegistration(instance.id, registrationId)) operations.push(operation as unknown as JsonMap);
     }
     searched.push({ place: 'operations', count: operations.length });
+    const issuedCertificates = await exportIssuedCertificates(store, instance.id, subjects.registrationIds);
+    searched.push({ place: ISSUED_CERTIFICATES_PLACE, count: issuedCertificates.length });
     const ids = new Set([...subjects.registrationIds, ...subjects.deviceIds, ...subjects.groupIds].map((value) => value.toLowerCase()));
     const earlierRequests = (await this.#requestsAbout(instance, doc, ids)).map((other) => this.#view(other));
     searched.push({ place: 'dataRequests', count: earlierRequests.length });
@@ -462,6 +465,7 @@ export class DataRequestService {
       // With every hub the device was ever assigned to (the previous assigned hub among them).
       registrationRecords: records.map((record) => ({ ...renderRegistration(record), hubHistory: record.hubHistory ?? [] })),
       operations,
+      issuedCertificates,
       hubDevices,
       webhookExchanges,
       auditEvents,
@@ -505,6 +509,7 @@ export class DataRequestService {
     for (const hub of await store.listLinkedHubs(instance.id)) steps.push(step(`hub:${hub.name}/devices`, subjects.deviceIds, { hub: hub.name }));
     steps.push(step('registrations', subjects.registrationIds));
     steps.push(step('operations', subjects.registrationIds));
+    steps.push(step(ISSUED_CERTIFICATES_PLACE, subjects.registrationIds));
     steps.push(step('enrollments', subjects.enrollments.map((enrollment) => enrollment.registrationId)));
     if (kind === 'enrollmentGroupId') steps.push(step('enrollmentGroups', [id]));
     // Earlier requests about the subject (export bundles, dry-run lists) and undelivered lifecycle events name it too.
@@ -630,7 +635,7 @@ export class DataRequestService {
     // PostgreSQL keeps the old versions of deleted and rewritten rows until VACUUM: reclaim them now, so the erased
     // values leave the tables' pages (docs/customer-data.md says what WAL and backups still hold, and for how long).
     await this.#deps.store
-      .reclaimDeleted(['enrollments', 'enrollment_groups', 'enrollment_certificates', 'registrations', 'operations', 'audit_events', 'data_requests', 'event_outbox', 'hub_devices'])
+      .reclaimDeleted(['enrollments', 'enrollment_groups', 'enrollment_certificates', 'registrations', 'operations', 'audit_events', 'data_requests', 'event_outbox', 'hub_devices', 'issued_certificates'])
       .catch((error: unknown) => this.#deps.logger.warn({ err: error, requestId: doc.requestId }, 'VACUUM after erase failed'));
     await this.#deps.audit.record(instance.id, {
       kind: 'dataRequest',
@@ -752,6 +757,8 @@ export class DataRequestService {
         return one(await store.deleteRegistration(instance.id, item));
       case 'operations':
         return store.deleteOperationsOfRegistration(instance.id, item);
+      case ISSUED_CERTIFICATES_PLACE:
+        return revokeIssuedCertificates(store, instance.id, item, dpsTimestamp(this.#deps.now()));
       case 'enrollments':
         return one(await store.deleteEnrollment(instance.id, item));
       case 'enrollmentGroups':
@@ -794,6 +801,8 @@ export class DataRequestService {
                 ? (await store.getRegistration(instance.id, item)) !== undefined
                 : step.place === 'operations'
                   ? (await store.countOperationsOfRegistration(instance.id, item)) > 0
+                  : step.place === ISSUED_CERTIFICATES_PLACE
+                    ? await hasIssuedCertificates(store, instance.id, item)
                   : step.place === 'enrollments'
                     ? (await store.getEnrollment(instance.id, item)) !== undefined
                     : (await store.getEnrollmentGroup(instance.id, item)) !== undefined;

@@ -8,6 +8,7 @@ const NAMES: Readonly<Record<string, string>> = {
   'enrollmentGroups (membership)': 'Enrollment group membership',
   registrations: 'Registration records',
   operations: 'Registration operations (with custom allocation payloads)',
+  issuedCertificates: 'Certificates issued from CSRs (an erase revokes them)',
   auditEvents: 'System log events',
   webhookExchanges: 'Custom allocation webhook exchanges',
   dataRequests: 'Earlier data requests about the subject',

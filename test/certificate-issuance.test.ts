@@ -13,6 +13,7 @@ import rhea, { type AmqpError, type Message } from 'rhea';
 import { Agent, request as undiciRequest } from 'undici';
 import { parseResponseTopic } from '../src/transports/mqtt/topics.js';
 import { createSelfSignedDeviceCertificate } from '../src/tls/x509-issuer.js';
+import { makeCsr } from './csr.js';
 import { deviceToken, type Json } from './devices.js';
 import { call, readCa, startServer, type TestServer } from './harness.js';
 import { deviceOf, registryFor } from './hubs.js';
@@ -41,28 +42,6 @@ after(async () => {
 });
 
 // ---- helpers
-
-type KeyType = 'ecP256' | 'ecP384' | 'rsa2048';
-type KeyGenParams = webcrypto.EcKeyGenParams | webcrypto.RsaHashedKeyGenParams;
-const ALGORITHMS: Record<KeyType, KeyGenParams> = {
-  ecP256: { name: 'ECDSA', namedCurve: 'P-256' },
-  ecP384: { name: 'ECDSA', namedCurve: 'P-384' },
-  rsa2048: { name: 'RSASSA-PKCS1-v1_5', modulusLength: 2048, publicExponent: new Uint8Array([1, 0, 1]), hash: 'SHA-256' },
-};
-
-/** A device's key pair and its CSR (base64 DER), as a device would make them. */
-async function makeCsr(commonName: string, keyType: KeyType = 'ecP256'): Promise<{ csr: string; keyPem: string; publicKeyDer: Buffer }> {
-  const algorithm = ALGORITHMS[keyType];
-  const keys = (await webcrypto.subtle.generateKey(algorithm, true, ['sign', 'verify'])) as webcrypto.CryptoKeyPair;
-  const request = await x509.Pkcs10CertificateRequestGenerator.create({
-    name: `CN=${commonName}`,
-    keys,
-    signingAlgorithm: algorithm.name === 'ECDSA' ? { name: 'ECDSA', hash: keyType === 'ecP384' ? 'SHA-384' : 'SHA-256' } : algorithm,
-  });
-  const pkcs8 = await webcrypto.subtle.exportKey('pkcs8', keys.privateKey);
-  const spki = await webcrypto.subtle.exportKey('spki', keys.publicKey);
-  return { csr: Buffer.from(request.rawData).toString('base64'), keyPem: x509.PemConverter.encode(pkcs8, 'PRIVATE KEY'), publicKeyDer: Buffer.from(spki) };
-}
 
 async function putPolicy(name: string, body: Json): Promise<{ status: number; body: Json }> {
   const response = await call('PUT', `/credentialPolicies/${name}?${API}`, { headers: { authorization: server.token() }, body });

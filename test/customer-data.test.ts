@@ -119,6 +119,7 @@ describe('export and erase of one device', () => {
       webhookExchanges: 0,
       auditEvents: bundle.auditEvents.length,
       operations: 1,
+      issuedCertificates: 0,
       dataRequests: 0,
       lifecycleEventOutbox: bundle.lifecycleEventOutbox.length,
     });
@@ -144,6 +145,7 @@ describe('export and erase of one device', () => {
       'hub:127.0.0.2/devices': [],
       registrations: ['cd-dev-1'],
       operations: ['cd-dev-1'],
+      issuedCertificates: [],
       enrollments: ['cd-dev-1'],
       lifecycleEventOutbox: undefined,
     });
@@ -200,7 +202,7 @@ describe('export and erase of one device', () => {
     const receipt = await api('GET', '/dataRequests/cd-erase-1/receipt');
     assert.equal(receipt.status, 200);
     const deleted = Object.fromEntries((receipt.body.receipt.deleted as Json[]).map((entry) => [entry.place, entry.count]));
-    assert.deepEqual(deleted, { 'hub:localhost/devices': 1, 'hub:127.0.0.2/devices': 0, registrations: 1, operations: 1, enrollments: 1, lifecycleEventOutbox: 0 });
+    assert.deepEqual(deleted, { 'hub:localhost/devices': 1, 'hub:127.0.0.2/devices': 0, registrations: 1, operations: 1, issuedCertificates: 0, enrollments: 1, lifecycleEventOutbox: 0 });
     const pseudonymized = Object.fromEntries((receipt.body.receipt.pseudonymized as Json[]).map((entry) => [entry.place, entry.count]));
     // The earlier exports and the dry run (not the refused ones, which never existed) keep only the subject's hash.
     assert.deepEqual(pseudonymized, { dataRequests: 4, auditEvents: eventsBefore.length });
@@ -269,6 +271,7 @@ test('a group erase with 1,000 registered devices completes', async () => {
     'hub:127.0.0.2/devices': 0,
     registrations: 1000,
     operations: 1000,
+    issuedCertificates: 0,
     enrollments: 0,
     enrollmentGroups: 1,
     lifecycleEventOutbox: 0,

@@ -22,6 +22,12 @@ if ! command -v swtpm >/dev/null; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update && apt-get install -y swtpm swtpm-tools
 fi
+# The certificate-issuance tests check issued chains and the CRL with `openssl verify`.
+if ! command -v openssl >/dev/null; then
+  echo "== installing openssl"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update && apt-get install -y openssl
+fi
 # The PostgreSQL store's tests need a PostgreSQL server: Debian's, installed here on a fresh machine. One private
 # cluster (initdb + pg_ctl on a free port, trust auth on 127.0.0.1) serves the whole run and is removed at the end.
 if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then

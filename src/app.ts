@@ -27,6 +27,10 @@ import type { Store } from './store/store.js';
 import { controlPlanePlugin } from './transports/http/service-api/control-plane.js';
 import { caCertificatesPlugin } from './transports/http/service-api/certificates.js';
 import { CaCertificateService } from './services/ca-certificates.js';
+import { CertificateIssuance } from './services/attestation/certificate-issuance.js';
+import { CredentialPolicyService } from './services/attestation/credential-policies.js';
+import { IssuingCaService } from './services/attestation/issuing-ca.js';
+import { certificateIssuancePlugin, crlPlugin } from './transports/http/service-api/certificate-issuance.js';
 import { serviceApiPlugin } from './transports/http/service-api/plugin.js';
 import { createHttpServer } from './transports/http/server.js';
 import { createDeviceEndpoints } from './transports/device-endpoints.js';
@@ -196,6 +200,7 @@ async function createLockedApp(deps: AppDeps, logger: FastifyBaseLogger, release
   });
 
   const measuredHubClients = metrics === undefined ? hubClients : metrics.measureHubWrites(hubClients);
+  const issuingCa = new IssuingCaService(serviceDeps);
   const registrationService = new RegistrationService({
     ...serviceDeps,
     hubClients: measuredHubClients,
@@ -205,6 +210,7 @@ async function createLockedApp(deps: AppDeps, logger: FastifyBaseLogger, release
     audit,
     events,
     ...(metrics === undefined ? {} : { observer: metrics.registrations }),
+    issuance: new CertificateIssuance(serviceDeps, issuingCa),
     onWebhookExchange: (instance, registrationId, exchange) =>
       void audit.record(instance.id, {
         kind: 'webhook',
@@ -239,6 +245,8 @@ async function createLockedApp(deps: AppDeps, logger: FastifyBaseLogger, release
   await http.register(serviceApiPlugin({ auth, enrollments: enrollments as never, groups: groups as never, registrations }));
   await http.register(controlPlanePlugin({ auth, instances }));
   await http.register(caCertificatesPlugin({ auth, certificates: new CaCertificateService(serviceDeps) }));
+  await http.register(certificateIssuancePlugin({ auth, policies: new CredentialPolicyService(serviceDeps), issuingCa }));
+  await http.register(crlPlugin({ store, issuingCa }));
   await http.register(builtInHubPlugin({ hubs: builtInHubs }));
   await http.register(deviceApiPlugin({ registrations: registrationService }));
   await http.register(customerDataPlugin({ auth, dataRequests, audit }));

@@ -226,7 +226,7 @@ describe('provisiond data and audit', () => {
     assert.equal(valid.code, 0, valid.stderr);
     assert.equal(valid.stderr, '');
     assert.match(valid.stdout, new RegExp(`^valid: signed by key ${String(key.keyId)} \\(Ed25519, the key the receipt carries; pin it with --public-key\\)\\n  request: +erase-1\\n`));
-    assert.match(valid.stdout, /\n {2}deleted: +hub:localhost\/devices 1, registrations 1, operations \d+, registrationIntents 0, hubDeviceLinks 1, enrollments 1, enrollmentGroups 0, lifecycleEventOutbox 0\n/);
+    assert.match(valid.stdout, /\n {2}deleted: +hub:localhost\/devices 1, registrations 1, operations \d+, registrationIntents 0, hubDeviceLinks 1, issuedCertificates 0, enrollments 1, enrollmentGroups 0, lifecycleEventOutbox 0\n/);
 
     const pinned = await runChild(['data', 'verify-receipt', file('receipt.json'), '--public-key', file('signing-key.pem')], offline);
     assert.equal(pinned.code, 0, pinned.stderr);

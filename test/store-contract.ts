@@ -8,7 +8,10 @@ import type {
   DataRequestRecord,
   AccessPolicyRecord,
   CaCertificateRecord,
+  CredentialPolicyRecord,
   InstanceRecord,
+  IssuedCertificateRecord,
+  IssuingCaRecord,
   LinkedHubRecord,
   ListQuery,
   Page,
@@ -471,6 +474,64 @@ export function runStoreContract(name: string, open: () => Promise<Store>): void
         assert.deepEqual(await store.listCaCertificates(a.id), []);
         assert.equal(await store.findCaCertificateByThumbprint(a.id, 'AC01'), undefined);
         assert.deepEqual(await store.listCaCertificates(b.id), [caCertificate('root', 'AC02', { isVerified: true })]);
+      });
+    });
+
+    describe('certificate issuance', () => {
+      const issuingCa = (label: string): IssuingCaRecord => ({ certificate: `cert ${label}`, chain: [], privateKey: `key ${label}`, source: 'generated', createdDateTimeUtc: '2025-01-01T00:00:00.0000000Z' });
+      const issued = (serialNumber: string, registrationId: string, sha256Thumbprint: string): IssuedCertificateRecord => ({
+        serialNumber,
+        registrationId,
+        credentialPolicyName: 'p',
+        sha256Thumbprint,
+        sha1Thumbprint: 'S1',
+        notBeforeUtc: '2025-01-01T00:00:00.0000000Z',
+        notAfterUtc: '2025-02-01T00:00:00.0000000Z',
+        issuedDateTimeUtc: `2025-01-01T00:00:0${serialNumber.length % 10}.0000000Z`,
+      });
+
+      test('the issuing CA: insert-if-absent keeps the first, replace overwrites; one per instance', async () => {
+        assert.equal(await store.getIssuingCa(a.id), undefined);
+        assert.equal(await store.putIssuingCa(a.id, issuingCa('first'), false), true);
+        assert.equal(await store.putIssuingCa(a.id, issuingCa('second'), false), false, 'a second node loses the race');
+        assert.deepEqual(await store.getIssuingCa(a.id), issuingCa('first'));
+        assert.equal(await store.putIssuingCa(a.id, { ...issuingCa('operator'), source: 'operator' }, true), true);
+        assert.equal((await store.getIssuingCa(a.id))?.source, 'operator');
+        assert.equal(await store.getIssuingCa(b.id), undefined);
+      });
+
+      test('credential policies: put, get any case, list, delete, per instance', async () => {
+        const policy: CredentialPolicyRecord = { name: 'Fleet', keyTypes: ['ecP256'], validityInDays: 30, etag: '"1"', createdDateTimeUtc: 't', lastUpdatedDateTimeUtc: 't' };
+        await store.putCredentialPolicy(a.id, policy);
+        assert.deepEqual(await store.getCredentialPolicy(a.id, 'fleet'), policy);
+        assert.equal(await store.getCredentialPolicy(b.id, 'fleet'), undefined);
+        assert.deepEqual(await store.listCredentialPolicies(a.id), [policy]);
+        assert.equal(await store.deleteCredentialPolicy(a.id, 'FLEET'), true);
+        assert.equal(await store.deleteCredentialPolicy(a.id, 'FLEET'), false);
+      });
+
+      test('issued certificates: by thumbprint and registration ID; revoking forgets the ID and feeds the CRL', async () => {
+        await store.putIssuedCertificate(a.id, issued('0A', 'Dev-1', 'ab'));
+        await store.putIssuedCertificate(a.id, issued('0B01', 'dev-1', 'CD'));
+        await store.putIssuedCertificate(a.id, issued('0C', 'dev-2', 'EF'));
+        assert.equal((await store.findIssuedCertificate(a.id, 'AB'))?.serialNumber, '0A');
+        assert.equal(await store.findIssuedCertificate(b.id, 'AB'), undefined);
+        assert.deepEqual((await store.listIssuedCertificates(a.id, 'DEV-1')).map((record) => record.serialNumber), ['0A', '0B01']);
+        assert.deepEqual(await store.listRevokedCertificates(a.id), []);
+
+        assert.equal(await store.revokeIssuedCertificates(a.id, 'dev-1', '2025-01-05T00:00:00.0000000Z'), 2);
+        assert.deepEqual(await store.listIssuedCertificates(a.id, 'dev-1'), []);
+        const revoked = await store.findIssuedCertificate(a.id, 'ab');
+        assert.equal(revoked?.revokedDateTimeUtc, '2025-01-05T00:00:00.0000000Z');
+        assert.equal(revoked?.registrationId, undefined, 'nothing names the device any more');
+        assert.equal(revoked?.credentialPolicyName, undefined);
+        assert.deepEqual(await store.listRevokedCertificates(a.id), [
+          { serialNumber: '0A', revokedDateTimeUtc: '2025-01-05T00:00:00.0000000Z' },
+          { serialNumber: '0B01', revokedDateTimeUtc: '2025-01-05T00:00:00.0000000Z' },
+        ]);
+        assert.equal((await store.listIssuedCertificates(a.id, 'dev-2')).length, 1);
+        await store.deleteInstance(a.id);
+        assert.equal(await store.findIssuedCertificate(a.id, 'EF'), undefined);
       });
     });
 

@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { createHmac } from 'node:crypto';
+import { createHmac, X509Certificate } from 'node:crypto';
 import { promisify } from 'node:util';
 import { after, before, describe, test } from 'node:test';
 import deviceSdk from 'azure-iot-provisioning-device';
@@ -13,6 +13,7 @@ import rhea from 'rhea';
 import { call, readCa, startServer, type TestServer } from './harness.js';
 import type { Json } from './devices.js';
 import { startSoftwareTpm, type SoftwareTpm } from './tpm-simulator.js';
+import { makeCsr } from './csr.js';
 
 /**
  * TPM attestation end to end (dps-wire.md §4.5, §6): the official TpmSecurityClient (azure-iot-security-tpm, tss.js)
@@ -192,4 +193,42 @@ describe('TPM attestation with the official TPM client on swtpm', () => {
       assert.equal(JSON.stringify(record).includes('authenticationKey'), false);
     });
   }
+
+  test('a TPM device sends a CSR (raw HTTPS, api-version 2025-07-01-preview): challenge, TPM-signed token, certificate', async () => {
+    const policy = await call('PUT', '/credentialPolicies/tpm-csr?api-version=2021-10-01', { headers: { authorization: server.token() }, body: { keyTypes: ['ecP256'] } });
+    assert.equal(policy.status, 200, policy.text);
+    await enroll({ endorsementKey: endorsementKey.toString('base64'), storageRootKey: storageRootKey.toString('base64') }, { deviceId: 'tpm-device-1-on-hub', credentialPolicyName: 'tpm-csr' });
+    const path = `/${idScope}/registrations/${REGISTRATION_ID}`;
+    const preview = 'api-version=2025-07-01-preview';
+    const tpm = { endorsementKey: endorsementKey.toString('base64'), storageRootKey: storageRootKey.toString('base64') };
+    const challenge = await call('PUT', `${path}/register?${preview}`, { body: { registrationId: REGISTRATION_ID, tpm } });
+    assert.equal(challenge.status, 401);
+    await promisify(security.activateIdentityKey.bind(security))(Buffer.from((challenge.body as Json).authenticationKey as string, 'base64'));
+    const resource = `${idScope}/registrations/${REGISTRATION_ID}`;
+    const expiry = Math.floor(Date.now() / 1000) + 600;
+    const signature = await signInTpm(`${resource}\n${expiry}`);
+    const authorization = `SharedAccessSignature sr=${resource}&sig=${encodeURIComponent(signature.toString('base64'))}&se=${expiry}&skn=registration`;
+
+    const device = await makeCsr(REGISTRATION_ID);
+    const registered = await call('PUT', `${path}/register?${preview}`, { headers: { authorization }, body: { registrationId: REGISTRATION_ID, tpm, csr: device.csr } });
+    assert.equal(registered.status, 202, registered.text);
+    let polled = registered;
+    for (let attempt = 0; attempt < 50 && polled.status === 202; attempt += 1) {
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      polled = await call('GET', `${path}/operations/${(registered.body as Json).operationId as string}?${preview}`, { headers: { authorization } });
+    }
+    assert.equal(polled.status, 200, polled.text);
+    const state = (polled.body as Json).registrationState as Json;
+    assert.equal(state.status, 'assigned');
+    assert.equal(typeof state.tpm?.authenticationKey, 'string');
+    const [leaf, root] = (state.issuedCertificateChain as string[]).map((der) => new X509Certificate(Buffer.from(der, 'base64')));
+    assert.ok(leaf !== undefined && root !== undefined);
+    assert.equal(leaf.subject, `CN=${REGISTRATION_ID}`);
+    assert.ok(leaf.verify(root.publicKey));
+    assert.deepEqual(leaf.publicKey.export({ type: 'spki', format: 'der' }), device.publicKeyDer);
+    // The hub identity is now the certificate's.
+    const onHub = (await deviceOf(await registryFor(server, 'localhost'), 'tpm-device-1-on-hub')) as Json;
+    assert.equal(onHub.authentication.type, 'selfSigned');
+    assert.equal(onHub.authentication.x509Thumbprint.primaryThumbprint, leaf.fingerprint.replaceAll(':', ''));
+  });
 });

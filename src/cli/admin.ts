@@ -2,6 +2,7 @@ import type { Command } from 'commander';
 import { registerAuditCommands } from './commands/audit.js';
 import { registerCaCommands } from './commands/ca.js';
 import { registerCertCommands } from './commands/cert.js';
+import { registerCredentialPolicyCommands } from './commands/credential-policies.js';
 import { registerDataCommands } from './commands/data.js';
 import { registerEnrollmentCommands } from './commands/enrollments.js';
 import { registerHubCommands } from './commands/hubs.js';
@@ -22,6 +23,7 @@ export function registerAdminCommands(program: Command, io: CliIo): void {
   registerInstanceCommands(program, io);
   registerCaCommands(program, io);
   registerCertCommands(program, io);
+  registerCredentialPolicyCommands(program, io);
   registerDataCommands(program, io);
   registerAuditCommands(program, io);
 }

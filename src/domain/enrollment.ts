@@ -67,6 +67,8 @@ interface EnrollmentCommon {
   allocationPolicy?: AllocationPolicy;
   iotHubs?: string[];
   customAllocationDefinition?: { webhookUrl: string; apiVersion: string };
+  /** The credential policy a CSR in the device's register request is issued under (2025-07-01-preview). */
+  credentialPolicyName?: string;
 }
 export interface StoredEnrollment extends EnrollmentCommon {
   registrationId: string;
@@ -134,6 +136,7 @@ function common(
   if (input.iotHubHostName != null && input.iotHubHostName !== '') doc.iotHubHostName = input.iotHubHostName.toLowerCase();
   if (input.initialTwin != null) doc.initialTwin = initialTwin(input.initialTwin);
   if (input.allocationPolicy != null) doc.allocationPolicy = input.allocationPolicy;
+  if (input.credentialPolicyName != null && input.credentialPolicyName !== '') doc.credentialPolicyName = input.credentialPolicyName;
   if (input.iotHubs != null && input.iotHubs.length > 0) {
     doc.iotHubs = [...new Set(input.iotHubs.map((hub) => hub.toLowerCase()))];
   }
@@ -377,7 +380,7 @@ export function renderEnrollmentGroup(doc: StoredEnrollmentGroup, visibility: Vi
 const ENROLLMENT_ORDER = [
   'registrationId', 'deviceId', 'registrationState', 'optionalDeviceInformation', 'attestation', 'capabilities',
   'iotHubHostName', 'initialTwin', 'etag', 'provisioningStatus', 'reprovisionPolicy', 'createdDateTimeUtc',
-  'lastUpdatedDateTimeUtc', 'allocationPolicy', 'iotHubs', 'customAllocationDefinition',
+  'lastUpdatedDateTimeUtc', 'allocationPolicy', 'iotHubs', 'customAllocationDefinition', 'credentialPolicyName',
 ];
 const GROUP_ORDER = ['enrollmentGroupId', ...ENROLLMENT_ORDER.slice(4)];
 

@@ -113,6 +113,7 @@ const enrollmentCommon = {
   allocationPolicy: Nullable(AllocationPolicy),
   iotHubs: Nullable(Type.Array(Type.String({ minLength: 1, maxLength: 256 }), { maxItems: 50 })),
   customAllocationDefinition: Nullable(CustomAllocationDefinition),
+  credentialPolicyName: Nullable(Type.String({ maxLength: 64, description: 'The credential policy a CSR is issued under (2025-07-01-preview).' })),
 };
 
 /** IndividualEnrollment as a client sends it. */
@@ -151,6 +152,7 @@ export const IndividualEnrollment = Type.Object(
     allocationPolicy: Type.Optional(AllocationPolicy),
     iotHubs: Type.Optional(Type.Array(Type.String())),
     customAllocationDefinition: Type.Optional(CustomAllocationDefinition),
+    credentialPolicyName: Type.Optional(Type.String()),
   },
   { additionalProperties: true },
 );
@@ -169,6 +171,7 @@ export const EnrollmentGroup = Type.Object(
     allocationPolicy: Type.Optional(AllocationPolicy),
     iotHubs: Type.Optional(Type.Array(Type.String())),
     customAllocationDefinition: Type.Optional(CustomAllocationDefinition),
+    credentialPolicyName: Type.Optional(Type.String()),
   },
   { additionalProperties: true },
 );

@@ -33,6 +33,7 @@ interface EnrollmentDocument {
   etag: string;
   iotHubs?: string[];
   iotHubHostName?: string;
+  credentialPolicyName?: string;
 }
 
 export interface EnrollmentKindSpec<Doc extends EnrollmentDocument> {
@@ -243,6 +244,7 @@ export class EnrollmentService<Doc extends EnrollmentDocument> {
       this.#spec.kind === 'group' ? { groupIds: [id] } : { registrationIds: [id], deviceIds: [(doc as unknown as StoredEnrollment).deviceId ?? id] },
     );
     await this.#checkHubs(store, instance, doc);
+    await this.#checkCredentialPolicy(store, instance, doc);
     await this.#checkCertificatesUnused(store, instance, doc);
     // With a precondition, the write is a compare-and-swap on the etag checked above: of concurrent writers holding
     // the same etag exactly one succeeds (on PostgreSQL the others' conditional UPDATE finds the new etag).
@@ -260,6 +262,13 @@ export class EnrollmentService<Doc extends EnrollmentDocument> {
     if (unknown.length > 0) {
       throw new ProvisioningError('InvalidAllocation', `These hubs are not linked to the instance: ${unknown.join(', ')}.`);
     }
+  }
+
+  /** credentialPolicyName must name a credential policy of the instance (docs/certificate-issuance.md). */
+  async #checkCredentialPolicy(store: Store, instance: InstanceRecord, doc: Doc): Promise<void> {
+    const name = doc.credentialPolicyName;
+    if (name === undefined || (await store.getCredentialPolicy(instance.id, name)) !== undefined) return;
+    throw new ProvisioningError('CredentialPolicyUnknown', `credentialPolicyName '${name}' names no credential policy of this instance.`);
   }
 
   /** "A certificate can be specified in only one enrollment entry" (dps-wire.md §2.3, §4.4). */

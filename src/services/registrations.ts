@@ -27,6 +27,8 @@ import type { AuditLog } from './audit-log.js';
 import type { LifecycleEvents } from './lifecycle-events.js';
 import { authenticateDevice } from './attestation/authenticate.js';
 import type { DeviceCredential, DeviceMatch } from './attestation/device-match.js';
+import { withIssuedCredential, type CertificateIssuance } from './attestation/certificate-issuance.js';
+import type { CheckedCsr, IssuedCertificate } from './attestation/csr.js';
 
 export type { DeviceCredential } from './attestation/device-match.js';
 import { assertNotFenced, isFenceRefusal, registrationRefusal, undoInterruptedRegistration } from './customer-data/erase-fence.js';
@@ -67,6 +69,8 @@ export interface RegistrationServiceDeps extends ServiceDeps {
   events?: LifecycleEvents;
   /** Metrics: every register attempt's outcome and duration, every throttled request. */
   observer?: RegistrationObserver;
+  /** Certificates from CSRs (docs/certificate-issuance.md); without it a register request's csr is refused. */
+  issuance?: CertificateIssuance;
 }
 
 export interface RegistrationObservation {
@@ -104,12 +108,13 @@ export class RegistrationService {
   }
 
   /** Register: authenticate now (401 at once), assign in the background, answer 202 `assigning` with an operation. */
-  async register(request: DeviceRequest & { payload?: JsonMap | undefined }): Promise<OperationReply> {
+  async register(request: DeviceRequest & { payload?: JsonMap | undefined; csr?: string | undefined }): Promise<OperationReply> {
     const started = performance.now();
     const observe = (outcome: RegistrationObservation['outcome'], attestationType: RegistrationObservation['attestationType'], errorCode: number | undefined) =>
       this.#deps.observer?.attempted({ transport: request.transport, attestationType, outcome, seconds: (performance.now() - started) / 1000, ...(errorCode === undefined ? {} : { errorCode }) });
     let instance: InstanceRecord | undefined;
     let match: DeviceMatch;
+    let csr: CheckedCsr | undefined;
     try {
       // Authenticate first: the instance's registration budget is spent only by devices that proved who they are.
       match = await this.#refused.guard(request.source, async () => {
@@ -118,6 +123,7 @@ export class RegistrationService {
       });
       const instanceId = match.instance.id;
       await this.#throttling(request.transport, 'register', () => this.#registrationLimiter.take(instanceId));
+      csr = await this.#checkCsr(match, request.csr);
     } catch (error) {
       observe('refused', request.credential.kind === 'x509' ? 'x509' : 'symmetricKey', error instanceof ProvisioningError ? error.errorCode : undefined);
       // A refused attempt is logged with why, so a tenant can tell a wrong key from a throttled device.
@@ -160,7 +166,7 @@ export class RegistrationService {
         }
         throw error;
       });
-    const work = this.#serialized(`${matched.id}/${idKey(match.registrationId)}`, () => this.#assign(match, operation, request.payload, request.transport));
+    const work = this.#serialized(`${matched.id}/${idKey(match.registrationId)}`, () => this.#assign(match, operation, request.payload, request.transport, csr));
     // (A rejected assignment is the race's below to report; this only counts the finished ones.)
     void work.then(
       (record) => {
@@ -323,16 +329,22 @@ export class RegistrationService {
   }
 
   /** Allocation, hub write and record; never throws — every failure ends the operation `failed` with a reason. */
-  async #assign(match: DeviceMatch, operation: StoredOperation, payload: JsonMap | undefined, transport: Transport): Promise<StoredRegistration | undefined> {
+  async #assign(match: DeviceMatch, operation: StoredOperation, payload: JsonMap | undefined, transport: Transport, csr?: CheckedCsr): Promise<StoredRegistration | undefined> {
     this.#inFlight.add(operation.operationId);
     try {
-      return await this.#assignTracked(match, operation, payload, transport);
+      return await this.#assignTracked(match, operation, payload, transport, csr);
     } finally {
       this.#inFlight.delete(operation.operationId);
     }
   }
 
-  async #assignTracked(match: DeviceMatch, operation: StoredOperation, payload: JsonMap | undefined, transport: Transport): Promise<StoredRegistration | undefined> {
+  async #assignTracked(
+    match: DeviceMatch,
+    operation: StoredOperation,
+    payload: JsonMap | undefined,
+    transport: Transport,
+    csr: CheckedCsr | undefined,
+  ): Promise<StoredRegistration | undefined> {
     const { instance } = match;
     const store = this.#deps.store;
     /** Set once the intent is stored, before the first hub write. */
@@ -357,6 +369,7 @@ export class RegistrationService {
     if (previous?.deviceId !== undefined) base.deviceId = previous.deviceId;
 
     let record: StoredRegistration;
+    let issued: IssuedCertificate | undefined;
     try {
       if (enrollment.provisioningStatus === 'disabled') {
         // DPS ends the registration `disabled` (dps-wire.md §8.3); the record also says which entry refused it.
@@ -368,7 +381,9 @@ export class RegistrationService {
         );
         record = { ...base, status: 'disabled', errorCode: refusal.errorCode, errorMessage: refusal.message };
       } else {
-        record = await this.#allocateAndWrite(match, previous, base, payload, operation.operationId, intent);
+        // Step: issue the certificate of the CSR before the hub write, so the hub identity is the certificate's.
+        issued = await this.#issueCertificate(match, csr);
+        record = await this.#allocateAndWrite(withIssuedCredential(match, issued), previous, base, payload, operation.operationId, intent);
       }
     } catch (error) {
       const failure = error instanceof ProvisioningError ? error : this.#asProvisioningError(error, match);
@@ -378,7 +393,11 @@ export class RegistrationService {
       ...operation,
       status: record.status === 'assigned' || record.status === 'disabled' || record.status === 'failed' ? record.status : 'failed',
       lastUpdatedDateTimeUtc: dpsTimestamp(this.#deps.now()),
-      registrationState: renderDeviceRegistration(record, match.resultSection),
+      registrationState: {
+        ...renderDeviceRegistration(record, match.resultSection),
+        // Only the operation carries the chain (dps-wire.md §0: never returned by status lookup).
+        ...(issued !== undefined && record.status === 'assigned' ? { issuedCertificateChain: issued.chain } : {}),
+      },
     };
     const outcome = this.#deps.audit?.event({
       kind: 'registration',
@@ -409,6 +428,7 @@ export class RegistrationService {
         // The explicit subject→hub-device link a later erase follows (customer-data/hub-device-links.ts).
         const link = hubDeviceLinkOf(record, now);
         if (link !== undefined) await tx.putHubDeviceLink(instance.id, link);
+        if (issued !== undefined && record.status === 'assigned') await tx.putIssuedCertificate(instance.id, issued.record);
         await tx.putOperation(instance.id, finished);
         if (outcome !== undefined) await tx.appendAuditEvent(instance.id, outcome);
         if (intent.written !== undefined && record.status === 'assigned') await tx.deleteRegistrationIntent(instance.id, operation.operationId);
@@ -447,6 +467,19 @@ export class RegistrationService {
       ...(record.errorCode === undefined ? {} : { errorCode: record.errorCode, errorMessage: record.errorMessage }),
     });
     return record;
+  }
+
+  /** A register request's csr, checked before any operation exists (a bad one is a 400 at once). */
+  async #checkCsr(match: DeviceMatch, csr: string | undefined): Promise<CheckedCsr | undefined> {
+    if (csr === undefined) return undefined;
+    if (this.#deps.issuance === undefined) throw new ProvisioningError('CsrNotAccepted', 'This server issues no certificates.');
+    return this.#deps.issuance.check(match, csr);
+  }
+
+  /** The certificate-issuance step (docs/certificate-issuance.md); nothing to do without a CSR. */
+  async #issueCertificate(match: DeviceMatch, csr: CheckedCsr | undefined): Promise<IssuedCertificate | undefined> {
+    if (csr === undefined || this.#deps.issuance === undefined) return undefined;
+    return this.#deps.issuance.issue(match, csr);
   }
 
   /** One write to a hub, logged with its outcome. */

@@ -11,7 +11,10 @@ import type { Database } from './schema.js';
 import type {
   AccessPolicyRecord,
   CaCertificateRecord,
+  CredentialPolicyRecord,
   InstanceRecord,
+  IssuedCertificateRecord,
+  IssuingCaRecord,
   LinkedHubRecord,
   ListQuery,
   Page,
@@ -32,7 +35,7 @@ import type {
 
 type Db = Kysely<Database> | Transaction<Database>;
 /** Tables keyed by (instance, lower-cased name) holding one document. */
-type NamedTable = 'access_policies' | 'linked_hubs' | 'ca_certificates';
+type NamedTable = 'access_policies' | 'linked_hubs' | 'ca_certificates' | 'credential_policies';
 
 /**
  * Columns behind the query fields. ID and enum columns hold lower-cased values and are compared case-insensitively,
@@ -233,6 +236,9 @@ export class KyselyStore implements Store {
       'data_requests',
       'event_outbox',
       'hub_device_links',
+      'issuing_cas',
+      'credential_policies',
+      'issued_certificates',
     ] as const) {
       await this.#db.deleteFrom(table).where('instance_id', '=', id).execute();
     }
@@ -311,6 +317,97 @@ export class KyselyStore implements Store {
     return changed(await query.executeTakeFirst());
   }
 
+  // ---- certificate issuance: the issuing CA, credential policies, issued certificates
+
+  async getIssuingCa(instanceId: string): Promise<IssuingCaRecord | undefined> {
+    const row = await this.#db.selectFrom('issuing_cas').select('doc').where('instance_id', '=', instanceId).executeTakeFirst();
+    return row === undefined ? undefined : parse<IssuingCaRecord>(row.doc);
+  }
+  async putIssuingCa(instanceId: string, ca: IssuingCaRecord, replace: boolean): Promise<boolean> {
+    const doc = JSON.stringify(ca);
+    const result = await this.#db
+      .insertInto('issuing_cas')
+      .values({ instance_id: instanceId, doc })
+      .onConflict((oc) => (replace ? oc.column('instance_id').doUpdateSet({ doc }) : oc.column('instance_id').doNothing()))
+      .executeTakeFirst();
+    return changed(result);
+  }
+  async listCredentialPolicies(instanceId: string): Promise<CredentialPolicyRecord[]> {
+    return this.#listNamed<CredentialPolicyRecord>('credential_policies', instanceId);
+  }
+  async getCredentialPolicy(instanceId: string, name: string): Promise<CredentialPolicyRecord | undefined> {
+    return this.#getNamed<CredentialPolicyRecord>('credential_policies', instanceId, name);
+  }
+  async putCredentialPolicy(instanceId: string, policy: CredentialPolicyRecord): Promise<void> {
+    await this.#putNamed('credential_policies', instanceId, policy.name, policy);
+  }
+  async deleteCredentialPolicy(instanceId: string, name: string): Promise<boolean> {
+    return this.#deleteNamed('credential_policies', instanceId, name);
+  }
+  async putIssuedCertificate(instanceId: string, certificate: IssuedCertificateRecord): Promise<void> {
+    await this.#db
+      .insertInto('issued_certificates')
+      .values({
+        instance_id: instanceId,
+        serial: certificate.serialNumber.toUpperCase(),
+        registration_id_key: certificate.registrationId === undefined ? '' : lower(certificate.registrationId),
+        sha256_thumbprint: certificate.sha256Thumbprint.toUpperCase(),
+        revoked: certificate.revokedDateTimeUtc ?? '',
+        doc: JSON.stringify(certificate),
+      })
+      .execute();
+  }
+  async findIssuedCertificate(instanceId: string, sha256Thumbprint: string): Promise<IssuedCertificateRecord | undefined> {
+    const row = await this.#db
+      .selectFrom('issued_certificates')
+      .select('doc')
+      .where('instance_id', '=', instanceId)
+      .where('sha256_thumbprint', '=', sha256Thumbprint.toUpperCase())
+      .executeTakeFirst();
+    return row === undefined ? undefined : parse<IssuedCertificateRecord>(row.doc);
+  }
+  async listIssuedCertificates(instanceId: string, registrationId: string): Promise<IssuedCertificateRecord[]> {
+    const rows = await this.#db
+      .selectFrom('issued_certificates')
+      .select('doc')
+      .where('instance_id', '=', instanceId)
+      .where('registration_id_key', '=', lower(registrationId))
+      .execute();
+    return rows.map((row) => parse<IssuedCertificateRecord>(row.doc)).sort((a, b) => a.issuedDateTimeUtc.localeCompare(b.issuedDateTimeUtc));
+  }
+  async revokeIssuedCertificates(instanceId: string, registrationId: string, revokedUtc: string): Promise<number> {
+    const issued = await this.listIssuedCertificates(instanceId, registrationId);
+    for (const certificate of issued) {
+      // Only what the CRL needs stays: the serial number, the thumbprint (so the certificate is refused at sign-in)
+      // and the times. Nothing names the device any more.
+      const kept: IssuedCertificateRecord = {
+        serialNumber: certificate.serialNumber,
+        sha256Thumbprint: certificate.sha256Thumbprint,
+        notBeforeUtc: certificate.notBeforeUtc,
+        notAfterUtc: certificate.notAfterUtc,
+        issuedDateTimeUtc: certificate.issuedDateTimeUtc,
+        revokedDateTimeUtc: certificate.revokedDateTimeUtc ?? revokedUtc,
+      };
+      await this.#db
+        .updateTable('issued_certificates')
+        .set({ registration_id_key: '', revoked: kept.revokedDateTimeUtc ?? revokedUtc, doc: JSON.stringify(kept) })
+        .where('instance_id', '=', instanceId)
+        .where('serial', '=', certificate.serialNumber.toUpperCase())
+        .execute();
+    }
+    return issued.length;
+  }
+  async listRevokedCertificates(instanceId: string): Promise<Array<{ serialNumber: string; revokedDateTimeUtc: string }>> {
+    const rows = await this.#db
+      .selectFrom('issued_certificates')
+      .select(['serial', 'revoked'])
+      .where('instance_id', '=', instanceId)
+      .where('revoked', '!=', '')
+      .orderBy('serial')
+      .execute();
+    return rows.map((row) => ({ serialNumber: row.serial, revokedDateTimeUtc: row.revoked }));
+  }
+
   async #listNamed<T>(table: NamedTable, instanceId: string): Promise<T[]> {
     const rows = await this.#db.selectFrom(table).select('doc').where('instance_id', '=', instanceId).orderBy('name_key').execute();
     return rows.map((row) => parse<T>(row.doc));
@@ -324,7 +421,7 @@ export class KyselyStore implements Store {
       .executeTakeFirst();
     return row === undefined ? undefined : parse<T>(row.doc);
   }
-  async #putNamed(table: 'access_policies' | 'linked_hubs', instanceId: string, name: string, doc: object): Promise<void> {
+  async #putNamed(table: 'access_policies' | 'linked_hubs' | 'credential_policies', instanceId: string, name: string, doc: object): Promise<void> {
     const text = JSON.stringify(doc);
     await this.#db
       .insertInto(table)

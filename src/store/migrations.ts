@@ -370,6 +370,44 @@ function customerDataLinks(capabilities: DialectCapabilities): Migration {
   };
 }
 
+/**
+ * Certificate issuance from a CSR (issue 14, docs/certificate-issuance.md): the instance's issuing CA (one row per
+ * instance, shared by every node), its credential policies, and every certificate it issued (serial, thumbprint,
+ * validity, registration ID; revoked ones stay for the CRL without the registration ID).
+ */
+function certificateIssuance(capabilities: DialectCapabilities): Migration {
+  // Key columns compare byte-wise on PostgreSQL, as 0011 made every other text column.
+  const text = capabilities.name === 'postgres' ? sql`text collate "C"` : sql`text`;
+  return {
+    async up(db: Kysely<unknown>): Promise<void> {
+      await db.schema
+        .createTable('issuing_cas')
+        .addColumn('instance_id', text, (c) => c.primaryKey())
+        .addColumn('doc', text, (c) => c.notNull())
+        .execute();
+      await db.schema
+        .createTable('credential_policies')
+        .addColumn('instance_id', text, (c) => c.notNull())
+        .addColumn('name_key', text, (c) => c.notNull())
+        .addColumn('doc', text, (c) => c.notNull())
+        .addPrimaryKeyConstraint('credential_policies_pk', ['instance_id', 'name_key'])
+        .execute();
+      await db.schema
+        .createTable('issued_certificates')
+        .addColumn('instance_id', text, (c) => c.notNull())
+        .addColumn('serial', text, (c) => c.notNull())
+        .addColumn('registration_id_key', text, (c) => c.notNull())
+        .addColumn('sha256_thumbprint', text, (c) => c.notNull())
+        .addColumn('revoked', text, (c) => c.notNull())
+        .addColumn('doc', text, (c) => c.notNull())
+        .addPrimaryKeyConstraint('issued_certificates_pk', ['instance_id', 'serial'])
+        .execute();
+      await db.schema.createIndex('issued_certificates_registration').on('issued_certificates').columns(['instance_id', 'registration_id_key']).execute();
+      await db.schema.createIndex('issued_certificates_thumbprint').on('issued_certificates').columns(['instance_id', 'sha256_thumbprint']).execute();
+    },
+  };
+}
+
 /** The migrations for one dialect (the list is the same; a migration may branch on a capability). */
 export function migrationProvider(capabilities: DialectCapabilities): MigrationProvider {
   return {
@@ -378,6 +416,7 @@ export function migrationProvider(capabilities: DialectCapabilities): MigrationP
         ...migrations,
         '0011_store_for_nodes': storeForNodes(capabilities),
         '0012_customer_data_links': customerDataLinks(capabilities),
+        '0014_certificate_issuance': certificateIssuance(capabilities),
       }),
   };
 }

@@ -77,6 +77,12 @@ export interface Database {
   rate_limits: { bucket_key: string; tokens: number; at_ms: number | string };
   /** Named leases: who works on something (a data-request job, an instance's event delivery) and until when. */
   leases: { name: string; owner: string; until_ms: number | string };
+  /** The issuing CA of an instance (certificate and key), created on first need or supplied by the operator. */
+  issuing_cas: { instance_id: string; doc: string };
+  /** Credential policies: (instance, lower-cased name) -> document. */
+  credential_policies: { instance_id: string; name_key: string; doc: string };
+  /** Certificates issued from CSRs; `revoked` is '' or the revocation time; `sha256_thumbprint` upper-case. */
+  issued_certificates: { instance_id: string; serial: string; registration_id_key: string; sha256_thumbprint: string; revoked: string; doc: string };
   /** Counters bumped by writes that node caches depend on (an instance's enrollment groups). */
   change_counters: { name: string; version: number | string };
 }

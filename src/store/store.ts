@@ -98,6 +98,55 @@ export interface CaCertificateRecord {
   lastUpdatedDateTimeUtc: string;
 }
 
+/**
+ * The instance's issuing CA (docs/certificate-issuance.md): the certificate that signs the leaves issued from CSRs,
+ * its private key (never shown), and — for a CA the operator supplied that is itself an intermediate — the
+ * certificates above it up to the root.
+ */
+export interface IssuingCaRecord {
+  /** PEM. */
+  certificate: string;
+  /** PEM, from the CA's issuer up to the root; empty when the CA is a root. */
+  chain: string[];
+  /** PKCS#8 PEM. */
+  privateKey: string;
+  source: 'generated' | 'operator';
+  createdDateTimeUtc: string;
+}
+
+/** The key types a credential policy may accept in a CSR. */
+export const CREDENTIAL_KEY_TYPES = ['ecP256', 'ecP384', 'rsa2048', 'rsa3072', 'rsa4096'] as const;
+export type CredentialKeyType = (typeof CREDENTIAL_KEY_TYPES)[number];
+
+/** A credential policy: what the issuing CA signs for the enrollments that name it (`credentialPolicyName`). */
+export interface CredentialPolicyRecord {
+  name: string;
+  keyTypes: CredentialKeyType[];
+  validityInDays: number;
+  etag: string;
+  createdDateTimeUtc: string;
+  lastUpdatedDateTimeUtc: string;
+}
+
+/**
+ * A certificate the issuing CA signed for a device. Customer data: an erase revokes it and drops what names the
+ * device, keeping only what the CRL needs (serial number and revocation time).
+ */
+export interface IssuedCertificateRecord {
+  /** Upper-case hex, as openssl prints it. */
+  serialNumber: string;
+  registrationId?: string;
+  enrollmentGroupId?: string;
+  credentialPolicyName?: string;
+  /** Upper-case hex without colons. */
+  sha256Thumbprint: string;
+  sha1Thumbprint?: string;
+  notBeforeUtc: string;
+  notAfterUtc: string;
+  issuedDateTimeUtc: string;
+  revokedDateTimeUtc?: string;
+}
+
 /** A registration attempt a device polls (dps-wire.md §4). Stored, so any node can answer a poll. */
 export interface StoredOperation {
   operationId: string;
@@ -289,6 +338,24 @@ export interface Store {
   putCaCertificate(instanceId: string, certificate: CaCertificateRecord, expectedEtag?: string): Promise<boolean>;
   deleteCaCertificate(instanceId: string, name: string, expectedEtag?: string): Promise<boolean>;
 
+  /** Certificate issuance (docs/certificate-issuance.md). */
+  getIssuingCa(instanceId: string): Promise<IssuingCaRecord | undefined>;
+  /** With `replace` false, writes only when the instance has no issuing CA yet and answers whether it wrote. */
+  putIssuingCa(instanceId: string, ca: IssuingCaRecord, replace: boolean): Promise<boolean>;
+  listCredentialPolicies(instanceId: string): Promise<CredentialPolicyRecord[]>;
+  getCredentialPolicy(instanceId: string, name: string): Promise<CredentialPolicyRecord | undefined>;
+  putCredentialPolicy(instanceId: string, policy: CredentialPolicyRecord): Promise<void>;
+  deleteCredentialPolicy(instanceId: string, name: string): Promise<boolean>;
+  putIssuedCertificate(instanceId: string, certificate: IssuedCertificateRecord): Promise<void>;
+  /** The issued certificate with this SHA-256 thumbprint (any case), revoked or not. */
+  findIssuedCertificate(instanceId: string, sha256Thumbprint: string): Promise<IssuedCertificateRecord | undefined>;
+  /** Every certificate issued to this registration ID that an erase has not revoked yet, oldest first. */
+  listIssuedCertificates(instanceId: string, registrationId: string): Promise<IssuedCertificateRecord[]>;
+  /** Revokes every certificate of the registration ID and forgets the ID on them; returns how many. */
+  revokeIssuedCertificates(instanceId: string, registrationId: string, revokedUtc: string): Promise<number>;
+  /** Every revoked certificate of the instance (the CRL), by serial number. */
+  listRevokedCertificates(instanceId: string): Promise<Array<{ serialNumber: string; revokedDateTimeUtc: string }>>;
+
   getRegistration(instanceId: string, registrationId: string): Promise<StoredRegistration | undefined>;
   putRegistration(instanceId: string, registration: StoredRegistration): Promise<void>;
   deleteRegistration(instanceId: string, registrationId: string, expectedEtag?: string): Promise<boolean>;
@@ -398,6 +465,7 @@ export type StoreTable =
   | 'event_outbox'
   | 'hub_devices'
   | 'hub_device_links'
-  | 'registration_intents';
+  | 'registration_intents'
+  | 'issued_certificates';
 
 export const DATA_REQUEST_FIELDS = ['type', 'status'] as const;

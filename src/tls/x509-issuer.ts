@@ -141,7 +141,7 @@ async function pemPair(cert: x509.X509Certificate, key: CryptoKey): Promise<Cert
 }
 
 /** The issuer's key in any PEM form node:crypto reads (PKCS#8, SEC1, PKCS#1), with the matching signature algorithm. */
-async function importIssuerKey(keyPem: string, issuerCert: x509.X509Certificate): Promise<{ key: CryptoKey; algorithm: webcrypto.Algorithm }> {
+export async function importIssuerKey(keyPem: string, issuerCert: x509.X509Certificate): Promise<{ key: CryptoKey; algorithm: webcrypto.Algorithm }> {
   const pkcs8 = createPrivateKey(keyPem).export({ type: 'pkcs8', format: 'der' });
   const publicAlgorithm = issuerCert.publicKey.algorithm as webcrypto.Algorithm & { namedCurve?: string };
   if (publicAlgorithm.name === 'ECDSA') {

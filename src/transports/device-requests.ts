@@ -18,10 +18,33 @@ export interface BodyTpmKeys {
   storageRootKey: string | undefined;
 }
 
-/** What a `DeviceRegistration` body says once checked: the custom payload and the TPM keys, either may be absent. */
+/** What a `DeviceRegistration` body says once checked: the custom payload, the TPM keys and the CSR, each may be absent. */
 export interface RegistrationBody {
   payload: JsonMap | undefined;
   tpm: BodyTpmKeys | undefined;
+  /** Base64 DER PKCS#10 (api-version 2025-07-01-preview; docs/certificate-issuance.md). */
+  csr?: string | undefined;
+}
+
+/** The first device api-version whose register request takes `csr` (dps-wire.md §0). */
+export const CSR_API_VERSION = '2025-07-01-preview';
+
+/**
+ * The csr of a register request. An older api-version has no such field: a request that sends one anyway is refused
+ * rather than answered without the certificate the device waits for. `apiVersion` is undefined where the transport
+ * carries none (AMQP).
+ */
+export function registerCsr(body: RegistrationBody, apiVersion: string | undefined): string | undefined {
+  if (body.csr === undefined) return undefined;
+  if (apiVersion !== undefined && apiVersion < '2025-07-01') {
+    throw new ProvisioningError('CsrNotAccepted', `csr needs api-version ${CSR_API_VERSION} or later; this request uses ${apiVersion}.`);
+  }
+  return body.csr;
+}
+
+/** DPS answers a csr sent to the status-lookup POST with a 400 (dps-wire.md §0). */
+export function refuseLookupCsr(body: RegistrationBody): void {
+  if (body.csr !== undefined) throw new ProvisioningError('CsrNotAccepted', 'csr is taken by the register request only, not by the registration status lookup.');
 }
 
 /**
@@ -66,7 +89,7 @@ export function checkRegistrationBody(parsed: unknown, registrationId: string): 
   if (typeof parsed !== 'object' || Array.isArray(parsed)) {
     throw new ProvisioningError('SchemaViolation', 'The request body must be a DeviceRegistration object.');
   }
-  const registration = parsed as { registrationId?: unknown; payload?: unknown; tpm?: unknown };
+  const registration = parsed as { registrationId?: unknown; payload?: unknown; tpm?: unknown; csr?: unknown };
   if (registration.registrationId !== undefined && registration.registrationId !== null) {
     if (typeof registration.registrationId !== 'string') throw new ProvisioningError('SchemaViolation', "'registrationId' must be a string.");
     if (registration.registrationId.toLowerCase() !== registrationId.toLowerCase()) {
@@ -87,10 +110,15 @@ export function checkRegistrationBody(parsed: unknown, registrationId: string): 
     }
     tpm = { endorsementKey: keys.endorsementKey, storageRootKey: typeof keys.storageRootKey === 'string' && keys.storageRootKey !== '' ? keys.storageRootKey : undefined };
   }
+  let csr: string | undefined;
+  if (registration.csr !== undefined && registration.csr !== null) {
+    if (typeof registration.csr !== 'string') throw new ProvisioningError('SchemaViolation', "'csr' must be a base64 string.");
+    csr = registration.csr;
+  }
   const payload = registration.payload;
-  if (payload === undefined || payload === null) return { payload: undefined, tpm };
+  if (payload === undefined || payload === null) return { payload: undefined, tpm, csr };
   if (typeof payload !== 'object' || Array.isArray(payload)) throw new ProvisioningError('SchemaViolation', "'payload' must be a JSON object.");
-  return { payload: payload as JsonMap, tpm };
+  return { payload: payload as JsonMap, tpm, csr };
 }
 
 export interface DeviceFailure {

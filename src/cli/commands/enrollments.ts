@@ -83,6 +83,7 @@ interface EnrollmentFlags extends ConnectionFlags {
   enabled?: boolean;
   iotHub?: string[];
   allocationPolicy?: string;
+  credentialPolicy?: string;
   webhookUrl?: string;
   webhookApiVersion?: string;
   initialTwin?: string;
@@ -232,7 +233,8 @@ function addEnrollmentOptions(command: Command, spec: KindSpec, mode: 'create' |
     .option('--webhook-url <url>', 'custom allocation webhook (implies --allocation-policy custom)')
     .option('--webhook-api-version <version>', `api-version of the webhook payload (default ${DEFAULT_WEBHOOK_API_VERSION})`)
     .option('--initial-twin <json>', 'initial twin {"tags":{…},"properties":{"desired":{…}}}, inline or @file')
-    .option('--edge', 'the devices are IoT Edge devices');
+    .option('--edge', 'the devices are IoT Edge devices')
+    .option('--credential-policy <name>', "the credential policy a device's CSR is issued under (docs/certificate-issuance.md)");
   if (mode === 'update') command.option('--no-edge', 'the devices are not IoT Edge devices');
   command.addOption(
     new Option('--reprovision <policy>', 'on re-registration to another hub: migrate the device data, reset it to the initial twin, or never move (default migrate)').choices(
@@ -331,6 +333,7 @@ function applyFlags(spec: KindSpec, doc: Json, flags: EnrollmentFlags): number {
   if (flags.enabled === true) set('provisioningStatus', 'enabled');
   if (flags.iotHub !== undefined) set('iotHubs', flags.iotHub);
   if (flags.allocationPolicy !== undefined) set('allocationPolicy', flags.allocationPolicy);
+  if (flags.credentialPolicy !== undefined) set('credentialPolicyName', flags.credentialPolicy === '' ? null : flags.credentialPolicy);
   if (flags.webhookUrl !== undefined || flags.webhookApiVersion !== undefined) {
     const old = asObject(doc.customAllocationDefinition);
     const webhookUrl = flags.webhookUrl ?? text(old.webhookUrl);
@@ -391,6 +394,7 @@ function describeEnrollment(spec: KindSpec, doc: Json, title: string, withKeys: 
     ['allocation policy', text(doc.allocationPolicy) ?? '(the instance default)'],
     ['allocation webhook', custom.webhookUrl === undefined ? undefined : `${text(custom.webhookUrl) ?? ''} (api-version ${text(custom.apiVersion) ?? '?'})`],
     ['reprovisioning', reprovisionName(doc.reprovisionPolicy)],
+    ['credential policy', text(doc.credentialPolicyName)],
     ['IoT Edge', yesNo(asObject(doc.capabilities).iotEdge)],
     ['initial twin', doc.initialTwin === undefined ? undefined : JSON.stringify(doc.initialTwin)],
     ['registration', state.status === undefined ? undefined : registrationSummary(state)],

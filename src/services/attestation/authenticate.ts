@@ -1,6 +1,7 @@
 import { assertRegistrationId } from '../../domain/ids.js';
 import type { InstanceRecord } from '../../store/store.js';
 import type { AttestationDeps, DeviceCredential, DeviceMatch } from './device-match.js';
+import { authenticateIssuedCertificate } from './issued-certificate.js';
 import { authenticateSymmetricKey } from './symmetric-key.js';
 import { authenticateTpm } from './tpm.js';
 import { authenticateX509 } from './x509.js';
@@ -15,7 +16,8 @@ export async function authenticateDevice(
   assertRegistrationId(registrationId);
   switch (credential.kind) {
     case 'x509':
-      return authenticateX509(deps, instance, registrationId, credential.chain);
+      // A certificate the instance issued from a CSR first; any other certificate is judged by the enrollments.
+      return (await authenticateIssuedCertificate(deps, instance, registrationId, credential.chain)) ?? authenticateX509(deps, instance, registrationId, credential.chain);
     case 'sas':
       return authenticateSymmetricKey(deps, instance, registrationId, credential.authorization);
     case 'tpm':

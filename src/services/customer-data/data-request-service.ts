@@ -354,6 +354,7 @@ export class DataRequestService {
         'data_requests',
         'event_outbox',
         'hub_devices',
+        'issued_certificates',
       ])
       .catch((error: unknown) => this.#deps.logger.warn({ err: error, requestId: doc.requestId }, 'VACUUM after erase failed'));
     await this.#deps.audit.record(instance.id, {

@@ -46,6 +46,7 @@ export async function exportEverything(
     operations: part('operations'),
     registrationIntents: part('registrationIntents'),
     hubDeviceLinks: part('hubDeviceLinks'),
+    issuedCertificates: part('issuedCertificates'),
     hubDevices: part('hubDevices'),
     webhookExchanges: part('webhookExchanges'),
     auditEvents: part('auditEvents'),

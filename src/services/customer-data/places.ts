@@ -1,9 +1,11 @@
 import { renderEnrollment, type JsonMap } from '../../domain/enrollment.js';
 import { subjectHash } from '../../domain/receipt.js';
+import { dpsTimestamp } from '../../domain/time.js';
 import { renderRegistration } from '../../domain/registration.js';
 import type { HubClientFactory } from '../../hubs/hub-client.js';
 import type { AuditEvent, LinkedHubRecord, RegistrationIntent, Store } from '../../store/store.js';
 import { pseudonymizedEvent } from './erase-fence.js';
+import { issuedCertificateView } from './issued-certificates.js';
 import { readRequestDoc, requestView, withoutItems, type DataRequestDoc } from './request-doc.js';
 import { idsOf, type SubjectTrace } from './subject.js';
 
@@ -37,6 +39,7 @@ export type BundleField =
   | 'operations'
   | 'registrationIntents'
   | 'hubDeviceLinks'
+  | 'issuedCertificates'
   | 'individualEnrollments'
   | 'enrollmentGroups'
   | 'lifecycleEventOutbox'
@@ -80,6 +83,7 @@ export function placesOf(linkedHubs: readonly LinkedHubRecord[]): Place[] {
     operations,
     registrationIntents,
     hubDeviceLinks,
+    issuedCertificates,
     enrollments,
     enrollmentGroups,
     lifecycleEventOutbox,
@@ -189,6 +193,45 @@ const operations: Place = {
     let count = 0;
     for (const id of trace.registrationIds) {
       const erased = await context.store.deleteOperationsOfRegistration(context.instanceId, id);
+      count += erased;
+      await context.tick(erased);
+    }
+    return count;
+  },
+};
+
+/**
+ * Certificates the instance's issuing CA signed from the subject's CSRs (docs/certificate-issuance.md). An erase
+ * revokes them: the CRL keeps each serial number and revocation time, nothing that names the device stays.
+ */
+const issuedCertificates: Place = {
+  key: 'issuedCertificates',
+  humanName: 'Certificates issued from CSRs (an erase revokes them)',
+  action: 'delete',
+  bundleField: 'issuedCertificates',
+  size: (trace) => trace.registrationIds.length,
+  async find(context, trace) {
+    const items: string[] = [];
+    let count = 0;
+    for (const id of trace.registrationIds) {
+      const rows = (await context.store.listIssuedCertificates(context.instanceId, id)).length;
+      if (rows > 0) items.push(id);
+      count += rows;
+    }
+    return { count, items };
+  },
+  async export(context, trace) {
+    const found: JsonMap[] = [];
+    for (const id of trace.registrationIds) {
+      for (const record of await context.store.listIssuedCertificates(context.instanceId, id)) found.push(issuedCertificateView(record));
+    }
+    return found;
+  },
+  async erase(context, trace) {
+    let count = 0;
+    const now = dpsTimestamp(new Date());
+    for (const id of trace.registrationIds) {
+      const erased = await context.store.revokeIssuedCertificates(context.instanceId, id, now);
       count += erased;
       await context.tick(erased);
     }

@@ -6,7 +6,7 @@ import type { JsonMap } from '../../domain/enrollment.js';
 import { ProvisioningError } from '../../domain/errors.js';
 import type { DeviceRequest, OperationReply, RegistrationService } from '../../services/registrations.js';
 import type { DevicePeer } from '../device-peer.js';
-import { deviceCredential, deviceFailure, parseRegistrationBody, type DeviceFailure } from '../device-requests.js';
+import { deviceCredential, deviceFailure, parseRegistrationBody, refuseLookupCsr, registerCsr, type DeviceFailure } from '../device-requests.js';
 import { formatRegistrationPath, parseLinkAddress, parseRegistrationPath, type RegistrationPath } from '../registration-path.js';
 import { AmqpFrameSizeGuard } from './frame-size.js';
 import { TpmSaslServer } from './sasl-tpm.js';
@@ -214,12 +214,14 @@ export class AmqpDeviceEndpoint {
         if (registration.tpm !== undefined && device.credential.kind !== 'tpm') {
           throw new ProvisioningError('BadRequest', 'TPM attestation over AMQP uses the SASL mechanism TPM.');
         }
-        reply = await registrations.register({ ...device, payload: registration.payload });
+        // AMQP carries no api-version provisiond reads: a csr in the register body is always taken.
+        reply = await registrations.register({ ...device, payload: registration.payload, csr: registerCsr(registration, undefined) });
       } else if (operation === OPERATION_STATUS) {
         const operationId: unknown = properties[OPERATION_ID];
         if (typeof operationId !== 'string' || operationId === '') throw new ProvisioningError('BadRequest', `The application property '${OPERATION_ID}' is required.`);
         reply = await registrations.operationStatus({ ...device, operationId });
       } else if (operation === REGISTRATION_STATUS) {
+        refuseLookupCsr(parseRegistrationBody(body, device.registrationId));
         reply = { httpStatus: 200, body: await registrations.statusLookup(device), retryAfterSeconds: undefined };
       } else {
         throw new ProvisioningError('BadRequest', `Unknown ${OPERATION_TYPE} '${String(operation)}'.`);

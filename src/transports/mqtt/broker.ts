@@ -6,7 +6,7 @@ import type { JsonMap } from '../../domain/enrollment.js';
 import { ProvisioningError } from '../../domain/errors.js';
 import type { DeviceRequest, OperationReply, RegistrationService } from '../../services/registrations.js';
 import type { DevicePeer } from '../device-peer.js';
-import { deviceCredential, deviceFailure, parseRegistrationBody } from '../device-requests.js';
+import { deviceCredential, deviceFailure, parseRegistrationBody, registerCsr } from '../device-requests.js';
 import { MqttPacketSizeGuard } from './packet-size.js';
 import { isResponseFilter, parseRequestTopic, parseUsername, responseTopic, type DeviceRequestTopic } from './topics.js';
 
@@ -28,6 +28,8 @@ export interface MqttBrokerDeps {
 }
 
 interface DeviceSession {
+  /** From the CONNECT username: a csr needs 2025-07-01-preview. */
+  apiVersion: string;
   request: DeviceRequest;
   /** The QoS granted on `$dps/registrations/res/#`; replies use it (0 before the device subscribed). */
   responseQos: 0 | 1;
@@ -117,12 +119,12 @@ export class MqttDeviceBroker {
       // DPS accepts the CONNECT of a certificate device and answers each request on `$dps/registrations/res/401` with
       // "Invalid certificate." when the chain proves nothing (dps-wire.md §4.4, §5), so device SDKs report the DPS
       // error code. The registration service judges the chain on every request.
-      this.#sessions.set(client, { request, responseQos: 0 });
+      this.#sessions.set(client, { request, responseQos: 0, apiVersion: parsed.apiVersion });
       return done(null, true);
     }
     this.#deps.registrations.authenticate(request).then(
       () => {
-        this.#sessions.set(client, { request, responseQos: 0 });
+        this.#sessions.set(client, { request, responseQos: 0, apiVersion: parsed.apiVersion });
         done(null, true);
       },
       (error: unknown) => {
@@ -169,7 +171,7 @@ export class MqttDeviceBroker {
     try {
       const reply: OperationReply =
         request.kind === 'register'
-          ? await registrations.register({ ...session.request, payload: mqttRegisterPayload(payload, session.request.registrationId) })
+          ? await registrations.register({ ...session.request, ...mqttRegisterBody(payload, session.request.registrationId, session.apiVersion) })
           : await registrations.operationStatus({ ...session.request, operationId: request.operationId });
       this.#reply(client, session, responseTopic(reply.httpStatus, request.rid, reply.httpStatus === 202 ? reply.retryAfterSeconds : undefined), reply.body);
     } catch (error) {
@@ -199,9 +201,12 @@ function refusal(returnCode: AuthErrorCode): AuthenticateError {
   return Object.assign(new ProvisioningError('Unauthorized'), { returnCode });
 }
 
-/** DPS has no TPM attestation over MQTT (dps-wire.md §4.5): a register body with TPM keys is refused. */
-function mqttRegisterPayload(payload: Buffer, registrationId: string): JsonMap | undefined {
+/**
+ * DPS has no TPM attestation over MQTT (dps-wire.md §4.5): a register body with TPM keys is refused. A csr needs
+ * api-version 2025-07-01-preview in the username (§5).
+ */
+function mqttRegisterBody(payload: Buffer, registrationId: string, apiVersion: string): { payload: JsonMap | undefined; csr: string | undefined } {
   const body = parseRegistrationBody(payload, registrationId);
   if (body.tpm !== undefined) throw new ProvisioningError('BadRequest', 'TPM attestation is not available over MQTT; use HTTPS or AMQP.');
-  return body.payload;
+  return { payload: body.payload, csr: registerCsr(body, apiVersion) };
 }

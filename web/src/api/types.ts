@@ -72,6 +72,8 @@ interface EnrollmentCommon {
   allocationPolicy?: AllocationPolicy;
   iotHubs?: string[];
   customAllocationDefinition?: { webhookUrl: string; apiVersion: string };
+  /** The credential policy a device's CSR is issued under (2025-07-01-preview). */
+  credentialPolicyName?: string;
 }
 
 export interface IndividualEnrollment extends EnrollmentCommon {

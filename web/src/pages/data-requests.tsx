@@ -62,6 +62,7 @@ function placeLabel(place: string): string {
     enrollmentGroups: 'Enrollment group',
     registrations: 'Registration records',
     operations: 'Registration operations',
+    issuedCertificates: 'Certificates issued from CSRs',
     auditEvents: 'System log events',
     webhookExchanges: 'Custom allocation webhook exchanges',
     dataRequests: 'Earlier data requests about the subject',

@@ -40,6 +40,7 @@ interface FormState {
   iotHubs: string[];
   webhookUrl: string;
   webhookApiVersion: string;
+  credentialPolicyName: string;
   iotEdge: boolean;
   updateHubAssignment: boolean;
   migrateDeviceData: boolean;
@@ -85,6 +86,7 @@ function initialState(kind: EnrollmentKind, original: AnyEnrollment | undefined)
     iotHubs: original?.iotHubs ?? [],
     webhookUrl: original?.customAllocationDefinition?.webhookUrl ?? '',
     webhookApiVersion: original?.customAllocationDefinition?.apiVersion ?? '2021-10-01',
+    credentialPolicyName: original?.credentialPolicyName ?? '',
     iotEdge: original?.capabilities?.iotEdge ?? false,
     updateHubAssignment: original?.reprovisionPolicy?.updateHubAssignment ?? true,
     migrateDeviceData: original?.reprovisionPolicy?.migrateDeviceData ?? true,
@@ -153,6 +155,7 @@ function EnrollmentForm({ kind, original: loadedOriginal, title, back }: { kind:
     allocation: useId(),
     webhook: useId(),
     webhookVersion: useId(),
+    credentialPolicy: useId(),
     tags: useId(),
     desired: useId(),
   };
@@ -334,6 +337,10 @@ function EnrollmentForm({ kind, original: loadedOriginal, title, back }: { kind:
             </div>
           )}
           <HubPicker selected={state.iotHubs} onChange={(hubs) => set('iotHubs', hubs)} problem={problem('iotHubs')} />
+          <div className="form-row">
+            <label htmlFor={ids.credentialPolicy}>Credential policy (certificates from CSRs)</label>
+            <input id={ids.credentialPolicy} value={state.credentialPolicyName} placeholder="none" onChange={(event) => set('credentialPolicyName', event.target.value)} />
+          </div>
           <fieldset className="inline-choice">
             <legend>When a device registers again</legend>
             <label className="checkbox">
@@ -657,6 +664,8 @@ function buildBody(kind: EnrollmentKind, state: FormState, original: AnyEnrollme
     body.customAllocationDefinition = { webhookUrl: state.webhookUrl.trim(), apiVersion: state.webhookApiVersion.trim() || '2021-10-01' };
   } else delete body.customAllocationDefinition;
   if (state.allocationPolicy === 'static' && state.iotHubs.length !== 1) problems.iotHubs = 'Static allocation needs exactly one hub.';
+  if (state.credentialPolicyName.trim() === '') delete body.credentialPolicyName;
+  else body.credentialPolicyName = state.credentialPolicyName.trim();
   if (state.iotHubs.length === 0) delete body.iotHubs;
   else body.iotHubs = state.iotHubs;
   delete body.iotHubHostName;

@@ -258,6 +258,7 @@ export function EnrollmentDetailPage({ kind, id }: { kind: EnrollmentKind; id: s
               ['Allocation', entry.allocationPolicy === undefined ? 'Instance default' : (ALLOCATION_LABEL[entry.allocationPolicy] ?? entry.allocationPolicy)],
               ['Hubs', entry.iotHubs === undefined || entry.iotHubs.length === 0 ? 'Every linked hub' : entry.iotHubs.join(', ')],
               entry.customAllocationDefinition !== undefined && ['Webhook', entry.customAllocationDefinition.webhookUrl],
+              entry.credentialPolicyName !== undefined && ['Credential policy', entry.credentialPolicyName],
               ['IoT Edge', entry.capabilities?.iotEdge === true ? 'Yes' : 'No'],
               [
                 'Reprovisioning',

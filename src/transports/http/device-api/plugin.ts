@@ -2,7 +2,7 @@ import { Type } from '@sinclair/typebox';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { ErrorDetails, JsonObject } from '../../../domain/wire.js';
 import type { DeviceRequest, OperationReply, RegistrationService } from '../../../services/registrations.js';
-import { checkRegistrationBody, deviceCredential, type RegistrationBody } from '../../device-requests.js';
+import { checkRegistrationBody, deviceCredential, refuseLookupCsr, registerCsr, type RegistrationBody } from '../../device-requests.js';
 import { peerCertificateChain } from '../../tls-peer.js';
 import { checkApiVersion, refuseDeepBodies } from '../service-api/plugin.js';
 import '../route-docs.js';
@@ -29,6 +29,12 @@ const DeviceRegistration = Type.Object({
   registrationId: Type.Optional(Type.String({ maxLength: 512 })),
   payload: Type.Optional(Type.Union([JsonObject, Type.Null()])),
   tpm: Type.Optional(Type.Union([Type.Object({ endorsementKey: Type.String(), storageRootKey: Type.Optional(Type.String()) }), Type.Null()])),
+  csr: Type.Optional(
+    Type.Union([
+      Type.String({ maxLength: 16384, description: 'api-version 2025-07-01-preview: base64 DER PKCS#10 whose CN is the registration ID (register only).' }),
+      Type.Null(),
+    ]),
+  ),
 });
 const Params = Type.Object({ idScope: Type.String(), registrationId: Type.String() });
 const OperationParams = Type.Object({ idScope: Type.String(), registrationId: Type.String(), operationId: Type.String() });
@@ -84,7 +90,8 @@ export function deviceApiPlugin(deps: { registrations: RegistrationService }) {
       },
       handler: async (request, reply) => {
         const body = checkBody(request);
-        return sendOperation(request, reply, await deps.registrations.register({ ...deviceRequest(request, body), payload: body.payload }));
+        const csr = registerCsr(body, (request.query as { 'api-version': string })['api-version']);
+        return sendOperation(request, reply, await deps.registrations.register({ ...deviceRequest(request, body), payload: body.payload, csr }));
       },
     });
     app.get('/:idScope/registrations/:registrationId/operations/:operationId', {
@@ -110,7 +117,11 @@ export function deviceApiPlugin(deps: { registrations: RegistrationService }) {
         summary: "The device's registration record (DeviceRegistrationResult).",
         responses: { 200: { description: 'DeviceRegistrationResult', schema: JsonObject }, ...errors },
       },
-      handler: async (request) => deps.registrations.statusLookup(deviceRequest(request, checkBody(request))),
+      handler: async (request) => {
+        const body = checkBody(request);
+        refuseLookupCsr(body);
+        return deps.registrations.statusLookup(deviceRequest(request, body));
+      },
     });
   };
 }

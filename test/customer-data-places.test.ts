@@ -84,6 +84,7 @@ describe('one list of places', () => {
         'operations',
         'registrationIntents',
         'hubDeviceLinks',
+        'issuedCertificates',
         'enrollments',
         'enrollmentGroups',
         'lifecycleEventOutbox',

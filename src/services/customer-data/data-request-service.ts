@@ -241,7 +241,7 @@ export class DataRequestService {
   }
 
   /** What every place is given to work with, for one request. */
-  #placeContext(instance: InstanceRecord, doc: DataRequestDoc): Omit<PlaceContext, 'tick'> {
+  #placeContext(instance: InstanceRecord, doc: DataRequestDoc): Omit<PlaceContext, 'tick' | 'resumeAt'> {
     return {
       store: this.#deps.store,
       hubClients: this.#deps.hubClients,
@@ -260,7 +260,7 @@ export class DataRequestService {
     const store = this.#deps.store;
     const trace = await traceSubject(store, instance.id, subject);
     const places = placesOf(await store.listLinkedHubs(instance.id));
-    const { bundle, result, searched } = await exportEverything({ ...this.#placeContext(instance, doc), tick: () => Promise.resolve() }, places, subject, trace, {
+    const { bundle, result, searched } = await exportEverything({ ...this.#placeContext(instance, doc), tick: () => Promise.resolve(), resumeAt: 0 }, places, subject, trace, {
       requestId: doc.requestId,
       generatedDateTimeUtc: dpsTimestamp(this.#deps.now()),
       secretsIncluded: doc.includeSecrets,

@@ -14,7 +14,7 @@ export class Stopped extends Error {}
 /** What an erase (or its dry run) needs from the service that runs it. */
 export interface EraseJob {
   /** Everything a place needs but the tick, which the erase supplies. */
-  readonly context: Omit<PlaceContext, 'tick'>;
+  readonly context: Omit<PlaceContext, 'tick' | 'resumeAt'>;
   readonly doc: DataRequestDoc;
   readonly subject: Subject;
   /** The places as they are now (one per linked hub among them). */
@@ -68,10 +68,13 @@ export async function runErase(job: EraseJob): Promise<{ result: JsonMap; comple
 
   let sinceSave = 0;
   let current: PlaceProgress | undefined;
-  const context: PlaceContext = {
+  const context: Omit<PlaceContext, 'resumeAt'> = {
     ...job.context,
     tick: async (erased) => {
-      if (current !== undefined) current.count += erased;
+      if (current !== undefined) {
+        current.count += erased;
+        current.done = (current.done ?? 0) + 1;
+      }
       doc.progress.done = Math.min(doc.progress.total, doc.progress.done + 1);
       if (job.stopping()) {
         await job.save();
@@ -89,7 +92,8 @@ export async function runErase(job: EraseJob): Promise<{ result: JsonMap; comple
     const base = entry.count;
     current = entry;
     try {
-      entry.count = base + (await place.erase(context, of));
+      entry.count = base + (await place.erase({ ...context, resumeAt: entry.done ?? 0 }, of));
+      delete entry.done;
     } finally {
       current = undefined;
     }
@@ -122,8 +126,10 @@ export async function runErase(job: EraseJob): Promise<{ result: JsonMap; comple
       const again = mergeTraces(trace, await job.trace());
       const found = await findEverywhere(job, places, again);
       failing = new Map();
-      const dirty = places.filter((_place, index) => (found[index]?.count ?? 0) > 0 || found[index]?.error !== undefined);
-      clean = dirty.length === 0;
+      // A place that could not be searched is searched again in the next pass rather than erased blind.
+      found.forEach((entry) => entry.error !== undefined && failing.set(entry.place, entry.error));
+      const dirty = places.filter((_place, index) => (found[index]?.count ?? 0) > 0);
+      clean = dirty.length === 0 && failing.size === 0;
       for (const place of dirty) {
         doc.progress.total += place.size(again);
         try {
@@ -158,7 +164,7 @@ export async function runErase(job: EraseJob): Promise<{ result: JsonMap; comple
 
 /** What every place holds now, in the places' order (a dry run's answer; the re-check's question). */
 async function findEverywhere(job: EraseJob, places: readonly Place[], trace: SubjectTrace): Promise<PlaceEntry[]> {
-  const context: PlaceContext = { ...job.context, tick: () => Promise.resolve() };
+  const context: PlaceContext = { ...job.context, tick: () => Promise.resolve(), resumeAt: 0 };
   const found: PlaceEntry[] = [];
   for (const place of places) {
     try {

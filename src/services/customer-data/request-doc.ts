@@ -11,6 +11,8 @@ const PlaceProgressShape = Type.Object({
   place: Type.String(),
   /** Items actually deleted or pseudonymized here so far (a resumed place adds to it). */
   count: Type.Number(),
+  /** Units of work done here while not completed (a resumed place starts after them). */
+  done: Type.Optional(Type.Number()),
   completed: Type.Boolean(),
   error: Type.Optional(Type.String()),
 });

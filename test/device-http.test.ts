@@ -1,8 +1,9 @@
 import assert from 'node:assert/strict';
+import { request as httpsRequest } from 'node:https';
 import { after, before, describe, test } from 'node:test';
 import iothub from 'azure-iothub';
 import serviceSdk from 'azure-iot-provisioning-service';
-import { startServer, call, type TestServer } from './harness.js';
+import { startServer, call, readCa, type TestServer } from './harness.js';
 import { deriveDeviceKey, rawRegister, sdkRegister, type Json } from './devices.js';
 
 const { Registry } = iothub;
@@ -185,5 +186,41 @@ describe('device registration over HTTP with the official SDK', () => {
     const lookup = await call('POST', `/${idScope}/registrations/wire-1?api-version=2019-03-31`, { headers: { authorization }, body: { registrationId: 'wire-1' } });
     assert.equal(lookup.status, 200);
     assert.equal((lookup.body as Json).status, 'assigned');
+  });
+  test("the older C SDK's HTTPS requests (dps-wire.md §14): Host with its port, UserAgent, Content-Encoding: utf-8, lowercase escapes, no skn", async () => {
+    const registrationId = 'c-sdk:1';
+    const enrollment = await createEnrollment({ registrationId, attestation: { type: 'symmetricKey' } });
+    const { computeSignature } = await import('../src/domain/sas.js');
+    // Everything percent-encoded in lower case, `sr` and `sig` alike; no skn.
+    const lower = (text: string): string => encodeURIComponent(text).replace(/%[0-9A-F]{2}/g, (escape) => escape.toLowerCase());
+    const sr = lower(`${idScope}/registrations/${registrationId}`);
+    const se = Math.floor(Date.now() / 1000) + 3600;
+    // Base64 of 32 bytes ends in '=': its lowercase escape is part of the test.
+    const signature = computeSignature(enrollment.attestation.symmetricKey.primaryKey as string, sr, se).toString('base64');
+    const authorization = `SharedAccessSignature sr=${sr}&sig=${lower(signature)}&se=${se}`;
+    const send = (method: string, path: string, body: string | undefined): Promise<{ status: number; headers: Record<string, unknown>; body: Json }> =>
+      new Promise((resolve, reject) => {
+        const headers: Record<string, string> = { Host: 'localhost:443', UserAgent: 'iothubclient/1.14.0 (native; Linux; x86_64)', Accept: 'application/json', Authorization: authorization };
+        if (body !== undefined) Object.assign(headers, { 'Content-Type': 'application/json; charset=utf-8', 'Content-Encoding': 'utf-8', 'Content-Length': String(Buffer.byteLength(body)) });
+        const outgoing = httpsRequest({ host: '127.0.0.1', servername: 'localhost', port: 443, method, path, headers, ca: readCa() }, (response) => {
+          let text = '';
+          response.on('data', (chunk: Buffer) => (text += chunk.toString('utf8')));
+          response.on('end', () => resolve({ status: response.statusCode ?? 0, headers: response.headers, body: (text === '' ? {} : JSON.parse(text)) as Json }));
+        });
+        outgoing.on('error', reject);
+        outgoing.end(body);
+      });
+    const path = `/${idScope}/registrations/${encodeURIComponent(registrationId)}`;
+    const registered = await send('PUT', `${path}/register?api-version=2021-06-01`, JSON.stringify({ registrationId }));
+    assert.equal(registered.status, 202, JSON.stringify(registered.body));
+    assert.equal(registered.body.status, 'assigning');
+    assert.equal(registered.headers.location, `https://localhost${path}/register`);
+    // The same token for the poll.
+    await new Promise((resolve) => setTimeout(resolve, Number(registered.headers['retry-after'] ?? 0) * 1000));
+    const polled = await send('GET', `${path}/operations/${registered.body.operationId as string}?api-version=2021-06-01`, undefined);
+    assert.equal(polled.status, 200, JSON.stringify(polled.body));
+    assert.equal(polled.body.registrationState.registrationId, registrationId);
+    assert.equal(polled.body.registrationState.deviceId, registrationId);
+    assert.equal(polled.body.registrationState.assignedHub, 'localhost');
   });
 });

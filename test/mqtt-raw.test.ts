@@ -284,6 +284,57 @@ describe('MQTT on the wire', () => {
     await device.client.endAsync();
   });
 
+  test("the C device SDKs' CONNECTs (dps-wire.md §14): MQTT 3.1 fallback, persistent session, keep-alive 0 and 240, usernames with and without ClientVersion", async () => {
+    const variants: Array<Partial<IClientOptions>> = [
+      // Paho retries a refused CONNECT once with MQTT 3.1 (`MQIsdp`, level 3) and the same credentials.
+      { protocolId: 'MQIsdp', protocolVersion: 3 },
+      { clean: false, keepalive: 0, username: `${idScope}/registrations/raw-c-sdk-1/api-version=2021-06-01` },
+      { keepalive: 240, username: `${idScope}/registrations/raw-c-sdk-2/api-version=2021-06-01&ClientVersion=1.14.0` },
+    ];
+    let key = '';
+    for (const [index, variant] of variants.entries()) {
+      // One device each: this server allows one poll per second per device.
+      const registrationId = `raw-c-sdk-${index}`;
+      key = await enroll(registrationId);
+      const client = await connectAsync(`mqtts://localhost:${PORT}`, options(registrationId, key, variant));
+      const replies: Reply[] = [];
+      client.on('message', (topic, payload) => {
+        const parsed = parseResponseTopic(topic);
+        replies.push({ status: parsed?.status ?? -1, rid: parsed?.rid ?? '', retryAfterSeconds: parsed?.retryAfterSeconds, topic, body: JSON.parse(payload.toString('utf8')) as Json });
+      });
+      await client.subscribeAsync('$dps/registrations/res/#', { qos: 1 });
+      // The embedded SDK registers at QoS 1 with an empty payload and polls at QoS 0 with `$rid` fixed at 1.
+      await client.publishAsync(registerTopic('1'), Buffer.alloc(0), { qos: 1 });
+      const waitFor = async (count: number): Promise<Reply> => {
+        for (let i = 0; i < 100 && replies.length < count; i += 1) await new Promise((resolve) => setTimeout(resolve, 50));
+        const reply = replies[count - 1];
+        assert.ok(reply !== undefined, `variant ${index}: no reply`);
+        return reply;
+      };
+      const accepted = await waitFor(1);
+      assert.equal(accepted.status, 202, `variant ${index}: ${JSON.stringify(accepted.body)}`);
+      assert.ok(accepted.retryAfterSeconds !== undefined, `variant ${index}: retry-after in ${accepted.topic}`);
+      await new Promise((resolve) => setTimeout(resolve, (accepted.retryAfterSeconds ?? 0) * 1000));
+      await client.publishAsync(pollTopic('1', accepted.body.operationId as string), '', { qos: 0 });
+      const done = await waitFor(2);
+      assert.equal(done.topic, '$dps/registrations/res/200/?$rid=1', `variant ${index}`);
+      assert.equal(done.body.status, 'assigned');
+      // assignedHub and deviceId come together (the embedded SDK reads both or neither).
+      assert.equal(done.body.registrationState.assignedHub, 'localhost');
+      assert.equal(done.body.registrationState.deviceId, registrationId);
+      await client.endAsync();
+    }
+    // A refused MQTT 3.1 CONNECT is refused the same way (CONNACK 5).
+    const refused = await connectAsync(`mqtts://localhost:${PORT}`, options('raw-c-sdk-0', Buffer.alloc(32, 7).toString('base64'), { protocolId: 'MQIsdp', protocolVersion: 3 })).then(
+      async (client) => {
+        await client.endAsync();
+        return -1;
+      },
+      (failure: unknown) => (failure as { code?: number }).code,
+    );
+    assert.equal(refused, 5);
+  });
+
   test('garbage, a malformed length and oversized packets close that connection only; the broker keeps serving', async () => {
     const bystander = await connectDevice('raw-bystander', await enroll('raw-bystander'));
 

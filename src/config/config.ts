@@ -123,6 +123,18 @@ export const ConfigSchema = Type.Object({
     default: 1000,
     description: 'Open connections on the HTTPS port from one address (devices behind one NAT share it); more are closed at once.',
   }),
+  tlsMaxHandshakes: Type.Integer({
+    minimum: 1,
+    maximum: 100000,
+    default: 8,
+    description: 'TLS handshakes each listener (HTTPS with its WebSocket paths, MQTT, AMQP) starts at once before serving its other connections again; more connections wait, taken in turn by source address.',
+  }),
+  tlsMaxWaitingHandshakes: Type.Integer({
+    minimum: 0,
+    maximum: 10000000,
+    default: 1000,
+    description: 'Connections (with their ClientHello) waiting for a TLS handshake on each listener; more are closed at once, before any TLS work.',
+  }),
   maxDeviceConnections: Type.Integer({ minimum: 1, maximum: 10000000, default: 10000, description: 'Open MQTT and AMQP device connections (TLS and WebSocket together); more are refused.' }),
   deviceIdleTimeoutMs: Type.Integer({
     minimum: 1000,
@@ -190,6 +202,8 @@ const ENV: Record<string, { key: keyof Config; kind: TextKind }> = {
   PROVISIOND_HTTPS_IDLE_TIMEOUT_MS: { key: 'httpsIdleTimeoutMs', kind: 'int' },
   PROVISIOND_HTTPS_MAX_CONNECTIONS: { key: 'httpsMaxConnections', kind: 'int' },
   PROVISIOND_HTTPS_MAX_CONNECTIONS_PER_SOURCE: { key: 'httpsMaxConnectionsPerSource', kind: 'int' },
+  PROVISIOND_TLS_MAX_HANDSHAKES: { key: 'tlsMaxHandshakes', kind: 'int' },
+  PROVISIOND_TLS_MAX_WAITING_HANDSHAKES: { key: 'tlsMaxWaitingHandshakes', kind: 'int' },
   PROVISIOND_MAX_DEVICE_CONNECTIONS: { key: 'maxDeviceConnections', kind: 'int' },
   PROVISIOND_DEVICE_IDLE_TIMEOUT_MS: { key: 'deviceIdleTimeoutMs', kind: 'int' },
 };

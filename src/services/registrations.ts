@@ -224,13 +224,17 @@ export class RegistrationService {
    * nothing before it sends a request. Register and poll still authenticate on their own.
    */
   async authenticate(request: DeviceRequest): Promise<void> {
+    let instance: InstanceRecord | undefined;
     try {
-      await this.#authenticated(request);
+      await this.#refused.guard(request.source, async () => {
+        instance = await this.#instance(request.idScope);
+        return this.#authenticate(instance, request);
+      });
     } catch (error) {
-      // A refused MQTT CONNECT or AMQP SASL sign-in is an attempt too: logged with why, like a refused HTTPS one. A
-      // source already over its refusal budget (429) is not: logging it would hand a flood the write it was denied.
-      const instance = error instanceof ProvisioningError && error.httpStatus !== 429 ? await this.#deps.store.findInstanceByIdScope(request.idScope) : undefined;
-      if (error instanceof ProvisioningError && instance !== undefined) {
+      // A refused MQTT CONNECT or AMQP SASL sign-in is an attempt too: logged with why, like a refused HTTPS one (the
+      // instance found for the check, not read again). A source already over its refusal budget (429) is not: logging
+      // it would hand a flood the write it was denied.
+      if (error instanceof ProvisioningError && error.httpStatus !== 429 && instance !== undefined) {
         await this.#logRefusal(instance, request, error, 'signIn');
       }
       throw error;

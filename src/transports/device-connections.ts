@@ -1,6 +1,7 @@
 import type { Socket } from 'node:net';
 import { createServer, type Server as TlsServer, type TLSSocket } from 'node:tls';
 import type { FastifyBaseLogger } from 'fastify';
+import { HandshakeGate, type HandshakeLimits } from './handshake-gate.js';
 import { DEVICE_TLS_OPTIONS } from './tls-peer.js';
 
 /**
@@ -64,6 +65,11 @@ export class DeviceConnections {
 export interface DeviceTlsListenerOptions {
   tls: { key: string; cert: string };
   connections: DeviceConnections;
+  /** The listener's cap on TLS handshakes in progress (its own: a flood on one port does not fill another's). */
+  handshakes: Pick<HandshakeLimits, 'maxHandshakes' | 'maxWaiting'>;
+  /** The listener's name in log lines. */
+  what: string;
+  logger: FastifyBaseLogger;
   onConnection: (socket: TLSSocket) => void;
 }
 
@@ -89,6 +95,8 @@ export function createDeviceTlsServer(options: DeviceTlsListenerOptions): TlsSer
   });
   // Failed handshakes (a plain-TCP client, a bad certificate) concern that one socket only.
   server.on('tlsClientError', (_error, socket) => socket.destroy());
+  // Last, so a connection the cap above refuses never waits for a handshake slot.
+  HandshakeGate.install(server, { ...options.handshakes, waitTimeoutMs: connections.handshakeTimeoutMs }, options.logger, options.what);
   return server;
 }
 

@@ -55,12 +55,16 @@ export async function createDeviceEndpoints(deps: DeviceEndpointDeps): Promise<D
     : undefined;
   const amqp = needsAmqp ? new AmqpDeviceEndpoint({ registrations, logger: deps.amqpLogger ?? logger, maxMessageBytes: config.amqpMaxMessageBytes, hostNames: config.hostNames }) : undefined;
 
+  const handshakes = { maxHandshakes: config.tlsMaxHandshakes, maxWaiting: config.tlsMaxWaitingHandshakes };
   const servers: TlsServer[] = [];
   const listeners: DeviceListener[] = [];
   if (config.mqttEnabled && mqtt !== undefined) {
     const server = createDeviceTlsServer({
       tls: deps.tls,
       connections,
+      handshakes,
+      what: 'MQTT',
+      logger,
       onConnection: (socket) => mqtt.handle(socket, { transport: 'mqtt', chain: peerCertificateChain(socket), remoteAddress: socket.remoteAddress }),
     });
     servers.push(server);
@@ -70,6 +74,9 @@ export async function createDeviceEndpoints(deps: DeviceEndpointDeps): Promise<D
     const server = createDeviceTlsServer({
       tls: deps.tls,
       connections,
+      handshakes,
+      what: 'AMQP',
+      logger: deps.amqpLogger ?? logger,
       onConnection: (socket) => amqp.accept(socket, { transport: 'amqp', chain: peerCertificateChain(socket), remoteAddress: socket.remoteAddress }),
     });
     servers.push(server);

@@ -8,6 +8,7 @@ import type { DeviceRequest, OperationReply, RegistrationService } from '../../s
 import type { DevicePeer } from '../device-peer.js';
 import { deviceCredential, deviceFailure, parseRegistrationBody, refuseLookupCsr, registerCsr, type DeviceFailure } from '../device-requests.js';
 import { formatRegistrationPath, parseLinkAddress, parseRegistrationPath, type RegistrationPath } from '../registration-path.js';
+import { SignInTurns } from '../sign-in-turns.js';
 import { AmqpFrameSizeGuard } from './frame-size.js';
 import { TpmSaslServer } from './sasl-tpm.js';
 
@@ -60,6 +61,8 @@ interface DeviceConnection {
 
 export class AmqpDeviceEndpoint {
   readonly #deps: AmqpEndpointDeps;
+  /** Credential checks of SASL sign-ins, a few at a time and in turn by source address (a bad-key flood waits its turn). */
+  readonly #signIns = new SignInTurns();
 
   constructor(deps: AmqpEndpointDeps) {
     this.#deps = deps;
@@ -122,7 +125,7 @@ export class AmqpDeviceEndpoint {
     mechanisms.TPM = () =>
       new TpmSaslServer({
         transport: state.peer.transport,
-        authenticate: (request) => this.#deps.registrations.authenticate(request),
+        authenticate: (request) => this.#signIns.run(state.peer.remoteAddress, () => this.#deps.registrations.authenticate(request)),
         onAuthenticated: (request) => {
           state.sasl = request;
         },
@@ -153,7 +156,7 @@ export class AmqpDeviceEndpoint {
     if (path === undefined) return false;
     const request: DeviceRequest = { ...path, credential: { kind: 'sas', authorization: password ?? undefined }, transport: state.peer.transport, source: state.peer.remoteAddress };
     try {
-      await this.#deps.registrations.authenticate(request);
+      await this.#signIns.run(state.peer.remoteAddress, () => this.#deps.registrations.authenticate(request));
       state.sasl = request;
       return true;
     } catch (error) {

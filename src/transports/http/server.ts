@@ -1,11 +1,13 @@
 import { randomUUID } from 'node:crypto';
 import type { Socket } from 'node:net';
+import type { Server as TlsServer } from 'node:tls';
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import type { Config } from '../../config/config.js';
 import { ProvisioningError } from '../../domain/errors.js';
 import { compileSchema } from '../../domain/validation.js';
 import { handleError, sendError } from './errors.js';
 import { OpenApiCollector } from './openapi.js';
+import { HandshakeGate } from '../handshake-gate.js';
 import { DEVICE_TLS_OPTIONS } from '../tls-peer.js';
 
 /**
@@ -53,6 +55,16 @@ export function createHttpServer(options: HttpServerOptions): { app: FastifyInst
     if (request.headers['content-encoding']?.toLowerCase() === 'utf-8') delete request.headers['content-encoding'];
   });
   limitConnections(app, config, options.logger);
+  // After the connection caps (limitConnections), so a connection they refuse never waits for a handshake slot. The
+  // WebSocket paths share this listener and its handshakes.
+  if (tls !== undefined) {
+    HandshakeGate.install(
+      app.server as unknown as TlsServer,
+      { maxHandshakes: config.tlsMaxHandshakes, maxWaiting: config.tlsMaxWaitingHandshakes, waitTimeoutMs: config.httpsHandshakeTimeoutMs },
+      options.logger,
+      'HTTPS',
+    );
+  }
   const openApi = new OpenApiCollector();
   openApi.attach(app);
   return { app, openApi };

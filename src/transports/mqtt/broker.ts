@@ -7,6 +7,7 @@ import { ProvisioningError } from '../../domain/errors.js';
 import type { DeviceRequest, OperationReply, RegistrationService } from '../../services/registrations.js';
 import type { DevicePeer } from '../device-peer.js';
 import { deviceCredential, deviceFailure, parseRegistrationBody, registerCsr } from '../device-requests.js';
+import { SignInAbandoned, SignInTurns } from '../sign-in-turns.js';
 import { MqttPacketSizeGuard } from './packet-size.js';
 import { isResponseFilter, parseRequestTopic, parseUsername, responseTopic, type DeviceRequestTopic } from './topics.js';
 
@@ -46,6 +47,8 @@ export class MqttDeviceBroker {
   readonly #aedes: Aedes;
   readonly #peers = new WeakMap<object, DevicePeer>();
   readonly #sessions = new WeakMap<Client, DeviceSession>();
+  /** Credential checks of CONNECTs, a few at a time and in turn by source address (a bad-key flood waits its turn). */
+  readonly #signIns = new SignInTurns();
   /** Carried as `brokerId` by every reply, so authorizeForward can tell replies from anything a client published. */
   readonly #replyMark = `provisiond-reply-${randomUUID()}`;
 
@@ -122,12 +125,15 @@ export class MqttDeviceBroker {
       this.#sessions.set(client, { request, responseQos: 0, apiVersion: parsed.apiVersion });
       return done(null, true);
     }
-    this.#deps.registrations.authenticate(request).then(
+    const gone = (): boolean => client.closed || (client.conn as Duplex).destroyed;
+    this.#signIns.run(peer.remoteAddress, () => this.#deps.registrations.authenticate(request), gone).then(
       () => {
         this.#sessions.set(client, { request, responseQos: 0, apiVersion: parsed.apiVersion });
         done(null, true);
       },
       (error: unknown) => {
+        // Nobody is left to answer; aedes only tidies up.
+        if (error instanceof SignInAbandoned) return done(refusal(SERVER_UNAVAILABLE), false);
         const failure = deviceFailure(error, this.#deps.logger, { registrationId: parsed.registrationId, transport: peer.transport });
         const status = failure.error.httpStatus;
         done(refusal(status === 401 ? NOT_AUTHORIZED : status === 400 || status === 404 ? IDENTIFIER_REJECTED : SERVER_UNAVAILABLE), false);

@@ -50,6 +50,8 @@ if (!['p1', 'p2', 'p3'].includes(MODE)) {
 
 interface Started {
   child: ChildProcess;
+  /** Every line the process has printed so far. */
+  lines: string[];
   info: { serviceConnectionString: string; idScope: string } | undefined;
 }
 
@@ -58,24 +60,39 @@ async function startProcess(dataDir: string, mode: string, port: number, mqttPor
   const child = spawn(
     process.execPath,
     [...profile, '--import', 'tsx', join(import.meta.dirname, 'server-process.ts'), dataDir, String(port), mode, STORE, '127.0.0.1', String(mqttPort)],
-    { stdio: ['ignore', 'pipe', 'inherit'] },
+    { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, BENCH_COUNT_STATEMENTS: '1' } },
   );
   let output = '';
+  const lines: string[] = [];
   await new Promise<void>((resolve, reject) => {
     child.stdout?.on('data', (chunk: Buffer) => {
       output += chunk.toString();
-      if (output.includes('listening\n')) resolve();
+      const complete = output.split('\n');
+      output = complete.pop() ?? '';
+      lines.push(...complete);
+      if (lines.includes('listening')) resolve();
     });
     child.once('exit', (code) => reject(new Error(`server exited with ${code}`)));
   });
-  const line = output.split('\n').find((text) => text.startsWith('{'));
-  return { child, info: line === undefined ? undefined : (JSON.parse(line) as Started['info']) };
+  const line = lines.find((text) => text.startsWith('{'));
+  return { child, lines, info: line === undefined ? undefined : (JSON.parse(line) as Started['info']) };
 }
 
 async function stop(started: Started): Promise<void> {
   if (started.child.exitCode !== null) return;
   started.child.kill('SIGTERM');
   await new Promise((resolve) => started.child.once('exit', resolve));
+}
+
+/** The server's statement counters (bench/server-process.ts prints them on SIGUSR2). */
+async function statementCounts(server: Started): Promise<{ statements: number; commits: number }> {
+  const before = server.lines.length;
+  server.child.kill('SIGUSR2');
+  for (;;) {
+    const line = server.lines.slice(before).find((text) => text.includes('statementCounts'));
+    if (line !== undefined) return (JSON.parse(line) as { statementCounts: { statements: number; commits: number } }).statementCounts;
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
 }
 
 function rssMiB(pid: number | undefined): number {
@@ -275,6 +292,19 @@ try {
     };
   }
   results.workloads = summary;
+  // Statements per registration: 40 registrations one after another (devices registered before: the steady state).
+  const sequential = new Agent({ connect: { ca: ca(), servername: 'localhost' }, connections: 1 });
+  const countedFrom = await statementCounts(server);
+  let counted = 0;
+  for (const device of devices.slice(0, 40)) if (await httpRegistration(sequential, base, idScope, device)) counted += 1;
+  const countedTo = await statementCounts(server);
+  await sequential.close();
+  results.sqlitePerHttpsRegistration = STORE.startsWith('postgres')
+    ? null
+    : {
+        statements: Number(((countedTo.statements - countedFrom.statements) / Math.max(1, counted)).toFixed(1)),
+        commits: Number(((countedTo.commits - countedFrom.commits) / Math.max(1, counted)).toFixed(1)),
+      };
   const cpu = (name: string): number => median(byWorkload.get(name) ?? [], (result) => result.serverCpuMsPerOperation);
   const rate = (name: string): number => median(byWorkload.get(name) ?? [], (result) => result.perSecond);
   // The goals of issue 12, as ratios of this run's own figures.

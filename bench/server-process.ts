@@ -31,6 +31,7 @@ if (mode === 'baseline' || mode === 'bare-tls') {
     process.once('SIGTERM', () => server.close(() => process.exit(0)));
   }
 } else {
+  if (process.env.BENCH_COUNT_STATEMENTS === '1') await countStatements();
   const config = loadConfig({
     flags: {
       dataDir,
@@ -54,3 +55,24 @@ if (mode === 'baseline' || mode === 'bare-tls') {
   process.stdout.write(`${JSON.stringify(info)}\n`);
 }
 process.stdout.write('listening\n');
+
+/**
+ * Counts the SQLite statements the server executes (and the commits among them), printed as one JSON line on SIGUSR2:
+ * statements per registration is the figure no load on a shared machine can blur.
+ */
+async function countStatements(): Promise<void> {
+  const { default: Database } = await import('better-sqlite3');
+  const probe = new Database(':memory:');
+  const prototype = Object.getPrototypeOf(probe.prepare('select 1')) as Record<'run' | 'get' | 'all' | 'iterate', (...args: unknown[]) => unknown> & { source: string };
+  probe.close();
+  const counts = { statements: 0, commits: 0 };
+  for (const method of ['run', 'get', 'all', 'iterate'] as const) {
+    const original = prototype[method];
+    prototype[method] = function (this: { source: string }, ...args: unknown[]) {
+      counts.statements += 1;
+      if (/^\s*commit/i.test(this.source)) counts.commits += 1;
+      return original.apply(this, args);
+    };
+  }
+  process.on('SIGUSR2', () => process.stdout.write(`${JSON.stringify({ statementCounts: counts })}\n`));
+}

@@ -15,7 +15,7 @@ import { renderDeviceRegistration } from '../domain/registration.js';
 import { decideReprovision } from '../domain/reprovision.js';
 import { dpsTimestamp } from '../domain/time.js';
 import { HubError, type HubClientFactory, type HubTwinContent } from '../hubs/hub-client.js';
-import type { FenceProbe, InstanceRecord, LinkedHubRecord, RegistrationIntent, StoredOperation, StoredRegistration } from '../store/store.js';
+import type { AuditEvent, FenceProbe, InstanceRecord, LinkedHubRecord, RegistrationIntent, StoredOperation, StoredRegistration } from '../store/store.js';
 import { settleIntent, type IntentOutcome } from './registration-intents.js';
 import { callAllocationWebhook, type WebhookExchange } from './custom-allocation.js';
 import type { ServiceDeps } from './deps.js';
@@ -336,6 +336,8 @@ export class RegistrationService {
     const store = this.#deps.store;
     /** Set once the intent is stored, before the first hub write. */
     const intent: { written?: RegistrationIntent } = {};
+    /** Log entries of the hub writes: written with the outcome, in its transaction (one commit per registration). */
+    const hubWrites: AuditEvent[] = [];
     // Attempts of one device queue behind each other: one that waited through an erase of the device must not run.
     const erased = await registrationRefusal(store, instance.id, fenceProbe(match), operation.operationId);
     if (erased !== undefined) return undefined;
@@ -367,7 +369,7 @@ export class RegistrationService {
         );
         record = { ...base, status: 'disabled', errorCode: refusal.errorCode, errorMessage: refusal.message };
       } else {
-        record = await this.#allocateAndWrite(match, previous, base, payload, operation.operationId, intent);
+        record = await this.#allocateAndWrite(match, previous, base, payload, operation.operationId, intent, hubWrites);
       }
     } catch (error) {
       const failure = error instanceof ProvisioningError ? error : this.#asProvisioningError(error, match);
@@ -406,6 +408,7 @@ export class RegistrationService {
         if (refusal !== undefined) throw refusal;
         await tx.putRegistration(instance.id, record);
         await tx.putOperation(instance.id, finished);
+        for (const entry of hubWrites) await tx.appendAuditEvent(instance.id, entry);
         if (outcome !== undefined) await tx.appendAuditEvent(instance.id, outcome);
         if (intent.written !== undefined && record.status === 'assigned') await tx.deleteRegistrationIntent(instance.id, operation.operationId);
       });
@@ -420,7 +423,8 @@ export class RegistrationService {
       });
       // The intent names the device: it goes with the rest, so nothing of the erased subject stays behind.
       if (intent.written !== undefined) await store.deleteRegistrationIntent(instance.id, operation.operationId);
-      // Logged through the fence-aware path, so the entry names the subject only by its hash.
+      // Logged through the fence-aware path, so the entries name the subject only by its hash.
+      for (const { eventId: _eventId, timeUtc: _timeUtc, ...entry } of hubWrites) await this.#deps.audit?.record(instance.id, entry);
       if (outcome !== undefined && (await store.findEraseFence(instance.id, fenceProbe(match))) !== undefined) {
         await this.#deps.audit?.record(instance.id, { ...outcome, outcome: 'failure', errorCode: error.errorCode, reason: error.message });
       }
@@ -445,8 +449,8 @@ export class RegistrationService {
     return record;
   }
 
-  /** One write to a hub, logged with its outcome. */
-  async #hubWrite<T>(match: DeviceMatch, hub: string, operation: string, deviceId: string, write: () => Promise<T>): Promise<T> {
+  /** One write to a hub; its log entry (with the outcome) goes to `log`, written with the registration's outcome. */
+  async #hubWrite<T>(log: AuditEvent[], match: DeviceMatch, hub: string, operation: string, deviceId: string, write: () => Promise<T>): Promise<T> {
     const entry = {
       kind: 'hubWrite' as const,
       operation,
@@ -456,10 +460,12 @@ export class RegistrationService {
     };
     try {
       const result = await write();
-      await this.#deps.audit?.record(match.instance.id, { ...entry, outcome: 'success' });
+      const event = this.#deps.audit?.event({ ...entry, outcome: 'success' });
+      if (event !== undefined) log.push(event);
       return result;
     } catch (error) {
-      await this.#deps.audit?.record(match.instance.id, { ...entry, outcome: 'failure', reason: error instanceof Error ? error.message : String(error) });
+      const event = this.#deps.audit?.event({ ...entry, outcome: 'failure', reason: error instanceof Error ? error.message : String(error) });
+      if (event !== undefined) log.push(event);
       throw error;
     }
   }
@@ -479,6 +485,7 @@ export class RegistrationService {
     devicePayload: JsonMap | undefined,
     operationId: string,
     intent: { written?: RegistrationIntent },
+    hubWrites: AuditEvent[],
   ): Promise<StoredRegistration> {
     const { instance } = match;
     const enrollment = match.enrollment.doc;
@@ -577,7 +584,7 @@ export class RegistrationService {
     intent.written = stored;
 
     const client = clients.forHub(target);
-    const written = await this.#hubWrite(match, target.name, 'putDevice', match.deviceId, () =>
+    const written = await this.#hubWrite(hubWrites, match, target.name, 'putDevice', match.deviceId, () =>
       client.putDevice({
         deviceId: match.deviceId,
         authentication: match.hubAuthentication,
@@ -589,12 +596,12 @@ export class RegistrationService {
     const twinIsEmpty = twin !== undefined && Object.keys(twin.tags).length === 0 && Object.keys(twin.desired).length === 0;
     if (twin !== undefined && !(written.created && twinIsEmpty)) {
       const content = twin;
-      await this.#hubWrite(match, target.name, 'replaceTwin', match.deviceId, () => client.replaceTwin(match.deviceId, content));
+      await this.#hubWrite(hubWrites, match, target.name, 'replaceTwin', match.deviceId, () => client.replaceTwin(match.deviceId, content));
     }
     // The old identity leaves last (another hub on a move, or an old device ID on the same hub): a crash before this
     // line is rolled back, one after it finished (registration-intents.ts).
     if (leave !== undefined && current !== undefined) {
-      await this.#hubWrite(match, leave.hub, 'deleteDevice', leave.deviceId, () => clients.forHub(current).deleteDevice(leave.deviceId));
+      await this.#hubWrite(hubWrites, match, leave.hub, 'deleteDevice', leave.deviceId, () => clients.forHub(current).deleteDevice(leave.deviceId));
     }
     return record;
   }

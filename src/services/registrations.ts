@@ -13,6 +13,7 @@ import { newEtag } from '../domain/etag.js';
 import { idKey } from '../domain/ids.js';
 import { renderDeviceRegistration } from '../domain/registration.js';
 import { decideReprovision } from '../domain/reprovision.js';
+import { parseSasToken } from '../domain/sas.js';
 import { dpsTimestamp } from '../domain/time.js';
 import { HubError, type HubClientFactory, type HubTwinContent } from '../hubs/hub-client.js';
 import type { AuditEvent, FenceProbe, InstanceRecord, LinkedHubRecord, RegistrationIntent, StoredOperation, StoredRegistration } from '../store/store.js';
@@ -93,6 +94,12 @@ export class RegistrationService {
   readonly #deviceQueues = new Map<string, Promise<unknown>>();
   /** Operations this node is assigning right now: the intent sweep leaves them alone. */
   readonly #inFlight = new Set<string>();
+  /**
+   * Operations this node created for a device that proved itself with a SAS token, by operation ID: a poll with the
+   * same token (unexpired) is that device, so it is answered without re-reading the instance, the enrollment and the
+   * record (issue 12). Anything else — another token, another node's operation, a restart — authenticates in full.
+   */
+  readonly #proven = new Map<string, ProvenOperation>();
 
   constructor(deps: RegistrationServiceDeps) {
     this.#deps = deps;
@@ -159,6 +166,7 @@ export class RegistrationService {
         }
         throw error;
       });
+    this.#remember(operation.operationId, request, match);
     const work = this.#serialized(`${matched.id}/${idKey(match.registrationId)}`, () => this.#assign(match, operation, request.payload, request.transport));
     // (A rejected assignment is the race's below to report; this only counts the finished ones.)
     void work.then(
@@ -180,14 +188,20 @@ export class RegistrationService {
   }
 
   async operationStatus(request: DeviceRequest & { operationId: string }): Promise<OperationReply> {
-    const match = await this.#authenticated(request);
-    const instance = match.instance;
-    await this.#throttling(request.transport, 'poll', () => this.#pollLimiter.take(`${instance.id}/${idKey(match.registrationId)}`));
-    await assertNotFenced(this.#deps.store, instance.id, fenceProbe(match));
-    const operation = await this.#deps.store.getOperation(instance.id, request.operationId);
-    if (operation === undefined || idKey(operation.registrationId) !== idKey(match.registrationId)) {
+    let proven: Pick<ProvenOperation, 'instanceId' | 'registrationId' | 'probe'> | undefined = this.#provenPoll(request);
+    if (proven === undefined) {
+      const match = await this.#authenticated(request);
+      proven = { instanceId: match.instance.id, registrationId: match.registrationId, probe: fenceProbe(match) };
+    }
+    const { instanceId, registrationId, probe } = proven;
+    await this.#throttling(request.transport, 'poll', () => this.#pollLimiter.take(`${instanceId}/${idKey(registrationId)}`));
+    // The fence and the operation are read from the store on every poll: an erase (from any node) is seen at once.
+    await assertNotFenced(this.#deps.store, instanceId, probe);
+    const operation = await this.#deps.store.getOperation(instanceId, request.operationId);
+    if (operation === undefined || idKey(operation.registrationId) !== idKey(registrationId)) {
       throw new ProvisioningError('OperationNotFound', `Operation '${request.operationId}' was not found for '${request.registrationId}'.`);
     }
+    if (operation.status !== 'assigning') this.#proven.delete(operation.operationId);
     if (operation.status === 'assigning') {
       return {
         httpStatus: 202,
@@ -228,6 +242,38 @@ export class RegistrationService {
       }
       throw error;
     }
+  }
+
+  /** Remembers who proved a register request, for its polls (bounded: the oldest entries go first). */
+  #remember(operationId: string, request: DeviceRequest, match: DeviceMatch): void {
+    if (request.credential.kind !== 'sas' || request.credential.authorization === undefined) return;
+    const token = parseSasToken(request.credential.authorization);
+    if (token === undefined) return;
+    if (this.#proven.size >= MAX_PROVEN_OPERATIONS) {
+      const oldest = this.#proven.keys().next();
+      if (oldest.done !== true) this.#proven.delete(oldest.value);
+    }
+    this.#proven.set(operationId, {
+      idScope: request.idScope,
+      registrationKey: idKey(request.registrationId),
+      authorization: request.credential.authorization,
+      expiresAtMs: token.expirySeconds * 1000,
+      instanceId: match.instance.id,
+      registrationId: match.registrationId,
+      probe: fenceProbe(match),
+    });
+  }
+
+  /** The remembered register request this poll repeats exactly (same scope, device and token, unexpired), if any. */
+  #provenPoll(request: DeviceRequest & { operationId: string }): ProvenOperation | undefined {
+    const proven = this.#proven.get(request.operationId);
+    if (proven === undefined || request.credential.kind !== 'sas') return undefined;
+    if (proven.authorization !== request.credential.authorization || proven.idScope !== request.idScope || proven.registrationKey !== idKey(request.registrationId)) return undefined;
+    if (proven.expiresAtMs < this.#deps.now().getTime()) {
+      this.#proven.delete(request.operationId);
+      return undefined;
+    }
+    return proven;
   }
 
   /** A refused attempt goes in the system log with why (a wrong key, no enrollment, …); the wire says only 401002. */
@@ -423,10 +469,11 @@ export class RegistrationService {
       });
       // The intent names the device: it goes with the rest, so nothing of the erased subject stays behind.
       if (intent.written !== undefined) await store.deleteRegistrationIntent(instance.id, operation.operationId);
-      // Logged through the fence-aware path, so the entries name the subject only by its hash.
-      for (const { eventId: _eventId, timeUtc: _timeUtc, ...entry } of hubWrites) await this.#deps.audit?.record(instance.id, entry);
-      if (outcome !== undefined && (await store.findEraseFence(instance.id, fenceProbe(match))) !== undefined) {
-        await this.#deps.audit?.record(instance.id, { ...outcome, outcome: 'failure', errorCode: error.errorCode, reason: error.message });
+      // Logged through the fence-aware path, so the entries name the subject only by its hash; once the erase is over,
+      // not at all (it has pseudonymized the log, and a late entry in the clear would undo that).
+      if (this.#deps.audit !== undefined && (await store.findEraseFence(instance.id, fenceProbe(match))) !== undefined) {
+        for (const { eventId: _eventId, timeUtc: _timeUtc, ...entry } of hubWrites) await this.#deps.audit.record(instance.id, entry);
+        if (outcome !== undefined) await this.#deps.audit.record(instance.id, { ...outcome, outcome: 'failure', errorCode: error.errorCode, reason: error.message });
       }
       return undefined;
     }
@@ -605,6 +652,20 @@ export class RegistrationService {
     }
     return record;
   }
+}
+
+/** Enough operations for every device of a boot storm to poll its own without a store read of who it is. */
+const MAX_PROVEN_OPERATIONS = 20_000;
+
+interface ProvenOperation {
+  idScope: string;
+  registrationKey: string;
+  /** The SAS token that proved the register request, exactly as sent. */
+  authorization: string;
+  expiresAtMs: number;
+  instanceId: string;
+  registrationId: string;
+  probe: FenceProbe;
 }
 
 /** The IDs a registration writes about: a fence on any of them refuses it. */

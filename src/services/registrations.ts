@@ -11,11 +11,12 @@ import {
 import { ProvisioningError } from '../domain/errors.js';
 import { newEtag } from '../domain/etag.js';
 import { idKey } from '../domain/ids.js';
-import { renderDeviceRegistration } from '../domain/registration.js';
+import { renderDeviceRegistration, settle, startAttempt, type TerminalState } from '../domain/registration.js';
 import { decideReprovision } from '../domain/reprovision.js';
 import { parseSasToken } from '../domain/sas.js';
 import { dpsTimestamp } from '../domain/time.js';
 import { HubError, type HubClientFactory, type HubTwinContent } from '../hubs/hub-client.js';
+import type { Substatus } from '../domain/wire.js';
 import type { AuditEvent, FenceProbe, InstanceRecord, LinkedHubRecord, RegistrationIntent, StoredOperation, StoredRegistration } from '../store/store.js';
 import { settleIntent, type IntentOutcome } from './registration-intents.js';
 import { callAllocationWebhook, type WebhookExchange } from './custom-allocation.js';
@@ -390,18 +391,13 @@ export class RegistrationService {
     const previous = await store.getRegistration(instance.id, match.registrationId);
     const enrollment = match.enrollment.doc;
     const now = dpsTimestamp(this.#deps.now());
-    const base: StoredRegistration = {
+    const base = startAttempt(previous, {
       registrationId: match.registrationId,
-      createdDateTimeUtc: previous?.createdDateTimeUtc ?? now,
-      status: 'assigning',
-      lastUpdatedDateTimeUtc: now,
-      etag: newEtag(),
       attestationType: match.attestationType,
-    };
-    if (match.enrollment.kind === 'group') base.enrollmentGroupId = match.enrollment.doc.enrollmentGroupId;
-    if (previous?.hubHistory !== undefined) base.hubHistory = previous.hubHistory;
-    if (previous?.assignedHub !== undefined) base.assignedHub = previous.assignedHub;
-    if (previous?.deviceId !== undefined) base.deviceId = previous.deviceId;
+      enrollmentGroupId: match.enrollment.kind === 'group' ? match.enrollment.doc.enrollmentGroupId : undefined,
+      now,
+      etag: newEtag(),
+    });
 
     let record: StoredRegistration;
     try {
@@ -413,13 +409,15 @@ export class RegistrationService {
             ? `The individual enrollment '${match.enrollment.doc.registrationId}' is disabled.`
             : `The enrollment group '${match.enrollment.doc.enrollmentGroupId}' is disabled.`,
         );
-        record = { ...base, status: 'disabled', errorCode: refusal.errorCode, errorMessage: refusal.message };
+        record = settle(base, { status: 'disabled', errorCode: refusal.errorCode, errorMessage: refusal.message });
       } else {
-        record = await this.#allocateAndWrite(match, previous, base, payload, operation.operationId, intent, hubWrites);
+        const flow: Assignment = { match, operationId: operation.operationId, devicePayload: payload, previous, attempt: base, intent, hubWrites };
+        for (const [, step] of this.#assignmentSteps) await step(flow);
+        record = settle(base, assignedState(flow));
       }
     } catch (error) {
       const failure = error instanceof ProvisioningError ? error : this.#asProvisioningError(error, match);
-      record = { ...base, status: 'failed', errorCode: failure.errorCode, errorMessage: failure.message };
+      record = settle(base, { status: 'failed', errorCode: failure.errorCode, errorMessage: failure.message });
     }
     const finished: StoredOperation = {
       ...operation,
@@ -525,15 +523,24 @@ export class RegistrationService {
     return new ProvisioningError('InternalError');
   }
 
-  async #allocateAndWrite(
-    match: DeviceMatch,
-    previous: StoredRegistration | undefined,
-    base: StoredRegistration,
-    devicePayload: JsonMap | undefined,
-    operationId: string,
-    intent: { written?: RegistrationIntent },
-    hubWrites: AuditEvent[],
-  ): Promise<StoredRegistration> {
+  /**
+   * The hub side of the registration flow (ARCHITECTURE.md "The registration flow"), as named steps run in order in
+   * the device's queue; `findEnrollment` and `verifyCredential` ran in register() (authenticateDevice) before the
+   * operation existed, and the outcome is recorded after the last step in one transaction (#assignTracked). A step
+   * reads what earlier steps put on the Assignment and adds its own part; a new step (e.g. issuing a certificate)
+   * slots in here.
+   */
+  readonly #assignmentSteps: readonly (readonly [string, (flow: Assignment) => Promise<void>])[] = [
+    ['chooseHub', (flow) => this.#chooseHub(flow)],
+    ['decideReprovision', (flow) => this.#decideReprovision(flow)],
+    ['writeIdentity', (flow) => this.#writeIdentity(flow)],
+    ['writeTwin', (flow) => this.#writeTwin(flow)],
+    ['leaveOldHub', (flow) => this.#leaveOldHub(flow)],
+  ];
+
+  /** Allocation: the hub the enrollment's policy (or its custom webhook) picks among the linked hubs. */
+  async #chooseHub(flow: Assignment): Promise<void> {
+    const { match, previous } = flow;
     const { instance } = match;
     const enrollment = match.enrollment.doc;
     const linked = await this.#deps.store.listLinkedHubs(instance.id);
@@ -541,10 +548,9 @@ export class RegistrationService {
     const current = previous?.status === 'assigned' && previous.assignedHub !== undefined ? byName.get(previous.assignedHub) : undefined;
     const stays = current !== undefined && !enrollment.reprovisionPolicy.updateHubAssignment;
     const policy = enrollment.allocationPolicy ?? instance.allocationPolicy;
-
-    let initialTwin: InitialTwinDoc | undefined = enrollment.initialTwin;
-    let resultPayload: JsonMap | undefined;
+    let initialTwin = enrollment.initialTwin;
     let allocated: LinkedHubRecord;
+
     if (policy === 'custom') {
       const definition = enrollment.customAllocationDefinition;
       if (definition === undefined) throw new ProvisioningError('CustomAllocationFailed', 'The enrollment has no customAllocationDefinition.');
@@ -554,7 +560,7 @@ export class RegistrationService {
         context.currentIotHubHostName = current.name;
         context.currentDeviceId = previous.deviceId;
       }
-      if (devicePayload !== undefined) context.payload = devicePayload;
+      if (flow.devicePayload !== undefined) context.payload = flow.devicePayload;
       const answer = await callAllocationWebhook(
         definition.webhookUrl,
         {
@@ -569,7 +575,7 @@ export class RegistrationService {
       );
       allocated = byName.get(answer.iotHubHostName) as LinkedHubRecord;
       if (answer.initialTwin !== undefined) initialTwin = answer.initialTwin as InitialTwinDoc;
-      resultPayload = answer.payload;
+      if (answer.payload !== undefined) flow.resultPayload = answer.payload;
     } else if (stays) {
       allocated = current;
     } else {
@@ -581,77 +587,133 @@ export class RegistrationService {
             ? geoLatencyChoice(match.registrationId, candidates, await this.#deps.latencies.latencies(candidates))
             : hashedChoice(match.registrationId, candidates);
     }
+    flow.hubs = { byName, current, allocated, initialTwin };
+  }
 
+  /** The reprovision policy: where the device goes, what its twin becomes, which old identity leaves. */
+  async #decideReprovision(flow: Assignment): Promise<void> {
+    const { match, previous } = flow;
+    const hubs = requireStep(flow.hubs, 'chooseHub');
+    const enrollment = match.enrollment.doc;
     const decision = decideReprovision({
-      currentHub: current?.name,
+      currentHub: hubs.current?.name,
       hubHistory: previous?.hubHistory ?? [],
       currentSubstatus: previous?.substatus,
       policy: enrollment.reprovisionPolicy,
-      allocatedHub: allocated.name,
+      allocatedHub: hubs.allocated.name,
     });
-    const target = byName.get(decision.targetHub) as LinkedHubRecord;
-    const clients = this.#deps.hubClients;
+    const target = hubs.byName.get(decision.targetHub) as LinkedHubRecord;
     const previousDeviceId = previous?.deviceId;
+    const current = hubs.current;
 
     let twin: HubTwinContent | undefined;
-    if (decision.twin === 'initial') twin = twinOf(initialTwin);
+    if (decision.twin === 'initial') twin = twinOf(hubs.initialTwin);
     if (decision.twin === 'migrate' && current !== undefined) {
-      const old = await clients.forHub(current).getTwin(previousDeviceId ?? match.deviceId);
-      twin = old === undefined ? twinOf(initialTwin) : { tags: old.tags, desired: withoutMetadata(old.desired) };
+      const old = await this.#deps.hubClients.forHub(current).getTwin(previousDeviceId ?? match.deviceId);
+      twin = old === undefined ? twinOf(hubs.initialTwin) : { tags: old.tags, desired: withoutMetadata(old.desired) };
     }
-    const history = [...(previous?.hubHistory ?? [])];
-    if (!history.includes(target.name)) history.push(target.name);
-    const record: StoredRegistration = {
-      ...base,
-      assignedHub: target.name,
-      deviceId: match.deviceId,
-      status: 'assigned',
-      substatus: decision.substatus,
-      hubHistory: history,
-    };
-    if (resultPayload !== undefined) record.payload = resultPayload;
     const leave =
       decision.leaveHub !== undefined && current !== undefined
-        ? { hub: current.name, deviceId: previousDeviceId ?? match.deviceId }
+        ? { hub: current, deviceId: previousDeviceId ?? match.deviceId }
         : previousDeviceId !== undefined && current !== undefined && idKey(previousDeviceId) !== idKey(match.deviceId)
-          ? { hub: current.name, deviceId: previousDeviceId }
+          ? { hub: current, deviceId: previousDeviceId }
           : undefined;
-    // Durable intent before the first hub write (issue 13.3): a crash from here on is settled by the sweep.
+    const history = [...(previous?.hubHistory ?? [])];
+    if (!history.includes(target.name)) history.push(target.name);
+    flow.plan = { target, substatus: decision.substatus, twin, leave, hubHistory: history };
+  }
+
+  /** Durable intent before the first hub write (issue 13.3), then the device identity on the target hub. */
+  async #writeIdentity(flow: Assignment): Promise<void> {
+    const { match } = flow;
+    const plan = requireStep(flow.plan, 'decideReprovision');
     const stored: RegistrationIntent = {
-      operationId,
+      operationId: flow.operationId,
       registrationId: match.registrationId,
       createdDateTimeUtc: dpsTimestamp(this.#deps.now()),
-      targetHub: target.name,
+      targetHub: plan.target.name,
       deviceId: match.deviceId,
-      ...(leave === undefined ? {} : { leave }),
-      assigned: { ...record, status: 'assigned' },
+      ...(plan.leave === undefined ? {} : { leave: { hub: plan.leave.hub.name, deviceId: plan.leave.deviceId } }),
+      assigned: settle(flow.attempt, assignedState(flow)),
       resultSection: match.resultSection,
     };
-    await this.#deps.store.putRegistrationIntent(instance.id, stored);
-    intent.written = stored;
-
-    const client = clients.forHub(target);
-    const written = await this.#hubWrite(hubWrites, match, target.name, 'putDevice', match.deviceId, () =>
+    await this.#deps.store.putRegistrationIntent(match.instance.id, stored);
+    flow.intent.written = stored;
+    const client = this.#deps.hubClients.forHub(plan.target);
+    const written = await this.#hubWrite(flow.hubWrites, match, plan.target.name, 'putDevice', match.deviceId, () =>
       client.putDevice({
         deviceId: match.deviceId,
         authentication: match.hubAuthentication,
-        capabilities: { iotEdge: enrollment.capabilities.iotEdge },
+        capabilities: { iotEdge: match.enrollment.doc.capabilities.iotEdge },
         status: 'enabled',
       }),
     );
-    // A device just created has an empty twin already: writing an empty one again would only cost a round trip.
-    const twinIsEmpty = twin !== undefined && Object.keys(twin.tags).length === 0 && Object.keys(twin.desired).length === 0;
-    if (twin !== undefined && !(written.created && twinIsEmpty)) {
-      const content = twin;
-      await this.#hubWrite(hubWrites, match, target.name, 'replaceTwin', match.deviceId, () => client.replaceTwin(match.deviceId, content));
-    }
-    // The old identity leaves last (another hub on a move, or an old device ID on the same hub): a crash before this
-    // line is rolled back, one after it finished (registration-intents.ts).
-    if (leave !== undefined && current !== undefined) {
-      await this.#hubWrite(hubWrites, match, leave.hub, 'deleteDevice', leave.deviceId, () => clients.forHub(current).deleteDevice(leave.deviceId));
-    }
-    return record;
+    flow.created = written.created;
   }
+
+  /** The twin the reprovision decision chose; a device just created has an empty twin already, so none is written. */
+  async #writeTwin(flow: Assignment): Promise<void> {
+    const plan = requireStep(flow.plan, 'decideReprovision');
+    const twin = plan.twin;
+    if (twin === undefined) return;
+    const twinIsEmpty = Object.keys(twin.tags).length === 0 && Object.keys(twin.desired).length === 0;
+    if (flow.created === true && twinIsEmpty) return;
+    const { match } = flow;
+    const client = this.#deps.hubClients.forHub(plan.target);
+    await this.#hubWrite(flow.hubWrites, match, plan.target.name, 'replaceTwin', match.deviceId, () => client.replaceTwin(match.deviceId, twin));
+  }
+
+  /**
+   * The old identity leaves last (another hub on a move, or an old device ID on the same hub): a crash before this
+   * step is rolled back, one after it finished (registration-intents.ts).
+   */
+  async #leaveOldHub(flow: Assignment): Promise<void> {
+    const leave = requireStep(flow.plan, 'decideReprovision').leave;
+    if (leave === undefined) return;
+    await this.#hubWrite(flow.hubWrites, flow.match, leave.hub.name, 'deleteDevice', leave.deviceId, () => this.#deps.hubClients.forHub(leave.hub).deleteDevice(leave.deviceId));
+  }
+}
+
+/** What the assignment steps share: each step adds its part for the ones after it. */
+interface Assignment {
+  match: DeviceMatch;
+  operationId: string;
+  devicePayload: JsonMap | undefined;
+  /** The device's record before this attempt. */
+  previous: StoredRegistration | undefined;
+  /** This attempt's record, `assigning` (domain/registration.ts startAttempt). */
+  attempt: StoredRegistration;
+  /** Set once the intent is stored, before the first hub write. */
+  intent: { written?: RegistrationIntent };
+  /** Log entries of the hub writes, written with the outcome. */
+  hubWrites: AuditEvent[];
+  /** chooseHub: the linked hubs, the one the device is on now, the one allocation chose, the initial twin. */
+  hubs?: { byName: Map<string, LinkedHubRecord>; current: LinkedHubRecord | undefined; allocated: LinkedHubRecord; initialTwin: InitialTwinDoc | undefined };
+  /** chooseHub: the custom allocation webhook's payload for the device. */
+  resultPayload?: JsonMap;
+  /** decideReprovision: where the device goes and what it takes along. */
+  plan?: { target: LinkedHubRecord; substatus: Substatus; twin: HubTwinContent | undefined; leave: { hub: LinkedHubRecord; deviceId: string } | undefined; hubHistory: string[] };
+  /** writeIdentity: the identity was created (not replaced). */
+  created?: boolean;
+}
+
+/** What a step needs from an earlier one; its absence is a bug in the step list's order. */
+function requireStep<T>(value: T | undefined, step: string): T {
+  if (value === undefined) throw new Error(`the ${step} step has not run`);
+  return value;
+}
+
+/** The `assigned` state the steps lead to. */
+function assignedState(flow: Assignment): Extract<TerminalState, { status: 'assigned' }> {
+  const plan = requireStep(flow.plan, 'decideReprovision');
+  return {
+    status: 'assigned',
+    assignedHub: plan.target.name,
+    deviceId: flow.match.deviceId,
+    substatus: plan.substatus,
+    hubHistory: plan.hubHistory,
+    ...(flow.resultPayload === undefined ? {} : { payload: flow.resultPayload }),
+  };
 }
 
 /** Enough operations for every device of a boot storm to poll its own without a store read of who it is. */

@@ -114,6 +114,8 @@ interface WindowResult {
   /** Completed operations (full registrations, or ceiling requests) in the measured part of the window. */
   operations: number;
   failures: number;
+  /** Why operations failed: an HTTP status, a registration's errorCode, or the client's error. */
+  failureReasons: Record<string, number>;
   perSecond: number;
   serverCpuMsPerOperation: number;
   p50Ms: number;
@@ -126,11 +128,15 @@ interface WindowResult {
  * One window: `concurrency` loops run `operation` back to back for warm-up + SECONDS; what completes in the measured
  * part counts, and the server's CPU is read at its two edges.
  */
-async function window(pid: number | undefined, concurrency: number, operation: (slot: number) => Promise<boolean>): Promise<WindowResult> {
+/** An operation's result: true, or why it failed. */
+type Outcome = true | string;
+
+async function window(pid: number | undefined, concurrency: number, operation: (slot: number) => Promise<Outcome | boolean>): Promise<WindowResult> {
   const measureFrom = Date.now() + WARMUP_SECONDS * 1000;
   const deadline = measureFrom + SECONDS * 1000;
   const latencies: number[] = [];
   let failures = 0;
+  const failureReasons: Record<string, number> = {};
   let peakRss = 0;
   const sampler = setInterval(() => (peakRss = Math.max(peakRss, rssMiB(pid))), 250);
   const cpuMarks: number[] = [];
@@ -141,23 +147,31 @@ async function window(pid: number | undefined, concurrency: number, operation: (
     Array.from({ length: concurrency }, async (_, slot) => {
       while (Date.now() < deadline) {
         const t0 = performance.now();
-        const ok = await operation(slot).catch(() => false);
+        const outcome = await operation(slot).catch((error: unknown) => (error instanceof Error ? `${error.name}: ${error.message}`.slice(0, 80) : String(error)));
+        const ok = outcome === true;
         // Throughput is what completes inside the window (under heavy load one operation can outlast the warm-up).
         const now = Date.now();
         if (now < measureFrom || now > deadline) continue;
         if (ok) latencies.push(performance.now() - t0);
-        else failures += 1;
+        else {
+          failures += 1;
+          const reason = outcome === false ? 'failed' : outcome;
+          failureReasons[reason] = (failureReasons[reason] ?? 0) + 1;
+        }
       }
     }),
   );
   clearInterval(sampler);
   clearTimeout(startMark);
   clearTimeout(endMark);
+  // A loaded event loop can end the loops before the deadline's timer ran: the window then ends now.
+  if (cpuMarks.length === 1) markCpu();
   latencies.sort((a, b) => a - b);
   const cpu = cpuMarks.length === 2 ? (cpuMarks[1] ?? 0) - (cpuMarks[0] ?? 0) : NaN;
   return {
     operations: latencies.length,
     failures,
+    failureReasons,
     perSecond: Math.round(latencies.length / SECONDS),
     serverCpuMsPerOperation: Number((cpu / Math.max(1, latencies.length)).toFixed(3)),
     p50Ms: Number(percentile(latencies, 50).toFixed(1)),
@@ -379,7 +393,7 @@ function deviceToken(idScope: string, device: Device): string {
 }
 
 /** One full registration over HTTPS as the SDKs do it: register, then poll after Retry-After until terminal. */
-async function httpRegistration(dispatcher: Dispatcher, base: string, idScope: string, device: Device): Promise<boolean> {
+async function httpRegistration(dispatcher: Dispatcher, base: string, idScope: string, device: Device): Promise<Outcome> {
   const authorization = deviceToken(idScope, device);
   const registered = await request(`${base}/${idScope}/registrations/${device.id}/register?api-version=2019-03-31`, {
     method: 'PUT',
@@ -387,8 +401,8 @@ async function httpRegistration(dispatcher: Dispatcher, base: string, idScope: s
     headers: { authorization, 'content-type': 'application/json' },
     body: JSON.stringify({ registrationId: device.id }),
   });
-  const operation = (await registered.body.json()) as { operationId: string };
-  if (registered.statusCode !== 202) return false;
+  const operation = (await registered.body.json()) as { operationId: string; errorCode?: number };
+  if (registered.statusCode !== 202) return `register ${registered.statusCode} ${operation.errorCode ?? ''}`;
   let wait = Number(registered.headers['retry-after'] ?? 1);
   for (;;) {
     if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait * 1000));
@@ -396,9 +410,9 @@ async function httpRegistration(dispatcher: Dispatcher, base: string, idScope: s
       dispatcher,
       headers: { authorization },
     });
-    const body = (await polled.body.json()) as { status: string };
-    if (polled.statusCode === 200) return body.status === 'assigned';
-    if (polled.statusCode !== 202) return false;
+    const body = (await polled.body.json()) as { status: string; errorCode?: number; registrationState?: { errorCode?: number } };
+    if (polled.statusCode === 200) return body.status === 'assigned' || `${body.status} ${body.registrationState?.errorCode ?? ''}`;
+    if (polled.statusCode !== 202) return `poll ${polled.statusCode} ${body.errorCode ?? ''}`;
     wait = Number(polled.headers['retry-after'] ?? 1);
   }
 }

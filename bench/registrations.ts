@@ -1,46 +1,98 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Agent, request } from 'undici';
+import mqtt from 'mqtt';
+import { Agent, Client, request, type Dispatcher } from 'undici';
 import { createSasToken, deriveDeviceKey } from '../src/domain/sas.js';
 
 /**
- * Benchmark (not a test): N concurrent simulated devices register and poll over HTTPS keep-alive against a real
- * provisiond on the embedded SQLite store, symmetric key, individual and group enrollments; then the same load
- * generator against a minimal Fastify TLS server, as this machine's ceiling. Bounded in time; loopback only.
+ * Benchmark (not a test) of the registration hot path (issue 12, P1–P3): simulated devices register and poll against
+ * a real provisiond (child process, built-in hub), and the machine's ceiling is measured **alternately in the same
+ * run** — provisiond window, ceiling window, provisiond window, … — so a shared machine's load falls on both alike.
+ * Every window reports the server's own CPU (user + system, /proc/<pid>/stat) per operation: the stable figure when
+ * other work shares the cores.
  *
- *   npm run bench -- [--devices 200] [--seconds 15] [--warmup 3] [--enrollments 2000] [--profile DIR] [--baseline no]
+ *   npm run bench -- [--mode p1|p2|p3] [--devices 200] [--seconds 8] [--warmup 2] [--rounds 2]
+ *                    [--enrollments 2000] [--store sqlite|postgres://…] [--profile DIR] [--baseline no]
+ *
+ * - p1: full registrations over HTTPS keep-alive (one connection per device), symmetric keys, half individual
+ *       enrollments, half devices of one group; ceiling = a minimal Fastify TLS server, keep-alive.
+ * - p2: a new TLS connection per device (boot storm: no TLS session reuse); ceiling = a bare TLS server answering one
+ *       request per connection.
+ * - p3: the same registrations over MQTT/TLS, on persistent connections and on a new connection each, next to p1 in
+ *       the same run (the goal compares their CPU per registration with p1's).
+ * - p4–p6 (bulk import, 1M-row queries, memory) live in bench/scale.ts.
  */
 const args = new Map<string, string>();
 for (let i = 2; i < process.argv.length; i += 2) args.set(process.argv[i]?.replace(/^--/, '') ?? '', process.argv[i + 1] ?? '');
+const MODE = args.get('mode') ?? 'p1';
 const DEVICES = Number(args.get('devices') ?? 200);
-const SECONDS = Number(args.get('seconds') ?? 15);
+const SECONDS = Number(args.get('seconds') ?? 8);
+const ROUNDS = Number(args.get('rounds') ?? 2);
 const ENROLLMENTS = Number(args.get('enrollments') ?? 2000);
+const STORE = args.get('store') ?? 'sqlite';
 const PORT = Number(args.get('port') ?? 8443);
-/** Load that is not measured: TLS handshakes of every connection and the JIT's first passes. */
-const WARMUP_SECONDS = Number(args.get('warmup') ?? 3);
+const CEILING_PORT = PORT + 1;
+const MQTT_PORT = Number(args.get('mqtt-port') ?? 8883);
+/** Load that is not measured, at the start of every window: TLS handshakes of the connections, the JIT's first passes. */
+const WARMUP_SECONDS = Number(args.get('warmup') ?? 2);
+const TICKS_PER_SECOND = 100;
+
+if (['p4', 'p5', 'p6'].includes(MODE)) {
+  process.stderr.write(`mode ${MODE} is bench/scale.ts (npx tsx bench/scale.ts --mode ${MODE})\n`);
+  process.exit(2);
+}
+if (!['p1', 'p2', 'p3'].includes(MODE)) {
+  process.stderr.write(`unknown mode ${MODE}: p1, p2 or p3 (p4–p6: bench/scale.ts)\n`);
+  process.exit(2);
+}
 
 interface Started {
   child: ChildProcess;
+  /** Every line the process has printed so far. */
+  lines: string[];
   info: { serviceConnectionString: string; idScope: string } | undefined;
 }
 
-async function startProcess(dataDir: string, mode: string): Promise<Started> {
-  const profile = args.has('profile') ? ['--cpu-prof', `--cpu-prof-dir=${args.get('profile')}`] : [];
-  const child = spawn(process.execPath, [...profile, '--import', 'tsx', join(import.meta.dirname, 'server-process.ts'), dataDir, String(PORT), mode], {
-    stdio: ['ignore', 'pipe', 'inherit'],
-  });
+async function startProcess(dataDir: string, mode: string, port: number, mqttPort = 0): Promise<Started> {
+  const profile = mode === 'provisiond' && args.has('profile') ? ['--cpu-prof', `--cpu-prof-dir=${args.get('profile')}`] : [];
+  const child = spawn(
+    process.execPath,
+    [...profile, '--import', 'tsx', join(import.meta.dirname, 'server-process.ts'), dataDir, String(port), mode, STORE, '127.0.0.1', String(mqttPort)],
+    { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, BENCH_COUNT_STATEMENTS: '1' } },
+  );
   let output = '';
+  const lines: string[] = [];
   await new Promise<void>((resolve, reject) => {
     child.stdout?.on('data', (chunk: Buffer) => {
       output += chunk.toString();
-      if (output.includes('listening\n')) resolve();
+      const complete = output.split('\n');
+      output = complete.pop() ?? '';
+      lines.push(...complete);
+      if (lines.includes('listening')) resolve();
     });
     child.once('exit', (code) => reject(new Error(`server exited with ${code}`)));
   });
-  const line = output.split('\n').find((text) => text.startsWith('{'));
-  return { child, info: line === undefined ? undefined : (JSON.parse(line) as Started['info']) };
+  const line = lines.find((text) => text.startsWith('{'));
+  return { child, lines, info: line === undefined ? undefined : (JSON.parse(line) as Started['info']) };
+}
+
+async function stop(started: Started): Promise<void> {
+  if (started.child.exitCode !== null) return;
+  started.child.kill('SIGTERM');
+  await new Promise((resolve) => started.child.once('exit', resolve));
+}
+
+/** The server's statement counters (bench/server-process.ts prints them on SIGUSR2). */
+async function statementCounts(server: Started): Promise<{ statements: number; commits: number }> {
+  const before = server.lines.length;
+  server.child.kill('SIGUSR2');
+  for (;;) {
+    const line = server.lines.slice(before).find((text) => text.includes('statementCounts'));
+    if (line !== undefined) return (JSON.parse(line) as { statementCounts: { statements: number; commits: number } }).statementCounts;
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
 }
 
 function rssMiB(pid: number | undefined): number {
@@ -48,31 +100,261 @@ function rssMiB(pid: number | undefined): number {
   return Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0) / 1024;
 }
 
-/** The process's CPU time (user + system) in ms, from /proc (clock ticks of 10 ms). */
+/** The process's CPU time (user + system) in ms, from /proc (utime and stime, fields 14 and 15, in clock ticks). */
 function cpuMs(pid: number | undefined): number {
   const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]?.split(' ') ?? [];
-  return (Number(fields[11] ?? 0) + Number(fields[12] ?? 0)) * 10;
+  return ((Number(fields[11] ?? 0) + Number(fields[12] ?? 0)) * 1000) / TICKS_PER_SECOND;
 }
 
 function percentile(sorted: number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.floor((sorted.length * p) / 100))] ?? NaN;
 }
 
+interface WindowResult {
+  /** Completed operations (full registrations, or ceiling requests) in the measured part of the window. */
+  operations: number;
+  failures: number;
+  /** Why operations failed: an HTTP status, a registration's errorCode, or the client's error. */
+  failureReasons: Record<string, number>;
+  perSecond: number;
+  serverCpuMsPerOperation: number;
+  p50Ms: number;
+  p99Ms: number;
+  serverPeakRssMiB: number;
+  loadAverage: number;
+}
+
+/**
+ * One window: `concurrency` loops run `operation` back to back for warm-up + SECONDS; what completes in the measured
+ * part counts, and the server's CPU is read at its two edges.
+ */
+/** An operation's result: true, or why it failed. */
+type Outcome = true | string;
+
+async function window(pid: number | undefined, concurrency: number, operation: (slot: number) => Promise<Outcome | boolean>): Promise<WindowResult> {
+  const measureFrom = Date.now() + WARMUP_SECONDS * 1000;
+  const deadline = measureFrom + SECONDS * 1000;
+  const latencies: number[] = [];
+  let failures = 0;
+  const failureReasons: Record<string, number> = {};
+  let peakRss = 0;
+  const sampler = setInterval(() => (peakRss = Math.max(peakRss, rssMiB(pid))), 250);
+  const cpuMarks: number[] = [];
+  const markCpu = (): void => void cpuMarks.push(cpuMs(pid));
+  const startMark = setTimeout(markCpu, Math.max(0, measureFrom - Date.now()));
+  const endMark = setTimeout(markCpu, Math.max(0, deadline - Date.now()));
+  await Promise.all(
+    Array.from({ length: concurrency }, async (_, slot) => {
+      while (Date.now() < deadline) {
+        const t0 = performance.now();
+        const outcome = await operation(slot).catch((error: unknown) => (error instanceof Error ? `${error.name}: ${error.message}`.slice(0, 80) : String(error)));
+        const ok = outcome === true;
+        // Throughput is what completes inside the window (under heavy load one operation can outlast the warm-up).
+        const now = Date.now();
+        if (now < measureFrom || now > deadline) continue;
+        if (ok) latencies.push(performance.now() - t0);
+        else {
+          failures += 1;
+          const reason = outcome === false ? 'failed' : outcome;
+          failureReasons[reason] = (failureReasons[reason] ?? 0) + 1;
+        }
+      }
+    }),
+  );
+  clearInterval(sampler);
+  clearTimeout(startMark);
+  clearTimeout(endMark);
+  // A loaded event loop can end the loops before the deadline's timer ran: the window then ends now.
+  if (cpuMarks.length === 1) markCpu();
+  latencies.sort((a, b) => a - b);
+  const cpu = cpuMarks.length === 2 ? (cpuMarks[1] ?? 0) - (cpuMarks[0] ?? 0) : NaN;
+  return {
+    operations: latencies.length,
+    failures,
+    failureReasons,
+    perSecond: Math.round(latencies.length / SECONDS),
+    serverCpuMsPerOperation: Number((cpu / Math.max(1, latencies.length)).toFixed(3)),
+    p50Ms: Number(percentile(latencies, 50).toFixed(1)),
+    p99Ms: Number(percentile(latencies, 99).toFixed(1)),
+    serverPeakRssMiB: Math.round(peakRss),
+    loadAverage: Number((loadavg()[0] ?? 0).toFixed(2)),
+  };
+}
+
+/** The median of one figure over the rounds of a workload. */
+function median(results: WindowResult[], pick: (result: WindowResult) => number): number {
+  const sorted = results.map(pick).sort((a, b) => a - b);
+  const middle = Math.floor(sorted.length / 2);
+  return sorted.length % 2 === 1 ? (sorted[middle] ?? NaN) : ((sorted[middle - 1] ?? NaN) + (sorted[middle] ?? NaN)) / 2;
+}
+
+interface Device {
+  id: string;
+  key: string;
+}
+
 const dataDir = mkdtempSync(join(tmpdir(), 'provisiond-bench-'));
 const ca = (): string => readFileSync(join(dataDir, 'tls', 'ca.pem'), 'utf8');
-const results: Record<string, unknown> = { devices: DEVICES, seconds: SECONDS, warmupSeconds: WARMUP_SECONDS, enrollments: ENROLLMENTS };
+const results: Record<string, unknown> = { mode: MODE, store: STORE.startsWith('postgres') ? 'postgres' : STORE, devices: DEVICES, seconds: SECONDS, warmupSeconds: WARMUP_SECONDS, rounds: ROUNDS, enrollments: ENROLLMENTS };
+const started: Started[] = [];
 
 try {
-  // ---- provisiond
-  const server = await startProcess(dataDir, 'provisiond');
-  const agent = new Agent({ connect: { ca: ca(), servername: 'localhost' }, connections: DEVICES, pipelining: 1 });
+  const server = await startProcess(dataDir, 'provisiond', PORT, MODE === 'p3' ? MQTT_PORT : 0);
+  started.push(server);
   const base = `https://localhost:${PORT}`;
   const { serviceConnectionString, idScope } = server.info as NonNullable<Started['info']>;
+  const devices = await createEnrollments(base, serviceConnectionString);
+  const ceiling = args.get('baseline') === 'no' ? undefined : await startProcess(dataDir, MODE === 'p2' ? 'bare-tls' : 'baseline', CEILING_PORT);
+  if (ceiling !== undefined) started.push(ceiling);
+
+  /** Device slots: in keep-alive and persistent workloads a slot keeps its connection; devices rotate through slots. */
+  let next = 0;
+  const nextDevice = (): Device => devices[next++ % devices.length] as Device;
+
+  const workloads: { name: string; run: () => Promise<WindowResult> }[] = [];
+  const keepAlive = (): Promise<WindowResult> => {
+    const agent = new Agent({ connect: { ca: ca(), servername: 'localhost' }, connections: DEVICES, pipelining: 1 });
+    return window(server.child.pid, DEVICES, () => httpRegistration(agent, base, idScope, nextDevice())).finally(() => agent.close());
+  };
+  if (MODE === 'p1' || MODE === 'p3') workloads.push({ name: 'httpsKeepAlive', run: keepAlive });
+  if (MODE === 'p2') {
+    workloads.push({
+      name: 'httpsNewConnection',
+      run: () =>
+        window(server.child.pid, DEVICES, async () => {
+          // A device that boots: its own TLS connection (full handshake, no cached session) for register and polls.
+          const client = new Client(base, { connect: { ca: ca(), servername: 'localhost', maxCachedSessions: 0 }, pipelining: 1 });
+          try {
+            return await httpRegistration(client, base, idScope, nextDevice());
+          } finally {
+            await client.close();
+          }
+        }),
+    });
+  }
+  if (MODE === 'p3') {
+    workloads.push({
+      name: 'mqttPersistent',
+      run: async () => {
+        // One MQTT connection per slot, kept for the whole window; the device it names registers again and again.
+        const sessions = await Promise.all(Array.from({ length: DEVICES }, (_, slot) => MqttDevice.connect(idScope, devices[slot % devices.length] as Device)));
+        try {
+          return await window(server.child.pid, DEVICES, (slot) => (sessions[slot] as MqttDevice).register());
+        } finally {
+          await Promise.all(sessions.map((session) => session.close()));
+        }
+      },
+    });
+    workloads.push({
+      name: 'mqttNewConnection',
+      run: () =>
+        window(server.child.pid, DEVICES, async () => {
+          const session = await MqttDevice.connect(idScope, nextDevice());
+          try {
+            return await session.register();
+          } finally {
+            await session.close();
+          }
+        }),
+    });
+  }
+  if (ceiling !== undefined) {
+    workloads.push(
+      MODE === 'p2'
+        ? {
+            name: 'ceilingBareTlsNewConnection',
+            run: () =>
+              window(ceiling.child.pid, DEVICES, async () => {
+                const client = new Client(`https://localhost:${CEILING_PORT}`, { connect: { ca: ca(), servername: 'localhost', maxCachedSessions: 0 } });
+                try {
+                  const response = await client.request({ path: '/ping', method: 'GET' });
+                  await response.body.dump();
+                  return response.statusCode === 200;
+                } finally {
+                  await client.close();
+                }
+              }),
+          }
+        : {
+            name: 'ceilingFastifyTlsKeepAlive',
+            run: async () => {
+              const agent = new Agent({ connect: { ca: ca(), servername: 'localhost' }, connections: DEVICES });
+              try {
+                return await window(ceiling.child.pid, DEVICES, async () => {
+                  const response = await request(`https://localhost:${CEILING_PORT}/ping`, { dispatcher: agent });
+                  await response.body.dump();
+                  return response.statusCode === 200;
+                });
+              } finally {
+                await agent.close();
+              }
+            },
+          },
+    );
+  }
+
+  // Alternating windows: every workload once per round, in the same order.
+  const byWorkload = new Map<string, WindowResult[]>(workloads.map((workload) => [workload.name, []]));
+  for (let round = 0; round < ROUNDS; round += 1) {
+    for (const workload of workloads) byWorkload.get(workload.name)?.push(await workload.run());
+  }
+  const summary: Record<string, unknown> = {};
+  for (const [name, windows] of byWorkload) {
+    summary[name] = {
+      windows,
+      medianPerSecond: median(windows, (result) => result.perSecond),
+      medianServerCpuMsPerOperation: median(windows, (result) => result.serverCpuMsPerOperation),
+    };
+  }
+  results.workloads = summary;
+  // Statements per registration: 40 registrations one after another (devices registered before: the steady state).
+  const sequential = new Agent({ connect: { ca: ca(), servername: 'localhost' }, connections: 1 });
+  const countedFrom = await statementCounts(server);
+  let counted = 0;
+  for (const device of devices.slice(0, 40)) if (await httpRegistration(sequential, base, idScope, device)) counted += 1;
+  const countedTo = await statementCounts(server);
+  await sequential.close();
+  results.sqlitePerHttpsRegistration = STORE.startsWith('postgres')
+    ? null
+    : {
+        statements: Number(((countedTo.statements - countedFrom.statements) / Math.max(1, counted)).toFixed(1)),
+        commits: Number(((countedTo.commits - countedFrom.commits) / Math.max(1, counted)).toFixed(1)),
+      };
+  const cpu = (name: string): number => median(byWorkload.get(name) ?? [], (result) => result.serverCpuMsPerOperation);
+  const rate = (name: string): number => median(byWorkload.get(name) ?? [], (result) => result.perSecond);
+  // The goals of issue 12, as ratios of this run's own figures.
+  if (MODE === 'p1' && ceiling !== undefined) {
+    results.goals = {
+      registrationsPerCeilingRequest: Number((rate('httpsKeepAlive') / rate('ceilingFastifyTlsKeepAlive')).toFixed(3)),
+      serverCpuMsPerRegistration: cpu('httpsKeepAlive'),
+    };
+  }
+  if (MODE === 'p2' && ceiling !== undefined) {
+    results.goals = {
+      // CPU-normalized: what one bare TLS connection costs the server, over what one device's registration costs it.
+      cpuNormalizedRatio: Number((cpu('ceilingBareTlsNewConnection') / cpu('httpsNewConnection')).toFixed(3)),
+      throughputRatio: Number((rate('httpsNewConnection') / rate('ceilingBareTlsNewConnection')).toFixed(3)),
+      serverCpuMsPerRegistration: cpu('httpsNewConnection'),
+    };
+  }
+  if (MODE === 'p3') {
+    results.goals = {
+      mqttPersistentCpuOverHttps: Number((cpu('mqttPersistent') / cpu('httpsKeepAlive')).toFixed(3)),
+      mqttNewConnectionCpuOverHttps: Number((cpu('mqttNewConnection') / cpu('httpsKeepAlive')).toFixed(3)),
+    };
+  }
+} finally {
+  for (const process of started.reverse()) await stop(process);
+  rmSync(dataDir, { recursive: true, force: true });
+}
+process.stdout.write(`${JSON.stringify(results, null, 2)}\n`);
+
+/** Half individual enrollments (bulk-created), half devices of one symmetric-key group. */
+async function createEnrollments(base: string, serviceConnectionString: string): Promise<Device[]> {
+  const agent = new Agent({ connect: { ca: ca(), servername: 'localhost' } });
   const ownerKey = /SharedAccessKey=([^;]+)/.exec(serviceConnectionString)?.[1] ?? '';
   const serviceToken = (): string =>
     createSasToken({ resource: 'localhost', keyBase64: ownerKey, keyName: 'provisioningserviceowner', expirySeconds: Math.floor(Date.now() / 1000) + 3600 });
-
-  // Half individual enrollments (bulk-created), half devices of one symmetric-key group.
   const individualKey = Buffer.alloc(32, 3).toString('base64');
   const individuals = Array.from({ length: ENROLLMENTS / 2 }, (_, i) => `bench-ind-${i}`);
   for (let i = 0; i < individuals.length; i += 1000) {
@@ -98,118 +380,101 @@ try {
       body: JSON.stringify({ enrollmentGroupId: 'bench-group', attestation: { type: 'symmetricKey', symmetricKey: { primaryKey: groupKey, secondaryKey: groupKey } } }),
     })
   ).body.dump();
+  await agent.close();
   const groupDevices = Array.from({ length: ENROLLMENTS / 2 }, (_, i) => `bench-grp-${i}`);
-  const devices = individuals.flatMap((id, i) => [
+  return individuals.flatMap((id, i) => [
     { id, key: individualKey },
     { id: groupDevices[i] as string, key: deriveDeviceKey(groupKey, groupDevices[i] as string) },
   ]);
+}
 
-  const latencies: number[] = [];
-  let failures = 0;
-  let requests = 0;
-  let next = 0;
-  const measureFrom = Date.now() + WARMUP_SECONDS * 1000;
-  const deadline = measureFrom + SECONDS * 1000;
-  let peakRss = 0;
-  const sampler = setInterval(() => (peakRss = Math.max(peakRss, rssMiB(server.child.pid))), 250);
+function deviceToken(idScope: string, device: Device): string {
+  return createSasToken({ resource: `${idScope}/registrations/${device.id}`, keyBase64: device.key, keyName: 'registration', expirySeconds: Math.floor(Date.now() / 1000) + 3600 });
+}
 
-  /** One full registration (register, then poll until terminal); true when assigned. Counts its own requests. */
-  async function registerOnce(device: { id: string; key: string }, counter: { requests: number }): Promise<boolean> {
-    const authorization = createSasToken({
-      resource: `${idScope}/registrations/${device.id}`,
-      keyBase64: device.key,
-      keyName: 'registration',
-      expirySeconds: Math.floor(Date.now() / 1000) + 3600,
+/** One full registration over HTTPS as the SDKs do it: register, then poll after Retry-After until terminal. */
+async function httpRegistration(dispatcher: Dispatcher, base: string, idScope: string, device: Device): Promise<Outcome> {
+  const authorization = deviceToken(idScope, device);
+  const registered = await request(`${base}/${idScope}/registrations/${device.id}/register?api-version=2019-03-31`, {
+    method: 'PUT',
+    dispatcher,
+    headers: { authorization, 'content-type': 'application/json' },
+    body: JSON.stringify({ registrationId: device.id }),
+  });
+  const operation = (await registered.body.json()) as { operationId: string; errorCode?: number };
+  if (registered.statusCode !== 202) return `register ${registered.statusCode} ${operation.errorCode ?? ''}`;
+  let wait = Number(registered.headers['retry-after'] ?? 1);
+  for (;;) {
+    if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait * 1000));
+    const polled = await request(`${base}/${idScope}/registrations/${device.id}/operations/${operation.operationId}?api-version=2019-03-31`, {
+      dispatcher,
+      headers: { authorization },
     });
-    const headers = { authorization, 'content-type': 'application/json' };
-    const registered = await request(`${base}/${idScope}/registrations/${device.id}/register?api-version=2019-03-31`, {
-      method: 'PUT',
-      dispatcher: agent,
-      headers,
-      body: JSON.stringify({ registrationId: device.id }),
+    const body = (await polled.body.json()) as { status: string; errorCode?: number; registrationState?: { errorCode?: number } };
+    if (polled.statusCode === 200) return body.status === 'assigned' || `${body.status} ${body.registrationState?.errorCode ?? ''}`;
+    if (polled.statusCode !== 202) return `poll ${polled.statusCode} ${body.errorCode ?? ''}`;
+    wait = Number(polled.headers['retry-after'] ?? 1);
+  }
+}
+
+/** A device on MQTT/TLS as the SDKs drive it (dps-wire.md §5): one subscription, requests matched to replies by $rid. */
+class MqttDevice {
+  readonly #client: mqtt.MqttClient;
+  readonly #pending = new Map<string, (reply: { status: number; retryAfter: number; body: { operationId?: string; status?: string } }) => void>();
+  #rid = 0;
+
+  private constructor(client: mqtt.MqttClient) {
+    this.#client = client;
+    client.on('message', (topic, payload) => {
+      const match = /^\$dps\/registrations\/res\/(\d{3})\/\?(.*)$/.exec(topic);
+      if (match === null) return;
+      const query = new URLSearchParams(match[2] ?? '');
+      const rid = query.get('$rid') ?? '';
+      this.#pending.get(rid)?.({ status: Number(match[1]), retryAfter: Number(query.get('retry-after') ?? 1), body: JSON.parse(payload.toString()) as { operationId?: string; status?: string } });
+      this.#pending.delete(rid);
     });
-    counter.requests += 1;
-    const operation = (await registered.body.json()) as { operationId: string };
-    if (registered.statusCode !== 202) return false;
-    let wait = Number(registered.headers['retry-after'] ?? 1);
+  }
+
+  static async connect(idScope: string, device: Device): Promise<MqttDevice> {
+    const client = await mqtt.connectAsync(`mqtts://localhost:${MQTT_PORT}`, {
+      clientId: device.id,
+      username: `${idScope}/registrations/${device.id}/api-version=2019-03-31&ClientVersion=bench`,
+      password: deviceToken(idScope, device),
+      ca: ca(),
+      servername: 'localhost',
+      protocolVersion: 4,
+      clean: true,
+      reconnectPeriod: 0,
+    });
+    await client.subscribeAsync('$dps/registrations/res/#', { qos: 1 });
+    return new MqttDevice(client);
+  }
+
+  #request(topic: (rid: string) => string, body: string): Promise<{ status: number; retryAfter: number; body: { operationId?: string; status?: string } }> {
+    const rid = String((this.#rid += 1));
+    return new Promise((resolve, reject) => {
+      this.#pending.set(rid, resolve);
+      this.#client.publish(topic(rid), body, { qos: 1 }, (error) => {
+        if (error !== undefined && error !== null) reject(error);
+      });
+    });
+  }
+
+  async register(): Promise<boolean> {
+    const registered = await this.#request((rid) => `$dps/registrations/PUT/iotdps-register/?$rid=${rid}`, JSON.stringify({}));
+    const operationId = registered.body.operationId;
+    if (registered.status !== 202 || operationId === undefined) return false;
+    let wait = registered.retryAfter;
     for (;;) {
       if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait * 1000));
-      const polled = await request(`${base}/${idScope}/registrations/${device.id}/operations/${operation.operationId}?api-version=2019-03-31`, {
-        dispatcher: agent,
-        headers: { authorization },
-      });
-      counter.requests += 1;
-      const body = (await polled.body.json()) as { status: string };
-      if (polled.statusCode === 200) return body.status === 'assigned';
-      if (polled.statusCode !== 202) return false;
-      wait = Number(polled.headers['retry-after'] ?? 1);
+      const polled = await this.#request((rid) => `$dps/registrations/GET/iotdps-get-operationstatus/?$rid=${rid}&operationId=${encodeURIComponent(operationId)}`, '');
+      if (polled.status === 200) return polled.body.status === 'assigned';
+      if (polled.status !== 202) return false;
+      wait = polled.retryAfter;
     }
   }
 
-  // Server CPU over the measured window only (process accounting), for a per-registration cost that does not depend
-  // on how much of the shared machine the server got.
-  const cpuMarks: number[] = [];
-  const markCpu = (): void => void cpuMarks.push(cpuMs(server.child.pid));
-  setTimeout(markCpu, Math.max(0, measureFrom - Date.now()));
-  setTimeout(markCpu, Math.max(0, deadline - Date.now()));
-  await Promise.all(
-    Array.from({ length: DEVICES }, async () => {
-      while (Date.now() < deadline) {
-        const device = devices[next % devices.length] as { id: string; key: string };
-        next += 1;
-        const measured = Date.now() >= measureFrom;
-        const t0 = performance.now();
-        const counter = { requests: 0 };
-        const ok = await registerOnce(device, counter).catch(() => false);
-        if (!measured || Date.now() > deadline) continue;
-        requests += counter.requests;
-        if (ok) latencies.push(performance.now() - t0);
-        else failures += 1;
-      }
-    }),
-  );
-  const elapsed = SECONDS;
-  clearInterval(sampler);
-  latencies.sort((a, b) => a - b);
-  results.provisiond = {
-    fullRegistrations: latencies.length,
-    failures,
-    registrationsPerSecond: Math.round(latencies.length / elapsed),
-    deviceRequestsPerSecond: Math.round(requests / elapsed),
-    p50Ms: Number(percentile(latencies, 50).toFixed(1)),
-    p90Ms: Number(percentile(latencies, 90).toFixed(1)),
-    p99Ms: Number(percentile(latencies, 99).toFixed(1)),
-    maxMs: Number((latencies.at(-1) ?? NaN).toFixed(1)),
-    serverPeakRssMiB: Math.round(peakRss),
-    serverCpuMsPerRegistration: cpuMarks.length === 2 ? Number((((cpuMarks[1] ?? 0) - (cpuMarks[0] ?? 0)) / Math.max(1, latencies.length)).toFixed(3)) : null,
-  };
-  await agent.close();
-  server.child.kill('SIGTERM');
-  await new Promise((resolve) => server.child.once('exit', resolve));
-
-  // ---- the ceiling: a minimal Fastify TLS server (--baseline no skips it, for short comparison runs)
-  if (args.get('baseline') !== 'no') {
-    const baseline = await startProcess(dataDir, 'baseline');
-    const baselineAgent = new Agent({ connect: { ca: ca(), servername: 'localhost' }, connections: DEVICES });
-    let baselineRequests = 0;
-    const baselineMeasureFrom = Date.now() + WARMUP_SECONDS * 1000;
-    const baselineDeadline = baselineMeasureFrom + SECONDS * 1000;
-    await Promise.all(
-      Array.from({ length: DEVICES }, async () => {
-        while (Date.now() < baselineDeadline) {
-          const response = await request(`https://localhost:${PORT}/ping`, { dispatcher: baselineAgent });
-          await response.body.dump();
-          const now = Date.now();
-          if (now >= baselineMeasureFrom && now <= baselineDeadline) baselineRequests += 1;
-        }
-      }),
-    );
-    results.minimalFastifyTls = { requestsPerSecond: Math.round(baselineRequests / SECONDS) };
-    await baselineAgent.close();
-    baseline.child.kill('SIGTERM');
-    await new Promise((resolve) => baseline.child.once('exit', resolve));
+  async close(): Promise<void> {
+    await this.#client.endAsync();
   }
-} finally {
-  rmSync(dataDir, { recursive: true, force: true });
 }
-process.stdout.write(`${JSON.stringify(results, null, 2)}\n`);

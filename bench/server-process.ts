@@ -3,19 +3,35 @@ import { loadConfig } from '../src/config/config.js';
 
 /**
  * The server under test, in its own process so its RSS and CPU are its own. Prints one JSON line when listening.
- * Optional: a store (a postgres:// URL for nodes sharing a database) and the address to listen on.
+ * Optional: a store (a postgres:// URL for nodes sharing a database), the address to listen on, and an MQTT/TLS port
+ * (0 = no MQTT).
+ *
+ * Modes: `provisiond`; `baseline`, the machine's keep-alive ceiling (a minimal Fastify TLS server answering a small
+ * JSON body); `bare-tls`, the new-connection ceiling (node:https answering one request per connection, then closing).
  */
-const [dataDir = '', port = '8443', mode = 'provisiond', store = 'sqlite', listenHost = '127.0.0.1'] = process.argv.slice(2);
+const [dataDir = '', port = '8443', mode = 'provisiond', store = 'sqlite', listenHost = '127.0.0.1', mqttPort = '0'] = process.argv.slice(2);
 
-if (mode === 'baseline') {
-  // The machine's ceiling: a minimal Fastify TLS server answering a small JSON body.
+if (mode === 'baseline' || mode === 'bare-tls') {
   const { readFileSync } = await import('node:fs');
-  const { default: Fastify } = await import('fastify');
-  const app = Fastify({ https: { key: readFileSync(`${dataDir}/tls/server.key`), cert: readFileSync(`${dataDir}/tls/server.pem`) } });
-  app.get('/ping', async () => ({ status: 'ok' }));
-  await app.listen({ port: Number(port), host: listenHost });
-  process.once('SIGTERM', () => void app.close().then(() => process.exit(0)));
+  const tls = { key: readFileSync(`${dataDir}/tls/server.key`), cert: readFileSync(`${dataDir}/tls/server.pem`) };
+  if (mode === 'baseline') {
+    const { default: Fastify } = await import('fastify');
+    const app = Fastify({ https: tls });
+    app.get('/ping', async () => ({ status: 'ok' }));
+    await app.listen({ port: Number(port), host: listenHost });
+    process.once('SIGTERM', () => void app.close().then(() => process.exit(0)));
+  } else {
+    const { createServer } = await import('node:https');
+    const body = JSON.stringify({ status: 'ok' });
+    const server = createServer(tls, (_request, response) => {
+      response.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body), connection: 'close' });
+      response.end(body);
+    });
+    await new Promise<void>((resolve) => server.listen(Number(port), listenHost, resolve));
+    process.once('SIGTERM', () => server.close(() => process.exit(0)));
+  }
 } else {
+  if (process.env.BENCH_COUNT_STATEMENTS === '1') await countStatements();
   const config = loadConfig({
     flags: {
       dataDir,
@@ -26,7 +42,8 @@ if (mode === 'baseline') {
       logLevel: (process.env.BENCH_LOG_LEVEL ?? 'warn') as 'warn',
       registrationsPerSecond: 0,
       pollsPerSecondPerDevice: 0,
-      mqttEnabled: false,
+      mqttEnabled: Number(mqttPort) > 0,
+      ...(Number(mqttPort) > 0 ? { mqttPort: Number(mqttPort) } : {}),
       amqpEnabled: false,
     },
   });
@@ -38,3 +55,24 @@ if (mode === 'baseline') {
   process.stdout.write(`${JSON.stringify(info)}\n`);
 }
 process.stdout.write('listening\n');
+
+/**
+ * Counts the SQLite statements the server executes (and the commits among them), printed as one JSON line on SIGUSR2:
+ * statements per registration is the figure no load on a shared machine can blur.
+ */
+async function countStatements(): Promise<void> {
+  const { default: Database } = await import('better-sqlite3');
+  const probe = new Database(':memory:');
+  const prototype = Object.getPrototypeOf(probe.prepare('select 1')) as Record<'run' | 'get' | 'all' | 'iterate', (...args: unknown[]) => unknown> & { source: string };
+  probe.close();
+  const counts = { statements: 0, commits: 0 };
+  for (const method of ['run', 'get', 'all', 'iterate'] as const) {
+    const original = prototype[method];
+    prototype[method] = function (this: { source: string }, ...args: unknown[]) {
+      counts.statements += 1;
+      if (/^\s*commit/i.test(this.source)) counts.commits += 1;
+      return original.apply(this, args);
+    };
+  }
+  process.on('SIGUSR2', () => process.stdout.write(`${JSON.stringify({ statementCounts: counts })}\n`));
+}

@@ -19,7 +19,6 @@ import { BuiltInHubService } from './hubs/built-in-hubs.js';
 import { RestHubClientFactory } from './hubs/registry-client.js';
 import { builtInHubPlugin } from './transports/http/hub-api/plugin.js';
 import { deviceApiPlugin } from './transports/http/device-api/plugin.js';
-import { InjectTransport } from './transports/http/inject-transport.js';
 import { RegistrationService } from './services/registrations.js';
 import { HubLatencies } from './services/hub-latency.js';
 import { SymmetricKeyGroups } from './services/symmetric-key-groups.js';
@@ -278,7 +277,7 @@ async function createLockedApp(deps: AppDeps, logger: FastifyBaseLogger, release
   });
   http.get('/openapi.json', async () => openApi.document(deps.version ?? '0.0.0'));
   await http.ready();
-  hubClients.useBuiltInTransport(new InjectTransport(http));
+  hubClients.useBuiltInService(builtInHubs);
   const deviceEndpoints = await createDeviceEndpoints({
     config,
     logger: log('mqtt'),

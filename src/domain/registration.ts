@@ -1,4 +1,5 @@
 import type { JsonMap } from './enrollment.js';
+import type { RegistrationStatus, Substatus } from './wire.js';
 import type { StoredRegistration } from '../store/store.js';
 
 /** A registration record as the service API shows it (`DeviceRegistrationState`, dps-wire.md §3): internals dropped. */
@@ -25,4 +26,55 @@ export function renderRegistration(record: StoredRegistration): JsonMap {
  */
 export function renderDeviceRegistration(record: StoredRegistration, attestationSection: JsonMap): JsonMap {
   return { ...attestationSection, ...renderRegistration(record) };
+}
+
+/**
+ * A registration's state as the device is told it (dps-wire.md §4.2): each status carries exactly its own fields. The
+ * stored record is flat (one document per device); these are the only ways the flow changes it.
+ */
+export type RegistrationState =
+  | { status: 'assigning' }
+  | { status: 'assigned'; assignedHub: string; deviceId: string; substatus: Substatus; hubHistory: string[]; payload?: JsonMap }
+  | { status: 'failed'; errorCode: number; errorMessage: string }
+  | { status: 'disabled'; errorCode: number; errorMessage: string };
+
+export type TerminalState = Exclude<RegistrationState, { status: 'assigning' }>;
+
+/** assigning → assigned | failed | disabled. A terminal record starts over only with a new attempt (`startAttempt`). */
+const TRANSITIONS: { readonly [From in RegistrationStatus]: readonly RegistrationStatus[] } = {
+  unassigned: [],
+  assigning: ['assigned', 'failed', 'disabled'],
+  assigned: [],
+  failed: [],
+  disabled: [],
+};
+
+/**
+ * A new attempt: the record says `assigning`, with a new etag, and keeps where the device was (hub, device ID, hub
+ * history: reprovisioning and a failed attempt's record need them) and when it first registered.
+ */
+export function startAttempt(
+  previous: StoredRegistration | undefined,
+  attempt: { registrationId: string; attestationType: 'symmetricKey' | 'x509' | 'tpm'; enrollmentGroupId: string | undefined; now: string; etag: string },
+): StoredRegistration {
+  const record: StoredRegistration = {
+    registrationId: attempt.registrationId,
+    createdDateTimeUtc: previous?.createdDateTimeUtc ?? attempt.now,
+    status: 'assigning',
+    lastUpdatedDateTimeUtc: attempt.now,
+    etag: attempt.etag,
+    attestationType: attempt.attestationType,
+  };
+  if (attempt.enrollmentGroupId !== undefined) record.enrollmentGroupId = attempt.enrollmentGroupId;
+  if (previous?.hubHistory !== undefined) record.hubHistory = previous.hubHistory;
+  if (previous?.assignedHub !== undefined) record.assignedHub = previous.assignedHub;
+  if (previous?.deviceId !== undefined) record.deviceId = previous.deviceId;
+  return record;
+}
+
+/** The attempt's end: the record in `next`'s state; a transition the table above does not allow is a bug and throws. */
+export function settle(record: StoredRegistration, next: TerminalState): StoredRegistration {
+  if (!TRANSITIONS[record.status].includes(next.status)) throw new Error(`registration ${record.registrationId}: ${record.status} → ${next.status} is not a transition`);
+  const { substatus: _substatus, errorCode: _errorCode, errorMessage: _errorMessage, payload: _payload, ...kept } = record;
+  return { ...kept, ...next };
 }

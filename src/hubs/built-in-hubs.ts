@@ -147,6 +147,20 @@ export class BuiltInHubService {
     return hub;
   }
 
+  /**
+   * The same check as authorize() for a caller holding a policy key itself rather than a token (BuiltInHubClient, the
+   * registration flow's direct call): the hub exists, the policy exists, one of its keys passes `holdsKey`, and it grants
+   * `right`.
+   */
+  async authorizePolicy(hostName: string, keyName: string, holdsKey: (keys: readonly string[]) => boolean, right: HubRight): Promise<BuiltInHubRecord> {
+    const hub = await this.#store.getHub(hostWithoutPort(hostName).toLowerCase());
+    if (hub === undefined) throw new HubApiError('IotHubNotFound', `No IoT hub is hosted at '${truncate(hostName)}'.`);
+    const policy = hub.policies.find((candidate) => candidate.keyName === keyName);
+    if (policy === undefined || !holdsKey([policy.primaryKey, policy.secondaryKey])) throw unauthorized();
+    if (!grants(policy.rights, right)) throw new HubApiError('IotHubUnauthorizedAccess', `Unauthorized: this operation needs the ${right} right.`);
+    return hub;
+  }
+
   // ---- device identities
 
   async getDevice(hubName: string, deviceId: string): Promise<WireDevice> {

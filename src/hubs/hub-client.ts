@@ -2,9 +2,9 @@ import type { JsonMap } from '../domain/enrollment.js';
 import type { LinkedHubRecord } from '../store/store.js';
 
 /**
- * How provisiond talks to an IoT hub: the registry REST API subset DPS uses (device identity and twin). Every linked
- * hub — built-in or external — is reached through the same REST client (RegistryRestClient), so the registration
- * flow cannot tell them apart.
+ * How provisiond talks to an IoT hub: the registry REST API subset DPS uses (device identity and twin). An external
+ * hub is reached over REST (RegistryRestClient), a built-in hub of this process by direct call with the same contract
+ * (BuiltInHubClient), so the registration flow cannot tell them apart.
  */
 export type HubAuthentication =
   | { type: 'sas'; symmetricKey: { primaryKey: string; secondaryKey: string } }

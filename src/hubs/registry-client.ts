@@ -17,12 +17,15 @@ import {
   type HubTwin,
   type HubTwinContent,
 } from './hub-client.js';
-import { HUB_API_VERSION, parseHubErrorBody } from './hub-wire.js';
+import { BuiltInHubClient } from './built-in-hub-client.js';
+import type { BuiltInHubService } from './built-in-hubs.js';
+import { HUB_API_VERSION, parseHubErrorBody, type DeviceInput } from './hub-wire.js';
 
 /**
- * The one way provisiond talks to an IoT hub: the registry REST API (api-version 2021-04-12) over HTTPS with a hub
- * SAS token, exactly as the azure-iothub Registry does (sdk-clients.md §3). Built-in hubs are reached the same way,
- * through this process's own HTTPS listener, so the registration flow cannot tell a built-in hub from Azure.
+ * How provisiond talks to an IoT hub: the registry REST API (api-version 2021-04-12) over HTTPS with a hub SAS token,
+ * exactly as the azure-iothub Registry does (sdk-clients.md §3). A built-in hub of this process is called directly
+ * (BuiltInHubClient, the same contract without the HTTP round trip); without that service — a factory on its own, as
+ * in tests — built-in hubs are reached through the process's HTTPS listener.
  */
 
 export interface RestHubClientOptions {
@@ -39,10 +42,7 @@ const TOKEN_LIFETIME_SECONDS = 3600;
 const TOKEN_RENEW_MARGIN_SECONDS = 300;
 const DEFAULT_TIMEOUT_MS = 30_000;
 
-/**
- * How a request reaches a hub. Over the network by default; a hub hosted by this very process can be given an
- * in-process transport that runs the same HTTP routes without a loopback TLS socket.
- */
+/** How a request reaches a hub over the network. */
 export interface HubTransport {
   send(request: HubRequest): Promise<HubResponse>;
 }
@@ -81,8 +81,10 @@ export class RestHubClientFactory implements HubClientFactory {
   readonly #builtIn: Agent;
   /** External hubs: their own origins, trusting the system CAs and `ca`. */
   readonly #external: Agent;
-  readonly #clients = new Map<string, RegistryRestClient>();
-  #builtInTransport: HubTransport;
+  readonly #clients = new Map<string, HubClient & { connectionString: string }>();
+  readonly #builtInTransport: HubTransport;
+  /** Built-in hubs hosted by this process, called directly (BuiltInHubClient); unset, they are reached over HTTPS. */
+  #builtInService: BuiltInHubService | undefined;
   readonly #externalTransport: HubTransport;
 
   constructor(options: RestHubClientOptions) {
@@ -97,9 +99,9 @@ export class RestHubClientFactory implements HubClientFactory {
     this.#externalTransport = new UndiciTransport(this.#external);
   }
 
-  /** Serve built-in hubs in-process (the composition root passes the HTTPS app's own request injector). */
-  useBuiltInTransport(transport: HubTransport): void {
-    this.#builtInTransport = transport;
+  /** Serve built-in hubs in-process by direct call (the composition root passes the process's own hub service). */
+  useBuiltInService(service: BuiltInHubService): void {
+    this.#builtInService = service;
     this.#clients.clear();
   }
 
@@ -109,13 +111,17 @@ export class RestHubClientFactory implements HubClientFactory {
     const cached = this.#clients.get(cacheKey);
     if (cached !== undefined && cached.connectionString === hub.connectionString) return cached;
     const { host, port } = this.#options.builtInAddress;
-    const client = new RegistryRestClient({
-      hubName: hub.name,
-      connectionString: hub.connectionString,
-      origin: hub.builtIn ? `https://${host.includes(':') ? `[${host}]` : host}:${port}` : `https://${hub.name}`,
-      transport: hub.builtIn ? this.#builtInTransport : this.#externalTransport,
-      timeoutMs: this.#timeoutMs,
-    });
+    const service = this.#builtInService;
+    const client =
+      hub.builtIn && service !== undefined
+        ? new BuiltInHubClient({ hubName: hub.name, connectionString: hub.connectionString, service })
+        : new RegistryRestClient({
+            hubName: hub.name,
+            connectionString: hub.connectionString,
+            origin: hub.builtIn ? `https://${host.includes(':') ? `[${host}]` : host}:${port}` : `https://${hub.name}`,
+            transport: hub.builtIn ? this.#builtInTransport : this.#externalTransport,
+            timeoutMs: this.#timeoutMs,
+          });
     this.#clients.set(cacheKey, client);
     return client;
   }
@@ -278,7 +284,7 @@ export class RegistryRestClient implements HubClient {
 
 // ---- connection strings and paths
 
-function parseConnectionString(connectionString: string, fallbackHost: string): { hostName: string; keyName: string; key: string } | undefined {
+export function parseConnectionString(connectionString: string, fallbackHost: string): { hostName: string; keyName: string; key: string } | undefined {
   const fields = new Map<string, string>();
   for (const part of connectionString.split(';')) {
     const eq = part.indexOf('=');
@@ -340,9 +346,9 @@ const TwinResponse = checked(
   }),
 );
 
-function deviceBody(device: HubDevice): JsonMap {
+export function deviceBody(device: HubDevice): DeviceInput {
   const auth = device.authentication;
-  const authentication =
+  const authentication: DeviceInput['authentication'] =
     auth.type === 'sas'
       ? { type: 'sas', symmetricKey: { ...auth.symmetricKey }, x509Thumbprint: { primaryThumbprint: null, secondaryThumbprint: null } }
       : auth.type === 'selfSigned'
@@ -355,7 +361,7 @@ function deviceBody(device: HubDevice): JsonMap {
   return { deviceId: device.deviceId, status: device.status, authentication, capabilities: { iotEdge: device.capabilities.iotEdge } };
 }
 
-function deviceRecordOf(device: Static<typeof DeviceResponse.schema>): HubDeviceRecord {
+export function deviceRecordOf(device: Static<typeof DeviceResponse.schema>): HubDeviceRecord {
   return {
     deviceId: device.deviceId,
     etag: device.etag,
@@ -386,7 +392,7 @@ function authenticationOf(wire: Static<typeof DeviceResponse.schema>['authentica
 }
 
 /** The twin's content without IoT Hub's read-only `$metadata` / `$version` members. */
-function twinOf(twin: Static<typeof TwinResponse.schema>): HubTwin {
+export function twinOf(twin: Static<typeof TwinResponse.schema>): HubTwin {
   return {
     etag: twin.etag,
     tags: twin.tags ?? {},

@@ -11,11 +11,13 @@ import {
 import { ProvisioningError } from '../domain/errors.js';
 import { newEtag } from '../domain/etag.js';
 import { idKey } from '../domain/ids.js';
-import { renderDeviceRegistration } from '../domain/registration.js';
+import { renderDeviceRegistration, settle, startAttempt, type TerminalState } from '../domain/registration.js';
 import { decideReprovision } from '../domain/reprovision.js';
+import { parseSasToken } from '../domain/sas.js';
 import { dpsTimestamp } from '../domain/time.js';
 import { HubError, type HubClientFactory, type HubTwinContent } from '../hubs/hub-client.js';
-import type { FenceProbe, InstanceRecord, LinkedHubRecord, RegistrationIntent, StoredOperation, StoredRegistration } from '../store/store.js';
+import type { Substatus } from '../domain/wire.js';
+import type { AuditEvent, FenceProbe, InstanceRecord, LinkedHubRecord, RegistrationIntent, StoredOperation, StoredRegistration } from '../store/store.js';
 import { settleIntent, type IntentOutcome } from './registration-intents.js';
 import { callAllocationWebhook, type WebhookExchange } from './custom-allocation.js';
 import type { ServiceDeps } from './deps.js';
@@ -98,6 +100,12 @@ export class RegistrationService {
   readonly #deviceQueues = new Map<string, Promise<unknown>>();
   /** Operations this node is assigning right now: the intent sweep leaves them alone. */
   readonly #inFlight = new Set<string>();
+  /**
+   * Operations this node created for a device that proved itself with a SAS token, by operation ID: a poll with the
+   * same token (unexpired) is that device, so it is answered without re-reading the instance, the enrollment and the
+   * record (issue 12). Anything else — another token, another node's operation, a restart — authenticates in full.
+   */
+  readonly #proven = new Map<string, ProvenOperation>();
 
   constructor(deps: RegistrationServiceDeps) {
     this.#deps = deps;
@@ -166,6 +174,7 @@ export class RegistrationService {
         }
         throw error;
       });
+    this.#remember(operation.operationId, request, match);
     const work = this.#serialized(`${matched.id}/${idKey(match.registrationId)}`, () => this.#assign(match, operation, request.payload, request.transport, csr));
     // (A rejected assignment is the race's below to report; this only counts the finished ones.)
     void work.then(
@@ -187,14 +196,20 @@ export class RegistrationService {
   }
 
   async operationStatus(request: DeviceRequest & { operationId: string }): Promise<OperationReply> {
-    const match = await this.#authenticated(request);
-    const instance = match.instance;
-    await this.#throttling(request.transport, 'poll', () => this.#pollLimiter.take(`${instance.id}/${idKey(match.registrationId)}`));
-    await assertNotFenced(this.#deps.store, instance.id, fenceProbe(match));
-    const operation = await this.#deps.store.getOperation(instance.id, request.operationId);
-    if (operation === undefined || idKey(operation.registrationId) !== idKey(match.registrationId)) {
+    let proven: Pick<ProvenOperation, 'instanceId' | 'registrationId' | 'probe'> | undefined = this.#provenPoll(request);
+    if (proven === undefined) {
+      const match = await this.#authenticated(request);
+      proven = { instanceId: match.instance.id, registrationId: match.registrationId, probe: fenceProbe(match) };
+    }
+    const { instanceId, registrationId, probe } = proven;
+    await this.#throttling(request.transport, 'poll', () => this.#pollLimiter.take(`${instanceId}/${idKey(registrationId)}`));
+    // The fence and the operation are read from the store on every poll: an erase (from any node) is seen at once.
+    await assertNotFenced(this.#deps.store, instanceId, probe);
+    const operation = await this.#deps.store.getOperation(instanceId, request.operationId);
+    if (operation === undefined || idKey(operation.registrationId) !== idKey(registrationId)) {
       throw new ProvisioningError('OperationNotFound', `Operation '${request.operationId}' was not found for '${request.registrationId}'.`);
     }
+    if (operation.status !== 'assigning') this.#proven.delete(operation.operationId);
     if (operation.status === 'assigning') {
       return {
         httpStatus: 202,
@@ -239,6 +254,38 @@ export class RegistrationService {
       }
       throw error;
     }
+  }
+
+  /** Remembers who proved a register request, for its polls (bounded: the oldest entries go first). */
+  #remember(operationId: string, request: DeviceRequest, match: DeviceMatch): void {
+    if (request.credential.kind !== 'sas' || request.credential.authorization === undefined) return;
+    const token = parseSasToken(request.credential.authorization);
+    if (token === undefined) return;
+    if (this.#proven.size >= MAX_PROVEN_OPERATIONS) {
+      const oldest = this.#proven.keys().next();
+      if (oldest.done !== true) this.#proven.delete(oldest.value);
+    }
+    this.#proven.set(operationId, {
+      idScope: request.idScope,
+      registrationKey: idKey(request.registrationId),
+      authorization: request.credential.authorization,
+      expiresAtMs: token.expirySeconds * 1000,
+      instanceId: match.instance.id,
+      registrationId: match.registrationId,
+      probe: fenceProbe(match),
+    });
+  }
+
+  /** The remembered register request this poll repeats exactly (same scope, device and token, unexpired), if any. */
+  #provenPoll(request: DeviceRequest & { operationId: string }): ProvenOperation | undefined {
+    const proven = this.#proven.get(request.operationId);
+    if (proven === undefined || request.credential.kind !== 'sas') return undefined;
+    if (proven.authorization !== request.credential.authorization || proven.idScope !== request.idScope || proven.registrationKey !== idKey(request.registrationId)) return undefined;
+    if (proven.expiresAtMs < this.#deps.now().getTime()) {
+      this.#proven.delete(request.operationId);
+      return undefined;
+    }
+    return proven;
   }
 
   /** A refused attempt goes in the system log with why (a wrong key, no enrollment, …); the wire says only 401002. */
@@ -353,24 +400,21 @@ export class RegistrationService {
     const store = this.#deps.store;
     /** Set once the intent is stored, before the first hub write. */
     const intent: { written?: RegistrationIntent } = {};
+    /** Log entries of the hub writes: written with the outcome, in its transaction (one commit per registration). */
+    const hubWrites: AuditEvent[] = [];
     // Attempts of one device queue behind each other: one that waited through an erase of the device must not run.
     const erased = await registrationRefusal(store, instance.id, fenceProbe(match), operation.operationId);
     if (erased !== undefined) return undefined;
     const previous = await store.getRegistration(instance.id, match.registrationId);
     const enrollment = match.enrollment.doc;
     const now = dpsTimestamp(this.#deps.now());
-    const base: StoredRegistration = {
+    const base = startAttempt(previous, {
       registrationId: match.registrationId,
-      createdDateTimeUtc: previous?.createdDateTimeUtc ?? now,
-      status: 'assigning',
-      lastUpdatedDateTimeUtc: now,
-      etag: newEtag(),
       attestationType: match.attestationType,
-    };
-    if (match.enrollment.kind === 'group') base.enrollmentGroupId = match.enrollment.doc.enrollmentGroupId;
-    if (previous?.hubHistory !== undefined) base.hubHistory = previous.hubHistory;
-    if (previous?.assignedHub !== undefined) base.assignedHub = previous.assignedHub;
-    if (previous?.deviceId !== undefined) base.deviceId = previous.deviceId;
+      enrollmentGroupId: match.enrollment.kind === 'group' ? match.enrollment.doc.enrollmentGroupId : undefined,
+      now,
+      etag: newEtag(),
+    });
 
     let record: StoredRegistration;
     let issued: IssuedCertificate | undefined;
@@ -383,15 +427,17 @@ export class RegistrationService {
             ? `The individual enrollment '${match.enrollment.doc.registrationId}' is disabled.`
             : `The enrollment group '${match.enrollment.doc.enrollmentGroupId}' is disabled.`,
         );
-        record = { ...base, status: 'disabled', errorCode: refusal.errorCode, errorMessage: refusal.message };
+        record = settle(base, { status: 'disabled', errorCode: refusal.errorCode, errorMessage: refusal.message });
       } else {
         // Step: issue the certificate of the CSR before the hub write, so the hub identity is the certificate's.
         issued = await this.#issueCertificate(match, csr);
-        record = await this.#allocateAndWrite(withIssuedCredential(match, issued), previous, base, payload, operation.operationId, intent);
+        const flow: Assignment = { match: withIssuedCredential(match, issued), operationId: operation.operationId, devicePayload: payload, previous, attempt: base, intent, hubWrites };
+        for (const [, step] of this.#assignmentSteps) await step(flow);
+        record = settle(base, assignedState(flow));
       }
     } catch (error) {
       const failure = error instanceof ProvisioningError ? error : this.#asProvisioningError(error, match);
-      record = { ...base, status: 'failed', errorCode: failure.errorCode, errorMessage: failure.message };
+      record = settle(base, { status: 'failed', errorCode: failure.errorCode, errorMessage: failure.message });
     }
     const finished: StoredOperation = {
       ...operation,
@@ -434,6 +480,7 @@ export class RegistrationService {
         if (link !== undefined) await tx.putHubDeviceLink(instance.id, link);
         if (issued !== undefined && record.status === 'assigned') await tx.putIssuedCertificate(instance.id, issued.record);
         await tx.putOperation(instance.id, finished);
+        for (const entry of hubWrites) await tx.appendAuditEvent(instance.id, entry);
         if (outcome !== undefined) await tx.appendAuditEvent(instance.id, outcome);
         if (intent.written !== undefined && record.status === 'assigned') await tx.deleteRegistrationIntent(instance.id, operation.operationId);
       });
@@ -448,9 +495,11 @@ export class RegistrationService {
       });
       // The intent names the device: it goes with the rest, so nothing of the erased subject stays behind.
       if (intent.written !== undefined) await store.deleteRegistrationIntent(instance.id, operation.operationId);
-      // Logged through the fence-aware path, so the entry names the subject only by its hash.
-      if (outcome !== undefined && (await store.findEraseFence(instance.id, fenceProbe(match))) !== undefined) {
-        await this.#deps.audit?.record(instance.id, { ...outcome, outcome: 'failure', errorCode: error.errorCode, reason: error.message });
+      // Logged through the fence-aware path, so the entries name the subject only by its hash; once the erase is over,
+      // not at all (it has pseudonymized the log, and a late entry in the clear would undo that).
+      if (this.#deps.audit !== undefined && (await store.findEraseFence(instance.id, fenceProbe(match))) !== undefined) {
+        for (const { eventId: _eventId, timeUtc: _timeUtc, ...entry } of hubWrites) await this.#deps.audit.record(instance.id, entry);
+        if (outcome !== undefined) await this.#deps.audit.record(instance.id, { ...outcome, outcome: 'failure', errorCode: error.errorCode, reason: error.message });
       }
       return undefined;
     }
@@ -486,8 +535,8 @@ export class RegistrationService {
     return this.#deps.issuance.issue(match, csr);
   }
 
-  /** One write to a hub, logged with its outcome. */
-  async #hubWrite<T>(match: DeviceMatch, hub: string, operation: string, deviceId: string, write: () => Promise<T>): Promise<T> {
+  /** One write to a hub; its log entry (with the outcome) goes to `log`, written with the registration's outcome. */
+  async #hubWrite<T>(log: AuditEvent[], match: DeviceMatch, hub: string, operation: string, deviceId: string, write: () => Promise<T>): Promise<T> {
     const entry = {
       kind: 'hubWrite' as const,
       operation,
@@ -497,10 +546,12 @@ export class RegistrationService {
     };
     try {
       const result = await write();
-      await this.#deps.audit?.record(match.instance.id, { ...entry, outcome: 'success' });
+      const event = this.#deps.audit?.event({ ...entry, outcome: 'success' });
+      if (event !== undefined) log.push(event);
       return result;
     } catch (error) {
-      await this.#deps.audit?.record(match.instance.id, { ...entry, outcome: 'failure', reason: error instanceof Error ? error.message : String(error) });
+      const event = this.#deps.audit?.event({ ...entry, outcome: 'failure', reason: error instanceof Error ? error.message : String(error) });
+      if (event !== undefined) log.push(event);
       throw error;
     }
   }
@@ -513,14 +564,24 @@ export class RegistrationService {
     return new ProvisioningError('InternalError');
   }
 
-  async #allocateAndWrite(
-    match: DeviceMatch,
-    previous: StoredRegistration | undefined,
-    base: StoredRegistration,
-    devicePayload: JsonMap | undefined,
-    operationId: string,
-    intent: { written?: RegistrationIntent },
-  ): Promise<StoredRegistration> {
+  /**
+   * The hub side of the registration flow (ARCHITECTURE.md "The registration flow"), as named steps run in order in
+   * the device's queue; `findEnrollment` and `verifyCredential` ran in register() (authenticateDevice) before the
+   * operation existed, and the outcome is recorded after the last step in one transaction (#assignTracked). A step
+   * reads what earlier steps put on the Assignment and adds its own part; a new step (e.g. issuing a certificate)
+   * slots in here.
+   */
+  readonly #assignmentSteps: readonly (readonly [string, (flow: Assignment) => Promise<void>])[] = [
+    ['chooseHub', (flow) => this.#chooseHub(flow)],
+    ['decideReprovision', (flow) => this.#decideReprovision(flow)],
+    ['writeIdentity', (flow) => this.#writeIdentity(flow)],
+    ['writeTwin', (flow) => this.#writeTwin(flow)],
+    ['leaveOldHub', (flow) => this.#leaveOldHub(flow)],
+  ];
+
+  /** Allocation: the hub the enrollment's policy (or its custom webhook) picks among the linked hubs. */
+  async #chooseHub(flow: Assignment): Promise<void> {
+    const { match, previous } = flow;
     const { instance } = match;
     const enrollment = match.enrollment.doc;
     const linked = await this.#deps.store.listLinkedHubs(instance.id);
@@ -528,10 +589,9 @@ export class RegistrationService {
     const current = previous?.status === 'assigned' && previous.assignedHub !== undefined ? byName.get(previous.assignedHub) : undefined;
     const stays = current !== undefined && !enrollment.reprovisionPolicy.updateHubAssignment;
     const policy = enrollment.allocationPolicy ?? instance.allocationPolicy;
-
-    let initialTwin: InitialTwinDoc | undefined = enrollment.initialTwin;
-    let resultPayload: JsonMap | undefined;
+    let initialTwin = enrollment.initialTwin;
     let allocated: LinkedHubRecord;
+
     if (policy === 'custom') {
       const definition = enrollment.customAllocationDefinition;
       if (definition === undefined) throw new ProvisioningError('CustomAllocationFailed', 'The enrollment has no customAllocationDefinition.');
@@ -541,7 +601,7 @@ export class RegistrationService {
         context.currentIotHubHostName = current.name;
         context.currentDeviceId = previous.deviceId;
       }
-      if (devicePayload !== undefined) context.payload = devicePayload;
+      if (flow.devicePayload !== undefined) context.payload = flow.devicePayload;
       const answer = await callAllocationWebhook(
         definition.webhookUrl,
         {
@@ -556,7 +616,7 @@ export class RegistrationService {
       );
       allocated = byName.get(answer.iotHubHostName) as LinkedHubRecord;
       if (answer.initialTwin !== undefined) initialTwin = answer.initialTwin as InitialTwinDoc;
-      resultPayload = answer.payload;
+      if (answer.payload !== undefined) flow.resultPayload = answer.payload;
     } else if (stays) {
       allocated = current;
     } else {
@@ -568,77 +628,147 @@ export class RegistrationService {
             ? geoLatencyChoice(match.registrationId, candidates, await this.#deps.latencies.latencies(candidates))
             : hashedChoice(match.registrationId, candidates);
     }
+    flow.hubs = { byName, current, allocated, initialTwin };
+  }
 
+  /** The reprovision policy: where the device goes, what its twin becomes, which old identity leaves. */
+  async #decideReprovision(flow: Assignment): Promise<void> {
+    const { match, previous } = flow;
+    const hubs = requireStep(flow.hubs, 'chooseHub');
+    const enrollment = match.enrollment.doc;
     const decision = decideReprovision({
-      currentHub: current?.name,
+      currentHub: hubs.current?.name,
       hubHistory: previous?.hubHistory ?? [],
       currentSubstatus: previous?.substatus,
       policy: enrollment.reprovisionPolicy,
-      allocatedHub: allocated.name,
+      allocatedHub: hubs.allocated.name,
     });
-    const target = byName.get(decision.targetHub) as LinkedHubRecord;
-    const clients = this.#deps.hubClients;
+    const target = hubs.byName.get(decision.targetHub) as LinkedHubRecord;
     const previousDeviceId = previous?.deviceId;
+    const current = hubs.current;
 
     let twin: HubTwinContent | undefined;
-    if (decision.twin === 'initial') twin = twinOf(initialTwin);
+    if (decision.twin === 'initial') twin = twinOf(hubs.initialTwin);
     if (decision.twin === 'migrate' && current !== undefined) {
-      const old = await clients.forHub(current).getTwin(previousDeviceId ?? match.deviceId);
-      twin = old === undefined ? twinOf(initialTwin) : { tags: old.tags, desired: withoutMetadata(old.desired) };
+      const old = await this.#deps.hubClients.forHub(current).getTwin(previousDeviceId ?? match.deviceId);
+      twin = old === undefined ? twinOf(hubs.initialTwin) : { tags: old.tags, desired: withoutMetadata(old.desired) };
     }
-    const history = [...(previous?.hubHistory ?? [])];
-    if (!history.includes(target.name)) history.push(target.name);
-    const record: StoredRegistration = {
-      ...base,
-      assignedHub: target.name,
-      deviceId: match.deviceId,
-      status: 'assigned',
-      substatus: decision.substatus,
-      hubHistory: history,
-    };
-    if (resultPayload !== undefined) record.payload = resultPayload;
     const leave =
       decision.leaveHub !== undefined && current !== undefined
-        ? { hub: current.name, deviceId: previousDeviceId ?? match.deviceId }
+        ? { hub: current, deviceId: previousDeviceId ?? match.deviceId }
         : previousDeviceId !== undefined && current !== undefined && idKey(previousDeviceId) !== idKey(match.deviceId)
-          ? { hub: current.name, deviceId: previousDeviceId }
+          ? { hub: current, deviceId: previousDeviceId }
           : undefined;
-    // Durable intent before the first hub write (issue 13.3): a crash from here on is settled by the sweep.
+    const history = [...(previous?.hubHistory ?? [])];
+    if (!history.includes(target.name)) history.push(target.name);
+    flow.plan = { target, substatus: decision.substatus, twin, leave, hubHistory: history };
+  }
+
+  /** Durable intent before the first hub write (issue 13.3), then the device identity on the target hub. */
+  async #writeIdentity(flow: Assignment): Promise<void> {
+    const { match } = flow;
+    const plan = requireStep(flow.plan, 'decideReprovision');
     const stored: RegistrationIntent = {
-      operationId,
+      operationId: flow.operationId,
       registrationId: match.registrationId,
       createdDateTimeUtc: dpsTimestamp(this.#deps.now()),
-      targetHub: target.name,
+      targetHub: plan.target.name,
       deviceId: match.deviceId,
-      ...(leave === undefined ? {} : { leave }),
-      assigned: { ...record, status: 'assigned' },
+      ...(plan.leave === undefined ? {} : { leave: { hub: plan.leave.hub.name, deviceId: plan.leave.deviceId } }),
+      assigned: settle(flow.attempt, assignedState(flow)),
       resultSection: match.resultSection,
     };
-    await this.#deps.store.putRegistrationIntent(instance.id, stored);
-    intent.written = stored;
-
-    const client = clients.forHub(target);
-    const written = await this.#hubWrite(match, target.name, 'putDevice', match.deviceId, () =>
+    await this.#deps.store.putRegistrationIntent(match.instance.id, stored);
+    flow.intent.written = stored;
+    const client = this.#deps.hubClients.forHub(plan.target);
+    const written = await this.#hubWrite(flow.hubWrites, match, plan.target.name, 'putDevice', match.deviceId, () =>
       client.putDevice({
         deviceId: match.deviceId,
         authentication: match.hubAuthentication,
-        capabilities: { iotEdge: enrollment.capabilities.iotEdge },
+        capabilities: { iotEdge: match.enrollment.doc.capabilities.iotEdge },
         status: 'enabled',
       }),
     );
-    // A device just created has an empty twin already: writing an empty one again would only cost a round trip.
-    const twinIsEmpty = twin !== undefined && Object.keys(twin.tags).length === 0 && Object.keys(twin.desired).length === 0;
-    if (twin !== undefined && !(written.created && twinIsEmpty)) {
-      const content = twin;
-      await this.#hubWrite(match, target.name, 'replaceTwin', match.deviceId, () => client.replaceTwin(match.deviceId, content));
-    }
-    // The old identity leaves last (another hub on a move, or an old device ID on the same hub): a crash before this
-    // line is rolled back, one after it finished (registration-intents.ts).
-    if (leave !== undefined && current !== undefined) {
-      await this.#hubWrite(match, leave.hub, 'deleteDevice', leave.deviceId, () => clients.forHub(current).deleteDevice(leave.deviceId));
-    }
-    return record;
+    flow.created = written.created;
   }
+
+  /** The twin the reprovision decision chose; a device just created has an empty twin already, so none is written. */
+  async #writeTwin(flow: Assignment): Promise<void> {
+    const plan = requireStep(flow.plan, 'decideReprovision');
+    const twin = plan.twin;
+    if (twin === undefined) return;
+    const twinIsEmpty = Object.keys(twin.tags).length === 0 && Object.keys(twin.desired).length === 0;
+    if (flow.created === true && twinIsEmpty) return;
+    const { match } = flow;
+    const client = this.#deps.hubClients.forHub(plan.target);
+    await this.#hubWrite(flow.hubWrites, match, plan.target.name, 'replaceTwin', match.deviceId, () => client.replaceTwin(match.deviceId, twin));
+  }
+
+  /**
+   * The old identity leaves last (another hub on a move, or an old device ID on the same hub): a crash before this
+   * step is rolled back, one after it finished (registration-intents.ts).
+   */
+  async #leaveOldHub(flow: Assignment): Promise<void> {
+    const leave = requireStep(flow.plan, 'decideReprovision').leave;
+    if (leave === undefined) return;
+    await this.#hubWrite(flow.hubWrites, flow.match, leave.hub.name, 'deleteDevice', leave.deviceId, () => this.#deps.hubClients.forHub(leave.hub).deleteDevice(leave.deviceId));
+  }
+}
+
+/** What the assignment steps share: each step adds its part for the ones after it. */
+interface Assignment {
+  match: DeviceMatch;
+  operationId: string;
+  devicePayload: JsonMap | undefined;
+  /** The device's record before this attempt. */
+  previous: StoredRegistration | undefined;
+  /** This attempt's record, `assigning` (domain/registration.ts startAttempt). */
+  attempt: StoredRegistration;
+  /** Set once the intent is stored, before the first hub write. */
+  intent: { written?: RegistrationIntent };
+  /** Log entries of the hub writes, written with the outcome. */
+  hubWrites: AuditEvent[];
+  /** chooseHub: the linked hubs, the one the device is on now, the one allocation chose, the initial twin. */
+  hubs?: { byName: Map<string, LinkedHubRecord>; current: LinkedHubRecord | undefined; allocated: LinkedHubRecord; initialTwin: InitialTwinDoc | undefined };
+  /** chooseHub: the custom allocation webhook's payload for the device. */
+  resultPayload?: JsonMap;
+  /** decideReprovision: where the device goes and what it takes along. */
+  plan?: { target: LinkedHubRecord; substatus: Substatus; twin: HubTwinContent | undefined; leave: { hub: LinkedHubRecord; deviceId: string } | undefined; hubHistory: string[] };
+  /** writeIdentity: the identity was created (not replaced). */
+  created?: boolean;
+}
+
+/** What a step needs from an earlier one; its absence is a bug in the step list's order. */
+function requireStep<T>(value: T | undefined, step: string): T {
+  if (value === undefined) throw new Error(`the ${step} step has not run`);
+  return value;
+}
+
+/** The `assigned` state the steps lead to. */
+function assignedState(flow: Assignment): Extract<TerminalState, { status: 'assigned' }> {
+  const plan = requireStep(flow.plan, 'decideReprovision');
+  return {
+    status: 'assigned',
+    assignedHub: plan.target.name,
+    deviceId: flow.match.deviceId,
+    substatus: plan.substatus,
+    hubHistory: plan.hubHistory,
+    ...(flow.resultPayload === undefined ? {} : { payload: flow.resultPayload }),
+  };
+}
+
+/** Enough operations for every device of a boot storm to poll its own without a store read of who it is. */
+const MAX_PROVEN_OPERATIONS = 20_000;
+
+interface ProvenOperation {
+  idScope: string;
+  registrationKey: string;
+  /** The SAS token that proved the register request, exactly as sent. */
+  authorization: string;
+  expiresAtMs: number;
+  instanceId: string;
+  registrationId: string;
+  probe: FenceProbe;
 }
 
 /** The IDs a registration writes about: a fence on any of them refuses it. */

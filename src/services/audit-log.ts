@@ -43,12 +43,13 @@ export class AuditLog {
   }
 
   async record(instanceId: string, input: AuditInput): Promise<void> {
-    const event = this.event(input);
     try {
       // An event about a subject an erase has fenced is written already pseudonymized, so nothing the erase has
-      // cleaned can reappear in the log while it runs (docs/customer-data.md "The erase fence").
+      // cleaned can reappear in the log while it runs (docs/customer-data.md "The erase fence"). It is stamped after
+      // the fence is looked up: an event written in clear then bears a time after the erase became final.
       await this.#deps.store.transaction(async (store) => {
-        const fence = await store.findEraseFence(instanceId, probeOfEvent(event.subject));
+        const fence = await store.findEraseFence(instanceId, probeOfEvent(input.subject));
+        const event = this.event(input);
         await store.appendAuditEvent(instanceId, fence === undefined ? event : pseudonymizedEvent(event, fence.subjectHash));
       });
     } catch (error) {

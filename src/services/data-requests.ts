@@ -472,7 +472,7 @@ export class DataRequestService {
     doc.status = searched.some((entry) => entry.error !== undefined) ? 'partiallyCompleted' : 'completed';
     if (doc.status === 'partiallyCompleted') doc.error = 'Some hubs could not be searched; see result.searched.';
     doc.progress = { done: searched.length, total: searched.length };
-    await this.#save(instance, doc);
+    // Logged before the request reads completed: whoever sees it completed finds its log entry too.
     await this.#deps.audit.record(instance.id, {
       kind: 'dataRequest',
       operation: 'export',
@@ -481,6 +481,7 @@ export class DataRequestService {
       outcome: 'success',
       details: { requestId: doc.requestId, includeSecrets: doc.includeSecrets },
     });
+    await this.#save(instance, doc);
     await this.#deps.events.emit(instance, 'dataRequest.completed', { requestId: doc.requestId, type: 'export', status: doc.status });
   }
 
@@ -603,14 +604,17 @@ export class DataRequestService {
     // same transaction, and the freed bytes are wiped from the store's files before the receipt is signed.
     delete doc.subject.id;
     for (const step of doc.plan) step.items = [];
+    const finalUtc = dpsTimestamp(this.#deps.now());
     await this.#deps.store.transaction(async (store) => {
-      doc.lastUpdatedDateTimeUtc = dpsTimestamp(this.#deps.now());
+      doc.lastUpdatedDateTimeUtc = finalUtc;
       await store.putDataRequest(instance.id, { requestId: doc.requestId, sortKey: doc.sortKey, status: doc.status, type: doc.type, doc });
       await store.deleteEraseFences(instance.id, doc.requestId);
     });
     await this.#deps.store.reclaimErasedSpace();
     const secrets = await this.secrets(instance);
-    const completed = dpsTimestamp(this.#deps.now());
+    // The erase is final when its fences go: the receipt says so, and an event logged in clear after that moment (a
+    // device trying again) bears a later time (services/audit-log.ts).
+    const completed = finalUtc;
     doc.receipt = signReceipt(
       {
         requestId: doc.requestId,

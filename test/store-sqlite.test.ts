@@ -3,7 +3,10 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
-import { openSqliteStore } from '../src/store/open-store.js';
+import { KyselyHubStore } from '../src/store/hub-store.js';
+import { KyselyStore } from '../src/store/kysely-store.js';
+import { openSqliteDatabase, openSqliteStore } from '../src/store/open-store.js';
+import { runHubStoreContract } from './hub-store-contract.js';
 import { runStoreContract } from './store-contract.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'provisiond-store-'));
@@ -12,6 +15,13 @@ after(() => rmSync(dir, { recursive: true, force: true }));
 
 runStoreContract('SQLite in memory', () => openSqliteStore(':memory:'));
 runStoreContract('SQLite file (WAL)', () => openSqliteStore(join(dir, `store-${(files += 1)}`, 'provisiond.db')));
+
+const openHubStore = async (file: string) => {
+  const db = await openSqliteDatabase(file);
+  return { hubStore: new KyselyHubStore(db), store: new KyselyStore(db), close: () => db.destroy() };
+};
+runHubStoreContract('SQLite in memory', () => openHubStore(':memory:'));
+runHubStoreContract('SQLite file (WAL)', () => openHubStore(join(dir, `hubs-${(files += 1)}`, 'provisiond.db')));
 
 test('SQLite file: data survives a reopen and migrations run once', async () => {
   const file = join(dir, 'reopen', 'provisiond.db');

@@ -49,3 +49,13 @@ echo "== tests (${#files[@]} files)"
 # each test, each suite and each test file as a whole, so it sits above the slowest file under load (test/cli.test.ts:
 # ~4 min on 2 cores at a load of 19), not at what one test needs; helpers that wait for a reply time out sooner.
 node --import tsx --test --test-concurrency=1 --test-timeout=600000 --test-reporter=spec "${files[@]}"
+if [ "$#" -eq 0 ]; then
+  # The service-API, device (every transport) and customer-data suites once more, each of their servers on a fresh
+  # database of the run's PostgreSQL cluster (test/harness.ts). Not here: the tests whose server is a child process
+  # reading its own SQLite file (customer-data-bytes, -crash; test/cluster.test.ts is their PostgreSQL side) and
+  # etag-race (it runs on both stores already).
+  pg_files=(test/service-api.test.ts test/device-http.test.ts test/device-mqtt-amqp.test.ts test/device-listeners.test.ts
+    test/customer-data.test.ts test/customer-data-erase.test.ts test/etag-concurrency.test.ts)
+  echo "== the same suites on PostgreSQL (${#pg_files[@]} files)"
+  PROVISIOND_TEST_STORE=postgres node --import tsx --test --test-concurrency=1 --test-timeout=600000 --test-reporter=spec "${pg_files[@]}"
+fi

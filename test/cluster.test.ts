@@ -1,5 +1,4 @@
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
 import { cpSync, copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { createServer as createHttpsServer } from 'node:https';
 import { tmpdir } from 'node:os';
@@ -15,6 +14,7 @@ import { createServerCertificate } from '../src/tls/x509-issuer.js';
 import { CA_DIR, call } from './harness.js';
 import { deriveDeviceKey, deviceToken, inBatches, type Json } from './devices.js';
 import { freshPostgresDatabase } from './postgres.js';
+import { serveProvisiond, type ServedProvisiond } from './provisiond-process.js';
 
 /**
  * Three provisiond nodes on one PostgreSQL database, each a real `provisiond serve` process on 443 at its own
@@ -24,51 +24,33 @@ import { freshPostgresDatabase } from './postgres.js';
 const ADDRESSES = ['127.0.0.1', '127.0.0.2', '127.0.0.3'] as const;
 const HOST_NAMES = ['localhost', ...ADDRESSES];
 const root = mkdtempSync(join(tmpdir(), 'provisiond-cluster-'));
-const nodes = new Map<string, ChildProcess>();
+const nodes = new Map<string, ServedProvisiond>();
 let storeUrl = '';
 let ownerKey = '';
 let idScope = '';
 
-async function startNode(address: string): Promise<string> {
-  const dataDir = join(root, address);
-  const child = spawn(
-    process.execPath,
-    ['--import', 'tsx', 'src/main.ts', 'serve', '--data-dir', dataDir, '--store', storeUrl, '--listen-host', address, '--https-port', '443'],
-    {
-      env: {
-        ...process.env,
-        PROVISIOND_HOST_NAMES: HOST_NAMES.join(','),
-        PROVISIOND_LOG_LEVEL: 'warn',
-        PROVISIOND_MQTT_ENABLED: 'false',
-        PROVISIOND_AMQP_ENABLED: 'false',
-        PROVISIOND_DATA_REQUEST_WAIT_MS: '0',
-        PROVISIOND_LEASE_MS: '1500',
-        PROVISIOND_STORE_POOL_SIZE: '4',
-      },
-      // The banner is on stderr (stdout carries the JSON log, quiet at level warn).
-      stdio: ['ignore', 'ignore', 'pipe'],
+async function startNode(address: string): Promise<ServedProvisiond> {
+  const served = await serveProvisiond({
+    args: ['--data-dir', join(root, address), '--store', storeUrl, '--listen-host', address, '--https-port', '443'],
+    env: {
+      PROVISIOND_HOST_NAMES: HOST_NAMES.join(','),
+      PROVISIOND_LOG_LEVEL: 'warn',
+      PROVISIOND_MQTT_ENABLED: 'false',
+      PROVISIOND_AMQP_ENABLED: 'false',
+      PROVISIOND_DATA_REQUEST_WAIT_MS: '0',
+      PROVISIOND_LEASE_MS: '1500',
+      PROVISIOND_STORE_POOL_SIZE: '4',
     },
-  );
-  nodes.set(address, child);
-  let output = '';
-  await new Promise<void>((resolve, reject) => {
-    child.stderr?.on('data', (chunk: Buffer) => {
-      output += chunk.toString();
-      if (output.includes('data directory:')) resolve();
-    });
-    child.once('exit', (code) => reject(new Error(`node ${address} exited (${code}): ${output}`)));
+    stdout: 'ignore',
   });
-  return output;
+  nodes.set(address, served);
+  return served;
 }
 
-function stopNode(address: string, signal: NodeJS.Signals): Promise<void> {
-  const child = nodes.get(address);
+async function stopNode(address: string, signal: NodeJS.Signals): Promise<void> {
+  const served = nodes.get(address);
   nodes.delete(address);
-  if (child === undefined || child.exitCode !== null) return Promise.resolve();
-  return new Promise((resolve) => {
-    child.once('exit', () => resolve());
-    child.kill(signal);
-  });
+  await served?.stop(signal);
 }
 
 function token(host: string): string {
@@ -123,14 +105,13 @@ before(async () => {
   await loadServerCertificate({ dataDir: first, hostNames: HOST_NAMES });
   for (const address of ADDRESSES.slice(1)) cpSync(join(first, 'tls'), join(root, address, 'tls'), { recursive: true });
   // All three start at once on an empty database: migrations and the default instance happen once.
-  const banners = await Promise.all(ADDRESSES.map((address) => startNode(address)));
-  const connectionStrings = banners.map((banner) => /service connection string:\s+(\S+)/.exec(banner)?.[1] ?? '');
+  const started = await Promise.all(ADDRESSES.map((address) => startNode(address)));
   // Only the node that created the default instance prints its key; the others print it masked.
-  const withKey = connectionStrings.filter((text) => !text.includes('SharedAccessKey=****'));
-  assert.equal(withKey.length, 1, `one node created the default instance: ${connectionStrings.join(' | ')}`);
-  assert.equal(new Set(banners.map((banner) => /ID scope:\s+(\S+)/.exec(banner)?.[1])).size, 1, 'every node serves the one default instance');
-  ownerKey = /SharedAccessKey=([^;]+)/.exec(withKey[0] ?? '')?.[1] ?? '';
-  idScope = /ID scope:\s+(\S+)/.exec(banners[0] ?? '')?.[1] ?? '';
+  const withKey = started.filter((node) => node.ownerKey !== '');
+  assert.equal(withKey.length, 1, `one node created the default instance: ${started.map((node) => node.connectionString).join(' | ')}`);
+  assert.equal(new Set(started.map((node) => node.idScope)).size, 1, 'every node serves the one default instance');
+  ownerKey = withKey[0]?.ownerKey ?? '';
+  idScope = started[0]?.idScope ?? '';
   assert.deepEqual(await sql('select count(*)::int as n from instances'), [{ n: 1 }]);
 });
 

@@ -1,8 +1,6 @@
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
 import { X509Certificate } from 'node:crypto';
-import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import Database from 'better-sqlite3';
@@ -11,8 +9,9 @@ import httpTransport from 'azure-iot-provisioning-device-http';
 import x509Security from 'azure-iot-security-x509';
 import { createSasToken } from '../src/domain/sas.js';
 import { createSelfSignedDeviceCertificate } from '../src/tls/x509-issuer.js';
-import { CA_DIR, call } from './harness.js';
+import { call } from './harness.js';
 import { deriveDeviceKey, rawRegister, type Json } from './devices.js';
+import { dataDirWithTestCa, serveProvisiond, type ServedProvisiond } from './provisiond-process.js';
 
 /**
  * Erasure down to the bytes: after an erase, a raw scan of every file in the data directory (database, WAL, shared
@@ -20,32 +19,16 @@ import { deriveDeviceKey, rawRegister, type Json } from './devices.js';
  * server still running. Done for an individual device (symmetric key and X.509), a group device and a whole group,
  * for every kind of identifier: registration ID, device ID, group ID, keys in base64, twin tag values, thumbprints.
  */
-const dataDir = mkdtempSync(join(tmpdir(), 'provisiond-bytes-'));
-mkdirSync(join(dataDir, 'tls'), { recursive: true });
-copyFileSync(join(CA_DIR, 'ca.pem'), join(dataDir, 'tls', 'ca.pem'));
-copyFileSync(join(CA_DIR, 'ca.key'), join(dataDir, 'tls', 'ca.key'));
-let child: ChildProcess | undefined;
-const output: Buffer[] = [];
+const dataDir = dataDirWithTestCa('provisiond-bytes-');
+let served: ServedProvisiond | undefined;
 let idScope = '';
 let ownerKey = '';
 
 before(async () => {
-  child = spawn(
-    process.execPath,
-    ['--import', 'tsx', 'src/main.ts', 'serve', '--data-dir', dataDir, '--https-port', '443', '--listen-host', '127.0.0.1', '--log-level', 'info', '--no-mqtt', '--no-amqp'],
-    { env: { ...process.env, PROVISIOND_DATA_REQUEST_WAIT_MS: '0' }, stdio: ['ignore', 'pipe', 'pipe'] },
-  );
-  child.stdout?.on('data', (chunk: Buffer) => output.push(chunk));
-  child.stderr?.on('data', (chunk: Buffer) => output.push(chunk));
-  for (let attempt = 0; ; attempt += 1) {
-    const up = await call('GET', '/healthz').then(
-      (response) => response.status === 200,
-      () => false,
-    );
-    if (up) break;
-    if (attempt > 600 || child.exitCode !== null) throw new Error(`provisiond did not start: ${Buffer.concat(output).toString()}`);
-    await new Promise((resolve) => setTimeout(resolve, 100));
-  }
+  served = await serveProvisiond({
+    args: ['--data-dir', dataDir, '--https-port', '443', '--listen-host', '127.0.0.1', '--log-level', 'info', '--no-mqtt', '--no-amqp'],
+    env: { PROVISIOND_DATA_REQUEST_WAIT_MS: '0' },
+  });
   // Read from the store, not the banner: what the banner prints is not this test's business.
   const db = new Database(join(dataDir, 'provisiond.db'), { readonly: true });
   idScope = (JSON.parse((db.prepare('SELECT doc FROM instances').get() as { doc: string }).doc) as { idScope: string }).idScope;
@@ -55,13 +38,7 @@ before(async () => {
 });
 
 after(async () => {
-  const running = child;
-  if (running !== undefined && running.exitCode === null) {
-    await new Promise((resolve) => {
-      running.once('exit', resolve);
-      running.kill('SIGTERM');
-    });
-  }
+  await served?.stop();
   rmSync(dataDir, { recursive: true, force: true });
 });
 
@@ -100,7 +77,7 @@ function occurrences(haystack: Buffer, needle: string): number {
 
 /** Where each identifier still occurs: every file of the data directory, and the server's stdout + stderr. */
 function scan(identifiers: Record<string, string>): Record<string, string[]> {
-  const sources: Array<[string, Buffer]> = [...filesUnder(dataDir).map((file): [string, Buffer] => [file.slice(dataDir.length + 1), readFileSync(file)]), ['server output', Buffer.concat(output)]];
+  const sources: Array<[string, Buffer]> = [...filesUnder(dataDir).map((file): [string, Buffer] => [file.slice(dataDir.length + 1), readFileSync(file)]), ['server output', served?.output() ?? Buffer.alloc(0)]];
   const found: Record<string, string[]> = {};
   for (const [kind, value] of Object.entries(identifiers)) {
     const places = sources.flatMap(([name, bytes]) => {
@@ -192,5 +169,5 @@ test('after each erase no byte of the subject is left in the data directory or t
     await erase(`scan-erase-${index}`, subject.erase);
     assert.deepEqual(scan(subject.identifiers), {}, `left after erasing ${JSON.stringify(subject.erase)}`);
   }
-  assert.equal(child?.exitCode, null, 'the server ran throughout');
+  assert.equal(served?.child.exitCode, null, 'the server ran throughout');
 });

@@ -1,7 +1,5 @@
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
-import { copyFileSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
 import Database from 'better-sqlite3';
@@ -11,48 +9,28 @@ import { createSasToken } from '../src/domain/sas.js';
 import { createServerCertificate } from '../src/tls/x509-issuer.js';
 import { CA_DIR, call } from './harness.js';
 import { deriveDeviceKey, inBatches, rawRegister, type Json } from './devices.js';
+import { dataDirWithTestCa, serveProvisiond, type ServedProvisiond } from './provisiond-process.js';
 
 /**
  * An erase killed with SIGKILL halfway finishes when the server comes back, with nothing left behind and nothing
  * else touched. The server runs as a real `provisiond serve` process, so the kill is a real one.
  */
-const dataDir = mkdtempSync(join(tmpdir(), 'provisiond-crash-'));
-mkdirSync(join(dataDir, 'tls'), { recursive: true });
-copyFileSync(join(CA_DIR, 'ca.pem'), join(dataDir, 'tls', 'ca.pem'));
-copyFileSync(join(CA_DIR, 'ca.key'), join(dataDir, 'tls', 'ca.key'));
-let child: ChildProcess | undefined;
+const dataDir = dataDirWithTestCa('provisiond-crash-');
+let served: ServedProvisiond | undefined;
 
 async function serve(): Promise<{ connectionString: string; idScope: string }> {
-  child = spawn(
-    process.execPath,
-    ['--import', 'tsx', 'src/main.ts', 'serve', '--data-dir', dataDir, '--https-port', '443', '--listen-host', '127.0.0.1', '--log-level', 'warn', '--no-mqtt', '--no-amqp'],
-    { env: { ...process.env, PROVISIOND_DATA_REQUEST_WAIT_MS: '0' }, stdio: ['ignore', 'inherit', 'pipe'] },
-  );
-  let output = '';
-  await new Promise<void>((resolve, reject) => {
-    // The banner goes to stderr (stdout is the JSON log).
-    child?.stderr?.on('data', (chunk: Buffer) => {
-      output += chunk.toString();
-      if (output.includes('ID scope:')) resolve();
-    });
-    child?.once('exit', (code) => reject(new Error(`provisiond exited (${code}): ${output}`)));
+  served = await serveProvisiond({
+    args: ['--data-dir', dataDir, '--https-port', '443', '--listen-host', '127.0.0.1', '--log-level', 'warn', '--no-mqtt', '--no-amqp'],
+    env: { PROVISIOND_DATA_REQUEST_WAIT_MS: '0' },
+    stdout: 'inherit',
   });
-  // Wait until the whole banner is printed.
-  await new Promise((resolve) => setTimeout(resolve, 200));
-  return {
-    connectionString: /service connection string:\s+(\S+)/.exec(output)?.[1] ?? '',
-    idScope: /ID scope:\s+(\S+)/.exec(output)?.[1] ?? '',
-  };
+  return { connectionString: served.connectionString, idScope: served.idScope };
 }
 
-function kill(signal: NodeJS.Signals): Promise<void> {
-  const running = child;
-  child = undefined;
-  if (running === undefined || running.exitCode !== null) return Promise.resolve();
-  return new Promise((resolve) => {
-    running.once('exit', () => resolve());
-    running.kill(signal);
-  });
+async function kill(signal: NodeJS.Signals): Promise<void> {
+  const running = served;
+  served = undefined;
+  await running?.stop(signal);
 }
 
 after(async () => {

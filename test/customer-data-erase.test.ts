@@ -179,9 +179,12 @@ describe('an erase cannot be outrun (the erase fence)', () => {
         erasing = false;
         await device;
         assert.equal(done.status, 'completed', JSON.stringify(done));
-        const atCompletion = await leftovers({ registrationId, deviceId }, done.lastUpdatedDateTimeUtc as string);
+        // The moment the erase became final (its fences went), as its receipt states it.
+        const final = (await api('GET', `/dataRequests/race-erase-${transport}-${round}/receipt`)).body.receipt.completedDateTimeUtc as string;
+        assert.ok(final <= (done.lastUpdatedDateTimeUtc as string));
+        const atCompletion = await leftovers({ registrationId, deviceId }, final);
         await Promise.all(attempts);
-        const afterwards = await leftovers({ registrationId, deviceId }, done.lastUpdatedDateTimeUtc as string);
+        const afterwards = await leftovers({ registrationId, deviceId }, final);
         assert.deepEqual(atCompletion, [], `round ${round}: left when the receipt was signed ${JSON.stringify(done)}`);
         assert.deepEqual(afterwards, [], `round ${round}: left after the device stopped trying`);
         const counts = await receiptCounts(`race-erase-${transport}-${round}`);

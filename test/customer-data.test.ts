@@ -6,6 +6,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { verifyReceipt } from '../src/domain/receipt.js';
+import { AuditLog } from '../src/services/audit-log.js';
 import { createServerCertificate } from '../src/tls/x509-issuer.js';
 import { CA_DIR, call, startServer, type TestServer } from './harness.js';
 import { deriveDeviceKey, inBatches, rawRegister, sdkRegister, type Json } from './devices.js';
@@ -38,7 +39,8 @@ async function enroll(registrationId: string, extra: Json = {}): Promise<string>
 async function dataRequest(requestId: string, body: Json, authorization = server.token()): Promise<Json> {
   const created = await api('PUT', `/dataRequests/${requestId}`, body, authorization);
   assert.equal(created.status, 200, created.text);
-  for (let attempt = 0; attempt < 600; attempt += 1) {
+  // By the clock, not by a count of polls: a loaded machine (and PostgreSQL on it) may take minutes for the big erase.
+  for (const deadline = Date.now() + 300_000; Date.now() < deadline; ) {
     const current = await api('GET', `/dataRequests/${requestId}`, undefined, authorization);
     if (current.body.status !== 'running') return current.body;
     await new Promise((resolve) => setTimeout(resolve, 50));
@@ -454,4 +456,25 @@ test('data requests are listed newest first, and an export of a group is refused
   const twice = await api('PUT', '/dataRequests/cd-two-subjects', { type: 'export', subject: { registrationId: 'a', deviceId: 'b' } });
   assert.equal(twice.status, 400);
   assert.ok(twinOf !== undefined);
+});
+
+test('an export reads completed only once its log entry is written', async () => {
+  await enroll('cd-export-logged');
+  // A slow log write (a loaded database): whoever sees the request completed must find its log entry already there.
+  const record = AuditLog.prototype.record;
+  AuditLog.prototype.record = async function (this: AuditLog, ...args: Parameters<AuditLog['record']>): Promise<void> {
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    return record.apply(this, args);
+  };
+  try {
+    const done = await dataRequest('cd-export-logged', { type: 'export', subject: { registrationId: 'cd-export-logged' } });
+    assert.equal(done.status, 'completed');
+    const events = await server.app.store.findAuditEventsAbout(instanceId, { registrationIds: ['cd-export-logged'], deviceIds: [], groupIds: [] });
+    assert.deepEqual(
+      events.filter((event) => event.kind === 'dataRequest').map((event) => [event.operation, event.details?.requestId]),
+      [['export', 'cd-export-logged']],
+    );
+  } finally {
+    AuditLog.prototype.record = record;
+  }
 });

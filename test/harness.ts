@@ -6,7 +6,7 @@ import { createApp, type App, type ServerInfo } from '../src/app.js';
 import { loadConfig, type Config } from '../src/config/config.js';
 import { createSasToken } from '../src/domain/sas.js';
 import { openStore } from '../src/store/open-store.js';
-import { freshPostgresDatabase } from './postgres.js';
+import { dropPostgresDatabase, freshPostgresDatabase } from './postgres.js';
 
 /**
  * A real provisiond on 127.0.0.1:443 (the official SDK clients cannot take a port), with a fresh data directory
@@ -34,7 +34,8 @@ export async function startServer(overrides: Partial<Record<keyof Config, unknow
   copyFileSync(join(CA_DIR, 'ca.pem'), join(dataDir, 'tls', 'ca.pem'));
   copyFileSync(join(CA_DIR, 'ca.key'), join(dataDir, 'tls', 'ca.key'));
   // PROVISIOND_TEST_STORE=postgres (scripts/test.sh's second pass): the same suites on a fresh PostgreSQL database.
-  const store = overrides.store ?? (process.env.PROVISIOND_TEST_STORE === 'postgres' ? await freshPostgresDatabase(migratePostgres) : undefined);
+  const ownDatabase = overrides.store === undefined && process.env.PROVISIOND_TEST_STORE === 'postgres' ? await freshPostgresDatabase(migratePostgres) : undefined;
+  const store = overrides.store ?? ownDatabase;
   const config = loadConfig({
     flags: {
       dataDir,
@@ -69,6 +70,7 @@ export async function startServer(overrides: Partial<Record<keyof Config, unknow
     async close() {
       await app.close();
       rmSync(dataDir, { recursive: true, force: true });
+      if (ownDatabase !== undefined) await dropPostgresDatabase(ownDatabase);
     },
   };
 }

@@ -1,5 +1,4 @@
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
 import { X509Certificate } from 'node:crypto';
 import { chmodSync, chownSync, copyFileSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -10,15 +9,16 @@ import { checkReadiness, type ReadinessDeps } from '../src/health/readiness.js';
 import type { Store } from '../src/store/store.js';
 import { createServerCertificate } from '../src/tls/x509-issuer.js';
 import { CA_DIR, call, startServer } from './harness.js';
+import { serveProvisiond, type ServedProvisiond } from './provisiond-process.js';
 
 /**
  * Running provisiond as an operator does: /healthz and /readyz, the logs a collector reads on stdout (the banner on
  * stderr), per-component levels, the pretty format, and a certificate renewed with a real SIGHUP.
  */
 const scratch: string[] = [];
-const children: ChildProcess[] = [];
-after(() => {
-  for (const child of children) if (child.exitCode === null) child.kill('SIGKILL');
+const children: ServedProvisiond[] = [];
+after(async () => {
+  for (const child of children) await child.stop('SIGKILL');
   for (const dir of scratch) rmSync(dir, { recursive: true, force: true });
 });
 
@@ -34,43 +34,11 @@ function dataDirWithTestCa(owner?: { uid: number; gid: number }): string {
   return dataDir;
 }
 
-interface Served {
-  child: ChildProcess;
-  stdout: () => string;
-  stderr: () => string;
-  stop(): Promise<void>;
-}
-
 /** `provisiond serve` as a real process; resolves once the banner (stderr) is complete. */
-async function serve(args: string[], options: { uid?: number; gid?: number } = {}): Promise<Served> {
-  const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts', 'serve', '--listen-host', '127.0.0.1', '--no-mqtt', '--no-amqp', ...args], {
-    cwd: process.cwd(),
-    env: { ...process.env },
-    stdio: ['ignore', 'pipe', 'pipe'],
-    ...options,
-  });
-  children.push(child);
-  let stdout = '';
-  let stderr = '';
-  child.stdout?.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
-  await new Promise<void>((resolve, reject) => {
-    child.stderr?.on('data', (chunk: Buffer) => {
-      stderr += chunk.toString();
-      if (stderr.includes('portal:')) resolve();
-    });
-    child.once('exit', (code) => reject(new Error(`provisiond exited (${code}): ${stderr}`)));
-  });
-  return {
-    child,
-    stdout: () => stdout,
-    stderr: () => stderr,
-    stop: () =>
-      new Promise((resolve) => {
-        if (child.exitCode !== null) return resolve();
-        child.once('exit', () => resolve());
-        child.kill('SIGTERM');
-      }),
-  };
+async function serve(args: string[], options: { uid?: number; gid?: number } = {}): Promise<ServedProvisiond> {
+  const served = await serveProvisiond({ args: ['--listen-host', '127.0.0.1', '--no-mqtt', '--no-amqp', ...args], ...options });
+  children.push(served);
+  return served;
 }
 
 async function until(condition: () => boolean | Promise<boolean>, what: string, timeoutMs = 15_000): Promise<void> {

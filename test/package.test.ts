@@ -1,11 +1,12 @@
 import assert from 'node:assert/strict';
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { promisify } from 'node:util';
 import { CA_DIR, call } from './harness.js';
+import { serveProvisiond, type ServedProvisiond } from './provisiond-process.js';
 
 /**
  * The package as a user gets it: `npm pack` (which builds the portal and dist/ through prepack and prepare), the
@@ -19,15 +20,10 @@ import { CA_DIR, call } from './harness.js';
 const run = promisify(execFile);
 const root = process.cwd();
 const scratch = mkdtempSync(join(tmpdir(), 'provisiond-package-'));
-let server: ChildProcess | undefined;
+let server: ServedProvisiond | undefined;
 
-/** npx runs the command under a shell of its own: signal the whole process group, as Ctrl-C in a terminal does. */
-function signalGroup(child: ChildProcess, signal: NodeJS.Signals): void {
-  if (child.pid !== undefined && child.exitCode === null && child.signalCode === null) process.kill(-child.pid, signal);
-}
-
-after(() => {
-  if (server !== undefined) signalGroup(server, 'SIGKILL');
+after(async () => {
+  await server?.stop('SIGKILL');
   rmSync(scratch, { recursive: true, force: true });
   for (const file of ['bundle.json', 'receipt.json']) rmSync(join(root, file), { force: true });
 });
@@ -76,23 +72,15 @@ test('npm pack holds only what runs; the tarball installed in an empty directory
   copyFileSync(join(CA_DIR, 'ca.key'), join(dataDir, 'tls', 'ca.key'));
   const env = { ...process.env, npm_config_offline: 'true' };
 
-  server = spawn('npx', ['provisiond', 'serve', '--data-dir', dataDir, '--listen-host', '127.0.0.1', '--log-level', 'warn'], {
+  server = await serveProvisiond({
+    command: ['npx', 'provisiond', 'serve'],
+    args: ['--data-dir', dataDir, '--listen-host', '127.0.0.1', '--log-level', 'warn'],
     cwd: app,
     env,
-    stdio: ['ignore', 'pipe', 'pipe'],
+    // npx runs the command under a shell of its own: stop() signals the whole process group, as Ctrl-C in a terminal does.
     detached: true,
   });
-  const banner = await new Promise<string>((resolve, reject) => {
-    let output = '';
-    // The banner is on stderr; stdout carries the JSON log.
-    const read = (chunk: Buffer) => {
-      output += chunk.toString();
-      if (/portal:.*\n/.test(output)) resolve(output);
-    };
-    server?.stdout?.on('data', read);
-    server?.stderr?.on('data', read);
-    server?.once('exit', (code) => reject(new Error(`provisiond serve exited (${code}): ${output}`)));
-  });
+  const { banner } = server;
   // `info` reads what the running server created, beside it.
   const info = JSON.parse((await run('npx', ['provisiond', 'info', '--data-dir', dataDir, '--json'], { cwd: app, env })).stdout) as Record<string, unknown>;
   assert.match(String(info.idScope), /^0ne[0-9A-F]{8}$/);
@@ -111,7 +99,5 @@ test('npm pack holds only what runs; the tarball installed in an empty directory
   });
   assert.deepEqual(JSON.parse(listed.stdout), []);
 
-  const stopped = new Promise((resolve) => server?.once('exit', resolve));
-  signalGroup(server, 'SIGTERM');
-  await stopped;
+  await server.stop('SIGTERM');
 });

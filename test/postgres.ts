@@ -115,3 +115,19 @@ export async function freshPostgresDatabase(migrate?: (url: string) => Promise<v
   })();
   return createDatabase(server, name, await template);
 }
+
+/**
+ * Drops a database that freshPostgresDatabase made, once its server has closed. Without FORCE on purpose: a server
+ * that left a connection open (a pool not ended) makes the drop fail, naming the database, instead of holding the
+ * test process (and the run) open; and the run's one cluster does not fill up with the databases of finished tests.
+ */
+export async function dropPostgresDatabase(url: string): Promise<void> {
+  const name = new URL(url).pathname.slice(1);
+  const client = new pg.Client({ connectionString: await postgresServerUrl() });
+  await client.connect();
+  try {
+    await client.query(`drop database if exists ${name}`);
+  } finally {
+    await client.end();
+  }
+}

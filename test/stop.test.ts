@@ -1,16 +1,15 @@
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
-import { copyFileSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { rmSync } from 'node:fs';
 import { createServer as createHttpServer, type Server } from 'node:http';
 import { createServer as createNetServer } from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connect as tlsConnect } from 'node:tls';
 import { after, before, test } from 'node:test';
 import Database from 'better-sqlite3';
 import { createSasToken } from '../src/domain/sas.js';
-import { CA_DIR, call, readCa } from './harness.js';
+import { call, readCa } from './harness.js';
 import { deviceToken, type Json } from './devices.js';
+import { dataDirWithTestCa, FROM_DIST, serveProvisiond, type ServedProvisiond } from './provisiond-process.js';
 
 /**
  * Stopping the server as an operator does: SIGTERM to `npm start` (what a process manager or Ctrl-C in a container
@@ -18,39 +17,21 @@ import { deviceToken, type Json } from './devices.js';
  */
 const PORTS = [443, 8883, 5671];
 const dirs: string[] = [];
-const children: ChildProcess[] = [];
+const served: ServedProvisiond[] = [];
 
 function dataDir(): string {
-  const dir = mkdtempSync(join(tmpdir(), 'provisiond-stop-'));
+  const dir = dataDirWithTestCa('provisiond-stop-');
   dirs.push(dir);
-  // The test CA, so the harness's HTTPS client (NODE_EXTRA_CA_CERTS) trusts the server certificate made from it.
-  mkdirSync(join(dir, 'tls'), { recursive: true });
-  copyFileSync(join(CA_DIR, 'ca.pem'), join(dir, 'tls', 'ca.pem'));
-  copyFileSync(join(CA_DIR, 'ca.key'), join(dir, 'tls', 'ca.key'));
   return dir;
 }
 
 const serveFlags = (dir: string) => ['--data-dir', dir, '--listen-host', '127.0.0.1', '--log-level', 'warn'];
 
-/** Resolves with the banner once the server prints it; the process keeps running. */
-function started(child: ChildProcess): Promise<string> {
-  children.push(child);
-  let output = '';
-  return new Promise((resolve, reject) => {
-    // The banner is on stderr; stdout carries the JSON log.
-    const read = (chunk: Buffer) => {
-      output += chunk.toString();
-      if (/portal:.*\n/.test(output)) resolve(output);
-    };
-    child.stdout?.on('data', read);
-    child.stderr?.on('data', read);
-    child.once('exit', (code) => reject(new Error(`provisiond exited (${code}) before it was up: ${output}`)));
-  });
-}
-
-function exited(child: ChildProcess): Promise<number | null> {
-  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve(child.exitCode);
-  return new Promise((resolve) => child.once('exit', (code) => resolve(code)));
+/** `provisiond serve` through `command`, once its banner is out; the process keeps running. */
+async function serve(command: readonly string[], dir: string, grace: number): Promise<ServedProvisiond> {
+  const server = await serveProvisiond({ command, args: serveFlags(dir), env: { PROVISIOND_SHUTDOWN_GRACE_MS: String(grace) } });
+  served.push(server);
+  return server;
 }
 
 function portFree(port: number): Promise<boolean> {
@@ -86,7 +67,7 @@ before(async () => {
 });
 
 after(async () => {
-  for (const child of children) if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+  for (const server of served) await server.stop('SIGKILL');
   webhook.closeAllConnections();
   await new Promise((resolve) => webhook.close(resolve));
   for (const dir of dirs) rmSync(dir, { recursive: true, force: true });
@@ -95,15 +76,10 @@ after(async () => {
 test('SIGTERM to `npm start` stops the server: npm exits and ports 443, 8883 and 5671 are free', async () => {
   assert.deepEqual(await busyPorts(0), [], 'the ports are free before the test');
   // --ignore-scripts skips only prestart (the portal and dist builds, done by npm test and npm install already).
-  const npm = spawn('npm', ['start', '--ignore-scripts', '--', ...serveFlags(dataDir())], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, PROVISIOND_SHUTDOWN_GRACE_MS: '3000' },
-  });
-  await started(npm);
+  const npm = await serve(['npm', 'start', '--ignore-scripts', '--'], dataDir(), 3000);
   assert.deepEqual(await busyPorts(0), PORTS, 'the server listens on every port');
-  npm.kill('SIGTERM');
   const stoppedAt = Date.now();
-  await exited(npm);
+  await npm.stop('SIGTERM');
   assert.deepEqual(await busyPorts(10_000), [], 'no process keeps the ports after npm exits');
   assert.ok(Date.now() - stoppedAt < 10_000);
 });
@@ -111,14 +87,8 @@ test('SIGTERM to `npm start` stops the server: npm exits and ports 443, 8883 and
 test('a stop is graceful and bounded: a running registration finishes, device connections close, a stuck client is cut', async () => {
   const grace = 4000;
   const dir = dataDir();
-  const server = spawn(process.execPath, ['bin/provisiond.js', 'serve', ...serveFlags(dir)], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, PROVISIOND_SHUTDOWN_GRACE_MS: String(grace) },
-  });
-  const banner = await started(server);
-  const connectionString = /service connection string:\s+(\S+)/.exec(banner)?.[1] ?? '';
-  const idScope = /ID scope:\s+(\S+)/.exec(banner)?.[1] ?? '';
-  const key = /SharedAccessKey=([^;]+)/.exec(connectionString)?.[1] ?? '';
+  const server = await serve(FROM_DIST, dir, grace);
+  const { idScope, ownerKey: key } = server;
   const authorization = createSasToken({
     resource: 'localhost',
     keyBase64: key,
@@ -154,7 +124,7 @@ test('a stop is graceful and bounded: a running registration finishes, device co
   });
   await new Promise((resolve) => setTimeout(resolve, 500));
   const stoppedAt = Date.now();
-  server.kill('SIGTERM');
+  const stopped = server.stop('SIGTERM');
 
   const registered = await registering;
   assert.equal(registered.status, 202, 'the registration running at the stop is answered');
@@ -162,7 +132,7 @@ test('a stop is graceful and bounded: a running registration finishes, device co
   // At once, not after the grace period the HTTPS requests get.
   assert.ok((await deviceClosed) - stoppedAt < grace - 1000, 'device connections close at once');
   await stuckClosed;
-  assert.equal(await exited(server), 0);
+  assert.equal(await stopped, 0);
   const took = Date.now() - stoppedAt;
   assert.ok(took >= grace - 500 && took < grace + 4000, `stopped in ${took} ms with a stuck client and a grace of ${grace} ms`);
   assert.deepEqual(await busyPorts(0), []);

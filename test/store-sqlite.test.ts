@@ -5,8 +5,11 @@ import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { Migrator, sql } from 'kysely';
 import { openSqliteDialect } from '../src/store/dialects/sqlite.js';
+import { KyselyHubStore } from '../src/store/hub-store.js';
+import { KyselyStore } from '../src/store/kysely-store.js';
 import { migrationProvider } from '../src/store/migrations.js';
-import { openSqliteStore } from '../src/store/open-store.js';
+import { openSqliteDatabase, openSqliteStore } from '../src/store/open-store.js';
+import { runHubStoreContract } from './hub-store-contract.js';
 import { runStoreContract } from './store-contract.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'provisiond-store-'));
@@ -15,6 +18,13 @@ after(() => rmSync(dir, { recursive: true, force: true }));
 
 runStoreContract('SQLite in memory', () => openSqliteStore(':memory:'));
 runStoreContract('SQLite file (WAL)', () => openSqliteStore(join(dir, `store-${(files += 1)}`, 'provisiond.db')));
+
+const openHubStore = async (file: string) => {
+  const db = await openSqliteDatabase(file);
+  return { hubStore: new KyselyHubStore(db), store: new KyselyStore(db), close: () => db.destroy() };
+};
+runHubStoreContract('SQLite in memory', () => openHubStore(':memory:'));
+runHubStoreContract('SQLite file (WAL)', () => openHubStore(join(dir, `hubs-${(files += 1)}`, 'provisiond.db')));
 
 test('SQLite file: data survives a reopen and migrations run once', async () => {
   const file = join(dir, 'reopen', 'provisiond.db');

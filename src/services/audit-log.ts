@@ -61,28 +61,29 @@ export class AuditLog {
   }
 
   async record(instanceId: string, input: AuditInput): Promise<void> {
-    const event = this.event(input);
-    if (!foldable(event)) return this.#write(instanceId, event);
+    if (!foldable(this.event(input))) return this.#write(instanceId, input);
     const previous = this.#foldQueues.get(instanceId) ?? Promise.resolve();
-    const next = previous.then(() => this.#write(instanceId, event));
+    const next = previous.then(() => this.#write(instanceId, input));
     this.#foldQueues.set(instanceId, next);
     await next;
     if (this.#foldQueues.get(instanceId) === next) this.#foldQueues.delete(instanceId);
   }
 
-  async #write(instanceId: string, event: AuditEvent): Promise<void> {
+  async #write(instanceId: string, input: AuditInput): Promise<void> {
     try {
       await this.#deps.store.transaction(async (store) => {
         // An event about a subject an erase has fenced is written already pseudonymized, so nothing the erase has
-        // cleaned can reappear in the log while it runs (docs/customer-data.md "The erase fence").
-        const fence = await store.findEraseFence(instanceId, probeOfEvent(event.subject));
+        // cleaned can reappear in the log while it runs (docs/customer-data.md "The erase fence"). It is stamped after
+        // the fence is looked up: an event written in clear then bears a time after the erase became final.
+        const fence = await store.findEraseFence(instanceId, probeOfEvent(input.subject));
+        const event = this.event(input);
         if (fence !== undefined) return store.appendAuditEvent(instanceId, pseudonymizedEvent(event, fence.subjectHash));
         const into = foldable(event) ? await foldTarget(store, instanceId, event) : undefined;
         if (into === undefined) return store.appendAuditEvent(instanceId, event);
         return store.replaceAuditEvents(instanceId, [folded(into, event)]);
       });
     } catch (error) {
-      this.#logger.error({ err: error, kind: event.kind, operation: event.operation }, 'could not write an audit event');
+      this.#logger.error({ err: error, kind: input.kind, operation: input.operation }, 'could not write an audit event');
     }
   }
 

@@ -1,8 +1,6 @@
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
-import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { readFileSync, rmSync } from 'node:fs';
 import { createServer as createHttpsServer, type Server } from 'node:https';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
 import Database from 'better-sqlite3';
@@ -10,6 +8,7 @@ import { createSasToken } from '../../src/domain/sas.js';
 import { createServerCertificate } from '../../src/tls/x509-issuer.js';
 import { CA_DIR, call } from '../harness.js';
 import { deriveDeviceKey, deviceToken, type Json } from '../devices.js';
+import { dataDirWithTestCa, serveProvisiond, type ServedProvisiond } from '../provisiond-process.js';
 import { LONG, seededRandom } from './resilience-mode.js';
 
 /**
@@ -25,11 +24,8 @@ const KILLS = LONG ? 12 : 3;
 const WIDTH = 24;
 const random = seededRandom(13_3);
 
-const dataDir = mkdtempSync(join(tmpdir(), 'provisiond-crash-reg-'));
-mkdirSync(join(dataDir, 'tls'), { recursive: true });
-copyFileSync(join(CA_DIR, 'ca.pem'), join(dataDir, 'tls', 'ca.pem'));
-copyFileSync(join(CA_DIR, 'ca.key'), join(dataDir, 'tls', 'ca.key'));
-let child: ChildProcess | undefined;
+const dataDir = dataDirWithTestCa('provisiond-crash-reg-');
+let served: ServedProvisiond | undefined;
 let hubServer: Server | undefined;
 
 /** The external hub's registry: device ID (lower-cased) → identity. */
@@ -96,31 +92,18 @@ async function startHub(): Promise<string> {
 }
 
 async function serve(): Promise<string> {
-  child = spawn(
-    process.execPath,
-    ['--import', 'tsx', 'src/main.ts', 'serve', '--data-dir', dataDir, '--https-port', '443', '--listen-host', '127.0.0.1', '--log-level', 'warn', '--no-mqtt', '--no-amqp'],
-    // The banner is on stderr (stdout carries the JSON log, quiet at level warn).
-    { env: { ...process.env, PROVISIOND_REGISTRATION_WAIT_MS: '0' }, stdio: ['ignore', 'ignore', 'pipe'] },
-  );
-  let output = '';
-  await new Promise<void>((resolve, reject) => {
-    child?.stderr?.on('data', (chunk: Buffer) => {
-      output += chunk.toString();
-      if (output.includes('portal:')) resolve();
-    });
-    child?.once('exit', (code) => reject(new Error(`provisiond exited (${code}): ${output}`)));
+  served = await serveProvisiond({
+    args: ['--data-dir', dataDir, '--https-port', '443', '--listen-host', '127.0.0.1', '--log-level', 'warn', '--no-mqtt', '--no-amqp'],
+    env: { PROVISIOND_REGISTRATION_WAIT_MS: '0' },
+    stdout: 'ignore',
   });
-  return output;
+  return served.banner;
 }
 
-function kill(signal: NodeJS.Signals): Promise<void> {
-  const running = child;
-  child = undefined;
-  if (running === undefined || running.exitCode !== null) return Promise.resolve();
-  return new Promise((resolve) => {
-    running.once('exit', () => resolve());
-    running.kill(signal);
-  });
+async function kill(signal: NodeJS.Signals): Promise<void> {
+  const running = served;
+  served = undefined;
+  await running?.stop(signal);
 }
 
 after(async () => {

@@ -1,13 +1,12 @@
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
-import { copyFileSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { spawn } from 'node:child_process';
+import { rmSync } from 'node:fs';
 import { after, test } from 'node:test';
 import { createSasToken } from '../../src/domain/sas.js';
 import { apiPath, API_VERSION } from '../api-assertions.js';
-import { CA_DIR, call } from '../harness.js';
+import { call } from '../harness.js';
 import { deriveDeviceKey, rawRegister, type Json } from '../devices.js';
+import { dataDirWithTestCa, serveProvisiond, type ServedProvisiond } from '../provisiond-process.js';
 
 /**
  * Secrets stay out of the wrong places (issue 13.5): no key, webhook secret or secret-bearing URL query in any read
@@ -15,47 +14,24 @@ import { deriveDeviceKey, rawRegister, type Json } from '../devices.js';
  * real `provisiond serve` process at debug level; the owner connection string is printed on the start that creates it
  * and never again (`provisiond info` shows it on demand).
  */
-const dataDir = mkdtempSync(join(tmpdir(), 'provisiond-secrets-'));
-mkdirSync(join(dataDir, 'tls'), { recursive: true });
-copyFileSync(join(CA_DIR, 'ca.pem'), join(dataDir, 'tls', 'ca.pem'));
-copyFileSync(join(CA_DIR, 'ca.key'), join(dataDir, 'tls', 'ca.key'));
-let child: ChildProcess | undefined;
+const dataDir = dataDirWithTestCa('provisiond-secrets-');
+let served: ServedProvisiond | undefined;
+/** Everything both runs wrote, stdout and stderr. */
 let log = '';
 
 const ARGS = ['--data-dir', dataDir, '--https-port', '443', '--listen-host', '127.0.0.1', '--no-mqtt', '--no-amqp'];
 
+/** Starts the server; resolves with all it wrote until its banner was complete. */
 async function serve(): Promise<string> {
-  let output = '';
-  child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts', 'serve', ...ARGS, '--log-level', 'debug'], { stdio: ['ignore', 'pipe', 'pipe'] });
-  const collect = (chunk: Buffer): void => {
-    output += chunk.toString();
-    log += chunk.toString();
-  };
-  child.stdout?.on('data', collect);
-  child.stderr?.on('data', collect);
-  await new Promise<void>((resolve, reject) => {
-    const check = setInterval(() => {
-      if (output.includes('portal:')) {
-        clearInterval(check);
-        resolve();
-      }
-    }, 50);
-    child?.once('exit', (code) => {
-      clearInterval(check);
-      reject(new Error(`provisiond exited (${code}): ${output}`));
-    });
-  });
-  return output;
+  served = await serveProvisiond({ args: [...ARGS, '--log-level', 'debug'] });
+  return served.output().toString();
 }
 
-function stop(): Promise<void> {
-  const running = child;
-  child = undefined;
-  if (running === undefined || running.exitCode !== null) return Promise.resolve();
-  return new Promise((resolve) => {
-    running.once('exit', () => resolve());
-    running.kill('SIGTERM');
-  });
+async function stop(): Promise<void> {
+  const running = served;
+  served = undefined;
+  await running?.stop();
+  log += running?.output().toString() ?? '';
 }
 
 after(async () => {

@@ -270,7 +270,7 @@ export class DataRequestService {
     doc.status = searched.some((entry) => entry.error !== undefined) ? 'partiallyCompleted' : 'completed';
     if (doc.status === 'partiallyCompleted') doc.error = 'Some hubs could not be searched; see result.searched.';
     doc.progress = { done: searched.length, total: searched.length };
-    await this.#save(instance, doc);
+    // Logged before the request reads completed: whoever sees it completed finds its log entry too.
     await this.#deps.audit.record(instance.id, {
       kind: 'dataRequest',
       operation: 'export',
@@ -279,6 +279,7 @@ export class DataRequestService {
       outcome: 'success',
       details: { requestId: doc.requestId, includeSecrets: doc.includeSecrets },
     });
+    await this.#save(instance, doc);
     await this.#deps.events.emit(instance, 'dataRequest.completed', { requestId: doc.requestId, type: 'export', status: doc.status });
   }
 
@@ -316,8 +317,9 @@ export class DataRequestService {
     // same transaction, and the freed bytes are wiped from the store's files before the receipt is signed.
     delete doc.subject.id;
     if (doc.plan !== undefined && !Array.isArray(doc.plan)) delete doc.plan.trace;
+    const finalUtc = dpsTimestamp(this.#deps.now());
     await store.transaction(async (tx) => {
-      doc.lastUpdatedDateTimeUtc = dpsTimestamp(this.#deps.now());
+      doc.lastUpdatedDateTimeUtc = finalUtc;
       await tx.putDataRequest(instance.id, { requestId: doc.requestId, sortKey: doc.sortKey, status: doc.status, type: doc.type, doc });
       await tx.deleteEraseFences(instance.id, doc.requestId);
     });
@@ -330,7 +332,9 @@ export class DataRequestService {
         instance: instance.idScope,
         subjectKind: doc.subject.kind,
         subjectHash: doc.subject.hash,
-        completedDateTimeUtc: dpsTimestamp(this.#deps.now()),
+        // The erase is final when its fences go: the receipt says so, and an event logged in clear after that moment
+        // (a device trying again) bears a later time (services/audit-log.ts).
+        completedDateTimeUtc: finalUtc,
         deleted: summary(counts.deleted),
         pseudonymized: summary(counts.pseudonymized),
         nothingFound: result.nothingFound === true,

@@ -50,7 +50,8 @@ export async function discoverRoutes(): Promise<Route[]> {
   for (const [template, operations] of Object.entries(paths)) {
     for (const [method, operation] of Object.entries(operations)) {
       if ((operation.security ?? []).length === 0) {
-        assert.match(operation.operationId, /^(Hub|RuntimeRegistration_)/, `${operation.operationId} declares no authentication`);
+        // The CRL is public, like any CRL distribution point (docs/certificate-issuance.md); it names serial numbers only.
+        assert.match(operation.operationId, /^(Hub|RuntimeRegistration_|IssuingCa_Crl$)/, `${operation.operationId} declares no authentication`);
         continue;
       }
       const description = operation.description ?? '';
@@ -118,6 +119,8 @@ export async function snapshotStore(store: Store): Promise<unknown> {
       groups: (await store.queryEnrollmentGroups(instance.id, everything)).items,
       registrations: (await store.queryRegistrations(instance.id, everything)).items,
       caCertificates: await store.listCaCertificates(instance.id),
+      credentialPolicies: await store.listCredentialPolicies(instance.id),
+      issuingCa: (await store.getIssuingCa(instance.id)) ?? null,
     })),
   );
 }

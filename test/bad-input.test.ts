@@ -23,6 +23,7 @@ function seededParams(route: Route): Record<string, string> {
   if (route.template.startsWith('/accessPolicies')) return { name: 'seed-policy' };
   if (route.template.startsWith('/instances')) return { name: route.method === 'PUT' ? 'third' : 'victim' };
   if (route.template.startsWith('/certificates')) return { name: 'seed-ca' };
+  if (route.template.startsWith('/credentialPolicies')) return { name: 'seed-policy' };
   return { id: 'seed-1' };
 }
 
@@ -44,6 +45,7 @@ const validBodies: Record<string, unknown> = {
   DataRequest_Create: { type: 'erase', subject: { registrationId: 'seed-gone' }, dryRun: true },
   DataRequest_Query: { query: 'SELECT *' },
   AuditEvent_Query: { subject: 'seed-1' },
+  CredentialPolicy_CreateOrUpdate: { keyTypes: ['ecP256'], validityInDays: 7 },
 };
 
 /** The seeded CA certificate, with a pending verification code that SEED_VERIFICATION (made in `before`) proves. */
@@ -90,6 +92,7 @@ async function seed(): Promise<void> {
   await put('PUT', '/enrollments/{id}', { id: 'seed-1' }, { registrationId: 'seed-1', attestation: { type: 'symmetricKey' } });
   await put('PUT', '/enrollmentGroups/{id}', { id: 'seed-1' }, { enrollmentGroupId: 'seed-1', attestation: { type: 'symmetricKey' } });
   await put('PUT', '/accessPolicies/{name}', { name: 'seed-policy' }, { rights: 'EnrollmentRead' });
+  await put('PUT', '/credentialPolicies/{name}', { name: 'seed-policy' }, { keyTypes: ['ecP256'] });
   // An erase request (a dry run) for the retry route.
   await put('PUT', '/dataRequests/{id}', { id: 'seed-1' }, { type: 'erase', subject: { registrationId: 'seed-gone' }, dryRun: true });
   const instances = await server.app.store.listInstances();
@@ -127,6 +130,7 @@ before(async () => {
   seedCa = await createRootCertificate({ commonName: 'Seed CA' });
   validBodies.Certificate_CreateOrUpdate = { certificate: seedCa.certPem };
   validBodies.Certificate_Verify = { certificate: (await createVerificationCertificate(seedCa, SEED_CODE)).certPem };
+  validBodies.IssuingCa_Replace = { certificate: seedCa.certPem, privateKey: seedCa.keyPem };
   server = await startServer({ maxBodyBytes: MAX_BODY_BYTES, bulkMaxItems: BULK_MAX_ITEMS });
   owner = server.token();
   await seed();

@@ -193,6 +193,68 @@ interface Device {
   key: string;
 }
 
+/** A device on MQTT/TLS as the SDKs drive it (dps-wire.md §5): one subscription, requests matched to replies by $rid. */
+class MqttDevice {
+  readonly #client: mqtt.MqttClient;
+  readonly #pending = new Map<string, (reply: { status: number; retryAfter: number; body: { operationId?: string; status?: string } }) => void>();
+  #rid = 0;
+
+  private constructor(client: mqtt.MqttClient) {
+    this.#client = client;
+    client.on('message', (topic, payload) => {
+      const match = /^\$dps\/registrations\/res\/(\d{3})\/\?(.*)$/.exec(topic);
+      if (match === null) return;
+      const query = new URLSearchParams(match[2] ?? '');
+      const rid = query.get('$rid') ?? '';
+      this.#pending.get(rid)?.({ status: Number(match[1]), retryAfter: Number(query.get('retry-after') ?? 1), body: JSON.parse(payload.toString()) as { operationId?: string; status?: string } });
+      this.#pending.delete(rid);
+    });
+  }
+
+  static async connect(idScope: string, device: Device): Promise<MqttDevice> {
+    const client = await mqtt.connectAsync(`mqtts://localhost:${MQTT_PORT}`, {
+      clientId: device.id,
+      username: `${idScope}/registrations/${device.id}/api-version=2019-03-31&ClientVersion=bench`,
+      password: deviceToken(idScope, device),
+      ca: ca(),
+      servername: 'localhost',
+      protocolVersion: 4,
+      clean: true,
+      reconnectPeriod: 0,
+    });
+    await client.subscribeAsync('$dps/registrations/res/#', { qos: 1 });
+    return new MqttDevice(client);
+  }
+
+  #request(topic: (rid: string) => string, body: string): Promise<{ status: number; retryAfter: number; body: { operationId?: string; status?: string } }> {
+    const rid = String((this.#rid += 1));
+    return new Promise((resolve, reject) => {
+      this.#pending.set(rid, resolve);
+      this.#client.publish(topic(rid), body, { qos: 1 }, (error) => {
+        if (error !== undefined && error !== null) reject(error);
+      });
+    });
+  }
+
+  async register(): Promise<boolean> {
+    const registered = await this.#request((rid) => `$dps/registrations/PUT/iotdps-register/?$rid=${rid}`, JSON.stringify({}));
+    const operationId = registered.body.operationId;
+    if (registered.status !== 202 || operationId === undefined) return false;
+    let wait = registered.retryAfter;
+    for (;;) {
+      if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait * 1000));
+      const polled = await this.#request((rid) => `$dps/registrations/GET/iotdps-get-operationstatus/?$rid=${rid}&operationId=${encodeURIComponent(operationId)}`, '');
+      if (polled.status === 200) return polled.body.status === 'assigned';
+      if (polled.status !== 202) return false;
+      wait = polled.retryAfter;
+    }
+  }
+
+  async close(): Promise<void> {
+    await this.#client.endAsync();
+  }
+}
+
 const dataDir = mkdtempSync(join(tmpdir(), 'provisiond-bench-'));
 const ca = (): string => readFileSync(join(dataDir, 'tls', 'ca.pem'), 'utf8');
 const results: Record<string, unknown> = { mode: MODE, store: STORE.startsWith('postgres') ? 'postgres' : STORE, devices: DEVICES, seconds: SECONDS, warmupSeconds: WARMUP_SECONDS, rounds: ROUNDS, enrollments: ENROLLMENTS };
@@ -307,8 +369,10 @@ try {
     };
   }
   results.workloads = summary;
-  // Statements per registration: 40 registrations one after another (devices registered before: the steady state).
+  // Statements per registration: 40 registrations one after another, of devices just registered (the steady state:
+  // the device's identity is replaced and its twin reset, as on every re-registration).
   const sequential = new Agent({ connect: { ca: ca(), servername: 'localhost' }, connections: 1 });
+  for (const device of devices.slice(0, 40)) await httpRegistration(sequential, base, idScope, device);
   const countedFrom = await statementCounts(server);
   let counted = 0;
   for (const device of devices.slice(0, 40)) if (await httpRegistration(sequential, base, idScope, device)) counted += 1;
@@ -414,67 +478,5 @@ async function httpRegistration(dispatcher: Dispatcher, base: string, idScope: s
     if (polled.statusCode === 200) return body.status === 'assigned' || `${body.status} ${body.registrationState?.errorCode ?? ''}`;
     if (polled.statusCode !== 202) return `poll ${polled.statusCode} ${body.errorCode ?? ''}`;
     wait = Number(polled.headers['retry-after'] ?? 1);
-  }
-}
-
-/** A device on MQTT/TLS as the SDKs drive it (dps-wire.md §5): one subscription, requests matched to replies by $rid. */
-class MqttDevice {
-  readonly #client: mqtt.MqttClient;
-  readonly #pending = new Map<string, (reply: { status: number; retryAfter: number; body: { operationId?: string; status?: string } }) => void>();
-  #rid = 0;
-
-  private constructor(client: mqtt.MqttClient) {
-    this.#client = client;
-    client.on('message', (topic, payload) => {
-      const match = /^\$dps\/registrations\/res\/(\d{3})\/\?(.*)$/.exec(topic);
-      if (match === null) return;
-      const query = new URLSearchParams(match[2] ?? '');
-      const rid = query.get('$rid') ?? '';
-      this.#pending.get(rid)?.({ status: Number(match[1]), retryAfter: Number(query.get('retry-after') ?? 1), body: JSON.parse(payload.toString()) as { operationId?: string; status?: string } });
-      this.#pending.delete(rid);
-    });
-  }
-
-  static async connect(idScope: string, device: Device): Promise<MqttDevice> {
-    const client = await mqtt.connectAsync(`mqtts://localhost:${MQTT_PORT}`, {
-      clientId: device.id,
-      username: `${idScope}/registrations/${device.id}/api-version=2019-03-31&ClientVersion=bench`,
-      password: deviceToken(idScope, device),
-      ca: ca(),
-      servername: 'localhost',
-      protocolVersion: 4,
-      clean: true,
-      reconnectPeriod: 0,
-    });
-    await client.subscribeAsync('$dps/registrations/res/#', { qos: 1 });
-    return new MqttDevice(client);
-  }
-
-  #request(topic: (rid: string) => string, body: string): Promise<{ status: number; retryAfter: number; body: { operationId?: string; status?: string } }> {
-    const rid = String((this.#rid += 1));
-    return new Promise((resolve, reject) => {
-      this.#pending.set(rid, resolve);
-      this.#client.publish(topic(rid), body, { qos: 1 }, (error) => {
-        if (error !== undefined && error !== null) reject(error);
-      });
-    });
-  }
-
-  async register(): Promise<boolean> {
-    const registered = await this.#request((rid) => `$dps/registrations/PUT/iotdps-register/?$rid=${rid}`, JSON.stringify({}));
-    const operationId = registered.body.operationId;
-    if (registered.status !== 202 || operationId === undefined) return false;
-    let wait = registered.retryAfter;
-    for (;;) {
-      if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait * 1000));
-      const polled = await this.#request((rid) => `$dps/registrations/GET/iotdps-get-operationstatus/?$rid=${rid}&operationId=${encodeURIComponent(operationId)}`, '');
-      if (polled.status === 200) return polled.body.status === 'assigned';
-      if (polled.status !== 202) return false;
-      wait = polled.retryAfter;
-    }
-  }
-
-  async close(): Promise<void> {
-    await this.#client.endAsync();
   }
 }

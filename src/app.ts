@@ -170,12 +170,12 @@ async function createLockedApp(deps: AppDeps, logger: FastifyBaseLogger, release
     leaseMs: config.leaseMs,
   });
   const symmetricKeyGroups = new SymmetricKeyGroups(store);
-  const enrollments = new EnrollmentService(serviceDeps, individualSpec, (instance, change, id) => {
-    void events.emit(instance, `enrollment.${change}`, { registrationId: id });
+  const enrollments = new EnrollmentService(serviceDeps, individualSpec, (instance, changes) => {
+    void events.emitMany(instance, changes.map(({ change, id }) => ({ type: `enrollment.${change}` as const, data: { registrationId: id } })));
   });
-  const groups = new EnrollmentService(serviceDeps, groupSpec, (instance, change, id) => {
+  const groups = new EnrollmentService(serviceDeps, groupSpec, (instance, changes) => {
     symmetricKeyGroups.invalidate(instance.id);
-    void events.emit(instance, `enrollmentGroup.${change}`, { enrollmentGroupId: id });
+    void events.emitMany(instance, changes.map(({ change, id }) => ({ type: `enrollmentGroup.${change}` as const, data: { enrollmentGroupId: id } })));
   });
   const registrations = new RegistrationRecordService(serviceDeps);
   const builtInHubs = new BuiltInHubService({ hubStore, now: serviceDeps.now });
@@ -236,7 +236,7 @@ async function createLockedApp(deps: AppDeps, logger: FastifyBaseLogger, release
   }
   // Every authenticated service-API call goes in the system log (added before the plugins, so it covers them all).
   http.addHook('onResponse', serviceCallAuditor(audit));
-  await http.register(serviceApiPlugin({ auth, enrollments: enrollments as never, groups: groups as never, registrations }));
+  await http.register(serviceApiPlugin({ auth, enrollments: enrollments as never, groups: groups as never, registrations, audit }));
   await http.register(controlPlanePlugin({ auth, instances }));
   await http.register(caCertificatesPlugin({ auth, certificates: new CaCertificateService(serviceDeps) }));
   await http.register(builtInHubPlugin({ hubs: builtInHubs }));

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import type { FastifyBaseLogger } from 'fastify';
 import { dpsTimestamp } from '../domain/time.js';
-import type { AuditEvent, AuditQuery, InstanceRecord, Page } from '../store/store.js';
+import type { AuditEvent, AuditQuery, InstanceRecord, Page, Store } from '../store/store.js';
 import { probeOfEvent, pseudonymizedEvent } from './customer-data/erase-fence.js';
 import type { ServiceDeps } from './deps.js';
 
@@ -53,6 +53,28 @@ export class AuditLog {
       });
     } catch (error) {
       this.#logger.error({ err: error, kind: input.kind, operation: input.operation }, 'could not write an audit event');
+    }
+  }
+
+  /**
+   * Writes many events inside the caller's transaction (a bulk call's items), pseudonymized where an erase has
+   * fenced their subject, like record. Failures are the caller's: the events belong to its transaction.
+   */
+  async recordAll(store: Store, instanceId: string, inputs: readonly AuditInput[]): Promise<void> {
+    const events = inputs.map((input) => this.event(input));
+    const probe = {
+      registrationIds: events.flatMap((event) => (event.subject.registrationId === undefined ? [] : [event.subject.registrationId])),
+      deviceIds: events.flatMap((event) => (event.subject.deviceId === undefined ? [] : [event.subject.deviceId])),
+      groupIds: events.flatMap((event) => (event.subject.enrollmentGroupId === undefined ? [] : [event.subject.enrollmentGroupId])),
+    };
+    // Fences are rare: one probe for all, and one per event only when some fence stands.
+    if ((await store.findEraseFence(instanceId, probe)) === undefined) {
+      await store.appendAuditEvents(instanceId, events);
+      return;
+    }
+    for (const event of events) {
+      const fence = await store.findEraseFence(instanceId, probeOfEvent(event.subject));
+      await store.appendAuditEvent(instanceId, fence === undefined ? event : pseudonymizedEvent(event, fence.subjectHash));
     }
   }
 

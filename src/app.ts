@@ -5,7 +5,6 @@ import type { FastifyBaseLogger, FastifyInstance } from 'fastify';
 import { sqliteFile, usesPostgres, type Config } from './config/config.js';
 import { EnrollmentService, groupSpec, individualSpec } from './services/enrollments.js';
 import { redactUrl } from './domain/enrollment.js';
-import { dpsTimestamp } from './domain/time.js';
 import { InstanceService, OWNER_POLICY } from './services/instances.js';
 import { RegistrationRecordService } from './services/registration-records.js';
 import { ServiceAuth } from './services/service-auth.js';
@@ -40,6 +39,7 @@ import { addMetricsRoute, createMetricsListener, type MetricsListener } from './
 import { checkReadiness } from './health/readiness.js';
 import { operationalCounts, pendingMigrations } from './store/operational-counts.js';
 import { AuditLog } from './services/audit-log.js';
+import { purgeExpiredOperations } from './services/retention-purge.js';
 import { LifecycleEvents } from './services/lifecycle-events.js';
 import { DataRequestService } from './services/data-requests.js';
 import { customerDataPlugin } from './transports/http/service-api/customer-data.js';
@@ -373,7 +373,7 @@ async function createLockedApp(deps: AppDeps, logger: FastifyBaseLogger, release
       events.start();
       const purge = async () => {
         await audit.purgeExpired();
-        await store.deleteOperationsBefore(dpsTimestamp(new Date(serviceDeps.now().getTime() - config.operationRetentionMs)));
+        await purgeExpiredOperations(serviceDeps);
       };
       purgeTimer = setInterval(() => void purge().catch((error: unknown) => logger.error({ err: error }, 'purge failed')), config.auditPurgeIntervalMs);
       purgeTimer.unref();

@@ -4,6 +4,7 @@ import { dpsTimestamp } from '../domain/time.js';
 import type { AuditEvent, AuditQuery, InstanceRecord, Page, Store } from '../store/store.js';
 import { probeOfEvent, pseudonymizedEvent } from './customer-data/erase-fence.js';
 import type { ServiceDeps } from './deps.js';
+import { deleteInBatches } from './retention-purge.js';
 
 /**
  * The system log: every service call, registration attempt, hub write, webhook exchange and data request, stored
@@ -88,7 +89,8 @@ export class AuditLog {
     const now = this.#deps.now().getTime();
     for (const instance of await this.#deps.store.listInstances()) {
       const days = instance.auditRetentionDays ?? DEFAULT_AUDIT_RETENTION_DAYS;
-      purged += await this.#deps.store.deleteAuditEventsBefore(instance.id, dpsTimestamp(new Date(now - days * DAY_MS)));
+      const cutoff = dpsTimestamp(new Date(now - days * DAY_MS));
+      purged += await deleteInBatches((limit) => this.#deps.store.deleteAuditEventsBefore(instance.id, cutoff, limit));
     }
     return purged;
   }

@@ -78,10 +78,16 @@ async function start(dataDir: string, port: number): Promise<Server> {
   // A bench that fails leaves no server behind.
   process.once('exit', () => child.kill());
   const ownerKey = /SharedAccessKey=([^;]+)/.exec(info.serviceConnectionString)?.[1] ?? '';
-  const agent = new Agent({ connect: { ca: readFileSync(join(dataDir, 'tls', 'ca.pem'), 'utf8'), servername: 'localhost' }, connections: 16 });
+  // Generous timeouts: on a loaded shared machine a request behind a long stall is a figure, not a failure.
+  const agent = new Agent({
+    connect: { ca: readFileSync(join(dataDir, 'tls', 'ca.pem'), 'utf8'), servername: 'localhost', timeout: 600_000 },
+    connections: 16,
+    headersTimeout: 0,
+    bodyTimeout: 0,
+  });
   return {
     child,
-    base: `https://localhost:${port}`,
+    base: `https://127.0.0.1:${port}`,
     agent,
     token: () => createSasToken({ resource: 'localhost', keyBase64: ownerKey, keyName: 'provisioningserviceowner', expirySeconds: Math.floor(Date.now() / 1000) + 3600 }),
     stats: () =>

@@ -34,7 +34,6 @@ import { DEVICE_TLS_OPTIONS } from './transports/tls-peer.js';
 import type { TlsMaterial } from './tls/dev-ca.js';
 import { describeServerCertificate, loadServerCertificate, type CertificateSource, type ServedCertificate } from './tls/server-certificate.js';
 import { componentLogger, createLogger, LOG_COMPONENTS, unknownComponents } from './logging/logger.js';
-import { Metrics } from './metrics/metrics.js';
 import { addMetricsRoute, createMetricsListener, type MetricsListener } from './metrics/endpoint.js';
 import { checkReadiness } from './health/readiness.js';
 import { operationalCounts, pendingMigrations } from './store/operational-counts.js';
@@ -137,7 +136,8 @@ async function createLockedApp(deps: AppDeps, logger: FastifyBaseLogger, release
   let devices: Awaited<ReturnType<typeof createDeviceEndpoints>> | undefined;
   let db: OpenedStore['db'] | undefined;
   const metrics = config.metricsEnabled || config.metricsListen !== undefined
-    ? new Metrics({
+    ? // prom-client is loaded only when metrics are on (issue 12, P6: memory a server without them never uses).
+      new (await import('./metrics/metrics.js')).Metrics({
         openConnections: async () => ({
           https: await new Promise<number>((resolve) => (httpServer === undefined ? resolve(0) : httpServer.getConnections((error, count) => resolve(error === null ? count : 0)))),
           ...Object.fromEntries(await Promise.all((devices?.listeners ?? []).map(async (listener) => [listener.what.toLowerCase(), await listener.openConnections()] as const))),

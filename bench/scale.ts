@@ -46,6 +46,8 @@ async function serve(dataDir: string, port: number): Promise<void> {
     },
   });
   const app = await createApp({ config });
+  // Stalls from here on are the server's own work (before it: loading and compiling modules).
+  delay.reset();
   await app.listen();
   const info = await app.info();
   process.on('message', (message: unknown) => {

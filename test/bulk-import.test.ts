@@ -61,6 +61,17 @@ for (const storeName of ['sqlite', 'postgres'] as const) {
       }
     });
 
+    test('a full call of bulkMaxItems (1,000) items goes in whole', async () => {
+      const ids = Array.from({ length: 1000 }, (_, i) => `full-${String(i).padStart(4, '0')}`);
+      const result = await send('POST', '/enrollments', { mode: 'create', enrollments: ids.map((id) => item(id, 0)) });
+      assert.deepEqual(result.body, { isSuccessful: true }, result.text.slice(0, 300));
+      const page = await send('POST', '/enrollments/query', { query: "SELECT * FROM enrollments WHERE registrationId LIKE 'full-%'" });
+      assert.equal(page.status, 200);
+      assert.equal((await send('GET', '/enrollments/full-0999')).status, 200);
+      const logged = await send('POST', '/auditEvents/query', { subject: 'full-0500' });
+      assert.deepEqual((logged.body as Json[]).map((event) => [event.operation, event.outcome]), [['IndividualEnrollment_RunBulkOperation', 'success']]);
+    });
+
     test('a bulk call logs each item once, with its own outcome', async () => {
       await send('PUT', '/enrollments/log-existing', item('log-existing', 0));
       const result = await send('POST', '/enrollments', {

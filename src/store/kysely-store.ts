@@ -701,15 +701,23 @@ export class KyselyStore implements Store {
         ['deviceId', probe.deviceIds],
         ['enrollmentGroupId', probe.groupIds],
       ] as const
-    ).flatMap(([kind, ids]) => (ids ?? []).filter((id) => id !== '').map((id) => [kind, lower(id)] as const));
-    if (wanted.length === 0) return undefined;
-    const row = await this.#db
-      .selectFrom('erase_fences')
-      .select(['subject_kind', 'doc'])
-      .where('instance_id', '=', instanceId)
-      .where((eb) => eb.or(wanted.map(([kind, key]) => eb.and([eb('subject_kind', '=', kind), eb('id_key', '=', key)]))))
-      .executeTakeFirst();
-    return row === undefined ? undefined : fenceOf(row);
+    ).map(([kind, ids]) => [kind, [...new Set((ids ?? []).filter((id) => id !== '').map(lower))]] as const);
+    if (wanted.every(([, keys]) => keys.length === 0)) return undefined;
+    // One IN list per kind, in chunks: a bulk call probes thousands of IDs at once, and an OR per ID would exceed
+    // SQLite's expression depth (1,000).
+    for (const [kind, keys] of wanted) {
+      for (let i = 0; i < keys.length; i += BATCH_ROWS) {
+        const row = await this.#db
+          .selectFrom('erase_fences')
+          .select(['subject_kind', 'doc'])
+          .where('instance_id', '=', instanceId)
+          .where('subject_kind', '=', kind)
+          .where('id_key', 'in', keys.slice(i, i + BATCH_ROWS))
+          .executeTakeFirst();
+        if (row !== undefined) return fenceOf(row);
+      }
+    }
+    return undefined;
   }
 
   async deleteEraseFences(instanceId: string, requestId: string): Promise<number> {

@@ -5,7 +5,6 @@ import type { FastifyBaseLogger, FastifyInstance } from 'fastify';
 import { sqliteFile, usesPostgres, type Config } from './config/config.js';
 import { EnrollmentService, groupSpec, individualSpec } from './services/enrollments.js';
 import { redactUrl } from './domain/enrollment.js';
-import { dpsTimestamp } from './domain/time.js';
 import { InstanceService, OWNER_POLICY } from './services/instances.js';
 import { RegistrationRecordService } from './services/registration-records.js';
 import { ServiceAuth } from './services/service-auth.js';
@@ -38,11 +37,11 @@ import { DEVICE_TLS_OPTIONS } from './transports/tls-peer.js';
 import type { TlsMaterial } from './tls/dev-ca.js';
 import { describeServerCertificate, loadServerCertificate, type CertificateSource, type ServedCertificate } from './tls/server-certificate.js';
 import { componentLogger, createLogger, LOG_COMPONENTS, unknownComponents } from './logging/logger.js';
-import { Metrics } from './metrics/metrics.js';
 import { addMetricsRoute, createMetricsListener, type MetricsListener } from './metrics/endpoint.js';
 import { checkReadiness } from './health/readiness.js';
 import { operationalCounts, pendingMigrations } from './store/operational-counts.js';
 import { AuditLog } from './services/audit-log.js';
+import { purgeExpiredOperations } from './services/retention-purge.js';
 import { LifecycleEvents } from './services/lifecycle-events.js';
 import { DataRequestService } from './services/customer-data/data-request-service.js';
 import { customerDataPlugin } from './transports/http/service-api/customer-data.js';
@@ -140,7 +139,8 @@ async function createLockedApp(deps: AppDeps, logger: FastifyBaseLogger, release
   let devices: Awaited<ReturnType<typeof createDeviceEndpoints>> | undefined;
   let db: OpenedStore['db'] | undefined;
   const metrics = config.metricsEnabled || config.metricsListen !== undefined
-    ? new Metrics({
+    ? // prom-client is loaded only when metrics are on (issue 12, P6: memory a server without them never uses).
+      new (await import('./metrics/metrics.js')).Metrics({
         openConnections: async () => ({
           https: await new Promise<number>((resolve) => (httpServer === undefined ? resolve(0) : httpServer.getConnections((error, count) => resolve(error === null ? count : 0)))),
           ...Object.fromEntries(await Promise.all((devices?.listeners ?? []).map(async (listener) => [listener.what.toLowerCase(), await listener.openConnections()] as const))),
@@ -173,12 +173,12 @@ async function createLockedApp(deps: AppDeps, logger: FastifyBaseLogger, release
     leaseMs: config.leaseMs,
   });
   const symmetricKeyGroups = new SymmetricKeyGroups(store);
-  const enrollments = new EnrollmentService(serviceDeps, individualSpec, (instance, change, id) => {
-    void events.emit(instance, `enrollment.${change}`, { registrationId: id });
+  const enrollments = new EnrollmentService(serviceDeps, individualSpec, (instance, changes) => {
+    void events.emitMany(instance, changes.map(({ change, id }) => ({ type: `enrollment.${change}` as const, data: { registrationId: id } })));
   });
-  const groups = new EnrollmentService(serviceDeps, groupSpec, (instance, change, id) => {
+  const groups = new EnrollmentService(serviceDeps, groupSpec, (instance, changes) => {
     symmetricKeyGroups.invalidate(instance.id);
-    void events.emit(instance, `enrollmentGroup.${change}`, { enrollmentGroupId: id });
+    void events.emitMany(instance, changes.map(({ change, id }) => ({ type: `enrollmentGroup.${change}` as const, data: { enrollmentGroupId: id } })));
   });
   const registrations = new RegistrationRecordService(serviceDeps);
   const builtInHubs = new BuiltInHubService({ hubStore, now: serviceDeps.now });
@@ -241,7 +241,7 @@ async function createLockedApp(deps: AppDeps, logger: FastifyBaseLogger, release
   }
   // Every authenticated service-API call goes in the system log (added before the plugins, so it covers them all).
   http.addHook('onResponse', serviceCallAuditor(audit));
-  await http.register(serviceApiPlugin({ auth, enrollments: enrollments as never, groups: groups as never, registrations }));
+  await http.register(serviceApiPlugin({ auth, enrollments: enrollments as never, groups: groups as never, registrations, audit }));
   await http.register(controlPlanePlugin({ auth, instances }));
   await http.register(caCertificatesPlugin({ auth, certificates: new CaCertificateService(serviceDeps) }));
   await http.register(certificateIssuancePlugin({ auth, policies: new CredentialPolicyService(serviceDeps), issuingCa }));
@@ -380,7 +380,7 @@ async function createLockedApp(deps: AppDeps, logger: FastifyBaseLogger, release
       events.start();
       const purge = async () => {
         await audit.purgeExpired();
-        await store.deleteOperationsBefore(dpsTimestamp(new Date(serviceDeps.now().getTime() - config.operationRetentionMs)));
+        await purgeExpiredOperations(serviceDeps);
       };
       purgeTimer = setInterval(() => void purge().catch((error: unknown) => logger.error({ err: error }, 'purge failed')), config.auditPurgeIntervalMs);
       purgeTimer.unref();

@@ -925,6 +925,120 @@ export function runStoreContract(name: string, open: () => Promise<Store>): void
         assert.equal(await store.getEnrollment(a.id, 'vac'), undefined);
       });
     });
+
+    describe('bulk writes and bounded purges (issue 12)', () => {
+      const ids = (count: number, prefix = 'bulk') => Array.from({ length: count }, (_, i) => `${prefix}-${String(i).padStart(4, '0')}`);
+
+      test('getEnrollments reads many at once, any case, only what exists, in this instance', async () => {
+        await store.putEnrollment(a.id, enrollment('Many-1'));
+        await store.putEnrollment(a.id, enrollment('many-2'));
+        await store.putEnrollment(b.id, enrollment('many-3'));
+        const found = await store.getEnrollments(a.id, ['MANY-1', 'many-2', 'many-3', ...ids(1200, 'absent')]);
+        assert.deepEqual(sortBy(found, (e) => e.registrationId), [enrollment('Many-1'), enrollment('many-2')]);
+        assert.deepEqual(await store.getEnrollments(a.id, []), []);
+      });
+
+      test('writeEnrollments create inserts only free IDs and never overwrites; replace creates or replaces', async () => {
+        await store.putEnrollment(a.id, enrollment('bulk-0001', { provisioningStatus: 'disabled' }));
+        const docs = ids(1100).map((id) => enrollment(id.toUpperCase()));
+        const created = await store.writeEnrollments(a.id, docs, 'create');
+        assert.equal(created.length, 1099);
+        assert.deepEqual(new Set(created), new Set(ids(1100).filter((id) => id !== 'bulk-0001')));
+        assert.equal((await store.getEnrollment(a.id, 'bulk-0001'))?.provisioningStatus, 'disabled', 'the existing one is untouched');
+        assert.deepEqual(await store.getEnrollment(a.id, 'bulk-0500'), enrollment('BULK-0500'));
+        const page = await store.queryEnrollments(a.id, { filters: [f('registrationId', 'prefix', 'bulk-')], limit: 2000 });
+        assert.equal(page.items.length, 1100);
+        const replaced = await store.writeEnrollments(a.id, [enrollment('bulk-0001'), enrollment('bulk-0002', { provisioningStatus: 'disabled' }), enrollment('new-one')], 'replace');
+        assert.deepEqual(new Set(replaced), new Set(['bulk-0001', 'bulk-0002', 'new-one']));
+        assert.equal((await store.getEnrollment(a.id, 'bulk-0001'))?.provisioningStatus, 'enabled');
+        assert.equal((await store.getEnrollment(a.id, 'bulk-0002'))?.provisioningStatus, 'disabled');
+        assert.deepEqual(await store.getEnrollments(b.id, ['bulk-0001']), [], 'nothing crosses instances');
+      });
+
+      test('writeEnrollments keeps certificates in step: replaced ones go, new ones are owned', async () => {
+        await store.putEnrollment(a.id, enrollment('cert-1', { attestation: x509Client('AA11') }));
+        await store.writeEnrollments(a.id, [enrollment('cert-1', { attestation: x509Client('BB22') }), enrollment('cert-2', { attestation: x509Client('CC33') })], 'replace');
+        assert.equal(await store.findCertificateOwner(a.id, 'AA11'), undefined);
+        assert.deepEqual(await store.findCertificateOwner(a.id, 'bb22'), { kind: 'individual', id: 'cert-1' });
+        assert.deepEqual(await store.findCertificateOwner(a.id, 'CC33'), { kind: 'individual', id: 'cert-2' });
+      });
+
+      test('concurrent creates of the same IDs: each ID goes to exactly one writer', async () => {
+        const wanted = ids(600, 'race');
+        const results = await Promise.all(
+          [0, 1, 2, 3].map((writer) =>
+            store.transaction((trx) => trx.writeEnrollments(a.id, (writer % 2 === 0 ? wanted : [...wanted].reverse()).map((id) => enrollment(id, { deviceId: `w${writer}` })), 'create')),
+          ),
+        );
+        const owner = new Map<string, number>();
+        for (const [writer, keys] of results.entries()) {
+          for (const key of keys) {
+            assert.equal(owner.get(key), undefined, `${key} created by ${owner.get(key)} and ${writer}`);
+            owner.set(key, writer);
+          }
+        }
+        assert.equal(owner.size, wanted.length);
+        for (const id of [wanted[0] as string, wanted[599] as string]) assert.equal((await store.getEnrollment(a.id, id))?.deviceId, `w${owner.get(id)}`);
+      });
+
+      test('atomically: a failing part of a transaction undoes only its own writes, also after a failed statement', async () => {
+        await store.putEnrollment(a.id, enrollment('owner', { attestation: x509Client('DD44') }));
+        await store.transaction(async (trx) => {
+          await trx.putEnrollment(a.id, enrollment('kept-1'));
+          await assert.rejects(
+            trx.atomically(async (part) => {
+              await part.putEnrollment(a.id, enrollment('undone'));
+              // The certificate's primary key refuses this one: a failed statement inside the transaction.
+              await part.putEnrollment(a.id, enrollment('thief', { attestation: x509Client('DD44') }));
+            }),
+            (error: Error & { errorCode?: number }) => error.errorCode === 409002,
+          );
+          assert.equal(await trx.atomically(async (part) => (await part.putEnrollment(a.id, enrollment('kept-2'))) && 'done'), 'done');
+        });
+        assert.deepEqual(
+          (await store.getEnrollments(a.id, ['kept-1', 'kept-2', 'undone', 'thief'])).map((e) => e.registrationId).sort(),
+          ['kept-1', 'kept-2'],
+        );
+        assert.deepEqual(await store.findCertificateOwner(a.id, 'DD44'), { kind: 'individual', id: 'owner' });
+      });
+
+      test('deleteOperationsBefore with a limit deletes the oldest first, at most that many', async () => {
+        for (let i = 0; i < 7; i += 1) await store.putOperation(i % 2 === 0 ? a.id : b.id, operation(`op-${i}`, 'dev-1', 'assigned', `2024-01-01T00:00:0${i}.0000000Z`));
+        await store.putOperation(a.id, operation('fresh', 'dev-1', 'assigned', '2024-02-01T00:00:00.0000000Z'));
+        const cutoff = '2024-01-02T00:00:00.0000000Z';
+        assert.equal(await store.deleteOperationsBefore(cutoff, 3), 3);
+        assert.equal(await store.getOperation(a.id, 'op-0'), undefined);
+        assert.equal(await store.getOperation(b.id, 'op-1'), undefined);
+        assert.notEqual(await store.getOperation(a.id, 'op-4'), undefined, 'younger ones wait for the next batch');
+        assert.equal(await store.deleteOperationsBefore(cutoff, 3), 3);
+        assert.equal(await store.deleteOperationsBefore(cutoff, 3), 1);
+        assert.equal(await store.deleteOperationsBefore(cutoff, 3), 0);
+        assert.notEqual(await store.getOperation(a.id, 'fresh'), undefined);
+      });
+
+      test('appendAuditEvents writes many; deleteAuditEventsBefore with a limit deletes the oldest first', async () => {
+        const event = (i: number): AuditEvent => ({
+          eventId: `ev-${String(i).padStart(5, '0')}`,
+          timeUtc: `2024-01-01T00:${String(Math.floor(i / 60) % 60).padStart(2, '0')}:${String(i % 60).padStart(2, '0')}.0000000Z`,
+          kind: 'serviceApi',
+          operation: 'IndividualEnrollment_RunBulkOperation',
+          actor: 'owner',
+          subject: { registrationId: `Dev-${i}` },
+          outcome: i % 2 === 0 ? 'success' : 'failure',
+        });
+        const events = Array.from({ length: 1200 }, (_, i) => event(i));
+        await store.appendAuditEvents(a.id, events);
+        await store.appendAuditEvents(b.id, [event(0)]);
+        const page = await store.queryAuditEvents(a.id, { limit: 2000 });
+        assert.equal(page.items.length, 1200);
+        assert.deepEqual(page.items.at(-1), events[0]);
+        assert.deepEqual((await store.queryAuditEvents(a.id, { subject: 'dev-7', limit: 10 })).items, [events[7]]);
+        assert.equal(await store.deleteAuditEventsBefore(a.id, '2024-01-01T00:00:10.0000000Z', 4), 4);
+        assert.deepEqual((await store.queryAuditEvents(a.id, { limit: 2000 })).items.at(-1), events[4]);
+        assert.equal(await store.deleteAuditEventsBefore(a.id, '2024-01-01T00:00:10.0000000Z', 100), 6);
+        assert.equal((await store.queryAuditEvents(b.id, { limit: 10 })).items.length, 1, 'another instance keeps its log');
+      });
+    });
   });
 }
 

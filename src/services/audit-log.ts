@@ -6,6 +6,7 @@ import { dpsTimestamp } from '../domain/time.js';
 import type { AuditEvent, AuditQuery, InstanceRecord, Page, Store } from '../store/store.js';
 import { probeOfEvent, pseudonymizedEvent } from './customer-data/erase-fence.js';
 import type { ServiceDeps } from './deps.js';
+import { deleteInBatches } from './retention-purge.js';
 
 /**
  * The system log: every service call, registration attempt, hub write, webhook exchange and data request, stored
@@ -87,6 +88,28 @@ export class AuditLog {
     }
   }
 
+  /**
+   * Writes many events inside the caller's transaction (a bulk call's items), pseudonymized where an erase has
+   * fenced their subject, like record. Failures are the caller's: the events belong to its transaction.
+   */
+  async recordAll(store: Store, instanceId: string, inputs: readonly AuditInput[]): Promise<void> {
+    const events = inputs.map((input) => this.event(input));
+    const probe = {
+      registrationIds: events.flatMap((event) => (event.subject.registrationId === undefined ? [] : [event.subject.registrationId])),
+      deviceIds: events.flatMap((event) => (event.subject.deviceId === undefined ? [] : [event.subject.deviceId])),
+      groupIds: events.flatMap((event) => (event.subject.enrollmentGroupId === undefined ? [] : [event.subject.enrollmentGroupId])),
+    };
+    // Fences are rare: one probe for all, and one per event only when some fence stands.
+    if ((await store.findEraseFence(instanceId, probe)) === undefined) {
+      await store.appendAuditEvents(instanceId, events);
+      return;
+    }
+    for (const event of events) {
+      const fence = await store.findEraseFence(instanceId, probeOfEvent(event.subject));
+      await store.appendAuditEvent(instanceId, fence === undefined ? event : pseudonymizedEvent(event, fence.subjectHash));
+    }
+  }
+
   async query(instance: InstanceRecord, query: AuditQuery): Promise<Page<AuditEvent>> {
     return this.#deps.store.queryAuditEvents(instance.id, query);
   }
@@ -97,7 +120,8 @@ export class AuditLog {
     const now = this.#deps.now().getTime();
     for (const instance of await this.#deps.store.listInstances()) {
       const days = instance.auditRetentionDays ?? DEFAULT_AUDIT_RETENTION_DAYS;
-      purged += await this.#deps.store.deleteAuditEventsBefore(instance.id, dpsTimestamp(new Date(now - days * DAY_MS)));
+      const cutoff = dpsTimestamp(new Date(now - days * DAY_MS));
+      purged += await deleteInBatches((limit) => this.#deps.store.deleteAuditEventsBefore(instance.id, cutoff, limit));
     }
     return purged;
   }

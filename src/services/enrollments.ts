@@ -52,6 +52,14 @@ export interface EnrollmentKindSpec<Doc extends EnrollmentDocument> {
   put(store: Store, instanceId: string, doc: Doc, expectedEtag?: string): Promise<boolean>;
   remove(store: Store, instanceId: string, id: string, expectedEtag?: string): Promise<boolean>;
   query(store: Store, instanceId: string, query: ListQuery): Promise<Page<Doc>>;
+  /**
+   * Multi-row reads and writes for bulk import (individual enrollments, the kind imported by the million); a kind
+   * without them is bulk-written item by item, still in one transaction.
+   */
+  many?: {
+    get(store: Store, instanceId: string, ids: readonly string[]): Promise<Doc[]>;
+    write(store: Store, instanceId: string, docs: readonly Doc[], mode: 'create' | 'replace'): Promise<string[]>;
+  };
   /** Deletes the registration records that belong to the entry (the cascade rule). */
   cascade(store: Store, instanceId: string, id: string): Promise<number>;
   render(store: Store, instanceId: string, doc: Doc, visibility: Visibility): Promise<JsonMap>;
@@ -71,6 +79,10 @@ export const individualSpec: EnrollmentKindSpec<StoredEnrollment> = {
   put: (store, instanceId, doc, expectedEtag) => store.putEnrollment(instanceId, doc, expectedEtag),
   remove: (store, instanceId, id, expectedEtag) => store.deleteEnrollment(instanceId, id, expectedEtag),
   query: (store, instanceId, query) => store.queryEnrollments(instanceId, query),
+  many: {
+    get: (store, instanceId, ids) => store.getEnrollments(instanceId, ids),
+    write: (store, instanceId, docs, mode) => store.writeEnrollments(instanceId, docs, mode),
+  },
   async cascade(store, instanceId, id) {
     const record = await store.getRegistration(instanceId, id);
     // Only the record of a device that registered through this enrollment; a group's device keeps its record.
@@ -114,8 +126,25 @@ export interface BulkResult {
   errors?: JsonMap[];
 }
 
-/** Told after every committed write (lifecycle events, caches). */
-export type EnrollmentChangeListener = (instance: InstanceRecord, change: 'created' | 'updated' | 'deleted', id: string) => void;
+export type EnrollmentChange = { change: 'created' | 'updated' | 'deleted'; id: string };
+
+/** Told after every committed write (lifecycle events, caches); a bulk call's changes come in one list. */
+export type EnrollmentChangeListener = (instance: InstanceRecord, changes: readonly EnrollmentChange[]) => void;
+
+/**
+ * The system log of a bulk call: one entry per item, with the item's own outcome, written in the bulk call's
+ * transaction (transports/http/service-audit.ts builds it from the request).
+ */
+export interface BulkItemLog {
+  write(store: Store, items: ReadonlyArray<{ id: string; error: ProvisioningError | undefined }>): Promise<void>;
+}
+
+/** One item of a bulk call that passed the checks made outside the transaction. */
+interface BulkItem {
+  index: number;
+  id: string;
+  input: unknown;
+}
 
 export class EnrollmentService<Doc extends EnrollmentDocument> {
   readonly #deps: ServiceDeps;
@@ -155,26 +184,28 @@ export class EnrollmentService<Doc extends EnrollmentDocument> {
       throw new ProvisioningError('IdMismatch', `The ${this.#spec.idField} in the body ('${String(bodyId)}') does not match the one in the path ('${id}').`);
     }
     const { doc, created } = await this.#deps.store.transaction((store) => this.#write(store, instance, id, input, ifMatch, 'update'));
-    this.#onChange(instance, created ? 'created' : 'updated', this.#spec.idOf(doc));
+    this.#onChange(instance, [{ change: created ? 'created' : 'updated', id: this.#spec.idOf(doc) }]);
     return this.#spec.render(this.#deps.store, instance.id, doc, 'withSecrets');
   }
 
   async delete(instance: InstanceRecord, id: string, ifMatch: string | undefined): Promise<void> {
-    await this.#deps.store.transaction(async (store) => {
-      // If-Match names a version; once the entry is gone none can match (RFC 7232 §3.1: 412, as on PUT), so of writers
-      // racing with one etag exactly one deletes and the others learn they lost rather than that it never existed.
-      if (ifMatch !== undefined && (await this.#spec.get(store, instance.id, id)) === undefined) {
-        throw new ProvisioningError('PreconditionFailed', `'${id}' does not exist, so If-Match cannot match.`);
-      }
-      const existing = await this.#require(store, instance, id);
-      if (ifMatch !== undefined && !etagMatches(ifMatch, existing.etag)) throw new ProvisioningError('PreconditionFailed');
-      await this.#spec.cascade(store, instance.id, id);
-      // Compare-and-swap on the etag just checked: a write that landed since (another request, another node) makes
-      // this delete a 412, and the transaction undoes the cascade.
-      const removed = await this.#spec.remove(store, instance.id, id, ifMatch === undefined ? undefined : existing.etag);
-      if (ifMatch !== undefined && !removed) throw new ProvisioningError('PreconditionFailed');
-    });
-    this.#onChange(instance, 'deleted', id);
+    await this.#deps.store.transaction((store) => this.#delete(store, instance, id, ifMatch));
+    this.#onChange(instance, [{ change: 'deleted', id }]);
+  }
+
+  async #delete(store: Store, instance: InstanceRecord, id: string, ifMatch: string | undefined): Promise<void> {
+    // If-Match names a version; once the entry is gone none can match (RFC 7232 §3.1: 412, as on PUT), so of writers
+    // racing with one etag exactly one deletes and the others learn they lost rather than that it never existed.
+    if (ifMatch !== undefined && (await this.#spec.get(store, instance.id, id)) === undefined) {
+      throw new ProvisioningError('PreconditionFailed', `'${id}' does not exist, so If-Match cannot match.`);
+    }
+    const existing = await this.#require(store, instance, id);
+    if (ifMatch !== undefined && !etagMatches(ifMatch, existing.etag)) throw new ProvisioningError('PreconditionFailed');
+    await this.#spec.cascade(store, instance.id, id);
+    // Compare-and-swap on the etag just checked: a write that landed since (another request, another node) makes
+    // this delete a 412, and the transaction (or the bulk item's savepoint) undoes the cascade.
+    const removed = await this.#spec.remove(store, instance.id, id, ifMatch === undefined ? undefined : existing.etag);
+    if (ifMatch !== undefined && !removed) throw new ProvisioningError('PreconditionFailed');
   }
 
   async query(instance: InstanceRecord, request: PageRequest): Promise<QueryResult> {
@@ -189,33 +220,126 @@ export class EnrollmentService<Doc extends EnrollmentDocument> {
     };
   }
 
-  /** Bulk: each item is applied atomically on its own and reported on its own (dps-wire.md §2.5). */
-  async bulk(instance: InstanceRecord, requestedMode: BulkMode, items: unknown[]): Promise<BulkResult> {
+  /**
+   * Bulk (dps-wire.md §2.5): each item succeeds or fails on its own and is reported on its own, and the whole call is
+   * one transaction — multi-row statements where the kind has them, a savepoint per item otherwise — with one log
+   * entry per item written in it.
+   */
+  async bulk(instance: InstanceRecord, requestedMode: BulkMode, items: unknown[], log?: BulkItemLog): Promise<BulkResult> {
     const mode = requestedMode === 'updateIfMatchEtag' ? 'updateIfMatchETag' : requestedMode;
     if (items.length > this.#deps.config.bulkMaxItems) {
       throw new ProvisioningError('BulkTooLarge', `A bulk operation takes at most ${this.#deps.config.bulkMaxItems} items; this one has ${items.length}.`);
     }
-    const errors: JsonMap[] = [];
+    const ids: string[] = [];
+    const failed = new Map<number, ProvisioningError>();
+    const valid: BulkItem[] = [];
+    // Checks that need no store happen before the transaction, so it stays short.
     for (const [index, item] of items.entries()) {
       const rawId = typeof item === 'object' && item !== null ? (item as Record<string, unknown>)[this.#spec.idField] : undefined;
       const id = typeof rawId === 'string' ? rawId : '';
+      ids.push(id);
       try {
         if (id === '') throw new ProvisioningError('SchemaViolation', `Item ${index} has no ${this.#spec.idField}.`);
         this.#spec.assertId(id);
-        if (mode === 'delete') {
-          const etag = (item as Record<string, unknown>).etag;
-          await this.delete(instance, id, typeof etag === 'string' && etag !== '' ? etag : undefined);
-        } else {
-          const input = assertValid(this.#validate, item, `item ${index}`);
-          const { created } = await this.#deps.store.transaction((store) => this.#write(store, instance, id, input, undefined, mode));
-          this.#onChange(instance, created ? 'created' : 'updated', id);
-        }
+        valid.push({ index, id, input: mode === 'delete' ? item : assertValid(this.#validate, item, `item ${index}`) });
       } catch (error) {
         if (!(error instanceof ProvisioningError)) throw error;
-        errors.push({ [this.#spec.idField]: id, errorCode: error.errorCode, errorStatus: error.message });
+        failed.set(index, error);
       }
     }
+    const changes: EnrollmentChange[] = [];
+    await this.#deps.store.transaction(async (store) => {
+      const rest = mode === 'create' || mode === 'update' ? await this.#writeMany(store, instance, mode, valid, failed, changes) : valid;
+      for (const { index, id, input } of rest) {
+        try {
+          if (mode === 'delete') {
+            const etag = (input as Record<string, unknown>).etag;
+            await store.atomically((itemStore) => this.#delete(itemStore, instance, id, typeof etag === 'string' && etag !== '' ? etag : undefined));
+            changes.push({ change: 'deleted', id });
+          } else {
+            const { created } = await store.atomically((itemStore) => this.#write(itemStore, instance, id, input, undefined, mode));
+            changes.push({ change: created ? 'created' : 'updated', id });
+          }
+        } catch (error) {
+          if (!(error instanceof ProvisioningError)) throw error;
+          failed.set(index, error);
+        }
+      }
+      await log?.write(store, ids.map((id, index) => ({ id, error: failed.get(index) })));
+    });
+    if (changes.length > 0) this.#onChange(instance, changes);
+    const errors = [...failed.entries()]
+      .sort(([a], [b]) => a - b)
+      .map(([index, error]) => ({ [this.#spec.idField]: ids[index] ?? '', errorCode: error.errorCode, errorStatus: error.message }));
     return errors.length === 0 ? { isSuccessful: true } : { isSuccessful: false, errors };
+  }
+
+  /**
+   * The multi-row path of bulk create/update: the existing entries read in one statement per 500, every check made
+   * in memory, the writes in multi-row statements. Answers the items it leaves to the item-by-item path: a second
+   * occurrence of an ID in the call, entries with certificates (their uniqueness is checked per certificate), and
+   * every item when an erase fence stands on any of them.
+   */
+  async #writeMany(
+    store: Store,
+    instance: InstanceRecord,
+    mode: 'create' | 'update',
+    items: readonly BulkItem[],
+    failed: Map<number, ProvisioningError>,
+    changes: EnrollmentChange[],
+  ): Promise<BulkItem[]> {
+    const many = this.#spec.many;
+    if (many === undefined || items.length === 0) return [...items];
+    const existing = new Map((await many.get(store, instance.id, items.map((item) => item.id))).map((doc) => [idKey(this.#spec.idOf(doc)), doc]));
+    const stamp = { etag: '', now: dpsTimestamp(this.#deps.now()) };
+    const seen = new Set<string>();
+    const rest: BulkItem[] = [];
+    const ready: Array<{ item: BulkItem; doc: Doc; created: boolean }> = [];
+    let linked: Set<string> | undefined;
+    for (const item of items) {
+      const key = idKey(item.id);
+      if (seen.has(key)) {
+        rest.push(item);
+        continue;
+      }
+      seen.add(key);
+      const prior = existing.get(key);
+      try {
+        if (mode === 'create' && prior !== undefined) throw this.#exists(item.id);
+        const doc = this.#spec.build(item.input, prior, { ...stamp, etag: newEtag() });
+        if (certificateThumbprints(doc.attestation).length > 0 || (prior !== undefined && certificateThumbprints(prior.attestation).length > 0)) {
+          rest.push(item);
+          continue;
+        }
+        const named = [...(doc.iotHubs ?? []), ...(doc.iotHubHostName === undefined ? [] : [doc.iotHubHostName])];
+        if (named.length > 0) {
+          linked ??= new Set((await store.listLinkedHubs(instance.id)).map((hub) => hub.name));
+          const unknown = named.filter((hub) => !(linked as Set<string>).has(hub));
+          if (unknown.length > 0) throw new ProvisioningError('InvalidAllocation', `These hubs are not linked to the instance: ${unknown.join(', ')}.`);
+        }
+        ready.push({ item, doc, created: prior === undefined });
+      } catch (error) {
+        if (!(error instanceof ProvisioningError)) throw error;
+        failed.set(item.index, error);
+      }
+    }
+    // Erase fences are rare: one probe for the whole call, and the item-by-item path (which names the fenced item)
+    // when it finds one.
+    const probe = ready.flatMap(({ item, doc }) => [item.id, (doc as unknown as StoredEnrollment).deviceId ?? item.id]);
+    if (ready.length > 0 && (await store.findEraseFence(instance.id, { registrationIds: ready.map(({ item }) => item.id), deviceIds: probe })) !== undefined) {
+      return [...ready.map(({ item }) => item), ...rest].sort((a, b) => a.index - b.index);
+    }
+    const written = new Set(await many.write(store, instance.id, ready.map(({ doc }) => doc), mode === 'create' ? 'create' : 'replace'));
+    for (const { item, created } of ready) {
+      // Not written on create: another writer created the ID after it was read above (the primary key said no).
+      if (!written.has(idKey(item.id))) failed.set(item.index, this.#exists(item.id));
+      else changes.push({ change: created ? 'created' : 'updated', id: item.id });
+    }
+    return rest;
+  }
+
+  #exists(id: string): ProvisioningError {
+    return new ProvisioningError('Conflict', `The ${this.#spec.kind === 'individual' ? 'enrollment' : 'enrollment group'} '${id}' already exists.`);
   }
 
   async #write(
@@ -227,9 +351,7 @@ export class EnrollmentService<Doc extends EnrollmentDocument> {
     mode: Exclude<BulkMode, 'delete' | 'updateIfMatchEtag'>,
   ): Promise<{ doc: Doc; created: boolean }> {
     const existing = await this.#spec.get(store, instance.id, id);
-    if (mode === 'create' && existing !== undefined) {
-      throw new ProvisioningError('Conflict', `The ${this.#spec.kind === 'individual' ? 'enrollment' : 'enrollment group'} '${id}' already exists.`);
-    }
+    if (mode === 'create' && existing !== undefined) throw this.#exists(id);
     const expected = mode === 'updateIfMatchETag' ? ((input as Record<string, unknown>).etag as string | undefined) ?? '' : ifMatch;
     if (expected !== undefined) {
       // If-Match names a version of an existing entry: on a missing entry it cannot match (RFC 7232 §3.1: 412).

@@ -70,6 +70,22 @@ export class LifecycleEvents {
     void this.#deliver(instance.id);
   }
 
+  /** Queues several events at once (a bulk call's changes): one look at the webhook, one transaction. */
+  async emitMany(instance: InstanceRecord, events: ReadonlyArray<{ type: LifecycleEventType; data: JsonMap }>): Promise<void> {
+    const now = this.#deps.now();
+    // IDs taken before the first await, as in emit.
+    const stamped = events.map(({ type, data }) => {
+      const eventId = newEventId(now);
+      return { eventId, doc: { id: eventId, type, timeUtc: dpsTimestamp(now), idScope: instance.idScope, data } };
+    });
+    const current = await this.#deps.store.getInstance(instance.id);
+    if (current?.eventWebhook === undefined || stamped.length === 0) return;
+    await this.#deps.store.transaction(async (store) => {
+      for (const event of stamped) await store.appendOutboxEvent(instance.id, event);
+    });
+    void this.#deliver(instance.id);
+  }
+
   /** Delivers what is pending now and every second from now on (events left over from before a restart, retries). */
   start(): void {
     this.#timer = setInterval(() => void this.#sweep(), 1000);

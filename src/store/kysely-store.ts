@@ -104,6 +104,23 @@ export function isUniqueViolation(error: unknown): boolean {
   return code === '23505' || code === 'SQLITE_CONSTRAINT_UNIQUE' || code === 'SQLITE_CONSTRAINT_PRIMARYKEY';
 }
 
+/**
+ * Rows per multi-row statement: well under SQLite's 32,766 and PostgreSQL's 65,535 bound parameters at the widest
+ * row (10 columns), and big enough that a statement's fixed cost is spread thin.
+ */
+const BATCH_ROWS = 500;
+let savepoints = 0;
+
+function enrollmentColumns(enrollment: StoredEnrollment) {
+  return {
+    device_id_key: lower(enrollment.deviceId ?? enrollment.registrationId),
+    provisioning_status: enrollment.provisioningStatus,
+    attestation_type: enrollment.attestation.type.toLowerCase(),
+    etag: enrollment.etag,
+    doc: JSON.stringify(enrollment),
+  };
+}
+
 const changed = (result: { numUpdatedRows?: bigint; numDeletedRows?: bigint; numInsertedOrUpdatedRows?: bigint | undefined }): boolean =>
   (result.numUpdatedRows ?? result.numDeletedRows ?? result.numInsertedOrUpdatedRows ?? 0n) > 0n;
 
@@ -139,6 +156,23 @@ export class KyselyStore implements Store {
     // Already inside a transaction: the caller's work joins it.
     if (this.#root === undefined) return work(this);
     return this.#root.transaction().execute((trx) => work(new KyselyStore(this.#root as Kysely<Database>, this.#options, trx)));
+  }
+
+  async atomically<T>(work: (store: Store) => Promise<T>): Promise<T> {
+    if (this.#root !== undefined) return this.transaction(work);
+    // Savepoint names come from a counter, never from input.
+    const name = sql.raw(`provisiond_${(savepoints += 1)}`);
+    await sql`savepoint ${name}`.execute(this.#db);
+    let result: T;
+    try {
+      result = await work(this);
+    } catch (error) {
+      await sql`rollback to savepoint ${name}`.execute(this.#db);
+      await sql`release savepoint ${name}`.execute(this.#db);
+      throw error;
+    }
+    await sql`release savepoint ${name}`.execute(this.#db);
+    return result;
   }
 
   async close(): Promise<void> {
@@ -452,13 +486,7 @@ export class KyselyStore implements Store {
 
   async putEnrollment(instanceId: string, enrollment: StoredEnrollment, expectedEtag?: string): Promise<boolean> {
     const key = lower(enrollment.registrationId);
-    const columns = {
-      device_id_key: lower(enrollment.deviceId ?? enrollment.registrationId),
-      provisioning_status: enrollment.provisioningStatus,
-      attestation_type: enrollment.attestation.type.toLowerCase(),
-      etag: enrollment.etag,
-      doc: JSON.stringify(enrollment),
-    };
+    const columns = enrollmentColumns(enrollment);
     return this.#inTransaction(async (db) => {
       if (expectedEtag !== undefined) {
         const result = await db
@@ -500,6 +528,68 @@ export class KyselyStore implements Store {
 
   async queryEnrollments(instanceId: string, query: ListQuery): Promise<Page<StoredEnrollment>> {
     return this.#page<StoredEnrollment>('enrollments', instanceId, query);
+  }
+
+  async getEnrollments(instanceId: string, registrationIds: readonly string[]): Promise<StoredEnrollment[]> {
+    const keys = [...new Set(registrationIds.map(lower))];
+    const found: StoredEnrollment[] = [];
+    for (let i = 0; i < keys.length; i += BATCH_ROWS) {
+      const rows = await this.#db
+        .selectFrom('enrollments')
+        .select('doc')
+        .where('instance_id', '=', instanceId)
+        .where('registration_id_key', 'in', keys.slice(i, i + BATCH_ROWS))
+        .execute();
+      for (const row of rows) found.push(parse<StoredEnrollment>(row.doc));
+    }
+    return found;
+  }
+
+  async writeEnrollments(instanceId: string, enrollments: readonly StoredEnrollment[], mode: 'create' | 'replace'): Promise<string[]> {
+    // In key order: two writers whose batches overlap take the rows' locks in the same order (no deadlock on
+    // PostgreSQL), and the B-tree is filled left to right.
+    const rows = enrollments
+      .map((enrollment) => ({ instance_id: instanceId, registration_id_key: lower(enrollment.registrationId), ...enrollmentColumns(enrollment) }))
+      .sort((a, b) => (a.registration_id_key < b.registration_id_key ? -1 : a.registration_id_key > b.registration_id_key ? 1 : 0));
+    return this.#inTransaction(async (db) => {
+      const written: string[] = [];
+      for (let i = 0; i < rows.length; i += BATCH_ROWS) {
+        const insert = db.insertInto('enrollments').values(rows.slice(i, i + BATCH_ROWS));
+        // `create` never overwrites: the primary key refuses a row whose ID exists (or is being inserted by a
+        // concurrent transaction, which PostgreSQL waits for), and RETURNING names only the rows that went in.
+        const statement =
+          mode === 'create'
+            ? insert.onConflict((oc) => oc.columns(['instance_id', 'registration_id_key']).doNothing())
+            : insert.onConflict((oc) =>
+                oc.columns(['instance_id', 'registration_id_key']).doUpdateSet((eb) => ({
+                  device_id_key: eb.ref('excluded.device_id_key'),
+                  provisioning_status: eb.ref('excluded.provisioning_status'),
+                  attestation_type: eb.ref('excluded.attestation_type'),
+                  etag: eb.ref('excluded.etag'),
+                  doc: eb.ref('excluded.doc'),
+                })),
+              );
+        for (const row of await statement.returning('registration_id_key').execute()) written.push(row.registration_id_key);
+      }
+      const writtenKeys = new Set(written);
+      if (mode === 'replace') {
+        // A replaced enrollment's certificates go with its old version.
+        for (let i = 0; i < written.length; i += BATCH_ROWS) {
+          await db
+            .deleteFrom('enrollment_certificates')
+            .where('instance_id', '=', instanceId)
+            .where('owner_kind', '=', 'individual')
+            .where('owner_key', 'in', written.slice(i, i + BATCH_ROWS))
+            .execute();
+        }
+      }
+      for (const enrollment of enrollments) {
+        const key = lower(enrollment.registrationId);
+        const thumbprints = certificateThumbprints(enrollment.attestation);
+        if (thumbprints.length > 0 && writtenKeys.has(key)) await this.#insertCertificates(db, instanceId, 'individual', key, thumbprints);
+      }
+      return written;
+    });
   }
 
   // ---- enrollment groups
@@ -569,6 +659,10 @@ export class KyselyStore implements Store {
       .where('owner_key', '=', key)
       .execute();
     if (thumbprints.length === 0) return;
+    await this.#insertCertificates(db, instanceId, kind, key, thumbprints);
+  }
+
+  async #insertCertificates(db: Db, instanceId: string, kind: 'individual' | 'group', key: string, thumbprints: string[]): Promise<void> {
     // Stored upper-case like findCertificateOwner looks them up, so the index never depends on the writer's casing.
     // The primary key (instance, thumbprint) is what makes "one certificate, one enrollment entry" hold when two
     // nodes write at once: the second insert fails, and the whole write with it.
@@ -661,9 +755,15 @@ export class KyselyStore implements Store {
     return row === undefined ? undefined : parse<StoredOperation>(row.doc);
   }
 
-  async deleteOperationsBefore(cutoffUtc: string): Promise<number> {
-    const result = await this.#db.deleteFrom('operations').where('updated_at', '<', cutoffUtc).executeTakeFirst();
-    return Number(result.numDeletedRows);
+  async deleteOperationsBefore(cutoffUtc: string, limit?: number): Promise<number> {
+    if (limit === undefined) {
+      const result = await this.#db.deleteFrom('operations').where('updated_at', '<', cutoffUtc).executeTakeFirst();
+      return Number(result.numDeletedRows);
+    }
+    // The oldest `limit` by the updated_at index (migration 0013), deleted by primary key: a batch costs its size.
+    const result = await sql`delete from operations where (instance_id, operation_id) in (
+      select instance_id, operation_id from operations where updated_at < ${cutoffUtc} order by updated_at limit ${limit})`.execute(this.#db);
+    return Number(result.numAffectedRows ?? 0n);
   }
 
   async listOperationsOfRegistration(instanceId: string, registrationId: string): Promise<StoredOperation[]> {
@@ -702,15 +802,23 @@ export class KyselyStore implements Store {
         ['deviceId', probe.deviceIds],
         ['enrollmentGroupId', probe.groupIds],
       ] as const
-    ).flatMap(([kind, ids]) => (ids ?? []).filter((id) => id !== '').map((id) => [kind, lower(id)] as const));
-    if (wanted.length === 0) return undefined;
-    const row = await this.#db
-      .selectFrom('erase_fences')
-      .select(['subject_kind', 'doc'])
-      .where('instance_id', '=', instanceId)
-      .where((eb) => eb.or(wanted.map(([kind, key]) => eb.and([eb('subject_kind', '=', kind), eb('id_key', '=', key)]))))
-      .executeTakeFirst();
-    return row === undefined ? undefined : fenceOf(row);
+    ).map(([kind, ids]) => [kind, [...new Set((ids ?? []).filter((id) => id !== '').map(lower))]] as const);
+    if (wanted.every(([, keys]) => keys.length === 0)) return undefined;
+    // One IN list per kind, in chunks: a bulk call probes thousands of IDs at once, and an OR per ID would exceed
+    // SQLite's expression depth (1,000).
+    for (const [kind, keys] of wanted) {
+      for (let i = 0; i < keys.length; i += BATCH_ROWS) {
+        const row = await this.#db
+          .selectFrom('erase_fences')
+          .select(['subject_kind', 'doc'])
+          .where('instance_id', '=', instanceId)
+          .where('subject_kind', '=', kind)
+          .where('id_key', 'in', keys.slice(i, i + BATCH_ROWS))
+          .executeTakeFirst();
+        if (row !== undefined) return fenceOf(row);
+      }
+    }
+    return undefined;
   }
 
   async deleteEraseFences(instanceId: string, requestId: string): Promise<number> {
@@ -784,6 +892,15 @@ export class KyselyStore implements Store {
 
   async appendAuditEvent(instanceId: string, event: AuditEvent): Promise<void> {
     await this.#db.insertInto('audit_events').values(auditRow(instanceId, event)).execute();
+  }
+
+  async appendAuditEvents(instanceId: string, events: readonly AuditEvent[]): Promise<void> {
+    for (let i = 0; i < events.length; i += BATCH_ROWS) {
+      await this.#db
+        .insertInto('audit_events')
+        .values(events.slice(i, i + BATCH_ROWS).map((event) => auditRow(instanceId, event)))
+        .execute();
+    }
   }
 
   async queryAuditEvents(instanceId: string, query: AuditQuery): Promise<Page<AuditEvent>> {
@@ -867,7 +984,13 @@ export class KyselyStore implements Store {
     return deleted;
   }
 
-  async deleteAuditEventsBefore(instanceId: string, cutoffUtc: string): Promise<number> {
+  async deleteAuditEventsBefore(instanceId: string, cutoffUtc: string, limit?: number): Promise<number> {
+    if (limit !== undefined) {
+      // The oldest `limit` by the (instance, time) index, deleted by primary key: a batch costs its size.
+      const result = await sql`delete from audit_events where instance_id = ${instanceId} and event_id in (
+        select event_id from audit_events where instance_id = ${instanceId} and time_utc < ${cutoffUtc} order by time_utc limit ${limit})`.execute(this.#db);
+      return Number(result.numAffectedRows ?? 0n);
+    }
     const result = await this.#db
       .deleteFrom('audit_events')
       .where('instance_id', '=', instanceId)

@@ -408,6 +408,17 @@ function certificateIssuance(capabilities: DialectCapabilities): Migration {
   };
 }
 
+/**
+ * Indexes for the scale paths (issue 12): the operations purge finds the oldest operations by `updated_at` instead of
+ * reading the whole table.
+ */
+const scalePaths: Migration = {
+  async up(db: Kysely<unknown>): Promise<void> {
+    await db.schema.createIndex('operations_updated').on('operations').columns(['updated_at']).execute();
+  },
+};
+migrations['0013_scale_paths'] = scalePaths;
+
 /** The migrations for one dialect (the list is the same; a migration may branch on a capability). */
 export function migrationProvider(capabilities: DialectCapabilities): MigrationProvider {
   return {

@@ -2,7 +2,6 @@ import type { KyselyPlugin } from 'kysely';
 import { existsSync } from 'node:fs';
 import { sqliteFile, usesPostgres, type Config } from '../config/config.js';
 import type { OpenedDialect } from './dialects/dialect.js';
-import { openPostgresDialect } from './dialects/postgres.js';
 import { openSqliteDialect } from './dialects/sqlite.js';
 import { KyselyHubStore, type BuiltInHubStore } from './hub-store.js';
 import { KyselyStore } from './kysely-store.js';
@@ -21,6 +20,8 @@ export interface OpenedStore {
  */
 export async function openStore(config: Config, onPoolError: (error: Error) => void = () => undefined, plugins: readonly KyselyPlugin[] = []): Promise<OpenedStore> {
   if (usesPostgres(config)) {
+    // Loaded only for PostgreSQL: node-postgres costs a SQLite server memory it never uses (issue 12, P6).
+    const { openPostgresDialect } = await import('./dialects/postgres.js');
     return fromDialect(openPostgresDialect({ url: config.store, poolSize: config.storePoolSize, statementTimeoutMs: config.storeStatementTimeoutMs, onPoolError }), true, plugins);
   }
   return fromDialect(openSqliteDialect(sqliteFile(config)), true, plugins);
@@ -32,6 +33,7 @@ export async function openStore(config: Config, onPoolError: (error: Error) => v
  */
 export async function openStoreReadOnly(config: Config): Promise<OpenedStore | undefined> {
   if (usesPostgres(config)) {
+    const { openPostgresDialect } = await import('./dialects/postgres.js');
     const opened = openPostgresDialect({ url: config.store, poolSize: 1, statementTimeoutMs: config.storeStatementTimeoutMs, onPoolError: () => undefined });
     return fromDialect(opened, false);
   }

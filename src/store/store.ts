@@ -291,6 +291,12 @@ export interface Store {
   readonly capabilities: DialectCapabilities;
   /** Runs `work` atomically; inside it, use the store it is given. */
   transaction<T>(work: (store: Store) => Promise<T>): Promise<T>;
+  /**
+   * Runs `work` so that it either happens entirely or not at all. Inside a transaction: a savepoint, so a failing
+   * item of a bulk call undoes only its own writes and the transaction goes on (a failed statement would otherwise
+   * abort a PostgreSQL transaction). Outside one: a transaction of its own.
+   */
+  atomically<T>(work: (store: Store) => Promise<T>): Promise<T>;
   close(): Promise<void>;
 
   insertInstance(instance: InstanceRecord): Promise<void>;
@@ -320,6 +326,14 @@ export interface Store {
   putEnrollment(instanceId: string, enrollment: StoredEnrollment, expectedEtag?: string): Promise<boolean>;
   deleteEnrollment(instanceId: string, registrationId: string, expectedEtag?: string): Promise<boolean>;
   queryEnrollments(instanceId: string, query: ListQuery): Promise<Page<StoredEnrollment>>;
+  /** The enrollments with these registration IDs (any case) that exist, in one round trip per 500. */
+  getEnrollments(instanceId: string, registrationIds: readonly string[]): Promise<StoredEnrollment[]>;
+  /**
+   * Writes many enrollments with multi-row statements (bulk import). `create`: inserts only those whose registration
+   * ID is free — the primary key decides, so of two writers creating one ID at once exactly one gets it — and answers
+   * the lower-cased IDs it inserted. `replace`: creates or replaces every one and answers all their IDs.
+   */
+  writeEnrollments(instanceId: string, enrollments: readonly StoredEnrollment[], mode: 'create' | 'replace'): Promise<string[]>;
 
   getEnrollmentGroup(instanceId: string, groupId: string): Promise<StoredEnrollmentGroup | undefined>;
   /** Etag-guarded like putEnrollment; also bumps the instance's `groups` change counter (node caches). */
@@ -378,13 +392,16 @@ export interface Store {
   countOperationsOfRegistration(instanceId: string, registrationId: string): Promise<number>;
 
   appendAuditEvent(instanceId: string, event: AuditEvent): Promise<void>;
+  /** Appends many events with multi-row statements. */
+  appendAuditEvents(instanceId: string, events: readonly AuditEvent[]): Promise<void>;
   /** Newest first. */
   queryAuditEvents(instanceId: string, query: AuditQuery): Promise<Page<AuditEvent>>;
   /** Every event naming one of these registration IDs, device IDs or group IDs (case-insensitive). */
   findAuditEventsAbout(instanceId: string, subject: { registrationIds: string[]; deviceIds: string[]; groupIds: string[] }): Promise<AuditEvent[]>;
   replaceAuditEvents(instanceId: string, events: AuditEvent[]): Promise<void>;
   deleteAuditEvents(instanceId: string, eventIds: string[]): Promise<number>;
-  deleteAuditEventsBefore(instanceId: string, cutoffUtc: string): Promise<number>;
+  /** Deletes the instance's events older than the cutoff, oldest first, at most `limit` of them; returns how many. */
+  deleteAuditEventsBefore(instanceId: string, cutoffUtc: string, limit?: number): Promise<number>;
 
   putDataRequest(instanceId: string, request: DataRequestRecord): Promise<void>;
   getDataRequest(instanceId: string, requestId: string): Promise<DataRequestRecord | undefined>;
@@ -424,8 +441,11 @@ export interface Store {
    * into the database and truncates it (deleted rows are already zeroed by `secure_delete`). A no-op elsewhere.
    */
   reclaimErasedSpace(): Promise<void>;
-  /** Deletes operations last updated before the given time; returns how many. */
-  deleteOperationsBefore(cutoffUtc: string): Promise<number>;
+  /**
+   * Deletes operations last updated before the given time, oldest first, at most `limit` of them (by the index on
+   * `updated_at`, so a batch costs its own size, not the table's); returns how many.
+   */
+  deleteOperationsBefore(cutoffUtc: string, limit?: number): Promise<number>;
 
   // ---- state shared by every node on the database
 

@@ -1,6 +1,6 @@
 import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { createRootCertificate, type CertificateAndKey } from './x509-issuer.js';
+import type { CertificateAndKey } from './x509-issuer.js';
 
 /**
  * The development CA created on first start under `<dataDir>/tls/` (ca.pem + ca.key): the zero-config issuer of the
@@ -29,6 +29,8 @@ export async function ensureDevCa(tlsDir: string): Promise<CertificateAndKey> {
   if (existsSync(caPath) && existsSync(caKeyPath)) {
     return { certPem: readFileSync(caPath, 'utf8'), keyPem: readFileSync(caKeyPath, 'utf8') };
   }
+  // @peculiar/x509 is loaded only to make certificates, not by every start that finds them made (issue 12, P6).
+  const { createRootCertificate } = await import('./x509-issuer.js');
   const ca = await createRootCertificate({ commonName: 'provisiond development CA', days: 3650 });
   writeAtomically(caKeyPath, ca.keyPem, 0o600);
   writeAtomically(caPath, ca.certPem);

@@ -3,7 +3,6 @@ import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { join } from 'node:path';
 import { ensureDevCa, type TlsMaterial } from './dev-ca.js';
-import { createServerCertificate } from './x509-issuer.js';
 
 /**
  * Which certificate the listeners serve, and where it comes from:
@@ -65,6 +64,8 @@ export async function loadServerCertificate(options: ServerCertificateOptions, n
   }
   const ca = await ensureDevCa(dir);
   if (!present || !devCertificateFits(readFileSync(certPath, 'utf8'), ca.certPem, options.hostNames, now)) {
+    // Loaded only to make a certificate (issue 12, P6).
+    const { createServerCertificate } = await import('./x509-issuer.js');
     const server = await createServerCertificate(ca, options.hostNames, 825);
     writeFileSync(keyPath, server.keyPem, { mode: 0o600 });
     writeFileSync(certPath, server.certPem);

@@ -1,9 +1,47 @@
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import { auditClassOf } from '../../domain/audit-class.js';
 import type { AuditLog } from '../../services/audit-log.js';
+import type { BulkItemLog } from '../../services/enrollments.js';
 import type { AuditEvent } from '../../store/store.js';
 import './route-docs.js';
 import './service-api/plugin.js';
+
+declare module 'fastify' {
+  interface FastifyRequest {
+    /** Set when a bulk call wrote its items' log entries in its own transaction (bulkItemLog). */
+    itemsLogged?: boolean;
+  }
+}
+
+/**
+ * The log of a bulk call's items, written by the bulk call in its transaction: one entry per item with the item's own
+ * outcome, as serviceCallAuditor would write it.
+ */
+export function bulkItemLog(audit: AuditLog, request: FastifyRequest, field: 'registrationId' | 'enrollmentGroupId'): BulkItemLog {
+  return {
+    async write(store, items) {
+      const caller = request.caller;
+      const operation = request.routeOptions.config.operationId;
+      if (caller === undefined || operation === undefined) return;
+      await audit.recordAll(
+        store,
+        caller.instance.id,
+        items.map(({ id, error }) => ({
+          kind: 'serviceApi',
+          operation,
+          actor: caller.policy.keyName,
+          source: request.ip,
+          outcome: error === undefined ? 'success' : 'failure',
+          ...(error === undefined ? {} : { errorCode: error.errorCode, reason: error.message }),
+          trackingId: request.id,
+          details: { method: request.method, route: request.routeOptions.url ?? '', status: 200 },
+          subject: id === '' ? {} : { [field]: id },
+        })),
+      );
+      request.itemsLogged = true;
+    },
+  };
+}
 
 /**
  * The system-log entry of an authenticated service-API call: who (policy), from where, which operation on which
@@ -21,6 +59,8 @@ export function serviceCallAuditor(audit: AuditLog) {
     const eventClass = auditClassOf({ kind: 'serviceApi', operation: config.operationId });
     const continuation = request.headers['x-ms-continuation'];
     if (eventClass === 'access' && typeof continuation === 'string' && continuation !== '' && reply.statusCode < 400) return;
+    // Written with the items (a call whose transaction failed answers 500 and is logged below instead).
+    if (request.itemsLogged === true && reply.statusCode < 400) return;
     const base: Omit<AuditEvent, 'eventId' | 'timeUtc' | 'subject'> = {
       kind: 'serviceApi',
       operation: config.operationId,

@@ -19,6 +19,8 @@ import {
 } from '../../../domain/wire.js';
 import type { EnrollmentService, QueryResult } from '../../../services/enrollments.js';
 import type { RegistrationRecordService } from '../../../services/registration-records.js';
+import type { AuditLog } from '../../../services/audit-log.js';
+import { bulkItemLog } from '../service-audit.js';
 import { ServiceAuth, type ServiceCaller } from '../../../services/service-auth.js';
 import '../route-docs.js';
 
@@ -43,6 +45,8 @@ export interface ServiceApiDeps {
   enrollments: EnrollmentService<never>;
   groups: EnrollmentService<never>;
   registrations: RegistrationRecordService;
+  /** The system log, which bulk calls write their items' entries to in their own transaction. */
+  audit?: AuditLog;
 }
 
 declare module 'fastify' {
@@ -240,7 +244,8 @@ export function serviceApiPlugin(deps: ServiceApiDeps) {
         },
         handler: async (request) => {
           const body = request.body as { mode: BulkMode } & Record<string, unknown[]>;
-          return service.bulk(callerOf(request).instance, body.mode, body[kind.bulkItems] ?? []);
+          const log = deps.audit === undefined ? undefined : bulkItemLog(deps.audit, request, kind.auditSubject);
+          return service.bulk(callerOf(request).instance, body.mode, body[kind.bulkItems] ?? [], log);
         },
       });
     }

@@ -1,0 +1,345 @@
+import { fork, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { loadavg, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
+import Database from 'better-sqlite3';
+import { Agent, request } from 'undici';
+import { createSasToken } from '../src/domain/sas.js';
+
+/**
+ * Benchmark (not a test) of the scale paths of issue 12, against a real provisiond in its own process on the embedded
+ * SQLite store:
+ *
+ *   P4     bulk-import N individual enrollments through the service API (batches of 1,000, `--concurrency` at once):
+ *          wall time, server CPU, peak server RSS.
+ *   P5     at N enrollments + N registration records + 4N log events (seeded straight into the database file, then
+ *          measured through the real API): p50/p99 of a query page of 100 (enrollments, records, log), of an export
+ *          of one subject and of an erase of one subject.
+ *   purge  N operations past their retention: how long the start-up purge takes and the longest event-loop stall
+ *          of the server while it runs (`monitorEventLoopDelay` inside the server process).
+ *   P6     server RSS idle (after start and after a P4 of 10,000), the heap, and what is loaded.
+ *
+ *   npm run bench:scale -- --mode p4|p5|purge|p6 [--n 1000000] [--concurrency 2] [--samples 200] [--port 8443] [--profile DIR]
+ */
+const args = new Map<string, string>();
+for (let i = 2; i < process.argv.length; i += 2) args.set(process.argv[i]?.replace(/^--/, '') ?? '', process.argv[i + 1] ?? '');
+
+
+/** The server side: provisiond as `provisiond serve` runs it, answering `stats` messages from the bench. */
+async function serve(dataDir: string, port: number): Promise<void> {
+  const delay = monitorEventLoopDelay({ resolution: 5 });
+  delay.enable();
+  const { createApp } = await import('../src/app.js');
+  const { loadConfig } = await import('../src/config/config.js');
+  const config = loadConfig({
+    flags: {
+      dataDir,
+      httpsPort: port,
+      listenHost: '127.0.0.1',
+      hostNames: ['localhost'],
+      logLevel: 'warn',
+      registrationsPerSecond: 0,
+      pollsPerSecondPerDevice: 0,
+      mqttEnabled: false,
+      amqpEnabled: false,
+    },
+  });
+  const app = await createApp({ config });
+  // Stalls from here on are the server's own work (before it: loading and compiling modules).
+  delay.reset();
+  await app.listen();
+  const info = await app.info();
+  process.on('message', (message: unknown) => {
+    if (message === 'stats') {
+      const usage = process.memoryUsage();
+      process.send?.({ maxStallMs: delay.max / 1e6, p99StallMs: delay.percentile(99) / 1e6, heapUsedMiB: usage.heapUsed / 2 ** 20, rssMiB: usage.rss / 2 ** 20 });
+      delay.reset();
+    } else if (message === 'stop') {
+      void app.close().then(() => process.exit(0));
+    }
+  });
+  process.send?.({ listening: true, serviceConnectionString: info.serviceConnectionString });
+}
+
+interface Server {
+  child: ChildProcess;
+  base: string;
+  agent: Agent;
+  token(): string;
+  stats(): Promise<{ maxStallMs: number; p99StallMs: number; heapUsedMiB: number; rssMiB: number }>;
+  stop(): Promise<void>;
+}
+
+async function start(dataDir: string, port: number): Promise<Server> {
+  const child = fork(import.meta.filename, ['--serve', dataDir, '--port', String(port)], { execArgv: ['--import', 'tsx', ...(args.has('profile') ? ['--cpu-prof', `--cpu-prof-dir=${args.get('profile')}`] : [])], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  const info = await new Promise<{ serviceConnectionString: string }>((resolve, reject) => {
+    child.once('message', (message) => resolve(message as { serviceConnectionString: string }));
+    child.once('exit', (code) => reject(new Error(`server exited with ${code}`)));
+  });
+  // A bench that fails leaves no server behind.
+  process.once('exit', () => child.kill());
+  const ownerKey = /SharedAccessKey=([^;]+)/.exec(info.serviceConnectionString)?.[1] ?? '';
+  // Generous timeouts: on a loaded shared machine a request behind a long stall is a figure, not a failure.
+  const agent = new Agent({
+    connect: { ca: readFileSync(join(dataDir, 'tls', 'ca.pem'), 'utf8'), servername: 'localhost', timeout: 600_000 },
+    connections: 16,
+    headersTimeout: 0,
+    bodyTimeout: 0,
+  });
+  return {
+    child,
+    base: `https://127.0.0.1:${port}`,
+    agent,
+    token: () => createSasToken({ resource: 'localhost', keyBase64: ownerKey, keyName: 'provisioningserviceowner', expirySeconds: Math.floor(Date.now() / 1000) + 3600 }),
+    stats: () =>
+      new Promise((resolve) => {
+        child.once('message', (message) => resolve(message as Awaited<ReturnType<Server['stats']>>));
+        child.send('stats');
+      }),
+    stop: async () => {
+      await agent.close();
+      const exited = new Promise((resolve) => child.once('exit', resolve));
+      child.send('stop');
+      await exited;
+    },
+  };
+}
+
+async function call(server: Server, method: 'GET' | 'POST' | 'PUT', path: string, body?: unknown, headers: Record<string, string> = {}) {
+  const response = await request(`${server.base}${path}${path.includes('?') ? '&' : '?'}api-version=2021-10-01`, {
+    method,
+    dispatcher: server.agent,
+    headers: { authorization: server.token(), 'content-type': 'application/json', ...headers },
+    ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+  });
+  const text = await response.body.text();
+  if (response.statusCode >= 300) throw new Error(`${method} ${path} → ${response.statusCode} ${text.slice(0, 300)}`);
+  return { json: JSON.parse(text) as unknown, headers: response.headers };
+}
+
+function rssMiB(pid: number | undefined): number {
+  return Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? 0) / 1024;
+}
+/** The process's CPU time (user + system) in ms, from /proc (clock ticks of 10 ms). */
+function cpuMs(pid: number | undefined): number {
+  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]?.split(' ') ?? [];
+  return (Number(fields[11] ?? 0) + Number(fields[12] ?? 0)) * 10;
+}
+const percentile = (values: number[], p: number): number => {
+  const sorted = [...values].sort((a, b) => a - b);
+  return Number((sorted[Math.min(sorted.length - 1, Math.floor((sorted.length * p) / 100))] ?? NaN).toFixed(2));
+};
+const key = Buffer.alloc(32, 7).toString('base64');
+const enrollment = (registrationId: string) => ({ registrationId, attestation: { type: 'symmetricKey', symmetricKey: { primaryKey: key, secondaryKey: key } } });
+
+async function bulkImport(server: Server, n: number, concurrency: number, prefix: string): Promise<void> {
+  let next = 0;
+  const worker = async () => {
+    for (;;) {
+      const from = next;
+      next += 1000;
+      if (from >= n) return;
+      const items = Array.from({ length: Math.min(1000, n - from) }, (_, i) => enrollment(`${prefix}-${String(from + i).padStart(7, '0')}`));
+      const { json } = await call(server, 'POST', '/enrollments', { mode: 'create', enrollments: items });
+      if ((json as { isSuccessful: boolean }).isSuccessful !== true) throw new Error(`bulk failed: ${JSON.stringify(json).slice(0, 300)}`);
+    }
+  };
+  await Promise.all(Array.from({ length: concurrency }, worker));
+}
+
+async function main(): Promise<void> {
+  const mode = args.get('mode') ?? 'p4';
+  const n = Number(args.get('n') ?? 1_000_000);
+  const port = Number(args.get('port') ?? 8443);
+  const dataDir = mkdtempSync(join(tmpdir(), 'provisiond-scale-'));
+  const results: Record<string, unknown> = { mode, n, loadAverageBefore: loadavg().map((value) => Number(value.toFixed(2))) };
+  try {
+    if (mode === 'p4') results.p4 = await p4(dataDir, port, n, Number(args.get('concurrency') ?? 2));
+    else if (mode === 'p5') results.p5 = await p5(dataDir, port, n, Number(args.get('samples') ?? 200));
+    else if (mode === 'purge') results.purge = await purge(dataDir, port, n);
+    else if (mode === 'p6') results.p6 = await p6(dataDir, port);
+    else throw new Error(`unknown mode ${mode}`);
+  } finally {
+    rmSync(dataDir, { recursive: true, force: true });
+  }
+  results.loadAverageAfter = loadavg().map((value) => Number(value.toFixed(2)));
+  console.log(JSON.stringify(results, null, 2));
+}
+
+async function p4(dataDir: string, port: number, n: number, concurrency: number) {
+  const server = await start(dataDir, port);
+  try {
+    let peakRss = rssMiB(server.child.pid);
+    const sampler = setInterval(() => (peakRss = Math.max(peakRss, rssMiB(server.child.pid))), 100);
+    const cpuBefore = cpuMs(server.child.pid);
+    const startedAt = performance.now();
+    await bulkImport(server, n, concurrency, 'p4');
+    const seconds = (performance.now() - startedAt) / 1000;
+    clearInterval(sampler);
+    const cpu = cpuMs(server.child.pid) - cpuBefore;
+    return { seconds: Number(seconds.toFixed(1)), itemsPerSecond: Math.round(n / seconds), serverCpuUsPerItem: Number(((cpu * 1000) / n).toFixed(1)), peakRssMiB: Math.round(peakRss), concurrency };
+  } finally {
+    await server.stop();
+  }
+}
+
+/** The instance's ID and one row of each kind, as templates for the seeded rows. */
+function seed(dataDir: string, rows: { enrollments: number; records: number; events: number; operations: number; operationsUpdatedAt?: string }): void {
+  const db = new Database(join(dataDir, 'provisiond.db'));
+  db.pragma('journal_mode = WAL');
+  db.pragma('synchronous = OFF');
+  const instanceId = (db.prepare('select id from instances limit 1').get() as { id: string }).id;
+  const template = db.prepare("select doc from enrollments where instance_id = ? limit 1").get(instanceId) as { doc: string };
+  const base = JSON.parse(template.doc) as Record<string, unknown>;
+  const eventTemplate = JSON.parse((db.prepare('select doc from audit_events where instance_id = ? limit 1').get(instanceId) as { doc: string }).doc) as Record<string, unknown>;
+  const id = (i: number) => `seed-${String(i).padStart(7, '0')}`;
+  const now = new Date().toISOString().replace('Z', '0000Z');
+  const insertEnrollment = db.prepare(
+    'insert into enrollments (instance_id, registration_id_key, device_id_key, provisioning_status, attestation_type, etag, doc) values (?, ?, ?, ?, ?, ?, ?)',
+  );
+  const insertRecord = db.prepare(
+    'insert into registrations (instance_id, registration_id_key, device_id_key, group_id_key, status, assigned_hub_key, etag, doc) values (?, ?, ?, ?, ?, ?, ?, ?)',
+  );
+  const insertEvent = db.prepare(
+    'insert into audit_events (instance_id, event_id, time_utc, kind, actor, outcome, registration_id_key, device_id_key, group_id_key, doc) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
+  );
+  const insertOperation = db.prepare('insert into operations (instance_id, operation_id, registration_id_key, updated_at, doc) values (?, ?, ?, ?, ?)');
+  const chunk = (count: number, write: (i: number) => void) => {
+    for (let from = 0; from < count; from += 50_000) db.transaction(() => { for (let i = from; i < Math.min(count, from + 50_000); i += 1) write(i); })();
+  };
+  chunk(rows.enrollments, (i) => insertEnrollment.run(instanceId, id(i), id(i), 'enabled', 'symmetrickey', `"e${i}"`, JSON.stringify({ ...base, registrationId: id(i), etag: `"e${i}"` })));
+  chunk(rows.records, (i) =>
+    insertRecord.run(
+      instanceId, id(i), id(i), 'seed-group', 'assigned', 'localhost', `"r${i}"`,
+      JSON.stringify({ registrationId: id(i), deviceId: id(i), createdDateTimeUtc: now, assignedHub: 'localhost', status: 'assigned', substatus: 'initialAssignment', lastUpdatedDateTimeUtc: now, etag: `"r${i}"`, enrollmentGroupId: 'seed-group', attestationType: 'symmetricKey' }),
+    ),
+  );
+  const ms = Date.now() - 86_400_000;
+  chunk(rows.events, (i) => {
+    const subject = id(Math.floor(i / 4) % Math.max(1, rows.enrollments));
+    const eventId = `${(ms + Math.floor(i / 16)).toString(16).padStart(12, '0')}${(i % 16).toString(16).padStart(4, '0')}${i.toString(16).padStart(8, '0')}`;
+    insertEvent.run(instanceId, eventId, now, 'serviceApi', 'provisioningserviceowner', 'success', subject, '', '', JSON.stringify({ ...eventTemplate, eventId, subject: { registrationId: subject } }));
+  });
+  const updatedAt = rows.operationsUpdatedAt ?? now;
+  chunk(rows.operations, (i) =>
+    insertOperation.run(instanceId, `op-${i}`, id(i % Math.max(1, rows.enrollments)), updatedAt, JSON.stringify({ operationId: `op-${i}`, registrationId: id(i), status: 'assigned', createdDateTimeUtc: updatedAt, lastUpdatedDateTimeUtc: updatedAt })),
+  );
+  db.exec('analyze');
+  db.close();
+}
+
+async function p5(dataDir: string, port: number, n: number, samples: number) {
+  // A first start creates the instance and its database; one enrollment and one log event serve as templates.
+  const first = await start(dataDir, port);
+  await bulkImport(first, 1, 1, 'template');
+  // The records belong to one group (the registration query pages a group's records).
+  await call(first, 'PUT', '/enrollmentGroups/seed-group', { enrollmentGroupId: 'seed-group', attestation: { type: 'symmetricKey' } });
+  await first.stop();
+  const seededAt = performance.now();
+  seed(dataDir, { enrollments: n, records: n, events: 4 * n, operations: n });
+  const seedSeconds = Number(((performance.now() - seededAt) / 1000).toFixed(1));
+  const server = await start(dataDir, port);
+  try {
+    const timed = async (work: () => Promise<unknown>) => {
+      const startedAt = performance.now();
+      await work();
+      return performance.now() - startedAt;
+    };
+    const randomId = () => `seed-${String(Math.floor(Math.random() * n)).padStart(7, '0')}`;
+    const page = (path: string, body: unknown, from?: string) => async () => {
+      // A page in the middle of the key range: the continuation of a one-item page that ends at a random key.
+      const headers: Record<string, string> = { 'x-ms-max-item-count': '100' };
+      if (from !== undefined) headers['x-ms-continuation'] = from;
+      await call(server, 'POST', path, body, headers);
+    };
+    const continuationAt = async (path: string, body: unknown) =>
+      (await call(server, 'POST', path, body, { 'x-ms-max-item-count': '1' })).headers['x-ms-continuation'] as string;
+    const figures: Record<string, { p50: number; p99: number }> = {};
+    const measure = async (name: string, count: number, work: (i: number) => Promise<number>) => {
+      const times: number[] = [];
+      try {
+        for (let i = 0; i < count; i += 1) times.push(await work(i));
+        figures[name] = { p50: percentile(times, 50), p99: percentile(times, 99) };
+      } catch (error) {
+        // One failing measurement does not cost the others (seeding takes minutes).
+        figures[name] = { p50: NaN, p99: NaN, error: String(error).slice(0, 300) } as never;
+      }
+    };
+    const first100 = { query: 'SELECT * FROM enrollments' };
+    await measure('enrollmentQueryFirstPage', samples, () => timed(page('/enrollments/query', first100)));
+    const middle = await continuationAt('/enrollments/query', first100);
+    await measure('enrollmentQueryLaterPage', samples, () => timed(page('/enrollments/query', first100, middle)));
+    await measure('enrollmentQueryByDeviceId', samples, () => timed(page('/enrollments/query', { query: `SELECT * FROM enrollments WHERE deviceId = '${randomId()}'` })));
+    await measure('registrationQueryFirstPage', samples, () => timed(page('/registrations/seed-group/query', { query: 'SELECT *' })));
+    await measure('logQueryFirstPage', samples, () => timed(page('/auditEvents/query', {})));
+    await measure('logQueryBySubject', samples, () => timed(page('/auditEvents/query', { subject: randomId() })));
+    const dataRequest = async (type: 'export' | 'erase', i: number) => {
+      const subject = `seed-${String(Math.floor((i * n) / samples) + (type === 'erase' ? 1 : 0)).padStart(7, '0')}`;
+      return timed(async () => {
+        let { json } = await call(server, 'PUT', `/dataRequests/${type}-${i}`, { type, subject: { registrationId: subject } });
+        while ((json as { status: string }).status === 'running') {
+          await new Promise((resolve) => setTimeout(resolve, 1));
+          ({ json } = await call(server, 'GET', `/dataRequests/${type}-${i}`));
+        }
+        if ((json as { status: string }).status !== 'completed') throw new Error(`${type} ended ${JSON.stringify(json).slice(0, 300)}`);
+      });
+    };
+    await measure('exportOneSubject', Math.min(samples, 100), (i) => dataRequest('export', i));
+    await measure('eraseOneSubject', Math.min(samples, 100), (i) => dataRequest('erase', i));
+    return { seedSeconds, samples, ...figures, server: await server.stats() };
+  } finally {
+    await server.stop();
+  }
+}
+
+async function purge(dataDir: string, port: number, n: number) {
+  const first = await start(dataDir, port);
+  await bulkImport(first, 1, 1, 'template');
+  await first.stop();
+  // Operations a week old: past the default retention, so the purge at start takes every one.
+  seed(dataDir, { enrollments: 1, records: 0, events: 0, operations: n, operationsUpdatedAt: new Date(Date.now() - 7 * 86_400_000).toISOString().replace('Z', '0000Z') });
+  const startedAt = performance.now();
+  const server = await start(dataDir, port);
+  const startSeconds = (performance.now() - startedAt) / 1000;
+  try {
+    const db = new Database(join(dataDir, 'provisiond.db'), { readonly: true });
+    let maxStallMs = 0;
+    // Device-like requests while it runs: how long a request waits behind the purge.
+    const latencies: number[] = [];
+    for (;;) {
+      const t = performance.now();
+      await call(server, 'POST', '/enrollments/query', { query: "SELECT * FROM enrollments WHERE registrationId = 'seed-0000000'" });
+      latencies.push(performance.now() - t);
+      maxStallMs = Math.max(maxStallMs, (await server.stats()).maxStallMs);
+      const left = (db.prepare('select count(*) as n from operations').get() as { n: number }).n;
+      if (left === 0) break;
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    db.close();
+    return { seconds: Number(((performance.now() - startedAt) / 1000).toFixed(1)), startSeconds: Number(startSeconds.toFixed(1)), maxEventLoopStallMs: Number(maxStallMs.toFixed(1)), requestsDuringPurge: latencies.length, requestP99Ms: percentile(latencies, 99), requestMaxMs: percentile(latencies, 100) };
+  } finally {
+    await server.stop();
+  }
+}
+
+async function p6(dataDir: string, port: number) {
+  const server = await start(dataDir, port);
+  try {
+    await new Promise((resolve) => setTimeout(resolve, 5000));
+    const idle = { ...(await server.stats()), rssMiB: Math.round(rssMiB(server.child.pid)) };
+    await bulkImport(server, 10_000, 2, 'p6');
+    await new Promise((resolve) => setTimeout(resolve, 5000));
+    const afterImport = { ...(await server.stats()), rssMiB: Math.round(rssMiB(server.child.pid)) };
+    return { idle, afterImportOf10000: afterImport, underP1Load: 'npm run bench (bench/registrations.ts) reports the peak RSS under P1 load' };
+  } finally {
+    await server.stop();
+  }
+}
+
+// Last, so every constant above is initialised before either side runs.
+if (args.has('serve')) {
+  await serve(args.get('serve') ?? '', Number(args.get('port') ?? 8443));
+} else {
+  await main();
+}

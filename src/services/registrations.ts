@@ -418,6 +418,8 @@ export class RegistrationService {
 
     let record: StoredRegistration;
     let issued: IssuedCertificate | undefined;
+    /** Whether this attempt created the hub identity (rather than found it there and replaced it). */
+    let createdOnHub = false;
     try {
       if (enrollment.provisioningStatus === 'disabled') {
         // DPS ends the registration `disabled` (dps-wire.md §8.3); the record also says which entry refused it.
@@ -433,6 +435,7 @@ export class RegistrationService {
         issued = await this.#issueCertificate(match, csr);
         const flow: Assignment = { match: withIssuedCredential(match, issued), operationId: operation.operationId, devicePayload: payload, previous, attempt: base, intent, hubWrites };
         for (const [, step] of this.#assignmentSteps) await step(flow);
+        createdOnHub = flow.created === true;
         record = settle(base, assignedState(flow));
       }
     } catch (error) {
@@ -486,11 +489,13 @@ export class RegistrationService {
       });
     } catch (error) {
       if (!isFenceRefusal(error)) throw error;
-      // What this attempt wrote to the hub before the erase caught up with it goes too: the erase wants none of it.
+      // A hub identity this attempt created after the erase's hub step goes too: the erase wants none of it. One it
+      // found there (and replaced) is the erase's to delete, and to count in its receipt: the erase holds the fence,
+      // so its hub step (or its re-check) has not yet passed that device.
       await undoInterruptedRegistration(store, this.#deps.hubClients, instance.id, {
         registrationId: match.registrationId,
         deviceId: record.deviceId ?? match.deviceId,
-        assignedHub: record.status === 'assigned' ? record.assignedHub : undefined,
+        assignedHub: record.status === 'assigned' && createdOnHub ? record.assignedHub : undefined,
         sinceUtc: now,
       });
       // The intent names the device: it goes with the rest, so nothing of the erased subject stays behind.

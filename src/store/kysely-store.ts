@@ -270,6 +270,8 @@ export class KyselyStore implements Store {
       'data_requests',
       'event_outbox',
       'hub_device_links',
+      'registration_intents',
+      'erase_fences',
       'issuing_cas',
       'credential_policies',
       'issued_certificates',

@@ -62,11 +62,14 @@ function placeLabel(place: string): string {
     enrollmentGroups: 'Enrollment group',
     registrations: 'Registration records',
     operations: 'Registration operations',
+    registrationIntents: 'Unfinished registrations (interrupted hub writes)',
+    hubDeviceLinks: 'Hub devices provisiond created for the subject',
     issuedCertificates: 'Certificates issued from CSRs',
     auditEvents: 'System log events',
     webhookExchanges: 'Custom allocation webhook exchanges',
     dataRequests: 'Earlier data requests about the subject',
     lifecycleEventOutbox: 'Undelivered lifecycle events',
+    // Requests stored before the places were one list (issue 10) name the device's group membership this way.
     'enrollmentGroups (membership)': 'Enrollment group membership',
   };
   return names[place] ?? place;

@@ -76,6 +76,20 @@ export interface PlaceContext {
   readonly resumeAt: number;
 }
 
+/**
+ * The loop of every place that erases item by item: from where a resumed run left off, each item ticked with how many
+ * rows it actually removed; returns the total.
+ */
+async function eraseEach(context: PlaceContext, ids: readonly string[], eraseOne: (id: string) => Promise<number>): Promise<number> {
+  let count = 0;
+  for (const id of ids.slice(context.resumeAt)) {
+    const erased = await eraseOne(id);
+    count += erased;
+    await context.tick(erased);
+  }
+  return count;
+}
+
 const REDACTED = '<redacted>';
 /** How many hub lookups run at once: an external hub answers each device on its own round trip. */
 const HUB_CONCURRENCY = 16;
@@ -128,13 +142,7 @@ function hubDevicesPlace(hub: LinkedHubRecord): Place {
     },
     async erase(context, trace) {
       const client = context.hubClients.forHub(hub);
-      let count = 0;
-      for (const deviceId of trace.deviceIds.slice(context.resumeAt)) {
-        const erased = (await client.deleteDevice(deviceId)) ? 1 : 0;
-        count += erased;
-        await context.tick(erased);
-      }
-      return count;
+      return eraseEach(context, trace.deviceIds, async (deviceId) => (await client.deleteDevice(deviceId)) ? 1 : 0);
     },
   };
 }
@@ -160,13 +168,7 @@ const registrations: Place = {
     return found;
   },
   async erase(context, trace) {
-    let count = 0;
-    for (const id of trace.registrationIds.slice(context.resumeAt)) {
-      const erased = (await context.store.deleteRegistration(context.instanceId, id)) ? 1 : 0;
-      count += erased;
-      await context.tick(erased);
-    }
-    return count;
+    return eraseEach(context, trace.registrationIds, async (id) => (await context.store.deleteRegistration(context.instanceId, id)) ? 1 : 0);
   },
 };
 
@@ -194,13 +196,7 @@ const operations: Place = {
     return found;
   },
   async erase(context, trace) {
-    let count = 0;
-    for (const id of trace.registrationIds.slice(context.resumeAt)) {
-      const erased = await context.store.deleteOperationsOfRegistration(context.instanceId, id);
-      count += erased;
-      await context.tick(erased);
-    }
-    return count;
+    return eraseEach(context, trace.registrationIds, (id) => context.store.deleteOperationsOfRegistration(context.instanceId, id));
   },
 };
 
@@ -232,14 +228,8 @@ const issuedCertificates: Place = {
     return found;
   },
   async erase(context, trace) {
-    let count = 0;
     const now = dpsTimestamp(new Date());
-    for (const id of trace.registrationIds) {
-      const erased = await context.store.revokeIssuedCertificates(context.instanceId, id, now);
-      count += erased;
-      await context.tick(erased);
-    }
-    return count;
+    return eraseEach(context, trace.registrationIds, (id) => context.store.revokeIssuedCertificates(context.instanceId, id, now));
   },
 };
 
@@ -329,13 +319,7 @@ const enrollments: Place = {
     return found;
   },
   async erase(context, trace) {
-    let count = 0;
-    for (const id of trace.enrollmentIds.slice(context.resumeAt)) {
-      const erased = (await context.store.deleteEnrollment(context.instanceId, id)) ? 1 : 0;
-      count += erased;
-      await context.tick(erased);
-    }
-    return count;
+    return eraseEach(context, trace.enrollmentIds, async (id) => (await context.store.deleteEnrollment(context.instanceId, id)) ? 1 : 0);
   },
 };
 
@@ -364,13 +348,7 @@ const enrollmentGroups: Place = {
     return [...groups.values()].map((enrollmentGroupId) => ({ enrollmentGroupId }));
   },
   async erase(context, trace) {
-    let count = 0;
-    for (const id of trace.groupIds.slice(context.resumeAt)) {
-      const erased = (await context.store.deleteEnrollmentGroup(context.instanceId, id)) ? 1 : 0;
-      count += erased;
-      await context.tick(erased);
-    }
-    return count;
+    return eraseEach(context, trace.groupIds, async (id) => (await context.store.deleteEnrollmentGroup(context.instanceId, id)) ? 1 : 0);
   },
 };
 

@@ -131,11 +131,14 @@ function assertError(answer: HttpAnswer, errorCode: number, message?: RegExp): v
 
 // ---- MQTT and AMQP raw clients
 
-async function mqttRegister(registrationId: string, key: string, body: Json, apiVersion = PREVIEW): Promise<{ status: number; body: Json }> {
+/** A device's credential on the raw MQTT and AMQP clients: its symmetric key (SAS token), or its TLS client certificate. */
+type DeviceCredential = string | { cert: string; key: string };
+
+async function mqttRegister(registrationId: string, credential: DeviceCredential, body: Json, apiVersion = PREVIEW): Promise<{ status: number; body: Json }> {
   const client: MqttClient = await connectAsync('mqtts://localhost:8883', {
     clientId: registrationId,
     username: `${idScope}/registrations/${registrationId}/api-version=${apiVersion}&ClientVersion=csr-test`,
-    password: deviceToken(idScope, registrationId, key),
+    ...(typeof credential === 'string' ? { password: deviceToken(idScope, registrationId, credential) } : { cert: credential.cert, key: credential.key }),
     protocolVersion: 4,
     ca: readCa(),
     reconnectPeriod: 0,
@@ -172,8 +175,11 @@ async function mqttRegister(registrationId: string, key: string, body: Json, api
   }
 }
 
-/** Register + poll over AMQP with rhea (SASL PLAIN); resolves with the final body, or the rejection's AMQP error. */
-async function amqpRegister(registrationId: string, key: string, body: Json): Promise<Json> {
+/**
+ * Register + poll over AMQP with rhea (SASL PLAIN, or no SASL and a TLS client certificate as the Node SDK does for
+ * X.509); resolves with the final body, or the rejection's AMQP error.
+ */
+async function amqpRegister(registrationId: string, credential: DeviceCredential, body: Json): Promise<Json> {
   const container = rhea.create_container();
   container.on('error', () => undefined);
   const address = `${idScope}/registrations/${registrationId}`;
@@ -182,8 +188,7 @@ async function amqpRegister(registrationId: string, key: string, body: Json): Pr
     port: 5671,
     transport: 'tls',
     ca: readCa(),
-    username: address,
-    password: deviceToken(idScope, registrationId, key),
+    ...(typeof credential === 'string' ? { username: address, password: deviceToken(idScope, registrationId, credential) } : { cert: credential.cert, key: credential.key }),
     reconnect: false,
   });
   await once(connection, 'connection_open');
@@ -408,6 +413,42 @@ describe('issuance over MQTT and AMQP (the CSR in the register payload)', () => 
     assert.equal(state.status, 'assigned', JSON.stringify(state));
     await assertIssuedChain((state.registrationState as Json).issuedCertificateChain, 'csr-amqp-1', device.publicKeyDer);
     await assert.rejects(amqpRegister('csr-amqp-1', key, { registrationId: 'csr-amqp-1', csr: (await makeCsr('other')).csr }), (error: AmqpError) => {
+      assert.match(String(error.description), /400026|CN/);
+      return true;
+    });
+  });
+
+  /** An X.509 individual enrollment (its own self-signed certificate) under the policy cp-any. */
+  async function enrollX509(registrationId: string): Promise<{ cert: string; key: string }> {
+    if ((await call('GET', `/credentialPolicies/cp-any?${API}`, { headers: { authorization: server.token() } })).status === 404) assert.equal((await putPolicy('cp-any', {})).status, 200);
+    const own = await createSelfSignedDeviceCertificate({ commonName: registrationId });
+    const created = await call('PUT', `/enrollments/${registrationId}?${API}`, {
+      headers: { authorization: server.token() },
+      body: { registrationId, attestation: { type: 'x509', x509: { clientCertificates: { primary: { certificate: own.certPem } } } }, credentialPolicyName: 'cp-any' },
+    });
+    assert.equal(created.status, 200, created.text);
+    return { cert: own.certPem, key: own.keyPem };
+  }
+
+  test('MQTT: an X.509 device (TLS client certificate, no password) gets its chain', async () => {
+    const tls = await enrollX509('csr-mqtt-x509');
+    const device = await makeCsr('csr-mqtt-x509', 'ecP384');
+    const answer = await mqttRegister('csr-mqtt-x509', tls, { registrationId: 'csr-mqtt-x509', csr: device.csr });
+    assert.equal(answer.status, 200, JSON.stringify(answer.body));
+    const state = answer.body.registrationState as Json;
+    assert.equal(state.x509.certificateInfo.sha256Thumbprint, new X509Certificate(tls.cert).fingerprint256.replaceAll(':', ''), 'authenticated by its own certificate');
+    await assertIssuedChain(state.issuedCertificateChain, 'csr-mqtt-x509', device.publicKeyDer);
+  });
+
+  test('AMQP: an X.509 device (TLS client certificate, no SASL) gets its chain; a CSR for another CN is refused', async () => {
+    const tls = await enrollX509('csr-amqp-x509');
+    const device = await makeCsr('csr-amqp-x509', 'rsa2048');
+    const state = await amqpRegister('csr-amqp-x509', tls, { registrationId: 'csr-amqp-x509', csr: device.csr });
+    assert.equal(state.status, 'assigned', JSON.stringify(state));
+    const registration = state.registrationState as Json;
+    assert.equal(registration.x509.certificateInfo.sha256Thumbprint, new X509Certificate(tls.cert).fingerprint256.replaceAll(':', ''), 'authenticated by its own certificate');
+    await assertIssuedChain(registration.issuedCertificateChain, 'csr-amqp-x509', device.publicKeyDer);
+    await assert.rejects(amqpRegister('csr-amqp-x509', tls, { registrationId: 'csr-amqp-x509', csr: (await makeCsr('other')).csr }), (error: AmqpError) => {
       assert.match(String(error.description), /400026|CN/);
       return true;
     });

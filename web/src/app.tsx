@@ -1,6 +1,7 @@
 import { useEffect, useRef, useState, type ReactNode } from 'react';
 import type { Right } from './api/client';
 import { Loading } from './components/ui';
+import { CertificateIssuancePage } from './pages/certificate-issuance';
 import { DataRequestDetailPage, DataRequestsPage } from './pages/data-requests';
 import { GROUP, INDIVIDUAL } from './pages/enrollment-kinds';
 import { EnrollmentFormPage } from './pages/enrollment-form';
@@ -42,6 +43,7 @@ const NAV: Array<{ heading?: string; items: NavItem[] }> = [
       { to: '/settings/hubs', label: 'Linked hubs', needs: ['ServiceConfig'] },
       { to: '/settings/policies', label: 'Access policies', needs: ['ServiceConfig'] },
       { to: '/settings/certificates', label: 'CA certificates', needs: ['ServiceConfig'] },
+      { to: '/settings/certificate-issuance', label: 'Certificate issuance', needs: ['ServiceConfig'] },
     ],
   },
 ];
@@ -67,6 +69,7 @@ const ROUTES: Route[] = [
   ['/settings/hubs', () => <LinkedHubsPage />],
   ['/settings/policies', () => <AccessPoliciesPage />],
   ['/settings/certificates', () => <CertificatesPage />],
+  ['/settings/certificate-issuance', () => <CertificateIssuancePage />],
   ['/settings/certificates/:name', (params) => <CertificateDetailPage name={params.name ?? ''} key={params.name} />],
 ];
 

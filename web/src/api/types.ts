@@ -212,3 +212,26 @@ export interface AuditQuery {
   kind?: AuditKind;
   class?: AuditClass;
 }
+
+/** The CSR key types a credential policy can accept (docs/certificate-issuance.md). */
+export const CREDENTIAL_KEY_TYPES = ['ecP256', 'ecP384', 'rsa2048', 'rsa3072', 'rsa4096'] as const;
+export type CredentialKeyType = (typeof CREDENTIAL_KEY_TYPES)[number];
+
+export interface CredentialPolicy {
+  name: string;
+  keyTypes: CredentialKeyType[];
+  validityInDays: number;
+  etag: string;
+  createdDateTimeUtc: string;
+  lastUpdatedDateTimeUtc: string;
+}
+
+/** The instance's issuing CA as the server shows it: never its key. */
+export interface IssuingCa {
+  certificate: string;
+  info: CertificateInfo;
+  chain: string[];
+  source: 'generated' | 'operator';
+  createdDateTimeUtc: string;
+  crlUrl?: string;
+}

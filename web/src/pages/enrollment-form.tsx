@@ -5,6 +5,7 @@ import { ErrorBanner, isConflict, Loading, Notice, PageHeader, Section } from '.
 import { useAction, useLoad } from '../hooks';
 import { Link, navigate, path } from '../router';
 import { useSession } from '../session';
+import { CredentialPolicyPicker } from './certificate-issuance';
 import { ALLOCATION_LABEL, ATTESTATION_LABEL, idOf, idProblem, type AnyEnrollment, type EnrollmentKind } from './enrollment-kinds';
 import { freshAttestations } from './enrollments';
 
@@ -337,10 +338,7 @@ function EnrollmentForm({ kind, original: loadedOriginal, title, back }: { kind:
             </div>
           )}
           <HubPicker selected={state.iotHubs} onChange={(hubs) => set('iotHubs', hubs)} problem={problem('iotHubs')} />
-          <div className="form-row">
-            <label htmlFor={ids.credentialPolicy}>Credential policy (certificates from CSRs)</label>
-            <input id={ids.credentialPolicy} value={state.credentialPolicyName} placeholder="none" onChange={(event) => set('credentialPolicyName', event.target.value)} />
-          </div>
+          <CredentialPolicyPicker id={ids.credentialPolicy} value={state.credentialPolicyName} onChange={(name) => set('credentialPolicyName', name)} />
           <fieldset className="inline-choice">
             <legend>When a device registers again</legend>
             <label className="checkbox">

@@ -52,12 +52,11 @@ node --import tsx --test --test-concurrency=1 --test-timeout=600000 --test-repor
 if [ "$#" -eq 0 ]; then
   # The service-API, device (every transport) and customer-data suites once more, each of their servers on a fresh
   # database of the run's PostgreSQL cluster (test/harness.ts). Not here: the tests whose server is a child process
-  # reading its own SQLite file (customer-data-bytes, -crash; test/cluster.test.ts is their PostgreSQL side),
-  # etag-race (it runs on both stores already), and for now customer-data-erase: on PostgreSQL its erase-fence race
-  # leaves nothing behind, but a receipt can count 0 hub devices when a racing registration's undo removed the device
-  # before the erase's own hub step did.
+  # reading its own SQLite file (customer-data-bytes, -crash; test/cluster.test.ts is their PostgreSQL side) and
+  # etag-race (it runs on both stores already).
   pg_files=(test/service-api.test.ts test/device-http.test.ts test/device-mqtt-amqp.test.ts test/device-listeners.test.ts
-    test/customer-data.test.ts test/etag-concurrency.test.ts)
+    test/customer-data.test.ts test/customer-data-erase.test.ts test/customer-data-places.test.ts
+    test/etag-concurrency.test.ts)
   echo "== the same suites on PostgreSQL (${#pg_files[@]} files)"
   PROVISIOND_TEST_STORE=postgres node --import tsx --test --test-concurrency=1 --test-timeout=600000 --test-reporter=spec "${pg_files[@]}"
 fi

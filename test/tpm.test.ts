@@ -1,5 +1,10 @@
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import { createHmac, X509Certificate } from 'node:crypto';
+import { once } from 'node:events';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { after, before, describe, test } from 'node:test';
 import deviceSdk from 'azure-iot-provisioning-device';
@@ -9,7 +14,7 @@ import serviceSdk from 'azure-iot-provisioning-service';
 import tpmSecurity from 'azure-iot-security-tpm';
 import tss from 'tss.js';
 import { deviceOf, registryFor } from './hubs.js';
-import rhea from 'rhea';
+import rhea, { type AmqpError, type Message } from 'rhea';
 import { call, readCa, startServer, type TestServer } from './harness.js';
 import type { Json } from './devices.js';
 import { startSoftwareTpm, type SoftwareTpm } from './tpm-simulator.js';
@@ -113,6 +118,81 @@ async function saslTpm(ek: Buffer, srk: Buffer): Promise<{ challenged: boolean; 
   });
   connection.close();
   return { challenged, outcome };
+}
+
+/**
+ * A whole TPM registration over AMQP from a plain rhea client (dps-wire.md §6): the SASL TPM exchange done inside the
+ * TPM (the blob's segments reassembled and activated, the token signed with the imported key), then the register
+ * message with `body` and polls until the operation ends; resolves with the final RegistrationOperationStatus.
+ */
+async function amqpTpmRegister(body: Json): Promise<Json> {
+  const address = `${idScope}/registrations/${REGISTRATION_ID}`;
+  let blob = Buffer.alloc(0);
+  const mechanism = {
+    start(callback: (error: Error | undefined, response: Buffer) => void) {
+      callback(undefined, Buffer.concat([Buffer.from(`\0${idScope}\0${REGISTRATION_ID}\0`), endorsementKey]));
+    },
+    step(challenge: Buffer, callback: (error: Error | undefined, response?: Buffer) => void) {
+      if (challenge.length === 1) return callback(undefined, Buffer.concat([Buffer.from([0]), storageRootKey]));
+      blob = Buffer.concat([blob, challenge.subarray(1)]);
+      if (((challenge[0] ?? 0) & 0xc0) !== 0xc0) return callback(undefined, Buffer.from([0]));
+      const expiry = Math.floor(Date.now() / 1000) + 600;
+      promisify(security.activateIdentityKey.bind(security))(blob)
+        // As the Node SDK signs it (tpm_registration.js): the URL-encoded audience, a newline, the expiry.
+        .then(() => signInTpm(`${encodeURIComponent(address)}\n${expiry}`))
+        .then(
+          (signature) => {
+            const token = `SharedAccessSignature sr=${encodeURIComponent(address)}&sig=${encodeURIComponent(signature.toString('base64'))}&se=${expiry}&skn=registration`;
+            callback(undefined, Buffer.concat([Buffer.from([0]), Buffer.from(token)]));
+          },
+          (error: Error) => callback(error),
+        );
+    },
+  };
+  const container = rhea.create_container();
+  container.on('error', () => undefined);
+  const connection = container.connect({ host: 'localhost', port: 5671, transport: 'tls', ca: readCa(), reconnect: false, sasl_mechanisms: { TPM: mechanism } } as never);
+  const opened = await Promise.race([
+    once(connection, 'connection_open').then(() => true),
+    once(connection, 'disconnected').then(() => false),
+  ]);
+  assert.ok(opened, 'the SASL TPM exchange succeeds');
+  const replies: Message[] = [];
+  const receiver = connection.open_receiver({ source: { address } });
+  receiver.on('message', (context) => replies.push(context.message as Message));
+  const sender = connection.open_sender({ target: { address } });
+  await once(sender, 'sendable');
+  let next = 0;
+  const send = (properties: Record<string, unknown>, content: unknown): Promise<Json> => {
+    next += 1;
+    const correlationId = `tpm-${next}`;
+    return new Promise((resolve, reject) => {
+      const delivery = sender.send({ correlation_id: correlationId, application_properties: properties, body: content });
+      const wait = (deadline: number): void => {
+        const reply = replies.find((message) => message.correlation_id === correlationId);
+        if (reply !== undefined) resolve(JSON.parse((reply.body as { content: Buffer }).content.toString('utf8')) as Json);
+        else if (Date.now() > deadline) reject(new Error('no AMQP reply'));
+        else setTimeout(() => wait(deadline), 20);
+      };
+      sender.on('accepted', (context) => {
+        if (context.delivery === delivery) wait(Date.now() + 10_000);
+      });
+      sender.on('rejected', (context) => {
+        if (context.delivery === delivery) reject((context.delivery.remote_state as { error: AmqpError }).error);
+      });
+    });
+  };
+  try {
+    const accepted = await send({ 'iotdps-operation-type': 'iotdps-register', 'iotdps-forceRegistration': false }, rhea.message.data_section(Buffer.from(JSON.stringify(body))));
+    let state = accepted;
+    for (let attempt = 0; attempt < 50 && state.status === 'assigning'; attempt += 1) {
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      state = await send({ 'iotdps-operation-type': 'iotdps-get-operationstatus', 'iotdps-operation-id': accepted.operationId }, '');
+    }
+    return state;
+  } finally {
+    connection.close();
+  }
 }
 
 /** Signs inside the TPM with whatever key it imported last. */
@@ -227,6 +307,39 @@ describe('TPM attestation with the official TPM client on swtpm', () => {
     assert.ok(leaf.verify(root.publicKey));
     assert.deepEqual(leaf.publicKey.export({ type: 'spki', format: 'der' }), device.publicKeyDer);
     // The hub identity is now the certificate's.
+    const onHub = (await deviceOf(await registryFor(server, 'localhost'), 'tpm-device-1-on-hub')) as Json;
+    assert.equal(onHub.authentication.type, 'selfSigned');
+    assert.equal(onHub.authentication.x509Thumbprint.primaryThumbprint, leaf.fingerprint.replaceAll(':', ''));
+  });
+
+  test('a TPM device sends a CSR over AMQP (SASL TPM, then the csr in the register body): a chain openssl verifies', async () => {
+    const policy = await call('PUT', '/credentialPolicies/tpm-csr-amqp?api-version=2021-10-01', { headers: { authorization: server.token() }, body: { keyTypes: ['ecP384'] } });
+    assert.equal(policy.status, 200, policy.text);
+    await enroll({ endorsementKey: endorsementKey.toString('base64'), storageRootKey: storageRootKey.toString('base64') }, { deviceId: 'tpm-device-1-on-hub', credentialPolicyName: 'tpm-csr-amqp' });
+    const device = await makeCsr(REGISTRATION_ID, 'ecP384');
+    const result = await amqpTpmRegister({ registrationId: REGISTRATION_ID, csr: device.csr });
+    assert.equal(result.status, 'assigned', JSON.stringify(result));
+    const state = result.registrationState as Json;
+    assert.equal(state.status, 'assigned');
+    assert.equal(state.deviceId, 'tpm-device-1-on-hub');
+    const chain = (state.issuedCertificateChain as string[]).map((der) => new X509Certificate(Buffer.from(der, 'base64')));
+    assert.equal(chain.length, 2, 'leaf, then the issuing CA');
+    const [leaf, root] = chain as [X509Certificate, X509Certificate];
+    const issuingCa = await call('GET', '/issuingCa?api-version=2021-10-01', { headers: { authorization: server.token() } });
+    assert.equal(issuingCa.status, 200, issuingCa.text);
+    assert.equal(root.raw.toString('base64'), new X509Certificate((issuingCa.body as Json).certificate as string).raw.toString('base64'), 'the chain ends at the issuing CA');
+    assert.equal(leaf.subject, `CN=${REGISTRATION_ID}`);
+    assert.ok(leaf.checkIssued(root) && leaf.verify(root.publicKey));
+    assert.deepEqual(leaf.publicKey.export({ type: 'spki', format: 'der' }), device.publicKeyDer, "the leaf carries the CSR's key");
+    const tmp = mkdtempSync(join(tmpdir(), 'provisiond-tpm-csr-'));
+    try {
+      writeFileSync(join(tmp, 'leaf.pem'), leaf.toString());
+      writeFileSync(join(tmp, 'root.pem'), root.toString());
+      const verified = execFileSync('openssl', ['verify', '-CAfile', join(tmp, 'root.pem'), '-purpose', 'sslclient', join(tmp, 'leaf.pem')], { encoding: 'utf8' });
+      assert.match(verified, /: OK/);
+    } finally {
+      rmSync(tmp, { recursive: true, force: true });
+    }
     const onHub = (await deviceOf(await registryFor(server, 'localhost'), 'tpm-device-1-on-hub')) as Json;
     assert.equal(onHub.authentication.type, 'selfSigned');
     assert.equal(onHub.authentication.x509Thumbprint.primaryThumbprint, leaf.fingerprint.replaceAll(':', ''));

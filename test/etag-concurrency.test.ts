@@ -148,9 +148,12 @@ for (const kind of KINDS) {
       const results = await Promise.all(attempts);
       const won = results.filter((result) => result.status === 200 || result.status === 204).filter((result) => result.body?.isSuccessful !== false);
       assert.equal(won.length, 1, results.map((result) => `${result.status} ${result.text}`).join('\n'));
+      // When a delete won, a loser that looks after it finds nothing: 404 is as true an answer as 412 then.
+      const deleteWon = [1, 3].includes(results.indexOf(won[0] as (typeof results)[number]) % 4);
       for (const result of results) {
         if (result === won[0]) continue;
         const errorCode = result.status === 200 ? (result.body.errors as Json[])[0]?.errorCode : result.body.errorCode;
+        if (deleteWon && errorCode === 404201) continue;
         assert.equal(errorCode, 412002, result.text);
       }
     });

@@ -1,3 +1,4 @@
+import { writeFileSync } from 'node:fs';
 import { createApp } from '../src/app.js';
 import { loadConfig } from '../src/config/config.js';
 
@@ -66,13 +67,23 @@ async function countStatements(): Promise<void> {
   const prototype = Object.getPrototypeOf(probe.prepare('select 1')) as Record<'run' | 'get' | 'all' | 'iterate', (...args: unknown[]) => unknown> & { source: string };
   probe.close();
   const counts = { statements: 0, commits: 0 };
+  // BENCH_STATEMENT_TEXTS=FILE: also count each SQL text, written to FILE (JSON, most frequent first) on SIGUSR2.
+  const textsFile = process.env.BENCH_STATEMENT_TEXTS;
+  const texts = new Map<string, number>();
   for (const method of ['run', 'get', 'all', 'iterate'] as const) {
     const original = prototype[method];
     prototype[method] = function (this: { source: string }, ...args: unknown[]) {
       counts.statements += 1;
       if (/^\s*commit/i.test(this.source)) counts.commits += 1;
+      if (textsFile !== undefined) texts.set(this.source, (texts.get(this.source) ?? 0) + 1);
       return original.apply(this, args);
     };
   }
-  process.on('SIGUSR2', () => process.stdout.write(`${JSON.stringify({ statementCounts: counts })}\n`));
+  process.on('SIGUSR2', () => {
+    if (textsFile !== undefined) {
+      writeFileSync(textsFile, JSON.stringify([...texts].sort((a, b) => b[1] - a[1]), null, 1));
+      texts.clear();
+    }
+    process.stdout.write(`${JSON.stringify({ statementCounts: counts })}\n`);
+  });
 }

@@ -2,6 +2,7 @@ import { timingSafeEqual } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import type { BuiltInHubService } from './built-in-hubs.js';
 import { HubError, type HubClient, type HubDevice, type HubDeviceRecord, type HubTwin, type HubTwinContent } from './hub-client.js';
+import type { Store } from '../store/store.js';
 import { HubApiError } from './hub-wire.js';
 import { deviceBody, deviceRecordOf, parseConnectionString, twinOf } from './registry-client.js';
 
@@ -23,6 +24,16 @@ export class BuiltInHubClient implements HubClient {
     this.connectionString = options.connectionString;
     this.#service = options.service;
     this.#credentials = parseConnectionString(options.connectionString, options.hubName);
+  }
+
+  /**
+   * This hub's client on a registration's transaction (issue 12): its devices live in the store's database, so the
+   * identity, twin and old-identity writes join the transaction of the record and need no registration intent.
+   */
+  joining(transaction: Store): HubClient | undefined {
+    const hubStore = transaction.builtInHubsInTransaction();
+    if (hubStore === undefined) return undefined;
+    return new BuiltInHubClient({ hubName: this.hubName, connectionString: this.connectionString, service: this.#service.on(hubStore) });
   }
 
   async getDevice(deviceId: string): Promise<HubDeviceRecord | undefined> {

@@ -86,6 +86,14 @@ export class BuiltInHubService {
     this.#now = deps.now;
   }
 
+  /**
+   * The same hubs, written on `hubStore` — the built-in hub store joined to a registration's transaction (issue 12):
+   * the same checks, etags, generation IDs, revisions and fences, committed or rolled back with the record.
+   */
+  on(hubStore: BuiltInHubStore): BuiltInHubService {
+    return new BuiltInHubService({ hubStore, now: this.#now });
+  }
+
   // ---- hubs
 
   /**

@@ -1,5 +1,5 @@
 import type { JsonMap } from '../domain/enrollment.js';
-import type { LinkedHubRecord } from '../store/store.js';
+import type { LinkedHubRecord, Store } from '../store/store.js';
 
 /**
  * How provisiond talks to an IoT hub: the registry REST API subset DPS uses (device identity and twin). An external
@@ -55,6 +55,11 @@ export interface HubClient {
   replaceTwin(deviceId: string, content: HubTwinContent): Promise<HubTwin>;
   /** Milliseconds for one round trip to the hub's registry (geoLatency allocation). */
   measureLatency(): Promise<number>;
+  /**
+   * A hub whose devices live in the store's own database (a built-in hub): the client whose writes join `transaction`,
+   * so they commit with the registration's record (issue 12). Absent (or undefined) for a hub reached over the network.
+   */
+  joining?(transaction: Store): HubClient | undefined;
 }
 
 export interface HubClientFactory {

@@ -3,7 +3,7 @@ import type { KyselyPlugin, PluginTransformQueryArgs, PluginTransformResultArgs,
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { HubClient, HubClientFactory } from '../hubs/hub-client.js';
 import type { RegistrationObservation, RegistrationObserver } from '../services/registrations.js';
-import type { LinkedHubRecord } from '../store/store.js';
+import type { LinkedHubRecord, Store } from '../store/store.js';
 
 /**
  * Prometheus metrics (docs/operations.md lists each one). One registry per server, so several servers in one process
@@ -155,7 +155,11 @@ export class Metrics {
     };
     return {
       forHub(hub: LinkedHubRecord): HubClient {
-        const client = factory.forHub(hub);
+        return measured(factory.forHub(hub));
+      },
+      close: () => factory.close(),
+    };
+    function measured(client: HubClient): HubClient {
         return {
           hubName: client.hubName,
           getDevice: (deviceId) => client.getDevice(deviceId),
@@ -164,10 +168,17 @@ export class Metrics {
           putDevice: (device) => timed('putDevice', () => client.putDevice(device)),
           deleteDevice: (deviceId) => timed('deleteDevice', () => client.deleteDevice(deviceId)),
           replaceTwin: (deviceId, content) => timed('replaceTwin', () => client.replaceTwin(deviceId, content)),
+          // A built-in hub's writes on a registration's transaction are counted like its own (issue 12).
+          ...(client.joining === undefined
+            ? {}
+            : {
+                joining: (transaction: Store) => {
+                  const joined = client.joining?.(transaction);
+                  return joined === undefined ? undefined : measured(joined);
+                },
+              }),
         };
-      },
-      close: () => factory.close(),
-    };
+    }
   }
 
   /** A Kysely plugin timing every statement from compilation to result (transactions inherit it). */

@@ -15,9 +15,10 @@ import { renderDeviceRegistration, settle, startAttempt, type TerminalState } fr
 import { decideReprovision } from '../domain/reprovision.js';
 import { parseSasToken } from '../domain/sas.js';
 import { dpsTimestamp } from '../domain/time.js';
-import { HubError, type HubClientFactory, type HubTwinContent } from '../hubs/hub-client.js';
+import { HubError, type HubClient, type HubClientFactory, type HubTwinContent } from '../hubs/hub-client.js';
 import type { Substatus } from '../domain/wire.js';
-import type { AuditEvent, FenceProbe, InstanceRecord, LinkedHubRecord, RegistrationIntent, StoredOperation, StoredRegistration } from '../store/store.js';
+import { committerFor, type Committer, type GroupCommitOptions } from '../store/group-commit.js';
+import type { AuditEvent, FenceProbe, InstanceRecord, LinkedHubRecord, RegistrationIntent, Store, StoredOperation, StoredRegistration } from '../store/store.js';
 import { settleIntent, type IntentOutcome } from './registration-intents.js';
 import { callAllocationWebhook, type WebhookExchange } from './custom-allocation.js';
 import type { ServiceDeps } from './deps.js';
@@ -33,7 +34,7 @@ import { withIssuedCredential, type CertificateIssuance } from './attestation/ce
 import type { CheckedCsr, IssuedCertificate } from './attestation/csr.js';
 
 export type { DeviceCredential } from './attestation/device-match.js';
-import { assertNotFenced, isFenceRefusal, registrationRefusal, undoInterruptedRegistration } from './customer-data/erase-fence.js';
+import { assertNotFenced, fenceRefusal, isFenceRefusal, undoInterruptedRegistration } from './customer-data/erase-fence.js';
 import { hubDeviceLinkOf } from './customer-data/hub-device-links.js';
 import { refusalReason } from './device-refusals.js';
 
@@ -73,6 +74,8 @@ export interface RegistrationServiceDeps extends ServiceDeps {
   observer?: RegistrationObserver;
   /** Certificates from CSRs (docs/certificate-issuance.md); without it a register request's csr is refused. */
   issuance?: CertificateIssuance;
+  /** How registrations share a commit on SQLite (store/group-commit.ts); its defaults otherwise. */
+  groupCommit?: GroupCommitOptions;
 }
 
 export interface RegistrationObservation {
@@ -106,6 +109,8 @@ export class RegistrationService {
    * record (issue 12). Anything else — another token, another node's operation, a restart — authenticates in full.
    */
   readonly #proven = new Map<string, ProvenOperation>();
+  /** A registration's one write transaction, shared with its concurrent neighbours on SQLite (store/group-commit.ts). */
+  readonly #committer: Committer;
 
   constructor(deps: RegistrationServiceDeps) {
     this.#deps = deps;
@@ -113,6 +118,7 @@ export class RegistrationService {
     this.#pollLimiter = createRateLimiter(deps.config.pollsPerSecondPerDevice, deps.store);
     // Refused attempts are counted on this node: a flood of bad tokens must not cost a database write each.
     this.#refused = new RefusedAttempts(new MemoryRateLimiter(deps.config.refusedAttemptsPerSecondPerSource));
+    this.#committer = committerFor(deps.store, deps.groupCommit);
   }
 
   /** Register: authenticate now (401 at once), assign in the background, answer 202 `assigning` with an operation. */
@@ -149,50 +155,65 @@ export class RegistrationService {
       createdDateTimeUtc: now,
       lastUpdatedDateTimeUtc: now,
     };
-    // Erase fence, first check: an erase running for this device refuses the attempt before anything is written.
-    await this.#deps.store
-      .transaction(async (tx) => {
-        await assertNotFenced(tx, matched.id, fenceProbe(match));
-        // An erase may have come and gone since the credential was checked: the enrollment must still be there.
-        const entry = match.enrollment;
-        const current = entry.kind === 'individual' ? await tx.getEnrollment(matched.id, entry.doc.registrationId) : await tx.getEnrollmentGroup(matched.id, entry.doc.enrollmentGroupId);
-        if (current === undefined) throw unauthorized();
-        await tx.putOperation(matched.id, operation);
-      })
-      .catch(async (error: unknown) => {
-        if (isFenceRefusal(error)) {
-          await this.#deps.audit?.record(matched.id, {
-            kind: 'registration',
-            operation: 'register',
-            actor: 'device',
-            subject: { registrationId: match.registrationId, deviceId: match.deviceId },
-            outcome: 'failure',
-            errorCode: error.errorCode,
-            transport: request.transport,
-            attestationType: match.attestationType,
-          });
-        }
-        throw error;
-      });
     this.#remember(operation.operationId, request, match);
-    const work = this.#serialized(`${matched.id}/${idKey(match.registrationId)}`, () => this.#assign(match, operation, request.payload, request.transport, csr));
+    const acknowledged: Acknowledgement = { written: false };
+    const work = this.#serialized(`${matched.id}/${idKey(match.registrationId)}`, () => this.#assign(match, operation, request.payload, request.transport, csr, acknowledged));
     // (A rejected assignment is the race's below to report; this only counts the finished ones.)
     void work.then(
-      (record) => {
+      (result) => {
+        const record = result.kind === 'recorded' ? result.record : undefined;
         if (record !== undefined) observe(record.status === 'assigned' || record.status === 'disabled' ? record.status : 'failed', match.attestationType, record.errorCode);
       },
       () => undefined,
     );
-    // A fast assignment is finished before the device is told to poll, so its first poll is the answer (Retry-After: 0).
+    // A fast assignment is finished before the device hears of its operation: its one transaction wrote the finished
+    // operation, so the first poll is the answer (Retry-After: 0) and no `assigning` operation is written at all.
     const finished = await Promise.race([
       work.then(() => true),
       new Promise<boolean>((resolve) => setTimeout(resolve, this.#deps.config.registrationWaitMs, false).unref()),
     ]);
+    if (finished) {
+      const result = await work;
+      if (result.kind === 'refused') {
+        this.#proven.delete(operation.operationId);
+        if (isFenceRefusal(result.error)) await this.#logFenceRefusal(match, request.transport, result.error);
+        throw result.error;
+      }
+      return { httpStatus: 202, body: { operationId: operation.operationId, status: 'assigning' }, retryAfterSeconds: 0 };
+    }
+    // Still running: the device will poll, and any node must be able to answer, so the `assigning` operation is in the
+    // store before the device hears its ID — unless the assignment finished meanwhile (insert-if-absent).
+    await this.#committer
+      .run(async (tx) => {
+        const refusal = await admission(tx, match, operation.operationId, acknowledged);
+        if (refusal !== undefined) throw refusal;
+        await tx.insertOperationIfAbsent(matched.id, operation);
+      })
+      .catch(async (error: unknown) => {
+        this.#proven.delete(operation.operationId);
+        if (isFenceRefusal(error)) await this.#logFenceRefusal(match, request.transport, error);
+        throw error;
+      });
+    acknowledged.written = true;
     return {
       httpStatus: 202,
       body: { operationId: operation.operationId, status: 'assigning' },
-      retryAfterSeconds: finished ? 0 : this.#deps.config.retryAfterSeconds,
+      retryAfterSeconds: this.#deps.config.retryAfterSeconds,
     };
+  }
+
+  /** A register request the erase fence refused goes in the system log (through the fence-aware path: by hash only). */
+  async #logFenceRefusal(match: DeviceMatch, transport: Transport, error: ProvisioningError): Promise<void> {
+    await this.#deps.audit?.record(match.instance.id, {
+      kind: 'registration',
+      operation: 'register',
+      actor: 'device',
+      subject: { registrationId: match.registrationId, deviceId: match.deviceId },
+      outcome: 'failure',
+      errorCode: error.errorCode,
+      transport,
+      attestationType: match.attestationType,
+    });
   }
 
   async operationStatus(request: DeviceRequest & { operationId: string }): Promise<OperationReply> {
@@ -379,11 +400,21 @@ export class RegistrationService {
     return next;
   }
 
-  /** Allocation, hub write and record; never throws — every failure ends the operation `failed` with a reason. */
-  async #assign(match: DeviceMatch, operation: StoredOperation, payload: JsonMap | undefined, transport: Transport, csr?: CheckedCsr): Promise<StoredRegistration | undefined> {
+  /**
+   * Allocation, hub write and record. Every failure ends the operation `failed` with a reason, except a refusal of the
+   * admission checks (an erase fence, an erase that came and went, an enrollment gone): then nothing is written.
+   */
+  async #assign(
+    match: DeviceMatch,
+    operation: StoredOperation,
+    payload: JsonMap | undefined,
+    transport: Transport,
+    csr: CheckedCsr | undefined,
+    acknowledged: Acknowledgement,
+  ): Promise<AssignmentResult> {
     this.#inFlight.add(operation.operationId);
     try {
-      return await this.#assignTracked(match, operation, payload, transport, csr);
+      return await this.#assignTracked(match, operation, payload, transport, csr, acknowledged);
     } finally {
       this.#inFlight.delete(operation.operationId);
     }
@@ -395,16 +426,14 @@ export class RegistrationService {
     payload: JsonMap | undefined,
     transport: Transport,
     csr: CheckedCsr | undefined,
-  ): Promise<StoredRegistration | undefined> {
+    acknowledged: Acknowledgement,
+  ): Promise<AssignmentResult> {
     const { instance } = match;
     const store = this.#deps.store;
-    /** Set once the intent is stored, before the first hub write. */
+    /** Set once the intent is stored, before the first write to an external hub. */
     const intent: { written?: RegistrationIntent } = {};
     /** Log entries of the hub writes: written with the outcome, in its transaction (one commit per registration). */
     const hubWrites: AuditEvent[] = [];
-    // Attempts of one device queue behind each other: one that waited through an erase of the device must not run.
-    const erased = await registrationRefusal(store, instance.id, fenceProbe(match), operation.operationId);
-    if (erased !== undefined) return undefined;
     const previous = await store.getRegistration(instance.id, match.registrationId);
     const enrollment = match.enrollment.doc;
     const now = dpsTimestamp(this.#deps.now());
@@ -416,7 +445,10 @@ export class RegistrationService {
       etag: newEtag(),
     });
 
-    let record: StoredRegistration;
+    /** The outcome decided before the transaction (disabled, failed, or assigned on external hubs). */
+    let decided: StoredRegistration | undefined;
+    /** The hub steps still to run, inside the record's transaction (every hub involved is built-in). */
+    let joined: Assignment | undefined;
     let issued: IssuedCertificate | undefined;
     /** Whether this attempt created the hub identity (rather than found it there and replaced it). */
     let createdOnHub = false;
@@ -429,54 +461,60 @@ export class RegistrationService {
             ? `The individual enrollment '${match.enrollment.doc.registrationId}' is disabled.`
             : `The enrollment group '${match.enrollment.doc.enrollmentGroupId}' is disabled.`,
         );
-        record = settle(base, { status: 'disabled', errorCode: refusal.errorCode, errorMessage: refusal.message });
+        decided = settle(base, { status: 'disabled', errorCode: refusal.errorCode, errorMessage: refusal.message });
       } else {
         // Step: issue the certificate of the CSR before the hub write, so the hub identity is the certificate's.
         issued = await this.#issueCertificate(match, csr);
-        const flow: Assignment = { match: withIssuedCredential(match, issued), operationId: operation.operationId, devicePayload: payload, previous, attempt: base, intent, hubWrites };
-        for (const [, step] of this.#assignmentSteps) await step(flow);
-        createdOnHub = flow.created === true;
-        record = settle(base, assignedState(flow));
+        const flow: Assignment = {
+          match: withIssuedCredential(match, issued),
+          operationId: operation.operationId,
+          devicePayload: payload,
+          previous,
+          attempt: base,
+          intent,
+          hubWrites,
+          acknowledged,
+          client: (hub) => this.#deps.hubClients.forHub(hub),
+        };
+        for (const [, step] of this.#planningSteps) await step(flow);
+        if (this.#allBuiltIn(flow)) {
+          joined = flow;
+        } else {
+          for (const [, step] of this.#hubSteps) await step(flow);
+          createdOnHub = flow.created === true;
+          decided = settle(base, assignedState(flow));
+        }
       }
     } catch (error) {
+      if (error instanceof AdmissionRefused) return { kind: 'refused', error: error.refusal };
       const failure = error instanceof ProvisioningError ? error : this.#asProvisioningError(error, match);
-      record = settle(base, { status: 'failed', errorCode: failure.errorCode, errorMessage: failure.message });
+      decided = settle(base, { status: 'failed', errorCode: failure.errorCode, errorMessage: failure.message });
     }
-    const finished: StoredOperation = {
-      ...operation,
-      status: record.status === 'assigned' || record.status === 'disabled' || record.status === 'failed' ? record.status : 'failed',
-      lastUpdatedDateTimeUtc: dpsTimestamp(this.#deps.now()),
-      registrationState: {
-        ...renderDeviceRegistration(record, match.resultSection),
-        // Only the operation carries the chain (dps-wire.md §0: never returned by status lookup).
-        ...(issued !== undefined && record.status === 'assigned' ? { issuedCertificateChain: issued.chain } : {}),
-      },
-    };
-    const outcome = this.#deps.audit?.event({
-      kind: 'registration',
-      operation: 'register',
-      actor: 'device',
-      subject: {
-        registrationId: match.registrationId,
-        deviceId: record.deviceId ?? match.deviceId,
-        ...(base.enrollmentGroupId === undefined ? {} : { enrollmentGroupId: base.enrollmentGroupId }),
-      },
-      outcome: record.status === 'assigned' ? 'success' : 'failure',
-      ...(record.errorCode === undefined ? {} : { errorCode: record.errorCode }),
-      ...(record.errorMessage === undefined ? {} : { reason: record.errorMessage }),
-      transport,
-      attestationType: match.attestationType,
-      ...(record.status === 'assigned' && record.assignedHub !== undefined ? { hub: record.assignedHub } : {}),
-      details: { status: record.status, ...(record.substatus === undefined ? {} : { substatus: record.substatus }), operationId: operation.operationId },
-    });
-    // The record, the operation and the log entry of the outcome are written together (ARCHITECTURE.md, step 5).
-    // The record, the operation, the log entry of the outcome and the end of the intent are written together: a crash
-    // before this leaves the intent for the sweep to settle.
-    try {
-      await store.transaction(async (tx) => {
-        // Erase fence, second check: an erase that started while this registration ran wins, and nothing is written.
-        const refusal = await registrationRefusal(tx, instance.id, fenceProbe(match, record.deviceId), operation.operationId);
-        if (refusal !== undefined) throw refusal;
+
+    // One transaction writes everything (ARCHITECTURE.md, step 5): the admission checks, a built-in hub's identity,
+    // twin and old identity's removal, the record, its hub-device link, the issued certificate, the finished operation,
+    // the log entries and the end of an external hub's intent — shared with concurrent registrations on SQLite.
+    const write = (hubSteps: Assignment | undefined, fallback: StoredRegistration | undefined) =>
+      this.#committer.run(async (tx) => {
+        const refusal = await admission(tx, match, operation.operationId, acknowledged, fallback?.deviceId);
+        if (refusal !== undefined) throw new AdmissionRefused(refusal);
+        let record: StoredRegistration;
+        if (hubSteps !== undefined) {
+          // The built-in hub's writes join this transaction: a failing step throws out of it (HubStepsFailed), and
+          // what the steps wrote rolls back with it; the failure is then recorded in a transaction of its own.
+          try {
+            hubSteps.joined = true;
+            hubSteps.client = (hub) => joinedClient(this.#deps.hubClients.forHub(hub), tx);
+            for (const [, step] of this.#hubSteps) await step(hubSteps);
+          } catch (error) {
+            throw new HubStepsFailed(error);
+          }
+          record = settle(base, assignedState(hubSteps));
+        } else {
+          record = fallback as StoredRegistration;
+        }
+        const finished = finishedOperation(operation, record, match, issued, this.#deps.now());
+        const outcome = this.#outcomeEvent(match, base, record, transport, operation.operationId);
         await tx.putRegistration(instance.id, record);
         // The explicit subject→hub-device link a later erase follows (customer-data/hub-device-links.ts).
         const link = hubDeviceLinkOf(record, now);
@@ -486,29 +524,52 @@ export class RegistrationService {
         for (const entry of hubWrites) await tx.appendAuditEvent(instance.id, entry);
         if (outcome !== undefined) await tx.appendAuditEvent(instance.id, outcome);
         if (intent.written !== undefined && record.status === 'assigned') await tx.deleteRegistrationIntent(instance.id, operation.operationId);
+        return { record, created: hubSteps?.created === true };
       });
+
+    let record: StoredRegistration;
+    try {
+      try {
+        const written = await write(joined, decided);
+        record = written.record;
+        if (joined !== undefined) createdOnHub = written.created;
+      } catch (error) {
+        if (!(error instanceof HubStepsFailed)) throw error;
+        // Nothing of the built-in hub writes stayed; their log entries say so, and the failure is the outcome.
+        const failure = error.cause instanceof ProvisioningError ? error.cause : this.#asProvisioningError(error.cause, match);
+        for (const [index, entry] of hubWrites.entries()) {
+          if (entry.outcome === 'success') hubWrites[index] = { ...entry, reason: 'rolled back: a later step of the registration failed' };
+        }
+        record = (await write(undefined, settle(base, { status: 'failed', errorCode: failure.errorCode, errorMessage: failure.message }))).record;
+      }
     } catch (error) {
-      if (!isFenceRefusal(error)) throw error;
-      // A hub identity this attempt created after the erase's hub step goes too: the erase wants none of it. One it
-      // found there (and replaced) is the erase's to delete, and to count in its receipt: the erase holds the fence,
-      // so its hub step (or its re-check) has not yet passed that device.
+      if (!(error instanceof AdmissionRefused)) throw error;
+      if (intent.written === undefined) return { kind: 'refused', error: error.refusal };
+      // An external hub was written before the erase (or the refusal) caught up with this registration. A hub identity
+      // this attempt created after the erase's hub step goes too: the erase wants none of it. One it found there (and
+      // replaced) is the erase's to delete, and to count in its receipt: the erase holds the fence, so its hub step (or
+      // its re-check) has not yet passed that device.
+      const attempted = decided;
       await undoInterruptedRegistration(store, this.#deps.hubClients, instance.id, {
         registrationId: match.registrationId,
-        deviceId: record.deviceId ?? match.deviceId,
-        assignedHub: record.status === 'assigned' && createdOnHub ? record.assignedHub : undefined,
+        deviceId: attempted?.deviceId ?? match.deviceId,
+        assignedHub: attempted?.status === 'assigned' && createdOnHub ? attempted.assignedHub : undefined,
         sinceUtc: now,
       });
       // The intent names the device: it goes with the rest, so nothing of the erased subject stays behind.
-      if (intent.written !== undefined) await store.deleteRegistrationIntent(instance.id, operation.operationId);
+      await store.deleteRegistrationIntent(instance.id, operation.operationId);
       // Logged through the fence-aware path, so the entries name the subject only by its hash; once the erase is over,
       // not at all (it has pseudonymized the log, and a late entry in the clear would undo that).
-      if (this.#deps.audit !== undefined && (await store.findEraseFence(instance.id, fenceProbe(match))) !== undefined) {
+      const refusal = error.refusal;
+      if (this.#deps.audit !== undefined && attempted !== undefined && (await store.findEraseFence(instance.id, fenceProbe(match))) !== undefined) {
         for (const { eventId: _eventId, timeUtc: _timeUtc, ...entry } of hubWrites) await this.#deps.audit.record(instance.id, entry);
-        if (outcome !== undefined) await this.#deps.audit.record(instance.id, { ...outcome, outcome: 'failure', errorCode: error.errorCode, reason: error.message });
+        const outcome = this.#outcomeEvent(match, base, attempted, transport, operation.operationId);
+        if (outcome !== undefined) await this.#deps.audit.record(instance.id, { ...outcome, outcome: 'failure', errorCode: refusal.errorCode, reason: refusal.message });
+        return { kind: 'refused', error: refusal, logged: true };
       }
-      return undefined;
+      return { kind: 'refused', error: refusal };
     }
-    // A failure after the first hub write: what was written is rolled back to agree with the record.
+    // A failure after the first external hub write: what was written is rolled back to agree with the record.
     if (intent.written !== undefined && record.status !== 'assigned') {
       const written = intent.written;
       await settleIntent(this.#deps, instance.id, written).catch((error: unknown) =>
@@ -524,7 +585,39 @@ export class RegistrationService {
       ...(record.substatus === undefined ? {} : { substatus: record.substatus }),
       ...(record.errorCode === undefined ? {} : { errorCode: record.errorCode, errorMessage: record.errorMessage }),
     });
-    return record;
+    return { kind: 'recorded', record };
+  }
+
+  /** The log entry of a registration's outcome. */
+  #outcomeEvent(match: DeviceMatch, base: StoredRegistration, record: StoredRegistration, transport: Transport, operationId: string): AuditEvent | undefined {
+    return this.#deps.audit?.event({
+      kind: 'registration',
+      operation: 'register',
+      actor: 'device',
+      subject: {
+        registrationId: match.registrationId,
+        deviceId: record.deviceId ?? match.deviceId,
+        ...(base.enrollmentGroupId === undefined ? {} : { enrollmentGroupId: base.enrollmentGroupId }),
+      },
+      outcome: record.status === 'assigned' ? 'success' : 'failure',
+      ...(record.errorCode === undefined ? {} : { errorCode: record.errorCode }),
+      ...(record.errorMessage === undefined ? {} : { reason: record.errorMessage }),
+      transport,
+      attestationType: match.attestationType,
+      ...(record.status === 'assigned' && record.assignedHub !== undefined ? { hub: record.assignedHub } : {}),
+      details: { status: record.status, ...(record.substatus === undefined ? {} : { substatus: record.substatus }), operationId },
+    });
+  }
+
+  /**
+   * Whether every hub the registration writes (the target, and the one it leaves) is a built-in hub in this store's
+   * database: then its hub writes join the record's transaction and need no intent (nothing outside the database to
+   * undo — a crash rolls all of it back together).
+   */
+  #allBuiltIn(flow: Assignment): boolean {
+    const plan = requireStep(flow.plan, 'decideReprovision');
+    const joins = (hub: LinkedHubRecord): boolean => hub.builtIn === true && typeof this.#deps.hubClients.forHub(hub).joining === 'function';
+    return joins(plan.target) && (plan.leave === undefined || joins(plan.leave.hub));
   }
 
   /** A register request's csr, checked before any operation exists (a bad one is a 400 at once). */
@@ -571,14 +664,18 @@ export class RegistrationService {
 
   /**
    * The hub side of the registration flow (ARCHITECTURE.md "The registration flow"), as named steps run in order in
-   * the device's queue; `findEnrollment` and `verifyCredential` ran in register() (authenticateDevice) before the
-   * operation existed, and the outcome is recorded after the last step in one transaction (#assignTracked). A step
-   * reads what earlier steps put on the Assignment and adds its own part; a new step (e.g. issuing a certificate)
-   * slots in here.
+   * the device's queue; `findEnrollment` and `verifyCredential` ran in register() (authenticateDevice), and the outcome
+   * is recorded after the last step in one transaction (#assignTracked). A step reads what earlier steps put on the
+   * Assignment and adds its own part; a new step (e.g. issuing a certificate) slots in here. The planning steps only
+   * read; the hub steps write — inside the record's transaction when every hub involved is built-in, otherwise to an
+   * external hub after a durable intent (registration-intents.ts).
    */
-  readonly #assignmentSteps: readonly (readonly [string, (flow: Assignment) => Promise<void>])[] = [
+  readonly #planningSteps: readonly (readonly [string, (flow: Assignment) => Promise<void>])[] = [
     ['chooseHub', (flow) => this.#chooseHub(flow)],
     ['decideReprovision', (flow) => this.#decideReprovision(flow)],
+  ];
+
+  readonly #hubSteps: readonly (readonly [string, (flow: Assignment) => Promise<void>])[] = [
     ['writeIdentity', (flow) => this.#writeIdentity(flow)],
     ['writeTwin', (flow) => this.#writeTwin(flow)],
     ['leaveOldHub', (flow) => this.#leaveOldHub(flow)],
@@ -669,23 +766,15 @@ export class RegistrationService {
     flow.plan = { target, substatus: decision.substatus, twin, leave, hubHistory: history };
   }
 
-  /** Durable intent before the first hub write (issue 13.3), then the device identity on the target hub. */
+  /**
+   * The device identity on the target hub. An external hub's write is preceded by a durable intent (issue 13.3),
+   * written with the admission checks in one commit; a built-in hub's joins the record's transaction and needs none.
+   */
   async #writeIdentity(flow: Assignment): Promise<void> {
     const { match } = flow;
     const plan = requireStep(flow.plan, 'decideReprovision');
-    const stored: RegistrationIntent = {
-      operationId: flow.operationId,
-      registrationId: match.registrationId,
-      createdDateTimeUtc: dpsTimestamp(this.#deps.now()),
-      targetHub: plan.target.name,
-      deviceId: match.deviceId,
-      ...(plan.leave === undefined ? {} : { leave: { hub: plan.leave.hub.name, deviceId: plan.leave.deviceId } }),
-      assigned: settle(flow.attempt, assignedState(flow)),
-      resultSection: match.resultSection,
-    };
-    await this.#deps.store.putRegistrationIntent(match.instance.id, stored);
-    flow.intent.written = stored;
-    const client = this.#deps.hubClients.forHub(plan.target);
+    if (flow.joined !== true) await this.#writeIntent(flow, plan);
+    const client = flow.client(plan.target);
     const written = await this.#hubWrite(flow.hubWrites, match, plan.target.name, 'putDevice', match.deviceId, () =>
       client.putDevice({
         deviceId: match.deviceId,
@@ -697,6 +786,27 @@ export class RegistrationService {
     flow.created = written.created;
   }
 
+  async #writeIntent(flow: Assignment, plan: NonNullable<Assignment['plan']>): Promise<void> {
+    const { match } = flow;
+    const stored: RegistrationIntent = {
+      operationId: flow.operationId,
+      registrationId: match.registrationId,
+      createdDateTimeUtc: dpsTimestamp(this.#deps.now()),
+      targetHub: plan.target.name,
+      deviceId: match.deviceId,
+      ...(plan.leave === undefined ? {} : { leave: { hub: plan.leave.hub.name, deviceId: plan.leave.deviceId } }),
+      assigned: settle(flow.attempt, assignedState(flow)),
+      resultSection: match.resultSection,
+    };
+    // The admission checks run here, before the first hub write, rather than once more in a read of their own.
+    await this.#committer.run(async (tx) => {
+      const refusal = await admission(tx, match, flow.operationId, flow.acknowledged);
+      if (refusal !== undefined) throw new AdmissionRefused(refusal);
+      await tx.putRegistrationIntent(match.instance.id, stored);
+    });
+    flow.intent.written = stored;
+  }
+
   /** The twin the reprovision decision chose; a device just created has an empty twin already, so none is written. */
   async #writeTwin(flow: Assignment): Promise<void> {
     const plan = requireStep(flow.plan, 'decideReprovision');
@@ -705,7 +815,7 @@ export class RegistrationService {
     const twinIsEmpty = Object.keys(twin.tags).length === 0 && Object.keys(twin.desired).length === 0;
     if (flow.created === true && twinIsEmpty) return;
     const { match } = flow;
-    const client = this.#deps.hubClients.forHub(plan.target);
+    const client = flow.client(plan.target);
     await this.#hubWrite(flow.hubWrites, match, plan.target.name, 'replaceTwin', match.deviceId, () => client.replaceTwin(match.deviceId, twin));
   }
 
@@ -716,7 +826,7 @@ export class RegistrationService {
   async #leaveOldHub(flow: Assignment): Promise<void> {
     const leave = requireStep(flow.plan, 'decideReprovision').leave;
     if (leave === undefined) return;
-    await this.#hubWrite(flow.hubWrites, flow.match, leave.hub.name, 'deleteDevice', leave.deviceId, () => this.#deps.hubClients.forHub(leave.hub).deleteDevice(leave.deviceId));
+    await this.#hubWrite(flow.hubWrites, flow.match, leave.hub.name, 'deleteDevice', leave.deviceId, () => flow.client(leave.hub).deleteDevice(leave.deviceId));
   }
 }
 
@@ -729,10 +839,16 @@ interface Assignment {
   previous: StoredRegistration | undefined;
   /** This attempt's record, `assigning` (domain/registration.ts startAttempt). */
   attempt: StoredRegistration;
-  /** Set once the intent is stored, before the first hub write. */
+  /** Set once the intent is stored, before the first write to an external hub. */
   intent: { written?: RegistrationIntent };
   /** Log entries of the hub writes, written with the outcome. */
   hubWrites: AuditEvent[];
+  /** Whether the device has been told the operation ID (the `assigning` operation is stored). */
+  acknowledged: Acknowledgement;
+  /** The client the hub steps write through: inside the record's transaction for built-in hubs. */
+  client: (hub: LinkedHubRecord) => HubClient;
+  /** The hub steps run inside the record's transaction (every hub involved is built-in): no intent. */
+  joined?: boolean;
   /** chooseHub: the linked hubs, the one the device is on now, the one allocation chose, the initial twin. */
   hubs?: { byName: Map<string, LinkedHubRecord>; current: LinkedHubRecord | undefined; allocated: LinkedHubRecord; initialTwin: InitialTwinDoc | undefined };
   /** chooseHub: the custom allocation webhook's payload for the device. */
@@ -741,6 +857,74 @@ interface Assignment {
   plan?: { target: LinkedHubRecord; substatus: Substatus; twin: HubTwinContent | undefined; leave: { hub: LinkedHubRecord; deviceId: string } | undefined; hubHistory: string[] };
   /** writeIdentity: the identity was created (not replaced). */
   created?: boolean;
+}
+
+/** Whether register() has told the device its operation ID, having stored the `assigning` operation (slow path). */
+interface Acknowledgement {
+  written: boolean;
+}
+
+/** What an assignment came to: a record written, or a refusal of the admission checks with nothing written. */
+type AssignmentResult =
+  | { kind: 'recorded'; record: StoredRegistration }
+  | { kind: 'refused'; error: ProvisioningError; /** The refusal is in the system log already. */ logged?: boolean };
+
+/** The admission checks refused the registration inside its transaction: nothing is written. */
+class AdmissionRefused extends Error {
+  readonly refusal: ProvisioningError;
+  constructor(refusal: ProvisioningError) {
+    super(refusal.message);
+    this.refusal = refusal;
+  }
+}
+
+/** A built-in hub step failed inside the record's transaction: its writes roll back, the failure is recorded apart. */
+class HubStepsFailed extends Error {
+  constructor(cause: unknown) {
+    super('a hub step of the registration failed', { cause });
+  }
+}
+
+/**
+ * The admission checks, run first in the transaction that writes (issue 12: one check where there were four):
+ * - no erase fence stands on the registration's IDs (an erase running for this device refuses it);
+ * - once the device holds the operation ID, the operation is still there: an erase deletes the operations of what it
+ *   erases, so a registration that queued behind the device's earlier attempts through an erase writes nothing, even
+ *   once the erase is final and its fence lifted;
+ * - before that, the enrollment is still there: an erase may have come and gone since the credential was checked.
+ */
+async function admission(tx: Store, match: DeviceMatch, operationId: string, acknowledged: Acknowledgement, deviceId?: string): Promise<ProvisioningError | undefined> {
+  const instanceId = match.instance.id;
+  const fence = await tx.findEraseFence(instanceId, fenceProbe(match, deviceId));
+  if (fence !== undefined) return fenceRefusal(fence);
+  if (acknowledged.written) {
+    if ((await tx.getOperation(instanceId, operationId)) !== undefined) return undefined;
+    return new ProvisioningError('SubjectBeingErased', 'A data request erased this device while its registration was under way; nothing was written.');
+  }
+  const entry = match.enrollment;
+  const current = entry.kind === 'individual' ? await tx.getEnrollment(instanceId, entry.doc.registrationId) : await tx.getEnrollmentGroup(instanceId, entry.doc.enrollmentGroupId);
+  return current === undefined ? unauthorized() : undefined;
+}
+
+/** A built-in hub's client on the registration's transaction. */
+function joinedClient(client: HubClient, tx: Store): HubClient {
+  const joined = client.joining?.(tx);
+  if (joined === undefined) throw new Error(`hub ${client.hubName}: its client cannot join the registration's transaction`);
+  return joined;
+}
+
+/** The operation as the registration ended it. */
+function finishedOperation(operation: StoredOperation, record: StoredRegistration, match: DeviceMatch, issued: IssuedCertificate | undefined, now: Date): StoredOperation {
+  return {
+    ...operation,
+    status: record.status === 'assigned' || record.status === 'disabled' || record.status === 'failed' ? record.status : 'failed',
+    lastUpdatedDateTimeUtc: dpsTimestamp(now),
+    registrationState: {
+      ...renderDeviceRegistration(record, match.resultSection),
+      // Only the operation carries the chain (dps-wire.md §0: never returned by status lookup).
+      ...(issued !== undefined && record.status === 'assigned' ? { issuedCertificateChain: issued.chain } : {}),
+    },
+  };
 }
 
 /** What a step needs from an earlier one; its absence is a bug in the step list's order. */

@@ -126,9 +126,21 @@ const parse = <T>(doc: string): T => JSON.parse(doc) as T;
 
 export class KyselyHubStore implements BuiltInHubStore {
   readonly #db: Kysely<Database>;
+  /**
+   * Set when `db` is a transaction this store was handed (KyselyStore.builtInHubsInTransaction, issue 12): a write
+   * of several statements (fence check + write) joins it instead of opening its own, and commits or rolls back with it.
+   */
+  readonly #joined: boolean;
 
-  constructor(db: Kysely<Database>) {
+  constructor(db: Kysely<Database>, options: { joined?: boolean } = {}) {
     this.#db = db;
+    this.#joined = options.joined === true;
+  }
+
+  /** A write of several statements: its own transaction, or the one this store joined. */
+  async #atomic<T>(work: (db: Kysely<Database>) => Promise<T>): Promise<T> {
+    if (this.#joined) return work(this.#db);
+    return this.#db.transaction().execute(work);
   }
 
   // ---- hubs
@@ -158,7 +170,7 @@ export class KyselyHubStore implements BuiltInHubStore {
   }
 
   async deleteHub(name: string): Promise<boolean> {
-    return this.#db.transaction().execute(async (trx) => {
+    return this.#atomic(async (trx) => {
       await trx.deleteFrom('hub_devices').where('hub_key', '=', key(name)).execute();
       const result = await trx.deleteFrom('built_in_hubs').where('name_key', '=', key(name)).executeTakeFirst();
       return result.numDeletedRows > 0n;
@@ -178,7 +190,7 @@ export class KyselyHubStore implements BuiltInHubStore {
   }
 
   async insertDevice(hubName: string, device: StoredHubDevice, revision: string): Promise<boolean> {
-    return this.#db.transaction().execute(async (trx) => {
+    return this.#atomic(async (trx) => {
       await refuseFenced(trx, hubName, device.deviceId);
       return this.#insertDevice(trx, hubName, device, revision);
     });
@@ -194,7 +206,7 @@ export class KyselyHubStore implements BuiltInHubStore {
   }
 
   async replaceDevice(hubName: string, device: StoredHubDevice, expectedRevision: string, revision: string): Promise<boolean> {
-    return this.#db.transaction().execute(async (trx) => {
+    return this.#atomic(async (trx) => {
       await refuseFenced(trx, hubName, device.deviceId);
       return this.#replaceDevice(trx, hubName, device, expectedRevision, revision);
     });

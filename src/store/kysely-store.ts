@@ -6,6 +6,7 @@ import { SQLITE_CAPABILITIES } from './dialects/sqlite.js';
 import type { StoredEnrollment, StoredEnrollmentGroup } from '../domain/enrollment.js';
 import { certificateThumbprints } from '../domain/enrollment.js';
 import type { Filter } from '../domain/query.js';
+import { KyselyHubStore, type BuiltInHubStore } from './hub-store.js';
 import { migrationProvider } from './migrations.js';
 import type { Database } from './schema.js';
 import type {
@@ -1223,6 +1224,29 @@ export class KyselyStore implements Store {
       items: pageRows.map((row) => parse<T>(row.doc)),
       nextKey: more ? pageRows[pageRows.length - 1]?.k : undefined,
     };
+  }
+
+  // ---- one transaction per registration (issue 12)
+
+  async insertOperationIfAbsent(instanceId: string, operation: StoredOperation): Promise<boolean> {
+    const result = await this.#db
+      .insertInto('operations')
+      .values({
+        instance_id: instanceId,
+        operation_id: operation.operationId,
+        registration_id_key: lower(operation.registrationId),
+        updated_at: operation.lastUpdatedDateTimeUtc,
+        doc: JSON.stringify(operation),
+      })
+      .onConflict((oc) => oc.columns(['instance_id', 'operation_id']).doNothing())
+      .executeTakeFirst();
+    return (result.numInsertedOrUpdatedRows ?? 0n) > 0n;
+  }
+
+  builtInHubsInTransaction(): BuiltInHubStore | undefined {
+    // The built-in hubs live in this database (open-store.ts opens both stores on one connection): inside a
+    // transaction their writes can join it. Outside one they have their own store.
+    return this.#root === undefined ? new KyselyHubStore(this.#db, { joined: true }) : undefined;
   }
 }
 

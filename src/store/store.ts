@@ -3,6 +3,7 @@ import type { StoredEnrollment, StoredEnrollmentGroup, JsonMap } from '../domain
 import type { Filter } from '../domain/query.js';
 import type { AllocationPolicy, RegistrationStatus, Substatus, X509CertificateInfo } from '../domain/wire.js';
 import type { DialectCapabilities } from './dialects/dialect.js';
+import type { BuiltInHubStore } from './hub-store.js';
 
 /**
  * The Store: everything provisiond keeps. One implementation over Kysely serves every dialect; the contract suite in
@@ -471,6 +472,16 @@ export interface Store {
    * files (PostgreSQL VACUUM). A no-op where deleted rows leave nothing behind (see DialectCapabilities).
    */
   reclaimDeleted(tables: readonly StoreTable[]): Promise<void>;
+  /**
+   * Writes the operation unless one with its ID exists (a registration that finished first wrote it already); true
+   * when this call wrote it.
+   */
+  insertOperationIfAbsent(instanceId: string, operation: StoredOperation): Promise<boolean>;
+  /**
+   * Inside a transaction: the built-in hubs' store on it, so a registration's built-in hub writes commit and roll back
+   * with its record (issue 12). Undefined outside a transaction.
+   */
+  builtInHubsInTransaction(): BuiltInHubStore | undefined;
 }
 
 /** Tables an erase may name to reclaimDeleted. */

@@ -60,21 +60,6 @@ export function pseudonymizedEvent(event: AuditEvent, hash: string | undefined):
 }
 
 /**
- * Whether a registration that is under way may still write: no fence stands on its IDs, and its operation is still
- * there. An erase deletes the operations of every registration ID it erases, so a registration that began before an
- * erase and runs on after it (queued behind the device's earlier attempts) finds its operation gone and writes
- * nothing, even once the erase is final and its fence is lifted.
- */
-export async function registrationRefusal(store: Store, instanceId: string, probe: FenceProbe, operationId: string): Promise<ProvisioningError | undefined> {
-  const fence = await store.findEraseFence(instanceId, probe);
-  if (fence !== undefined) return fenceRefusal(fence);
-  if ((await store.getOperation(instanceId, operationId)) === undefined) {
-    return new ProvisioningError('SubjectBeingErased', 'A data request erased this device while its registration was under way; nothing was written.');
-  }
-  return undefined;
-}
-
-/**
  * A registration an erase caught up with between its hub write and its record: the hub identity it wrote goes, and the
  * log entries of its hub writes (made after the erase was final, so not pseudonymized on the way in) keep only the
  * subject's hash. Afterwards nothing of the attempt remains but that.

@@ -42,9 +42,17 @@ after(async () => {
   for (const [name, method] of unpatched) prototype[name] = method;
 });
 
-async function send(method: string, path: string, options: { body?: unknown; ifMatch?: string } = {}): Promise<{ status: number; body: Json; text: string }> {
+async function send(
+  method: string,
+  path: string,
+  options: { body?: unknown; ifMatch?: string; ifNoneMatch?: string } = {},
+): Promise<{ status: number; body: Json; text: string }> {
   const response = await call(method, `${path}?${API}`, {
-    headers: { authorization: server.token(), ...(options.ifMatch === undefined ? {} : { 'if-match': options.ifMatch }) },
+    headers: {
+      authorization: server.token(),
+      ...(options.ifMatch === undefined ? {} : { 'if-match': options.ifMatch }),
+      ...(options.ifNoneMatch === undefined ? {} : { 'if-none-match': options.ifNoneMatch }),
+    },
     ...(options.body === undefined ? {} : { body: options.body }),
   });
   return { status: response.status, body: response.body as Json, text: response.text };
@@ -82,6 +90,21 @@ for (const kind of KINDS) {
       );
       assert.deepEqual(tally(results.map((result) => result.status)), { 200: 1, 412: WRITERS - 1 }, results.map((result) => result.text).join('\n'));
       for (const lost of results.filter((result) => result.status === 412)) assert.equal(lost.body.errorCode, 412002);
+      const winner = results.find((result) => result.status === 200)?.body as Json;
+      const stored = (await send('GET', `${kind.collection}/${id}`)).body;
+      assert.equal(stored.etag, winner.etag);
+      assert.deepEqual(stored.initialTwin, winner.initialTwin);
+    });
+
+    test('PUT with If-None-Match: * (create only): one 200, the rest 412003; the winner’s version is stored', async () => {
+      const id = `race-create-${kind.idField.length}`;
+      const results = await Promise.all(
+        Array.from({ length: WRITERS }, (_, writer) =>
+          send('PUT', `${kind.collection}/${id}`, { ifNoneMatch: '*', body: entry(id, { initialTwin: { tags: { writer } } }) }),
+        ),
+      );
+      assert.deepEqual(tally(results.map((result) => result.status)), { 200: 1, 412: WRITERS - 1 }, results.map((result) => result.text).join('\n'));
+      for (const lost of results.filter((result) => result.status === 412)) assert.equal(lost.body.errorCode, 412003);
       const winner = results.find((result) => result.status === 200)?.body as Json;
       const stored = (await send('GET', `${kind.collection}/${id}`)).body;
       assert.equal(stored.etag, winner.etag);

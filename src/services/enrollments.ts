@@ -200,10 +200,10 @@ export class EnrollmentService<Doc extends EnrollmentDocument> {
   async #delete(store: Store, instance: InstanceRecord, id: string, ifMatch: string | undefined): Promise<void> {
     // If-Match names a version; once the entry is gone none can match (RFC 7232 §3.1: 412, as on PUT), so of writers
     // racing with one etag exactly one deletes and the others learn they lost rather than that it never existed.
-    if (ifMatch !== undefined && (await this.#spec.get(store, instance.id, id)) === undefined) {
-      throw new ProvisioningError('PreconditionFailed', `'${id}' does not exist, so If-Match cannot match.`);
-    }
-    const existing = await this.#require(store, instance, id);
+    // One read decides: on PostgreSQL a second read in the same transaction may already miss an entry that a
+    // concurrent delete removed, which turned a loser's 412 into a 404.
+    const existing = ifMatch === undefined ? await this.#require(store, instance, id) : await this.#spec.get(store, instance.id, id);
+    if (existing === undefined) throw new ProvisioningError('PreconditionFailed', `'${id}' does not exist, so If-Match cannot match.`);
     if (ifMatch !== undefined && !etagMatches(ifMatch, existing.etag)) throw new ProvisioningError('PreconditionFailed');
     await this.#spec.cascade(store, instance.id, id);
     // Compare-and-swap on the etag just checked: a write that landed since (another request, another node) makes

@@ -574,6 +574,53 @@ describe('individual enrollments', () => {
   });
 });
 
+describe('If-None-Match: * on PUT creates only', () => {
+  for (const kind of [
+    { collection: 'enrollments', idField: 'registrationId', noun: 'enrollment' },
+    { collection: 'enrollmentGroups', idField: 'enrollmentGroupId', noun: 'enrollment group' },
+  ]) {
+    test(`${kind.collection}: created when absent; 412003 and nothing written when it exists; not with If-Match or an etag`, async () => {
+      const put = async (id: string, headers: Record<string, string>, extra: Json = {}): Promise<{ status: number; body: Json }> => {
+        const response = await call('PUT', `/${kind.collection}/${id}?${API}`, {
+          headers: { authorization: server.token(), ...headers },
+          body: { [kind.idField]: id, attestation: { type: 'symmetricKey' }, ...extra },
+        });
+        return { status: response.status, body: json(response.body) };
+      };
+      const get = async (id: string): Promise<Json> =>
+        json((await call('GET', `/${kind.collection}/${id}?${API}`, { headers: { authorization: server.token() } })).body);
+
+      const created = await put('only-once', { 'if-none-match': '*' });
+      assert.equal(created.status, 200);
+      assertStamped(created.body);
+      assert.match(created.body.attestation.symmetricKey.primaryKey, KEY_64_BYTES);
+
+      // The ID compares case-insensitively, so another spelling names the same entry.
+      for (const id of ['only-once', 'ONLY-ONCE']) {
+        const again = await put(id, { 'if-none-match': '*' }, { provisioningStatus: 'disabled' });
+        assert.equal(again.status, 412);
+        assertErrorBody(again.body, 412003, `The ${kind.noun} '${id}' already exists; If-None-Match: * creates only.`);
+      }
+      const stored = await get('only-once');
+      assert.equal(stored.etag, created.body.etag);
+      assert.equal(stored.provisioningStatus, 'enabled');
+
+      const both = await put('only-once', { 'if-none-match': '*', 'if-match': String(created.body.etag) });
+      assert.equal(both.status, 400);
+      assertErrorBody(both.body, 400017, 'Give If-Match (replace a version) or If-None-Match: * (create only), not both.');
+      const etagList = await put('not-there', { 'if-none-match': '"abc"' });
+      assert.equal(etagList.status, 400);
+      assertErrorBody(etagList.body, 400017, 'If-None-Match takes only "*" (create only).');
+      assert.equal((await call('GET', `/${kind.collection}/not-there?${API}`, { headers: { authorization: server.token() } })).status, 404);
+
+      // Without the header, PUT still replaces.
+      const replaced = await put('only-once', {}, { provisioningStatus: 'disabled' });
+      assert.equal(replaced.status, 200);
+      assert.equal(replaced.body.provisioningStatus, 'disabled');
+    });
+  }
+});
+
 describe('enrollment groups', () => {
   test('symmetric key group: create, get without keys, attestation mechanism, update with etag, stale etag, delete', async () => {
     const created = await putGroup({ enrollmentGroupId: 'group-sym', attestation: { type: 'symmetricKey' } });

@@ -3,14 +3,18 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { Migrator, sql } from 'kysely';
+import { Migrator, sql, type Kysely } from 'kysely';
 import { chromium, type Browser, type Page } from 'playwright-core';
+import { loadConfig } from '../src/config/config.js';
+import { openPostgresDialect } from '../src/store/dialects/postgres.js';
 import { openSqliteDialect } from '../src/store/dialects/sqlite.js';
 import { migrationProvider } from '../src/store/migrations.js';
-import { openSqliteStore } from '../src/store/open-store.js';
+import { openSqliteStore, openStore } from '../src/store/open-store.js';
+import type { Store } from '../src/store/store.js';
 import { cliRunners } from './cli-runner.js';
 import type { Json } from './devices.js';
 import { call, startServer, type TestServer } from './harness.js';
+import { dropPostgresDatabase, freshPostgresDatabase } from './postgres.js';
 
 /**
  * The system log as an operator reads it (docs/customer-data.md "The system log"): every event is an access or a
@@ -191,9 +195,13 @@ describe('the CLI', () => {
     );
     const table = await cli(['audit', 'query', '--subject', 'log-cli-1']);
     assert.match(table, /^TIME +CLASS +KIND +OPERATION +ACTOR +SUBJECT +OUTCOME +ERROR\n/);
-    // The timeline's reads: the two queries above (one event), and the check the create made before writing.
+    // The timeline's one read: the two queries above (one event). The create wrote with If-None-Match: * and read
+    // nothing before.
     assert.match(table, /\n\S+Z +access +serviceApi +AuditEvent_Query +operator +id=log-cli-1 +success +-\n/);
-    assert.match(table, /\n\S+Z +access +serviceApi +IndividualEnrollment_Get +operator +registrationId=log-cli-1 +notFound +404201 /);
+    assert.deepEqual(
+      timeline.filter((event) => event.operation !== 'AuditEvent_Query').map((event) => [event.operation, event.outcome]),
+      [['IndividualEnrollment_CreateOrUpdate', 'success']],
+    );
     assert.match(table, /\n\S+Z +change +serviceApi +IndividualEnrollment_CreateOrUpdate +operator +registrationId=log-cli-1 +success +-\n/);
     const missing = await runInProcess(['enrollment', 'show', 'log-cli-missing']);
     assert.equal(missing.code, 1);
@@ -277,45 +285,95 @@ describe('the portal', () => {
   });
 });
 
-test('migration 0015 classifies the events stored before classes existed, by operation name, and makes not-found reads neutral', async () => {
+/**
+ * A database left at migration 0011 (before log classes) by each dialect: `prepare` migrates it there and hands back
+ * its Kysely handle, `open` opens it as the server would (running 0012 onwards), `dispose` removes it.
+ */
+interface OldDatabase {
+  prepare(): Promise<{ db: Kysely<unknown>; done(): Promise<void> }>;
+  open(): Promise<Store>;
+  dispose(): Promise<void>;
+}
+
+async function sqliteAt0011(): Promise<OldDatabase> {
   const dir = mkdtempSync(join(tmpdir(), 'provisiond-0015-'));
   const file = join(dir, 'provisiond.db');
-  try {
-    const opened = openSqliteDialect(file);
-    const migrated = await new Migrator({ db: opened.db, provider: migrationProvider(opened.capabilities) }).migrateTo('0011_store_for_nodes');
-    assert.equal(migrated.error, undefined);
-    const old = (eventId: string, kind: string, operation: string, outcome: string, extra: Json = {}) => {
-      const doc = { eventId, timeUtc: `2026-01-01T00:00:0${eventId.slice(-1)}.0000000Z`, kind, operation, actor: 'owner', subject: { registrationId: 'old-1' }, outcome, ...extra };
-      return sql`insert into audit_events (instance_id, event_id, time_utc, kind, actor, outcome, registration_id_key, device_id_key, group_id_key, doc)
-        values ('i1', ${eventId}, ${doc.timeUtc}, ${kind}, 'owner', ${outcome}, 'old-1', '', '', ${JSON.stringify(doc)})`.execute(opened.db);
-    };
-    await old('e1', 'serviceApi', 'IndividualEnrollment_CreateOrUpdate', 'success');
-    await old('e2', 'serviceApi', 'IndividualEnrollment_Get', 'failure', { errorCode: 404201 });
-    await old('e3', 'serviceApi', 'IndividualEnrollment_Delete', 'failure', { errorCode: 404201 });
-    await old('e4', 'registration', 'register', 'success');
-    await old('e5', 'dataRequest', 'export', 'success');
-    await old('e6', 'serviceApi', 'AuditEvent_Query', 'failure', { errorCode: 401002 });
-    await opened.db.destroy();
+  return {
+    async prepare() {
+      const opened = openSqliteDialect(file);
+      const migrated = await new Migrator({ db: opened.db, provider: migrationProvider(opened.capabilities) }).migrateTo('0011_store_for_nodes');
+      assert.equal(migrated.error, undefined);
+      return { db: opened.db as unknown as Kysely<unknown>, done: () => opened.db.destroy() };
+    },
+    open: () => openSqliteStore(file),
+    dispose: async () => rmSync(dir, { recursive: true, force: true }),
+  };
+}
 
-    const store = await openSqliteStore(file);
+async function postgresAt0011(): Promise<OldDatabase> {
+  const url = await freshPostgresDatabase();
+  return {
+    async prepare() {
+      const opened = openPostgresDialect({ url, poolSize: 2, statementTimeoutMs: 30_000, onPoolError: () => undefined });
+      const migrated = await new Migrator({ db: opened.db, provider: migrationProvider(opened.capabilities) }).migrateTo('0011_store_for_nodes');
+      assert.equal(migrated.error, undefined);
+      return {
+        db: opened.db as unknown as Kysely<unknown>,
+        done: async () => {
+          await opened.db.destroy();
+          await opened.close?.();
+        },
+      };
+    },
+    open: async () => (await openStore(loadConfig({ flags: { store: url, storePoolSize: 2 } }))).store,
+    dispose: () => dropPostgresDatabase(url),
+  };
+}
+
+for (const [dialect, at0011] of [
+  ['SQLite', sqliteAt0011],
+  ['PostgreSQL', postgresAt0011],
+] as const) {
+  test(`migration 0015 classifies the events stored before classes existed, by operation name, and makes not-found reads neutral (${dialect})`, async () => {
+    const database = await at0011();
     try {
-      const events = (await store.queryAuditEvents('i1', { limit: 10 })).items.reverse();
-      assert.deepEqual(
-        events.map((event) => [event.eventId, event.class, event.outcome]),
-        [
-          ['e1', 'change', 'success'],
-          ['e2', 'access', 'notFound'],
-          ['e3', 'change', 'failure'],
-          ['e4', 'change', 'success'],
-          ['e5', 'access', 'success'],
-          ['e6', 'access', 'failure'],
-        ],
-      );
-      assert.deepEqual((await store.queryAuditEvents('i1', { limit: 10, eventClass: 'access', outcome: 'notFound' })).items.map((event) => event.eventId), ['e2']);
+      const { db, done } = await database.prepare();
+      const old = (eventId: string, kind: string, operation: string, outcome: string, extra: Json = {}) => {
+        const doc = { eventId, timeUtc: `2026-01-01T00:00:0${eventId.slice(-1)}.0000000Z`, kind, operation, actor: 'owner', subject: { registrationId: 'old-1' }, outcome, ...extra };
+        return sql`insert into audit_events (instance_id, event_id, time_utc, kind, actor, outcome, registration_id_key, device_id_key, group_id_key, doc)
+          values ('i1', ${eventId}, ${doc.timeUtc}, ${kind}, 'owner', ${outcome}, 'old-1', '', '', ${JSON.stringify(doc)})`.execute(db);
+      };
+      try {
+        await old('e1', 'serviceApi', 'IndividualEnrollment_CreateOrUpdate', 'success');
+        await old('e2', 'serviceApi', 'IndividualEnrollment_Get', 'failure', { errorCode: 404201 });
+        await old('e3', 'serviceApi', 'IndividualEnrollment_Delete', 'failure', { errorCode: 404201 });
+        await old('e4', 'registration', 'register', 'success');
+        await old('e5', 'dataRequest', 'export', 'success');
+        await old('e6', 'serviceApi', 'AuditEvent_Query', 'failure', { errorCode: 401002 });
+      } finally {
+        await done();
+      }
+
+      const store = await database.open();
+      try {
+        const events = (await store.queryAuditEvents('i1', { limit: 10 })).items.reverse();
+        assert.deepEqual(
+          events.map((event) => [event.eventId, event.class, event.outcome]),
+          [
+            ['e1', 'change', 'success'],
+            ['e2', 'access', 'notFound'],
+            ['e3', 'change', 'failure'],
+            ['e4', 'change', 'success'],
+            ['e5', 'access', 'success'],
+            ['e6', 'access', 'failure'],
+          ],
+        );
+        assert.deepEqual((await store.queryAuditEvents('i1', { limit: 10, eventClass: 'access', outcome: 'notFound' })).items.map((event) => event.eventId), ['e2']);
+      } finally {
+        await store.close();
+      }
     } finally {
-      await store.close();
+      await database.dispose();
     }
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
-});
+  });
+}

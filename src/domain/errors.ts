@@ -58,6 +58,7 @@ export const errorCatalog = Object.freeze({
   LastOwnerPolicy: { errorCode: 409003, message: 'The last policy with the ServiceConfig right cannot be removed.' },
   SubjectBeingErased: { errorCode: 409210, message: 'A data request is erasing this device; it cannot be written until the erase is final.' },
   PreconditionFailed: { errorCode: 412002, message: 'The etag does not match the current resource.' },
+  EntryExists: { errorCode: 412003, message: 'The entry exists, and If-None-Match: * creates only.' },
   PayloadTooLarge: { errorCode: 413001, message: 'The request body is too large.' },
   UnsupportedMediaType: { errorCode: 415001, message: 'The request content type is not supported.' },
   Throttled: { errorCode: 429001, message: 'Too many requests; retry after the indicated time.' },

@@ -4,7 +4,7 @@ import type { BuiltInHubService } from './built-in-hubs.js';
 import { HubError, type HubClient, type HubDevice, type HubDeviceRecord, type HubTwin, type HubTwinContent } from './hub-client.js';
 import type { Store } from '../store/store.js';
 import { HubApiError } from './hub-wire.js';
-import { deviceBody, deviceRecordOf, parseConnectionString, twinOf } from './registry-client.js';
+import { deviceBody, deviceRecordOf, parseConnectionString, twinOf } from './registry-shapes.js';
 
 /**
  * A hub this process hosts, reached by a direct call to its registry service (issue 12): no HTTP request, JSON or

@@ -48,8 +48,8 @@ export interface EnrollmentKindSpec<Doc extends EnrollmentDocument> {
   build(input: unknown, existing: Doc | undefined, stamp: { etag: string; now: string }): Doc;
   idOf(doc: Doc): string;
   get(store: Store, instanceId: string, id: string): Promise<Doc | undefined>;
-  /** With `expectedEtag`: compare-and-swap, false when the stored etag is no longer that one. */
-  put(store: Store, instanceId: string, doc: Doc, expectedEtag?: string): Promise<boolean>;
+  /** With `expectedEtag`: compare-and-swap, false when the stored etag is no longer that one; with null: create only. */
+  put(store: Store, instanceId: string, doc: Doc, expectedEtag?: string | null): Promise<boolean>;
   remove(store: Store, instanceId: string, id: string, expectedEtag?: string): Promise<boolean>;
   query(store: Store, instanceId: string, query: ListQuery): Promise<Page<Doc>>;
   /**
@@ -174,16 +174,20 @@ export class EnrollmentService<Doc extends EnrollmentDocument> {
   }
 
   /**
-   * PUT: create or replace; with If-Match, only when the stored etag matches (412 otherwise). The body has passed the
-   * input schema at the edge.
+   * PUT: create or replace; with If-Match, only when the stored etag matches (412 otherwise); with `createOnly`
+   * (If-None-Match: *), only when the entry does not exist (RFC 7232 §3.2: 412 otherwise), so a client creates without
+   * reading first. The body has passed the input schema at the edge.
    */
-  async createOrUpdate(instance: InstanceRecord, id: string, input: unknown, ifMatch: string | undefined): Promise<JsonMap> {
+  async createOrUpdate(instance: InstanceRecord, id: string, input: unknown, ifMatch: string | undefined, createOnly = false): Promise<JsonMap> {
     this.#spec.assertId(id);
+    if (createOnly && ifMatch !== undefined) {
+      throw new ProvisioningError('InvalidHeader', 'Give If-Match (replace a version) or If-None-Match: * (create only), not both.');
+    }
     const bodyId = (input as Record<string, unknown>)[this.#spec.idField];
     if (typeof bodyId !== 'string' || idKey(bodyId) !== idKey(id)) {
       throw new ProvisioningError('IdMismatch', `The ${this.#spec.idField} in the body ('${String(bodyId)}') does not match the one in the path ('${id}').`);
     }
-    const { doc, created } = await this.#deps.store.transaction((store) => this.#write(store, instance, id, input, ifMatch, 'update'));
+    const { doc, created } = await this.#deps.store.transaction((store) => this.#write(store, instance, id, input, ifMatch, 'update', createOnly));
     this.#onChange(instance, [{ change: created ? 'created' : 'updated', id: this.#spec.idOf(doc) }]);
     return this.#spec.render(this.#deps.store, instance.id, doc, 'withSecrets');
   }
@@ -196,10 +200,10 @@ export class EnrollmentService<Doc extends EnrollmentDocument> {
   async #delete(store: Store, instance: InstanceRecord, id: string, ifMatch: string | undefined): Promise<void> {
     // If-Match names a version; once the entry is gone none can match (RFC 7232 §3.1: 412, as on PUT), so of writers
     // racing with one etag exactly one deletes and the others learn they lost rather than that it never existed.
-    if (ifMatch !== undefined && (await this.#spec.get(store, instance.id, id)) === undefined) {
-      throw new ProvisioningError('PreconditionFailed', `'${id}' does not exist, so If-Match cannot match.`);
-    }
-    const existing = await this.#require(store, instance, id);
+    // One read decides: on PostgreSQL a second read in the same transaction may already miss an entry that a
+    // concurrent delete removed, which turned a loser's 412 into a 404.
+    const existing = ifMatch === undefined ? await this.#require(store, instance, id) : await this.#spec.get(store, instance.id, id);
+    if (existing === undefined) throw new ProvisioningError('PreconditionFailed', `'${id}' does not exist, so If-Match cannot match.`);
     if (ifMatch !== undefined && !etagMatches(ifMatch, existing.etag)) throw new ProvisioningError('PreconditionFailed');
     await this.#spec.cascade(store, instance.id, id);
     // Compare-and-swap on the etag just checked: a write that landed since (another request, another node) makes
@@ -342,6 +346,10 @@ export class EnrollmentService<Doc extends EnrollmentDocument> {
     return new ProvisioningError('Conflict', `The ${this.#spec.kind === 'individual' ? 'enrollment' : 'enrollment group'} '${id}' already exists.`);
   }
 
+  #existsPrecondition(id: string): ProvisioningError {
+    return new ProvisioningError('EntryExists', `The ${this.#spec.kind === 'individual' ? 'enrollment' : 'enrollment group'} '${id}' already exists; If-None-Match: * creates only.`);
+  }
+
   async #write(
     store: Store,
     instance: InstanceRecord,
@@ -349,9 +357,11 @@ export class EnrollmentService<Doc extends EnrollmentDocument> {
     input: unknown,
     ifMatch: string | undefined,
     mode: Exclude<BulkMode, 'delete' | 'updateIfMatchEtag'>,
+    createOnly = false,
   ): Promise<{ doc: Doc; created: boolean }> {
     const existing = await this.#spec.get(store, instance.id, id);
     if (mode === 'create' && existing !== undefined) throw this.#exists(id);
+    if (createOnly && existing !== undefined) throw this.#existsPrecondition(id);
     const expected = mode === 'updateIfMatchETag' ? ((input as Record<string, unknown>).etag as string | undefined) ?? '' : ifMatch;
     if (expected !== undefined) {
       // If-Match names a version of an existing entry: on a missing entry it cannot match (RFC 7232 §3.1: 412).
@@ -370,8 +380,9 @@ export class EnrollmentService<Doc extends EnrollmentDocument> {
     await this.#checkCertificatesUnused(store, instance, doc);
     // With a precondition, the write is a compare-and-swap on the etag checked above: of concurrent writers holding
     // the same etag exactly one succeeds (on PostgreSQL the others' conditional UPDATE finds the new etag).
-    const written = await this.#spec.put(store, instance.id, doc, expected === undefined || existing === undefined ? undefined : existing.etag);
-    if (!written) throw new ProvisioningError('PreconditionFailed');
+    // Create only: an insert that the primary key refuses when a concurrent creator got there first.
+    const written = await this.#spec.put(store, instance.id, doc, createOnly ? null : expected === undefined || existing === undefined ? undefined : existing.etag);
+    if (!written) throw createOnly ? this.#existsPrecondition(id) : new ProvisioningError('PreconditionFailed');
     return { doc, created: existing === undefined };
   }
 

@@ -487,11 +487,18 @@ export class KyselyStore implements Store {
     return row === undefined ? undefined : parse<StoredEnrollment>(row.doc);
   }
 
-  async putEnrollment(instanceId: string, enrollment: StoredEnrollment, expectedEtag?: string): Promise<boolean> {
+  async putEnrollment(instanceId: string, enrollment: StoredEnrollment, expectedEtag?: string | null): Promise<boolean> {
     const key = lower(enrollment.registrationId);
     const columns = enrollmentColumns(enrollment);
     return this.#inTransaction(async (db) => {
-      if (expectedEtag !== undefined) {
+      if (expectedEtag === null) {
+        const result = await db
+          .insertInto('enrollments')
+          .values({ instance_id: instanceId, registration_id_key: key, ...columns })
+          .onConflict((oc) => oc.columns(['instance_id', 'registration_id_key']).doNothing())
+          .executeTakeFirst();
+        if (!changed(result)) return false;
+      } else if (expectedEtag !== undefined) {
         const result = await db
           .updateTable('enrollments')
           .set(columns)
@@ -607,7 +614,7 @@ export class KyselyStore implements Store {
     return row === undefined ? undefined : parse<StoredEnrollmentGroup>(row.doc);
   }
 
-  async putEnrollmentGroup(instanceId: string, group: StoredEnrollmentGroup, expectedEtag?: string): Promise<boolean> {
+  async putEnrollmentGroup(instanceId: string, group: StoredEnrollmentGroup, expectedEtag?: string | null): Promise<boolean> {
     const key = lower(group.enrollmentGroupId);
     const columns = {
       provisioning_status: group.provisioningStatus,
@@ -616,7 +623,14 @@ export class KyselyStore implements Store {
       doc: JSON.stringify(group),
     };
     return this.#inTransaction(async (db) => {
-      if (expectedEtag !== undefined) {
+      if (expectedEtag === null) {
+        const result = await db
+          .insertInto('enrollment_groups')
+          .values({ instance_id: instanceId, group_id_key: key, ...columns })
+          .onConflict((oc) => oc.columns(['instance_id', 'group_id_key']).doNothing())
+          .executeTakeFirst();
+        if (!changed(result)) return false;
+      } else if (expectedEtag !== undefined) {
         const result = await db
           .updateTable('enrollment_groups')
           .set(columns)

@@ -322,9 +322,10 @@ export interface Store {
   /**
    * Etag-guarded writes: with `expectedEtag`, the write is one conditional statement that succeeds only while the
    * stored etag is still that one (compare-and-swap), and answers false when another write came first or the entry
-   * is gone. Without it, put creates or replaces (true) and delete answers whether something was deleted.
+   * is gone. Without it, put creates or replaces (true) and delete answers whether something was deleted. Put with
+   * `null` only creates: false when the entry exists (the primary key decides, so of concurrent creators one wins).
    */
-  putEnrollment(instanceId: string, enrollment: StoredEnrollment, expectedEtag?: string): Promise<boolean>;
+  putEnrollment(instanceId: string, enrollment: StoredEnrollment, expectedEtag?: string | null): Promise<boolean>;
   deleteEnrollment(instanceId: string, registrationId: string, expectedEtag?: string): Promise<boolean>;
   queryEnrollments(instanceId: string, query: ListQuery): Promise<Page<StoredEnrollment>>;
   /** The enrollments with these registration IDs (any case) that exist, in one round trip per 500. */
@@ -338,7 +339,7 @@ export interface Store {
 
   getEnrollmentGroup(instanceId: string, groupId: string): Promise<StoredEnrollmentGroup | undefined>;
   /** Etag-guarded like putEnrollment; also bumps the instance's `groups` change counter (node caches). */
-  putEnrollmentGroup(instanceId: string, group: StoredEnrollmentGroup, expectedEtag?: string): Promise<boolean>;
+  putEnrollmentGroup(instanceId: string, group: StoredEnrollmentGroup, expectedEtag?: string | null): Promise<boolean>;
   deleteEnrollmentGroup(instanceId: string, groupId: string, expectedEtag?: string): Promise<boolean>;
   queryEnrollmentGroups(instanceId: string, query: ListQuery): Promise<Page<StoredEnrollmentGroup>>;
 

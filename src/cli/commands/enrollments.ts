@@ -105,10 +105,9 @@ function registerKind(program: Command, io: CliIo, spec: KindSpec): void {
     addEnrollmentOptions(root.command('create').argument(spec.idArgument).description(`create an ${spec.noun} (fails if it exists)`), spec, 'create'),
     async (id: string, flags: EnrollmentFlags) =>
       runAdmin(io, flags, async (context) => {
-        await requireAbsent(context, spec, id);
         const body: Json = { [spec.idField]: id, attestation: buildAttestation(spec, flags, undefined) ?? { type: 'symmetricKey' } };
         applyFlags(spec, body, flags);
-        const created = asObject(await context.request('PUT', path(id), { body }));
+        const created = asObject(await createOnly(context, spec, id, body));
         context.print(created, () => describeEnrollment(spec, created, `created ${spec.noun} '${id}'`, true));
       }),
   );
@@ -244,14 +243,19 @@ function addEnrollmentOptions(command: Command, spec: KindSpec, mode: 'create' |
   return command;
 }
 
-async function requireAbsent(context: AdminContext, spec: KindSpec, id: string): Promise<void> {
+/**
+ * PUT with If-None-Match: * — the server refuses to overwrite (412003), so create needs no read first: a read would
+ * start a new device's log timeline with a lookup, need EnrollmentRead, and leave a gap another writer could use.
+ */
+async function createOnly(context: AdminContext, spec: KindSpec, id: string, body: Json): Promise<unknown> {
   try {
-    await context.request('GET', apiPath(spec.collection, id));
+    return await context.request('PUT', apiPath(spec.collection, id), { body, headers: { 'if-none-match': '*' } });
   } catch (error) {
-    if (error instanceof ServiceApiError && error.status === 404) return;
+    if (error instanceof ServiceApiError && error.errorCode === 412003) {
+      throw new CliError(`${spec.noun} '${id}' already exists; change it with 'provisiond ${spec.command} update ${id} …'`);
+    }
     throw error;
   }
-  throw new CliError(`${spec.noun} '${id}' already exists; change it with 'provisiond ${spec.command} update ${id} …'`);
 }
 
 /**

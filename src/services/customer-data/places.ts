@@ -80,6 +80,21 @@ export interface PlaceContext {
  * The loop of every place that erases item by item: from where a resumed run left off, each item ticked with how many
  * rows it actually removed; returns the total.
  */
+/**
+ * The finding of a place looked up one ID at a time: `countOf` says how many items an ID has there (0 or 1 for an
+ * entry, any number for rows about it); the IDs with any are the items, in the trace's order.
+ */
+async function findEach(ids: readonly string[], countOf: (id: string) => Promise<number>): Promise<Finding> {
+  const items: string[] = [];
+  let count = 0;
+  for (const id of ids) {
+    const rows = await countOf(id);
+    if (rows > 0) items.push(id);
+    count += rows;
+  }
+  return { count, items };
+}
+
 async function eraseEach(context: PlaceContext, ids: readonly string[], eraseOne: (id: string) => Promise<number>): Promise<number> {
   let count = 0;
   for (const id of ids.slice(context.resumeAt)) {
@@ -153,11 +168,7 @@ const registrations: Place = {
   action: 'delete',
   bundleField: 'registrationRecords',
   size: (trace) => trace.registrationIds.length,
-  async find(context, trace) {
-    const items: string[] = [];
-    for (const id of trace.registrationIds) if ((await context.store.getRegistration(context.instanceId, id)) !== undefined) items.push(id);
-    return { count: items.length, items };
-  },
+  find: (context, trace) => findEach(trace.registrationIds, async (id) => ((await context.store.getRegistration(context.instanceId, id)) === undefined ? 0 : 1)),
   async export(context, trace) {
     const found: JsonMap[] = [];
     for (const id of trace.registrationIds) {
@@ -178,16 +189,7 @@ const operations: Place = {
   action: 'delete',
   bundleField: 'operations',
   size: (trace) => trace.registrationIds.length,
-  async find(context, trace) {
-    const items: string[] = [];
-    let count = 0;
-    for (const id of trace.registrationIds) {
-      const rows = await context.store.countOperationsOfRegistration(context.instanceId, id);
-      if (rows > 0) items.push(id);
-      count += rows;
-    }
-    return { count, items };
-  },
+  find: (context, trace) => findEach(trace.registrationIds, (id) => context.store.countOperationsOfRegistration(context.instanceId, id)),
   async export(context, trace) {
     const found: JsonMap[] = [];
     for (const id of trace.registrationIds) {
@@ -210,16 +212,7 @@ const issuedCertificates: Place = {
   action: 'delete',
   bundleField: 'issuedCertificates',
   size: (trace) => trace.registrationIds.length,
-  async find(context, trace) {
-    const items: string[] = [];
-    let count = 0;
-    for (const id of trace.registrationIds) {
-      const rows = (await context.store.listIssuedCertificates(context.instanceId, id)).length;
-      if (rows > 0) items.push(id);
-      count += rows;
-    }
-    return { count, items };
-  },
+  find: (context, trace) => findEach(trace.registrationIds, async (id) => (await context.store.listIssuedCertificates(context.instanceId, id)).length),
   async export(context, trace) {
     const found: JsonMap[] = [];
     for (const id of trace.registrationIds) {
@@ -302,11 +295,7 @@ const enrollments: Place = {
   action: 'delete',
   bundleField: 'individualEnrollments',
   size: (trace) => trace.enrollmentIds.length,
-  async find(context, trace) {
-    const items: string[] = [];
-    for (const id of trace.enrollmentIds) if ((await context.store.getEnrollment(context.instanceId, id)) !== undefined) items.push(id);
-    return { count: items.length, items };
-  },
+  find: (context, trace) => findEach(trace.enrollmentIds, async (id) => ((await context.store.getEnrollment(context.instanceId, id)) === undefined ? 0 : 1)),
   async export(context, trace) {
     const found: JsonMap[] = [];
     for (const id of trace.enrollmentIds) {
@@ -333,11 +322,7 @@ const enrollmentGroups: Place = {
   action: 'delete',
   bundleField: 'enrollmentGroups',
   size: (trace) => trace.groupIds.length,
-  async find(context, trace) {
-    const items: string[] = [];
-    for (const id of trace.groupIds) if ((await context.store.getEnrollmentGroup(context.instanceId, id)) !== undefined) items.push(id);
-    return { count: items.length, items };
-  },
+  find: (context, trace) => findEach(trace.groupIds, async (id) => ((await context.store.getEnrollmentGroup(context.instanceId, id)) === undefined ? 0 : 1)),
   async export(context, trace) {
     const groups = new Map<string, string>();
     for (const id of trace.groupIds) groups.set(id.toLowerCase(), id);

@@ -4,7 +4,8 @@ import type { AuditLog } from '../../services/audit-log.js';
 import type { BulkItemLog } from '../../services/enrollments.js';
 import type { AuditEvent } from '../../store/store.js';
 import './route-docs.js';
-import './service-api/plugin.js';
+// Type-only: the request.caller augmentation, without a runtime import back into the plugin that imports this file.
+import type {} from './service-api/plugin.js';
 
 declare module 'fastify' {
   interface FastifyRequest {

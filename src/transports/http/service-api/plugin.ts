@@ -58,6 +58,10 @@ declare module 'fastify' {
 const IdParams = Type.Object({ id: Type.String() });
 const ApiVersionQuery = Type.Object({ 'api-version': Type.String({ description: 'Service API version, e.g. 2021-10-01.' }) });
 const IfMatchHeaders = Type.Object({ 'if-match': Type.Optional(Type.String({ description: 'Etag the entry must have.' })) });
+const PutPreconditionHeaders = Type.Object({
+  'if-match': Type.Optional(Type.String({ description: 'Etag the entry must have ("*": any existing entry).' })),
+  'if-none-match': Type.Optional(Type.String({ description: '"*": create only; 412 (412003) when the entry exists.' })),
+});
 const PagingHeaders = Type.Object({
   'x-ms-max-item-count': Type.Optional(Type.String({ description: 'Page size.' })),
   'x-ms-continuation': Type.Optional(Type.String({ description: 'Token from the previous page.' })),
@@ -113,6 +117,17 @@ function pageRequest(request: FastifyRequest): { query: string | undefined; maxI
 function ifMatch(request: FastifyRequest): string | undefined {
   const value = request.headers['if-match'];
   return value === undefined || value === '' ? undefined : String(value);
+}
+
+/**
+ * If-None-Match on PUT: `*` means create only (RFC 7232 §3.2). An etag list would mean "replace unless it is one of
+ * these versions", which no client needs and If-Match says better, so only `*` is taken.
+ */
+function createOnly(request: FastifyRequest): boolean {
+  const value = request.headers['if-none-match'];
+  if (value === undefined || value === '') return false;
+  if (String(value).trim() === '*') return true;
+  throw new ProvisioningError('InvalidHeader', 'If-None-Match takes only "*" (create only).');
 }
 
 /** Deeper bodies are refused before validation; see nestedDeeperThan. */
@@ -182,17 +197,17 @@ export function serviceApiPlugin(deps: ServiceApiDeps) {
         handler: async (request) => service.get(callerOf(request).instance, (request.params as { id: string }).id),
       });
       app.put(`${base}/:id`, {
-        schema: { params: IdParams, querystring: ApiVersionQuery, headers: IfMatchHeaders, body: kind.input },
+        schema: { params: IdParams, querystring: ApiVersionQuery, headers: PutPreconditionHeaders, body: kind.input },
         config: {
           right: 'EnrollmentWrite',
           auditSubject: kind.auditSubject,
           operationId: `${noun}_CreateOrUpdate`,
           tag,
-          summary: `Create or replace an ${noun}; with If-Match only if the etag matches. The response carries generated keys.`,
-          responses: { 200: { description: noun, schema: kind.output }, 412: { description: 'Etag mismatch', schema: ErrorDetails }, 409: { description: 'Certificate already used', schema: ErrorDetails }, ...errorResponses },
+          summary: `Create or replace an ${noun}; with If-Match only if the etag matches, with If-None-Match: * only if it does not exist. The response carries generated keys.`,
+          responses: { 200: { description: noun, schema: kind.output }, 412: { description: 'Etag mismatch, or If-None-Match: * and the entry exists', schema: ErrorDetails }, 409: { description: 'Certificate already used', schema: ErrorDetails }, ...errorResponses },
         },
         handler: async (request) =>
-          service.createOrUpdate(callerOf(request).instance, (request.params as { id: string }).id, request.body, ifMatch(request)),
+          service.createOrUpdate(callerOf(request).instance, (request.params as { id: string }).id, request.body, ifMatch(request), createOnly(request)),
       });
       app.delete(`${base}/:id`, {
         schema: { params: IdParams, querystring: ApiVersionQuery, headers: IfMatchHeaders },

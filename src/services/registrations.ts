@@ -111,6 +111,8 @@ export class RegistrationService {
   readonly #proven = new Map<string, ProvenOperation>();
   /** A registration's one write transaction, shared with its concurrent neighbours on SQLite (store/group-commit.ts). */
   readonly #committer: Committer;
+  /** When this service started: an `assigning` operation older than that on SQLite belongs to a dead process. */
+  readonly #startedUtc: string;
 
   constructor(deps: RegistrationServiceDeps) {
     this.#deps = deps;
@@ -119,6 +121,7 @@ export class RegistrationService {
     // Refused attempts are counted on this node: a flood of bad tokens must not cost a database write each.
     this.#refused = new RefusedAttempts(new MemoryRateLimiter(deps.config.refusedAttemptsPerSecondPerSource));
     this.#committer = committerFor(deps.store, deps.groupCommit);
+    this.#startedUtc = dpsTimestamp(deps.now());
   }
 
   /** Register: authenticate now (401 at once), assign in the background, answer 202 `assigning` with an operation. */
@@ -202,6 +205,37 @@ export class RegistrationService {
     };
   }
 
+  /**
+   * An `assigning` operation nobody will finish: its registration's process died after the device was told the
+   * operation ID and before the one transaction that writes the outcome (a built-in hub registration leaves no intent
+   * to settle: the crash rolled all of it back). On a single-writer store, any created before this process started; on
+   * a shared one, any older than the intent timeout (no live registration of another node is that old).
+   */
+  #abandoned(operation: StoredOperation): boolean {
+    if (this.#inFlight.has(operation.operationId)) return false;
+    if (this.#deps.store.capabilities.singleWriter) return operation.createdDateTimeUtc < this.#startedUtc;
+    const cutoff = dpsTimestamp(new Date(this.#deps.now().getTime() - this.#deps.config.registrationIntentTimeoutMs));
+    return operation.createdDateTimeUtc < cutoff;
+  }
+
+  /** Ends an abandoned operation `failed` with RegistrationInterrupted (the device registers again), unless it ended. */
+  async #endInterrupted(instanceId: string, operation: StoredOperation): Promise<StoredOperation> {
+    return this.#deps.store.transaction(async (tx) => {
+      const current = await tx.getOperation(instanceId, operation.operationId);
+      if (current !== undefined && current.status !== 'assigning') return current;
+      const interrupted = new ProvisioningError('RegistrationInterrupted');
+      const now = dpsTimestamp(this.#deps.now());
+      const failed: StoredOperation = {
+        ...operation,
+        status: 'failed',
+        lastUpdatedDateTimeUtc: now,
+        registrationState: { registrationId: operation.registrationId, status: 'failed', errorCode: interrupted.errorCode, errorMessage: interrupted.message, lastUpdatedDateTimeUtc: now },
+      };
+      await tx.putOperation(instanceId, failed);
+      return failed;
+    });
+  }
+
   /** A register request the erase fence refused goes in the system log (through the fence-aware path: by hash only). */
   async #logFenceRefusal(match: DeviceMatch, transport: Transport, error: ProvisioningError): Promise<void> {
     await this.#deps.audit?.record(match.instance.id, {
@@ -229,6 +263,10 @@ export class RegistrationService {
     const operation = await this.#deps.store.getOperation(instanceId, request.operationId);
     if (operation === undefined || idKey(operation.registrationId) !== idKey(registrationId)) {
       throw new ProvisioningError('OperationNotFound', `Operation '${request.operationId}' was not found for '${request.registrationId}'.`);
+    }
+    if (operation.status === 'assigning' && this.#abandoned(operation)) {
+      const ended = await this.#endInterrupted(instanceId, operation);
+      return { httpStatus: 200, body: { operationId: ended.operationId, status: ended.status, registrationState: ended.registrationState ?? {} }, retryAfterSeconds: undefined };
     }
     if (operation.status !== 'assigning') this.#proven.delete(operation.operationId);
     if (operation.status === 'assigning') {

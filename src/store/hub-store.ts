@@ -1,5 +1,6 @@
 import { sql, type Kysely } from 'kysely';
 import type { JsonMap } from '../domain/enrollment.js';
+import { hotDoc, hotWrite, hubStatements, runHot, type HubStatements } from './hot-statements.js';
 import type { Database } from './schema.js';
 import type { Page } from './store.js';
 
@@ -112,30 +113,25 @@ export class DeviceFencedError extends Error {
   }
 }
 
-async function refuseFenced(db: Kysely<Database>, hubName: string, deviceId: string): Promise<void> {
-  const row = await db
-    .selectFrom('erase_fences')
-    .select('doc')
-    .where('subject_kind', '=', 'deviceId')
-    .where('id_key', '=', key(deviceId))
-    .where('instance_id', 'in', (eb) => eb.selectFrom('linked_hubs').select('instance_id').where('name_key', '=', key(hubName)))
-    .executeTakeFirst();
-  if (row !== undefined) throw new DeviceFencedError((JSON.parse(row.doc) as { requestId: string }).requestId);
+async function refuseFenced(db: Kysely<Database>, statements: HubStatements, hubName: string, deviceId: string): Promise<void> {
+  const fence = await hotDoc<{ requestId: string }>(db, statements.deviceFence, [key(hubName), key(deviceId)]);
+  if (fence !== undefined) throw new DeviceFencedError(fence.requestId);
 }
 const parse = <T>(doc: string): T => JSON.parse(doc) as T;
 
 export class KyselyHubStore implements BuiltInHubStore {
   readonly #db: Kysely<Database>;
+  readonly #hot: HubStatements;
 
   constructor(db: Kysely<Database>) {
     this.#db = db;
+    this.#hot = hubStatements(db);
   }
 
   // ---- hubs
 
   async getHub(name: string): Promise<BuiltInHubRecord | undefined> {
-    const row = await this.#db.selectFrom('built_in_hubs').select('doc').where('name_key', '=', key(name)).executeTakeFirst();
-    return row === undefined ? undefined : parse<BuiltInHubRecord>(row.doc);
+    return hotDoc<BuiltInHubRecord>(this.#db, this.#hot.hub, [key(name)]);
   }
 
   async insertHub(hub: BuiltInHubRecord): Promise<boolean> {
@@ -168,47 +164,30 @@ export class KyselyHubStore implements BuiltInHubStore {
   // ---- devices (identity + twin)
 
   async getDevice(hubName: string, deviceId: string): Promise<HubDeviceRow | undefined> {
-    const row = await this.#db
-      .selectFrom('hub_devices')
-      .select(['doc', 'revision'])
-      .where('hub_key', '=', key(hubName))
-      .where('device_id_key', '=', key(deviceId))
-      .executeTakeFirst();
+    const row = (await runHot<{ doc: string; revision: string }>(this.#db, this.#hot.device, [key(hubName), key(deviceId)])).rows[0];
     return row === undefined ? undefined : { device: parse<StoredHubDevice>(row.doc), revision: row.revision };
   }
 
   async insertDevice(hubName: string, device: StoredHubDevice, revision: string): Promise<boolean> {
     return this.#db.transaction().execute(async (trx) => {
-      await refuseFenced(trx, hubName, device.deviceId);
+      await refuseFenced(trx, this.#hot, hubName, device.deviceId);
       return this.#insertDevice(trx, hubName, device, revision);
     });
   }
 
   async #insertDevice(db: Kysely<Database>, hubName: string, device: StoredHubDevice, revision: string): Promise<boolean> {
-    const result = await db
-      .insertInto('hub_devices')
-      .values({ hub_key: key(hubName), device_id_key: key(device.deviceId), status: device.status, revision, doc: JSON.stringify(device) })
-      .onConflict((oc) => oc.columns(['hub_key', 'device_id_key']).doNothing())
-      .executeTakeFirst();
-    return (result.numInsertedOrUpdatedRows ?? 0n) > 0n;
+    return (await hotWrite(db, this.#hot.insertDevice, [key(hubName), key(device.deviceId), device.status, revision, JSON.stringify(device)])) > 0;
   }
 
   async replaceDevice(hubName: string, device: StoredHubDevice, expectedRevision: string, revision: string): Promise<boolean> {
     return this.#db.transaction().execute(async (trx) => {
-      await refuseFenced(trx, hubName, device.deviceId);
+      await refuseFenced(trx, this.#hot, hubName, device.deviceId);
       return this.#replaceDevice(trx, hubName, device, expectedRevision, revision);
     });
   }
 
   async #replaceDevice(db: Kysely<Database>, hubName: string, device: StoredHubDevice, expectedRevision: string, revision: string): Promise<boolean> {
-    const result = await db
-      .updateTable('hub_devices')
-      .set({ status: device.status, revision, doc: JSON.stringify(device) })
-      .where('hub_key', '=', key(hubName))
-      .where('device_id_key', '=', key(device.deviceId))
-      .where('revision', '=', expectedRevision)
-      .executeTakeFirst();
-    return result.numUpdatedRows > 0n;
+    return (await hotWrite(db, this.#hot.replaceDevice, [key(hubName), key(device.deviceId), device.status, revision, JSON.stringify(device), expectedRevision])) > 0;
   }
 
   async deleteDevice(hubName: string, deviceId: string, expectedRevision?: string): Promise<boolean> {

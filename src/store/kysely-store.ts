@@ -6,6 +6,7 @@ import { SQLITE_CAPABILITIES } from './dialects/sqlite.js';
 import type { StoredEnrollment, StoredEnrollmentGroup } from '../domain/enrollment.js';
 import { certificateThumbprints } from '../domain/enrollment.js';
 import type { Filter } from '../domain/query.js';
+import { hotDoc, hotWrite, NO_KEY, runHot, storeStatements, type StoreStatements } from './hot-statements.js';
 import { migrationProvider } from './migrations.js';
 import type { Database } from './schema.js';
 import type {
@@ -110,6 +111,13 @@ export function isUniqueViolation(error: unknown): boolean {
  */
 const BATCH_ROWS = 500;
 let savepoints = 0;
+/** Hot statements compiled once per root Kysely instance; its transactions share them. */
+const compiledStatements = new WeakMap<Kysely<Database>, StoreStatements>();
+function statementsOf(db: Kysely<Database>): StoreStatements {
+  let statements = compiledStatements.get(db);
+  if (statements === undefined) compiledStatements.set(db, (statements = storeStatements(db)));
+  return statements;
+}
 
 function enrollmentColumns(enrollment: StoredEnrollment) {
   return {
@@ -128,11 +136,13 @@ export class KyselyStore implements Store {
   readonly #db: Db;
   readonly #root: Kysely<Database> | undefined;
   readonly #options: KyselyStoreOptions;
+  readonly #hot: StoreStatements;
 
   constructor(db: Kysely<Database>, options: KyselyStoreOptions = { capabilities: SQLITE_CAPABILITIES }, transaction?: Transaction<Database>) {
     this.#db = transaction ?? db;
     this.#root = transaction === undefined ? db : undefined;
     this.#options = options;
+    this.#hot = statementsOf(db);
   }
 
   get capabilities(): DialectCapabilities {
@@ -228,13 +238,11 @@ export class KyselyStore implements Store {
   }
 
   async getInstance(id: string): Promise<InstanceRecord | undefined> {
-    const row = await this.#db.selectFrom('instances').select('doc').where('id', '=', id).executeTakeFirst();
-    return row === undefined ? undefined : parse<InstanceRecord>(row.doc);
+    return hotDoc<InstanceRecord>(this.#db, this.#hot.instanceById, [id]);
   }
 
   async findInstanceByIdScope(idScope: string): Promise<InstanceRecord | undefined> {
-    const row = await this.#db.selectFrom('instances').select('doc').where('id_scope_key', '=', lower(idScope)).executeTakeFirst();
-    return row === undefined ? undefined : parse<InstanceRecord>(row.doc);
+    return hotDoc<InstanceRecord>(this.#db, this.#hot.instanceByIdScope, [lower(idScope)]);
   }
 
   async findInstanceByHostName(hostName: string): Promise<InstanceRecord | undefined> {
@@ -298,7 +306,8 @@ export class KyselyStore implements Store {
     return this.#deleteNamed('access_policies', instanceId, keyName);
   }
   async listLinkedHubs(instanceId: string): Promise<LinkedHubRecord[]> {
-    return this.#listNamed<LinkedHubRecord>('linked_hubs', instanceId);
+    const { rows } = await runHot<{ doc: string }>(this.#db, this.#hot.linkedHubs, [instanceId]);
+    return rows.map((row) => parse<LinkedHubRecord>(row.doc));
   }
   async getLinkedHub(instanceId: string, name: string): Promise<LinkedHubRecord | undefined> {
     return this.#getNamed<LinkedHubRecord>('linked_hubs', instanceId, name);
@@ -477,13 +486,7 @@ export class KyselyStore implements Store {
   // ---- enrollments
 
   async getEnrollment(instanceId: string, registrationId: string): Promise<StoredEnrollment | undefined> {
-    const row = await this.#db
-      .selectFrom('enrollments')
-      .select('doc')
-      .where('instance_id', '=', instanceId)
-      .where('registration_id_key', '=', lower(registrationId))
-      .executeTakeFirst();
-    return row === undefined ? undefined : parse<StoredEnrollment>(row.doc);
+    return hotDoc<StoredEnrollment>(this.#db, this.#hot.enrollment, [instanceId, lower(registrationId)]);
   }
 
   async putEnrollment(instanceId: string, enrollment: StoredEnrollment, expectedEtag?: string): Promise<boolean> {
@@ -597,13 +600,7 @@ export class KyselyStore implements Store {
   // ---- enrollment groups
 
   async getEnrollmentGroup(instanceId: string, groupId: string): Promise<StoredEnrollmentGroup | undefined> {
-    const row = await this.#db
-      .selectFrom('enrollment_groups')
-      .select('doc')
-      .where('instance_id', '=', instanceId)
-      .where('group_id_key', '=', lower(groupId))
-      .executeTakeFirst();
-    return row === undefined ? undefined : parse<StoredEnrollmentGroup>(row.doc);
+    return hotDoc<StoredEnrollmentGroup>(this.#db, this.#hot.enrollmentGroup, [instanceId, lower(groupId)]);
   }
 
   async putEnrollmentGroup(instanceId: string, group: StoredEnrollmentGroup, expectedEtag?: string): Promise<boolean> {
@@ -692,29 +689,20 @@ export class KyselyStore implements Store {
   // ---- registration records
 
   async getRegistration(instanceId: string, registrationId: string): Promise<StoredRegistration | undefined> {
-    const row = await this.#db
-      .selectFrom('registrations')
-      .select('doc')
-      .where('instance_id', '=', instanceId)
-      .where('registration_id_key', '=', lower(registrationId))
-      .executeTakeFirst();
-    return row === undefined ? undefined : parse<StoredRegistration>(row.doc);
+    return hotDoc<StoredRegistration>(this.#db, this.#hot.registration, [instanceId, lower(registrationId)]);
   }
 
   async putRegistration(instanceId: string, registration: StoredRegistration): Promise<void> {
-    const columns = {
-      device_id_key: lower(registration.deviceId),
-      group_id_key: lower(registration.enrollmentGroupId),
-      status: registration.status,
-      assigned_hub_key: lower(registration.assignedHub),
-      etag: registration.etag,
-      doc: JSON.stringify(registration),
-    };
-    await this.#db
-      .insertInto('registrations')
-      .values({ instance_id: instanceId, registration_id_key: lower(registration.registrationId), ...columns })
-      .onConflict((oc) => oc.columns(['instance_id', 'registration_id_key']).doUpdateSet(columns))
-      .execute();
+    await hotWrite(this.#db, this.#hot.putRegistration, [
+      instanceId,
+      lower(registration.registrationId),
+      lower(registration.deviceId),
+      lower(registration.enrollmentGroupId),
+      registration.status,
+      lower(registration.assignedHub),
+      registration.etag,
+      JSON.stringify(registration),
+    ]);
   }
 
   async deleteRegistration(instanceId: string, registrationId: string, expectedEtag?: string): Promise<boolean> {
@@ -739,22 +727,17 @@ export class KyselyStore implements Store {
   // ---- operations
 
   async putOperation(instanceId: string, operation: StoredOperation): Promise<void> {
-    const columns = { updated_at: operation.lastUpdatedDateTimeUtc, doc: JSON.stringify(operation) };
-    await this.#db
-      .insertInto('operations')
-      .values({ instance_id: instanceId, operation_id: operation.operationId, registration_id_key: lower(operation.registrationId), ...columns })
-      .onConflict((oc) => oc.columns(['instance_id', 'operation_id']).doUpdateSet(columns))
-      .execute();
+    await hotWrite(this.#db, this.#hot.putOperation, [
+      instanceId,
+      operation.operationId,
+      lower(operation.registrationId),
+      operation.lastUpdatedDateTimeUtc,
+      JSON.stringify(operation),
+    ]);
   }
 
   async getOperation(instanceId: string, operationId: string): Promise<StoredOperation | undefined> {
-    const row = await this.#db
-      .selectFrom('operations')
-      .select('doc')
-      .where('instance_id', '=', instanceId)
-      .where('operation_id', '=', operationId)
-      .executeTakeFirst();
-    return row === undefined ? undefined : parse<StoredOperation>(row.doc);
+    return hotDoc<StoredOperation>(this.#db, this.#hot.operation, [instanceId, operationId]);
   }
 
   async deleteOperationsBefore(cutoffUtc: string, limit?: number): Promise<number> {
@@ -806,19 +789,27 @@ export class KyselyStore implements Store {
       ] as const
     ).map(([kind, ids]) => [kind, [...new Set((ids ?? []).filter((id) => id !== '').map(lower))]] as const);
     if (wanted.every(([, keys]) => keys.length === 0)) return undefined;
-    // One IN list per kind, in chunks: a bulk call probes thousands of IDs at once, and an OR per ID would exceed
-    // SQLite's expression depth (1,000).
-    for (const [kind, keys] of wanted) {
-      for (let i = 0; i < keys.length; i += BATCH_ROWS) {
-        const row = await this.#db
-          .selectFrom('erase_fences')
-          .select(['subject_kind', 'doc'])
-          .where('instance_id', '=', instanceId)
-          .where('subject_kind', '=', kind)
-          .where('id_key', 'in', keys.slice(i, i + BATCH_ROWS))
-          .executeTakeFirst();
-        if (row !== undefined) return fenceOf(row);
-      }
+    // A device's own probe (one ID per kind: every registration, poll and log entry) is one compiled statement.
+    if (wanted.every(([, keys]) => keys.length <= 1)) {
+      const [registrationKey, deviceKey, groupKey] = wanted.map(([, keys]) => keys[0] ?? NO_KEY);
+      const { rows } = await runHot<{ subject_kind: string; doc: string }>(this.#db, this.#hot.eraseFence, [instanceId, registrationKey, deviceKey, groupKey]);
+      return rows[0] === undefined ? undefined : fenceOf(rows[0]);
+    }
+    // A bulk call probes thousands of IDs at once: one statement per chunk of BATCH_ROWS IDs, all kinds together, as
+    // one IN list per kind (an OR per ID would exceed SQLite's expression depth of 1,000).
+    const all = wanted.flatMap(([kind, keys]) => keys.map((key) => [kind, key] as const));
+    for (let i = 0; i < all.length; i += BATCH_ROWS) {
+      const chunk = all.slice(i, i + BATCH_ROWS);
+      const byKind = wanted
+        .map(([kind]) => [kind, chunk.filter(([chunkKind]) => chunkKind === kind).map(([, key]) => key)] as const)
+        .filter(([, keys]) => keys.length > 0);
+      const row = await this.#db
+        .selectFrom('erase_fences')
+        .select(['subject_kind', 'doc'])
+        .where('instance_id', '=', instanceId)
+        .where((eb) => eb.or(byKind.map(([kind, keys]) => eb.and([eb('subject_kind', '=', kind), eb('id_key', 'in', keys)]))))
+        .executeTakeFirst();
+      if (row !== undefined) return fenceOf(row);
     }
     return undefined;
   }
@@ -863,15 +854,11 @@ export class KyselyStore implements Store {
   // ---- registration intents
 
   async putRegistrationIntent(instanceId: string, intent: RegistrationIntent): Promise<void> {
-    await this.#db
-      .insertInto('registration_intents')
-      .values({ instance_id: instanceId, operation_id: intent.operationId, created_at: intent.createdDateTimeUtc, doc: JSON.stringify(intent) })
-      .onConflict((oc) => oc.columns(['instance_id', 'operation_id']).doUpdateSet({ created_at: intent.createdDateTimeUtc, doc: JSON.stringify(intent) }))
-      .execute();
+    await hotWrite(this.#db, this.#hot.putRegistrationIntent, [instanceId, intent.operationId, intent.createdDateTimeUtc, JSON.stringify(intent)]);
   }
 
   async deleteRegistrationIntent(instanceId: string, operationId: string): Promise<void> {
-    await this.#db.deleteFrom('registration_intents').where('instance_id', '=', instanceId).where('operation_id', '=', operationId).execute();
+    await hotWrite(this.#db, this.#hot.deleteRegistrationIntent, [instanceId, operationId]);
   }
 
   async listRegistrationIntentsOf(instanceId: string): Promise<RegistrationIntent[]> {
@@ -893,7 +880,20 @@ export class KyselyStore implements Store {
   // ---- the system log
 
   async appendAuditEvent(instanceId: string, event: AuditEvent): Promise<void> {
-    await this.#db.insertInto('audit_events').values(auditRow(instanceId, event)).execute();
+    const row = auditRow(instanceId, event);
+    await hotWrite(this.#db, this.#hot.appendAuditEvent, [
+      row.instance_id,
+      row.event_id,
+      row.time_utc,
+      row.kind,
+      row.actor,
+      row.outcome,
+      row.event_class,
+      row.registration_id_key,
+      row.device_id_key,
+      row.group_id_key,
+      row.doc,
+    ]);
   }
 
   async appendAuditEvents(instanceId: string, events: readonly AuditEvent[]): Promise<void> {
@@ -1054,12 +1054,14 @@ export class KyselyStore implements Store {
   // ---- subject→hub-device links
 
   async putHubDeviceLink(instanceId: string, link: HubDeviceLink): Promise<void> {
-    const columns = { group_id_key: lower(link.enrollmentGroupId), doc: JSON.stringify(link) };
-    await this.#db
-      .insertInto('hub_device_links')
-      .values({ instance_id: instanceId, registration_id_key: lower(link.registrationId), hub_key: lower(link.hub), device_id_key: lower(link.deviceId), ...columns })
-      .onConflict((oc) => oc.columns(['instance_id', 'registration_id_key', 'hub_key', 'device_id_key']).doUpdateSet(columns))
-      .execute();
+    await hotWrite(this.#db, this.#hot.putHubDeviceLink, [
+      instanceId,
+      lower(link.registrationId),
+      lower(link.hub),
+      lower(link.deviceId),
+      lower(link.enrollmentGroupId),
+      JSON.stringify(link),
+    ]);
   }
 
   async findHubDeviceLinks(instanceId: string, ids: SubjectIds): Promise<HubDeviceLink[]> {
@@ -1184,8 +1186,8 @@ export class KyselyStore implements Store {
   }
 
   async changeCounter(name: string): Promise<number> {
-    const row = await this.#db.selectFrom('change_counters').select('version').where('name', '=', name).executeTakeFirst();
-    return Number(row?.version ?? 0);
+    const { rows } = await runHot<{ version: number | string }>(this.#db, this.#hot.changeCounter, [name]);
+    return Number(rows[0]?.version ?? 0);
   }
 
   async withLock<T>(name: string, work: () => Promise<T>): Promise<T> {

@@ -588,7 +588,7 @@ export class RegistrationService {
     const { match, previous } = flow;
     const { instance } = match;
     const enrollment = match.enrollment.doc;
-    const linked = await this.#deps.store.listLinkedHubs(instance.id);
+    const linked = await this.#deps.store.linkedHubsOf(instance);
     const byName = new Map(linked.map((hub) => [hub.name, hub]));
     const current = previous?.status === 'assigned' && previous.assignedHub !== undefined ? byName.get(previous.assignedHub) : undefined;
     const stays = current !== undefined && !enrollment.reprovisionPolicy.updateHubAssignment;

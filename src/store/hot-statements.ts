@@ -1,4 +1,5 @@
 import type { Compilable, Kysely, QueryResult, RootOperationNode } from 'kysely';
+import { CONFIG_COUNTER } from './config-cache.js';
 import type { Database } from './schema.js';
 
 /**
@@ -137,6 +138,27 @@ export function storeStatements(db: Kysely<Database>) {
         .limit(1),
     ),
     linkedHubs: compileHot((p) => db.selectFrom('linked_hubs').select('doc').where('instance_id', '=', p(0)).orderBy('name_key')),
+    // PostgreSQL (store/config-cache.ts): the shared config version and the documents from one snapshot. The version
+    // is a one-row subquery, so it comes back even when no document matches.
+    instanceByIdScopeVersioned: compileHot((p) =>
+      db
+        .selectFrom(configVersion(db).as('v'))
+        .leftJoin('instances', (join) => join.on('instances.id_scope_key', '=', p(0)))
+        .select(['v.version', 'instances.doc']),
+    ),
+    instanceByIdVersioned: compileHot((p) =>
+      db
+        .selectFrom(configVersion(db).as('v'))
+        .leftJoin('instances', (join) => join.on('instances.id', '=', p(0)))
+        .select(['v.version', 'instances.doc']),
+    ),
+    linkedHubsVersioned: compileHot((p) =>
+      db
+        .selectFrom(configVersion(db).as('v'))
+        .leftJoin('linked_hubs', (join) => join.on('linked_hubs.instance_id', '=', p(0)))
+        .select(['v.version', 'linked_hubs.doc'])
+        .orderBy('linked_hubs.name_key'),
+    ),
     changeCounter: compileHot((p) => db.selectFrom('change_counters').select('version').where('name', '=', p(0))),
     putRegistrationIntent: compileHot((p) =>
       db
@@ -146,6 +168,14 @@ export function storeStatements(db: Kysely<Database>) {
     ),
     deleteRegistrationIntent: compileHot((p) => db.deleteFrom('registration_intents').where('instance_id', '=', p(0)).where('operation_id', '=', p(1))),
   };
+}
+
+/** The shared config counter's value, 0 before the first config write. */
+function configVersion(db: Kysely<Database>) {
+  return db
+    .selectFrom('change_counters')
+    .select((eb) => eb.fn.coalesce(eb.fn.max('version'), eb.lit(0)).as('version'))
+    .where('name', '=', CONFIG_COUNTER);
 }
 
 /** The built-in hub store's hot statements. */

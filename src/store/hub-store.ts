@@ -1,5 +1,6 @@
 import { sql, type Kysely } from 'kysely';
 import type { JsonMap } from '../domain/enrollment.js';
+import { CONFIG_COUNTER, configCacheOf, type ConfigCache } from './config-cache.js';
 import { hotDoc, hotWrite, hubStatements, runHot, type HubStatements } from './hot-statements.js';
 import type { Database } from './schema.js';
 import type { Page } from './store.js';
@@ -122,30 +123,69 @@ const parse = <T>(doc: string): T => JSON.parse(doc) as T;
 export class KyselyHubStore implements BuiltInHubStore {
   readonly #db: Kysely<Database>;
   readonly #hot: HubStatements;
+  readonly #cache: ConfigCache;
 
-  constructor(db: Kysely<Database>) {
+  /** `singleWriter`: the dialect's flag (one process writes everything), which lets hub rows be cached for free. */
+  constructor(db: Kysely<Database>, singleWriter = true) {
     this.#db = db;
     this.#hot = hubStatements(db);
+    this.#cache = configCacheOf(db, singleWriter);
   }
 
   // ---- hubs
 
   async getHub(name: string): Promise<BuiltInHubRecord | undefined> {
-    return hotDoc<BuiltInHubRecord>(this.#db, this.#hot.hub, [key(name)]);
+    // Cached on SQLite only (store/config-cache.ts): a hub's own requests carry no device request's version.
+    if (!this.#cache.singleWriter) return hotDoc<BuiltInHubRecord>(this.#db, this.#hot.hub, [key(name)]);
+    const cacheKey = `built-in-hub/${key(name)}`;
+    const hit = this.#cache.get<string | undefined>(cacheKey);
+    if (hit !== undefined) return hit.value === undefined ? undefined : parse<BuiltInHubRecord>(hit.value);
+    const generation = this.#cache.generation;
+    const text = (await runHot<{ doc: string }>(this.#db, this.#hot.hub, [key(name)])).rows[0]?.doc;
+    this.#cache.set(cacheKey, text, generation);
+    return text === undefined ? undefined : parse<BuiltInHubRecord>(text);
+  }
+
+  /** A hub record write and the shared config counter in one transaction; this node's cache forgets at once and again at the end. */
+  async #changeHubs<T>(write: (trx: Kysely<Database>) => Promise<T>, changed: (result: T) => boolean): Promise<T> {
+    this.#cache.invalidate();
+    try {
+      return await this.#db.transaction().execute(async (trx) => {
+        const result = await write(trx);
+        if (changed(result)) {
+          await trx
+            .insertInto('change_counters')
+            .values({ name: CONFIG_COUNTER, version: 1 })
+            .onConflict((oc) => oc.column('name').doUpdateSet({ version: sql<number>`change_counters.version + 1` }))
+            .execute();
+        }
+        return result;
+      });
+    } finally {
+      this.#cache.invalidate();
+    }
   }
 
   async insertHub(hub: BuiltInHubRecord): Promise<boolean> {
     // ON CONFLICT DO NOTHING: two nodes bootstrapping the same hub at once both succeed, and one record wins.
-    const result = await this.#db
-      .insertInto('built_in_hubs')
-      .values({ name_key: key(hub.name), doc: JSON.stringify(hub) })
-      .onConflict((oc) => oc.column('name_key').doNothing())
-      .executeTakeFirst();
-    return (result.numInsertedOrUpdatedRows ?? 0n) > 0n;
+    return this.#changeHubs(
+      async (trx) => {
+        const result = await trx
+          .insertInto('built_in_hubs')
+          .values({ name_key: key(hub.name), doc: JSON.stringify(hub) })
+          .onConflict((oc) => oc.column('name_key').doNothing())
+          .executeTakeFirst();
+        return (result.numInsertedOrUpdatedRows ?? 0n) > 0n;
+      },
+      (inserted) => inserted,
+    );
   }
 
   async updateHub(hub: BuiltInHubRecord): Promise<void> {
-    await this.#db.updateTable('built_in_hubs').set({ doc: JSON.stringify(hub) }).where('name_key', '=', key(hub.name)).execute();
+    await this.#changeHubs(
+      (trx) => trx.updateTable('built_in_hubs').set({ doc: JSON.stringify(hub) }).where('name_key', '=', key(hub.name)).execute(),
+      () => true,
+    );
   }
 
   async listHubs(): Promise<BuiltInHubRecord[]> {
@@ -154,11 +194,14 @@ export class KyselyHubStore implements BuiltInHubStore {
   }
 
   async deleteHub(name: string): Promise<boolean> {
-    return this.#db.transaction().execute(async (trx) => {
-      await trx.deleteFrom('hub_devices').where('hub_key', '=', key(name)).execute();
-      const result = await trx.deleteFrom('built_in_hubs').where('name_key', '=', key(name)).executeTakeFirst();
-      return result.numDeletedRows > 0n;
-    });
+    return this.#changeHubs(
+      async (trx) => {
+        await trx.deleteFrom('hub_devices').where('hub_key', '=', key(name)).execute();
+        const result = await trx.deleteFrom('built_in_hubs').where('name_key', '=', key(name)).executeTakeFirst();
+        return result.numDeletedRows > 0n;
+      },
+      (deleted) => deleted,
+    );
   }
 
   // ---- devices (identity + twin)

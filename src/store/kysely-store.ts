@@ -6,6 +6,7 @@ import { SQLITE_CAPABILITIES } from './dialects/sqlite.js';
 import type { StoredEnrollment, StoredEnrollmentGroup } from '../domain/enrollment.js';
 import { certificateThumbprints } from '../domain/enrollment.js';
 import type { Filter } from '../domain/query.js';
+import { CONFIG_COUNTER, configCacheOf, type ConfigCache } from './config-cache.js';
 import { hotDoc, hotWrite, NO_KEY, runHot, storeStatements, type StoreStatements } from './hot-statements.js';
 import { migrationProvider } from './migrations.js';
 import type { Database } from './schema.js';
@@ -82,6 +83,7 @@ const COLUMNS = {
 type QueriedTable = keyof typeof COLUMNS;
 
 const parse = <T>(doc: string): T => JSON.parse(doc) as T;
+const parseOptional = <T>(doc: string | undefined): T | undefined => (doc === undefined ? undefined : parse<T>(doc));
 
 function fenceOf(row: { subject_kind: string; doc: string }): Pick<EraseFence, 'kind' | 'requestId' | 'subjectHash'> {
   const doc = parse<{ requestId: string; subjectHash: string }>(row.doc);
@@ -137,12 +139,16 @@ export class KyselyStore implements Store {
   readonly #root: Kysely<Database> | undefined;
   readonly #options: KyselyStoreOptions;
   readonly #hot: StoreStatements;
+  readonly #cache: ConfigCache;
+  /** This transaction changed an instance or a linked hub: its reads must see its own writes, never the cache. */
+  #wroteConfig = false;
 
   constructor(db: Kysely<Database>, options: KyselyStoreOptions = { capabilities: SQLITE_CAPABILITIES }, transaction?: Transaction<Database>) {
     this.#db = transaction ?? db;
     this.#root = transaction === undefined ? db : undefined;
     this.#options = options;
     this.#hot = statementsOf(db);
+    this.#cache = configCacheOf(db, options.capabilities.singleWriter);
   }
 
   get capabilities(): DialectCapabilities {
@@ -165,7 +171,40 @@ export class KyselyStore implements Store {
   async transaction<T>(work: (store: Store) => Promise<T>): Promise<T> {
     // Already inside a transaction: the caller's work joins it.
     if (this.#root === undefined) return work(this);
-    return this.#root.transaction().execute((trx) => work(new KyselyStore(this.#root as Kysely<Database>, this.#options, trx)));
+    const root = this.#root;
+    return this.#rootTransaction(() => root.transaction().execute((trx) => work(new KyselyStore(root, this.#options, trx))));
+  }
+
+  /** A transaction of the root that changed config leaves nothing cached behind it, committed or rolled back. */
+  async #rootTransaction<T>(run: () => Promise<T>): Promise<T> {
+    const generation = this.#cache.generation;
+    try {
+      return await run();
+    } finally {
+      if (this.#cache.generation !== generation) this.#cache.invalidate();
+    }
+  }
+
+  /** Every instance and linked-hub write: this node's cache forgets, and other nodes see the shared counter move. */
+  async #configChanged(db: Db = this.#db): Promise<void> {
+    if (this.#root === undefined) this.#wroteConfig = true;
+    this.#cache.invalidate();
+    await bumpCounter(db, CONFIG_COUNTER);
+  }
+
+  /** Cached reads: never inside a transaction that changed config, and only the root's reads fill the cache. */
+  get #cached(): ConfigCache | undefined {
+    return this.#wroteConfig ? undefined : this.#cache;
+  }
+
+  async #cachedText(key: string, atLeastVersion: number | undefined, read: () => Promise<string | undefined>): Promise<string | undefined> {
+    const cache = this.#cached;
+    const hit = cache?.get<string | undefined>(key, atLeastVersion);
+    if (hit !== undefined) return hit.value;
+    const generation = this.#cache.generation;
+    const text = await read();
+    if (this.#root !== undefined) this.#cache.set(key, text, generation);
+    return text;
   }
 
   async atomically<T>(work: (store: Store) => Promise<T>): Promise<T> {
@@ -200,6 +239,7 @@ export class KyselyStore implements Store {
         .values({ id: instance.id, id_scope_key: lower(instance.idScope), name_key: lower(instance.name), doc: JSON.stringify(instance) })
         .execute();
       await store.#writeHostNames(instance);
+      await store.#configChanged();
     });
   }
 
@@ -212,6 +252,7 @@ export class KyselyStore implements Store {
         .execute();
       await store.#db.deleteFrom('instance_host_names').where('instance_id', '=', instance.id).execute();
       await store.#writeHostNames(instance);
+      await store.#configChanged();
     });
   }
 
@@ -238,11 +279,44 @@ export class KyselyStore implements Store {
   }
 
   async getInstance(id: string): Promise<InstanceRecord | undefined> {
-    return hotDoc<InstanceRecord>(this.#db, this.#hot.instanceById, [id]);
+    // Without a device request's version there is nothing to validate a cached copy against on PostgreSQL.
+    if (!this.#cache.singleWriter) return hotDoc<InstanceRecord>(this.#db, this.#hot.instanceById, [id]);
+    return parseOptional<InstanceRecord>(await this.#cachedText(`id/${id}`, undefined, () => this.#docText(this.#hot.instanceById, [id])));
   }
 
   async findInstanceByIdScope(idScope: string): Promise<InstanceRecord | undefined> {
-    return hotDoc<InstanceRecord>(this.#db, this.#hot.instanceByIdScope, [lower(idScope)]);
+    const key = lower(idScope);
+    if (this.#cache.singleWriter) return parseOptional<InstanceRecord>(await this.#cachedText(`scope/${key}`, undefined, () => this.#docText(this.#hot.instanceByIdScope, [key])));
+    // One statement: the instance and the shared config version, from one snapshot.
+    const generation = this.#cache.generation;
+    const { version, doc } = await this.#versioned(this.#hot.instanceByIdScopeVersioned, [key]);
+    const text = doc[0];
+    if (text === undefined) return undefined;
+    const instance = parse<InstanceRecord>(text);
+    if (this.#root !== undefined) this.#cache.set(`id/${instance.id}`, text, generation, version);
+    return this.#cache.stamp(instance, version);
+  }
+
+  async currentInstance(instance: InstanceRecord): Promise<InstanceRecord | undefined> {
+    if (this.#cache.singleWriter) return this.getInstance(instance.id);
+    const cached = this.#cached?.get<string>(`id/${instance.id}`, this.#cache.stampOf(instance));
+    if (cached !== undefined) return parse<InstanceRecord>(cached.value);
+    const generation = this.#cache.generation;
+    const { version, doc } = await this.#versioned(this.#hot.instanceByIdVersioned, [instance.id]);
+    const text = doc[0];
+    if (text === undefined) return undefined;
+    if (this.#root !== undefined) this.#cache.set(`id/${instance.id}`, text, generation, version);
+    return this.#cache.stamp(parse<InstanceRecord>(text), version);
+  }
+
+  async #docText(statement: StoreStatements[keyof StoreStatements], args: readonly unknown[]): Promise<string | undefined> {
+    return (await runHot<{ doc: string }>(this.#db, statement, args)).rows[0]?.doc;
+  }
+
+  /** A versioned read (PostgreSQL): the config counter's value and the documents, in one statement. */
+  async #versioned(statement: StoreStatements[keyof StoreStatements], args: readonly unknown[]): Promise<{ version: number; doc: string[] }> {
+    const { rows } = await runHot<{ version: number | string; doc: string | null }>(this.#db, statement, args);
+    return { version: Number(rows[0]?.version ?? 0), doc: rows.flatMap((row) => (row.doc === null ? [] : [row.doc])) };
   }
 
   async findInstanceByHostName(hostName: string): Promise<InstanceRecord | undefined> {
@@ -288,6 +362,7 @@ export class KyselyStore implements Store {
     }
     await this.#db.deleteFrom('change_counters').where('name', '=', groupsCounter(id)).execute();
     const result = await this.#db.deleteFrom('instances').where('id', '=', id).executeTakeFirst();
+    await this.#configChanged();
     return result.numDeletedRows > 0n;
   }
 
@@ -306,17 +381,38 @@ export class KyselyStore implements Store {
     return this.#deleteNamed('access_policies', instanceId, keyName);
   }
   async listLinkedHubs(instanceId: string): Promise<LinkedHubRecord[]> {
-    const { rows } = await runHot<{ doc: string }>(this.#db, this.#hot.linkedHubs, [instanceId]);
-    return rows.map((row) => parse<LinkedHubRecord>(row.doc));
+    const read = async () => JSON.stringify((await runHot<{ doc: string }>(this.#db, this.#hot.linkedHubs, [instanceId])).rows.map((row) => row.doc));
+    const texts = this.#cache.singleWriter ? await this.#cachedText(`hubs/${instanceId}`, undefined, read) : await read();
+    return parse<string[]>(texts ?? '[]').map((doc) => parse<LinkedHubRecord>(doc));
+  }
+  async linkedHubsOf(instance: InstanceRecord): Promise<LinkedHubRecord[]> {
+    if (this.#cache.singleWriter) return this.listLinkedHubs(instance.id);
+    const key = `hubs/${instance.id}`;
+    const cached = this.#cached?.get<string[]>(key, this.#cache.stampOf(instance));
+    let docs = cached?.value;
+    if (docs === undefined) {
+      const generation = this.#cache.generation;
+      const read = await this.#versioned(this.#hot.linkedHubsVersioned, [instance.id]);
+      docs = read.doc;
+      if (this.#root !== undefined) this.#cache.set(key, docs, generation, read.version);
+    }
+    return docs.map((doc) => parse<LinkedHubRecord>(doc));
   }
   async getLinkedHub(instanceId: string, name: string): Promise<LinkedHubRecord | undefined> {
     return this.#getNamed<LinkedHubRecord>('linked_hubs', instanceId, name);
   }
   async putLinkedHub(instanceId: string, hub: LinkedHubRecord): Promise<void> {
-    await this.#putNamed('linked_hubs', instanceId, hub.name, hub);
+    await this.transaction(async (store) => {
+      await (store as KyselyStore).#putNamed('linked_hubs', instanceId, hub.name, hub);
+      await (store as KyselyStore).#configChanged();
+    });
   }
   async deleteLinkedHub(instanceId: string, name: string): Promise<boolean> {
-    return this.#deleteNamed('linked_hubs', instanceId, name);
+    return this.transaction(async (store) => {
+      const deleted = await (store as KyselyStore).#deleteNamed('linked_hubs', instanceId, name);
+      if (deleted) await (store as KyselyStore).#configChanged();
+      return deleted;
+    });
   }
 
   // ---- CA certificates: (instance, lower-cased name) -> document, with the thumbprint pulled out
@@ -528,7 +624,8 @@ export class KyselyStore implements Store {
   /** A write of several statements is atomic on its own; inside a caller's transaction it joins that one. */
   async #inTransaction<T>(work: (db: Db) => Promise<T>): Promise<T> {
     if (this.#root === undefined) return work(this.#db);
-    return this.#root.transaction().execute((trx) => work(trx));
+    const root = this.#root;
+    return this.#rootTransaction(() => root.transaction().execute((trx) => work(trx)));
   }
 
   async queryEnrollments(instanceId: string, query: ListQuery): Promise<Page<StoredEnrollment>> {

@@ -1,9 +1,12 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import type { KyselyPlugin, PluginTransformQueryArgs, PluginTransformResultArgs, QueryResult, RootOperationNode, UnknownRow } from 'kysely';
+import { sql } from 'kysely';
+import { loadConfig } from '../src/config/config.js';
 import { compileHot, runHot } from '../src/store/hot-statements.js';
 import { KyselyStore } from '../src/store/kysely-store.js';
-import { openSqliteDatabase } from '../src/store/open-store.js';
+import { openSqliteDatabase, openStore } from '../src/store/open-store.js';
+import { freshPostgresDatabase } from './postgres.js';
 
 /** Counts the statements a store runs (every execution passes the plugins' transformQuery). */
 function counter(): { plugin: KyselyPlugin; texts: string[]; reset: () => void } {
@@ -63,4 +66,37 @@ test('findEraseFence: a probe of one ID per kind is one statement; a bulk probe 
   assert.equal(await store.findEraseFence('i1', { registrationIds: ids('r'), deviceIds: ids('d'), groupIds: ids('g') }), undefined);
   assert.equal(count.texts.length, 3);
   await db.destroy();
+});
+
+test('PostgreSQL runs the hot statements as named prepared statements, inside transactions too', async () => {
+  const url = await freshPostgresDatabase(async (fresh) => (await openStore(loadConfig({ flags: { store: fresh, storePoolSize: 1 } }))).store.close());
+  // One connection: the statements below and the look at pg_prepared_statements (per session) share it.
+  const { store, db } = await openStore(loadConfig({ flags: { store: url, storePoolSize: 1 } }));
+  try {
+    const prepared = async () =>
+      (await sql<{ name: string; statement: string }>`select name, statement from pg_prepared_statements order by name`.execute(db)).rows.filter((row) => row.name.startsWith('provisiond_hot_'));
+    const before = (await prepared()).length;
+    assert.equal(await store.getEnrollment('i1', 'nobody'), undefined);
+    const afterRead = await prepared();
+    assert.equal(afterRead.length, before + 1);
+    assert.match(afterRead.map((row) => row.statement).join('\n'), /from "enrollments" where "instance_id" = \$1 and "registration_id_key" = \$2/);
+    // Run again and inside a transaction: the one prepared statement serves, and a rolled-back write is gone.
+    await store.transaction(async (trx) => {
+      await trx.putOperation('i1', { operationId: 'op-1', registrationId: 'dev-1', status: 'assigning', createdDateTimeUtc: 'x', lastUpdatedDateTimeUtc: 'x' });
+      assert.equal((await trx.getOperation('i1', 'op-1'))?.operationId, 'op-1');
+    });
+    await assert.rejects(
+      store.transaction(async (trx) => {
+        await trx.putOperation('i1', { operationId: 'op-2', registrationId: 'dev-1', status: 'assigning', createdDateTimeUtc: 'x', lastUpdatedDateTimeUtc: 'x' });
+        throw new Error('roll back');
+      }),
+      /roll back/,
+    );
+    assert.equal((await store.getOperation('i1', 'op-1'))?.operationId, 'op-1');
+    assert.equal(await store.getOperation('i1', 'op-2'), undefined);
+    assert.equal(await store.getEnrollment('i1', 'nobody'), undefined);
+    assert.equal((await prepared()).length, before + 3, 'enrollment read, operation upsert, operation read: each prepared once');
+  } finally {
+    await store.close();
+  }
 });

@@ -1,8 +1,8 @@
-import { randomBytes } from 'node:crypto';
+import { randomHex } from './random-pool.js';
 
 /** Etags are opaque; a fresh random value on every write makes "changes on every write" hold without counters. */
 export function newEtag(): string {
-  return `"${randomBytes(12).toString('hex')}"`;
+  return `"${randomHex(12)}"`;
 }
 
 /** Compares an `If-Match` value with a stored etag: quotes and a `W/` prefix are ignored, `*` matches anything. */

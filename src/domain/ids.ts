@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { ProvisioningError } from './errors.js';
+import { randomHex, randomUuid } from './random-pool.js';
 
 /**
  * Registration IDs and enrollment group IDs: at most 128 characters, alphanumerics plus `- . _ :`, not starting or
@@ -61,4 +62,12 @@ export function isValidSymmetricKey(key: string): boolean {
   if (!/^[A-Za-z0-9+/]+={0,2}$/.test(key) || key.length % 4 !== 0) return false;
   const bytes = Buffer.from(key, 'base64');
   return bytes.length >= 16 && bytes.length <= 64 && bytes.toString('base64') === key;
+}
+
+/**
+ * DPS operation IDs: `5.` + 16 hex digits + `.` + a UUID (dps-wire.md), from the pooled random source so that a
+ * registration does not pay for a `randomBytes` call per ID.
+ */
+export function newOperationId(): string {
+  return `5.${randomHex(8)}.${randomUuid()}`;
 }

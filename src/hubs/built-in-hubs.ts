@@ -1,9 +1,10 @@
-import { randomBytes, randomInt } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import type { JsonMap } from '../domain/enrollment.js';
 import { etagMatches } from '../domain/etag.js';
 import { assertDeviceId, isValidSymmetricKey } from '../domain/ids.js';
 import { isExpired, parseSasToken, resourceCoversPath, signedByOneOf } from '../domain/sas.js';
 import { dpsTimestamp } from '../domain/time.js';
+import { randomBase64, randomBelow, randomHex } from '../domain/random-pool.js';
 import {
   ALL_HUB_RIGHTS,
   DeviceFencedError,
@@ -450,13 +451,13 @@ function authenticationOf(input: NonNullable<DeviceInput['authentication']> | un
 
 /** IoT Hub generation IDs are .NET tick counts; a random sub-millisecond part keeps re-created devices distinct. */
 function newGenerationId(now: Date): string {
-  return String(BigInt(now.getTime()) * 10_000n + 621_355_968_000_000_000n + BigInt(randomInt(10_000)));
+  return String(BigInt(now.getTime()) * 10_000n + 621_355_968_000_000_000n + BigInt(randomBelow(10_000)));
 }
 
 /** IoT Hub device etags are base64 of a decimal number; a fresh one on every write. */
 function newDeviceEtag(previous: string | undefined): string {
   for (;;) {
-    const etag = Buffer.from(String(randomInt(1, 2 ** 31 - 1))).toString('base64');
+    const etag = Buffer.from(String(1 + randomBelow(2 ** 31 - 2))).toString('base64');
     if (etag !== previous) return etag;
   }
 }
@@ -464,13 +465,13 @@ function newDeviceEtag(previous: string | undefined): string {
 /** Twin etags are base64 of eight bytes (`AAAAAAAAAAE=` in IoT Hub); a fresh one on every write. */
 function newTwinEtag(previous: string | undefined): string {
   for (;;) {
-    const etag = randomBytes(8).toString('base64');
+    const etag = randomBase64(8);
     if (etag !== previous) return etag;
   }
 }
 
 function newRevision(): string {
-  return randomBytes(12).toString('hex');
+  return randomHex(12);
 }
 
 function newTwin(time: string): StoredTwin {

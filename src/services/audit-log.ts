@@ -1,7 +1,7 @@
-import { randomBytes } from 'node:crypto';
 import type { FastifyBaseLogger } from 'fastify';
 import { auditClassOf } from '../domain/audit-class.js';
 import type { JsonMap } from '../domain/enrollment.js';
+import { randomHex } from '../domain/random-pool.js';
 import { dpsTimestamp } from '../domain/time.js';
 import type { AuditEvent, AuditQuery, InstanceRecord, Page, Store } from '../store/store.js';
 import { probeOfEvent, pseudonymizedEvent } from './customer-data/erase-fence.js';
@@ -38,7 +38,7 @@ let lastId = { ms: 0, sequence: 0 };
 export function newEventId(now: Date): string {
   const ms = Math.max(now.getTime(), lastId.ms);
   lastId = ms === lastId.ms ? { ms, sequence: lastId.sequence + 1 } : { ms, sequence: 0 };
-  return `${ms.toString(16).padStart(12, '0')}${lastId.sequence.toString(16).padStart(4, '0')}${randomBytes(4).toString('hex')}`;
+  return `${ms.toString(16).padStart(12, '0')}${lastId.sequence.toString(16).padStart(4, '0')}${randomHex(4)}`;
 }
 
 export class AuditLog {

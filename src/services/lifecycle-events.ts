@@ -61,7 +61,7 @@ export class LifecycleEvents {
     // The ID is taken before the first await, so events keep the order in which they were emitted.
     const now = this.#deps.now();
     const eventId = newEventId(now);
-    const current = await this.#deps.store.getInstance(instance.id);
+    const current = await this.#deps.store.currentInstance(instance);
     if (current?.eventWebhook === undefined) return;
     await this.#deps.store.appendOutboxEvent(instance.id, {
       eventId,
@@ -78,7 +78,7 @@ export class LifecycleEvents {
       const eventId = newEventId(now);
       return { eventId, doc: { id: eventId, type, timeUtc: dpsTimestamp(now), idScope: instance.idScope, data } };
     });
-    const current = await this.#deps.store.getInstance(instance.id);
+    const current = await this.#deps.store.currentInstance(instance);
     if (current?.eventWebhook === undefined || stamped.length === 0) return;
     await this.#deps.store.transaction(async (store) => {
       for (const event of stamped) await store.appendOutboxEvent(instance.id, event);

@@ -1,4 +1,3 @@
-import { randomBytes, randomUUID } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import type { FastifyBaseLogger } from 'fastify';
 import { candidateHubs, geoLatencyChoice, hashedChoice, staticChoice } from '../domain/allocation.js';
@@ -10,7 +9,7 @@ import {
 } from '../domain/enrollment.js';
 import { ProvisioningError } from '../domain/errors.js';
 import { newEtag } from '../domain/etag.js';
-import { idKey } from '../domain/ids.js';
+import { idKey, newOperationId } from '../domain/ids.js';
 import { renderDeviceRegistration, settle, startAttempt, type TerminalState } from '../domain/registration.js';
 import { decideReprovision } from '../domain/reprovision.js';
 import { parseSasToken } from '../domain/sas.js';
@@ -152,7 +151,7 @@ export class RegistrationService {
     const { instance: matched } = match;
     const now = dpsTimestamp(this.#deps.now());
     const operation: StoredOperation = {
-      operationId: `5.${randomBytes(8).toString('hex')}.${randomUUID()}`,
+      operationId: newOperationId(),
       registrationId: match.registrationId,
       status: 'assigning',
       createdDateTimeUtc: now,
@@ -724,7 +723,7 @@ export class RegistrationService {
     const { match, previous } = flow;
     const { instance } = match;
     const enrollment = match.enrollment.doc;
-    const linked = await this.#deps.store.listLinkedHubs(instance.id);
+    const linked = await this.#deps.store.linkedHubsOf(instance);
     const byName = new Map(linked.map((hub) => [hub.name, hub]));
     const current = previous?.status === 'assigned' && previous.assignedHub !== undefined ? byName.get(previous.assignedHub) : undefined;
     const stays = current !== undefined && !enrollment.reprovisionPolicy.updateHubAssignment;

@@ -1,5 +1,7 @@
 import { sql, type Kysely } from 'kysely';
 import type { JsonMap } from '../domain/enrollment.js';
+import { CONFIG_COUNTER, configCacheOf, type ConfigCache } from './config-cache.js';
+import { hotDoc, hotWrite, hubStatements, runHot, type HubStatements } from './hot-statements.js';
 import type { Database } from './schema.js';
 import type { Page } from './store.js';
 
@@ -112,29 +114,40 @@ export class DeviceFencedError extends Error {
   }
 }
 
-async function refuseFenced(db: Kysely<Database>, hubName: string, deviceId: string): Promise<void> {
-  const row = await db
-    .selectFrom('erase_fences')
-    .select('doc')
-    .where('subject_kind', '=', 'deviceId')
-    .where('id_key', '=', key(deviceId))
-    .where('instance_id', 'in', (eb) => eb.selectFrom('linked_hubs').select('instance_id').where('name_key', '=', key(hubName)))
-    .executeTakeFirst();
-  if (row !== undefined) throw new DeviceFencedError((JSON.parse(row.doc) as { requestId: string }).requestId);
+async function refuseFenced(db: Kysely<Database>, statements: HubStatements, hubName: string, deviceId: string): Promise<void> {
+  const fence = await hotDoc<{ requestId: string }>(db, statements.deviceFence, [key(hubName), key(deviceId)]);
+  if (fence !== undefined) throw new DeviceFencedError(fence.requestId);
 }
 const parse = <T>(doc: string): T => JSON.parse(doc) as T;
 
+/** Hub statements compiled once per root database; a store joined to one of its transactions shares them. */
+const compiledHubStatements = new WeakMap<Kysely<Database>, HubStatements>();
+function hubStatementsOf(root: Kysely<Database>): HubStatements {
+  let statements = compiledHubStatements.get(root);
+  if (statements === undefined) compiledHubStatements.set(root, (statements = hubStatements(root)));
+  return statements;
+}
+
 export class KyselyHubStore implements BuiltInHubStore {
   readonly #db: Kysely<Database>;
+  readonly #hot: HubStatements;
+  readonly #cache: ConfigCache;
   /**
    * Set when `db` is a transaction this store was handed (KyselyStore.builtInHubsInTransaction, issue 12): a write
    * of several statements (fence check + write) joins it instead of opening its own, and commits or rolls back with it.
    */
   readonly #joined: boolean;
 
-  constructor(db: Kysely<Database>, options: { joined?: boolean } = {}) {
+  /**
+   * `singleWriter`: the dialect's flag (one process writes everything), which lets hub rows be cached for free.
+   * `joinedFrom`: the root database whose open transaction `db` is — its compiled statements and its cache are shared.
+   */
+  constructor(db: Kysely<Database>, singleWriter = true, joinedFrom?: Kysely<Database>) {
+    const root = joinedFrom ?? db;
     this.#db = db;
-    this.#joined = options.joined === true;
+    this.#joined = joinedFrom !== undefined;
+    this.#hot = hubStatementsOf(root);
+    this.#cache = configCacheOf(root, singleWriter);
   }
 
   /** A write of several statements: its own transaction, or the one this store joined. */
@@ -146,22 +159,57 @@ export class KyselyHubStore implements BuiltInHubStore {
   // ---- hubs
 
   async getHub(name: string): Promise<BuiltInHubRecord | undefined> {
-    const row = await this.#db.selectFrom('built_in_hubs').select('doc').where('name_key', '=', key(name)).executeTakeFirst();
-    return row === undefined ? undefined : parse<BuiltInHubRecord>(row.doc);
+    // Cached on SQLite only (store/config-cache.ts): a hub's own requests carry no device request's version.
+    if (!this.#cache.singleWriter) return hotDoc<BuiltInHubRecord>(this.#db, this.#hot.hub, [key(name)]);
+    const cacheKey = `built-in-hub/${key(name)}`;
+    const hit = this.#cache.get<string | undefined>(cacheKey);
+    if (hit !== undefined) return hit.value === undefined ? undefined : parse<BuiltInHubRecord>(hit.value);
+    const generation = this.#cache.generation;
+    const text = (await runHot<{ doc: string }>(this.#db, this.#hot.hub, [key(name)])).rows[0]?.doc;
+    this.#cache.set(cacheKey, text, generation);
+    return text === undefined ? undefined : parse<BuiltInHubRecord>(text);
+  }
+
+  /** A hub record write and the shared config counter in one transaction; this node's cache forgets at once and again at the end. */
+  async #changeHubs<T>(write: (trx: Kysely<Database>) => Promise<T>, changed: (result: T) => boolean): Promise<T> {
+    this.#cache.invalidate();
+    try {
+      return await this.#atomic(async (trx) => {
+        const result = await write(trx);
+        if (changed(result)) {
+          await trx
+            .insertInto('change_counters')
+            .values({ name: CONFIG_COUNTER, version: 1 })
+            .onConflict((oc) => oc.column('name').doUpdateSet({ version: sql<number>`change_counters.version + 1` }))
+            .execute();
+        }
+        return result;
+      });
+    } finally {
+      this.#cache.invalidate();
+    }
   }
 
   async insertHub(hub: BuiltInHubRecord): Promise<boolean> {
     // ON CONFLICT DO NOTHING: two nodes bootstrapping the same hub at once both succeed, and one record wins.
-    const result = await this.#db
-      .insertInto('built_in_hubs')
-      .values({ name_key: key(hub.name), doc: JSON.stringify(hub) })
-      .onConflict((oc) => oc.column('name_key').doNothing())
-      .executeTakeFirst();
-    return (result.numInsertedOrUpdatedRows ?? 0n) > 0n;
+    return this.#changeHubs(
+      async (trx) => {
+        const result = await trx
+          .insertInto('built_in_hubs')
+          .values({ name_key: key(hub.name), doc: JSON.stringify(hub) })
+          .onConflict((oc) => oc.column('name_key').doNothing())
+          .executeTakeFirst();
+        return (result.numInsertedOrUpdatedRows ?? 0n) > 0n;
+      },
+      (inserted) => inserted,
+    );
   }
 
   async updateHub(hub: BuiltInHubRecord): Promise<void> {
-    await this.#db.updateTable('built_in_hubs').set({ doc: JSON.stringify(hub) }).where('name_key', '=', key(hub.name)).execute();
+    await this.#changeHubs(
+      (trx) => trx.updateTable('built_in_hubs').set({ doc: JSON.stringify(hub) }).where('name_key', '=', key(hub.name)).execute(),
+      () => true,
+    );
   }
 
   async listHubs(): Promise<BuiltInHubRecord[]> {
@@ -170,57 +218,43 @@ export class KyselyHubStore implements BuiltInHubStore {
   }
 
   async deleteHub(name: string): Promise<boolean> {
-    return this.#atomic(async (trx) => {
-      await trx.deleteFrom('hub_devices').where('hub_key', '=', key(name)).execute();
-      const result = await trx.deleteFrom('built_in_hubs').where('name_key', '=', key(name)).executeTakeFirst();
-      return result.numDeletedRows > 0n;
-    });
+    return this.#changeHubs(
+      async (trx) => {
+        await trx.deleteFrom('hub_devices').where('hub_key', '=', key(name)).execute();
+        const result = await trx.deleteFrom('built_in_hubs').where('name_key', '=', key(name)).executeTakeFirst();
+        return result.numDeletedRows > 0n;
+      },
+      (deleted) => deleted,
+    );
   }
 
   // ---- devices (identity + twin)
 
   async getDevice(hubName: string, deviceId: string): Promise<HubDeviceRow | undefined> {
-    const row = await this.#db
-      .selectFrom('hub_devices')
-      .select(['doc', 'revision'])
-      .where('hub_key', '=', key(hubName))
-      .where('device_id_key', '=', key(deviceId))
-      .executeTakeFirst();
+    const row = (await runHot<{ doc: string; revision: string }>(this.#db, this.#hot.device, [key(hubName), key(deviceId)])).rows[0];
     return row === undefined ? undefined : { device: parse<StoredHubDevice>(row.doc), revision: row.revision };
   }
 
   async insertDevice(hubName: string, device: StoredHubDevice, revision: string): Promise<boolean> {
     return this.#atomic(async (trx) => {
-      await refuseFenced(trx, hubName, device.deviceId);
+      await refuseFenced(trx, this.#hot, hubName, device.deviceId);
       return this.#insertDevice(trx, hubName, device, revision);
     });
   }
 
   async #insertDevice(db: Kysely<Database>, hubName: string, device: StoredHubDevice, revision: string): Promise<boolean> {
-    const result = await db
-      .insertInto('hub_devices')
-      .values({ hub_key: key(hubName), device_id_key: key(device.deviceId), status: device.status, revision, doc: JSON.stringify(device) })
-      .onConflict((oc) => oc.columns(['hub_key', 'device_id_key']).doNothing())
-      .executeTakeFirst();
-    return (result.numInsertedOrUpdatedRows ?? 0n) > 0n;
+    return (await hotWrite(db, this.#hot.insertDevice, [key(hubName), key(device.deviceId), device.status, revision, JSON.stringify(device)])) > 0;
   }
 
   async replaceDevice(hubName: string, device: StoredHubDevice, expectedRevision: string, revision: string): Promise<boolean> {
     return this.#atomic(async (trx) => {
-      await refuseFenced(trx, hubName, device.deviceId);
+      await refuseFenced(trx, this.#hot, hubName, device.deviceId);
       return this.#replaceDevice(trx, hubName, device, expectedRevision, revision);
     });
   }
 
   async #replaceDevice(db: Kysely<Database>, hubName: string, device: StoredHubDevice, expectedRevision: string, revision: string): Promise<boolean> {
-    const result = await db
-      .updateTable('hub_devices')
-      .set({ status: device.status, revision, doc: JSON.stringify(device) })
-      .where('hub_key', '=', key(hubName))
-      .where('device_id_key', '=', key(device.deviceId))
-      .where('revision', '=', expectedRevision)
-      .executeTakeFirst();
-    return result.numUpdatedRows > 0n;
+    return (await hotWrite(db, this.#hot.replaceDevice, [key(hubName), key(device.deviceId), device.status, revision, JSON.stringify(device), expectedRevision])) > 0;
   }
 
   async deleteDevice(hubName: string, deviceId: string, expectedRevision?: string): Promise<boolean> {

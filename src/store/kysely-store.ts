@@ -7,6 +7,8 @@ import type { StoredEnrollment, StoredEnrollmentGroup } from '../domain/enrollme
 import { certificateThumbprints } from '../domain/enrollment.js';
 import type { Filter } from '../domain/query.js';
 import { KyselyHubStore, type BuiltInHubStore } from './hub-store.js';
+import { CONFIG_COUNTER, configCacheOf, type ConfigCache } from './config-cache.js';
+import { hotDoc, hotWrite, NO_KEY, runHot, storeStatements, type StoreStatements } from './hot-statements.js';
 import { migrationProvider } from './migrations.js';
 import type { Database } from './schema.js';
 import type {
@@ -82,6 +84,7 @@ const COLUMNS = {
 type QueriedTable = keyof typeof COLUMNS;
 
 const parse = <T>(doc: string): T => JSON.parse(doc) as T;
+const parseOptional = <T>(doc: string | undefined): T | undefined => (doc === undefined ? undefined : parse<T>(doc));
 
 function fenceOf(row: { subject_kind: string; doc: string }): Pick<EraseFence, 'kind' | 'requestId' | 'subjectHash'> {
   const doc = parse<{ requestId: string; subjectHash: string }>(row.doc);
@@ -111,6 +114,13 @@ export function isUniqueViolation(error: unknown): boolean {
  */
 const BATCH_ROWS = 500;
 let savepoints = 0;
+/** Hot statements compiled once per root Kysely instance; its transactions share them. */
+const compiledStatements = new WeakMap<Kysely<Database>, StoreStatements>();
+function statementsOf(db: Kysely<Database>): StoreStatements {
+  let statements = compiledStatements.get(db);
+  if (statements === undefined) compiledStatements.set(db, (statements = storeStatements(db)));
+  return statements;
+}
 
 function enrollmentColumns(enrollment: StoredEnrollment) {
   return {
@@ -129,11 +139,20 @@ export class KyselyStore implements Store {
   readonly #db: Db;
   readonly #root: Kysely<Database> | undefined;
   readonly #options: KyselyStoreOptions;
+  readonly #hot: StoreStatements;
+  readonly #cache: ConfigCache;
+  /** The root database (also inside a transaction): its compiled statements and cache are shared with the built-in hubs. */
+  readonly #rootDb: Kysely<Database>;
+  /** This transaction changed an instance or a linked hub: its reads must see its own writes, never the cache. */
+  #wroteConfig = false;
 
   constructor(db: Kysely<Database>, options: KyselyStoreOptions = { capabilities: SQLITE_CAPABILITIES }, transaction?: Transaction<Database>) {
     this.#db = transaction ?? db;
     this.#root = transaction === undefined ? db : undefined;
     this.#options = options;
+    this.#rootDb = db;
+    this.#hot = statementsOf(db);
+    this.#cache = configCacheOf(db, options.capabilities.singleWriter);
   }
 
   get capabilities(): DialectCapabilities {
@@ -156,7 +175,40 @@ export class KyselyStore implements Store {
   async transaction<T>(work: (store: Store) => Promise<T>): Promise<T> {
     // Already inside a transaction: the caller's work joins it.
     if (this.#root === undefined) return work(this);
-    return this.#root.transaction().execute((trx) => work(new KyselyStore(this.#root as Kysely<Database>, this.#options, trx)));
+    const root = this.#root;
+    return this.#rootTransaction(() => root.transaction().execute((trx) => work(new KyselyStore(root, this.#options, trx))));
+  }
+
+  /** A transaction of the root that changed config leaves nothing cached behind it, committed or rolled back. */
+  async #rootTransaction<T>(run: () => Promise<T>): Promise<T> {
+    const generation = this.#cache.generation;
+    try {
+      return await run();
+    } finally {
+      if (this.#cache.generation !== generation) this.#cache.invalidate();
+    }
+  }
+
+  /** Every instance and linked-hub write: this node's cache forgets, and other nodes see the shared counter move. */
+  async #configChanged(db: Db = this.#db): Promise<void> {
+    if (this.#root === undefined) this.#wroteConfig = true;
+    this.#cache.invalidate();
+    await bumpCounter(db, CONFIG_COUNTER);
+  }
+
+  /** Cached reads: never inside a transaction that changed config, and only the root's reads fill the cache. */
+  get #cached(): ConfigCache | undefined {
+    return this.#wroteConfig ? undefined : this.#cache;
+  }
+
+  async #cachedText(key: string, atLeastVersion: number | undefined, read: () => Promise<string | undefined>): Promise<string | undefined> {
+    const cache = this.#cached;
+    const hit = cache?.get<string | undefined>(key, atLeastVersion);
+    if (hit !== undefined) return hit.value;
+    const generation = this.#cache.generation;
+    const text = await read();
+    if (this.#root !== undefined) this.#cache.set(key, text, generation);
+    return text;
   }
 
   async atomically<T>(work: (store: Store) => Promise<T>): Promise<T> {
@@ -191,6 +243,7 @@ export class KyselyStore implements Store {
         .values({ id: instance.id, id_scope_key: lower(instance.idScope), name_key: lower(instance.name), doc: JSON.stringify(instance) })
         .execute();
       await store.#writeHostNames(instance);
+      await store.#configChanged();
     });
   }
 
@@ -203,6 +256,7 @@ export class KyselyStore implements Store {
         .execute();
       await store.#db.deleteFrom('instance_host_names').where('instance_id', '=', instance.id).execute();
       await store.#writeHostNames(instance);
+      await store.#configChanged();
     });
   }
 
@@ -229,13 +283,44 @@ export class KyselyStore implements Store {
   }
 
   async getInstance(id: string): Promise<InstanceRecord | undefined> {
-    const row = await this.#db.selectFrom('instances').select('doc').where('id', '=', id).executeTakeFirst();
-    return row === undefined ? undefined : parse<InstanceRecord>(row.doc);
+    // Without a device request's version there is nothing to validate a cached copy against on PostgreSQL.
+    if (!this.#cache.singleWriter) return hotDoc<InstanceRecord>(this.#db, this.#hot.instanceById, [id]);
+    return parseOptional<InstanceRecord>(await this.#cachedText(`id/${id}`, undefined, () => this.#docText(this.#hot.instanceById, [id])));
   }
 
   async findInstanceByIdScope(idScope: string): Promise<InstanceRecord | undefined> {
-    const row = await this.#db.selectFrom('instances').select('doc').where('id_scope_key', '=', lower(idScope)).executeTakeFirst();
-    return row === undefined ? undefined : parse<InstanceRecord>(row.doc);
+    const key = lower(idScope);
+    if (this.#cache.singleWriter) return parseOptional<InstanceRecord>(await this.#cachedText(`scope/${key}`, undefined, () => this.#docText(this.#hot.instanceByIdScope, [key])));
+    // One statement: the instance and the shared config version, from one snapshot.
+    const generation = this.#cache.generation;
+    const { version, doc } = await this.#versioned(this.#hot.instanceByIdScopeVersioned, [key]);
+    const text = doc[0];
+    if (text === undefined) return undefined;
+    const instance = parse<InstanceRecord>(text);
+    if (this.#root !== undefined) this.#cache.set(`id/${instance.id}`, text, generation, version);
+    return this.#cache.stamp(instance, version);
+  }
+
+  async currentInstance(instance: InstanceRecord): Promise<InstanceRecord | undefined> {
+    if (this.#cache.singleWriter) return this.getInstance(instance.id);
+    const cached = this.#cached?.get<string>(`id/${instance.id}`, this.#cache.stampOf(instance));
+    if (cached !== undefined) return parse<InstanceRecord>(cached.value);
+    const generation = this.#cache.generation;
+    const { version, doc } = await this.#versioned(this.#hot.instanceByIdVersioned, [instance.id]);
+    const text = doc[0];
+    if (text === undefined) return undefined;
+    if (this.#root !== undefined) this.#cache.set(`id/${instance.id}`, text, generation, version);
+    return this.#cache.stamp(parse<InstanceRecord>(text), version);
+  }
+
+  async #docText(statement: StoreStatements[keyof StoreStatements], args: readonly unknown[]): Promise<string | undefined> {
+    return (await runHot<{ doc: string }>(this.#db, statement, args)).rows[0]?.doc;
+  }
+
+  /** A versioned read (PostgreSQL): the config counter's value and the documents, in one statement. */
+  async #versioned(statement: StoreStatements[keyof StoreStatements], args: readonly unknown[]): Promise<{ version: number; doc: string[] }> {
+    const { rows } = await runHot<{ version: number | string; doc: string | null }>(this.#db, statement, args);
+    return { version: Number(rows[0]?.version ?? 0), doc: rows.flatMap((row) => (row.doc === null ? [] : [row.doc])) };
   }
 
   async findInstanceByHostName(hostName: string): Promise<InstanceRecord | undefined> {
@@ -281,6 +366,7 @@ export class KyselyStore implements Store {
     }
     await this.#db.deleteFrom('change_counters').where('name', '=', groupsCounter(id)).execute();
     const result = await this.#db.deleteFrom('instances').where('id', '=', id).executeTakeFirst();
+    await this.#configChanged();
     return result.numDeletedRows > 0n;
   }
 
@@ -299,16 +385,38 @@ export class KyselyStore implements Store {
     return this.#deleteNamed('access_policies', instanceId, keyName);
   }
   async listLinkedHubs(instanceId: string): Promise<LinkedHubRecord[]> {
-    return this.#listNamed<LinkedHubRecord>('linked_hubs', instanceId);
+    const read = async () => JSON.stringify((await runHot<{ doc: string }>(this.#db, this.#hot.linkedHubs, [instanceId])).rows.map((row) => row.doc));
+    const texts = this.#cache.singleWriter ? await this.#cachedText(`hubs/${instanceId}`, undefined, read) : await read();
+    return parse<string[]>(texts ?? '[]').map((doc) => parse<LinkedHubRecord>(doc));
+  }
+  async linkedHubsOf(instance: InstanceRecord): Promise<LinkedHubRecord[]> {
+    if (this.#cache.singleWriter) return this.listLinkedHubs(instance.id);
+    const key = `hubs/${instance.id}`;
+    const cached = this.#cached?.get<string[]>(key, this.#cache.stampOf(instance));
+    let docs = cached?.value;
+    if (docs === undefined) {
+      const generation = this.#cache.generation;
+      const read = await this.#versioned(this.#hot.linkedHubsVersioned, [instance.id]);
+      docs = read.doc;
+      if (this.#root !== undefined) this.#cache.set(key, docs, generation, read.version);
+    }
+    return docs.map((doc) => parse<LinkedHubRecord>(doc));
   }
   async getLinkedHub(instanceId: string, name: string): Promise<LinkedHubRecord | undefined> {
     return this.#getNamed<LinkedHubRecord>('linked_hubs', instanceId, name);
   }
   async putLinkedHub(instanceId: string, hub: LinkedHubRecord): Promise<void> {
-    await this.#putNamed('linked_hubs', instanceId, hub.name, hub);
+    await this.transaction(async (store) => {
+      await (store as KyselyStore).#putNamed('linked_hubs', instanceId, hub.name, hub);
+      await (store as KyselyStore).#configChanged();
+    });
   }
   async deleteLinkedHub(instanceId: string, name: string): Promise<boolean> {
-    return this.#deleteNamed('linked_hubs', instanceId, name);
+    return this.transaction(async (store) => {
+      const deleted = await (store as KyselyStore).#deleteNamed('linked_hubs', instanceId, name);
+      if (deleted) await (store as KyselyStore).#configChanged();
+      return deleted;
+    });
   }
 
   // ---- CA certificates: (instance, lower-cased name) -> document, with the thumbprint pulled out
@@ -478,13 +586,7 @@ export class KyselyStore implements Store {
   // ---- enrollments
 
   async getEnrollment(instanceId: string, registrationId: string): Promise<StoredEnrollment | undefined> {
-    const row = await this.#db
-      .selectFrom('enrollments')
-      .select('doc')
-      .where('instance_id', '=', instanceId)
-      .where('registration_id_key', '=', lower(registrationId))
-      .executeTakeFirst();
-    return row === undefined ? undefined : parse<StoredEnrollment>(row.doc);
+    return hotDoc<StoredEnrollment>(this.#db, this.#hot.enrollment, [instanceId, lower(registrationId)]);
   }
 
   async putEnrollment(instanceId: string, enrollment: StoredEnrollment, expectedEtag?: string | null): Promise<boolean> {
@@ -533,7 +635,8 @@ export class KyselyStore implements Store {
   /** A write of several statements is atomic on its own; inside a caller's transaction it joins that one. */
   async #inTransaction<T>(work: (db: Db) => Promise<T>): Promise<T> {
     if (this.#root === undefined) return work(this.#db);
-    return this.#root.transaction().execute((trx) => work(trx));
+    const root = this.#root;
+    return this.#rootTransaction(() => root.transaction().execute((trx) => work(trx)));
   }
 
   async queryEnrollments(instanceId: string, query: ListQuery): Promise<Page<StoredEnrollment>> {
@@ -605,13 +708,7 @@ export class KyselyStore implements Store {
   // ---- enrollment groups
 
   async getEnrollmentGroup(instanceId: string, groupId: string): Promise<StoredEnrollmentGroup | undefined> {
-    const row = await this.#db
-      .selectFrom('enrollment_groups')
-      .select('doc')
-      .where('instance_id', '=', instanceId)
-      .where('group_id_key', '=', lower(groupId))
-      .executeTakeFirst();
-    return row === undefined ? undefined : parse<StoredEnrollmentGroup>(row.doc);
+    return hotDoc<StoredEnrollmentGroup>(this.#db, this.#hot.enrollmentGroup, [instanceId, lower(groupId)]);
   }
 
   async putEnrollmentGroup(instanceId: string, group: StoredEnrollmentGroup, expectedEtag?: string | null): Promise<boolean> {
@@ -707,29 +804,20 @@ export class KyselyStore implements Store {
   // ---- registration records
 
   async getRegistration(instanceId: string, registrationId: string): Promise<StoredRegistration | undefined> {
-    const row = await this.#db
-      .selectFrom('registrations')
-      .select('doc')
-      .where('instance_id', '=', instanceId)
-      .where('registration_id_key', '=', lower(registrationId))
-      .executeTakeFirst();
-    return row === undefined ? undefined : parse<StoredRegistration>(row.doc);
+    return hotDoc<StoredRegistration>(this.#db, this.#hot.registration, [instanceId, lower(registrationId)]);
   }
 
   async putRegistration(instanceId: string, registration: StoredRegistration): Promise<void> {
-    const columns = {
-      device_id_key: lower(registration.deviceId),
-      group_id_key: lower(registration.enrollmentGroupId),
-      status: registration.status,
-      assigned_hub_key: lower(registration.assignedHub),
-      etag: registration.etag,
-      doc: JSON.stringify(registration),
-    };
-    await this.#db
-      .insertInto('registrations')
-      .values({ instance_id: instanceId, registration_id_key: lower(registration.registrationId), ...columns })
-      .onConflict((oc) => oc.columns(['instance_id', 'registration_id_key']).doUpdateSet(columns))
-      .execute();
+    await hotWrite(this.#db, this.#hot.putRegistration, [
+      instanceId,
+      lower(registration.registrationId),
+      lower(registration.deviceId),
+      lower(registration.enrollmentGroupId),
+      registration.status,
+      lower(registration.assignedHub),
+      registration.etag,
+      JSON.stringify(registration),
+    ]);
   }
 
   async deleteRegistration(instanceId: string, registrationId: string, expectedEtag?: string): Promise<boolean> {
@@ -754,22 +842,17 @@ export class KyselyStore implements Store {
   // ---- operations
 
   async putOperation(instanceId: string, operation: StoredOperation): Promise<void> {
-    const columns = { updated_at: operation.lastUpdatedDateTimeUtc, doc: JSON.stringify(operation) };
-    await this.#db
-      .insertInto('operations')
-      .values({ instance_id: instanceId, operation_id: operation.operationId, registration_id_key: lower(operation.registrationId), ...columns })
-      .onConflict((oc) => oc.columns(['instance_id', 'operation_id']).doUpdateSet(columns))
-      .execute();
+    await hotWrite(this.#db, this.#hot.putOperation, [
+      instanceId,
+      operation.operationId,
+      lower(operation.registrationId),
+      operation.lastUpdatedDateTimeUtc,
+      JSON.stringify(operation),
+    ]);
   }
 
   async getOperation(instanceId: string, operationId: string): Promise<StoredOperation | undefined> {
-    const row = await this.#db
-      .selectFrom('operations')
-      .select('doc')
-      .where('instance_id', '=', instanceId)
-      .where('operation_id', '=', operationId)
-      .executeTakeFirst();
-    return row === undefined ? undefined : parse<StoredOperation>(row.doc);
+    return hotDoc<StoredOperation>(this.#db, this.#hot.operation, [instanceId, operationId]);
   }
 
   async deleteOperationsBefore(cutoffUtc: string, limit?: number): Promise<number> {
@@ -821,19 +904,27 @@ export class KyselyStore implements Store {
       ] as const
     ).map(([kind, ids]) => [kind, [...new Set((ids ?? []).filter((id) => id !== '').map(lower))]] as const);
     if (wanted.every(([, keys]) => keys.length === 0)) return undefined;
-    // One IN list per kind, in chunks: a bulk call probes thousands of IDs at once, and an OR per ID would exceed
-    // SQLite's expression depth (1,000).
-    for (const [kind, keys] of wanted) {
-      for (let i = 0; i < keys.length; i += BATCH_ROWS) {
-        const row = await this.#db
-          .selectFrom('erase_fences')
-          .select(['subject_kind', 'doc'])
-          .where('instance_id', '=', instanceId)
-          .where('subject_kind', '=', kind)
-          .where('id_key', 'in', keys.slice(i, i + BATCH_ROWS))
-          .executeTakeFirst();
-        if (row !== undefined) return fenceOf(row);
-      }
+    // A device's own probe (one ID per kind: every registration, poll and log entry) is one compiled statement.
+    if (wanted.every(([, keys]) => keys.length <= 1)) {
+      const [registrationKey, deviceKey, groupKey] = wanted.map(([, keys]) => keys[0] ?? NO_KEY);
+      const { rows } = await runHot<{ subject_kind: string; doc: string }>(this.#db, this.#hot.eraseFence, [instanceId, registrationKey, deviceKey, groupKey]);
+      return rows[0] === undefined ? undefined : fenceOf(rows[0]);
+    }
+    // A bulk call probes thousands of IDs at once: one statement per chunk of BATCH_ROWS IDs, all kinds together, as
+    // one IN list per kind (an OR per ID would exceed SQLite's expression depth of 1,000).
+    const all = wanted.flatMap(([kind, keys]) => keys.map((key) => [kind, key] as const));
+    for (let i = 0; i < all.length; i += BATCH_ROWS) {
+      const chunk = all.slice(i, i + BATCH_ROWS);
+      const byKind = wanted
+        .map(([kind]) => [kind, chunk.filter(([chunkKind]) => chunkKind === kind).map(([, key]) => key)] as const)
+        .filter(([, keys]) => keys.length > 0);
+      const row = await this.#db
+        .selectFrom('erase_fences')
+        .select(['subject_kind', 'doc'])
+        .where('instance_id', '=', instanceId)
+        .where((eb) => eb.or(byKind.map(([kind, keys]) => eb.and([eb('subject_kind', '=', kind), eb('id_key', 'in', keys)]))))
+        .executeTakeFirst();
+      if (row !== undefined) return fenceOf(row);
     }
     return undefined;
   }
@@ -878,15 +969,11 @@ export class KyselyStore implements Store {
   // ---- registration intents
 
   async putRegistrationIntent(instanceId: string, intent: RegistrationIntent): Promise<void> {
-    await this.#db
-      .insertInto('registration_intents')
-      .values({ instance_id: instanceId, operation_id: intent.operationId, created_at: intent.createdDateTimeUtc, doc: JSON.stringify(intent) })
-      .onConflict((oc) => oc.columns(['instance_id', 'operation_id']).doUpdateSet({ created_at: intent.createdDateTimeUtc, doc: JSON.stringify(intent) }))
-      .execute();
+    await hotWrite(this.#db, this.#hot.putRegistrationIntent, [instanceId, intent.operationId, intent.createdDateTimeUtc, JSON.stringify(intent)]);
   }
 
   async deleteRegistrationIntent(instanceId: string, operationId: string): Promise<void> {
-    await this.#db.deleteFrom('registration_intents').where('instance_id', '=', instanceId).where('operation_id', '=', operationId).execute();
+    await hotWrite(this.#db, this.#hot.deleteRegistrationIntent, [instanceId, operationId]);
   }
 
   async listRegistrationIntentsOf(instanceId: string): Promise<RegistrationIntent[]> {
@@ -908,7 +995,20 @@ export class KyselyStore implements Store {
   // ---- the system log
 
   async appendAuditEvent(instanceId: string, event: AuditEvent): Promise<void> {
-    await this.#db.insertInto('audit_events').values(auditRow(instanceId, event)).execute();
+    const row = auditRow(instanceId, event);
+    await hotWrite(this.#db, this.#hot.appendAuditEvent, [
+      row.instance_id,
+      row.event_id,
+      row.time_utc,
+      row.kind,
+      row.actor,
+      row.outcome,
+      row.event_class,
+      row.registration_id_key,
+      row.device_id_key,
+      row.group_id_key,
+      row.doc,
+    ]);
   }
 
   async appendAuditEvents(instanceId: string, events: readonly AuditEvent[]): Promise<void> {
@@ -1069,12 +1169,14 @@ export class KyselyStore implements Store {
   // ---- subject→hub-device links
 
   async putHubDeviceLink(instanceId: string, link: HubDeviceLink): Promise<void> {
-    const columns = { group_id_key: lower(link.enrollmentGroupId), doc: JSON.stringify(link) };
-    await this.#db
-      .insertInto('hub_device_links')
-      .values({ instance_id: instanceId, registration_id_key: lower(link.registrationId), hub_key: lower(link.hub), device_id_key: lower(link.deviceId), ...columns })
-      .onConflict((oc) => oc.columns(['instance_id', 'registration_id_key', 'hub_key', 'device_id_key']).doUpdateSet(columns))
-      .execute();
+    await hotWrite(this.#db, this.#hot.putHubDeviceLink, [
+      instanceId,
+      lower(link.registrationId),
+      lower(link.hub),
+      lower(link.deviceId),
+      lower(link.enrollmentGroupId),
+      JSON.stringify(link),
+    ]);
   }
 
   async findHubDeviceLinks(instanceId: string, ids: SubjectIds): Promise<HubDeviceLink[]> {
@@ -1199,8 +1301,8 @@ export class KyselyStore implements Store {
   }
 
   async changeCounter(name: string): Promise<number> {
-    const row = await this.#db.selectFrom('change_counters').select('version').where('name', '=', name).executeTakeFirst();
-    return Number(row?.version ?? 0);
+    const { rows } = await runHot<{ version: number | string }>(this.#db, this.#hot.changeCounter, [name]);
+    return Number(rows[0]?.version ?? 0);
   }
 
   async withLock<T>(name: string, work: () => Promise<T>): Promise<T> {
@@ -1260,7 +1362,7 @@ export class KyselyStore implements Store {
   builtInHubsInTransaction(): BuiltInHubStore | undefined {
     // The built-in hubs live in this database (open-store.ts opens both stores on one connection): inside a
     // transaction their writes can join it. Outside one they have their own store.
-    return this.#root === undefined ? new KyselyHubStore(this.#db, { joined: true }) : undefined;
+    return this.#root === undefined ? new KyselyHubStore(this.#db, this.#options.capabilities.singleWriter, this.#rootDb) : undefined;
   }
 }
 

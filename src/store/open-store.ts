@@ -59,7 +59,7 @@ async function fromDialect(opened: OpenedDialect, migrate = true, plugins: reado
       ...(opened.withLock === undefined ? {} : { withLock: opened.withLock }),
       ...(opened.close === undefined ? {} : { close: opened.close }),
     }),
-    hubStore: new KyselyHubStore(db),
+    hubStore: new KyselyHubStore(db, opened.capabilities.singleWriter),
   };
 }
 

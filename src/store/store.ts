@@ -303,7 +303,14 @@ export interface Store {
   insertInstance(instance: InstanceRecord): Promise<void>;
   updateInstance(instance: InstanceRecord): Promise<void>;
   getInstance(id: string): Promise<InstanceRecord | undefined>;
+  /**
+   * The instance a device request names. Read with the shared config version (store/config-cache.ts), so the later
+   * reads of the same request that pass the returned record ({@link Store.currentInstance}, {@link Store.linkedHubsOf})
+   * can be answered from this node's memory while no node has changed an instance, linked hub or built-in hub since.
+   */
   findInstanceByIdScope(idScope: string): Promise<InstanceRecord | undefined>;
+  /** The instance as it is now, or at least as new as `instance` was when a device request read it. */
+  currentInstance(instance: InstanceRecord): Promise<InstanceRecord | undefined>;
   findInstanceByHostName(hostName: string): Promise<InstanceRecord | undefined>;
   listInstances(): Promise<InstanceRecord[]>;
   deleteInstance(id: string): Promise<boolean>;
@@ -314,6 +321,8 @@ export interface Store {
   deleteAccessPolicy(instanceId: string, keyName: string): Promise<boolean>;
 
   listLinkedHubs(instanceId: string): Promise<LinkedHubRecord[]>;
+  /** The instance's linked hubs, at least as new as `instance` was when a device request read it (see findInstanceByIdScope). */
+  linkedHubsOf(instance: InstanceRecord): Promise<LinkedHubRecord[]>;
   getLinkedHub(instanceId: string, name: string): Promise<LinkedHubRecord | undefined>;
   putLinkedHub(instanceId: string, hub: LinkedHubRecord): Promise<void>;
   deleteLinkedHub(instanceId: string, name: string): Promise<boolean>;

@@ -1,6 +1,7 @@
 import { Kysely, PostgresDialect } from 'kysely';
 import pg from 'pg';
 import type { Database as Schema } from '../schema.js';
+import { preparedStatementName } from '../hot-statements.js';
 import type { DialectCapabilities, OpenedDialect } from './dialect.js';
 
 export const POSTGRES_CAPABILITIES: DialectCapabilities = Object.freeze({
@@ -39,7 +40,14 @@ export function openPostgresDialect(options: PostgresOptions): OpenedDialect {
   const lockPool = new pg.Pool({ connectionString: options.url, max: options.poolSize, application_name: 'provisiond-locks' });
   lockPool.on('error', options.onPoolError);
   return {
-    db: new Kysely<Schema>({ dialect: new PostgresDialect({ pool }) }),
+    db: new Kysely<Schema>({
+      dialect: new PostgresDialect({
+        pool: {
+          connect: async () => preparingHotStatements(await pool.connect()),
+          end: () => pool.end(),
+        },
+      }),
+    }),
     capabilities: POSTGRES_CAPABILITIES,
     async withLock<T>(name: string, work: () => Promise<T>): Promise<T> {
       const client = await lockPool.connect();
@@ -63,6 +71,24 @@ export function openPostgresDialect(options: PostgresOptions): OpenedDialect {
     },
     close: () => lockPool.end(),
   };
+}
+
+const preparing = new WeakSet<pg.PoolClient>();
+
+/**
+ * The store's hot statements (../hot-statements.ts) run as named prepared statements: PostgreSQL parses and plans
+ * each once per connection instead of on every execution. Kysely's driver passes (text, values); a hot text gets its
+ * name here, any other text runs unnamed as before. node-postgres prepares a name on a connection at its first use.
+ */
+function preparingHotStatements(client: pg.PoolClient): pg.PoolClient {
+  if (preparing.has(client)) return client;
+  preparing.add(client);
+  const query = client.query.bind(client) as (...args: unknown[]) => unknown;
+  client.query = ((text: unknown, values?: unknown) => {
+    const name = typeof text === 'string' ? preparedStatementName(text) : undefined;
+    return name === undefined ? query(text, values) : query({ name, text, values });
+  }) as typeof client.query;
+  return client;
 }
 
 /** True when the configured store names a PostgreSQL database. */

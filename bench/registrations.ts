@@ -378,11 +378,22 @@ try {
   for (const device of devices.slice(0, 40)) if (await httpRegistration(sequential, base, idScope, device)) counted += 1;
   const countedTo = await statementCounts(server);
   await sequential.close();
+  // Commits per registration when they come together: every device registers again at once (group commit, H1).
+  const together = new Agent({ connect: { ca: ca(), servername: 'localhost' }, connections: DEVICES });
+  const burstFrom = await statementCounts(server);
+  const burst = await Promise.all(devices.slice(0, DEVICES).map((device) => httpRegistration(together, base, idScope, device)));
+  const burstTo = await statementCounts(server);
+  await together.close();
+  const burstDone = burst.filter((outcome) => outcome === true).length;
   results.sqlitePerHttpsRegistration = STORE.startsWith('postgres')
     ? null
     : {
         statements: Number(((countedTo.statements - countedFrom.statements) / Math.max(1, counted)).toFixed(1)),
         commits: Number(((countedTo.commits - countedFrom.commits) / Math.max(1, counted)).toFixed(1)),
+        concurrent: {
+          registrations: burstDone,
+          commitsPerRegistration: Number(((burstTo.commits - burstFrom.commits) / Math.max(1, burstDone)).toFixed(3)),
+        },
       };
   const cpu = (name: string): number => median(byWorkload.get(name) ?? [], (result) => result.serverCpuMsPerOperation);
   const rate = (name: string): number => median(byWorkload.get(name) ?? [], (result) => result.perSecond);

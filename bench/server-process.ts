@@ -48,7 +48,10 @@ if (mode === 'baseline' || mode === 'bare-tls') {
       amqpEnabled: false,
     },
   });
-  const app = await createApp({ config });
+  // BENCH_GROUP_COMMIT=<windowMs>,<maxBatch>: the group commit's settings (bench/README.md "H1").
+  const [windowMs, maxBatch] = (process.env.BENCH_GROUP_COMMIT ?? '').split(',').map(Number);
+  const groupCommit = windowMs !== undefined && maxBatch !== undefined && maxBatch > 0 ? { windowMs, maxBatch } : undefined;
+  const app = await createApp({ config, ...(groupCommit === undefined ? {} : { groupCommit }) });
   await app.listen();
   const info = await app.info();
   // A clean exit on SIGTERM, so --cpu-prof can write its profile.

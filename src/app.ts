@@ -10,6 +10,7 @@ import { RegistrationRecordService } from './services/registration-records.js';
 import { ServiceAuth } from './services/service-auth.js';
 import type { ServiceDeps } from './services/deps.js';
 import { openStore, openStoreReadOnly, type OpenedStore } from './store/open-store.js';
+import type { GroupCommitOptions } from './store/group-commit.js';
 import { lockDataDir } from './store/data-dir-lock.js';
 import { randomUUID } from 'node:crypto';
 import { existsSync } from 'node:fs';
@@ -59,6 +60,8 @@ export interface AppDeps {
   logger?: FastifyBaseLogger;
   now?: () => Date;
   version?: string;
+  /** How registrations share a commit on SQLite (bench: the window and batch size measured in bench/README.md). */
+  groupCommit?: GroupCommitOptions;
 }
 
 export interface ServerInfo {
@@ -210,6 +213,7 @@ async function createLockedApp(deps: AppDeps, logger: FastifyBaseLogger, release
     events,
     ...(metrics === undefined ? {} : { observer: metrics.registrations }),
     issuance: new CertificateIssuance(serviceDeps, issuingCa),
+    ...(deps.groupCommit === undefined ? {} : { groupCommit: deps.groupCommit }),
     onWebhookExchange: (instance, registrationId, exchange) =>
       void audit.record(instance.id, {
         kind: 'webhook',

@@ -158,6 +158,29 @@ describe('three nodes on one PostgreSQL', () => {
     groupKey = newKey;
   });
 
+  test('a linked hub added or withdrawn on one node is used by the next registration on every other node (nodes cache linked hubs)', async () => {
+    const hubs = (await api('127.0.0.1', 'GET', '/linkedHubs')).body as unknown as Json[];
+    assert.equal(hubs.length, 1);
+    const first = hubs[0]?.name as string;
+    const assigned = async (address: string, id: string): Promise<string> => {
+      const registered = await register(address, id, deriveDeviceKey(groupKey, id));
+      const result = await poll(address, id, registered.body.operationId as string, registered.authorization);
+      assert.equal(result.status, 'assigned', JSON.stringify(result));
+      return result.registrationState.assignedHub as string;
+    };
+    // Every node has read (and cached) the instance and its one linked hub.
+    for (const address of ADDRESSES) assert.equal(await assigned(address, `hub-before-${address}`), first);
+
+    const second = 'hub-two.cluster.test';
+    assert.equal((await api('127.0.0.1', 'PUT', `/linkedHubs/${second}`, { body: { builtIn: true } })).status, 200);
+    assert.equal((await api('127.0.0.1', 'PUT', `/linkedHubs/${first}`, { body: { builtIn: true, applyAllocationPolicy: false } })).status, 200);
+    for (const address of ADDRESSES) assert.equal(await assigned(address, `hub-after-${address}`), second, `the new hub on ${address}`);
+
+    assert.equal((await api('127.0.0.1', 'PUT', `/linkedHubs/${first}`, { body: { builtIn: true, applyAllocationPolicy: true } })).status, 200);
+    assert.equal((await api('127.0.0.1', 'DELETE', `/linkedHubs/${second}`)).status, 204);
+    for (const address of ADDRESSES) assert.equal(await assigned(address, `hub-restored-${address}`), first, `the old hub again on ${address}`);
+  });
+
   test('the official SDK clients, spread over the nodes, all get assigned', async () => {
     const { ProvisioningDeviceClient } = deviceSdk;
     const results = await Promise.all(

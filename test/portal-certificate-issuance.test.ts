@@ -1,61 +1,17 @@
 import assert from 'node:assert/strict';
 import { X509Certificate } from 'node:crypto';
-import { after, before, test } from 'node:test';
-import { chromium, type Browser, type Page } from 'playwright-core';
-import type { Json } from './devices.js';
-import { call, startServer, type TestServer } from './harness.js';
+import { test } from 'node:test';
+import type { Page } from 'playwright-core';
+import { DESKTOP, portalHarness } from './portal-browser.js';
 
 /**
  * The portal's Certificate issuance page (issue 14; docs/certificate-issuance.md), in Chromium as test/portal.test.ts
  * drives it: credential policies created, listed, edited, refused with the server's error and deleted; the issuing CA
  * shown read-only (never a key); the enrollment form choosing among the policies.
  */
-const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
-const ORIGIN = 'https://localhost';
-const DESKTOP = { width: 1280, height: 860 };
-
-let server: TestServer;
-let browser: Browser;
-const pageErrors: string[] = [];
-
-before(async () => {
-  server = await startServer();
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run', '--disable-dev-shm-usage'],
-  });
-});
-
-after(async () => {
-  await browser?.close();
-  await server?.close();
-});
-
-async function withPage(body: (page: Page) => Promise<void>): Promise<void> {
-  const context = await browser.newContext({ ignoreHTTPSErrors: true, viewport: DESKTOP, locale: 'en-US', timezoneId: 'UTC' });
-  const page = await context.newPage();
-  page.on('pageerror', (error) => pageErrors.push(error.message));
-  page.setDefaultTimeout(15_000);
-  try {
-    await page.goto(`${ORIGIN}/portal/`);
-    await page.getByLabel('Service connection string').fill(server.connectionString);
-    await page.getByRole('button', { name: 'Sign in' }).click();
-    await page.getByRole('heading', { name: 'Enrollments', level: 1 }).waitFor();
-    await body(page);
-  } finally {
-    await context.close();
-  }
-}
-
-async function api(method: string, path: string, body?: unknown): Promise<{ status: number; body: Json }> {
-  const url = new URL(path, ORIGIN);
-  url.searchParams.set('api-version', '2021-10-01');
-  const response = await call(method, `${url.pathname}${url.search}`, { headers: { authorization: server.token() }, ...(body === undefined ? {} : { body }) });
-  return { status: response.status, body: (response.body ?? {}) as Json };
-}
-
-const nav = (page: Page) => page.getByRole('navigation', { name: 'Sections' });
+const portal = portalHarness();
+const { pageErrors, api, nav } = portal;
+const withPage = (body: (page: Page) => Promise<void>): Promise<void> => portal.withPage(DESKTOP, body);
 
 test('credential policies: create, list, edit, a clear error for a bad value, delete; the issuing CA without its key', async () => {
   await withPage(async (page) => {

@@ -1,61 +1,15 @@
 import assert from 'node:assert/strict';
-import { after, before, test } from 'node:test';
-import { chromium, type Browser, type Page } from 'playwright-core';
-import { deriveDeviceKey, rawRegister, type Json } from './devices.js';
-import { call, startServer, type TestServer } from './harness.js';
+import { test } from 'node:test';
+import { deriveDeviceKey, rawRegister } from './devices.js';
+import { DESKTOP, PHONE, portalHarness } from './portal-browser.js';
 
 /**
  * The portal where it used to leave people stuck or misled, in Chromium as test/portal.test.ts drives it: switching
  * lists, an etag conflict, the keys after a create, the system log on a phone, erased events, a group device's key,
  * and the instance settings that had no fields.
  */
-const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
-const ORIGIN = 'https://localhost';
-const DESKTOP = { width: 1280, height: 860 };
-const PHONE = { width: 390, height: 844 };
-
-let server: TestServer;
-let browser: Browser;
-const pageErrors: string[] = [];
-
-before(async () => {
-  server = await startServer();
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run', '--disable-dev-shm-usage'],
-  });
-});
-
-after(async () => {
-  await browser?.close();
-  await server?.close();
-});
-
-async function withPage(viewport: { width: number; height: number }, body: (page: Page) => Promise<void>): Promise<void> {
-  const context = await browser.newContext({ ignoreHTTPSErrors: true, viewport, locale: 'en-US', timezoneId: 'UTC' });
-  const page = await context.newPage();
-  page.on('pageerror', (error) => pageErrors.push(error.message));
-  page.setDefaultTimeout(15_000);
-  try {
-    await page.goto(`${ORIGIN}/portal/`);
-    await page.getByLabel('Service connection string').fill(server.connectionString);
-    await page.getByRole('button', { name: 'Sign in' }).click();
-    await page.getByRole('heading', { name: 'Enrollments', level: 1 }).waitFor();
-    await body(page);
-  } finally {
-    await context.close();
-  }
-}
-
-async function api(method: string, path: string, body?: unknown): Promise<{ status: number; body: Json }> {
-  const url = new URL(path, ORIGIN);
-  url.searchParams.set('api-version', '2021-10-01');
-  const response = await call(method, `${url.pathname}${url.search}`, { headers: { authorization: server.token() }, ...(body === undefined ? {} : { body }) });
-  return { status: response.status, body: (response.body ?? {}) as Json };
-}
-
-const nav = (page: Page) => page.getByRole('navigation', { name: 'Sections' });
+const portal = portalHarness();
+const { pageErrors, withPage, api, nav } = portal;
 
 test('switching from enrollments to groups never shows the enrollments as group rows while the groups load', async () => {
   assert.equal((await api('PUT', '/enrollments/switch-device', { registrationId: 'switch-device', attestation: { type: 'symmetricKey' } })).status, 200);
@@ -134,7 +88,7 @@ test('the system log fits a phone, and an erased device\'s failures say their re
   });
   assert.equal(enrollment.status, 200);
   const wrongKey = Buffer.alloc(32, 7).toString('base64');
-  const refused = await rawRegister(server.info.idScope, 'log-device-with-a-rather-long-registration-id-0001', wrongKey);
+  const refused = await rawRegister(portal.server.info.idScope, 'log-device-with-a-rather-long-registration-id-0001', wrongKey);
   assert.equal(refused.httpStatus, 401);
   const erase = await api('PUT', '/dataRequests/portal-polish-erase', { type: 'erase', subject: { registrationId: 'log-device-with-a-rather-long-registration-id-0001' } });
   assert.ok([200, 201, 202].includes(erase.status), JSON.stringify(erase.body));
@@ -143,7 +97,7 @@ test('the system log fits a phone, and an erased device\'s failures say their re
   }
   // A failure that is not erased keeps its reason.
   await api('PUT', '/enrollments/log-device-kept', { registrationId: 'log-device-kept', attestation: { type: 'symmetricKey' } });
-  await rawRegister(server.info.idScope, 'log-device-kept', wrongKey);
+  await rawRegister(portal.server.info.idScope, 'log-device-kept', wrongKey);
 
   await withPage(PHONE, async (page) => {
     await page.getByRole('button', { name: 'Menu' }).click();
@@ -166,7 +120,7 @@ test('a symmetric-key group page computes a device key the device registers with
     await page.getByRole('button', { name: 'Compute device key' }).click();
     const key = (await page.getByTestId('device-key').innerText()).trim();
     assert.equal(key, deriveDeviceKey(groupKey, 'key-group-device-1'));
-    assert.equal((await rawRegister(server.info.idScope, 'key-group-device-1', key)).status, 'assigned');
+    assert.equal((await rawRegister(portal.server.info.idScope, 'key-group-device-1', key)).status, 'assigned');
 
     await page.getByLabel('Registration ID of the device').fill('not valid!');
     await page.getByRole('button', { name: 'Compute device key' }).click();

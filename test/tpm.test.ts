@@ -14,8 +14,9 @@ import serviceSdk from 'azure-iot-provisioning-service';
 import tpmSecurity from 'azure-iot-security-tpm';
 import tss from 'tss.js';
 import { deviceOf, registryFor } from './hubs.js';
-import rhea, { type AmqpError, type Message } from 'rhea';
+import rhea from 'rhea';
 import { call, readCa, startServer, type TestServer } from './harness.js';
+import { registerOverAmqp } from './amqp-register.js';
 import type { Json } from './devices.js';
 import { startSoftwareTpm, type SoftwareTpm } from './tpm-simulator.js';
 import { makeCsr } from './csr.js';
@@ -157,42 +158,7 @@ async function amqpTpmRegister(body: Json): Promise<Json> {
     once(connection, 'disconnected').then(() => false),
   ]);
   assert.ok(opened, 'the SASL TPM exchange succeeds');
-  const replies: Message[] = [];
-  const receiver = connection.open_receiver({ source: { address } });
-  receiver.on('message', (context) => replies.push(context.message as Message));
-  const sender = connection.open_sender({ target: { address } });
-  await once(sender, 'sendable');
-  let next = 0;
-  const send = (properties: Record<string, unknown>, content: unknown): Promise<Json> => {
-    next += 1;
-    const correlationId = `tpm-${next}`;
-    return new Promise((resolve, reject) => {
-      const delivery = sender.send({ correlation_id: correlationId, application_properties: properties, body: content });
-      const wait = (deadline: number): void => {
-        const reply = replies.find((message) => message.correlation_id === correlationId);
-        if (reply !== undefined) resolve(JSON.parse((reply.body as { content: Buffer }).content.toString('utf8')) as Json);
-        else if (Date.now() > deadline) reject(new Error('no AMQP reply'));
-        else setTimeout(() => wait(deadline), 20);
-      };
-      sender.on('accepted', (context) => {
-        if (context.delivery === delivery) wait(Date.now() + 10_000);
-      });
-      sender.on('rejected', (context) => {
-        if (context.delivery === delivery) reject((context.delivery.remote_state as { error: AmqpError }).error);
-      });
-    });
-  };
-  try {
-    const accepted = await send({ 'iotdps-operation-type': 'iotdps-register', 'iotdps-forceRegistration': false }, rhea.message.data_section(Buffer.from(JSON.stringify(body))));
-    let state = accepted;
-    for (let attempt = 0; attempt < 50 && state.status === 'assigning'; attempt += 1) {
-      await new Promise((resolve) => setTimeout(resolve, 300));
-      state = await send({ 'iotdps-operation-type': 'iotdps-get-operationstatus', 'iotdps-operation-id': accepted.operationId }, '');
-    }
-    return state;
-  } finally {
-    connection.close();
-  }
+  return registerOverAmqp(connection, address, body, 300);
 }
 
 /** Signs inside the TPM with whatever key it imported last. */

@@ -6,6 +6,7 @@ import { request as httpsRequest, Agent } from 'node:https';
 import { after, before, test } from 'node:test';
 import { call, readCa, startServer, type TestServer } from '../harness.js';
 import { raiseFileLimit } from '../../src/transports/file-limit.js';
+import { mqttConnectPacket } from './mqtt-connect-packet.js';
 import { LONG } from './resilience-mode.js';
 
 /**
@@ -147,24 +148,9 @@ test('floods of idle connections, TLS handshakes and bad MQTT credentials: a nor
 /** An MQTT CONNECT over TLS with a junk SAS password; resolves with the CONNACK return code. */
 async function badMqttConnect(localAddress: string, registrationId: string): Promise<number> {
   const socket = await tls(localAddress, 8883);
-  const utf8 = (text: string): Buffer => {
-    const bytes = Buffer.from(text, 'utf8');
-    return Buffer.concat([Buffer.from([bytes.length >> 8, bytes.length & 0xff]), bytes]);
-  };
   const username = `${server.info.idScope}/registrations/${registrationId}/api-version=2019-03-31`;
   const password = `SharedAccessSignature sr=${server.info.idScope}%2Fregistrations%2F${registrationId}&sig=${encodeURIComponent(Buffer.alloc(32, 1).toString('base64'))}&se=9999999999&skn=registration`;
-  const variable = Buffer.concat([utf8('MQTT'), Buffer.from([4, 0xc2, 0, 60])]);
-  const payload = Buffer.concat([utf8(registrationId), utf8(username), utf8(password)]);
-  const body = Buffer.concat([variable, payload]);
-  const length: number[] = [];
-  let remaining = body.length;
-  do {
-    let byte = remaining % 128;
-    remaining = Math.floor(remaining / 128);
-    if (remaining > 0) byte |= 0x80;
-    length.push(byte);
-  } while (remaining > 0);
-  socket.write(Buffer.concat([Buffer.from([0x10, ...length]), body]));
+  socket.write(mqttConnectPacket(registrationId, username, password));
   return new Promise((resolve, reject) => {
     socket.once('data', (chunk: Buffer) => {
       socket.destroy();

@@ -11,6 +11,7 @@
 import { readFileSync } from 'node:fs';
 import { connect as netConnect } from 'node:net';
 import { connect as tlsConnect, createSecureContext, type TLSSocket } from 'node:tls';
+import { mqttConnectPacket } from './mqtt-connect-packet.js';
 
 const [kind = 'tls', portText = '443', widthText = '100', durationText = '3000', idScope = '', caFile = ''] = process.argv.slice(2);
 const port = Number(portText);
@@ -40,11 +41,6 @@ function connect(index: number): Promise<TLSSocket> {
   });
 }
 
-function utf8(text: string): Buffer {
-  const bytes = Buffer.from(text, 'utf8');
-  return Buffer.concat([Buffer.from([bytes.length >> 8, bytes.length & 0xff]), bytes]);
-}
-
 function junkToken(registrationId: string): string {
   const sig = encodeURIComponent(Buffer.alloc(32, 1).toString('base64'));
   return `SharedAccessSignature sr=${idScope}%2Fregistrations%2F${registrationId}&sig=${sig}&se=${Math.floor(Date.now() / 1000) + 3600}&skn=registration`;
@@ -63,17 +59,8 @@ function answered(socket: TLSSocket): Promise<void> {
 
 async function mqttConnect(socket: TLSSocket, registrationId: string): Promise<void> {
   const username = `${idScope}/registrations/${registrationId}/api-version=2019-03-31`;
-  const body = Buffer.concat([utf8('MQTT'), Buffer.from([4, 0xc2, 0, 60]), utf8(registrationId), utf8(username), utf8(junkToken(registrationId))]);
-  const length: number[] = [];
-  let remaining = body.length;
-  do {
-    let byte = remaining % 128;
-    remaining = Math.floor(remaining / 128);
-    if (remaining > 0) byte |= 0x80;
-    length.push(byte);
-  } while (remaining > 0);
   const reply = answered(socket);
-  socket.write(Buffer.concat([Buffer.from([0x10, ...length]), body]));
+  socket.write(mqttConnectPacket(registrationId, username, junkToken(registrationId)));
   await reply;
 }
 

@@ -1,7 +1,8 @@
 import { useId, useState } from 'react';
 import { ApiError } from '../api/client';
 import { CREDENTIAL_KEY_TYPES, type CredentialKeyType, type CredentialPolicy, type IssuingCa } from '../api/types';
-import { ConfirmDialog, CopyButton, DateTime, Dialog, Empty, ErrorBanner, Fields, Lacks, Loading, PageHeader, Section, downloadFile } from '../components/ui';
+import { ItemTable, RemovalDialog, useRemoval, type ItemColumn } from '../components/item-table';
+import { CopyButton, DateTime, Dialog, ErrorBanner, Fields, Lacks, Loading, PageHeader, Section, downloadFile } from '../components/ui';
 import { useAction, useLoad } from '../hooks';
 import { useSession } from '../session';
 
@@ -18,13 +19,19 @@ const KEY_TYPE_LABELS: Record<CredentialKeyType, string> = {
   rsa4096: 'RSA 4096 (rsa4096)',
 };
 
+const POLICY_COLUMNS: ReadonlyArray<ItemColumn<CredentialPolicy>> = [
+  { header: 'Name', cell: (policy) => policy.name },
+  { header: 'Key types', cell: (policy) => policy.keyTypes.join(', ') },
+  { header: 'Validity (days)', className: 'numeric', cell: (policy) => policy.validityInDays },
+  { header: 'Last updated', className: 'hide-narrow', cell: (policy) => <DateTime value={policy.lastUpdatedDateTimeUtc} /> },
+];
+
 export function CertificateIssuancePage() {
   const session = useSession();
   const policies = useLoad((signal) => session.client.get<CredentialPolicy[]>(['credentialPolicies'], { signal }), []);
   const ca = useLoad((signal) => session.client.get<IssuingCa>(['issuingCa'], { signal }), []);
   const [editing, setEditing] = useState<CredentialPolicy | 'new' | undefined>(undefined);
-  const [deleting, setDeleting] = useState<string | undefined>(undefined);
-  const action = useAction();
+  const removal = useRemoval('credentialPolicies', 'Delete', policies.reload);
   if (!session.can('ServiceConfig')) {
     return (
       <>
@@ -34,17 +41,6 @@ export function CertificateIssuancePage() {
     );
   }
   const list = policies.data ?? [];
-  const remove = async () => {
-    if (deleting === undefined) return;
-    const done = await action.run(async () => {
-      await session.client.delete(['credentialPolicies', deleting]);
-      return true;
-    });
-    if (done === true) {
-      setDeleting(undefined);
-      policies.reload();
-    }
-  };
   return (
     <>
       <PageHeader
@@ -57,52 +53,15 @@ export function CertificateIssuancePage() {
         }
       />
       <Section title="Credential policies">
-        <ErrorBanner error={policies.error} onRetry={policies.reload} />
-        {policies.data === undefined && policies.loading ? (
-          <Loading />
-        ) : list.length === 0 && policies.error === undefined ? (
-          <Empty title="No credential policy yet">Create one, then name it on the enrollments or groups whose devices may ask for certificates.</Empty>
-        ) : (
-          <div className="table-wrap">
-            <table>
-              <thead>
-                <tr>
-                  <th scope="col">Name</th>
-                  <th scope="col">Key types</th>
-                  <th scope="col" className="numeric">
-                    Validity (days)
-                  </th>
-                  <th scope="col" className="hide-narrow">
-                    Last updated
-                  </th>
-                  <th scope="col">
-                    <span className="visually-hidden">Actions</span>
-                  </th>
-                </tr>
-              </thead>
-              <tbody>
-                {list.map((policy) => (
-                  <tr key={policy.name} data-testid={`credential-policy-${policy.name}`}>
-                    <td>{policy.name}</td>
-                    <td>{policy.keyTypes.join(', ')}</td>
-                    <td className="numeric">{policy.validityInDays}</td>
-                    <td className="hide-narrow">
-                      <DateTime value={policy.lastUpdatedDateTimeUtc} />
-                    </td>
-                    <td className="row-actions">
-                      <button type="button" className="button secondary small" onClick={() => setEditing(policy)} aria-label={`Edit ${policy.name}`}>
-                        Edit
-                      </button>
-                      <button type="button" className="button danger small" onClick={() => setDeleting(policy.name)} aria-label={`Delete ${policy.name}`}>
-                        Delete
-                      </button>
-                    </td>
-                  </tr>
-                ))}
-              </tbody>
-            </table>
-          </div>
-        )}
+        <ItemTable
+          loaded={policies}
+          columns={POLICY_COLUMNS}
+          nameOf={(policy) => policy.name}
+          empty={{ title: 'No credential policy yet', text: 'Create one, then name it on the enrollments or groups whose devices may ask for certificates.' }}
+          onEdit={(item) => setEditing(item)}
+          removal={removal}
+          rowTestId={(policy) => `credential-policy-${policy.name}`}
+        />
       </Section>
       <Section title="Issuing CA">
         <ErrorBanner error={ca.error} onRetry={ca.reload} />
@@ -162,21 +121,9 @@ export function CertificateIssuancePage() {
           }}
         />
       )}
-      <ConfirmDialog
-        open={deleting !== undefined}
-        title={`Delete the credential policy ${deleting ?? ''}?`}
-        confirmLabel="Delete"
-        danger
-        busy={action.busy}
-        error={action.error}
-        onConfirm={() => void remove()}
-        onClose={() => {
-          setDeleting(undefined);
-          action.clear();
-        }}
-      >
+      <RemovalDialog removal={removal} title={(name) => `Delete the credential policy ${name}?`}>
         <p>Devices whose enrollment names it can no longer get certificates from a CSR. Certificates already issued stay valid.</p>
-      </ConfirmDialog>
+      </RemovalDialog>
     </>
   );
 }

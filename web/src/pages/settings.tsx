@@ -18,6 +18,7 @@ import {
   PageHeader,
   Section,
 } from '../components/ui';
+import { ItemTable, RemovalDialog, useRemoval, type ItemColumn } from '../components/item-table';
 import { useAction, useLoad } from '../hooks';
 import { Link, navigate, path } from '../router';
 import { useSession } from '../session';
@@ -174,25 +175,20 @@ function CodeWithCopy({ value }: { value: string }) {
   );
 }
 
+const HUB_COLUMNS: ReadonlyArray<ItemColumn<LinkedHub>> = [
+  { header: 'Host name', cell: (hub) => hub.name },
+  { header: 'Kind', cell: (hub) => (hub.builtIn ? 'Built in' : 'External') },
+  { header: 'Weight', className: 'numeric', cell: (hub) => hub.allocationWeight },
+  { header: 'Allocation', className: 'hide-narrow', cell: (hub) => (hub.applyAllocationPolicy ? 'Included' : 'Excluded') },
+  { header: 'Location', className: 'hide-narrow', cell: (hub) => hub.location ?? <span className="muted">—</span> },
+];
+
 export function LinkedHubsPage() {
   const session = useSession();
   const loaded = useLoad((signal) => session.client.get<LinkedHub[]>(['linkedHubs'], { signal }), []);
   const [editing, setEditing] = useState<LinkedHub | 'new' | undefined>(undefined);
-  const [unlinking, setUnlinking] = useState<string | undefined>(undefined);
-  const action = useAction();
+  const removal = useRemoval('linkedHubs', 'Unlink', loaded.reload);
   if (!session.can('ServiceConfig')) return <RequiresServiceConfig title="Linked hubs" />;
-  const hubs = loaded.data ?? [];
-  const unlink = async () => {
-    if (unlinking === undefined) return;
-    const done = await action.run(async () => {
-      await session.client.delete(['linkedHubs', unlinking]);
-      return true;
-    });
-    if (done === true) {
-      setUnlinking(undefined);
-      loaded.reload();
-    }
-  };
   return (
     <>
       <PageHeader
@@ -205,54 +201,14 @@ export function LinkedHubsPage() {
         }
       />
       <div className="card">
-        <ErrorBanner error={loaded.error} onRetry={loaded.reload} />
-        {loaded.data === undefined && loaded.loading ? (
-          <Loading />
-        ) : hubs.length === 0 && loaded.error === undefined ? (
-          <Empty title="No hub is linked">Devices cannot be provisioned until a hub is linked.</Empty>
-        ) : (
-          <div className="table-wrap">
-            <table>
-              <thead>
-                <tr>
-                  <th scope="col">Host name</th>
-                  <th scope="col">Kind</th>
-                  <th scope="col" className="numeric">
-                    Weight
-                  </th>
-                  <th scope="col" className="hide-narrow">
-                    Allocation
-                  </th>
-                  <th scope="col" className="hide-narrow">
-                    Location
-                  </th>
-                  <th scope="col">
-                    <span className="visually-hidden">Actions</span>
-                  </th>
-                </tr>
-              </thead>
-              <tbody>
-                {hubs.map((hub) => (
-                  <tr key={hub.name}>
-                    <td>{hub.name}</td>
-                    <td>{hub.builtIn ? 'Built in' : 'External'}</td>
-                    <td className="numeric">{hub.allocationWeight}</td>
-                    <td className="hide-narrow">{hub.applyAllocationPolicy ? 'Included' : 'Excluded'}</td>
-                    <td className="hide-narrow">{hub.location ?? <span className="muted">—</span>}</td>
-                    <td className="row-actions">
-                      <button type="button" className="button secondary small" onClick={() => setEditing(hub)} aria-label={`Edit ${hub.name}`}>
-                        Edit
-                      </button>
-                      <button type="button" className="button danger small" onClick={() => setUnlinking(hub.name)} aria-label={`Unlink ${hub.name}`}>
-                        Unlink
-                      </button>
-                    </td>
-                  </tr>
-                ))}
-              </tbody>
-            </table>
-          </div>
-        )}
+        <ItemTable
+          loaded={loaded}
+          columns={HUB_COLUMNS}
+          nameOf={(hub) => hub.name}
+          empty={{ title: 'No hub is linked', text: 'Devices cannot be provisioned until a hub is linked.' }}
+          onEdit={(item) => setEditing(item)}
+          removal={removal}
+        />
       </div>
       {editing !== undefined && (
         <HubDialog
@@ -264,21 +220,9 @@ export function LinkedHubsPage() {
           }}
         />
       )}
-      <ConfirmDialog
-        open={unlinking !== undefined}
-        title={`Unlink ${unlinking ?? ''}?`}
-        confirmLabel="Unlink"
-        danger
-        busy={action.busy}
-        error={action.error}
-        onConfirm={() => void unlink()}
-        onClose={() => {
-          setUnlinking(undefined);
-          action.clear();
-        }}
-      >
+      <RemovalDialog removal={removal} title={(name) => `Unlink ${name}?`}>
         <p>New registrations will no longer be assigned to this hub. Devices already there stay there.</p>
-      </ConfirmDialog>
+      </RemovalDialog>
     </>
   );
 }

@@ -29,6 +29,7 @@ import type { AuditLog } from './audit-log.js';
 import type { LifecycleEvents } from './lifecycle-events.js';
 import { authenticateDevice } from './attestation/authenticate.js';
 import type { DeviceCredential, DeviceMatch } from './attestation/device-match.js';
+import { DeviceProof } from './attestation/device-proof.js';
 import { withIssuedCredential, type CertificateIssuance } from './attestation/certificate-issuance.js';
 import type { CheckedCsr, IssuedCertificate } from './attestation/csr.js';
 
@@ -51,6 +52,8 @@ export interface DeviceRequest {
   transport: Transport;
   /** The peer's address: refused attempts are counted by it (undefined only for in-process callers). */
   source?: string | undefined;
+  /** What the connection proved at sign-in (`authenticate`): used instead of authenticating again while it holds. */
+  proof?: DeviceProof | undefined;
 }
 
 export interface OperationReply {
@@ -123,11 +126,13 @@ export class RegistrationService {
     let instance: InstanceRecord | undefined;
     let match: DeviceMatch;
     let csr: CheckedCsr | undefined;
+    // A connection's sign-in proof stands for the key check; the enrollment is checked against it below.
+    const proven = request.proof?.matchFor(request, this.#deps.now().getTime());
     try {
       // Authenticate first: the instance's registration budget is spent only by devices that proved who they are.
       match = await this.#refused.guard(request.source, async () => {
         instance = await this.#instance(request.idScope);
-        return this.#authenticate(instance, request);
+        return proven !== undefined && proven.instance.id === instance.id ? { ...proven, instance } : this.#authenticate(instance, request);
       });
       const instanceId = match.instance.id;
       await this.#throttling(request.transport, 'register', () => this.#registrationLimiter.take(instanceId));
@@ -150,14 +155,18 @@ export class RegistrationService {
       lastUpdatedDateTimeUtc: now,
     };
     // Erase fence, first check: an erase running for this device refuses the attempt before anything is written.
-    await this.#deps.store
+    const written = await this.#deps.store
       .transaction(async (tx) => {
         await assertNotFenced(tx, matched.id, fenceProbe(match));
         // An erase may have come and gone since the credential was checked: the enrollment must still be there.
         const entry = match.enrollment;
         const current = entry.kind === 'individual' ? await tx.getEnrollment(matched.id, entry.doc.registrationId) : await tx.getEnrollmentGroup(matched.id, entry.doc.enrollmentGroupId);
+        // A sign-in proof holds only for the entry exactly as it was proved (not deleted, disabled, re-keyed, and for a
+        // group no individual enrollment since, which would decide alone); otherwise the device is judged afresh.
+        if (proven !== undefined && (current?.etag !== entry.doc.etag || (entry.kind === 'group' && (await tx.getEnrollment(matched.id, match.registrationId)) !== undefined))) return false;
         if (current === undefined) throw unauthorized();
         await tx.putOperation(matched.id, operation);
+        return true;
       })
       .catch(async (error: unknown) => {
         if (isFenceRefusal(error)) {
@@ -174,6 +183,7 @@ export class RegistrationService {
         }
         throw error;
       });
+    if (!written) return this.register({ ...request, proof: undefined });
     this.#remember(operation.operationId, request, match);
     const work = this.#serialized(`${matched.id}/${idKey(match.registrationId)}`, () => this.#assign(match, operation, request.payload, request.transport, csr));
     // (A rejected assignment is the race's below to report; this only counts the finished ones.)
@@ -198,7 +208,7 @@ export class RegistrationService {
   async operationStatus(request: DeviceRequest & { operationId: string }): Promise<OperationReply> {
     let proven: Pick<ProvenOperation, 'instanceId' | 'registrationId' | 'probe'> | undefined = this.#provenPoll(request);
     if (proven === undefined) {
-      const match = await this.#authenticated(request);
+      const match = request.proof?.matchFor(request, this.#deps.now().getTime()) ?? (await this.#authenticated(request));
       proven = { instanceId: match.instance.id, registrationId: match.registrationId, probe: fenceProbe(match) };
     }
     const { instanceId, registrationId, probe } = proven;
@@ -235,16 +245,18 @@ export class RegistrationService {
   }
 
   /**
-   * Checks a credential without registering anything: MQTT CONNECT and AMQP SASL PLAIN refuse a device that proves
-   * nothing before it sends a request. Register and poll still authenticate on their own.
+   * Checks a credential without registering anything: MQTT CONNECT and AMQP SASL refuse a device that proves nothing
+   * before it sends a request. The answer is the proof the connection carries to its register and polls (undefined
+   * for a credential judged on every request: an X.509 chain).
    */
-  async authenticate(request: DeviceRequest): Promise<void> {
+  async authenticate(request: DeviceRequest): Promise<DeviceProof | undefined> {
     let instance: InstanceRecord | undefined;
     try {
-      await this.#refused.guard(request.source, async () => {
+      const match = await this.#refused.guard(request.source, async () => {
         instance = await this.#instance(request.idScope);
         return this.#authenticate(instance, request);
       });
+      return DeviceProof.of(request, match);
     } catch (error) {
       // A refused MQTT CONNECT or AMQP SASL sign-in is an attempt too: logged with why, like a refused HTTPS one (the
       // instance found for the check, not read again). A source already over its refusal budget (429) is not: logging

@@ -5,6 +5,8 @@ import { connectAsync, type MqttClient } from 'mqtt';
 import rhea, { type AmqpError, type Connection, type Message, type Sender } from 'rhea';
 import serviceSdk from 'azure-iot-provisioning-service';
 import { createSasToken } from '../src/domain/sas.js';
+import type { DeviceMatch } from '../src/services/attestation/device-match.js';
+import { DeviceProof } from '../src/services/attestation/device-proof.js';
 import type { Store } from '../src/store/store.js';
 import { parseResponseTopic } from '../src/transports/mqtt/topics.js';
 import { deriveDeviceKey, type Json } from './devices.js';
@@ -275,3 +277,34 @@ for (const [name, connect] of Object.entries(TRANSPORTS)) {
     });
   });
 }
+
+describe('DeviceProof: what a sign-in proof covers', () => {
+  const match = { registrationId: 'dev-1' } as unknown as DeviceMatch;
+  const sasRequest = (authorization: string | undefined, registrationId = 'dev-1', scope = '0ne0000AAAA') => ({
+    idScope: scope,
+    registrationId,
+    credential: { kind: 'sas' as const, authorization },
+  });
+  const expirySeconds = 2_000_000_000;
+  const sas = `SharedAccessSignature sr=0ne0000AAAA%2Fregistrations%2Fdev-1&sig=abc&se=${expirySeconds}&skn=registration`;
+
+  test('the same token, scope and device (any case) until the token expires; nothing else', () => {
+    const proof = DeviceProof.of(sasRequest(sas), match);
+    assert.ok(proof !== undefined);
+    const now = expirySeconds * 1000;
+    assert.equal(proof.matchFor(sasRequest(sas), now), match);
+    assert.equal(proof.matchFor(sasRequest(sas, 'DEV-1'), now), match);
+    assert.equal(proof.matchFor(sasRequest(sas), now + 1), undefined, 'expired');
+    assert.equal(proof.matchFor(sasRequest(`${sas}x`), now), undefined, 'another token');
+    assert.equal(proof.matchFor(sasRequest(undefined), now), undefined, 'no token');
+    assert.equal(proof.matchFor(sasRequest(sas, 'dev-2'), now), undefined, 'another device');
+    assert.equal(proof.matchFor(sasRequest(sas, 'dev-1', '0ne0000BBBB'), now), undefined, 'another ID scope');
+    assert.equal(proof.matchFor({ idScope: '0ne0000AAAA', registrationId: 'dev-1', credential: { kind: 'x509', chain: [] } }, now), undefined, 'a certificate');
+  });
+
+  test('a certificate, or no parsable token, proves nothing to carry', () => {
+    assert.equal(DeviceProof.of({ idScope: '0ne0000AAAA', registrationId: 'dev-1', credential: { kind: 'x509', chain: [] } }, match), undefined);
+    assert.equal(DeviceProof.of(sasRequest('not a token'), match), undefined);
+    assert.equal(DeviceProof.of(sasRequest(undefined), match), undefined);
+  });
+});

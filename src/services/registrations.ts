@@ -183,6 +183,8 @@ export class RegistrationService {
         }
         throw error;
       });
+    // The proof no longer holds (nothing was written): judged in full, as any request (it takes its own token of the
+    // registration budget again; a changed enrollment is rare).
     if (!written) return this.register({ ...request, proof: undefined });
     this.#remember(operation.operationId, request, match);
     const work = this.#serialized(`${matched.id}/${idKey(match.registrationId)}`, () => this.#assign(match, operation, request.payload, request.transport, csr));

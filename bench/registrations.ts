@@ -395,6 +395,31 @@ try {
           commitsPerRegistration: Number(((burstTo.commits - burstFrom.commits) / Math.max(1, burstDone)).toFixed(3)),
         },
       };
+  if (MODE === 'p3' && !STORE.startsWith('postgres')) {
+    // The same count over MQTT: 40 re-registrations on connections kept open (the token proved once, at CONNECT), and
+    // 40 on a new connection each (CONNECT included).
+    const perRegistration = async (register: (device: Device) => Promise<boolean>) => {
+      const from = await statementCounts(server);
+      let done = 0;
+      for (const device of devices.slice(0, 40)) if (await register(device)) done += 1;
+      const to = await statementCounts(server);
+      return { statements: Number(((to.statements - from.statements) / Math.max(1, done)).toFixed(1)), commits: Number(((to.commits - from.commits) / Math.max(1, done)).toFixed(1)) };
+    };
+    const sessions = new Map<string, MqttDevice>();
+    for (const device of devices.slice(0, 40)) sessions.set(device.id, await MqttDevice.connect(idScope, device));
+    for (const session of sessions.values()) await session.register();
+    const persistent = await perRegistration((device) => (sessions.get(device.id) as MqttDevice).register());
+    for (const session of sessions.values()) await session.close();
+    const newConnection = await perRegistration(async (device) => {
+      const session = await MqttDevice.connect(idScope, device);
+      try {
+        return await session.register();
+      } finally {
+        await session.close();
+      }
+    });
+    results.sqlitePerMqttRegistration = { persistent, newConnection };
+  }
   const cpu = (name: string): number => median(byWorkload.get(name) ?? [], (result) => result.serverCpuMsPerOperation);
   const rate = (name: string): number => median(byWorkload.get(name) ?? [], (result) => result.perSecond);
   // The goals of issue 12, as ratios of this run's own figures.

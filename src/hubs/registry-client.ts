@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import { rootCertificates } from 'node:tls';
 import type { Static, TSchema } from '@sinclair/typebox';
-import { Agent, type Dispatcher } from 'undici';
+import type { Agent, Dispatcher } from 'undici';
 import { createSasToken } from '../domain/sas.js';
 import type { LinkedHubRecord } from '../store/store.js';
 import { HubError, type HubClient, type HubClientFactory, type HubDevice, type HubDeviceRecord, type HubTwin, type HubTwinContent } from './hub-client.js';
@@ -45,13 +45,19 @@ export interface HubRequest {
   timeoutMs: number;
 }
 
+/**
+ * undici is loaded, and the agent made, on the first request: a process whose hubs are all built-in (called directly)
+ * never loads it (issue 12, P6: ~100 modules of idle memory).
+ */
 class UndiciTransport implements HubTransport {
-  readonly #dispatcher: Dispatcher;
-  constructor(dispatcher: Dispatcher) {
-    this.#dispatcher = dispatcher;
+  readonly #options: Agent.Options;
+  #dispatcher: Promise<Agent> | undefined;
+  constructor(options: Agent.Options) {
+    this.#options = options;
   }
   async send(request: HubRequest): Promise<HubResponse> {
-    const response = await this.#dispatcher.request({
+    this.#dispatcher ??= import('undici').then(({ Agent }) => new Agent(this.#options));
+    const response = await (await this.#dispatcher).request({
       origin: request.origin,
       path: request.path,
       method: request.method,
@@ -62,20 +68,21 @@ class UndiciTransport implements HubTransport {
     });
     return { status: response.statusCode, text: await response.body.text() };
   }
+  async close(): Promise<void> {
+    if (this.#dispatcher !== undefined) await (await this.#dispatcher).close();
+  }
 }
 
 export class RestHubClientFactory implements HubClientFactory {
   readonly #options: RestHubClientOptions;
   readonly #timeoutMs: number;
-  /** Built-in hubs: one origin (the local listener) for every hub, told apart by TLS server name and Host. */
-  readonly #builtIn: Agent;
-  /** External hubs: their own origins, trusting the system CAs and `ca`. */
-  readonly #external: Agent;
   readonly #clients = new Map<string, HubClient & { connectionString: string }>();
-  readonly #builtInTransport: HubTransport;
+  /** Built-in hubs: one origin (the local listener) for every hub, told apart by TLS server name and Host. */
+  readonly #builtInTransport: UndiciTransport;
   /** Built-in hubs hosted by this process, called directly (BuiltInHubClient); unset, they are reached over HTTPS. */
   #builtInService: BuiltInHubService | undefined;
-  readonly #externalTransport: HubTransport;
+  /** External hubs: their own origins, trusting the system CAs and `ca`. */
+  readonly #externalTransport: UndiciTransport;
 
   constructor(options: RestHubClientOptions) {
     this.#options = options;
@@ -83,10 +90,8 @@ export class RestHubClientFactory implements HubClientFactory {
     const common = { keepAliveTimeout: 30_000, headersTimeout: this.#timeoutMs, bodyTimeout: this.#timeoutMs, connectTimeout: 10_000 };
     // The built-in listener is this process at a fixed address, and its certificate must chain to `ca` (the only root
     // trusted here); the hub name is a virtual host chosen by Host, which that certificate need not list.
-    this.#builtIn = new Agent({ ...common, connect: { ca: options.ca, checkServerIdentity: () => undefined } });
-    this.#external = new Agent({ ...common, connect: { ca: [...rootCertificates, options.ca] } });
-    this.#builtInTransport = new UndiciTransport(this.#builtIn);
-    this.#externalTransport = new UndiciTransport(this.#external);
+    this.#builtInTransport = new UndiciTransport({ ...common, connect: { ca: options.ca, checkServerIdentity: () => undefined } });
+    this.#externalTransport = new UndiciTransport({ ...common, connect: { ca: [...rootCertificates, options.ca] } });
   }
 
   /** Serve built-in hubs in-process by direct call (the composition root passes the process's own hub service). */
@@ -118,7 +123,7 @@ export class RestHubClientFactory implements HubClientFactory {
 
   async close(): Promise<void> {
     this.#clients.clear();
-    await Promise.all([this.#builtIn.close(), this.#external.close()]);
+    await Promise.all([this.#builtInTransport.close(), this.#externalTransport.close()]);
   }
 }
 

@@ -29,6 +29,7 @@ import type { AuditLog } from './audit-log.js';
 import type { LifecycleEvents } from './lifecycle-events.js';
 import { authenticateDevice } from './attestation/authenticate.js';
 import type { DeviceCredential, DeviceMatch } from './attestation/device-match.js';
+import { DeviceProof } from './attestation/device-proof.js';
 import { withIssuedCredential, type CertificateIssuance } from './attestation/certificate-issuance.js';
 import type { CheckedCsr, IssuedCertificate } from './attestation/csr.js';
 
@@ -51,6 +52,8 @@ export interface DeviceRequest {
   transport: Transport;
   /** The peer's address: refused attempts are counted by it (undefined only for in-process callers). */
   source?: string | undefined;
+  /** What the connection proved at sign-in (`authenticate`): used instead of authenticating again while it holds. */
+  proof?: DeviceProof | undefined;
 }
 
 export interface OperationReply {
@@ -131,11 +134,13 @@ export class RegistrationService {
     let instance: InstanceRecord | undefined;
     let match: DeviceMatch;
     let csr: CheckedCsr | undefined;
+    // A connection's sign-in proof stands for the key check; the enrollment is checked against it below.
+    const proven = request.proof?.matchFor(request, this.#deps.now().getTime());
     try {
       // Authenticate first: the instance's registration budget is spent only by devices that proved who they are.
       match = await this.#refused.guard(request.source, async () => {
         instance = await this.#instance(request.idScope);
-        return this.#authenticate(instance, request);
+        return proven !== undefined && proven.instance.id === instance.id ? provedMatch({ ...proven, instance }) : this.#authenticate(instance, request);
       });
       const instanceId = match.instance.id;
       await this.#throttling(request.transport, 'register', () => this.#registrationLimiter.take(instanceId));
@@ -178,6 +183,9 @@ export class RegistrationService {
       const result = await work;
       if (result.kind === 'refused') {
         this.#proven.delete(operation.operationId);
+        // The sign-in proof no longer holds (nothing was written): judged in full, as any request (it takes its own
+        // token of the registration budget again; a changed enrollment is rare).
+        if (result.error === PROOF_NO_LONGER_HOLDS) return this.register({ ...request, proof: undefined });
         if (isFenceRefusal(result.error)) await this.#logFenceRefusal(match, request.transport, result.error);
         throw result.error;
       }
@@ -185,17 +193,23 @@ export class RegistrationService {
     }
     // Still running: the device will poll, and any node must be able to answer, so the `assigning` operation is in the
     // store before the device hears its ID — unless the assignment finished meanwhile (insert-if-absent).
-    await this.#committer
+    const admitted = await this.#committer
       .run(async (tx) => {
         const refusal = await admission(tx, match, operation.operationId, acknowledged);
         if (refusal !== undefined) throw refusal;
         await tx.insertOperationIfAbsent(matched.id, operation);
       })
-      .catch(async (error: unknown) => {
-        this.#proven.delete(operation.operationId);
-        if (isFenceRefusal(error)) await this.#logFenceRefusal(match, request.transport, error);
-        throw error;
-      });
+      .then(
+        () => true,
+        async (error: unknown) => {
+          this.#proven.delete(operation.operationId);
+          if (error === PROOF_NO_LONGER_HOLDS) return false;
+          if (isFenceRefusal(error)) await this.#logFenceRefusal(match, request.transport, error);
+          throw error;
+        },
+      );
+    // The proof no longer holds: nothing was written (the assignment's own admission refuses too); judged in full.
+    if (!admitted) return this.register({ ...request, proof: undefined });
     acknowledged.written = true;
     return {
       httpStatus: 202,
@@ -252,7 +266,7 @@ export class RegistrationService {
   async operationStatus(request: DeviceRequest & { operationId: string }): Promise<OperationReply> {
     let proven: Pick<ProvenOperation, 'instanceId' | 'registrationId' | 'probe'> | undefined = this.#provenPoll(request);
     if (proven === undefined) {
-      const match = await this.#authenticated(request);
+      const match = request.proof?.matchFor(request, this.#deps.now().getTime()) ?? (await this.#authenticated(request));
       proven = { instanceId: match.instance.id, registrationId: match.registrationId, probe: fenceProbe(match) };
     }
     const { instanceId, registrationId, probe } = proven;
@@ -293,16 +307,18 @@ export class RegistrationService {
   }
 
   /**
-   * Checks a credential without registering anything: MQTT CONNECT and AMQP SASL PLAIN refuse a device that proves
-   * nothing before it sends a request. Register and poll still authenticate on their own.
+   * Checks a credential without registering anything: MQTT CONNECT and AMQP SASL refuse a device that proves nothing
+   * before it sends a request. The answer is the proof the connection carries to its register and polls (undefined
+   * for a credential judged on every request: an X.509 chain).
    */
-  async authenticate(request: DeviceRequest): Promise<void> {
+  async authenticate(request: DeviceRequest): Promise<DeviceProof | undefined> {
     let instance: InstanceRecord | undefined;
     try {
-      await this.#refused.guard(request.source, async () => {
+      const match = await this.#refused.guard(request.source, async () => {
         instance = await this.#instance(request.idScope);
         return this.#authenticate(instance, request);
       });
+      return DeviceProof.of(request, match);
     } catch (error) {
       // A refused MQTT CONNECT or AMQP SASL sign-in is an attempt too: logged with why, like a refused HTTPS one (the
       // instance found for the check, not read again). A source already over its refusal budget (429) is not: logging
@@ -940,8 +956,22 @@ async function admission(tx: Store, match: DeviceMatch, operationId: string, ack
   }
   const entry = match.enrollment;
   const current = entry.kind === 'individual' ? await tx.getEnrollment(instanceId, entry.doc.registrationId) : await tx.getEnrollmentGroup(instanceId, entry.doc.enrollmentGroupId);
+  // A connection's sign-in proof holds only for the entry exactly as it was proved (not deleted, disabled, re-keyed,
+  // and for a group no individual enrollment since, which would decide alone); otherwise the device is judged afresh.
+  if (provedMatches.has(match) && (current?.etag !== entry.doc.etag || (entry.kind === 'group' && (await tx.getEnrollment(instanceId, match.registrationId)) !== undefined))) {
+    return PROOF_NO_LONGER_HOLDS;
+  }
   return current === undefined ? unauthorized() : undefined;
 }
+
+/** Matches taken from a connection's sign-in proof (attestation/device-proof.ts) rather than a check of their own. */
+const provedMatches = new WeakSet<DeviceMatch>();
+function provedMatch(match: DeviceMatch): DeviceMatch {
+  provedMatches.add(match);
+  return match;
+}
+/** The admission's answer when a sign-in proof no longer holds: the register request is judged again in full. */
+const PROOF_NO_LONGER_HOLDS = new ProvisioningError('Unauthorized');
 
 /** A built-in hub's client on the registration's transaction. */
 function joinedClient(client: HubClient, tx: Store): HubClient {

@@ -2,11 +2,9 @@ import type { Server as HttpServer } from 'node:http';
 import type { FastifyBaseLogger } from 'fastify';
 import type { Config } from '../config/config.js';
 import type { RegistrationService } from '../services/registrations.js';
-import { AmqpDeviceEndpoint } from './amqp/endpoint.js';
 import { closeServer, createDeviceTlsServer, DeviceConnections, listenOn } from './device-connections.js';
-import { MqttDeviceBroker } from './mqtt/broker.js';
 import { DEVICE_TLS_OPTIONS, peerCertificateChain } from './tls-peer.js';
-import { attachDeviceWebSockets, type DeviceWebSockets } from './websocket.js';
+import type { DeviceWebSockets } from './websocket.js';
 import type { Server as TlsServer } from 'node:tls';
 
 /**
@@ -50,10 +48,14 @@ export async function createDeviceEndpoints(deps: DeviceEndpointDeps): Promise<D
   const connections = new DeviceConnections({ maxConnections: config.maxDeviceConnections, idleTimeoutMs: config.deviceIdleTimeoutMs }, logger);
   const needsMqtt = config.mqttEnabled || config.webSocketsEnabled;
   const needsAmqp = config.amqpEnabled || config.webSocketsEnabled;
+  // aedes, rhea and ws are loaded only for the endpoints that are on: a process without them does not carry their
+  // code (issue 12, P6).
   const mqtt = needsMqtt
-    ? await MqttDeviceBroker.create({ registrations, logger, maxPacketBytes: config.mqttMaxPacketBytes, connectTimeoutMs: Math.min(30000, config.deviceIdleTimeoutMs) })
+    ? await (await import('./mqtt/broker.js')).MqttDeviceBroker.create({ registrations, logger, maxPacketBytes: config.mqttMaxPacketBytes, connectTimeoutMs: Math.min(30000, config.deviceIdleTimeoutMs) })
     : undefined;
-  const amqp = needsAmqp ? new AmqpDeviceEndpoint({ registrations, logger: deps.amqpLogger ?? logger, maxMessageBytes: config.amqpMaxMessageBytes, hostNames: config.hostNames }) : undefined;
+  const amqp = needsAmqp
+    ? new (await import('./amqp/endpoint.js')).AmqpDeviceEndpoint({ registrations, logger: deps.amqpLogger ?? logger, maxMessageBytes: config.amqpMaxMessageBytes, hostNames: config.hostNames })
+    : undefined;
 
   const handshakes = { maxHandshakes: config.tlsMaxHandshakes, maxWaiting: config.tlsMaxWaitingHandshakes };
   const servers: TlsServer[] = [];
@@ -84,7 +86,7 @@ export async function createDeviceEndpoints(deps: DeviceEndpointDeps): Promise<D
   }
   let webSockets: DeviceWebSockets | undefined;
   if (config.webSocketsEnabled) {
-    webSockets = attachDeviceWebSockets(deps.httpServer, {
+    webSockets = (await import('./websocket.js')).attachDeviceWebSockets(deps.httpServer, {
       mqtt,
       amqp,
       connections,

@@ -1,14 +1,19 @@
-import 'reflect-metadata';
-import * as x509 from '@peculiar/x509';
-import { createPublicKey, randomBytes, webcrypto, X509Certificate } from 'node:crypto';
+import type * as X509 from '@peculiar/x509';
+import { createPublicKey, randomBytes, X509Certificate } from 'node:crypto';
 import { ProvisioningError } from '../../domain/errors.js';
 import { dpsTimestamp } from '../../domain/time.js';
 import { thumbprints } from '../../domain/x509.js';
 import type { CredentialKeyType, CredentialPolicyRecord, IssuedCertificateRecord, IssuingCaRecord } from '../../store/store.js';
-import { importIssuerKey } from '../../tls/x509-issuer.js';
 import type { DeviceMatch } from './device-match.js';
 
-x509.cryptoProvider.set(webcrypto as never);
+/**
+ * @peculiar/x509 (with tsyringe, ~150 modules and several MiB of heap) is loaded on first use, not by every start
+ * (issue 12, P6); x509-issuer.js sets its crypto provider when it loads.
+ */
+async function peculiar(): Promise<{ x509: typeof X509; issuer: typeof import('../../tls/x509-issuer.js') }> {
+  const issuer = await import('../../tls/x509-issuer.js');
+  return { x509: await import('@peculiar/x509'), issuer };
+}
 
 /**
  * Certificate issuance from a CSR (DPS api-version 2025-07-01-preview, dps-wire.md §0 and §4.1; docs/
@@ -21,7 +26,7 @@ x509.cryptoProvider.set(webcrypto as never);
 
 /** A CSR that passed every check, with the policy it will be issued under. */
 export interface CheckedCsr {
-  request: x509.Pkcs10CertificateRequest;
+  request: X509.Pkcs10CertificateRequest;
   keyType: CredentialKeyType;
   policy: CredentialPolicyRecord;
 }
@@ -42,7 +47,7 @@ export async function checkCsr(csr: string, match: DeviceMatch, policy: Credenti
   if (policy === undefined) {
     throw new ProvisioningError('CredentialPolicyUnknown', `The ${entry} names credential policy '${policyName}', which does not exist.`);
   }
-  const request = parseCsr(csr);
+  const request = parseCsr((await peculiar()).x509, csr);
   if (!(await request.verify())) throw new ProvisioningError('CsrSignatureInvalid');
   const names = request.subjectName.getField('CN');
   if (names.length !== 1 || names[0]?.toLowerCase() !== match.registrationId.toLowerCase()) {
@@ -62,7 +67,7 @@ export async function checkCsr(csr: string, match: DeviceMatch, policy: Credenti
 }
 
 /** Base64 DER only, as DPS takes it: PEM (with its header) is refused with a message that says so. */
-function parseCsr(csr: string): x509.Pkcs10CertificateRequest {
+function parseCsr(x509: typeof X509, csr: string): X509.Pkcs10CertificateRequest {
   const text = csr.trim();
   if (text.startsWith('-----BEGIN')) {
     throw new ProvisioningError('InvalidCsr', 'csr must be base64 DER without a PEM header (-----BEGIN CERTIFICATE REQUEST-----).');
@@ -76,7 +81,7 @@ function parseCsr(csr: string): x509.Pkcs10CertificateRequest {
 }
 
 /** The key type names of credential policies: EC by curve, RSA by modulus length. */
-function csrKeyType(request: x509.Pkcs10CertificateRequest): CredentialKeyType | undefined {
+function csrKeyType(request: X509.Pkcs10CertificateRequest): CredentialKeyType | undefined {
   let key;
   try {
     key = createPublicKey({ key: Buffer.from(request.publicKey.rawData), format: 'der', type: 'spki' });
@@ -113,8 +118,9 @@ export async function issueCertificate(
   subject: { registrationId: string; enrollmentGroupId: string | undefined },
   options: { now: Date; crlUrl: string | undefined },
 ): Promise<IssuedCertificate> {
+  const { x509, issuer } = await peculiar();
   const caCert = new x509.X509Certificate(ca.certificate);
-  const signing = await importIssuerKey(ca.privateKey, caCert);
+  const signing = await issuer.importIssuerKey(ca.privateKey, caCert);
   const notBefore = new Date(options.now.getTime() - 60_000);
   const notAfter = new Date(options.now.getTime() + checked.policy.validityInDays * DAY_MS);
   const publicKey = await checked.request.publicKey.export();

@@ -1,16 +1,21 @@
-import 'reflect-metadata';
-import * as x509 from '@peculiar/x509';
-import { createPrivateKey, createPublicKey, webcrypto, X509Certificate } from 'node:crypto';
+import type * as X509 from '@peculiar/x509';
+import { createPrivateKey, createPublicKey, X509Certificate } from 'node:crypto';
 import type { JsonMap } from '../../domain/enrollment.js';
 import { ProvisioningError } from '../../domain/errors.js';
 import { dpsTimestamp } from '../../domain/time.js';
 import { certificateInfo, parseCertificate, toPem } from '../../domain/x509.js';
 import { validityProblem } from '../../domain/x509-chain.js';
 import type { InstanceRecord, IssuingCaRecord } from '../../store/store.js';
-import { createRootCertificate, importIssuerKey } from '../../tls/x509-issuer.js';
 import type { ServiceDeps } from '../deps.js';
 
-x509.cryptoProvider.set(webcrypto as never);
+/**
+ * @peculiar/x509 (with tsyringe, ~150 modules and several MiB of heap) is loaded on first use, not by every start
+ * (issue 12, P6); x509-issuer.js sets its crypto provider when it loads.
+ */
+async function peculiar(): Promise<{ x509: typeof X509; issuer: typeof import('../../tls/x509-issuer.js') }> {
+  const issuer = await import('../../tls/x509-issuer.js');
+  return { x509: await import('@peculiar/x509'), issuer };
+}
 
 /**
  * The issuing CA of an instance (docs/certificate-issuance.md): its own key, separate from the development TLS CA.
@@ -45,7 +50,7 @@ export class IssuingCaService {
     return store.withLock(`issuing-ca/${instance.id}`, async () => {
       const again = await store.getIssuingCa(instance.id);
       if (again !== undefined) return again;
-      const made = await createRootCertificate({ commonName: `provisiond issuing CA ${instance.idScope}`, days: CA_DAYS });
+      const made = await (await peculiar()).issuer.createRootCertificate({ commonName: `provisiond issuing CA ${instance.idScope}`, days: CA_DAYS });
       const record: IssuingCaRecord = { certificate: made.certPem, chain: [], privateKey: made.keyPem, source: 'generated', createdDateTimeUtc: dpsTimestamp(this.#deps.now()) };
       // Insert-if-absent: on a single-writer dialect the lock is per process, and the row decides.
       await store.putIssuingCa(instance.id, record, false);
@@ -85,7 +90,8 @@ export class IssuingCaService {
       child = parent;
     }
     try {
-      await importIssuerKey(input.privateKey, new x509.X509Certificate(certificate.raw));
+      const { x509, issuer } = await peculiar();
+      await issuer.importIssuerKey(input.privateKey, new x509.X509Certificate(certificate.raw));
     } catch {
       throw invalid('privateKey cannot sign (RSA or ECDSA P-256/P-384/P-521 keys only).');
     }
@@ -103,8 +109,9 @@ export class IssuingCaService {
   /** The CRL (DER): every certificate of this CA an erase revoked, signed by the CA, next update in a day. */
   async crl(instance: InstanceRecord): Promise<Buffer> {
     const ca = await this.ensure(instance);
+    const { x509, issuer } = await peculiar();
     const caCert = new x509.X509Certificate(ca.certificate);
-    const signing = await importIssuerKey(ca.privateKey, caCert);
+    const signing = await issuer.importIssuerKey(ca.privateKey, caCert);
     const now = this.#deps.now();
     const revoked = await this.#deps.store.listRevokedCertificates(instance.id);
     const crl = await x509.X509CrlGenerator.create({

@@ -156,8 +156,9 @@ export class AmqpDeviceEndpoint {
     if (path === undefined) return false;
     const request: DeviceRequest = { ...path, credential: { kind: 'sas', authorization: password ?? undefined }, transport: state.peer.transport, source: state.peer.remoteAddress };
     try {
-      await this.#signIns.run(state.peer.remoteAddress, () => this.#deps.registrations.authenticate(request));
-      state.sasl = request;
+      const proof = await this.#signIns.run(state.peer.remoteAddress, () => this.#deps.registrations.authenticate(request));
+      // The register and polls on this connection carry what SASL proved, instead of authenticating again.
+      state.sasl = { ...request, proof };
       return true;
     } catch (error) {
       deviceFailure(error, this.#deps.logger, { registrationId: path.registrationId, transport: state.peer.transport });

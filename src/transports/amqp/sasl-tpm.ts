@@ -1,4 +1,5 @@
 import { TpmChallenge, ProvisioningError } from '../../domain/errors.js';
+import type { DeviceProof } from '../../services/attestation/device-proof.js';
 import type { DeviceRequest } from '../../services/registrations.js';
 import type { Transport } from '../../services/registrations.js';
 
@@ -13,7 +14,8 @@ import type { Transport } from '../../services/registrations.js';
 export interface TpmSaslDeps {
   transport: Transport;
   /** Checks a request with the registration service (a TPM request without a token is answered with a challenge). */
-  authenticate(request: DeviceRequest): Promise<void>;
+  authenticate(request: DeviceRequest): Promise<DeviceProof | undefined>;
+  /** The device the exchange proved, with the proof its requests on this connection carry. */
   onAuthenticated(request: DeviceRequest): void;
   onRefused(reason: string, registrationId: string | undefined): void;
 }
@@ -78,12 +80,13 @@ export class TpmSaslServer {
       return next;
     }
     const authenticated: DeviceRequest = { ...request, credential: { ...request.credential, authorization: content.toString('utf8') } };
+    let proof: DeviceProof | undefined;
     try {
-      await this.#deps.authenticate(authenticated);
+      proof = await this.#deps.authenticate(authenticated);
     } catch (error) {
       return this.#refuse(error instanceof ProvisioningError ? error.message : String(error), request.registrationId);
     }
-    this.#deps.onAuthenticated(authenticated);
+    this.#deps.onAuthenticated({ ...authenticated, proof });
     this.username = `${request.idScope}/registrations/${request.registrationId}`;
     this.outcome = true;
     return undefined;

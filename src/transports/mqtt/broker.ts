@@ -127,8 +127,9 @@ export class MqttDeviceBroker {
     }
     const gone = (): boolean => client.closed || (client.conn as Duplex).destroyed;
     this.#signIns.run(peer.remoteAddress, () => this.#deps.registrations.authenticate(request), gone).then(
-      () => {
-        this.#sessions.set(client, { request, responseQos: 0, apiVersion: parsed.apiVersion });
+      (proof) => {
+        // The register and polls on this connection carry what CONNECT proved, instead of authenticating again.
+        this.#sessions.set(client, { request: { ...request, proof }, responseQos: 0, apiVersion: parsed.apiVersion });
         done(null, true);
       },
       (error: unknown) => {

@@ -189,6 +189,22 @@ export function runStoreContract(name: string, open: () => Promise<Store>): void
         assert.equal(await store.deleteEnrollmentGroup(a.id, 'group-one'), false);
       });
 
+      test('put with expectedEtag null only creates: false (and nothing written, certificates included) when the ID exists in any case', async () => {
+        const first = enrollment('Create-Only', { attestation: x509Client('C011') });
+        assert.equal(await store.putEnrollment(a.id, first, null), true);
+        assert.equal(await store.putEnrollment(a.id, enrollment('CREATE-ONLY', { provisioningStatus: 'disabled', attestation: x509Client('C012') }), null), false);
+        assert.deepEqual(await store.getEnrollment(a.id, 'create-only'), first);
+        assert.deepEqual(await store.findCertificateOwner(a.id, 'C011'), { kind: 'individual', id: 'create-only' });
+        assert.equal(await store.findCertificateOwner(a.id, 'C012'), undefined);
+        const firstGroup = group('Create-Only-Group', { attestation: x509Signing('C021') });
+        assert.equal(await store.putEnrollmentGroup(a.id, firstGroup, null), true);
+        assert.equal(await store.putEnrollmentGroup(a.id, group('create-only-group', { attestation: x509Signing('C022') }), null), false);
+        assert.deepEqual(await store.getEnrollmentGroup(a.id, 'CREATE-ONLY-GROUP'), firstGroup);
+        assert.equal(await store.findCertificateOwner(a.id, 'C022'), undefined);
+        // Another instance's entry of the same ID is no obstacle.
+        assert.equal(await store.putEnrollment(b.id, enrollment('create-only'), null), true);
+      });
+
       test('an enrollment and a group may share an ID; they are separate', async () => {
         await store.putEnrollment(a.id, enrollment('same'));
         await store.putEnrollmentGroup(a.id, group('same'));

@@ -381,8 +381,10 @@ export class EnrollmentService<Doc extends EnrollmentDocument> {
     // With a precondition, the write is a compare-and-swap on the etag checked above: of concurrent writers holding
     // the same etag exactly one succeeds (on PostgreSQL the others' conditional UPDATE finds the new etag).
     // Create only: an insert that the primary key refuses when a concurrent creator got there first.
-    const written = await this.#spec.put(store, instance.id, doc, createOnly ? null : expected === undefined || existing === undefined ? undefined : existing.etag);
-    if (!written) throw createOnly ? this.#existsPrecondition(id) : new ProvisioningError('PreconditionFailed');
+    // A bulk create is create-only too: two concurrent bulk creates of one ID must not both succeed, one overwriting.
+    const insertOnly = createOnly || mode === 'create';
+    const written = await this.#spec.put(store, instance.id, doc, insertOnly ? null : expected === undefined || existing === undefined ? undefined : existing.etag);
+    if (!written) throw createOnly ? this.#existsPrecondition(id) : mode === 'create' ? this.#exists(id) : new ProvisioningError('PreconditionFailed');
     return { doc, created: existing === undefined };
   }
 

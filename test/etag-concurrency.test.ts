@@ -174,6 +174,24 @@ for (const kind of KINDS) {
       assert.notEqual(stored.etag, etag);
     });
 
+    test('bulk create racing with itself: one request creates the entry, the others report it exists', async () => {
+      const id = `race-bulk-create-${kind.idField.length}`;
+      const results = await Promise.all(
+        Array.from({ length: WRITERS }, (_, writer) =>
+          send('POST', kind.collection, { body: { mode: 'create', [kind.listField]: [entry(id, { initialTwin: { tags: { writer } } })] } }),
+        ),
+      );
+      for (const result of results) assert.equal(result.status, 200, result.text);
+      const succeeded = results.filter((result) => result.body.isSuccessful === true);
+      assert.equal(succeeded.length, 1, results.map((result) => result.text).join('\n'));
+      for (const result of results.filter((candidate) => candidate.body.isSuccessful !== true)) {
+        const [error] = result.body.errors as Json[];
+        assert.equal(error?.[kind.idField], id, result.text);
+        assert.equal(error?.errorCode, 409001, result.text);
+      }
+      assert.equal((await send('GET', `${kind.collection}/${id}`)).status, 200);
+    });
+
     test('one item twice in one bulk request: the second names a version the first replaced', async () => {
       const id = `race-twice-${kind.idField.length}`;
       const { etag } = await create(id);

@@ -179,7 +179,7 @@ export class RegistrationService {
       const result = await work;
       if (result.kind === 'refused') {
         this.#proven.delete(operation.operationId);
-        if (isFenceRefusal(result.error)) await this.#logFenceRefusal(match, request.transport, result.error);
+        if (isFenceRefusal(result.error) && result.logged !== true) await this.#logFenceRefusal(match, request.transport, result.error);
         throw result.error;
       }
       return { httpStatus: 202, body: { operationId: operation.operationId, status: 'assigning' }, retryAfterSeconds: 0 };

@@ -186,7 +186,7 @@ export class RegistrationService {
         // The sign-in proof no longer holds (nothing was written): judged in full, as any request (it takes its own
         // token of the registration budget again; a changed enrollment is rare).
         if (result.error === PROOF_NO_LONGER_HOLDS) return this.register({ ...request, proof: undefined });
-        if (isFenceRefusal(result.error)) await this.#logFenceRefusal(match, request.transport, result.error);
+        if (isFenceRefusal(result.error) && result.logged !== true) await this.#logFenceRefusal(match, request.transport, result.error);
         throw result.error;
       }
       return { httpStatus: 202, body: { operationId: operation.operationId, status: 'assigning' }, retryAfterSeconds: 0 };

@@ -30,6 +30,9 @@ for (let i = 2; i < process.argv.length; i += 2) args.set(process.argv[i]?.repla
 async function serve(dataDir: string, port: number): Promise<void> {
   const delay = monitorEventLoopDelay({ resolution: 5 });
   delay.enable();
+  // As src/main.ts's serve does: the young generation is not grown while starting (P6).
+  const { setFlagsFromString } = await import('node:v8');
+  setFlagsFromString('--semi-space-growth-factor=1');
   const { createApp } = await import('../src/app.js');
   const { loadConfig } = await import('../src/config/config.js');
   const config = loadConfig({
@@ -49,6 +52,7 @@ async function serve(dataDir: string, port: number): Promise<void> {
   // Stalls from here on are the server's own work (before it: loading and compiling modules).
   delay.reset();
   await app.listen();
+  setFlagsFromString('--semi-space-growth-factor=2');
   const info = await app.info();
   process.on('message', (message: unknown) => {
     if (message === 'stats') {

@@ -733,23 +733,27 @@ export function runStoreContract(name: string, open: () => Promise<Store>): void
       });
 
       test('find events about subjects, replace them (pseudonymize), delete by ID and by age', async () => {
-        await store.appendAuditEvent(a.id, event('e1', '2024-01-01T00:00:01.0000000Z', { registrationId: 'dev-1' }));
-        await store.appendAuditEvent(a.id, event('e2', '2024-01-02T00:00:00.0000000Z', { deviceId: 'Dev-9' }));
-        await store.appendAuditEvent(a.id, event('e3', '2024-01-03T00:00:00.0000000Z', { enrollmentGroupId: 'grp' }));
-        await store.appendAuditEvent(a.id, event('e4', '2024-01-04T00:00:00.0000000Z', { registrationId: 'other' }));
-        await store.appendAuditEvent(b.id, event('e5', '2024-01-04T00:00:00.0000000Z', { registrationId: 'dev-1' }));
+        // Event IDs begin with their time's milliseconds (services/audit-log.ts), which the age purge searches by.
+        const idOf = (label: string, timeUtc: string) => `${Date.parse(timeUtc).toString(16).padStart(12, '0')}${label}`;
+        const timed = (label: string, timeUtc: string, subject: AuditEvent['subject']): AuditEvent => event(idOf(label, timeUtc), timeUtc, subject);
+        const label = (item: AuditEvent) => item.eventId.slice(12);
+        await store.appendAuditEvent(a.id, timed('e1', '2024-01-01T00:00:01.0000000Z', { registrationId: 'dev-1' }));
+        await store.appendAuditEvent(a.id, timed('e2', '2024-01-02T00:00:00.0000000Z', { deviceId: 'Dev-9' }));
+        await store.appendAuditEvent(a.id, timed('e3', '2024-01-03T00:00:00.0000000Z', { enrollmentGroupId: 'grp' }));
+        await store.appendAuditEvent(a.id, timed('e4', '2024-01-04T00:00:00.0000000Z', { registrationId: 'other' }));
+        await store.appendAuditEvent(b.id, timed('e5', '2024-01-04T00:00:00.0000000Z', { registrationId: 'dev-1' }));
         const found = await store.findAuditEventsAbout(a.id, { registrationIds: ['DEV-1'], deviceIds: ['dev-9'], groupIds: ['grp'] });
-        assert.deepEqual(found.map((item) => item.eventId), ['e1', 'e2', 'e3']);
+        assert.deepEqual(found.map(label), ['e1', 'e2', 'e3']);
         assert.deepEqual(await store.findAuditEventsAbout(a.id, { registrationIds: [], deviceIds: [], groupIds: [] }), []);
         const many = Array.from({ length: 1200 }, (_, i) => `x-${i}`);
-        assert.deepEqual((await store.findAuditEventsAbout(a.id, { registrationIds: [...many, 'dev-1'], deviceIds: [], groupIds: [] })).map((item) => item.eventId), ['e1'], 'long lists are chunked');
+        assert.deepEqual((await store.findAuditEventsAbout(a.id, { registrationIds: [...many, 'dev-1'], deviceIds: [], groupIds: [] })).map(label), ['e1'], 'long lists are chunked');
         await store.replaceAuditEvents(a.id, [{ ...(found[0] as AuditEvent), actor: 'hashed', subject: { hash: 'h1' } }]);
         assert.deepEqual(await store.findAuditEventsAbout(a.id, { registrationIds: ['dev-1'], deviceIds: [], groupIds: [] }), [], 'the replaced event no longer names the subject');
         assert.deepEqual((await store.queryAuditEvents(a.id, { limit: 10, actor: 'hashed' })).items.map((item) => item.subject), [{ hash: 'h1' }]);
-        assert.equal(await store.deleteAuditEvents(a.id, ['e2', 'no-such']), 1);
+        assert.equal(await store.deleteAuditEvents(a.id, [idOf('e2', '2024-01-02T00:00:00.0000000Z'), 'no-such']), 1);
         assert.equal(await store.deleteAuditEventsBefore(a.id, '2024-01-03T12:00:00.0000000Z'), 2);
-        assert.deepEqual((await store.queryAuditEvents(a.id, { limit: 10 })).items.map((item) => item.eventId), ['e4']);
-        assert.deepEqual((await store.queryAuditEvents(b.id, { limit: 10 })).items.map((item) => item.eventId), ['e5'], 'another instance keeps its log');
+        assert.deepEqual((await store.queryAuditEvents(a.id, { limit: 10 })).items.map(label), ['e4']);
+        assert.deepEqual((await store.queryAuditEvents(b.id, { limit: 10 })).items.map(label), ['e5'], 'another instance keeps its log');
       });
     });
 
@@ -1074,9 +1078,11 @@ export function runStoreContract(name: string, open: () => Promise<Store>): void
       });
 
       test('appendAuditEvents writes many; deleteAuditEventsBefore with a limit deletes the oldest first', async () => {
+        const timeOf = (i: number) => `2024-01-01T00:${String(Math.floor(i / 60) % 60).padStart(2, '0')}:${String(i % 60).padStart(2, '0')}.0000000Z`;
         const event = (i: number): AuditEvent => ({
-          eventId: `ev-${String(i).padStart(5, '0')}`,
-          timeUtc: `2024-01-01T00:${String(Math.floor(i / 60) % 60).padStart(2, '0')}:${String(i % 60).padStart(2, '0')}.0000000Z`,
+          // Event IDs begin with their time's milliseconds (services/audit-log.ts), which the age purge searches by.
+          eventId: `${Date.parse(timeOf(i)).toString(16).padStart(12, '0')}${String(i).padStart(5, '0')}`,
+          timeUtc: timeOf(i),
           kind: 'serviceApi',
           operation: 'IndividualEnrollment_RunBulkOperation',
           actor: 'owner',

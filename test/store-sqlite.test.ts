@@ -101,6 +101,9 @@ test('lookups by device, by subject and of a registration’s operations use the
     'operations of a registration': () => store.listOperationsOfRegistration('i1', 'r'),
     'the log of one subject': () => store.queryAuditEvents('i1', { subject: 'd', limit: 100 }),
     'the log of one subject, changes only': () => store.queryAuditEvents('i1', { subject: 'd', eventClass: 'change', limit: 1 }),
+    'the events an export or erase finds': () => store.findAuditEventsAbout('i1', { registrationIds: ['r'], deviceIds: ['d'], groupIds: ['g'] }),
+    'a day of the log': () => store.queryAuditEvents('i1', { from: '2026-01-01T00:00:00.0000000Z', to: '2026-01-02T00:00:00.0000000Z', limit: 100 }),
+    'the log retention purge': () => store.deleteAuditEventsBefore('i1', '2026-01-01T00:00:00.0000000Z', 1000),
   };
   const walk = /^(SCAN \w+|SEARCH \w+ USING (COVERING )?INDEX sqlite_autoindex_\w+_1 \(instance_id=\?\))$/;
   for (const [name, lookup] of Object.entries(lookups)) {

@@ -936,7 +936,7 @@ export class KyselyStore implements Store {
       // The subject's events by its three indexes, then in ID order: written as an OR, the planner (SQLite without
       // statistics) walks the whole log in ID order instead, testing each event (4M events: seconds).
       const about = (column: 'registration_id_key' | 'device_id_key' | 'group_id_key') =>
-        this.#db.selectFrom('audit_events').select('event_id').where('instance_id', '=', instanceId).where(column, '=', key);
+        this.#db.selectFrom('audit_events').select('event_id').where('instance_id', '=', instanceId).where(column, '=', key).where(column, '<>', '');
       builder = builder.where('event_id', 'in', about('registration_id_key').unionAll(about('device_id_key')).unionAll(about('group_id_key')));
     }
     if (query.from !== undefined) builder = builder.where('time_utc', '>=', query.from);
@@ -973,6 +973,8 @@ export class KyselyStore implements Store {
           .select(['event_id', 'doc', 'event_class', 'outcome'])
           .where('instance_id', '=', instanceId)
           .where(column, 'in', values.slice(i, i + 500))
+          // Names the partial index's condition (migration 0016), so the planner may use it.
+          .where(column, '<>', '')
           .execute();
         for (const row of rows) found.set(row.event_id, auditEventOf(row));
       }
@@ -1014,15 +1016,19 @@ export class KyselyStore implements Store {
   }
 
   async deleteAuditEventsBefore(instanceId: string, cutoffUtc: string, limit?: number): Promise<number> {
+    // Older than the cutoff is a range of event IDs (each begins with its event's millisecond, never earlier than
+    // its time): the oldest first along the primary key, each checked against its time as well.
+    const before = eventIdAt(Date.parse(cutoffUtc));
     if (limit !== undefined) {
-      // The oldest `limit` by the (instance, time) index, deleted by primary key: a batch costs its size.
       const result = await sql`delete from audit_events where instance_id = ${instanceId} and event_id in (
-        select event_id from audit_events where instance_id = ${instanceId} and time_utc < ${cutoffUtc} order by time_utc limit ${limit})`.execute(this.#db);
+        select event_id from audit_events where instance_id = ${instanceId} and event_id < ${before} and time_utc < ${cutoffUtc}
+        order by event_id limit ${limit})`.execute(this.#db);
       return Number(result.numAffectedRows ?? 0n);
     }
     const result = await this.#db
       .deleteFrom('audit_events')
       .where('instance_id', '=', instanceId)
+      .where('event_id', '<', before)
       .where('time_utc', '<', cutoffUtc)
       .executeTakeFirst();
     return Number(result.numDeletedRows);

@@ -180,7 +180,19 @@ async function p4(dataDir: string, port: number, n: number, concurrency: number)
     const seconds = (performance.now() - startedAt) / 1000;
     clearInterval(sampler);
     const cpu = cpuMs(server.child.pid) - cpuBefore;
-    return { seconds: Number(seconds.toFixed(1)), itemsPerSecond: Math.round(n / seconds), serverCpuUsPerItem: Number(((cpu * 1000) / n).toFixed(1)), peakRssMiB: Math.round(peakRss), concurrency };
+    // What an item costs on disk (the database and its WAL: rows and index entries), a figure no load can blur.
+    const db = new Database(join(dataDir, 'provisiond.db'), { readonly: true });
+    const pages = (db.pragma('page_count', { simple: true }) as number) - (db.pragma('freelist_count', { simple: true }) as number);
+    const bytes = pages * (db.pragma('page_size', { simple: true }) as number);
+    db.close();
+    return {
+      seconds: Number(seconds.toFixed(1)),
+      itemsPerSecond: Math.round(n / seconds),
+      serverCpuUsPerItem: Number(((cpu * 1000) / n).toFixed(1)),
+      peakRssMiB: Math.round(peakRss),
+      storeBytesPerItem: Math.round(bytes / n),
+      concurrency,
+    };
   } finally {
     await server.stop();
   }

@@ -909,7 +909,7 @@ export class KyselyStore implements Store {
     // A time range is also a range of event IDs, which are made from the event's time (services/audit-log.ts): the
     // search walks the primary key between the two instead of sorting every event of the range by ID.
     const idFrom = query.from === undefined ? undefined : eventIdAt(Date.parse(query.from));
-    const idTo = query.to === undefined ? undefined : eventIdAt(Date.parse(query.to) + 1);
+    const idTo = query.to === undefined || eventIdAt(Date.parse(query.to)) === '' ? undefined : eventIdAt(Date.parse(query.to) + 1);
     const bounded = <QB extends SelectQueryBuilder<Database, 'audit_events', object>>(builder: QB, before: string | undefined): QB => {
       let bound = builder.where('instance_id', '=', instanceId);
       if (before !== undefined) bound = bound.where('event_id', '<', before);
@@ -1018,7 +1018,8 @@ export class KyselyStore implements Store {
   async deleteAuditEventsBefore(instanceId: string, cutoffUtc: string, limit?: number): Promise<number> {
     // Older than the cutoff is a range of event IDs (each begins with its event's millisecond, never earlier than
     // its time): the oldest first along the primary key, each checked against its time as well.
-    const before = eventIdAt(Date.parse(cutoffUtc));
+    // A cutoff that does not parse bounds nothing by ID (the highest ID sorts below this).
+    const before = eventIdAt(Date.parse(cutoffUtc)) || '\uffff';
     if (limit !== undefined) {
       const result = await sql`delete from audit_events where instance_id = ${instanceId} and event_id in (
         select event_id from audit_events where instance_id = ${instanceId} and event_id < ${before} and time_utc < ${cutoffUtc}
@@ -1339,8 +1340,12 @@ async function bumpCounter(db: Db, name: string): Promise<void> {
     .execute();
 }
 
-/** The smallest event ID made at this millisecond (services/audit-log.ts: 12 hex digits of milliseconds first). */
+/**
+ * The smallest event ID made at this millisecond (services/audit-log.ts: 12 hex digits of milliseconds first). A time
+ * that does not parse bounds nothing: the ID range is then all IDs, and the time column alone decides.
+ */
 function eventIdAt(ms: number): string {
+  if (Number.isNaN(ms)) return '';
   return Math.max(0, Math.min(ms, 0xffff_ffff_ffff)).toString(16).padStart(12, '0');
 }
 

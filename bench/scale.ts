@@ -1,5 +1,5 @@
 import { fork, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
@@ -156,7 +156,9 @@ async function main(): Promise<void> {
   const mode = args.get('mode') ?? 'p4';
   const n = Number(args.get('n') ?? 1_000_000);
   const port = Number(args.get('port') ?? 8443);
-  const dataDir = mkdtempSync(join(tmpdir(), 'provisiond-scale-'));
+  // `--data DIR` keeps the data directory (and for p5 its seeded store, reused by the next run with the same DIR).
+  const keep = args.get('data');
+  const dataDir = keep ?? mkdtempSync(join(tmpdir(), 'provisiond-scale-'));
   const results: Record<string, unknown> = { mode, n, loadAverageBefore: loadavg().map((value) => Number(value.toFixed(2))) };
   try {
     if (mode === 'p4') results.p4 = await p4(dataDir, port, n, Number(args.get('concurrency') ?? 2));
@@ -165,7 +167,7 @@ async function main(): Promise<void> {
     else if (mode === 'p6') results.p6 = await p6(dataDir, port);
     else throw new Error(`unknown mode ${mode}`);
   } finally {
-    rmSync(dataDir, { recursive: true, force: true });
+    if (keep === undefined) rmSync(dataDir, { recursive: true, force: true });
   }
   results.loadAverageAfter = loadavg().map((value) => Number(value.toFixed(2)));
   console.log(JSON.stringify(results, null, 2));
@@ -182,7 +184,19 @@ async function p4(dataDir: string, port: number, n: number, concurrency: number)
     const seconds = (performance.now() - startedAt) / 1000;
     clearInterval(sampler);
     const cpu = cpuMs(server.child.pid) - cpuBefore;
-    return { seconds: Number(seconds.toFixed(1)), itemsPerSecond: Math.round(n / seconds), serverCpuUsPerItem: Number(((cpu * 1000) / n).toFixed(1)), peakRssMiB: Math.round(peakRss), concurrency };
+    // What an item costs on disk (the database and its WAL: rows and index entries), a figure no load can blur.
+    const db = new Database(join(dataDir, 'provisiond.db'), { readonly: true });
+    const pages = (db.pragma('page_count', { simple: true }) as number) - (db.pragma('freelist_count', { simple: true }) as number);
+    const bytes = pages * (db.pragma('page_size', { simple: true }) as number);
+    db.close();
+    return {
+      seconds: Number(seconds.toFixed(1)),
+      itemsPerSecond: Math.round(n / seconds),
+      serverCpuUsPerItem: Number(((cpu * 1000) / n).toFixed(1)),
+      peakRssMiB: Math.round(peakRss),
+      storeBytesPerItem: Math.round(bytes / n),
+      concurrency,
+    };
   } finally {
     await server.stop();
   }
@@ -206,7 +220,7 @@ function seed(dataDir: string, rows: { enrollments: number; records: number; eve
     'insert into registrations (instance_id, registration_id_key, device_id_key, group_id_key, status, assigned_hub_key, etag, doc) values (?, ?, ?, ?, ?, ?, ?, ?)',
   );
   const insertEvent = db.prepare(
-    'insert into audit_events (instance_id, event_id, time_utc, kind, actor, outcome, registration_id_key, device_id_key, group_id_key, doc) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
+    'insert into audit_events (instance_id, event_id, time_utc, kind, actor, outcome, event_class, registration_id_key, device_id_key, group_id_key, doc) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
   );
   const insertOperation = db.prepare('insert into operations (instance_id, operation_id, registration_id_key, updated_at, doc) values (?, ?, ?, ?, ?)');
   const chunk = (count: number, write: (i: number) => void) => {
@@ -219,30 +233,49 @@ function seed(dataDir: string, rows: { enrollments: number; records: number; eve
       JSON.stringify({ registrationId: id(i), deviceId: id(i), createdDateTimeUtc: now, assignedHub: 'localhost', status: 'assigned', substatus: 'initialAssignment', lastUpdatedDateTimeUtc: now, etag: `"r${i}"`, enrollmentGroupId: 'seed-group', attestationType: 'symmetricKey' }),
     ),
   );
-  const ms = Date.now() - 86_400_000;
+  // A month of log, in time order, each event's ID made from its own time (as services/audit-log.ts makes them): per
+  // subject a service-API create, a registration, its hub write and an operator's read; about 1 % failures.
+  const monthAgo = Date.now() - 30 * 86_400_000;
+  const spanMs = 30 * 86_400_000 - 60_000;
+  const shapes = [
+    { kind: 'serviceApi', actor: 'provisioningserviceowner', eventClass: 'change', operation: 'IndividualEnrollment_CreateOrUpdate' },
+    { kind: 'registration', actor: 'device', eventClass: 'change', operation: 'register' },
+    { kind: 'hubWrite', actor: 'device', eventClass: 'change', operation: 'createDevice' },
+    { kind: 'serviceApi', actor: 'provisioningserviceowner', eventClass: 'access', operation: 'IndividualEnrollment_Get' },
+  ] as const;
   chunk(rows.events, (i) => {
     const subject = id(Math.floor(i / 4) % Math.max(1, rows.enrollments));
-    const eventId = `${(ms + Math.floor(i / 16)).toString(16).padStart(12, '0')}${(i % 16).toString(16).padStart(4, '0')}${i.toString(16).padStart(8, '0')}`;
-    insertEvent.run(instanceId, eventId, now, 'serviceApi', 'provisioningserviceowner', 'success', subject, '', '', JSON.stringify({ ...eventTemplate, eventId, subject: { registrationId: subject } }));
+    const ms = monthAgo + Math.floor((i * spanMs) / Math.max(1, rows.events));
+    const eventId = `${ms.toString(16).padStart(12, '0')}0000${i.toString(16).padStart(8, '0')}`;
+    const timeUtc = new Date(ms).toISOString().replace('Z', '0000Z');
+    const shape = shapes[i % 4] ?? shapes[0];
+    const outcome = i % 97 === 0 ? 'failure' : 'success';
+    const doc = { ...eventTemplate, eventId, timeUtc, kind: shape.kind, actor: shape.actor, operation: shape.operation, outcome, class: shape.eventClass, subject: { registrationId: subject } };
+    insertEvent.run(instanceId, eventId, timeUtc, shape.kind, shape.actor, outcome, shape.eventClass, subject, '', '', JSON.stringify(doc));
   });
   const updatedAt = rows.operationsUpdatedAt ?? now;
   chunk(rows.operations, (i) =>
     insertOperation.run(instanceId, `op-${i}`, id(i % Math.max(1, rows.enrollments)), updatedAt, JSON.stringify({ operationId: `op-${i}`, registrationId: id(i), status: 'assigned', createdDateTimeUtc: updatedAt, lastUpdatedDateTimeUtc: updatedAt })),
   );
-  db.exec('analyze');
+  // No ANALYZE: a real server never runs one, so the planner works here as it does there.
   db.close();
 }
 
 async function p5(dataDir: string, port: number, n: number, samples: number) {
-  // A first start creates the instance and its database; one enrollment and one log event serve as templates.
-  const first = await start(dataDir, port);
-  await bulkImport(first, 1, 1, 'template');
-  // The records belong to one group (the registration query pages a group's records).
-  await call(first, 'PUT', '/enrollmentGroups/seed-group', { enrollmentGroupId: 'seed-group', attestation: { type: 'symmetricKey' } });
-  await first.stop();
-  const seededAt = performance.now();
-  seed(dataDir, { enrollments: n, records: n, events: 4 * n, operations: n });
-  const seedSeconds = Number(((performance.now() - seededAt) / 1000).toFixed(1));
+  const seeded = join(dataDir, `seeded-${n}`);
+  let seedSeconds = 0;
+  if (!existsSync(seeded)) {
+    // A first start creates the instance and its database; one enrollment and one log event serve as templates.
+    const first = await start(dataDir, port);
+    await bulkImport(first, 1, 1, 'template');
+    // The records belong to one group (the registration query pages a group's records).
+    await call(first, 'PUT', '/enrollmentGroups/seed-group', { enrollmentGroupId: 'seed-group', attestation: { type: 'symmetricKey' } });
+    await first.stop();
+    const seededAt = performance.now();
+    seed(dataDir, { enrollments: n, records: n, events: 4 * n, operations: n });
+    seedSeconds = Number(((performance.now() - seededAt) / 1000).toFixed(1));
+    writeFileSync(seeded, '');
+  }
   const server = await start(dataDir, port);
   try {
     const timed = async (work: () => Promise<unknown>) => {
@@ -260,7 +293,10 @@ async function p5(dataDir: string, port: number, n: number, samples: number) {
     const continuationAt = async (path: string, body: unknown) =>
       (await call(server, 'POST', path, body, { 'x-ms-max-item-count': '1' })).headers['x-ms-continuation'] as string;
     const figures: Record<string, { p50: number; p99: number }> = {};
+    // `--only name,name` runs some of the measurements (iterating on one query of a seeded store kept with `--data`).
+    const only = args.get('only')?.split(',');
     const measure = async (name: string, count: number, work: (i: number) => Promise<number>) => {
+      if (only !== undefined && !only.includes(name)) return;
       const times: number[] = [];
       try {
         for (let i = 0; i < count; i += 1) times.push(await work(i));
@@ -275,16 +311,37 @@ async function p5(dataDir: string, port: number, n: number, samples: number) {
     const middle = await continuationAt('/enrollments/query', first100);
     await measure('enrollmentQueryLaterPage', samples, () => timed(page('/enrollments/query', first100, middle)));
     await measure('enrollmentQueryByDeviceId', samples, () => timed(page('/enrollments/query', { query: `SELECT * FROM enrollments WHERE deviceId = '${randomId()}'` })));
+    // A filter that matches nothing: the page is whatever the store finds before it gives up looking.
+    await measure('enrollmentQueryDisabled', samples, () => timed(page('/enrollments/query', { query: "SELECT * FROM enrollments WHERE provisioningStatus = 'disabled'" })));
     await measure('registrationQueryFirstPage', samples, () => timed(page('/registrations/seed-group/query', { query: 'SELECT *' })));
     await measure('logQueryFirstPage', samples, () => timed(page('/auditEvents/query', {})));
     await measure('logQueryBySubject', samples, () => timed(page('/auditEvents/query', { subject: randomId() })));
+    // What the portal's device timeline asks (changes only), and the system-log page's filters.
+    await measure('logQueryBySubjectChanges', samples, () => timed(page('/auditEvents/query', { subject: randomId(), class: 'change' })));
+    await measure('logQueryFailures', samples, () => timed(page('/auditEvents/query', { outcome: 'failure' })));
+    await measure('logQueryAccesses', samples, () => timed(page('/auditEvents/query', { class: 'access' })));
+    await measure('logQueryKindHubWrite', samples, () => timed(page('/auditEvents/query', { kind: 'hubWrite' })));
+    await measure('logQueryActor', samples, () => timed(page('/auditEvents/query', { actor: 'device' })));
+    await measure('logQueryOneDay', samples, () => {
+      const day = Date.now() - (2 + Math.floor(Math.random() * 25)) * 86_400_000;
+      return timed(page('/auditEvents/query', { from: new Date(day).toISOString(), to: new Date(day + 86_400_000).toISOString() }));
+    });
+    await measure('logQueryOneDayFailures', samples, () => {
+      const day = Date.now() - (2 + Math.floor(Math.random() * 25)) * 86_400_000;
+      return timed(page('/auditEvents/query', { from: new Date(day).toISOString(), to: new Date(day + 86_400_000).toISOString(), outcome: 'failure' }));
+    });
+    // Subjects spread over the key range; a run on a kept store (`--data`) picks others than the run before.
+    const run = Date.now().toString(36);
+    const spread = Math.max(2, Math.floor(n / Math.min(samples, 100)));
+    const offset = 1 + Math.floor(Math.random() * (spread - 1));
     const dataRequest = async (type: 'export' | 'erase', i: number) => {
-      const subject = `seed-${String(Math.floor((i * n) / samples) + (type === 'erase' ? 1 : 0)).padStart(7, '0')}`;
+      const subject = `seed-${String(Math.min(n - 1, i * spread + (type === 'erase' ? offset : 0))).padStart(7, '0')}`;
+      const id = `${type}-${run}-${i}`;
       return timed(async () => {
-        let { json } = await call(server, 'PUT', `/dataRequests/${type}-${i}`, { type, subject: { registrationId: subject } });
+        let { json } = await call(server, 'PUT', `/dataRequests/${id}`, { type, subject: { registrationId: subject } });
         while ((json as { status: string }).status === 'running') {
           await new Promise((resolve) => setTimeout(resolve, 1));
-          ({ json } = await call(server, 'GET', `/dataRequests/${type}-${i}`));
+          ({ json } = await call(server, 'GET', `/dataRequests/${id}`));
         }
         if ((json as { status: string }).status !== 'completed') throw new Error(`${type} ended ${JSON.stringify(json).slice(0, 300)}`);
       });

@@ -351,6 +351,27 @@ export function runStoreContract(name: string, open: () => Promise<Store>): void
         assert.equal(rest.nextKey, undefined);
       });
 
+      test('a scan limit bounds the rows one page of an unindexed filter reads; the continuation leads to every match', async () => {
+        const filters = [f('provisioningStatus', 'eq', 'disabled')];
+        const first = await store.queryEnrollments(a.id, { filters, limit: 100, scanLimit: 4 });
+        assert.deepEqual([byKey(first), first.nextKey], [['dev-00', 'dev-03'], 'dev-03'], 'the page ends with its window of 4 rows');
+        const found = byKey(first);
+        let afterKey = first.nextKey;
+        let pages = 1;
+        while (afterKey !== undefined) {
+          const page = await store.queryEnrollments(a.id, { filters, limit: 100, afterKey, scanLimit: 4 });
+          found.push(...byKey(page));
+          afterKey = page.nextKey;
+          pages += 1;
+        }
+        assert.deepEqual(found, keys.filter((_, i) => i % 3 === 0));
+        assert.equal(pages, 7, '25 rows in windows of 4');
+        const empty = await store.queryEnrollments(a.id, { filters: [f('attestationType', 'eq', 'tpm')], limit: 100, scanLimit: 10 });
+        assert.deepEqual([byKey(empty), empty.nextKey], [[], 'dev-09'], 'a window with no match is an empty page that goes on');
+        const byDevice = await store.queryEnrollments(a.id, { filters: [f('deviceId', 'eq', 'custom-DEVICE'), f('provisioningStatus', 'eq', 'enabled')], limit: 100, scanLimit: 2 });
+        assert.deepEqual([byKey(byDevice), byDevice.nextKey], [['dev-07'], undefined], 'the window counts only the rows the indexed filter leaves');
+      });
+
       test('groups page and filter the same way', async () => {
         for (const id of ['G-b', 'g-A', 'G-c']) await store.putEnrollmentGroup(a.id, group(id));
         await store.putEnrollmentGroup(a.id, group('other', { provisioningStatus: 'disabled', attestation: x509CaReference('ca') }));
@@ -366,6 +387,15 @@ export function runStoreContract(name: string, open: () => Promise<Store>): void
     });
 
     describe('registration records', () => {
+      test('getRegistrations reads many records at once, any case, skipping IDs without one', async () => {
+        for (const id of ['Rec-1', 'rec-2', 'REC-3']) await store.putRegistration(a.id, registration(id));
+        await store.putRegistration(b.id, registration('rec-4'));
+        const many = Array.from({ length: 1200 }, (_, i) => `none-${i}`);
+        const found = await store.getRegistrations(a.id, ['REC-1', 'rec-3', 'rec-4', ...many, 'Rec-2']);
+        assert.deepEqual(found.map((record) => record.registrationId).sort(), ['REC-3', 'Rec-1', 'rec-2']);
+        assert.deepEqual(await store.getRegistrations(a.id, []), []);
+      });
+
       test('put, get case-insensitively, upsert replaces, delete returns whether it existed', async () => {
         const record = registration('Reg-1', { payload: { a: 1 }, hubHistory: ['hub1.example.net'] });
         await store.putRegistration(a.id, record);
@@ -663,15 +693,19 @@ export function runStoreContract(name: string, open: () => Promise<Store>): void
       });
 
       test('append and query newest first, with every filter and keyset paging', async () => {
+        // Event IDs begin with their time's milliseconds (services/audit-log.ts), which a time range searches by.
+        const timed = (label: string, timeUtc: string, subject: AuditEvent['subject'], overrides: Partial<AuditEvent> = {}): AuditEvent =>
+          event(`${Date.parse(timeUtc).toString(16).padStart(12, '0')}${label}`, timeUtc, subject, overrides);
         const events = [
-          event('e1', '2024-01-01T00:00:01.0000000Z', { registrationId: 'Dev-1', deviceId: 'dev-1' }),
-          event('e2', '2024-01-01T00:00:02.0000000Z', { registrationId: 'dev-2', enrollmentGroupId: 'grp' }, { outcome: 'failure', errorCode: 401002 }),
-          event('e3', '2024-01-01T00:00:03.0000000Z', {}, { kind: 'serviceApi', operation: 'putEnrollment', actor: 'owner' }),
-          event('e4', '2024-01-01T00:00:04.0000000Z', { deviceId: 'DEV-1' }, { kind: 'hubWrite' }),
+          timed('e1', '2024-01-01T00:00:01.0000000Z', { registrationId: 'Dev-1', deviceId: 'dev-1' }),
+          timed('e2', '2024-01-01T00:00:02.0000000Z', { registrationId: 'dev-2', enrollmentGroupId: 'grp' }, { outcome: 'failure', errorCode: 401002 }),
+          timed('e3', '2024-01-01T00:00:03.0000000Z', {}, { kind: 'serviceApi', operation: 'putEnrollment', actor: 'owner' }),
+          timed('e4', '2024-01-01T00:00:04.0000000Z', { deviceId: 'DEV-1' }, { kind: 'hubWrite' }),
         ];
         for (const item of events) await store.appendAuditEvent(a.id, item);
-        await store.appendAuditEvent(b.id, event('e5', '2024-01-01T00:00:05.0000000Z', { registrationId: 'dev-1' }));
-        const ids = async (query: Partial<AuditQuery>) => (await store.queryAuditEvents(a.id, { limit: 10, ...query })).items.map((item) => item.eventId);
+        await store.appendAuditEvent(b.id, timed('e5', '2024-01-01T00:00:05.0000000Z', { registrationId: 'dev-1' }));
+        const label = (eventId: string | undefined) => eventId?.slice(12);
+        const ids = async (query: Partial<AuditQuery>) => (await store.queryAuditEvents(a.id, { limit: 10, ...query })).items.map((item) => label(item.eventId));
         assert.deepEqual(await ids({}), ['e4', 'e3', 'e2', 'e1']);
         assert.deepEqual((await store.queryAuditEvents(a.id, { limit: 10 })).items[3], { ...events[0], class: 'change' }, 'the event comes back whole, classified');
         assert.deepEqual(await ids({ subject: 'dev-1' }), ['e4', 'e1'], 'registration or device ID, any case');
@@ -681,34 +715,61 @@ export function runStoreContract(name: string, open: () => Promise<Store>): void
         assert.deepEqual(await ids({ outcome: 'failure' }), ['e2']);
         assert.deepEqual(await ids({ kind: 'hubWrite' }), ['e4']);
         assert.deepEqual(await ids({ eventClass: 'change' }), ['e4', 'e3', 'e2', 'e1']);
-        await store.appendAuditEvent(a.id, event('e6', '2024-01-01T00:00:06.0000000Z', { registrationId: 'dev-6' }, { kind: 'serviceApi', operation: 'IndividualEnrollment_Get', actor: 'owner', outcome: 'notFound' }));
+        await store.appendAuditEvent(a.id, timed('e6', '2024-01-01T00:00:06.0000000Z', { registrationId: 'dev-6' }, { kind: 'serviceApi', operation: 'IndividualEnrollment_Get', actor: 'owner', outcome: 'notFound' }));
         assert.deepEqual(await ids({ eventClass: 'access' }), ['e6'], 'a read is an access');
         assert.deepEqual(await ids({ outcome: 'notFound' }), ['e6']);
-        assert.equal(await store.deleteAuditEvents(a.id, ['e6']), 1);
+        assert.equal(await store.deleteAuditEvents(a.id, [`${Date.parse('2024-01-01T00:00:06.0000000Z').toString(16).padStart(12, '0')}e6`]), 1);
         const first = await store.queryAuditEvents(a.id, { limit: 3 });
-        assert.deepEqual([first.items.map((item) => item.eventId), first.nextKey], [['e4', 'e3', 'e2'], 'e2']);
+        assert.deepEqual([first.items.map((item) => label(item.eventId)), label(first.nextKey)], [['e4', 'e3', 'e2'], 'e2']);
         const second = await store.queryAuditEvents(a.id, { limit: 3, beforeKey: first.nextKey });
-        assert.deepEqual([second.items.map((item) => item.eventId), second.nextKey], [['e1'], undefined]);
+        assert.deepEqual([second.items.map((item) => label(item.eventId)), second.nextKey], [['e1'], undefined]);
+      });
+
+      test('a scan limit bounds the events one page of an unindexed filter reads; the continuation leads to every match', async () => {
+        const at = (second: number) => `2024-01-01T00:00:${String(second).padStart(2, '0')}.0000000Z`;
+        const idAt = (second: number) => `${Date.parse(at(second)).toString(16).padStart(12, '0')}0000aaaaaaaa`;
+        for (let second = 1; second <= 10; second += 1) {
+          await store.appendAuditEvent(a.id, event(idAt(second), at(second), { registrationId: `dev-${second}` }, second % 4 === 0 ? { outcome: 'failure', errorCode: 401002 } : {}));
+        }
+        const failures: string[] = [];
+        let beforeKey: string | undefined;
+        const nextKeys: Array<string | undefined> = [];
+        do {
+          const page = await store.queryAuditEvents(a.id, { outcome: 'failure', limit: 100, scanLimit: 3, beforeKey });
+          failures.push(...page.items.map((item) => item.eventId));
+          nextKeys.push(page.nextKey);
+          beforeKey = page.nextKey;
+        } while (beforeKey !== undefined);
+        assert.deepEqual(failures, [idAt(8), idAt(4)]);
+        assert.deepEqual(nextKeys, [idAt(8), idAt(5), idAt(2), undefined], 'windows of 3 events: 10–8, 7–5, 4–2, then the rest');
+        const recent = await store.queryAuditEvents(a.id, { from: at(3), to: at(5), limit: 100, scanLimit: 100 });
+        assert.deepEqual(recent.items.map((item) => item.eventId), [idAt(5), idAt(4), idAt(3)], 'a time range, both ends included');
+        const subject = await store.queryAuditEvents(a.id, { subject: 'DEV-4', outcome: 'failure', limit: 100, scanLimit: 1 });
+        assert.deepEqual([subject.items.map((item) => item.eventId), subject.nextKey], [[idAt(4)], undefined], 'a subject is found by its indexes, not windowed');
       });
 
       test('find events about subjects, replace them (pseudonymize), delete by ID and by age', async () => {
-        await store.appendAuditEvent(a.id, event('e1', '2024-01-01T00:00:01.0000000Z', { registrationId: 'dev-1' }));
-        await store.appendAuditEvent(a.id, event('e2', '2024-01-02T00:00:00.0000000Z', { deviceId: 'Dev-9' }));
-        await store.appendAuditEvent(a.id, event('e3', '2024-01-03T00:00:00.0000000Z', { enrollmentGroupId: 'grp' }));
-        await store.appendAuditEvent(a.id, event('e4', '2024-01-04T00:00:00.0000000Z', { registrationId: 'other' }));
-        await store.appendAuditEvent(b.id, event('e5', '2024-01-04T00:00:00.0000000Z', { registrationId: 'dev-1' }));
+        // Event IDs begin with their time's milliseconds (services/audit-log.ts), which the age purge searches by.
+        const idOf = (label: string, timeUtc: string) => `${Date.parse(timeUtc).toString(16).padStart(12, '0')}${label}`;
+        const timed = (label: string, timeUtc: string, subject: AuditEvent['subject']): AuditEvent => event(idOf(label, timeUtc), timeUtc, subject);
+        const label = (item: AuditEvent) => item.eventId.slice(12);
+        await store.appendAuditEvent(a.id, timed('e1', '2024-01-01T00:00:01.0000000Z', { registrationId: 'dev-1' }));
+        await store.appendAuditEvent(a.id, timed('e2', '2024-01-02T00:00:00.0000000Z', { deviceId: 'Dev-9' }));
+        await store.appendAuditEvent(a.id, timed('e3', '2024-01-03T00:00:00.0000000Z', { enrollmentGroupId: 'grp' }));
+        await store.appendAuditEvent(a.id, timed('e4', '2024-01-04T00:00:00.0000000Z', { registrationId: 'other' }));
+        await store.appendAuditEvent(b.id, timed('e5', '2024-01-04T00:00:00.0000000Z', { registrationId: 'dev-1' }));
         const found = await store.findAuditEventsAbout(a.id, { registrationIds: ['DEV-1'], deviceIds: ['dev-9'], groupIds: ['grp'] });
-        assert.deepEqual(found.map((item) => item.eventId), ['e1', 'e2', 'e3']);
+        assert.deepEqual(found.map(label), ['e1', 'e2', 'e3']);
         assert.deepEqual(await store.findAuditEventsAbout(a.id, { registrationIds: [], deviceIds: [], groupIds: [] }), []);
         const many = Array.from({ length: 1200 }, (_, i) => `x-${i}`);
-        assert.deepEqual((await store.findAuditEventsAbout(a.id, { registrationIds: [...many, 'dev-1'], deviceIds: [], groupIds: [] })).map((item) => item.eventId), ['e1'], 'long lists are chunked');
+        assert.deepEqual((await store.findAuditEventsAbout(a.id, { registrationIds: [...many, 'dev-1'], deviceIds: [], groupIds: [] })).map(label), ['e1'], 'long lists are chunked');
         await store.replaceAuditEvents(a.id, [{ ...(found[0] as AuditEvent), actor: 'hashed', subject: { hash: 'h1' } }]);
         assert.deepEqual(await store.findAuditEventsAbout(a.id, { registrationIds: ['dev-1'], deviceIds: [], groupIds: [] }), [], 'the replaced event no longer names the subject');
         assert.deepEqual((await store.queryAuditEvents(a.id, { limit: 10, actor: 'hashed' })).items.map((item) => item.subject), [{ hash: 'h1' }]);
-        assert.equal(await store.deleteAuditEvents(a.id, ['e2', 'no-such']), 1);
+        assert.equal(await store.deleteAuditEvents(a.id, [idOf('e2', '2024-01-02T00:00:00.0000000Z'), 'no-such']), 1);
         assert.equal(await store.deleteAuditEventsBefore(a.id, '2024-01-03T12:00:00.0000000Z'), 2);
-        assert.deepEqual((await store.queryAuditEvents(a.id, { limit: 10 })).items.map((item) => item.eventId), ['e4']);
-        assert.deepEqual((await store.queryAuditEvents(b.id, { limit: 10 })).items.map((item) => item.eventId), ['e5'], 'another instance keeps its log');
+        assert.deepEqual((await store.queryAuditEvents(a.id, { limit: 10 })).items.map(label), ['e4']);
+        assert.deepEqual((await store.queryAuditEvents(b.id, { limit: 10 })).items.map(label), ['e5'], 'another instance keeps its log');
       });
     });
 
@@ -1033,9 +1094,11 @@ export function runStoreContract(name: string, open: () => Promise<Store>): void
       });
 
       test('appendAuditEvents writes many; deleteAuditEventsBefore with a limit deletes the oldest first', async () => {
+        const timeOf = (i: number) => `2024-01-01T00:${String(Math.floor(i / 60) % 60).padStart(2, '0')}:${String(i % 60).padStart(2, '0')}.0000000Z`;
         const event = (i: number): AuditEvent => ({
-          eventId: `ev-${String(i).padStart(5, '0')}`,
-          timeUtc: `2024-01-01T00:${String(Math.floor(i / 60) % 60).padStart(2, '0')}:${String(i % 60).padStart(2, '0')}.0000000Z`,
+          // Event IDs begin with their time's milliseconds (services/audit-log.ts), which the age purge searches by.
+          eventId: `${Date.parse(timeOf(i)).toString(16).padStart(12, '0')}${String(i).padStart(5, '0')}`,
+          timeUtc: timeOf(i),
           kind: 'serviceApi',
           operation: 'IndividualEnrollment_RunBulkOperation',
           actor: 'owner',

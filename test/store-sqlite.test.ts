@@ -3,11 +3,13 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
-import { Migrator, sql } from 'kysely';
+import BetterSqlite from 'better-sqlite3';
+import { CompiledQuery, Kysely, Migrator, SqliteDialect, sql } from 'kysely';
 import { openSqliteDialect } from '../src/store/dialects/sqlite.js';
 import { KyselyHubStore } from '../src/store/hub-store.js';
 import { KyselyStore } from '../src/store/kysely-store.js';
 import { migrationProvider } from '../src/store/migrations.js';
+import type { Database } from '../src/store/schema.js';
 import { openSqliteDatabase, openSqliteStore } from '../src/store/open-store.js';
 import { runHubStoreContract } from './hub-store-contract.js';
 import { runStoreContract } from './store-contract.js';
@@ -75,4 +77,44 @@ test('migration 0012 backfills the subject→hub-device links from the records, 
   } finally {
     await store.close();
   }
+});
+
+/**
+ * Issue 12, P5: at a million rows, a lookup that walks the primary key of a whole instance in list order, testing
+ * every row, takes seconds (a query by device ID 1.2 s, an export's operations 1.7–2.7 s, the log of one subject 12 s).
+ * provisiond never gathers SQLite statistics, so the plan depends on the schema and the statement alone: an empty
+ * database shows the plan a full one gets. The store's own statements are captured and explained.
+ */
+test('lookups by device, by subject and of a registration’s operations use their indexes, never a walk of the whole instance', async () => {
+  const captured: CompiledQuery[] = [];
+  const db = new Kysely<Database>({
+    dialect: new SqliteDialect({ database: new BetterSqlite(':memory:') }),
+    log: (event) => {
+      if (event.level === 'query') captured.push(event.query);
+    },
+  });
+  await KyselyStore.migrate(db);
+  const store = new KyselyStore(db);
+  const lookups: Record<string, () => Promise<unknown>> = {
+    'enrollments by device ID': () => store.queryEnrollments('i1', { filters: [{ field: 'deviceId', op: 'eq', values: ['d'] }], limit: 100 }),
+    'records by device ID': () => store.queryRegistrations('i1', { filters: [{ field: 'deviceId', op: 'eq', values: ['d'] }], limit: 1000 }),
+    'operations of a registration': () => store.listOperationsOfRegistration('i1', 'r'),
+    'the log of one subject': () => store.queryAuditEvents('i1', { subject: 'd', limit: 100 }),
+    'the log of one subject, changes only': () => store.queryAuditEvents('i1', { subject: 'd', eventClass: 'change', limit: 1 }),
+    'the events an export or erase finds': () => store.findAuditEventsAbout('i1', { registrationIds: ['r'], deviceIds: ['d'], groupIds: ['g'] }),
+    'a day of the log': () => store.queryAuditEvents('i1', { from: '2026-01-01T00:00:00.0000000Z', to: '2026-01-02T00:00:00.0000000Z', limit: 100 }),
+    'the log retention purge': () => store.deleteAuditEventsBefore('i1', '2026-01-01T00:00:00.0000000Z', 1000),
+  };
+  const walk = /^(SCAN \w+|SEARCH \w+ USING (COVERING )?INDEX sqlite_autoindex_\w+_1 \(instance_id=\?\))$/;
+  for (const [name, lookup] of Object.entries(lookups)) {
+    captured.length = 0;
+    await lookup();
+    const statements = captured.splice(0);
+    assert.ok(statements.length > 0, name);
+    for (const query of statements) {
+      const plan = (await db.executeQuery(CompiledQuery.raw(`explain query plan ${query.sql}`, [...query.parameters]))).rows.map((row) => (row as { detail: string }).detail);
+      assert.ok(!plan.some((detail) => walk.test(detail)), `${name}: ${plan.join(' / ')}`);
+    }
+  }
+  await db.destroy();
 });

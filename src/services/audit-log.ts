@@ -57,8 +57,11 @@ export class AuditLog {
 
   /** The event, stamped now; for callers that write it inside their own transaction. */
   event(input: AuditInput): AuditEvent {
-    const now = this.#deps.now();
-    return { eventId: newEventId(now), timeUtc: dpsTimestamp(now), ...input, class: input.class ?? auditClassOf(input) };
+    const eventId = newEventId(this.#deps.now());
+    // The event's time is the millisecond its ID starts with (the clock's, unless it stepped back: IDs never do), so
+    // the store finds a time range of the log as a range of IDs.
+    const timeUtc = dpsTimestamp(new Date(Number.parseInt(eventId.slice(0, 12), 16)));
+    return { eventId, timeUtc, ...input, class: input.class ?? auditClassOf(input) };
   }
 
   async record(instanceId: string, input: AuditInput): Promise<void> {

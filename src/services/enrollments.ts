@@ -63,6 +63,8 @@ export interface EnrollmentKindSpec<Doc extends EnrollmentDocument> {
   /** Deletes the registration records that belong to the entry (the cascade rule). */
   cascade(store: Store, instanceId: string, id: string): Promise<number>;
   render(store: Store, instanceId: string, doc: Doc, visibility: Visibility): Promise<JsonMap>;
+  /** A query's page rendered at once (one read of the page's records, not one per entry); `render` per entry without it. */
+  renderPage?(store: Store, instanceId: string, docs: readonly Doc[]): Promise<JsonMap[]>;
 }
 
 export const individualSpec: EnrollmentKindSpec<StoredEnrollment> = {
@@ -93,6 +95,13 @@ export const individualSpec: EnrollmentKindSpec<StoredEnrollment> = {
     const record = await store.getRegistration(instanceId, doc.registrationId);
     const state = record !== undefined && record.enrollmentGroupId === undefined ? renderRegistration(record) : undefined;
     return renderEnrollment(doc, visibility, state);
+  },
+  async renderPage(store, instanceId, docs) {
+    const records = new Map((await store.getRegistrations(instanceId, docs.map((doc) => doc.registrationId))).map((record) => [idKey(record.registrationId), record]));
+    return docs.map((doc) => {
+      const record = records.get(idKey(doc.registrationId));
+      return renderEnrollment(doc, 'public', record !== undefined && record.enrollmentGroupId === undefined ? renderRegistration(record) : undefined);
+    });
   },
 };
 
@@ -215,7 +224,10 @@ export class EnrollmentService<Doc extends EnrollmentDocument> {
   async query(instance: InstanceRecord, request: PageRequest): Promise<QueryResult> {
     const page = readPageRequest(request, this.#spec.queryFields, this.#deps.config);
     const result = await this.#spec.query(this.#deps.store, instance.id, page);
-    const items = await Promise.all(result.items.map((doc) => this.#spec.render(this.#deps.store, instance.id, doc, 'public')));
+    const items =
+      this.#spec.renderPage !== undefined
+        ? await this.#spec.renderPage(this.#deps.store, instance.id, result.items)
+        : await Promise.all(result.items.map((doc) => this.#spec.render(this.#deps.store, instance.id, doc, 'public')));
     return {
       items,
       continuation: result.nextKey === undefined ? undefined : encodeContinuation(result.nextKey, request.query ?? ''),

@@ -13,7 +13,16 @@ export interface PageSpec {
   filters: Filter[];
   limit: number;
   afterKey: string | undefined;
+  scanLimit: number;
 }
+
+/**
+ * How many rows one page of a query looks at, at most, for filters no index serves (store.ts ListQuery.scanLimit):
+ * a page then costs a few milliseconds at any table size, and comes back short (or empty) with a continuation when
+ * the filter matches less than a page in that many rows. Azure DPS queries return such pages too (fewer items than
+ * x-ms-max-item-count, with x-ms-continuation), so clients already follow the continuation until it is absent.
+ */
+export const QUERY_SCAN_ROWS = 5000;
 
 export function readPageRequest(request: PageRequest, fields: readonly string[], config: Config): PageSpec {
   const filters = request.query === undefined ? [] : parseQuery(request.query, fields);
@@ -24,7 +33,7 @@ export function readPageRequest(request: PageRequest, fields: readonly string[],
     }
     limit = Math.min(Number(request.maxItemCount), config.queryMaxItemCount);
   }
-  return { filters, limit, afterKey: decodeContinuation(request.continuation, request.query ?? '') };
+  return { filters, limit, afterKey: decodeContinuation(request.continuation, request.query ?? ''), scanLimit: QUERY_SCAN_ROWS };
 }
 
 /** The token carries the last key and a fingerprint of the query, so a token is not replayed against another query. */

@@ -1021,10 +1021,38 @@ export class KyselyStore implements Store {
   }
 
   async queryAuditEvents(instanceId: string, query: AuditQuery): Promise<Page<AuditEvent>> {
-    let builder = this.#db.selectFrom('audit_events').select(['doc', 'event_id', 'event_class', 'outcome']).where('instance_id', '=', instanceId);
+    // A time range is also a range of event IDs, which are made from the event's time (services/audit-log.ts): the
+    // search walks the primary key between the two instead of sorting every event of the range by ID.
+    const idFrom = query.from === undefined ? undefined : eventIdAt(Date.parse(query.from));
+    const idTo = query.to === undefined || eventIdAt(Date.parse(query.to)) === '' ? undefined : eventIdAt(Date.parse(query.to) + 1);
+    const bounded = <QB extends SelectQueryBuilder<Database, 'audit_events', object>>(builder: QB, before: string | undefined): QB => {
+      let bound = builder.where('instance_id', '=', instanceId);
+      if (before !== undefined) bound = bound.where('event_id', '<', before);
+      if (idFrom !== undefined) bound = bound.where('event_id', '>=', idFrom);
+      if (idTo !== undefined) bound = bound.where('event_id', '<', idTo);
+      return bound as QB;
+    };
+    // Filters without an index of their own (outcome, kind, actor, time) look at no more than `scanLimit` events per
+    // page: the page ends where that window ends, possibly short or empty, with a continuation from there — a query
+    // for something rare pages through the log instead of stalling the server while it reads all of it.
+    let windowEnd: string | undefined;
+    if (query.scanLimit !== undefined && query.subject === undefined && query.eventClass === undefined && hasUnindexedAuditFilter(query)) {
+      const edge = await bounded(this.#db.selectFrom('audit_events').select('event_id'), query.beforeKey)
+        .orderBy('event_id', 'desc')
+        .limit(1)
+        .offset(query.scanLimit - 1)
+        .executeTakeFirst();
+      windowEnd = edge?.event_id;
+    }
+    let builder = bounded(this.#db.selectFrom('audit_events').select(['doc', 'event_id', 'event_class', 'outcome']), query.beforeKey);
+    if (windowEnd !== undefined) builder = builder.where('event_id', '>=', windowEnd);
     if (query.subject !== undefined) {
       const key = lower(query.subject);
-      builder = builder.where((eb) => eb.or([eb('registration_id_key', '=', key), eb('device_id_key', '=', key), eb('group_id_key', '=', key)]));
+      // The subject's events by its three indexes, then in ID order: written as an OR, the planner (SQLite without
+      // statistics) walks the whole log in ID order instead, testing each event (4M events: seconds).
+      const about = (column: 'registration_id_key' | 'device_id_key' | 'group_id_key') =>
+        this.#db.selectFrom('audit_events').select('event_id').where('instance_id', '=', instanceId).where(column, '=', key).where(column, '<>', '');
+      builder = builder.where('event_id', 'in', about('registration_id_key').unionAll(about('device_id_key')).unionAll(about('group_id_key')));
     }
     if (query.from !== undefined) builder = builder.where('time_utc', '>=', query.from);
     if (query.to !== undefined) builder = builder.where('time_utc', '<=', query.to);
@@ -1032,11 +1060,10 @@ export class KyselyStore implements Store {
     if (query.outcome !== undefined) builder = builder.where('outcome', '=', query.outcome);
     if (query.kind !== undefined) builder = builder.where('kind', '=', query.kind);
     if (query.eventClass !== undefined) builder = builder.where('event_class', '=', query.eventClass);
-    if (query.beforeKey !== undefined) builder = builder.where('event_id', '<', query.beforeKey);
     const rows = await builder.orderBy('event_id', 'desc').limit(query.limit + 1).execute();
     const more = rows.length > query.limit;
     const page = more ? rows.slice(0, query.limit) : rows;
-    return { items: page.map(auditEventOf), nextKey: more ? page.at(-1)?.event_id : undefined };
+    return { items: page.map(auditEventOf), nextKey: more ? page.at(-1)?.event_id : windowEnd };
   }
 
   async findAuditEventsAbout(
@@ -1061,6 +1088,8 @@ export class KyselyStore implements Store {
           .select(['event_id', 'doc', 'event_class', 'outcome'])
           .where('instance_id', '=', instanceId)
           .where(column, 'in', values.slice(i, i + 500))
+          // Names the partial index's condition (migration 0016), so the planner may use it.
+          .where(column, '<>', '')
           .execute();
         for (const row of rows) found.set(row.event_id, auditEventOf(row));
       }
@@ -1102,15 +1131,20 @@ export class KyselyStore implements Store {
   }
 
   async deleteAuditEventsBefore(instanceId: string, cutoffUtc: string, limit?: number): Promise<number> {
+    // Older than the cutoff is a range of event IDs (each begins with its event's millisecond, never earlier than
+    // its time): the oldest first along the primary key, each checked against its time as well.
+    // A cutoff that does not parse bounds nothing by ID (the highest ID sorts below this).
+    const before = eventIdAt(Date.parse(cutoffUtc)) || '\uffff';
     if (limit !== undefined) {
-      // The oldest `limit` by the (instance, time) index, deleted by primary key: a batch costs its size.
       const result = await sql`delete from audit_events where instance_id = ${instanceId} and event_id in (
-        select event_id from audit_events where instance_id = ${instanceId} and time_utc < ${cutoffUtc} order by time_utc limit ${limit})`.execute(this.#db);
+        select event_id from audit_events where instance_id = ${instanceId} and event_id < ${before} and time_utc < ${cutoffUtc}
+        order by event_id limit ${limit})`.execute(this.#db);
       return Number(result.numAffectedRows ?? 0n);
     }
     const result = await this.#db
       .deleteFrom('audit_events')
       .where('instance_id', '=', instanceId)
+      .where('event_id', '<', before)
       .where('time_utc', '<', cutoffUtc)
       .executeTakeFirst();
     return Number(result.numDeletedRows);
@@ -1317,6 +1351,21 @@ export class KyselyStore implements Store {
     await sql`vacuum ${sql.join([...new Set(tables)].map((table) => sql.table(table)))}`.execute(root);
   }
 
+  async getRegistrations(instanceId: string, registrationIds: readonly string[]): Promise<StoredRegistration[]> {
+    const keys = [...new Set(registrationIds.map(lower))];
+    const found: StoredRegistration[] = [];
+    for (let i = 0; i < keys.length; i += BATCH_ROWS) {
+      const rows = await this.#db
+        .selectFrom('registrations')
+        .select('doc')
+        .where('instance_id', '=', instanceId)
+        .where('registration_id_key', 'in', keys.slice(i, i + BATCH_ROWS))
+        .execute();
+      for (const row of rows) found.push(parse<StoredRegistration>(row.doc));
+    }
+    return found;
+  }
+
   // ---- keyset paging with filters
 
   async #page<T>(table: QueriedTable, instanceId: string, query: ListQuery): Promise<Page<T>> {
@@ -1330,6 +1379,24 @@ export class KyselyStore implements Store {
     >;
     for (const filter of query.filters) builder = applyFilter(builder, spec.fields as Record<string, { column: string; lower: boolean }>, filter);
     if (query.afterKey !== undefined) builder = builder.where(keyColumn as never, '>', query.afterKey as never);
+    // Filters no index serves (status, attestation type, hub, a `<>`) look at no more than `scanLimit` rows per page —
+    // the rows the indexed filters (if any) leave: the page ends where that window ends, possibly short or empty, with
+    // a continuation from there, so a filter that matches little pages through the table instead of reading a million
+    // rows in one request.
+    let windowEnd: string | undefined;
+    const fields = spec.fields as Record<string, { column: string; lower: boolean }>;
+    const indexed = query.filters.filter((filter) => servedByIndex(table, fields, filter));
+    if (query.scanLimit !== undefined && indexed.length < query.filters.length) {
+      let edge = this.#db.selectFrom(table).select(['doc', `${keyColumn} as k`]).where('instance_id', '=', instanceId) as unknown as SelectQueryBuilder<
+        Database,
+        QueriedTable,
+        { doc: string; k: string }
+      >;
+      for (const filter of indexed) edge = applyFilter(edge, fields, filter);
+      if (query.afterKey !== undefined) edge = edge.where(keyColumn as never, '>', query.afterKey as never);
+      windowEnd = (await edge.clearSelect().select(`${keyColumn} as k` as never).orderBy(keyColumn as never).limit(1).offset(query.scanLimit - 1).executeTakeFirst())?.k;
+      if (windowEnd !== undefined) builder = builder.where(keyColumn as never, '<=', windowEnd as never);
+    }
     const rows = await builder
       .orderBy(keyColumn as never)
       .limit(query.limit + 1)
@@ -1338,7 +1405,7 @@ export class KyselyStore implements Store {
     const pageRows = more ? rows.slice(0, query.limit) : rows;
     return {
       items: pageRows.map((row) => parse<T>(row.doc)),
-      nextKey: more ? pageRows[pageRows.length - 1]?.k : undefined,
+      nextKey: more ? pageRows[pageRows.length - 1]?.k : windowEnd,
     };
   }
 
@@ -1390,6 +1457,19 @@ function applyFilter<QB extends SelectQueryBuilder<Database, QueriedTable, { doc
   }
 }
 
+/** Columns with an index that leads with (instance, column): an equality, list or prefix filter on them is a range. */
+const INDEXED_FILTER_COLUMNS: Record<QueriedTable, readonly string[]> = {
+  enrollments: ['registration_id_key', 'device_id_key'],
+  enrollment_groups: ['group_id_key'],
+  data_requests: ['sort_key'],
+  registrations: ['registration_id_key', 'device_id_key', 'group_id_key'],
+};
+
+function servedByIndex(table: QueriedTable, fields: Record<string, { column: string }>, filter: Filter): boolean {
+  const column = fields[filter.field]?.column;
+  return filter.op !== 'ne' && column !== undefined && INDEXED_FILTER_COLUMNS[table].includes(column);
+}
+
 const groupsCounter = (instanceId: string): string => `groups/${instanceId}`;
 
 async function bumpCounter(db: Db, name: string): Promise<void> {
@@ -1398,6 +1478,19 @@ async function bumpCounter(db: Db, name: string): Promise<void> {
     .values({ name, version: 1 })
     .onConflict((oc) => oc.column('name').doUpdateSet({ version: sql<number>`change_counters.version + 1` }))
     .execute();
+}
+
+/**
+ * The smallest event ID made at this millisecond (services/audit-log.ts: 12 hex digits of milliseconds first). A time
+ * that does not parse bounds nothing: the ID range is then all IDs, and the time column alone decides.
+ */
+function eventIdAt(ms: number): string {
+  if (Number.isNaN(ms)) return '';
+  return Math.max(0, Math.min(ms, 0xffff_ffff_ffff)).toString(16).padStart(12, '0');
+}
+
+function hasUnindexedAuditFilter(query: AuditQuery): boolean {
+  return query.from !== undefined || query.to !== undefined || query.actor !== undefined || query.outcome !== undefined || query.kind !== undefined;
 }
 
 function auditRow(instanceId: string, event: AuditEvent): Database['audit_events'] {

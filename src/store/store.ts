@@ -181,6 +181,7 @@ export interface RegistrationIntent {
 
 /** One entry of the system log. Never carries a secret. */
 export interface AuditEvent {
+  /** Begins with 12 hex digits of `timeUtc`'s milliseconds (services/audit-log.ts): a time filter searches by ID range. */
   eventId: string;
   timeUtc: string;
   kind: 'serviceApi' | 'registration' | 'hubWrite' | 'webhook' | 'dataRequest';
@@ -214,6 +215,12 @@ export interface AuditQuery {
   /** Newest first: return events whose key sorts before this one. */
   beforeKey?: string | undefined;
   limit: number;
+  /**
+   * At most this many events (newest first, from `beforeKey`) are looked at for filters no index serves (outcome,
+   * kind, actor, time): the page may come back short or empty, with `nextKey` where the search stopped. Without it
+   * the search goes on until the page is full (internal callers whose filters are narrow).
+   */
+  scanLimit?: number;
 }
 
 export interface DataRequestRecord {
@@ -281,6 +288,12 @@ export interface ListQuery {
   /** Return items whose key sorts after this one (keyset paging). */
   afterKey?: string | undefined;
   limit: number;
+  /**
+   * With filters no index serves: at most this many rows (in key order, after `afterKey`) are looked at, and the page
+   * may come back short or empty with `nextKey` where the search stopped. Without it the search goes on until the
+   * page is full (internal callers, which follow `nextKey` to the end anyway).
+   */
+  scanLimit?: number;
 }
 
 export const ENROLLMENT_FIELDS = ['registrationId', 'deviceId', 'provisioningStatus', 'attestationType'] as const;
@@ -382,6 +395,8 @@ export interface Store {
   listRevokedCertificates(instanceId: string): Promise<Array<{ serialNumber: string; revokedDateTimeUtc: string }>>;
 
   getRegistration(instanceId: string, registrationId: string): Promise<StoredRegistration | undefined>;
+  /** The records of these registration IDs that exist (any case), in no particular order: one page of a query's worth. */
+  getRegistrations(instanceId: string, registrationIds: readonly string[]): Promise<StoredRegistration[]>;
   putRegistration(instanceId: string, registration: StoredRegistration): Promise<void>;
   deleteRegistration(instanceId: string, registrationId: string, expectedEtag?: string): Promise<boolean>;
   queryRegistrations(instanceId: string, query: ListQuery): Promise<Page<StoredRegistration>>;

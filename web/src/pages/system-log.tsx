@@ -133,6 +133,9 @@ export function SystemLogPage() {
         <ErrorBanner error={paged.error} onRetry={paged.reload} />
         {paged.data === undefined && paged.loading ? (
           <Loading label="Loading the system log…" />
+        ) : events.length === 0 && paged.error === undefined && paged.hasNext ? (
+          // A page of a filter looks at a bounded stretch of the log (docs/customer-data.md "The system log").
+          <Empty title="No match in this stretch of the log">Next → searches older events.</Empty>
         ) : events.length === 0 && paged.error === undefined ? (
           <Empty title={filtered ? 'No events match' : 'The log is empty'}>{filtered ? 'Widen the time range or clear the filters.' : undefined}</Empty>
         ) : (

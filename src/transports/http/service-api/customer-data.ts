@@ -10,6 +10,7 @@ import type { AuditLog } from '../../../services/audit-log.js';
 import type { DataRequestBody, DataRequestService } from '../../../services/customer-data/data-request-service.js';
 import { ServiceAuth, type ServiceCaller } from '../../../services/service-auth.js';
 import type { Right } from '../../../store/store.js';
+import { QUERY_SCAN_ROWS } from '../../../services/paging.js';
 import { addServiceAuthHooks, callerOf } from './plugin.js';
 import '../route-docs.js';
 
@@ -261,6 +262,7 @@ export function customerDataPlugin(deps: { auth: ServiceAuth; dataRequests: Data
           ...(to === undefined ? {} : { to }),
           beforeKey,
           limit,
+          scanLimit: QUERY_SCAN_ROWS,
         });
         reply.header('x-ms-item-type', 'AuditEvent').header('x-ms-max-item-count', String(limit));
         if (page.nextKey !== undefined) reply.header('x-ms-continuation', page.nextKey);

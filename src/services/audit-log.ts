@@ -61,7 +61,9 @@ export class AuditLog {
     // The event's time is the millisecond its ID starts with (the clock's, unless it stepped back: IDs never do), so
     // the store finds a time range of the log as a range of IDs.
     const timeUtc = dpsTimestamp(new Date(Number.parseInt(eventId.slice(0, 12), 16)));
-    return { eventId, timeUtc, ...input, class: input.class ?? auditClassOf(input) };
+    // An input that carries an earlier event's ID and time (a spread AuditEvent) is stamped afresh all the same: the
+    // erase fence's guarantee rests on the stamp being taken now (docs/customer-data.md "The erase fence").
+    return { ...input, eventId, timeUtc, class: input.class ?? auditClassOf(input) };
   }
 
   async record(instanceId: string, input: AuditInput): Promise<void> {

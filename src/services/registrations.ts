@@ -617,7 +617,10 @@ export class RegistrationService {
       if (this.#deps.audit !== undefined && attempted !== undefined && (await store.findEraseFence(instance.id, fenceProbe(match))) !== undefined) {
         for (const { eventId: _eventId, timeUtc: _timeUtc, ...entry } of hubWrites) await this.#deps.audit.record(instance.id, entry);
         const outcome = this.#outcomeEvent(match, base, attempted, transport, operation.operationId);
-        if (outcome !== undefined) await this.#deps.audit.record(instance.id, { ...outcome, outcome: 'failure', errorCode: refusal.errorCode, reason: refusal.message });
+        if (outcome !== undefined) {
+          const { eventId: _eventId, timeUtc: _timeUtc, ...entry } = outcome;
+          await this.#deps.audit.record(instance.id, { ...entry, outcome: 'failure', errorCode: refusal.errorCode, reason: refusal.message });
+        }
         return { kind: 'refused', error: refusal, logged: true };
       }
       return { kind: 'refused', error: refusal };

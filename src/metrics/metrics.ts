@@ -160,24 +160,24 @@ export class Metrics {
       close: () => factory.close(),
     };
     function measured(client: HubClient): HubClient {
-        return {
-          hubName: client.hubName,
-          getDevice: (deviceId) => client.getDevice(deviceId),
-          getTwin: (deviceId) => client.getTwin(deviceId),
-          measureLatency: () => client.measureLatency(),
-          putDevice: (device) => timed('putDevice', () => client.putDevice(device)),
-          deleteDevice: (deviceId) => timed('deleteDevice', () => client.deleteDevice(deviceId)),
-          replaceTwin: (deviceId, content) => timed('replaceTwin', () => client.replaceTwin(deviceId, content)),
-          // A built-in hub's writes on a registration's transaction are counted like its own (issue 12).
-          ...(client.joining === undefined
-            ? {}
-            : {
-                joining: (transaction: Store) => {
-                  const joined = client.joining?.(transaction);
-                  return joined === undefined ? undefined : measured(joined);
-                },
-              }),
-        };
+      return {
+        hubName: client.hubName,
+        getDevice: (deviceId) => client.getDevice(deviceId),
+        getTwin: (deviceId) => client.getTwin(deviceId),
+        measureLatency: () => client.measureLatency(),
+        putDevice: (device) => timed('putDevice', () => client.putDevice(device)),
+        deleteDevice: (deviceId) => timed('deleteDevice', () => client.deleteDevice(deviceId)),
+        replaceTwin: (deviceId, content) => timed('replaceTwin', () => client.replaceTwin(deviceId, content)),
+        // A built-in hub's writes on a registration's transaction are counted like its own (issue 12).
+        ...(client.joining === undefined
+          ? {}
+          : {
+              joining: (transaction: Store) => {
+                const joined = client.joining?.(transaction);
+                return joined === undefined ? undefined : measured(joined);
+              },
+            }),
+      };
     }
   }
 

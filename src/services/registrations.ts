@@ -34,7 +34,7 @@ import { withIssuedCredential, type CertificateIssuance } from './attestation/ce
 import type { CheckedCsr, IssuedCertificate } from './attestation/csr.js';
 
 export type { DeviceCredential } from './attestation/device-match.js';
-import { assertNotFenced, fenceRefusal, isFenceRefusal, undoInterruptedRegistration } from './customer-data/erase-fence.js';
+import { assertNotFenced, fenceRefusal, pseudonymizedEvent, undoInterruptedRegistration, type StandingFence } from './customer-data/erase-fence.js';
 import { hubDeviceLinkOf } from './customer-data/hub-device-links.js';
 import { refusalReason } from './device-refusals.js';
 
@@ -182,34 +182,28 @@ export class RegistrationService {
     if (finished) {
       const result = await work;
       if (result.kind === 'refused') {
+        // (A fence refusal is in the system log already: written pseudonymized in the transaction that saw the fence.)
         this.#proven.delete(operation.operationId);
         // The sign-in proof no longer holds (nothing was written): judged in full, as any request (it takes its own
         // token of the registration budget again; a changed enrollment is rare).
         if (result.error === PROOF_NO_LONGER_HOLDS) return this.register({ ...request, proof: undefined });
-        if (isFenceRefusal(result.error) && result.logged !== true) await this.#logFenceRefusal(match, request.transport, result.error);
         throw result.error;
       }
       return { httpStatus: 202, body: { operationId: operation.operationId, status: 'assigning' }, retryAfterSeconds: 0 };
     }
     // Still running: the device will poll, and any node must be able to answer, so the `assigning` operation is in the
     // store before the device hears its ID — unless the assignment finished meanwhile (insert-if-absent).
-    const admitted = await this.#committer
-      .run(async (tx) => {
-        const refusal = await admission(tx, match, operation.operationId, acknowledged);
-        if (refusal !== undefined) throw refusal;
-        await tx.insertOperationIfAbsent(matched.id, operation);
-      })
-      .then(
-        () => true,
-        async (error: unknown) => {
-          this.#proven.delete(operation.operationId);
-          if (error === PROOF_NO_LONGER_HOLDS) return false;
-          if (isFenceRefusal(error)) await this.#logFenceRefusal(match, request.transport, error);
-          throw error;
-        },
-      );
-    // The proof no longer holds: nothing was written (the assignment's own admission refuses too); judged in full.
-    if (!admitted) return this.register({ ...request, proof: undefined });
+    const refused = await this.#committer.run(async (tx) => {
+      const refusal = await this.#admitted(tx, match, operation.operationId, acknowledged, request.transport, true);
+      if (refusal === undefined) await tx.insertOperationIfAbsent(matched.id, operation);
+      return refusal;
+    });
+    if (refused !== undefined) {
+      this.#proven.delete(operation.operationId);
+      // The proof no longer holds: nothing was written (the assignment's own admission refuses too); judged in full.
+      if (refused.error === PROOF_NO_LONGER_HOLDS) return this.register({ ...request, proof: undefined });
+      throw refused.error;
+    }
     acknowledged.written = true;
     return {
       httpStatus: 202,
@@ -249,18 +243,34 @@ export class RegistrationService {
     });
   }
 
-  /** A register request the erase fence refused goes in the system log (through the fence-aware path: by hash only). */
-  async #logFenceRefusal(match: DeviceMatch, transport: Transport, error: ProvisioningError): Promise<void> {
-    await this.#deps.audit?.record(match.instance.id, {
+  /**
+   * The admission checks (admission() below) inside the transaction that writes. A registration the erase fence refuses
+   * goes in the system log from that same transaction, pseudonymized with the fence's subject hash: logged later, it
+   * could land in the clear after the erase became final (and its pseudonymizing pass was over).
+   */
+  async #admitted(
+    tx: Store,
+    match: DeviceMatch,
+    operationId: string,
+    acknowledged: Acknowledgement,
+    transport: Transport,
+    log: boolean,
+    deviceId?: string,
+  ): Promise<Refusal | undefined> {
+    const refusal = await admission(tx, match, operationId, acknowledged, deviceId);
+    if (refusal?.fence === undefined || !log || this.#deps.audit === undefined) return refusal;
+    const event = this.#deps.audit.event({
       kind: 'registration',
       operation: 'register',
       actor: 'device',
       subject: { registrationId: match.registrationId, deviceId: match.deviceId },
       outcome: 'failure',
-      errorCode: error.errorCode,
+      errorCode: refusal.error.errorCode,
       transport,
       attestationType: match.attestationType,
     });
+    await tx.appendAuditEvent(match.instance.id, pseudonymizedEvent(event, refusal.fence.subjectHash));
+    return refusal;
   }
 
   async operationStatus(request: DeviceRequest & { operationId: string }): Promise<OperationReply> {
@@ -527,6 +537,7 @@ export class RegistrationService {
           intent,
           hubWrites,
           acknowledged,
+          transport,
           client: (hub) => this.#deps.hubClients.forHub(hub),
         };
         for (const [, step] of this.#planningSteps) await step(flow);
@@ -539,7 +550,7 @@ export class RegistrationService {
         }
       }
     } catch (error) {
-      if (error instanceof AdmissionRefused) return { kind: 'refused', error: error.refusal };
+      if (error instanceof AdmissionRefused) return { kind: 'refused', error: error.refusal.error };
       const failure = error instanceof ProvisioningError ? error : this.#asProvisioningError(error, match);
       decided = settle(base, { status: 'failed', errorCode: failure.errorCode, errorMessage: failure.message });
     }
@@ -547,10 +558,12 @@ export class RegistrationService {
     // One transaction writes everything (ARCHITECTURE.md, step 5): the admission checks, a built-in hub's identity,
     // twin and old identity's removal, the record, its hub-device link, the issued certificate, the finished operation,
     // the log entries and the end of an external hub's intent — shared with concurrent registrations on SQLite.
-    const write = (hubSteps: Assignment | undefined, fallback: StoredRegistration | undefined) =>
-      this.#committer.run(async (tx) => {
-        const refusal = await admission(tx, match, operation.operationId, acknowledged, fallback?.deviceId);
-        if (refusal !== undefined) throw new AdmissionRefused(refusal);
+    const write = async (hubSteps: Assignment | undefined, fallback: StoredRegistration | undefined): Promise<{ record: StoredRegistration; created: boolean }> => {
+      const written = await this.#committer.run(async (tx): Promise<{ record: StoredRegistration; created: boolean } | Refusal> => {
+        // Refused before an external hub write: logged here (nothing else of the attempt is). After one, the undo below
+        // logs the attempt's entries, while the fence still stands.
+        const refusal = await this.#admitted(tx, match, operation.operationId, acknowledged, transport, intent.written === undefined, fallback?.deviceId);
+        if (refusal !== undefined) return refusal;
         let record: StoredRegistration;
         if (hubSteps !== undefined) {
           // The built-in hub's writes join this transaction: a failing step throws out of it (HubStepsFailed), and
@@ -579,6 +592,9 @@ export class RegistrationService {
         if (intent.written !== undefined && record.status === 'assigned') await tx.deleteRegistrationIntent(instance.id, operation.operationId);
         return { record, created: hubSteps?.created === true };
       });
+      if ('error' in written) throw new AdmissionRefused(written);
+      return written;
+    };
 
     let record: StoredRegistration;
     try {
@@ -597,7 +613,7 @@ export class RegistrationService {
       }
     } catch (error) {
       if (!(error instanceof AdmissionRefused)) throw error;
-      if (intent.written === undefined) return { kind: 'refused', error: error.refusal };
+      if (intent.written === undefined) return { kind: 'refused', error: error.refusal.error };
       // An external hub was written before the erase (or the refusal) caught up with this registration. A hub identity
       // this attempt created after the erase's hub step goes too: the erase wants none of it. One it found there (and
       // replaced) is the erase's to delete, and to count in its receipt: the erase holds the fence, so its hub step (or
@@ -613,7 +629,7 @@ export class RegistrationService {
       await store.deleteRegistrationIntent(instance.id, operation.operationId);
       // Logged through the fence-aware path, so the entries name the subject only by its hash; once the erase is over,
       // not at all (it has pseudonymized the log, and a late entry in the clear would undo that).
-      const refusal = error.refusal;
+      const refusal = error.refusal.error;
       if (this.#deps.audit !== undefined && attempted !== undefined && (await store.findEraseFence(instance.id, fenceProbe(match))) !== undefined) {
         for (const { eventId: _eventId, timeUtc: _timeUtc, ...entry } of hubWrites) await this.#deps.audit.record(instance.id, entry);
         const outcome = this.#outcomeEvent(match, base, attempted, transport, operation.operationId);
@@ -621,7 +637,7 @@ export class RegistrationService {
           const { eventId: _eventId, timeUtc: _timeUtc, ...entry } = outcome;
           await this.#deps.audit.record(instance.id, { ...entry, outcome: 'failure', errorCode: refusal.errorCode, reason: refusal.message });
         }
-        return { kind: 'refused', error: refusal, logged: true };
+        return { kind: 'refused', error: refusal };
       }
       return { kind: 'refused', error: refusal };
     }
@@ -855,11 +871,12 @@ export class RegistrationService {
       resultSection: match.resultSection,
     };
     // The admission checks run here, before the first hub write, rather than once more in a read of their own.
-    await this.#committer.run(async (tx) => {
-      const refusal = await admission(tx, match, flow.operationId, flow.acknowledged);
-      if (refusal !== undefined) throw new AdmissionRefused(refusal);
-      await tx.putRegistrationIntent(match.instance.id, stored);
+    const refusal = await this.#committer.run(async (tx) => {
+      const refused = await this.#admitted(tx, match, flow.operationId, flow.acknowledged, flow.transport, true);
+      if (refused === undefined) await tx.putRegistrationIntent(match.instance.id, stored);
+      return refused;
     });
+    if (refusal !== undefined) throw new AdmissionRefused(refusal);
     flow.intent.written = stored;
   }
 
@@ -901,6 +918,7 @@ interface Assignment {
   hubWrites: AuditEvent[];
   /** Whether the device has been told the operation ID (the `assigning` operation is stored). */
   acknowledged: Acknowledgement;
+  transport: Transport;
   /** The client the hub steps write through: inside the record's transaction for built-in hubs. */
   client: (hub: LinkedHubRecord) => HubClient;
   /** The hub steps run inside the record's transaction (every hub involved is built-in): no intent. */
@@ -921,15 +939,19 @@ interface Acknowledgement {
 }
 
 /** What an assignment came to: a record written, or a refusal of the admission checks with nothing written. */
-type AssignmentResult =
-  | { kind: 'recorded'; record: StoredRegistration }
-  | { kind: 'refused'; error: ProvisioningError; /** The refusal is in the system log already. */ logged?: boolean };
+type AssignmentResult = { kind: 'recorded'; record: StoredRegistration } | { kind: 'refused'; error: ProvisioningError };
 
-/** The admission checks refused the registration inside its transaction: nothing is written. */
+/** Why the admission checks refused a registration; `fence` when an erase fence did. */
+interface Refusal {
+  error: ProvisioningError;
+  fence?: StandingFence;
+}
+
+/** The admission checks refused the registration inside its transaction: nothing of it is written. */
 class AdmissionRefused extends Error {
-  readonly refusal: ProvisioningError;
-  constructor(refusal: ProvisioningError) {
-    super(refusal.message);
+  readonly refusal: Refusal;
+  constructor(refusal: Refusal) {
+    super(refusal.error.message);
     this.refusal = refusal;
   }
 }
@@ -949,22 +971,22 @@ class HubStepsFailed extends Error {
  *   once the erase is final and its fence lifted;
  * - before that, the enrollment is still there: an erase may have come and gone since the credential was checked.
  */
-async function admission(tx: Store, match: DeviceMatch, operationId: string, acknowledged: Acknowledgement, deviceId?: string): Promise<ProvisioningError | undefined> {
+async function admission(tx: Store, match: DeviceMatch, operationId: string, acknowledged: Acknowledgement, deviceId?: string): Promise<Refusal | undefined> {
   const instanceId = match.instance.id;
   const fence = await tx.findEraseFence(instanceId, fenceProbe(match, deviceId));
-  if (fence !== undefined) return fenceRefusal(fence);
+  if (fence !== undefined) return { error: fenceRefusal(fence), fence };
   if (acknowledged.written) {
     if ((await tx.getOperation(instanceId, operationId)) !== undefined) return undefined;
-    return new ProvisioningError('SubjectBeingErased', 'A data request erased this device while its registration was under way; nothing was written.');
+    return { error: new ProvisioningError('SubjectBeingErased', 'A data request erased this device while its registration was under way; nothing was written.') };
   }
   const entry = match.enrollment;
   const current = entry.kind === 'individual' ? await tx.getEnrollment(instanceId, entry.doc.registrationId) : await tx.getEnrollmentGroup(instanceId, entry.doc.enrollmentGroupId);
   // A connection's sign-in proof holds only for the entry exactly as it was proved (not deleted, disabled, re-keyed,
   // and for a group no individual enrollment since, which would decide alone); otherwise the device is judged afresh.
   if (provedMatches.has(match) && (current?.etag !== entry.doc.etag || (entry.kind === 'group' && (await tx.getEnrollment(instanceId, match.registrationId)) !== undefined))) {
-    return PROOF_NO_LONGER_HOLDS;
+    return { error: PROOF_NO_LONGER_HOLDS };
   }
-  return current === undefined ? unauthorized() : undefined;
+  return current === undefined ? { error: unauthorized() } : undefined;
 }
 
 /** Matches taken from a connection's sign-in proof (attestation/device-proof.ts) rather than a check of their own. */

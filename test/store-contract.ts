@@ -744,6 +744,9 @@ export function runStoreContract(name: string, open: () => Promise<Store>): void
         assert.deepEqual(nextKeys, [idAt(8), idAt(5), idAt(2), undefined], 'windows of 3 events: 10–8, 7–5, 4–2, then the rest');
         const recent = await store.queryAuditEvents(a.id, { from: at(3), to: at(5), limit: 100, scanLimit: 100 });
         assert.deepEqual(recent.items.map((item) => item.eventId), [idAt(5), idAt(4), idAt(3)], 'a time range, both ends included');
+        await store.appendAuditEvent(a.id, event(idAt(11), at(11), {}, { kind: 'serviceApi', operation: 'IndividualEnrollment_Get', actor: 'owner' }));
+        const changes = await store.queryAuditEvents(a.id, { eventClass: 'change', outcome: 'failure', limit: 100, scanLimit: 3 });
+        assert.deepEqual([changes.items.map((item) => item.eventId), changes.nextKey], [[idAt(8)], idAt(8)], 'a window counts the events of the class asked for');
         const subject = await store.queryAuditEvents(a.id, { subject: 'DEV-4', outcome: 'failure', limit: 100, scanLimit: 1 });
         assert.deepEqual([subject.items.map((item) => item.eventId), subject.nextKey], [[idAt(4)], undefined], 'a subject is found by its indexes, not windowed');
       });

@@ -1033,16 +1033,18 @@ export class KyselyStore implements Store {
       return bound as QB;
     };
     // Filters without an index of their own (outcome, kind, actor, time) look at no more than `scanLimit` events per
-    // page: the page ends where that window ends, possibly short or empty, with a continuation from there — a query
-    // for something rare pages through the log instead of stalling the server while it reads all of it.
+    // page (of the class asked for, which has its index): the page ends where that window ends, possibly short or
+    // empty, with a continuation from there — a query for something rare pages through the log instead of stalling
+    // the server while it reads all of it. A subject's events are few, and found by their indexes.
     let windowEnd: string | undefined;
-    if (query.scanLimit !== undefined && query.subject === undefined && query.eventClass === undefined && hasUnindexedAuditFilter(query)) {
-      const edge = await bounded(this.#db.selectFrom('audit_events').select('event_id'), query.beforeKey)
+    if (query.scanLimit !== undefined && query.subject === undefined && hasUnindexedAuditFilter(query)) {
+      let edge = bounded(this.#db.selectFrom('audit_events').select('event_id'), query.beforeKey);
+      if (query.eventClass !== undefined) edge = edge.where('event_class', '=', query.eventClass);
+      windowEnd = (await edge
         .orderBy('event_id', 'desc')
         .limit(1)
         .offset(query.scanLimit - 1)
-        .executeTakeFirst();
-      windowEnd = edge?.event_id;
+        .executeTakeFirst())?.event_id;
     }
     let builder = bounded(this.#db.selectFrom('audit_events').select(['doc', 'event_id', 'event_class', 'outcome']), query.beforeKey);
     if (windowEnd !== undefined) builder = builder.where('event_id', '>=', windowEnd);

@@ -33,6 +33,7 @@ if (mode === 'baseline' || mode === 'bare-tls') {
   }
 } else {
   if (process.env.BENCH_COUNT_STATEMENTS === '1') await countStatements();
+  if (process.env.BENCH_PG_STATEMENT_TEXTS !== undefined) await countPostgresQueries(process.env.BENCH_PG_STATEMENT_TEXTS);
   const config = loadConfig({
     flags: {
       dataDir,
@@ -88,5 +89,27 @@ async function countStatements(): Promise<void> {
       texts.clear();
     }
     process.stdout.write(`${JSON.stringify({ statementCounts: counts })}\n`);
+  });
+}
+
+/**
+ * BENCH_PG_STATEMENT_TEXTS=FILE: counts the PostgreSQL queries the server sends (every `Client#query`, each a round
+ * trip), by text, written to FILE (JSON, most frequent first, with the total) on SIGUSR2 and then reset.
+ */
+async function countPostgresQueries(file: string): Promise<void> {
+  const { default: pg } = await import('pg');
+  const texts = new Map<string, number>();
+  const prototype = pg.Client.prototype as unknown as { query: (...args: unknown[]) => unknown };
+  const original = prototype.query;
+  prototype.query = function (this: unknown, ...args: unknown[]) {
+    const first = args[0];
+    const text = typeof first === 'string' ? first : typeof first === 'object' && first !== null && 'text' in first ? String((first as { text: unknown }).text) : '?';
+    texts.set(text, (texts.get(text) ?? 0) + 1);
+    return original.apply(this, args);
+  };
+  process.on('SIGUSR2', () => {
+    const total = [...texts.values()].reduce((sum, count) => sum + count, 0);
+    writeFileSync(file, JSON.stringify({ total, texts: [...texts].sort((a, b) => b[1] - a[1]) }, null, 1));
+    texts.clear();
   });
 }

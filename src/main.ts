@@ -37,7 +37,9 @@ const program = buildProgram(
       // for which V8 would grow the young generation to its 2 × 16 MiB maximum and keep it so while idle: ~20 MiB of
       // idle RSS (issue 12, P6). It stays at its first size until the server listens, then may grow under load again
       // (2 is V8's default growth factor).
-      setFlagsFromString('--semi-space-growth-factor=1');
+      // An operator's own setting (node --semi-space-growth-factor=…, or in NODE_OPTIONS) is left alone.
+      const ownGrowthFactor = [...process.execArgv, process.env.NODE_OPTIONS ?? ''].some((option) => option.includes('semi-space-growth-factor'));
+      if (!ownGrowthFactor) setFlagsFromString('--semi-space-growth-factor=1');
       const { createApp } = await loadApp();
       const app = await createApp({ config, version });
       try {
@@ -46,7 +48,7 @@ const program = buildProgram(
         await app.close();
         throw error;
       } finally {
-        setFlagsFromString('--semi-space-growth-factor=2');
+        if (!ownGrowthFactor) setFlagsFromString('--semi-space-growth-factor=2');
       }
       running = app;
       let stopping = false;

@@ -40,25 +40,31 @@ export class BuiltInHubClient implements HubClient {
     return this.#call('GET device', 'RegistryRead', async (hub) => deviceRecordOf(await this.#service.getDevice(hub, deviceId))).catch(orUndefinedWhenNotFound);
   }
 
-  /** Create, or replace when it exists (as RegistryRestClient: create without If-Match, then replace with `*`). */
+  /**
+   * Create, or replace when it exists (as RegistryRestClient: create without If-Match, then replace with `*`). The
+   * policy is authorized once for both (one hub read, not one per attempt: on PostgreSQL each is a round trip).
+   */
   async putDevice(device: HubDevice): Promise<HubDeviceRecord & { created: boolean }> {
     const body = deviceBody(device);
-    for (let attempt = 0; attempt < 3; attempt += 1) {
-      const created = await this.#call('create device', 'RegistryWrite', async (hub) => ({
-        ...deviceRecordOf(await this.#service.createOrUpdateDevice(hub, device.deviceId, body, undefined)),
-        created: true,
-      })).catch((error: unknown) => {
-        if (error instanceof HubError && error.status === 409 && /DeviceAlreadyExists/.test(error.message)) return undefined;
-        throw error;
-      });
-      if (created !== undefined) return created;
-      const replaced = await this.#call('update device', 'RegistryWrite', async (hub) => ({
-        ...deviceRecordOf(await this.#service.createOrUpdateDevice(hub, device.deviceId, body, '*')),
-        created: false,
-      })).catch(orUndefinedWhenNotFound);
-      if (replaced !== undefined) return replaced;
-    }
-    throw new HubError(this.hubName, `device '${device.deviceId}' kept changing between create and update`);
+    let what = 'create device';
+    return this.#call(() => what, 'RegistryWrite', async (hub) => {
+      for (let attempt = 0; attempt < 3; attempt += 1) {
+        what = 'create device';
+        try {
+          return { ...deviceRecordOf(await this.#service.createOrUpdateDevice(hub, device.deviceId, body, undefined)), created: true };
+        } catch (error) {
+          if (!(error instanceof HubApiError && error.code === 'DeviceAlreadyExists')) throw error;
+        }
+        what = 'update device';
+        try {
+          return { ...deviceRecordOf(await this.#service.createOrUpdateDevice(hub, device.deviceId, body, '*')), created: false };
+        } catch (error) {
+          if (!(error instanceof HubApiError && error.code === 'DeviceNotFound')) throw error;
+        }
+      }
+      what = 'put device';
+      throw new Error(`device '${device.deviceId}' kept changing between create and update`);
+    });
   }
 
   async deleteDevice(deviceId: string): Promise<boolean> {
@@ -86,15 +92,16 @@ export class BuiltInHubClient implements HubClient {
   }
 
   /** Authorizes the connection string's policy for `right` on the hub, runs `work`; failures become HubError. */
-  async #call<T>(what: string, right: 'RegistryRead' | 'RegistryWrite' | 'ServiceConnect', work: (hub: string) => Promise<T>): Promise<T> {
+  async #call<T>(what: string | (() => string), right: 'RegistryRead' | 'RegistryWrite' | 'ServiceConnect', work: (hub: string) => Promise<T>): Promise<T> {
     const credentials = this.#credentials;
     if (credentials === undefined) throw new HubError(this.hubName, 'the hub connection string needs HostName, SharedAccessKeyName and SharedAccessKey');
     try {
       const hub = await this.#service.authorizePolicy(credentials.hostName, credentials.keyName, (keys) => keys.some((key) => sameKey(key, credentials.key)), right);
       return await work(hub.name);
     } catch (error) {
-      if (error instanceof HubApiError) throw new HubError(this.hubName, `${what}: ${error.status} ${error.code}: ${error.message}`, error.status);
-      throw new HubError(this.hubName, `${what}: ${error instanceof Error ? error.message : String(error)}`);
+      const step = typeof what === 'string' ? what : what();
+      if (error instanceof HubApiError) throw new HubError(this.hubName, `${step}: ${error.status} ${error.code}: ${error.message}`, error.status);
+      throw new HubError(this.hubName, `${step}: ${error instanceof Error ? error.message : String(error)}`);
     }
   }
 }

@@ -12,7 +12,6 @@ import { newEtag } from '../domain/etag.js';
 import { idKey, newOperationId } from '../domain/ids.js';
 import { renderDeviceRegistration, settle, startAttempt, type TerminalState } from '../domain/registration.js';
 import { decideReprovision } from '../domain/reprovision.js';
-import { parseSasToken } from '../domain/sas.js';
 import { dpsTimestamp } from '../domain/time.js';
 import { HubError, type HubClient, type HubClientFactory, type HubTwinContent } from '../hubs/hub-client.js';
 import type { Substatus } from '../domain/wire.js';
@@ -342,34 +341,24 @@ export class RegistrationService {
 
   /** Remembers who proved a register request, for its polls (bounded: the oldest entries go first). */
   #remember(operationId: string, request: DeviceRequest, match: DeviceMatch): void {
-    if (request.credential.kind !== 'sas' || request.credential.authorization === undefined) return;
-    const token = parseSasToken(request.credential.authorization);
-    if (token === undefined) return;
+    if (request.credential.kind !== 'sas') return;
+    const proof = DeviceProof.of(request, match);
+    if (proof === undefined) return;
     if (this.#proven.size >= MAX_PROVEN_OPERATIONS) {
       const oldest = this.#proven.keys().next();
       if (oldest.done !== true) this.#proven.delete(oldest.value);
     }
-    this.#proven.set(operationId, {
-      idScope: request.idScope,
-      registrationKey: idKey(request.registrationId),
-      authorization: request.credential.authorization,
-      expiresAtMs: token.expirySeconds * 1000,
-      instanceId: match.instance.id,
-      registrationId: match.registrationId,
-      probe: fenceProbe(match),
-    });
+    this.#proven.set(operationId, { proof, instanceId: match.instance.id, registrationId: match.registrationId, probe: fenceProbe(match) });
   }
 
   /** The remembered register request this poll repeats exactly (same scope, device and token, unexpired), if any. */
   #provenPoll(request: DeviceRequest & { operationId: string }): ProvenOperation | undefined {
     const proven = this.#proven.get(request.operationId);
     if (proven === undefined || request.credential.kind !== 'sas') return undefined;
-    if (proven.authorization !== request.credential.authorization || proven.idScope !== request.idScope || proven.registrationKey !== idKey(request.registrationId)) return undefined;
-    if (proven.expiresAtMs < this.#deps.now().getTime()) {
-      this.#proven.delete(request.operationId);
-      return undefined;
-    }
-    return proven;
+    const nowMs = this.#deps.now().getTime();
+    if (proven.proof.matchFor(request, nowMs) !== undefined) return proven;
+    if (proven.proof.expired(nowMs)) this.#proven.delete(request.operationId);
+    return undefined;
   }
 
   /** A refused attempt goes in the system log with why (a wrong key, no enrollment, …); the wire says only 401002. */
@@ -1042,11 +1031,8 @@ function assignedState(flow: Assignment): Extract<TerminalState, { status: 'assi
 const MAX_PROVEN_OPERATIONS = 20_000;
 
 interface ProvenOperation {
-  idScope: string;
-  registrationKey: string;
-  /** The SAS token that proved the register request, exactly as sent. */
-  authorization: string;
-  expiresAtMs: number;
+  /** The SAS token that proved the register request, for the same scope and device, until it expires. */
+  proof: DeviceProof;
   instanceId: string;
   registrationId: string;
   probe: FenceProbe;

@@ -43,10 +43,15 @@ export class DeviceProof {
 
   /** The proved match, when the request repeats the proved credential for the same device and the token is unexpired. */
   matchFor(request: { idScope: string; registrationId: string; credential: DeviceCredential }, nowMs: number): DeviceMatch | undefined {
-    if (nowMs > this.#expiresAtMs) return undefined;
+    if (this.expired(nowMs)) return undefined;
     if (request.idScope !== this.#idScope || idKey(request.registrationId) !== this.#registrationKey) return undefined;
     if (tokenOf(request.credential) !== this.#authorization) return undefined;
     return this.#match;
+  }
+
+  /** The token has expired: the proof covers nothing any more. */
+  expired(nowMs: number): boolean {
+    return nowMs > this.#expiresAtMs;
   }
 }
 

@@ -510,6 +510,16 @@ test('groups, every attestation form, edits, CA proof of possession, linked hubs
     await keysDialog.getByRole('button', { name: 'Close' }).click();
     await page.getByRole('cell', { name: 'portal-ops', exact: true }).waitFor();
     assert.equal((await api('POST', '/accessPolicies/portal-ops/listKeys')).body.rights, 'EnrollmentRead, RegistrationStatusRead');
+    // The row's Keys button shows the same keys again; its Delete removes the policy after a confirmation.
+    await page.getByRole('button', { name: 'Show the keys of portal-ops' }).click();
+    await keysDialog.waitFor();
+    assert.match(await keysDialog.innerText(), /SharedAccessKeyName=portal-ops;SharedAccessKey=/);
+    await keysDialog.getByRole('button', { name: 'Close' }).click();
+    await page.getByRole('button', { name: 'Delete portal-ops' }).click();
+    const deleteDialog = page.getByRole('dialog', { name: 'Delete the policy portal-ops?' });
+    await deleteDialog.getByRole('button', { name: 'Delete' }).click();
+    await page.getByRole('cell', { name: 'portal-ops', exact: true }).waitFor({ state: 'detached' });
+    assert.equal((await api('GET', '/accessPolicies/portal-ops')).status, 404);
   });
 });
 

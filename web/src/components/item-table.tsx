@@ -4,8 +4,9 @@ import { useSession } from '../session';
 import { ConfirmDialog, Empty, ErrorBanner, Loading } from './ui';
 
 /**
- * A settings list: the named items of one collection (linked hubs, credential policies) in a table, each row with its
- * Edit and remove buttons, and the "remove X?" confirmation that deletes it through the service API and reloads.
+ * A settings list: the named items of one collection (linked hubs, credential policies, access policies) in a table,
+ * each row with its own action (Edit, or Keys for an access policy) and a remove button, and the "remove X?"
+ * confirmation that deletes it through the service API and reloads.
  */
 export interface ItemColumn<T> {
   header: ReactNode;
@@ -14,17 +15,29 @@ export interface ItemColumn<T> {
   cell(item: T): ReactNode;
 }
 
+/** A row's button beside the remove button: its word, its accessible name for the item, what it does. */
+export interface RowAction<T> {
+  label: string;
+  describe(name: string): string;
+  run(item: T): void;
+}
+
+/** The usual row action: Edit, opening the item's dialog. */
+export function editAction<T>(run: (item: T) => void): RowAction<T> {
+  return { label: 'Edit', describe: (name) => `Edit ${name}`, run };
+}
+
 export function ItemTable<T>(props: {
   loaded: Loaded<T[]>;
   columns: ReadonlyArray<ItemColumn<T>>;
   nameOf(item: T): string;
   /** What the list says while it has no item. */
   empty: { title: string; text: ReactNode };
-  onEdit(item: T): void;
+  action: RowAction<T>;
   removal: Removal;
   rowTestId?(item: T): string;
 }) {
-  const { loaded, columns, nameOf, removal } = props;
+  const { loaded, columns, nameOf, action, removal } = props;
   const items = loaded.data ?? [];
   return (
     <>
@@ -59,8 +72,8 @@ export function ItemTable<T>(props: {
                       </td>
                     ))}
                     <td className="row-actions">
-                      <button type="button" className="button secondary small" onClick={() => props.onEdit(item)} aria-label={`Edit ${name}`}>
-                        Edit
+                      <button type="button" className="button secondary small" onClick={() => action.run(item)} aria-label={action.describe(name)}>
+                        {action.label}
                       </button>
                       <button type="button" className="button danger small" onClick={() => removal.ask(name)} aria-label={`${removal.verb} ${name}`}>
                         {removal.verb}

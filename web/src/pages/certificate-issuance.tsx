@@ -1,7 +1,7 @@
 import { useId, useState } from 'react';
 import { ApiError } from '../api/client';
 import { CREDENTIAL_KEY_TYPES, type CredentialKeyType, type CredentialPolicy, type IssuingCa } from '../api/types';
-import { ItemTable, RemovalDialog, useRemoval, type ItemColumn } from '../components/item-table';
+import { ItemTable, RemovalDialog, editAction, useRemoval, type ItemColumn } from '../components/item-table';
 import { CopyButton, DateTime, Dialog, ErrorBanner, Fields, Lacks, Loading, PageHeader, Section, downloadFile } from '../components/ui';
 import { useAction, useLoad } from '../hooks';
 import { useSession } from '../session';
@@ -58,7 +58,7 @@ export function CertificateIssuancePage() {
           columns={POLICY_COLUMNS}
           nameOf={(policy) => policy.name}
           empty={{ title: 'No credential policy yet', text: 'Create one, then name it on the enrollments or groups whose devices may ask for certificates.' }}
-          onEdit={(item) => setEditing(item)}
+          action={editAction((policy: CredentialPolicy) => setEditing(policy))}
           removal={removal}
           rowTestId={(policy) => `credential-policy-${policy.name}`}
         />

@@ -18,7 +18,7 @@ import {
   PageHeader,
   Section,
 } from '../components/ui';
-import { ItemTable, RemovalDialog, useRemoval, type ItemColumn } from '../components/item-table';
+import { ItemTable, RemovalDialog, editAction, useRemoval, type ItemColumn } from '../components/item-table';
 import { useAction, useLoad } from '../hooks';
 import { Link, navigate, path } from '../router';
 import { useSession } from '../session';
@@ -206,7 +206,7 @@ export function LinkedHubsPage() {
           columns={HUB_COLUMNS}
           nameOf={(hub) => hub.name}
           empty={{ title: 'No hub is linked', text: 'Devices cannot be provisioned until a hub is linked.' }}
-          onEdit={(item) => setEditing(item)}
+          action={editAction((hub: LinkedHub) => setEditing(hub))}
           removal={removal}
         />
       </div>
@@ -307,30 +307,43 @@ function HubDialog({ hub, onClose, onSaved }: { hub: LinkedHub | undefined; onCl
   );
 }
 
+const POLICY_COLUMNS = (you: string): ReadonlyArray<ItemColumn<AccessPolicy>> => [
+  {
+    header: 'Name',
+    cell: (policy) => (
+      <>
+        {policy.keyName}
+        {policy.keyName.toLowerCase() === you.toLowerCase() && <span className="muted small"> (you)</span>}
+      </>
+    ),
+  },
+  {
+    header: 'Rights',
+    cell: (policy) => (
+      <div className="chips">
+        {parseRights(policy.rights).map((right) => (
+          <span className="chip" key={right}>
+            {right}
+          </span>
+        ))}
+      </div>
+    ),
+  },
+];
+
 export function AccessPoliciesPage() {
   const session = useSession();
   const loaded = useLoad((signal) => session.client.get<AccessPolicy[]>(['accessPolicies'], { signal }), []);
   const [creating, setCreating] = useState(false);
   const [keys, setKeys] = useState<AccessPolicy | undefined>(undefined);
-  const [deleting, setDeleting] = useState<string | undefined>(undefined);
+  const removal = useRemoval('accessPolicies', 'Delete', loaded.reload);
   const action = useAction();
   if (!session.can('ServiceConfig')) return <RequiresServiceConfig title="Access policies" />;
-  const showKeys = async (name: string) => {
-    const policy = await action.run(() => session.client.post<AccessPolicy>(['accessPolicies', name, 'listKeys']));
-    if (policy !== undefined) setKeys(policy);
+  // The row's own action: the policy's keys, read with listKeys (a GET never carries them).
+  const showKeys = async (policy: AccessPolicy) => {
+    const withKeys = await action.run(() => session.client.post<AccessPolicy>(['accessPolicies', policy.keyName, 'listKeys']));
+    if (withKeys !== undefined) setKeys(withKeys);
   };
-  const remove = async () => {
-    if (deleting === undefined) return;
-    const done = await action.run(async () => {
-      await session.client.delete(['accessPolicies', deleting]);
-      return true;
-    });
-    if (done === true) {
-      setDeleting(undefined);
-      loaded.reload();
-    }
-  };
-  const policies = loaded.data ?? [];
   return (
     <>
       <PageHeader
@@ -342,53 +355,16 @@ export function AccessPoliciesPage() {
           </button>
         }
       />
-      {deleting === undefined && <ErrorBanner error={action.error} />}
+      <ErrorBanner error={action.error} />
       <div className="card">
-        <ErrorBanner error={loaded.error} onRetry={loaded.reload} />
-        {loaded.data === undefined && loaded.loading ? (
-          <Loading />
-        ) : (
-          <div className="table-wrap">
-            <table>
-              <thead>
-                <tr>
-                  <th scope="col">Name</th>
-                  <th scope="col">Rights</th>
-                  <th scope="col">
-                    <span className="visually-hidden">Actions</span>
-                  </th>
-                </tr>
-              </thead>
-              <tbody>
-                {policies.map((policy) => (
-                  <tr key={policy.keyName}>
-                    <td>
-                      {policy.keyName}
-                      {policy.keyName.toLowerCase() === session.client.credentials.keyName.toLowerCase() && <span className="muted small"> (you)</span>}
-                    </td>
-                    <td>
-                      <div className="chips">
-                        {parseRights(policy.rights).map((right) => (
-                          <span className="chip" key={right}>
-                            {right}
-                          </span>
-                        ))}
-                      </div>
-                    </td>
-                    <td className="row-actions">
-                      <button type="button" className="button secondary small" onClick={() => void showKeys(policy.keyName)} aria-label={`Show the keys of ${policy.keyName}`}>
-                        Keys
-                      </button>
-                      <button type="button" className="button danger small" onClick={() => setDeleting(policy.keyName)} aria-label={`Delete ${policy.keyName}`}>
-                        Delete
-                      </button>
-                    </td>
-                  </tr>
-                ))}
-              </tbody>
-            </table>
-          </div>
-        )}
+        <ItemTable
+          loaded={loaded}
+          columns={POLICY_COLUMNS(session.client.credentials.keyName)}
+          nameOf={(policy) => policy.keyName}
+          empty={{ title: 'No access policy', text: 'Create one to give a client its own keys and rights.' }}
+          action={{ label: 'Keys', describe: (name) => `Show the keys of ${name}`, run: (policy) => void showKeys(policy) }}
+          removal={removal}
+        />
       </div>
       {creating && (
         <PolicyDialog
@@ -401,21 +377,9 @@ export function AccessPoliciesPage() {
         />
       )}
       {keys !== undefined && <PolicyKeysDialog policy={keys} onClose={() => setKeys(undefined)} onChanged={setKeys} />}
-      <ConfirmDialog
-        open={deleting !== undefined}
-        title={`Delete the policy ${deleting ?? ''}?`}
-        confirmLabel="Delete"
-        danger
-        busy={action.busy}
-        error={action.error}
-        onConfirm={() => void remove()}
-        onClose={() => {
-          setDeleting(undefined);
-          action.clear();
-        }}
-      >
+      <RemovalDialog removal={removal} title={(name) => `Delete the policy ${name}?`}>
         <p>Every client using this policy's keys loses access at once.</p>
-      </ConfirmDialog>
+      </RemovalDialog>
     </>
   );
 }

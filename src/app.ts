@@ -243,8 +243,18 @@ async function createLockedApp(deps: AppDeps, logger: FastifyBaseLogger, release
       metrics.serviceApiRequest(request.method, request.routeOptions.url ?? '', reply.statusCode);
     });
   }
-  // Every authenticated service-API call goes in the system log (added before the plugins, so it covers them all).
-  http.addHook('onResponse', serviceCallAuditor(audit));
+  // Every authenticated service-API call goes in the system log (added before the plugins, so it covers them all),
+  // written before the answer leaves: a client that reads the log after its call finds the call there, on any node.
+  const auditCall = serviceCallAuditor(audit);
+  http.addHook('onSend', async (request, reply, payload) => {
+    try {
+      await auditCall(request, reply);
+    } catch (error) {
+      // The call itself has happened; a log write that failed is the server's trouble, not a reason to answer 500.
+      request.log.error({ err: error }, 'writing the log entry of a service-API call failed');
+    }
+    return payload;
+  });
   await http.register(serviceApiPlugin({ auth, enrollments: enrollments as never, groups: groups as never, registrations, audit }));
   await http.register(controlPlanePlugin({ auth, instances }));
   await http.register(caCertificatesPlugin({ auth, certificates: new CaCertificateService(serviceDeps) }));

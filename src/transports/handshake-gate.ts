@@ -116,7 +116,8 @@ export class HandshakeGate {
     // Under the cap with no one waiting, the handshake starts at once, as without the gate. Only when connections
     // wait does one join the queue, once its ClientHello has arrived. (Waiting for 'readable' first on every
     // connection broke one case: a device presenting a forged X.509 leaf got a reset instead of its 401 —
-    // test/x509.test.ts; the cause is not yet understood, see docs/reliability.md.)
+    // test/x509.test.ts: OpenSSL's failed check of its signature is read as a failed handshake when TLS starts from bytes
+    // already read here; docs/reliability.md.)
     if (this.#waiting === 0 && this.#started < this.#limits.maxHandshakes) {
       this.#start(entry);
       return;

@@ -1350,7 +1350,9 @@ export class KyselyStore implements Store {
     // VACUUM cannot run inside a transaction block: always on the root connection pool. The names come from the
     // StoreTable type, never from input.
     const root = this.#root ?? this.#db;
-    await sql`vacuum ${sql.join([...new Set(tables)].map((table) => sql.table(table)))}`.execute(root);
+    // INDEX_CLEANUP ON: by default (AUTO, PostgreSQL 14+) VACUUM skips the indexes when few pages hold dead rows —
+    // an erase's few — and the erased rows' index entries, keyed by the erased IDs, would stay live in the indexes.
+    await sql`vacuum (index_cleanup on) ${sql.join([...new Set(tables)].map((table) => sql.table(table)))}`.execute(root);
   }
 
   async getRegistrations(instanceId: string, registrationIds: readonly string[]): Promise<StoredRegistration[]> {

@@ -30,6 +30,8 @@ for (let i = 2; i < process.argv.length; i += 2) args.set(process.argv[i]?.repla
 async function serve(dataDir: string, port: number): Promise<void> {
   const delay = monitorEventLoopDelay({ resolution: 5 });
   delay.enable();
+  const timesFile = process.env.BENCH_STATEMENT_TIMES;
+  if (timesFile !== undefined) await timeStatements(timesFile);
   // As src/main.ts's serve does: the young generation is not grown while starting (P6).
   const { setFlagsFromString } = await import('node:v8');
   setFlagsFromString('--semi-space-growth-factor=1');
@@ -64,6 +66,37 @@ async function serve(dataDir: string, port: number): Promise<void> {
     }
   });
   process.send?.({ listening: true, serviceConnectionString: info.serviceConnectionString });
+}
+
+/**
+ * BENCH_STATEMENT_TIMES=FILE: times every SQLite statement the server runs, by SQL text (count, total and worst ms),
+ * written to FILE (JSON, most total time first) when the server stops: where a p99 goes, statement by statement.
+ */
+async function timeStatements(file: string): Promise<void> {
+  const probe = new Database(':memory:');
+  const prototype = Object.getPrototypeOf(probe.prepare('select 1')) as Record<'run' | 'get' | 'all' | 'iterate', (...args: unknown[]) => unknown> & { source: string };
+  probe.close();
+  const times = new Map<string, { count: number; totalMs: number; maxMs: number }>();
+  for (const method of ['run', 'get', 'all'] as const) {
+    const original = prototype[method];
+    prototype[method] = function (this: { source: string }, ...args: unknown[]) {
+      const startedAt = performance.now();
+      try {
+        return original.apply(this, args);
+      } finally {
+        const ms = performance.now() - startedAt;
+        const entry = times.get(this.source) ?? { count: 0, totalMs: 0, maxMs: 0 };
+        entry.count += 1;
+        entry.totalMs += ms;
+        entry.maxMs = Math.max(entry.maxMs, ms);
+        times.set(this.source, entry);
+      }
+    };
+  }
+  process.once('exit', () => {
+    const sorted = [...times].sort((a, b) => b[1].totalMs - a[1].totalMs).map(([sql, entry]) => ({ sql: sql.slice(0, 400), ...entry }));
+    writeFileSync(file, JSON.stringify(sorted, null, 1));
+  });
 }
 
 interface Server {

@@ -104,8 +104,14 @@ test('lookups by device, by subject and of a registration’s operations use the
     'the events an export or erase finds': () => store.findAuditEventsAbout('i1', { registrationIds: ['r'], deviceIds: ['d'], groupIds: ['g'] }),
     'a day of the log': () => store.queryAuditEvents('i1', { from: '2026-01-01T00:00:00.0000000Z', to: '2026-01-02T00:00:00.0000000Z', limit: 100 }),
     'the log retention purge': () => store.deleteAuditEventsBefore('i1', '2026-01-01T00:00:00.0000000Z', 1000),
+    // Every export and erase looks for the earlier requests about its subject; ordered by the request list's index,
+    // the planner walked every request of the instance (with their bundles) to find a subject's few.
+    'the earlier data requests about a subject': () => store.findDataRequestsAbout('i1', ['r', 'd']),
+    'undelivered lifecycle events about a subject': () => store.findOutboxEventsAbout('i1', { registrationIds: ['r'], deviceIds: ['d'], groupIds: ['g'] }),
+    'the hub devices made for a subject': () => store.findHubDeviceLinks('i1', { registrationIds: ['r'], deviceIds: ['d'], groupIds: ['g'] }),
   };
-  const walk = /^(SCAN \w+|SEARCH \w+ USING (COVERING )?INDEX sqlite_autoindex_\w+_1 \(instance_id=\?\))$/;
+  // A scan, or a search of any index by the instance alone: every row of the instance, in some order.
+  const walk = /^(SCAN \w+|SEARCH \w+ USING (COVERING )?INDEX \w+ \(instance_id=\?\))$/;
   for (const [name, lookup] of Object.entries(lookups)) {
     captured.length = 0;
     await lookup();

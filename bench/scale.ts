@@ -240,6 +240,8 @@ async function p4(dataDir: string, port: number, n: number, concurrency: number)
       peakRssMiB: Math.round(peakRss),
       storeBytesPerItem: Math.round(bytes / n),
       concurrency,
+      // The server's heap and RSS at the end (what of the peak is the JavaScript heap).
+      serverAtEnd: await server.stats(),
     };
   } finally {
     await server.stop();

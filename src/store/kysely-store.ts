@@ -1500,7 +1500,8 @@ function auditRow(instanceId: string, event: AuditEvent): Database['audit_events
     registration_id_key: lower(event.subject.registrationId),
     device_id_key: lower(event.subject.deviceId),
     group_id_key: lower(event.subject.enrollmentGroupId),
-    doc: JSON.stringify({ ...event, class: eventClass }),
+    // An event already stamped with its class (AuditLog.event) is stored as it is: the same text, without a copy.
+    doc: JSON.stringify(event.class === eventClass ? event : { ...event, class: eventClass }),
   };
 }
 

@@ -127,7 +127,7 @@ test('lookups by device, by subject and of a registration’s operations use the
 
 /**
  * Issue 12, P5: a page of the log's failures (the system log page's filter) read every event of its 5,000-event window
- * from the table to test its outcome — one day's failures took 64 ms idle at 4M events, 0.4 s from cold pages. The
+ * from the table to test its outcome — one day's failures took 64 ms (p50, load 3–8) at 4M events, 0.4 s from cold pages. The
  * failures have a partial index of their own (migration 0017): the page reads them alone.
  */
 test('a page of the log’s failures reads the failures’ own index', async () => {

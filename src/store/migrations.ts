@@ -455,7 +455,7 @@ migrations['0016_scale_indexes_in_list_order'] = scaleIndexesInListOrder;
 /**
  * The log's failures (issue 12, P5), the system log page's most asked filter: a page of them looked at the 5,000 events
  * of its window one by one, each read from the table for its outcome (one day's failures at 4M events: 64 ms at p50
- * idle, 0.4 s from cold pages). A partial index holds the failed events only (~1 % of the log), so a failure costs
+ * at load 3–8, 0.4 s from cold pages). A partial index holds the failed events only (~1 % of the log), so a failure costs
  * one more index entry and every other event none, and a page of failures reads just them.
  */
 const logFailuresIndex: Migration = {

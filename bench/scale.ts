@@ -21,15 +21,20 @@ import { createSasToken } from '../src/domain/sas.js';
  *   P6     server RSS idle (after start and after a P4 of 10,000), the heap, and what is loaded.
  *
  *   npm run bench:scale -- --mode p4|p5|purge|p6 [--n 1000000] [--concurrency 2] [--samples 200] [--port 8443] [--profile DIR]
+ *     [--store postgres://…] (p4 and p5 on that PostgreSQL database; give an empty one, and for p5 `--data DIR` to
+ *     reuse its seeding)
  */
 const args = new Map<string, string>();
 for (let i = 2; i < process.argv.length; i += 2) args.set(process.argv[i]?.replace(/^--/, '') ?? '', process.argv[i + 1] ?? '');
+const storeUrl = args.get('store');
 
 
 /** The server side: provisiond as `provisiond serve` runs it, answering `stats` messages from the bench. */
 async function serve(dataDir: string, port: number): Promise<void> {
   const delay = monitorEventLoopDelay({ resolution: 5 });
   delay.enable();
+  const timesFile = process.env.BENCH_STATEMENT_TIMES;
+  if (timesFile !== undefined) await timeStatements(timesFile);
   // As src/main.ts's serve does: the young generation is not grown while starting (P6).
   const { setFlagsFromString } = await import('node:v8');
   setFlagsFromString('--semi-space-growth-factor=1');
@@ -46,6 +51,8 @@ async function serve(dataDir: string, port: number): Promise<void> {
       pollsPerSecondPerDevice: 0,
       mqttEnabled: false,
       amqpEnabled: false,
+      // `--store postgres://…`: the server's store is that PostgreSQL database instead of SQLite in its data directory.
+      ...(storeUrl === undefined ? {} : { store: storeUrl }),
     },
   });
   const app = await createApp({ config });
@@ -66,6 +73,37 @@ async function serve(dataDir: string, port: number): Promise<void> {
   process.send?.({ listening: true, serviceConnectionString: info.serviceConnectionString });
 }
 
+/**
+ * BENCH_STATEMENT_TIMES=FILE: times every SQLite statement the server runs, by SQL text (count, total and worst ms),
+ * written to FILE (JSON, most total time first) when the server stops: where a p99 goes, statement by statement.
+ */
+async function timeStatements(file: string): Promise<void> {
+  const probe = new Database(':memory:');
+  const prototype = Object.getPrototypeOf(probe.prepare('select 1')) as Record<'run' | 'get' | 'all' | 'iterate', (...args: unknown[]) => unknown> & { source: string };
+  probe.close();
+  const times = new Map<string, { count: number; totalMs: number; maxMs: number }>();
+  for (const method of ['run', 'get', 'all'] as const) {
+    const original = prototype[method];
+    prototype[method] = function (this: { source: string }, ...args: unknown[]) {
+      const startedAt = performance.now();
+      try {
+        return original.apply(this, args);
+      } finally {
+        const ms = performance.now() - startedAt;
+        const entry = times.get(this.source) ?? { count: 0, totalMs: 0, maxMs: 0 };
+        entry.count += 1;
+        entry.totalMs += ms;
+        entry.maxMs = Math.max(entry.maxMs, ms);
+        times.set(this.source, entry);
+      }
+    };
+  }
+  process.once('exit', () => {
+    const sorted = [...times].sort((a, b) => b[1].totalMs - a[1].totalMs).map(([sql, entry]) => ({ sql: sql.slice(0, 400), ...entry }));
+    writeFileSync(file, JSON.stringify(sorted, null, 1));
+  });
+}
+
 interface Server {
   child: ChildProcess;
   base: string;
@@ -76,7 +114,7 @@ interface Server {
 }
 
 async function start(dataDir: string, port: number): Promise<Server> {
-  const child = fork(import.meta.filename, ['--serve', dataDir, '--port', String(port)], { execArgv: ['--import', 'tsx', ...(args.has('profile') ? ['--cpu-prof', `--cpu-prof-dir=${args.get('profile')}`] : [])], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  const child = fork(import.meta.filename, ['--serve', dataDir, '--port', String(port), ...(storeUrl === undefined ? [] : ['--store', storeUrl])], { execArgv: ['--import', 'tsx', ...(args.has('profile') ? ['--cpu-prof', `--cpu-prof-dir=${args.get('profile')}`] : [])], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
   const info = await new Promise<{ serviceConnectionString: string }>((resolve, reject) => {
     child.once('message', (message) => resolve(message as { serviceConnectionString: string }));
     child.once('exit', (code) => reject(new Error(`server exited with ${code}`)));
@@ -184,11 +222,17 @@ async function p4(dataDir: string, port: number, n: number, concurrency: number)
     const seconds = (performance.now() - startedAt) / 1000;
     clearInterval(sampler);
     const cpu = cpuMs(server.child.pid) - cpuBefore;
-    // What an item costs on disk (the database and its WAL: rows and index entries), a figure no load can blur.
-    const db = new Database(join(dataDir, 'provisiond.db'), { readonly: true });
-    const pages = (db.pragma('page_count', { simple: true }) as number) - (db.pragma('freelist_count', { simple: true }) as number);
-    const bytes = pages * (db.pragma('page_size', { simple: true }) as number);
-    db.close();
+    // What an item costs on disk (the database and its WAL: rows and index entries), a figure no load can blur; on
+    // PostgreSQL the two tables an import writes, with their indexes.
+    let bytes: number;
+    if (storeUrl === undefined) {
+      const db = new Database(join(dataDir, 'provisiond.db'), { readonly: true });
+      const pages = (db.pragma('page_count', { simple: true }) as number) - (db.pragma('freelist_count', { simple: true }) as number);
+      bytes = pages * (db.pragma('page_size', { simple: true }) as number);
+      db.close();
+    } else {
+      bytes = Number(await postgresScalar(storeUrl, "select pg_total_relation_size('enrollments') + pg_total_relation_size('audit_events')"));
+    }
     return {
       seconds: Number(seconds.toFixed(1)),
       itemsPerSecond: Math.round(n / seconds),
@@ -196,6 +240,8 @@ async function p4(dataDir: string, port: number, n: number, concurrency: number)
       peakRssMiB: Math.round(peakRss),
       storeBytesPerItem: Math.round(bytes / n),
       concurrency,
+      // The server's heap and RSS at the end (what of the peak is the JavaScript heap).
+      serverAtEnd: await server.stats(),
     };
   } finally {
     await server.stop();
@@ -261,6 +307,81 @@ function seed(dataDir: string, rows: { enrollments: number; records: number; eve
   db.close();
 }
 
+async function postgresScalar(url: string, text: string): Promise<unknown> {
+  const { default: pg } = await import('pg');
+  const client = new pg.Client({ connectionString: url });
+  await client.connect();
+  try {
+    return Object.values((await client.query(text)).rows[0] ?? {})[0];
+  } finally {
+    await client.end();
+  }
+}
+
+/**
+ * What seed() writes into a SQLite file, made by PostgreSQL itself (`generate_series`, one statement per table): N
+ * enrollments, N records of one group, 4N log events (a month, IDs made from their times) and N operations. Then
+ * ANALYZE, as autovacuum does on its own minutes after a load of this size.
+ */
+async function seedPostgres(url: string, n: number): Promise<void> {
+  const { default: pg } = await import('pg');
+  const client = new pg.Client({ connectionString: url });
+  await client.connect();
+  try {
+    const instanceId = (await client.query<{ id: string }>('select id from instances limit 1')).rows[0]?.id ?? '';
+    const enrollmentDoc = (await client.query<{ doc: string }>('select doc from enrollments where instance_id = $1 limit 1', [instanceId])).rows[0]?.doc ?? '{}';
+    const eventDoc = (await client.query<{ doc: string }>('select doc from audit_events where instance_id = $1 limit 1', [instanceId])).rows[0]?.doc ?? '{}';
+    const id = (i: string) => `('seed-' || lpad((${i})::text, 7, '0'))`;
+    await client.query(
+      `insert into enrollments (instance_id, registration_id_key, device_id_key, provisioning_status, attestation_type, etag, doc)
+       select $1, ${id('i')}, ${id('i')}, 'enabled', 'symmetrickey', '"e' || i || '"',
+              ($2::jsonb || jsonb_build_object('registrationId', ${id('i')}, 'etag', '"e' || i || '"'))::text
+       from generate_series(0, $3::int - 1) as i`,
+      [instanceId, enrollmentDoc, n],
+    );
+    const now = new Date().toISOString().replace('Z', '0000Z');
+    await client.query(
+      `insert into registrations (instance_id, registration_id_key, device_id_key, group_id_key, status, assigned_hub_key, etag, doc)
+       select $1, ${id('i')}, ${id('i')}, 'seed-group', 'assigned', 'localhost', '"r' || i || '"',
+              jsonb_build_object('registrationId', ${id('i')}, 'deviceId', ${id('i')}, 'createdDateTimeUtc', $2::text, 'assignedHub', 'localhost',
+                'status', 'assigned', 'substatus', 'initialAssignment', 'lastUpdatedDateTimeUtc', $2::text, 'etag', '"r' || i || '"',
+                'enrollmentGroupId', 'seed-group', 'attestationType', 'symmetricKey')::text
+       from generate_series(0, $3::int - 1) as i`,
+      [instanceId, now, n],
+    );
+    const monthAgo = Date.now() - 30 * 86_400_000;
+    const spanMs = 30 * 86_400_000 - 60_000;
+    await client.query(
+      `insert into audit_events (instance_id, event_id, time_utc, kind, actor, outcome, event_class, registration_id_key, device_id_key, group_id_key, doc)
+       select $1, e.event_id, e.time_utc, e.kind, e.actor, e.outcome, e.class, e.subject, '', '',
+              ($2::jsonb || jsonb_build_object('eventId', e.event_id, 'timeUtc', e.time_utc, 'kind', e.kind, 'actor', e.actor, 'operation', e.operation,
+                'outcome', e.outcome, 'class', e.class, 'subject', jsonb_build_object('registrationId', e.subject)))::text
+       from (
+         select lpad(to_hex(ms), 12, '0') || '0000' || lpad(to_hex(i), 8, '0') as event_id,
+                to_char(to_timestamp(ms / 1000.0) at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS') || '0000Z' as time_utc,
+                (array['serviceApi', 'registration', 'hubWrite', 'serviceApi'])[i % 4 + 1] as kind,
+                (array['provisioningserviceowner', 'device', 'device', 'provisioningserviceowner'])[i % 4 + 1] as actor,
+                (array['IndividualEnrollment_CreateOrUpdate', 'register', 'createDevice', 'IndividualEnrollment_Get'])[i % 4 + 1] as operation,
+                (array['change', 'change', 'change', 'access'])[i % 4 + 1] as class,
+                case when i % 97 = 0 then 'failure' else 'success' end as outcome,
+                ${id('(i / 4) % $3::int')} as subject
+         from (select i, $4::bigint + (i::bigint * $5::bigint) / (4 * $3::bigint) as ms from generate_series(0, 4 * $3::int - 1) as i) as t
+       ) as e`,
+      [instanceId, eventDoc, n, monthAgo, spanMs],
+    );
+    await client.query(
+      `insert into operations (instance_id, operation_id, registration_id_key, updated_at, doc)
+       select $1, 'op-' || i, ${id('i')}, $2::text,
+              jsonb_build_object('operationId', 'op-' || i, 'registrationId', ${id('i')}, 'status', 'assigned', 'createdDateTimeUtc', $2::text, 'lastUpdatedDateTimeUtc', $2::text)::text
+       from generate_series(0, $3::int - 1) as i`,
+      [instanceId, now, n],
+    );
+    await client.query('analyze');
+  } finally {
+    await client.end();
+  }
+}
+
 async function p5(dataDir: string, port: number, n: number, samples: number) {
   const seeded = join(dataDir, `seeded-${n}`);
   let seedSeconds = 0;
@@ -272,7 +393,8 @@ async function p5(dataDir: string, port: number, n: number, samples: number) {
     await call(first, 'PUT', '/enrollmentGroups/seed-group', { enrollmentGroupId: 'seed-group', attestation: { type: 'symmetricKey' } });
     await first.stop();
     const seededAt = performance.now();
-    seed(dataDir, { enrollments: n, records: n, events: 4 * n, operations: n });
+    if (storeUrl === undefined) seed(dataDir, { enrollments: n, records: n, events: 4 * n, operations: n });
+    else await seedPostgres(storeUrl, n);
     seedSeconds = Number(((performance.now() - seededAt) / 1000).toFixed(1));
     writeFileSync(seeded, '');
   }

@@ -30,15 +30,41 @@ export const ACCESS_FOLD_MS = 60_000;
 const FOLD_LOOKBACK = 20;
 
 let lastId = { ms: 0, sequence: 0 };
+/** IDs per millisecond: the sequence has four hex digits. */
+const SEQUENCES_PER_MS = 0x10000;
 
 /**
  * Event IDs sort in the order they were made: 12 hex digits of milliseconds, a per-process sequence within the
- * millisecond, then randomness (several nodes writing in the same millisecond).
+ * millisecond, then randomness (several nodes writing in the same millisecond). More IDs than the sequence holds in
+ * one millisecond (a large bulk call) go on in the next one: an ID is never longer, so never out of order.
  */
 export function newEventId(now: Date): string {
+  return reserveEventIds(now, 1)(0);
+}
+
+/**
+ * Reserves `count` consecutive event IDs now, in O(1): the i-th is made only when asked for. Whoever needs IDs in
+ * the order of its calls but may not use them (lifecycle events, when no webhook is set) reserves them before its
+ * first await and pays for the IDs it makes.
+ */
+export function reserveEventIds(now: Date, count: number): (index: number) => string {
   const ms = Math.max(now.getTime(), lastId.ms);
-  lastId = ms === lastId.ms ? { ms, sequence: lastId.sequence + 1 } : { ms, sequence: 0 };
-  return `${ms.toString(16).padStart(12, '0')}${lastId.sequence.toString(16).padStart(4, '0')}${randomHex(4)}`;
+  const first = ms === lastId.ms ? lastId.sequence + 1 : 0;
+  const last = first + Math.max(0, count - 1);
+  lastId = { ms: ms + Math.floor(last / SEQUENCES_PER_MS), sequence: last % SEQUENCES_PER_MS };
+  return (index) => {
+    const sequence = first + index;
+    const at = ms + Math.floor(sequence / SEQUENCES_PER_MS);
+    return `${at.toString(16).padStart(12, '0')}${(sequence % SEQUENCES_PER_MS).toString(16).padStart(4, '0')}${randomHex(4)}`;
+  };
+}
+
+/** The event time of an ID's millisecond; the last one is remembered (a bulk call's events share a few). */
+let lastStamp = { ms: -1, timeUtc: '' };
+function timeOfEventId(eventId: string): string {
+  const ms = Number.parseInt(eventId.slice(0, 12), 16);
+  if (ms !== lastStamp.ms) lastStamp = { ms, timeUtc: dpsTimestamp(new Date(ms)) };
+  return lastStamp.timeUtc;
 }
 
 export class AuditLog {
@@ -60,7 +86,7 @@ export class AuditLog {
     const eventId = newEventId(this.#deps.now());
     // The event's time is the millisecond its ID starts with (the clock's, unless it stepped back: IDs never do), so
     // the store finds a time range of the log as a range of IDs.
-    const timeUtc = dpsTimestamp(new Date(Number.parseInt(eventId.slice(0, 12), 16)));
+    const timeUtc = timeOfEventId(eventId);
     // An input that carries an earlier event's ID and time (a spread AuditEvent) is stamped afresh all the same: the
     // erase fence's guarantee rests on the stamp being taken now (docs/customer-data.md "The erase fence").
     return { ...input, eventId, timeUtc, class: input.class ?? auditClassOf(input) };

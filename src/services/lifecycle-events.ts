@@ -3,7 +3,7 @@ import type { FastifyBaseLogger } from 'fastify';
 import type { JsonMap } from '../domain/enrollment.js';
 import { dpsTimestamp } from '../domain/time.js';
 import type { InstanceRecord } from '../store/store.js';
-import { newEventId } from './audit-log.js';
+import { newEventId, reserveEventIds } from './audit-log.js';
 import type { ServiceDeps } from './deps.js';
 
 /**
@@ -72,16 +72,19 @@ export class LifecycleEvents {
 
   /** Queues several events at once (a bulk call's changes): one look at the webhook, one transaction. */
   async emitMany(instance: InstanceRecord, events: ReadonlyArray<{ type: LifecycleEventType; data: JsonMap }>): Promise<void> {
+    if (events.length === 0) return;
     const now = this.#deps.now();
-    // IDs taken before the first await, as in emit.
-    const stamped = events.map(({ type, data }) => {
-      const eventId = newEventId(now);
-      return { eventId, doc: { id: eventId, type, timeUtc: dpsTimestamp(now), idScope: instance.idScope, data } };
-    });
+    // The IDs' places in the order are reserved before the first await, as emit takes its ID; they are made (and the
+    // events built) only when a webhook will receive them, so a bulk call with none set costs one look at the instance.
+    const idAt = reserveEventIds(now, events.length);
     const current = await this.#deps.store.currentInstance(instance);
-    if (current?.eventWebhook === undefined || stamped.length === 0) return;
+    if (current?.eventWebhook === undefined) return;
+    const timeUtc = dpsTimestamp(now);
     await this.#deps.store.transaction(async (store) => {
-      for (const event of stamped) await store.appendOutboxEvent(instance.id, event);
+      for (const [index, { type, data }] of events.entries()) {
+        const eventId = idAt(index);
+        await store.appendOutboxEvent(instance.id, { eventId, doc: { id: eventId, type, timeUtc, idScope: instance.idScope, data } });
+      }
     });
     void this.#deliver(instance.id);
   }

@@ -9,6 +9,7 @@ import type { Filter } from '../domain/query.js';
 import { KyselyHubStore, type BuiltInHubStore } from './hub-store.js';
 import { CONFIG_COUNTER, configCacheOf, type ConfigCache } from './config-cache.js';
 import { hotDoc, hotWrite, NO_KEY, runHot, storeStatements, type StoreStatements } from './hot-statements.js';
+import { AUDIT_ROW_COLUMNS, bulkStatementsOf, ENROLLMENT_ROW_COLUMNS } from './bulk-statements.js';
 import { migrationProvider } from './migrations.js';
 import type { Database } from './schema.js';
 import type {
@@ -646,13 +647,10 @@ export class KyselyStore implements Store {
   async getEnrollments(instanceId: string, registrationIds: readonly string[]): Promise<StoredEnrollment[]> {
     const keys = [...new Set(registrationIds.map(lower))];
     const found: StoredEnrollment[] = [];
+    const bulk = bulkStatementsOf(this.#rootDb);
     for (let i = 0; i < keys.length; i += BATCH_ROWS) {
-      const rows = await this.#db
-        .selectFrom('enrollments')
-        .select('doc')
-        .where('instance_id', '=', instanceId)
-        .where('registration_id_key', 'in', keys.slice(i, i + BATCH_ROWS))
-        .execute();
+      const chunk = keys.slice(i, i + BATCH_ROWS);
+      const { rows } = await runHot<{ doc: string }>(this.#db, bulk.enrollmentsByKey(chunk.length), [instanceId, ...chunk]);
       for (const row of rows) found.push(parse<StoredEnrollment>(row.doc));
     }
     return found;
@@ -664,25 +662,15 @@ export class KyselyStore implements Store {
     const rows = enrollments
       .map((enrollment) => ({ instance_id: instanceId, registration_id_key: lower(enrollment.registrationId), ...enrollmentColumns(enrollment) }))
       .sort((a, b) => (a.registration_id_key < b.registration_id_key ? -1 : a.registration_id_key > b.registration_id_key ? 1 : 0));
+    const bulk = bulkStatementsOf(this.#rootDb);
     return this.#inTransaction(async (db) => {
       const written: string[] = [];
       for (let i = 0; i < rows.length; i += BATCH_ROWS) {
-        const insert = db.insertInto('enrollments').values(rows.slice(i, i + BATCH_ROWS));
-        // `create` never overwrites: the primary key refuses a row whose ID exists (or is being inserted by a
-        // concurrent transaction, which PostgreSQL waits for), and RETURNING names only the rows that went in.
-        const statement =
-          mode === 'create'
-            ? insert.onConflict((oc) => oc.columns(['instance_id', 'registration_id_key']).doNothing())
-            : insert.onConflict((oc) =>
-                oc.columns(['instance_id', 'registration_id_key']).doUpdateSet((eb) => ({
-                  device_id_key: eb.ref('excluded.device_id_key'),
-                  provisioning_status: eb.ref('excluded.provisioning_status'),
-                  attestation_type: eb.ref('excluded.attestation_type'),
-                  etag: eb.ref('excluded.etag'),
-                  doc: eb.ref('excluded.doc'),
-                })),
-              );
-        for (const row of await statement.returning('registration_id_key').execute()) written.push(row.registration_id_key);
+        const chunk = rows.slice(i, i + BATCH_ROWS);
+        // `create` never overwrites (bulk-statements.ts): RETURNING names only the rows that went in.
+        const args = chunk.flatMap((row) => ENROLLMENT_ROW_COLUMNS.map((column) => row[column]));
+        const { rows: returned } = await runHot<{ registration_id_key: string }>(db, bulk.insertEnrollments(chunk.length, mode), args);
+        for (const row of returned) written.push(row.registration_id_key);
       }
       const writtenKeys = new Set(written);
       if (mode === 'replace') {
@@ -1012,11 +1000,14 @@ export class KyselyStore implements Store {
   }
 
   async appendAuditEvents(instanceId: string, events: readonly AuditEvent[]): Promise<void> {
+    const bulk = bulkStatementsOf(this.#rootDb);
     for (let i = 0; i < events.length; i += BATCH_ROWS) {
-      await this.#db
-        .insertInto('audit_events')
-        .values(events.slice(i, i + BATCH_ROWS).map((event) => auditRow(instanceId, event)))
-        .execute();
+      const chunk = events.slice(i, i + BATCH_ROWS);
+      const args = chunk.flatMap((event) => {
+        const row = auditRow(instanceId, event);
+        return AUDIT_ROW_COLUMNS.map((column) => row[column]);
+      });
+      await runHot(this.#db, bulk.appendAuditEvents(chunk.length), args);
     }
   }
 
@@ -1195,11 +1186,12 @@ export class KyselyStore implements Store {
         .selectAll()
         .where('instance_id', '=', instanceId)
         .where('subject_key', 'in', keys.slice(i, i + 500))
-        .orderBy('sort_key')
         .execute();
       found.push(...rows.map(dataRequestOf));
     }
-    return found;
+    // Sorted here, not by the statement: an ORDER BY the request list's index made the planner (no statistics) walk
+    // every request of the instance in that order to find a subject's few.
+    return found.sort((a, b) => (a.sortKey < b.sortKey ? -1 : a.sortKey > b.sortKey ? 1 : 0));
   }
 
   // ---- subject→hub-device links
@@ -1510,7 +1502,8 @@ function auditRow(instanceId: string, event: AuditEvent): Database['audit_events
     registration_id_key: lower(event.subject.registrationId),
     device_id_key: lower(event.subject.deviceId),
     group_id_key: lower(event.subject.enrollmentGroupId),
-    doc: JSON.stringify({ ...event, class: eventClass }),
+    // An event already stamped with its class (AuditLog.event) is stored as it is: the same text, without a copy.
+    doc: JSON.stringify(event.class === eventClass ? event : { ...event, class: eventClass }),
   };
 }
 

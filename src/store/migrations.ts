@@ -452,6 +452,19 @@ const scaleIndexesInListOrder: Migration = {
 };
 migrations['0016_scale_indexes_in_list_order'] = scaleIndexesInListOrder;
 
+/**
+ * The log's failures (issue 12, P5), the system log page's most asked filter: a page of them looked at the 5,000 events
+ * of its window one by one, each read from the table for its outcome (one day's failures at 4M events: 64 ms at p50
+ * at load 3–8, 0.4 s from cold pages). A partial index holds the failed events only (~1 % of the log), so a failure costs
+ * one more index entry and every other event none, and a page of failures reads just them.
+ */
+const logFailuresIndex: Migration = {
+  async up(db: Kysely<unknown>): Promise<void> {
+    await db.schema.createIndex('audit_events_failures').on('audit_events').columns(['instance_id', 'event_id']).where(sql.ref('outcome'), '=', sql.lit('failure')).execute();
+  },
+};
+migrations['0017_log_failures_index'] = logFailuresIndex;
+
 /** The migrations for one dialect (the list is the same; a migration may branch on a capability). */
 export function migrationProvider(capabilities: DialectCapabilities): MigrationProvider {
   return {

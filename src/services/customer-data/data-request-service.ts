@@ -46,11 +46,30 @@ export interface DataRequestDeps extends ServiceDeps {
   leaseMs?: number;
 }
 
+/** The tables an erase deletes or rewrites rows of. */
+const ERASED_TABLES = [
+  'enrollments',
+  'enrollment_groups',
+  'enrollment_certificates',
+  'registrations',
+  'operations',
+  'registration_intents',
+  'hub_device_links',
+  'audit_events',
+  'data_requests',
+  'event_outbox',
+  'hub_devices',
+  'issued_certificates',
+] as const;
+
 export class DataRequestService {
   readonly #deps: DataRequestDeps;
   /** Jobs running on this node, so one request never runs twice at once. */
   readonly #jobs = new Map<string, Promise<void>>();
   #stopping = false;
+  /** The VACUUM after erases that is running, and whether an erase finished since it started (#reclaimSoon). */
+  #reclaim: Promise<void> | undefined;
+  #reclaimAgain = false;
 
   constructor(deps: DataRequestDeps) {
     this.#deps = deps;
@@ -164,9 +183,33 @@ export class DataRequestService {
     await this.idle();
   }
 
-  /** Waits for every job running on this node (tests, shutdown). */
+  /** Waits for every job running on this node, and the VACUUM after them (tests, shutdown). */
   async idle(): Promise<void> {
-    while (this.#jobs.size > 0) await Promise.allSettled([...this.#jobs.values()]);
+    while (this.#jobs.size > 0 || this.#reclaim !== undefined) await Promise.allSettled([...this.#jobs.values(), this.#reclaim]);
+  }
+
+  /**
+   * PostgreSQL keeps the old versions of deleted and rewritten rows until VACUUM: after an erase they are reclaimed,
+   * so the erased values leave the tables' pages (docs/customer-data.md says what WAL and backups still hold, and for
+   * how long). In the background, one VACUUM at a time: at a million rows one takes seconds (it reads every index of
+   * a table that has dead rows), which an erase's answer no longer waits for, and erases that finish while one runs
+   * share the next (it starts after them, so it covers what they left). A no-op where the dialect keeps no dead rows.
+   */
+  #reclaimSoon(): void {
+    if (this.#reclaim !== undefined) {
+      this.#reclaimAgain = true;
+      return;
+    }
+    this.#reclaim = (async () => {
+      do {
+        this.#reclaimAgain = false;
+        await this.#deps.store
+          .reclaimDeleted(ERASED_TABLES)
+          .catch((error: unknown) => this.#deps.logger.warn({ err: error }, 'VACUUM after erase failed'));
+      } while (this.#reclaimAgain);
+    })().finally(() => {
+      this.#reclaim = undefined;
+    });
   }
 
   async #require(instance: InstanceRecord, requestId: string, type?: 'export' | 'erase'): Promise<DataRequestDoc> {
@@ -343,24 +386,7 @@ export class DataRequestService {
     );
     doc.status = 'completed';
     await this.#save(instance, doc);
-    // PostgreSQL keeps the old versions of deleted and rewritten rows until VACUUM: reclaim them now, so the erased
-    // values leave the tables' pages (docs/customer-data.md says what WAL and backups still hold, and for how long).
-    await store
-      .reclaimDeleted([
-        'enrollments',
-        'enrollment_groups',
-        'enrollment_certificates',
-        'registrations',
-        'operations',
-        'registration_intents',
-        'hub_device_links',
-        'audit_events',
-        'data_requests',
-        'event_outbox',
-        'hub_devices',
-        'issued_certificates',
-      ])
-      .catch((error: unknown) => this.#deps.logger.warn({ err: error, requestId: doc.requestId }, 'VACUUM after erase failed'));
+    this.#reclaimSoon();
     await this.#deps.audit.record(instance.id, {
       kind: 'dataRequest',
       operation: 'erase',

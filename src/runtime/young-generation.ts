@@ -1,0 +1,69 @@
+import { getHeapSpaceStatistics, setFlagsFromString } from 'node:v8';
+
+/**
+ * Bounds V8's young generation (the "new space", where short-lived objects are made) of `provisiond serve`
+ * (issue 12, P6; bench/README.md "Issue 12 P6/P2/P3 (session 20)").
+ *
+ * V8 grows the young generation up to 2 × 16 MiB when much of it survives, and keeps it at that size: starting a
+ * server (modules, schemas, migrations) does that, and so does every burst of registrations, whose requests live a few
+ * milliseconds each. Measured under P1 load (200 devices), the young generation held 32 MiB of a peak RSS of
+ * 180–230 MiB while live data was 30–50 MiB; capped at 8 MiB, the peak fell by about the difference, at a few
+ * more scavenges per request (each young collection copies only what is alive, which a bigger space does not shrink).
+ *
+ * The usual way to bound it, `node --max-semi-space-size=…`, is read once when V8 starts, before `provisiond` runs
+ * (the installed `provisiond` command cannot pass it); the growth factor is read each time V8 would grow the space,
+ * so it can be changed while running: 1 (no growth) while the young generation is at the cap, V8's default 2 below it.
+ * V8 may shrink the space again when allocation slows down (idle); below the cap it may then grow again.
+ *
+ * An operator's own young-generation flags (`node --max-semi-space-size=…` or `--semi-space-growth-factor=…`, on the
+ * command line or in NODE_OPTIONS) are left alone: `ownedByOperator` says whether they were given.
+ */
+export interface YoungGenerationOptions {
+  /** The young generation's size at most (both semi-spaces), in MiB. */
+  maxMiB: number;
+  /** How often the size is checked; it grows in steps of × 2, so a step between two checks overshoots the cap once. */
+  checkIntervalMs: number;
+}
+
+export const YOUNG_GENERATION_DEFAULTS: YoungGenerationOptions = Object.freeze({ maxMiB: 8, checkIntervalMs: 100 });
+
+const MiB = 1024 * 1024;
+
+/** True when the process was started with a young-generation flag of its own (then nothing here changes it). */
+export function ownedByOperator(execArgv: readonly string[], nodeOptions: string | undefined): boolean {
+  return [...execArgv, nodeOptions ?? ''].some((option) => /semi-space-(growth-factor|size)/.test(option));
+}
+
+/** No growth at all (while the server starts: its garbage would otherwise grow the space to the maximum). */
+export function holdYoungGeneration(): void {
+  setFlagsFromString('--semi-space-growth-factor=1');
+}
+
+/** Lets the young generation grow up to the cap; `stop()` ends the checks and gives V8 its default growth back. */
+export function capYoungGeneration(options: YoungGenerationOptions = YOUNG_GENERATION_DEFAULTS): { stop(): void } {
+  let growth: 1 | 2 | undefined;
+  const setGrowth = (factor: 1 | 2): void => {
+    if (factor === growth) return;
+    growth = factor;
+    setFlagsFromString(`--semi-space-growth-factor=${factor}`);
+  };
+  const check = (): void => {
+    const size = getHeapSpaceStatistics().find((space) => space.space_name === 'new_space')?.space_size ?? 0;
+    // Growth doubles the space: allowed only while the doubled size still fits under the cap.
+    setGrowth(size * 2 <= options.maxMiB * MiB ? 2 : 1);
+  };
+  check();
+  const timer = setInterval(check, options.checkIntervalMs);
+  timer.unref();
+  return {
+    stop() {
+      clearInterval(timer);
+      setGrowth(2);
+    },
+  };
+}
+
+/** The young generation's current size in MiB (both semi-spaces), for tests and the benchmark. */
+export function youngGenerationMiB(): number {
+  return (getHeapSpaceStatistics().find((space) => space.space_name === 'new_space')?.space_size ?? 0) / MiB;
+}

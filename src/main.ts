@@ -33,8 +33,9 @@ const program = buildProgram(
   io,
   {
     async serve(config) {
-      // V8's young generation is held at its first size while the server starts, then bounded (src/runtime/
-      // young-generation.ts: ~24 MiB of RSS idle and under load, issue 12 P6), unless the operator set it.
+      // V8's young generation is held at its first size while the server starts (its garbage would grow it to 32 MiB
+      // and keep it so while idle), then bounded at 8 MiB under load (src/runtime/young-generation.ts; issue 12 P6),
+      // unless the operator sized it.
       const boundYoungGeneration = !ownedByOperator(process.execArgv, process.env.NODE_OPTIONS);
       if (boundYoungGeneration) holdYoungGeneration();
       const { createApp } = await loadApp();

@@ -6,9 +6,9 @@ import { getHeapSpaceStatistics, setFlagsFromString } from 'node:v8';
  *
  * V8 grows the young generation up to 2 × 16 MiB when much of it survives, and keeps it at that size: starting a
  * server (modules, schemas, migrations) does that, and so does every burst of registrations, whose requests live a few
- * milliseconds each. Measured under P1 load (200 devices), the young generation held 32 MiB of a peak RSS of
- * 180–230 MiB while live data was 30–50 MiB; capped at 8 MiB, the peak fell by about the difference, at a few
- * more scavenges per request (each young collection copies only what is alive, which a bigger space does not shrink).
+ * milliseconds each. Measured under P1 load (200 devices, compiled server), the young generation was 32 MiB of peaks
+ * of 158–232 MiB; bounded at 8 MiB, peaks were 124–142 MiB against 158–175 in alternating runs, at 2.5–3 × the young
+ * collections per request (each copies only what is alive, so each costs less than one of a 32 MiB space).
  *
  * The usual way to bound it, `node --max-semi-space-size=…`, is read once when V8 starts, before `provisiond` runs
  * (the installed `provisiond` command cannot pass it); the growth factor is read each time V8 would grow the space,

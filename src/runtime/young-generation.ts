@@ -1,3 +1,4 @@
+import { PerformanceObserver } from 'node:perf_hooks';
 import { getHeapSpaceStatistics, setFlagsFromString } from 'node:v8';
 
 /**
@@ -13,7 +14,9 @@ import { getHeapSpaceStatistics, setFlagsFromString } from 'node:v8';
  * The usual way to bound it, `node --max-semi-space-size=…`, is read once when V8 starts, before `provisiond` runs
  * (the installed `provisiond` command cannot pass it); the growth factor is read each time V8 would grow the space,
  * so it can be changed while running: 1 (no growth) while the young generation is at the cap, V8's default 2 below it.
- * V8 may shrink the space again when allocation slows down (idle); below the cap it may then grow again.
+ * The size is checked after every garbage collection (V8 grows the space only in one), so it overshoots only when two
+ * collections that both grow it fall in one turn of the event loop. V8 may shrink the space again when allocation slows
+ * down (idle); below the cap it may then grow again.
  *
  * An operator's own young-generation flags (`node --max-semi-space-size=…` or `--semi-space-growth-factor=…`, on the
  * command line or in NODE_OPTIONS) are left alone: `ownedByOperator` says whether they were given.
@@ -21,11 +24,9 @@ import { getHeapSpaceStatistics, setFlagsFromString } from 'node:v8';
 export interface YoungGenerationOptions {
   /** The young generation's size at most (both semi-spaces), in MiB. */
   maxMiB: number;
-  /** How often the size is checked; it grows in steps of × 2, so a step between two checks overshoots the cap once. */
-  checkIntervalMs: number;
 }
 
-export const YOUNG_GENERATION_DEFAULTS: YoungGenerationOptions = Object.freeze({ maxMiB: 8, checkIntervalMs: 100 });
+export const YOUNG_GENERATION_DEFAULTS: YoungGenerationOptions = Object.freeze({ maxMiB: 8 });
 
 const MiB = 1024 * 1024;
 
@@ -53,11 +54,12 @@ export function capYoungGeneration(options: YoungGenerationOptions = YOUNG_GENER
     setGrowth(size * 2 <= options.maxMiB * MiB ? 2 : 1);
   };
   check();
-  const timer = setInterval(check, options.checkIntervalMs);
-  timer.unref();
+  // Each collection is reported after it ran (one entry per collection, in the next turn of the event loop).
+  const collections = new PerformanceObserver(check);
+  collections.observe({ entryTypes: ['gc'] });
   return {
     stop() {
-      clearInterval(timer);
+      collections.disconnect();
       setGrowth(2);
     },
   };

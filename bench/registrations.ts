@@ -1,5 +1,5 @@
-import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import mqtt from 'mqtt';
@@ -15,6 +15,7 @@ import { createSasToken, deriveDeviceKey } from '../src/domain/sas.js';
  *
  *   npm run bench -- [--mode p1|p2|p3] [--devices 200] [--seconds 8] [--warmup 2] [--rounds 2]
  *                    [--enrollments 2000] [--store sqlite|postgres://…] [--profile DIR] [--baseline no]
+ *                    [--server tsx|compiled] [--node-options '--flag …'] [--workloads name,…]
  *
  * - p1: full registrations over HTTPS keep-alive (one connection per device), symmetric keys, half individual
  *       enrollments, half devices of one group; ceiling = a minimal Fastify TLS server, keep-alive.
@@ -37,6 +38,14 @@ const CEILING_PORT = PORT + 1;
 const MQTT_PORT = Number(args.get('mqtt-port') ?? 8883);
 /** Load that is not measured, at the start of every window: TLS handshakes of the connections, the JIT's first passes. */
 const WARMUP_SECONDS = Number(args.get('warmup') ?? 2);
+/**
+ * How provisiond runs: `tsx` (bench/server-process.ts over src/, with the statement counters) or `compiled` (`node
+ * bin/provisiond.js serve` over dist/, as `npm start` runs it: its RSS is the one users see; run `npm run build`
+ * first). The ceilings always run under tsx (their own process, their own RSS).
+ */
+const SERVER = args.get('server') ?? 'tsx';
+/** Node flags for the compiled server (e.g. `--max-semi-space-size=4`), to measure a setting before making it a default. */
+const NODE_FLAGS = (args.get('node-options') ?? '').split(' ').filter((flag) => flag !== '');
 const TICKS_PER_SECOND = 100;
 
 if (['p4', 'p5', 'p6'].includes(MODE)) {
@@ -45,6 +54,10 @@ if (['p4', 'p5', 'p6'].includes(MODE)) {
 }
 if (!['p1', 'p2', 'p3'].includes(MODE)) {
   process.stderr.write(`unknown mode ${MODE}: p1, p2 or p3 (p4–p6: bench/scale.ts)\n`);
+  process.exit(2);
+}
+if (!['tsx', 'compiled'].includes(SERVER)) {
+  process.stderr.write(`unknown --server ${SERVER}: tsx or compiled\n`);
   process.exit(2);
 }
 
@@ -56,6 +69,7 @@ interface Started {
 }
 
 async function startProcess(dataDir: string, mode: string, port: number, mqttPort = 0): Promise<Started> {
+  if (mode === 'provisiond' && SERVER === 'compiled') return startCompiled(dataDir, port, mqttPort);
   const profile = mode === 'provisiond' && args.has('profile') ? ['--cpu-prof', `--cpu-prof-dir=${args.get('profile')}`] : [];
   const child = spawn(
     process.execPath,
@@ -76,6 +90,36 @@ async function startProcess(dataDir: string, mode: string, port: number, mqttPor
   });
   const line = lines.find((text) => text.startsWith('{'));
   return { child, lines, info: line === undefined ? undefined : (JSON.parse(line) as Started['info']) };
+}
+
+/**
+ * `provisiond serve` from dist/ with the bench's settings (no rate limits, no AMQP), as an operator starts it; the
+ * connection details come from `provisiond info --json` once its banner (stderr) says it listens.
+ */
+async function startCompiled(dataDir: string, port: number, mqttPort: number): Promise<Started> {
+  const bin = join(import.meta.dirname, '..', 'bin', 'provisiond.js');
+  if (!existsSync(join(import.meta.dirname, '..', 'dist', 'main.js'))) throw new Error('--server compiled: run `npm run build` first');
+  const profile = args.has('profile') ? ['--cpu-prof', `--cpu-prof-dir=${args.get('profile')}`] : [];
+  const flags = ['--data-dir', dataDir, '--https-port', String(port), '--listen-host', '127.0.0.1', '--host-names', 'localhost,127.0.0.1', '--log-level', 'warn', '--no-amqp'];
+  const mqtt = mqttPort > 0 ? ['--mqtt-port', String(mqttPort)] : ['--no-mqtt'];
+  const child = spawn(process.execPath, [...NODE_FLAGS, ...profile, bin, 'serve', ...flags, ...mqtt], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, PROVISIOND_REGISTRATIONS_PER_SECOND: '0', PROVISIOND_POLLS_PER_SECOND_PER_DEVICE: '0' },
+  });
+  const lines: string[] = [];
+  let banner = '';
+  child.stdout?.on('data', (chunk: Buffer) => lines.push(...chunk.toString().split('\n').filter((line) => line !== '')));
+  await new Promise<void>((resolve, reject) => {
+    child.stderr?.on('data', (chunk: Buffer) => {
+      banner += chunk.toString();
+      if (banner.includes('portal:')) resolve();
+    });
+    child.once('exit', (code) => reject(new Error(`provisiond serve exited with ${code}: ${banner}`)));
+  });
+  const info = await new Promise<string>((resolve, reject) =>
+    execFile(process.execPath, [bin, 'info', '--json', '--data-dir', dataDir], (error, stdout) => (error === null ? resolve(stdout) : reject(error))),
+  );
+  return { child, lines, info: JSON.parse(info) as Started['info'] };
 }
 
 async function stop(started: Started): Promise<void> {
@@ -355,6 +399,9 @@ try {
     );
   }
 
+  // --workloads a,b: only these windows (e.g. to profile one workload: `--workloads mqttNewConnection --profile DIR`).
+  const only = args.get('workloads')?.split(',');
+  if (only !== undefined) workloads.splice(0, workloads.length, ...workloads.filter((workload) => only.includes(workload.name)));
   // Alternating windows: every workload once per round, in the same order.
   const byWorkload = new Map<string, WindowResult[]>(workloads.map((workload) => [workload.name, []]));
   for (let round = 0; round < ROUNDS; round += 1) {
@@ -369,56 +416,60 @@ try {
     };
   }
   results.workloads = summary;
-  // Statements per registration: 40 registrations one after another, of devices just registered (the steady state:
-  // the device's identity is replaced and its twin reset, as on every re-registration).
-  const sequential = new Agent({ connect: { ca: ca(), servername: 'localhost' }, connections: 1 });
-  for (const device of devices.slice(0, 40)) await httpRegistration(sequential, base, idScope, device);
-  const countedFrom = await statementCounts(server);
-  let counted = 0;
-  for (const device of devices.slice(0, 40)) if (await httpRegistration(sequential, base, idScope, device)) counted += 1;
-  const countedTo = await statementCounts(server);
-  await sequential.close();
-  // Commits per registration when they come together: every device registers again at once (group commit, H1).
-  const together = new Agent({ connect: { ca: ca(), servername: 'localhost' }, connections: DEVICES });
-  const burstFrom = await statementCounts(server);
-  const burst = await Promise.all(devices.slice(0, DEVICES).map((device) => httpRegistration(together, base, idScope, device)));
-  const burstTo = await statementCounts(server);
-  await together.close();
-  const burstDone = burst.filter((outcome) => outcome === true).length;
-  results.sqlitePerHttpsRegistration = STORE.startsWith('postgres')
-    ? null
-    : {
-        statements: Number(((countedTo.statements - countedFrom.statements) / Math.max(1, counted)).toFixed(1)),
-        commits: Number(((countedTo.commits - countedFrom.commits) / Math.max(1, counted)).toFixed(1)),
-        concurrent: {
-          registrations: burstDone,
-          commitsPerRegistration: Number(((burstTo.commits - burstFrom.commits) / Math.max(1, burstDone)).toFixed(3)),
-        },
+  // The statement counters live in bench/server-process.ts: a compiled server has none.
+  if (SERVER === 'compiled') results.sqlitePerHttpsRegistration = 'not counted with --server compiled';
+  else {
+    // Statements per registration: 40 registrations one after another, of devices just registered (the steady state:
+    // the device's identity is replaced and its twin reset, as on every re-registration).
+    const sequential = new Agent({ connect: { ca: ca(), servername: 'localhost' }, connections: 1 });
+    for (const device of devices.slice(0, 40)) await httpRegistration(sequential, base, idScope, device);
+    const countedFrom = await statementCounts(server);
+    let counted = 0;
+    for (const device of devices.slice(0, 40)) if (await httpRegistration(sequential, base, idScope, device)) counted += 1;
+    const countedTo = await statementCounts(server);
+    await sequential.close();
+    // Commits per registration when they come together: every device registers again at once (group commit, H1).
+    const together = new Agent({ connect: { ca: ca(), servername: 'localhost' }, connections: DEVICES });
+    const burstFrom = await statementCounts(server);
+    const burst = await Promise.all(devices.slice(0, DEVICES).map((device) => httpRegistration(together, base, idScope, device)));
+    const burstTo = await statementCounts(server);
+    await together.close();
+    const burstDone = burst.filter((outcome) => outcome === true).length;
+    results.sqlitePerHttpsRegistration = STORE.startsWith('postgres')
+      ? null
+      : {
+          statements: Number(((countedTo.statements - countedFrom.statements) / Math.max(1, counted)).toFixed(1)),
+          commits: Number(((countedTo.commits - countedFrom.commits) / Math.max(1, counted)).toFixed(1)),
+          concurrent: {
+            registrations: burstDone,
+            commitsPerRegistration: Number(((burstTo.commits - burstFrom.commits) / Math.max(1, burstDone)).toFixed(3)),
+          },
+        };
+    if (MODE === 'p3' && !STORE.startsWith('postgres')) {
+      // The same count over MQTT: 40 re-registrations on connections kept open (the token proved once, at CONNECT), and
+      // 40 on a new connection each (CONNECT included).
+      const perRegistration = async (register: (device: Device) => Promise<boolean>) => {
+        const from = await statementCounts(server);
+        let done = 0;
+        for (const device of devices.slice(0, 40)) if (await register(device)) done += 1;
+        const to = await statementCounts(server);
+        return { statements: Number(((to.statements - from.statements) / Math.max(1, done)).toFixed(1)), commits: Number(((to.commits - from.commits) / Math.max(1, done)).toFixed(1)) };
       };
-  if (MODE === 'p3' && !STORE.startsWith('postgres')) {
-    // The same count over MQTT: 40 re-registrations on connections kept open (the token proved once, at CONNECT), and
-    // 40 on a new connection each (CONNECT included).
-    const perRegistration = async (register: (device: Device) => Promise<boolean>) => {
-      const from = await statementCounts(server);
-      let done = 0;
-      for (const device of devices.slice(0, 40)) if (await register(device)) done += 1;
-      const to = await statementCounts(server);
-      return { statements: Number(((to.statements - from.statements) / Math.max(1, done)).toFixed(1)), commits: Number(((to.commits - from.commits) / Math.max(1, done)).toFixed(1)) };
-    };
-    const sessions = new Map<string, MqttDevice>();
-    for (const device of devices.slice(0, 40)) sessions.set(device.id, await MqttDevice.connect(idScope, device));
-    for (const session of sessions.values()) await session.register();
-    const persistent = await perRegistration((device) => (sessions.get(device.id) as MqttDevice).register());
-    for (const session of sessions.values()) await session.close();
-    const newConnection = await perRegistration(async (device) => {
-      const session = await MqttDevice.connect(idScope, device);
-      try {
-        return await session.register();
-      } finally {
-        await session.close();
-      }
-    });
-    results.sqlitePerMqttRegistration = { persistent, newConnection };
+      const sessions = new Map<string, MqttDevice>();
+      for (const device of devices.slice(0, 40)) sessions.set(device.id, await MqttDevice.connect(idScope, device));
+      for (const session of sessions.values()) await session.register();
+      const persistent = await perRegistration((device) => (sessions.get(device.id) as MqttDevice).register());
+      for (const session of sessions.values()) await session.close();
+      const newConnection = await perRegistration(async (device) => {
+        const session = await MqttDevice.connect(idScope, device);
+        try {
+          return await session.register();
+        } finally {
+          await session.close();
+        }
+      });
+      results.sqlitePerMqttRegistration = { persistent, newConnection };
+    }
   }
   const cpu = (name: string): number => median(byWorkload.get(name) ?? [], (result) => result.serverCpuMsPerOperation);
   const rate = (name: string): number => median(byWorkload.get(name) ?? [], (result) => result.perSecond);

@@ -1,9 +1,9 @@
 import { readFileSync } from 'node:fs';
 import { createInterface } from 'node:readline/promises';
-import { setFlagsFromString } from 'node:v8';
 import { CommanderError } from 'commander';
 import type { App } from './app.js';
 import { buildProgram, type CliIo } from './cli/program.js';
+import { capYoungGeneration, holdYoungGeneration, ownedByOperator } from './runtime/young-generation.js';
 
 /** The only place that reads argv and env, and the only place that listens. */
 const version = (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }).version;
@@ -33,13 +33,11 @@ const program = buildProgram(
   io,
   {
     async serve(config) {
-      // Starting (loading modules, compiling schemas, migrating, making certificates) leaves much short-lived garbage,
-      // for which V8 would grow the young generation to its 2 × 16 MiB maximum and keep it so while idle: ~20 MiB of
-      // idle RSS (issue 12, P6). It stays at its first size until the server listens, then may grow under load again
-      // (2 is V8's default growth factor).
-      // An operator's own setting (node --semi-space-growth-factor=…, or in NODE_OPTIONS) is left alone.
-      const ownGrowthFactor = [...process.execArgv, process.env.NODE_OPTIONS ?? ''].some((option) => option.includes('semi-space-growth-factor'));
-      if (!ownGrowthFactor) setFlagsFromString('--semi-space-growth-factor=1');
+      // V8's young generation is held at its first size while the server starts (its garbage would grow it to 32 MiB
+      // and keep it so while idle), then bounded at 8 MiB under load (src/runtime/young-generation.ts; issue 12 P6),
+      // unless the operator sized it.
+      const boundYoungGeneration = !ownedByOperator(process.execArgv, process.env.NODE_OPTIONS);
+      if (boundYoungGeneration) holdYoungGeneration();
       const { createApp } = await loadApp();
       const app = await createApp({ config, version });
       try {
@@ -48,7 +46,7 @@ const program = buildProgram(
         await app.close();
         throw error;
       } finally {
-        if (!ownGrowthFactor) setFlagsFromString('--semi-space-growth-factor=2');
+        if (boundYoungGeneration) capYoungGeneration();
       }
       running = app;
       let stopping = false;

@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { createRequire } from 'node:module';
 import { connect as tlsConnect, type TLSSocket } from 'node:tls';
 import { after, before, describe, test } from 'node:test';
 import { connectAsync, type IClientOptions, type MqttClient } from 'mqtt';
@@ -166,6 +167,12 @@ describe('MQTT on the wire', () => {
     assert.equal(done.body.registrationState.registrationId, 'raw-empty');
     assert.equal(done.body.registrationState.assignedHub, 'localhost');
     await device.client.endAsync();
+  });
+
+  test("the packet writer keeps no number cache (issue 12, P6: mqtt-packet's 65,536 Buffers are 6.6 MiB of heap)", async () => {
+    // The mqtt-packet aedes writes with, as aedes resolves it; the exchange above has written packets with it.
+    const mqttPacket = createRequire(import.meta.resolve('aedes'))('mqtt-packet') as { writeToStream: { cacheNumbers: boolean } };
+    assert.equal(mqttPacket.writeToStream.cacheNumbers, false);
   });
 
   test('a register payload is passed on; a registrationId in it must name the connected device (400)', async () => {

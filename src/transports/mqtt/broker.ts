@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import { createRequire } from 'node:module';
 import type { Duplex } from 'node:stream';
 import { Aedes, type AedesPublishPacket, type AuthenticateError, type AuthErrorCode, type Client, type PublishPacket, type Subscription } from 'aedes';
 import type { FastifyBaseLogger } from 'fastify';
@@ -58,6 +59,7 @@ export class MqttDeviceBroker {
   }
 
   static async create(deps: MqttBrokerDeps): Promise<MqttDeviceBroker> {
+    withoutNumberCache();
     // aedes 1.x must be created with createBroker: a broker built with `new` never finishes its setup and every
     // client times out.
     let self: MqttDeviceBroker | undefined;
@@ -202,6 +204,18 @@ export class MqttDeviceBroker {
       if (error !== undefined && error !== null) this.#deps.logger.debug({ clientId: client.id, err: error }, 'mqtt reply not delivered');
     });
   }
+}
+
+/**
+ * aedes writes packets with mqtt-packet, which by default makes, on the first packet it writes, a cache of a 2-byte
+ * Buffer for each of the 65,536 numbers a packet may carry (message IDs, lengths): 6.6 MiB of heap, kept for the life of
+ * the process, to save one 2-byte allocation per number written (issue 12, P6). Off: a device connection writes a few
+ * packets, each allocating its numbers. The mqtt-packet aedes itself resolves is the one set (it is aedes' dependency,
+ * not ours).
+ */
+function withoutNumberCache(): void {
+  const mqttPacket = createRequire(import.meta.resolve('aedes'))('mqtt-packet') as { writeToStream: { cacheNumbers: boolean } };
+  mqttPacket.writeToStream.cacheNumbers = false;
 }
 
 function refusal(returnCode: AuthErrorCode): AuthenticateError {

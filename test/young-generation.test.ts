@@ -1,0 +1,58 @@
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { test } from 'node:test';
+import { pathToFileURL } from 'node:url';
+import { ownedByOperator } from '../src/runtime/young-generation.js';
+
+/**
+ * The young-generation bound of `provisiond serve` (issue 12, P6). V8's flags are the process's, so each case runs in
+ * its own Node process: an allocation pattern whose young objects mostly survive (requests in flight), with the event
+ * loop turning as a server's does; the process reports the largest young generation it saw.
+ */
+const MODULE = pathToFileURL('src/runtime/young-generation.ts').href;
+
+function largestYoungGeneration(setup: string): Promise<number> {
+  const script = `
+    import * as young from ${JSON.stringify(MODULE)};
+    ${setup}
+    let largest = young.youngGenerationMiB();
+    const inFlight = new Array(100000);
+    for (let i = 0; i < 400000; i += 1) {
+      inFlight[i % inFlight.length] = { id: 'request-' + i, body: { registrationId: 'device-' + i, payload: [i, i + 1, i + 2] } };
+      if (i % 2000 === 0) {
+        await new Promise((resolve) => setImmediate(resolve));
+        largest = Math.max(largest, young.youngGenerationMiB());
+      }
+    }
+    process.stdout.write(String(Math.max(largest, young.youngGenerationMiB())));
+    process.exit(0);
+  `;
+  return new Promise((resolve, reject) =>
+    execFile(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], (error, stdout, stderr) =>
+      error === null ? resolve(Number(stdout)) : reject(new Error(`${error.message}\n${stderr}`)),
+    ),
+  );
+}
+
+test('without the bound, V8 grows the young generation past 8 MiB under this load; with it, it stays at 8 MiB', async () => {
+  const unbounded = await largestYoungGeneration('');
+  assert.ok(unbounded >= 16, `V8 by itself grew the young generation to ${unbounded} MiB only: the case no longer shows the growth`);
+  const bounded = await largestYoungGeneration('young.holdYoungGeneration(); young.capYoungGeneration({ maxMiB: 8 });');
+  assert.ok(bounded <= 8, `bounded young generation reached ${bounded} MiB`);
+});
+
+test('held (while the server starts), the young generation does not grow at all', async () => {
+  const held = await largestYoungGeneration('young.holdYoungGeneration(); const first = young.youngGenerationMiB();');
+  assert.ok(held <= 4, `held young generation reached ${held} MiB`);
+});
+
+test("an operator's own young-generation flags are left alone", () => {
+  const cases: [readonly string[], string | undefined, boolean][] = [
+    [[], undefined, false],
+    [['--enable-source-maps'], '--max-old-space-size=512', false],
+    [['--max-semi-space-size=16'], undefined, true],
+    [[], '--semi-space-growth-factor=4', true],
+    [[], '--trace-gc --max-semi-space-size=2', true],
+  ];
+  for (const [execArgv, nodeOptions, owned] of cases) assert.equal(ownedByOperator(execArgv, nodeOptions), owned, `${execArgv.join(' ')} | ${nodeOptions}`);
+});

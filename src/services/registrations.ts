@@ -836,13 +836,19 @@ export class RegistrationService {
     const plan = requireStep(flow.plan, 'decideReprovision');
     if (flow.joined !== true) await this.#writeIntent(flow, plan);
     const client = flow.client(plan.target);
+    // The record says the identity is there already (a re-registration to the same hub and device ID): replace first.
+    const { previous } = flow;
+    const exists = previous?.status === 'assigned' && previous.assignedHub === plan.target.name && previous.deviceId !== undefined && idKey(previous.deviceId) === idKey(match.deviceId);
     const written = await this.#hubWrite(flow.hubWrites, match, plan.target.name, 'putDevice', match.deviceId, () =>
-      client.putDevice({
-        deviceId: match.deviceId,
-        authentication: match.hubAuthentication,
-        capabilities: { iotEdge: match.enrollment.doc.capabilities.iotEdge },
-        status: 'enabled',
-      }),
+      client.putDevice(
+        {
+          deviceId: match.deviceId,
+          authentication: match.hubAuthentication,
+          capabilities: { iotEdge: match.enrollment.doc.capabilities.iotEdge },
+          status: 'enabled',
+        },
+        { exists },
+      ),
     );
     flow.created = written.created;
   }

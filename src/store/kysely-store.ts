@@ -8,7 +8,7 @@ import { certificateThumbprints } from '../domain/enrollment.js';
 import type { Filter } from '../domain/query.js';
 import { KyselyHubStore, type BuiltInHubStore } from './hub-store.js';
 import { CONFIG_COUNTER, configCacheOf, type ConfigCache } from './config-cache.js';
-import { hotDoc, hotWrite, NO_KEY, runHot, storeStatements, type StoreStatements } from './hot-statements.js';
+import { hotDoc, hotWrite, NO_KEY, pollStatements, runHot, storeStatements, type PollStatements, type StoreStatements } from './hot-statements.js';
 import { migrationProvider } from './migrations.js';
 import type { Database } from './schema.js';
 import type {
@@ -121,6 +121,12 @@ function statementsOf(db: Kysely<Database>): StoreStatements {
   if (statements === undefined) compiledStatements.set(db, (statements = storeStatements(db)));
   return statements;
 }
+const compiledPollStatements = new WeakMap<Kysely<Database>, PollStatements>();
+function pollStatementsOf(db: Kysely<Database>): PollStatements {
+  let statements = compiledPollStatements.get(db);
+  if (statements === undefined) compiledPollStatements.set(db, (statements = pollStatements(db)));
+  return statements;
+}
 
 function enrollmentColumns(enrollment: StoredEnrollment) {
   return {
@@ -140,6 +146,7 @@ export class KyselyStore implements Store {
   readonly #root: Kysely<Database> | undefined;
   readonly #options: KyselyStoreOptions;
   readonly #hot: StoreStatements;
+  readonly #poll: PollStatements;
   readonly #cache: ConfigCache;
   /** The root database (also inside a transaction): its compiled statements and cache are shared with the built-in hubs. */
   readonly #rootDb: Kysely<Database>;
@@ -152,6 +159,7 @@ export class KyselyStore implements Store {
     this.#options = options;
     this.#rootDb = db;
     this.#hot = statementsOf(db);
+    this.#poll = pollStatementsOf(db);
     this.#cache = configCacheOf(db, options.capabilities.singleWriter);
   }
 
@@ -893,6 +901,32 @@ export class KyselyStore implements Store {
         .onConflict((oc) => oc.columns(['instance_id', 'subject_kind', 'id_key', 'request_id_key']).doNothing())
         .execute();
     }
+  }
+
+  async getOperationUnlessFenced(
+    instanceId: string,
+    operationId: string,
+    probe: FenceProbe,
+  ): Promise<{ fence?: Pick<EraseFence, 'kind' | 'requestId' | 'subjectHash'>; operation?: StoredOperation }> {
+    const keys = [probe.registrationIds, probe.deviceIds, probe.groupIds].map((ids) => [...new Set((ids ?? []).filter((id) => id !== '').map(lower))]);
+    if (keys.some((kind) => kind.length > 1)) {
+      const fence = await this.findEraseFence(instanceId, probe);
+      if (fence !== undefined) return { fence };
+      const operation = await this.getOperation(instanceId, operationId);
+      return operation === undefined ? {} : { operation };
+    }
+    const [registrationKey, deviceKey, groupKey] = keys.map((kind) => kind[0] ?? NO_KEY);
+    const { rows } = await runHot<{ what: string; subject_kind: string; doc: string }>(this.#db, this.#poll.operationUnlessFenced, [
+      instanceId,
+      operationId,
+      registrationKey,
+      deviceKey,
+      groupKey,
+    ]);
+    const fence = rows.find((row) => row.what === 'fence');
+    if (fence !== undefined) return { fence: fenceOf(fence) };
+    const operation = rows.find((row) => row.what === 'operation');
+    return operation === undefined ? {} : { operation: parse<StoredOperation>(operation.doc) };
   }
 
   async findEraseFence(instanceId: string, probe: FenceProbe): Promise<Pick<EraseFence, 'kind' | 'requestId' | 'subjectHash'> | undefined> {

@@ -460,6 +460,11 @@ export interface Store {
   putEraseFences(instanceId: string, fences: readonly EraseFence[]): Promise<void>;
   /** The first fence standing on any of these IDs (case-insensitive), if any. */
   findEraseFence(instanceId: string, probe: FenceProbe): Promise<Pick<EraseFence, 'kind' | 'requestId' | 'subjectHash'> | undefined>;
+  /**
+   * A poll's two reads at once: the first fence standing on any of the probe's IDs (then no operation), else the
+   * operation, if any. One statement for a device's own probe (one ID per kind).
+   */
+  getOperationUnlessFenced(instanceId: string, operationId: string, probe: FenceProbe): Promise<{ fence?: Pick<EraseFence, 'kind' | 'requestId' | 'subjectHash'>; operation?: StoredOperation }>;
   /** Lifts every fence of a request; returns how many. */
   deleteEraseFences(instanceId: string, requestId: string): Promise<number>;
   /**

@@ -969,14 +969,20 @@ class HubStepsFailed extends Error {
  */
 async function admission(tx: Store, match: DeviceMatch, operationId: string, acknowledged: Acknowledgement, deviceId?: string): Promise<Refusal | undefined> {
   const instanceId = match.instance.id;
-  const fence = await tx.findEraseFence(instanceId, fenceProbe(match, deviceId));
-  if (fence !== undefined) return { error: fenceRefusal(fence), fence };
+  const probe = fenceProbe(match, deviceId);
+  // The fence check and the read after it are one statement (the store's `…UnlessFenced`).
   if (acknowledged.written) {
-    if ((await tx.getOperation(instanceId, operationId)) !== undefined) return undefined;
+    const { fence, operation } = await tx.getOperationUnlessFenced(instanceId, operationId, probe);
+    if (fence !== undefined) return { error: fenceRefusal(fence), fence };
+    if (operation !== undefined) return undefined;
     return { error: new ProvisioningError('SubjectBeingErased', 'A data request erased this device while its registration was under way; nothing was written.') };
   }
   const entry = match.enrollment;
-  const current = entry.kind === 'individual' ? await tx.getEnrollment(instanceId, entry.doc.registrationId) : await tx.getEnrollmentGroup(instanceId, entry.doc.enrollmentGroupId);
+  let fence: StandingFence | undefined;
+  let current: { etag: string } | undefined;
+  if (entry.kind === 'individual') ({ fence, enrollment: current } = await tx.getEnrollmentUnlessFenced(instanceId, entry.doc.registrationId, probe));
+  else ({ fence, group: current } = await tx.getEnrollmentGroupUnlessFenced(instanceId, entry.doc.enrollmentGroupId, probe));
+  if (fence !== undefined) return { error: fenceRefusal(fence), fence };
   // A connection's sign-in proof holds only for the entry exactly as it was proved (not deleted, disabled, re-keyed,
   // and for a group no individual enrollment since, which would decide alone); otherwise the device is judged afresh.
   if (provedMatches.has(match) && (current?.etag !== entry.doc.etag || (entry.kind === 'group' && (await tx.getEnrollment(instanceId, match.registrationId)) !== undefined))) {

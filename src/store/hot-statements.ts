@@ -216,11 +216,12 @@ export type HubStatements = ReturnType<typeof hubStatements>;
 // ---- issue 12 P1 (session 20): statements that answer two questions in one
 
 /**
- * A poll's erase-fence check and its operation read as one statement (one round trip on PostgreSQL): the fence row
- * first, when one stands on any ID of the probe (`what` = 'fence'), then the operation's row (`what` = 'operation').
- * Arguments: instance ID, operation ID, then the probe's registration, device and group keys ({@link NO_KEY} for none).
+ * An erase-fence check and the read it guards as one statement (one round trip on PostgreSQL): the fence row first,
+ * when one stands on any ID of the probe (`what` = 'fence'), then the guarded row (`what` = 'row'). The poll guards its
+ * operation read; a registration's admission, in its transaction, its enrollment or group read. Arguments: instance
+ * ID, the row's key, then the probe's registration, device and group keys ({@link NO_KEY} for none).
  */
-export function pollStatements(db: Kysely<Database>) {
+export function fencedReadStatements(db: Kysely<Database>) {
   const fenceOf = (p: (index: number) => string) =>
     db
       .selectFrom('erase_fences')
@@ -234,21 +235,20 @@ export function pollStatements(db: Kysely<Database>) {
         ]),
       )
       .limit(1);
+  const row = [sql<string>`'row'`.as('what'), sql<string>`''`.as('subject_kind'), 'doc'] as const;
+  // (SQLite takes no LIMIT on a member of a compound select: the fence's sits in a subquery.)
+  const fenceFirst = (p: (index: number) => string) => db.selectFrom(fenceOf(p).as('f')).select(['f.what', 'f.subject_kind', 'f.doc']);
   return {
-    operationUnlessFenced: compileHot((p) =>
-      db
-        // (SQLite takes no LIMIT on a member of a compound select: the fence's sits in a subquery.)
-        .selectFrom(fenceOf(p).as('f'))
-        .select(['f.what', 'f.subject_kind', 'f.doc'])
-        .unionAll(
-          db
-            .selectFrom('operations')
-            .select([sql<string>`'operation'`.as('what'), sql<string>`''`.as('subject_kind'), 'doc'])
-            .where('instance_id', '=', p(0))
-            .where('operation_id', '=', p(1)),
-        ),
+    operation: compileHot((p) =>
+      fenceFirst(p).unionAll(db.selectFrom('operations').select(row).where('instance_id', '=', p(0)).where('operation_id', '=', p(1))),
+    ),
+    enrollment: compileHot((p) =>
+      fenceFirst(p).unionAll(db.selectFrom('enrollments').select(row).where('instance_id', '=', p(0)).where('registration_id_key', '=', p(1))),
+    ),
+    enrollmentGroup: compileHot((p) =>
+      fenceFirst(p).unionAll(db.selectFrom('enrollment_groups').select(row).where('instance_id', '=', p(0)).where('group_id_key', '=', p(1))),
     ),
   };
 }
 
-export type PollStatements = ReturnType<typeof pollStatements>;
+export type FencedReadStatements = ReturnType<typeof fencedReadStatements>;

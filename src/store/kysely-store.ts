@@ -8,7 +8,7 @@ import { certificateThumbprints } from '../domain/enrollment.js';
 import type { Filter } from '../domain/query.js';
 import { KyselyHubStore, type BuiltInHubStore } from './hub-store.js';
 import { CONFIG_COUNTER, configCacheOf, type ConfigCache } from './config-cache.js';
-import { hotDoc, hotWrite, NO_KEY, pollStatements, runHot, storeStatements, type PollStatements, type StoreStatements } from './hot-statements.js';
+import { hotDoc, hotWrite, NO_KEY, type HotStatement, fencedReadStatements, runHot, storeStatements, type FencedReadStatements, type StoreStatements } from './hot-statements.js';
 import { migrationProvider } from './migrations.js';
 import type { Database } from './schema.js';
 import type {
@@ -23,6 +23,7 @@ import type {
   Page,
   Store,
   StoredOperation,
+  Unfenced,
   RegistrationIntent,
   StoredRegistration,
   AuditEvent,
@@ -121,10 +122,10 @@ function statementsOf(db: Kysely<Database>): StoreStatements {
   if (statements === undefined) compiledStatements.set(db, (statements = storeStatements(db)));
   return statements;
 }
-const compiledPollStatements = new WeakMap<Kysely<Database>, PollStatements>();
-function pollStatementsOf(db: Kysely<Database>): PollStatements {
-  let statements = compiledPollStatements.get(db);
-  if (statements === undefined) compiledPollStatements.set(db, (statements = pollStatements(db)));
+const compiledFencedReads = new WeakMap<Kysely<Database>, FencedReadStatements>();
+function fencedReadsOf(db: Kysely<Database>): FencedReadStatements {
+  let statements = compiledFencedReads.get(db);
+  if (statements === undefined) compiledFencedReads.set(db, (statements = fencedReadStatements(db)));
   return statements;
 }
 
@@ -146,7 +147,7 @@ export class KyselyStore implements Store {
   readonly #root: Kysely<Database> | undefined;
   readonly #options: KyselyStoreOptions;
   readonly #hot: StoreStatements;
-  readonly #poll: PollStatements;
+  readonly #fencedReads: FencedReadStatements;
   readonly #cache: ConfigCache;
   /** The root database (also inside a transaction): its compiled statements and cache are shared with the built-in hubs. */
   readonly #rootDb: Kysely<Database>;
@@ -159,7 +160,7 @@ export class KyselyStore implements Store {
     this.#options = options;
     this.#rootDb = db;
     this.#hot = statementsOf(db);
-    this.#poll = pollStatementsOf(db);
+    this.#fencedReads = fencedReadsOf(db);
     this.#cache = configCacheOf(db, options.capabilities.singleWriter);
   }
 
@@ -903,30 +904,46 @@ export class KyselyStore implements Store {
     }
   }
 
-  async getOperationUnlessFenced(
+  async getOperationUnlessFenced(instanceId: string, operationId: string, probe: FenceProbe): Promise<Unfenced<'operation', StoredOperation>> {
+    const { fence, doc } = await this.#readUnlessFenced(this.#fencedReads.operation, instanceId, operationId, probe, () => this.getOperation(instanceId, operationId));
+    return fence !== undefined ? { fence } : doc === undefined ? {} : { operation: doc };
+  }
+
+  async getEnrollmentUnlessFenced(instanceId: string, registrationId: string, probe: FenceProbe): Promise<Unfenced<'enrollment', StoredEnrollment>> {
+    const { fence, doc } = await this.#readUnlessFenced(this.#fencedReads.enrollment, instanceId, lower(registrationId), probe, () =>
+      this.getEnrollment(instanceId, registrationId),
+    );
+    return fence !== undefined ? { fence } : doc === undefined ? {} : { enrollment: doc };
+  }
+
+  async getEnrollmentGroupUnlessFenced(instanceId: string, groupId: string, probe: FenceProbe): Promise<Unfenced<'group', StoredEnrollmentGroup>> {
+    const { fence, doc } = await this.#readUnlessFenced(this.#fencedReads.enrollmentGroup, instanceId, lower(groupId), probe, () =>
+      this.getEnrollmentGroup(instanceId, groupId),
+    );
+    return fence !== undefined ? { fence } : doc === undefined ? {} : { group: doc };
+  }
+
+  /** A fence check and the read it guards: one statement for a probe of one ID per kind, else the two reads. */
+  async #readUnlessFenced<T>(
+    statement: HotStatement,
     instanceId: string,
-    operationId: string,
+    key: string,
     probe: FenceProbe,
-  ): Promise<{ fence?: Pick<EraseFence, 'kind' | 'requestId' | 'subjectHash'>; operation?: StoredOperation }> {
+    read: () => Promise<T | undefined>,
+  ): Promise<{ fence?: Pick<EraseFence, 'kind' | 'requestId' | 'subjectHash'>; doc?: T }> {
     const keys = [probe.registrationIds, probe.deviceIds, probe.groupIds].map((ids) => [...new Set((ids ?? []).filter((id) => id !== '').map(lower))]);
     if (keys.some((kind) => kind.length > 1)) {
       const fence = await this.findEraseFence(instanceId, probe);
       if (fence !== undefined) return { fence };
-      const operation = await this.getOperation(instanceId, operationId);
-      return operation === undefined ? {} : { operation };
+      const doc = await read();
+      return doc === undefined ? {} : { doc };
     }
     const [registrationKey, deviceKey, groupKey] = keys.map((kind) => kind[0] ?? NO_KEY);
-    const { rows } = await runHot<{ what: string; subject_kind: string; doc: string }>(this.#db, this.#poll.operationUnlessFenced, [
-      instanceId,
-      operationId,
-      registrationKey,
-      deviceKey,
-      groupKey,
-    ]);
+    const { rows } = await runHot<{ what: string; subject_kind: string; doc: string }>(this.#db, statement, [instanceId, key, registrationKey, deviceKey, groupKey]);
     const fence = rows.find((row) => row.what === 'fence');
     if (fence !== undefined) return { fence: fenceOf(fence) };
-    const operation = rows.find((row) => row.what === 'operation');
-    return operation === undefined ? {} : { operation: parse<StoredOperation>(operation.doc) };
+    const found = rows.find((row) => row.what === 'row');
+    return found === undefined ? {} : { doc: parse<T>(found.doc) };
   }
 
   async findEraseFence(instanceId: string, probe: FenceProbe): Promise<Pick<EraseFence, 'kind' | 'requestId' | 'subjectHash'> | undefined> {

@@ -112,6 +112,11 @@ export class RegistrationService {
   readonly #proven = new Map<string, ProvenOperation>();
   /** A registration's one write transaction, shared with its concurrent neighbours on SQLite (store/group-commit.ts). */
   readonly #committer: Committer;
+  /**
+   * Per bucket of registration IDs, how many assignments have ended on this node: a register whose authentication
+   * read the record uses that read when no assignment in its bucket ended meanwhile (no second record read).
+   */
+  readonly #recordEpochs = new Uint32Array(RECORD_BUCKETS);
   /** When this service started: an `assigning` operation older than that on SQLite belongs to a dead process. */
   readonly #startedUtc: string;
 
@@ -135,6 +140,9 @@ export class RegistrationService {
     let csr: CheckedCsr | undefined;
     // A connection's sign-in proof stands for the key check; the enrollment is checked against it below.
     const proven = request.proof?.matchFor(request, this.#deps.now().getTime());
+    // Before authentication reads the device's record: whether a registration of it finished since (see `current`).
+    const recordBucket = bucketOf(request.registrationId);
+    const recordEpoch = this.#recordEpochs[recordBucket];
     try {
       // Authenticate first: the instance's registration budget is spent only by devices that proved who they are.
       match = await this.#refused.guard(request.source, async () => {
@@ -163,7 +171,15 @@ export class RegistrationService {
     };
     this.#remember(operation.operationId, request, match);
     const acknowledged: Acknowledgement = { written: false };
-    const work = this.#serialized(`${matched.id}/${idKey(match.registrationId)}`, () => this.#assign(match, operation, request.payload, request.transport, csr, acknowledged));
+    const deviceKey = `${matched.id}/${idKey(match.registrationId)}`;
+    // The record this request's own authentication just read is still the device's when nothing can have written it
+    // since: one writer (SQLite, this process), no registration of the device queued here, and none finished since
+    // before that read (its bucket's epoch unchanged). A sign-in proof's match carries what the connection read at
+    // sign-in: read again. Otherwise the record is read in the device's turn.
+    const unchanged =
+      this.#deps.store.capabilities.singleWriter && !provedMatches.has(match) && !this.#deviceQueues.has(deviceKey) && this.#recordEpochs[recordBucket] === recordEpoch;
+    const current = unchanged ? { previous: match.previous } : undefined;
+    const work = this.#serialized(deviceKey, () => this.#assign(match, operation, request.payload, request.transport, csr, acknowledged, current));
     // (A rejected assignment is the race's below to report; this only counts the finished ones.)
     void work.then(
       (result) => {
@@ -464,12 +480,16 @@ export class RegistrationService {
     transport: Transport,
     csr: CheckedCsr | undefined,
     acknowledged: Acknowledgement,
+    current: { previous: StoredRegistration | undefined } | undefined,
   ): Promise<AssignmentResult> {
     this.#inFlight.add(operation.operationId);
     try {
-      return await this.#assignTracked(match, operation, payload, transport, csr, acknowledged);
+      return await this.#assignTracked(match, operation, payload, transport, csr, acknowledged, current);
     } finally {
       this.#inFlight.delete(operation.operationId);
+      // After its write (committed or not): a register that read the record before this cannot take its read as current.
+      const bucket = bucketOf(match.registrationId);
+      this.#recordEpochs[bucket] = (this.#recordEpochs[bucket] ?? 0) + 1;
     }
   }
 
@@ -480,6 +500,8 @@ export class RegistrationService {
     transport: Transport,
     csr: CheckedCsr | undefined,
     acknowledged: Acknowledgement,
+    /** The device's record as of now, when register() knows it; else read here, in the device's turn. */
+    current: { previous: StoredRegistration | undefined } | undefined,
   ): Promise<AssignmentResult> {
     const { instance } = match;
     const store = this.#deps.store;
@@ -487,7 +509,7 @@ export class RegistrationService {
     const intent: { written?: RegistrationIntent } = {};
     /** Log entries of the hub writes: written with the outcome, in its transaction (one commit per registration). */
     const hubWrites: AuditEvent[] = [];
-    const previous = await store.getRegistration(instance.id, match.registrationId);
+    const previous = current !== undefined ? current.previous : await store.getRegistration(instance.id, match.registrationId);
     const enrollment = match.enrollment.doc;
     const now = dpsTimestamp(this.#deps.now());
     const base = startAttempt(previous, {
@@ -1038,6 +1060,15 @@ function assignedState(flow: Assignment): Extract<TerminalState, { status: 'assi
     hubHistory: plan.hubHistory,
     ...(flow.resultPayload === undefined ? {} : { payload: flow.resultPayload }),
   };
+}
+
+const RECORD_BUCKETS = 4096;
+/** A registration ID's bucket (FNV-1a of its key): IDs that collide only cost a record read. */
+function bucketOf(registrationId: string): number {
+  const key = idKey(registrationId);
+  let hash = 0x811c9dc5;
+  for (let i = 0; i < key.length; i += 1) hash = Math.imul(hash ^ key.charCodeAt(i), 0x01000193);
+  return (hash >>> 0) % RECORD_BUCKETS;
 }
 
 /** Enough operations for every device of a boot storm to poll its own without a store read of who it is. */

@@ -100,3 +100,62 @@ test('PostgreSQL runs the hot statements as named prepared statements, inside tr
     await store.close();
   }
 });
+
+/** A fence check and the read it guards (a poll's operation, an admission's entry), one statement for a device's own probe, on either store. */
+async function pollReadContract(store: KyselyStore | Awaited<ReturnType<typeof openStore>>['store'], count?: ReturnType<typeof counter>): Promise<void> {
+  const operation = { operationId: 'op-1', registrationId: 'Dev-1', status: 'assigned' as const, createdDateTimeUtc: 'x', lastUpdatedDateTimeUtc: 'y' };
+  await store.putOperation('i1', operation);
+  const probe = (registrationId: string, deviceId: string, groupId?: string) => ({ registrationIds: [registrationId], deviceIds: [deviceId], ...(groupId === undefined ? {} : { groupIds: [groupId] }) });
+  count?.reset();
+  assert.deepEqual(await store.getOperationUnlessFenced('i1', 'op-1', probe('dev-1', 'dev-1')), { operation });
+  if (count !== undefined) assert.equal(count.texts.length, 1, 'one statement');
+  assert.deepEqual(await store.getOperationUnlessFenced('i1', 'op-2', probe('dev-1', 'dev-1')), {});
+  assert.deepEqual(await store.getOperationUnlessFenced('i2', 'op-1', probe('dev-1', 'dev-1')), {}, 'another instance');
+  await store.putEraseFences('i1', [{ kind: 'enrollmentGroupId', id: 'Grp-1', requestId: 'req-1', subjectHash: 'hash-1' }]);
+  count?.reset();
+  assert.deepEqual(await store.getOperationUnlessFenced('i1', 'op-1', probe('dev-1', 'dev-1', 'GRP-1')), { fence: { kind: 'enrollmentGroupId', requestId: 'req-1', subjectHash: 'hash-1' } });
+  if (count !== undefined) assert.equal(count.texts.length, 1, 'one statement');
+  assert.deepEqual((await store.getOperationUnlessFenced('i1', 'op-2', probe('dev-1', 'dev-1', 'grp-1'))).fence?.requestId, 'req-1', 'fenced, no operation');
+  assert.deepEqual(await store.getOperationUnlessFenced('i1', 'op-1', probe('dev-1', 'dev-1', 'grp-2')), { operation });
+  await store.putEraseFences('i1', [{ kind: 'deviceId', id: 'old-dev', requestId: 'req-2', subjectHash: 'hash-2' }]);
+  // The admission's reads: the enrollment or the group, unless a fence stands.
+  const entry = {
+    attestation: { type: 'symmetricKey' as const, symmetricKey: { primaryKey: 'a', secondaryKey: 'b' } },
+    capabilities: { iotEdge: false },
+    etag: '"e1"',
+    provisioningStatus: 'enabled' as const,
+    reprovisionPolicy: { updateHubAssignment: true, migrateDeviceData: true },
+    createdDateTimeUtc: 'x',
+    lastUpdatedDateTimeUtc: 'y',
+  };
+  await store.putEnrollment('i1', { registrationId: 'Dev-1', ...entry });
+  await store.putEnrollmentGroup('i1', { enrollmentGroupId: 'Grp-2', ...entry });
+  count?.reset();
+  assert.equal((await store.getEnrollmentUnlessFenced('i1', 'DEV-1', probe('dev-1', 'dev-1'))).enrollment?.registrationId, 'Dev-1');
+  assert.equal((await store.getEnrollmentGroupUnlessFenced('i1', 'grp-2', probe('dev-1', 'dev-1', 'grp-2'))).group?.enrollmentGroupId, 'Grp-2');
+  if (count !== undefined) assert.equal(count.texts.length, 2, 'one statement each');
+  assert.deepEqual(await store.getEnrollmentUnlessFenced('i1', 'dev-2', probe('dev-2', 'dev-2')), {});
+  assert.deepEqual(await store.getEnrollmentGroupUnlessFenced('i1', 'grp-3', probe('dev-1', 'dev-1', 'grp-3')), {});
+  assert.deepEqual(Object.keys(await store.getEnrollmentUnlessFenced('i1', 'dev-1', probe('dev-1', 'dev-1', 'grp-1'))), ['fence']);
+  assert.deepEqual(Object.keys(await store.getEnrollmentGroupUnlessFenced('i1', 'grp-2', probe('dev-1', 'dev-1', 'grp-1'))), ['fence']);
+  // Two device IDs (a registration that changed its device ID): the general fence probe, then the operation.
+  assert.equal((await store.getOperationUnlessFenced('i1', 'op-1', { registrationIds: ['dev-1'], deviceIds: ['dev-1', 'OLD-DEV'] })).fence?.requestId, 'req-2');
+  assert.deepEqual(await store.getOperationUnlessFenced('i1', 'op-1', { registrationIds: ['dev-1'], deviceIds: ['dev-1', 'dev-9'] }), { operation });
+}
+
+test('getOperationUnlessFenced and the enrollment reads: the fence, else the row, in one statement (SQLite)', async () => {
+  const db = await openSqliteDatabase(':memory:');
+  const count = counter();
+  await pollReadContract(new KyselyStore(db.withPlugin(count.plugin)), count);
+  await db.destroy();
+});
+
+test('getOperationUnlessFenced and the enrollment reads: the fence, else the row (PostgreSQL)', async () => {
+  const url = await freshPostgresDatabase(async (fresh) => (await openStore(loadConfig({ flags: { store: fresh, storePoolSize: 1 } }))).store.close());
+  const { store } = await openStore(loadConfig({ flags: { store: url, storePoolSize: 1 } }));
+  try {
+    await pollReadContract(store);
+  } finally {
+    await store.close();
+  }
+});

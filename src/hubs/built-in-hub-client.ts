@@ -1,7 +1,7 @@
 import { timingSafeEqual } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import type { BuiltInHubService } from './built-in-hubs.js';
-import { HubError, type HubClient, type HubDevice, type HubDeviceRecord, type HubTwin, type HubTwinContent } from './hub-client.js';
+import { HubError, type HubClient, type HubDevice, type HubDeviceRecord, type HubTwin, type PutDeviceHint, type HubTwinContent } from './hub-client.js';
 import type { Store } from '../store/store.js';
 import { HubApiError } from './hub-wire.js';
 import { deviceBody, deviceRecordOf, parseConnectionString, twinOf } from './registry-shapes.js';
@@ -41,25 +41,37 @@ export class BuiltInHubClient implements HubClient {
   }
 
   /**
-   * Create, or replace when it exists (as RegistryRestClient: create without If-Match, then replace with `*`). The
-   * policy is authorized once for both (one hub read, not one per attempt: on PostgreSQL each is a round trip).
+   * Create, or replace when it exists (as RegistryRestClient: create without If-Match, then replace with `*`; the
+   * replace first when the hint expects the identity). The policy is authorized once for both (one hub read, not one
+   * per attempt: on PostgreSQL each is a round trip).
    */
-  async putDevice(device: HubDevice): Promise<HubDeviceRecord & { created: boolean }> {
+  async putDevice(device: HubDevice, hint?: PutDeviceHint): Promise<HubDeviceRecord & { created: boolean }> {
     const body = deviceBody(device);
     let what = 'create device';
+    const create = async (hub: string) => {
+      what = 'create device';
+      try {
+        return { ...deviceRecordOf(await this.#service.createOrUpdateDevice(hub, device.deviceId, body, undefined)), created: true };
+      } catch (error) {
+        if (!(error instanceof HubApiError && error.code === 'DeviceAlreadyExists')) throw error;
+        return undefined;
+      }
+    };
+    const replace = async (hub: string) => {
+      what = 'update device';
+      try {
+        return { ...deviceRecordOf(await this.#service.createOrUpdateDevice(hub, device.deviceId, body, '*')), created: false };
+      } catch (error) {
+        if (!(error instanceof HubApiError && error.code === 'DeviceNotFound')) throw error;
+        return undefined;
+      }
+    };
+    const attempts = hint?.exists === true ? [replace, create] : [create, replace];
     return this.#call(() => what, 'RegistryWrite', async (hub) => {
       for (let attempt = 0; attempt < 3; attempt += 1) {
-        what = 'create device';
-        try {
-          return { ...deviceRecordOf(await this.#service.createOrUpdateDevice(hub, device.deviceId, body, undefined)), created: true };
-        } catch (error) {
-          if (!(error instanceof HubApiError && error.code === 'DeviceAlreadyExists')) throw error;
-        }
-        what = 'update device';
-        try {
-          return { ...deviceRecordOf(await this.#service.createOrUpdateDevice(hub, device.deviceId, body, '*')), created: false };
-        } catch (error) {
-          if (!(error instanceof HubApiError && error.code === 'DeviceNotFound')) throw error;
+        for (const put of attempts) {
+          const written = await put(hub);
+          if (written !== undefined) return written;
         }
       }
       what = 'put device';

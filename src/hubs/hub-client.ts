@@ -18,6 +18,17 @@ export interface HubDevice {
   status: 'enabled' | 'disabled';
 }
 
+/**
+ * What the caller knows of the hub before a put: `exists` when the identity is expected there (a re-registration to
+ * the hub and device ID of the device's record), so the replace is tried first and a re-registration does not pay a
+ * failed create first (issue 12). Only an order: either attempt that misses falls through to the other. The built-in
+ * hub's client takes it; the REST client keeps the create first (what a real hub does with `If-Match: *` on a device
+ * it lacks is its business, and the create's 409 is the documented answer).
+ */
+export interface PutDeviceHint {
+  exists?: boolean;
+}
+
 export interface HubDeviceRecord extends HubDevice {
   etag: string;
   generationId: string;
@@ -48,7 +59,7 @@ export interface HubClient {
   readonly hubName: string;
   getDevice(deviceId: string): Promise<HubDeviceRecord | undefined>;
   /** Creates the identity, or replaces it (authentication, capabilities, status) when it exists; says which. */
-  putDevice(device: HubDevice): Promise<HubDeviceRecord & { created: boolean }>;
+  putDevice(device: HubDevice, hint?: PutDeviceHint): Promise<HubDeviceRecord & { created: boolean }>;
   deleteDevice(deviceId: string): Promise<boolean>;
   getTwin(deviceId: string): Promise<HubTwin | undefined>;
   /** Sets the twin's tags and desired properties to exactly these (reported properties are the device's). */

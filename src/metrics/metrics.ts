@@ -165,7 +165,7 @@ export class Metrics {
         getDevice: (deviceId) => client.getDevice(deviceId),
         getTwin: (deviceId) => client.getTwin(deviceId),
         measureLatency: () => client.measureLatency(),
-        putDevice: (device) => timed('putDevice', () => client.putDevice(device)),
+        putDevice: (device, hint) => timed('putDevice', () => client.putDevice(device, hint)),
         deleteDevice: (deviceId) => timed('deleteDevice', () => client.deleteDevice(deviceId)),
         replaceTwin: (deviceId, content) => timed('replaceTwin', () => client.replaceTwin(deviceId, content)),
         // A built-in hub's writes on a registration's transaction are counted like its own (issue 12).

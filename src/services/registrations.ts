@@ -33,7 +33,7 @@ import { withIssuedCredential, type CertificateIssuance } from './attestation/ce
 import type { CheckedCsr, IssuedCertificate } from './attestation/csr.js';
 
 export type { DeviceCredential } from './attestation/device-match.js';
-import { assertNotFenced, fenceRefusal, pseudonymizedEvent, undoInterruptedRegistration, type StandingFence } from './customer-data/erase-fence.js';
+import { fenceRefusal, pseudonymizedEvent, undoInterruptedRegistration, type StandingFence } from './customer-data/erase-fence.js';
 import { hubDeviceLinkOf } from './customer-data/hub-device-links.js';
 import { refusalReason } from './device-refusals.js';
 
@@ -112,6 +112,11 @@ export class RegistrationService {
   readonly #proven = new Map<string, ProvenOperation>();
   /** A registration's one write transaction, shared with its concurrent neighbours on SQLite (store/group-commit.ts). */
   readonly #committer: Committer;
+  /**
+   * Per bucket of registration IDs, how many assignments have ended on this node: a register whose authentication
+   * read the record uses that read when no assignment in its bucket ended meanwhile (no second record read).
+   */
+  readonly #recordEpochs = new Uint32Array(RECORD_BUCKETS);
   /** When this service started: an `assigning` operation older than that on SQLite belongs to a dead process. */
   readonly #startedUtc: string;
 
@@ -135,6 +140,9 @@ export class RegistrationService {
     let csr: CheckedCsr | undefined;
     // A connection's sign-in proof stands for the key check; the enrollment is checked against it below.
     const proven = request.proof?.matchFor(request, this.#deps.now().getTime());
+    // Before authentication reads the device's record: whether a registration of it finished since (see `current`).
+    const recordBucket = bucketOf(request.registrationId);
+    const recordEpoch = this.#recordEpochs[recordBucket];
     try {
       // Authenticate first: the instance's registration budget is spent only by devices that proved who they are.
       match = await this.#refused.guard(request.source, async () => {
@@ -163,7 +171,15 @@ export class RegistrationService {
     };
     this.#remember(operation.operationId, request, match);
     const acknowledged: Acknowledgement = { written: false };
-    const work = this.#serialized(`${matched.id}/${idKey(match.registrationId)}`, () => this.#assign(match, operation, request.payload, request.transport, csr, acknowledged));
+    const deviceKey = `${matched.id}/${idKey(match.registrationId)}`;
+    // The record this request's own authentication just read is still the device's when nothing can have written it
+    // since: one writer (SQLite, this process), no registration of the device queued here, and none finished since
+    // before that read (its bucket's epoch unchanged). A sign-in proof's match carries what the connection read at
+    // sign-in: read again. Otherwise the record is read in the device's turn.
+    const unchanged =
+      this.#deps.store.capabilities.singleWriter && !provedMatches.has(match) && !this.#deviceQueues.has(deviceKey) && this.#recordEpochs[recordBucket] === recordEpoch;
+    const current = unchanged ? { previous: match.previous } : undefined;
+    const work = this.#serialized(deviceKey, () => this.#assign(match, operation, request.payload, request.transport, csr, acknowledged, current));
     // (A rejected assignment is the race's below to report; this only counts the finished ones.)
     void work.then(
       (result) => {
@@ -280,9 +296,10 @@ export class RegistrationService {
     }
     const { instanceId, registrationId, probe } = proven;
     await this.#throttling(request.transport, 'poll', () => this.#pollLimiter.take(`${instanceId}/${idKey(registrationId)}`));
-    // The fence and the operation are read from the store on every poll: an erase (from any node) is seen at once.
-    await assertNotFenced(this.#deps.store, instanceId, probe);
-    const operation = await this.#deps.store.getOperation(instanceId, request.operationId);
+    // The fence and the operation are read from the store on every poll (one statement): an erase (from any node) is
+    // seen at once.
+    const { fence, operation } = await this.#deps.store.getOperationUnlessFenced(instanceId, request.operationId, probe);
+    if (fence !== undefined) throw fenceRefusal(fence);
     if (operation === undefined || idKey(operation.registrationId) !== idKey(registrationId)) {
       throw new ProvisioningError('OperationNotFound', `Operation '${request.operationId}' was not found for '${request.registrationId}'.`);
     }
@@ -463,12 +480,16 @@ export class RegistrationService {
     transport: Transport,
     csr: CheckedCsr | undefined,
     acknowledged: Acknowledgement,
+    current: { previous: StoredRegistration | undefined } | undefined,
   ): Promise<AssignmentResult> {
     this.#inFlight.add(operation.operationId);
     try {
-      return await this.#assignTracked(match, operation, payload, transport, csr, acknowledged);
+      return await this.#assignTracked(match, operation, payload, transport, csr, acknowledged, current);
     } finally {
       this.#inFlight.delete(operation.operationId);
+      // After its write (committed or not): a register that read the record before this cannot take its read as current.
+      const bucket = bucketOf(match.registrationId);
+      this.#recordEpochs[bucket] = (this.#recordEpochs[bucket] ?? 0) + 1;
     }
   }
 
@@ -479,6 +500,8 @@ export class RegistrationService {
     transport: Transport,
     csr: CheckedCsr | undefined,
     acknowledged: Acknowledgement,
+    /** The device's record as of now, when register() knows it; else read here, in the device's turn. */
+    current: { previous: StoredRegistration | undefined } | undefined,
   ): Promise<AssignmentResult> {
     const { instance } = match;
     const store = this.#deps.store;
@@ -486,7 +509,7 @@ export class RegistrationService {
     const intent: { written?: RegistrationIntent } = {};
     /** Log entries of the hub writes: written with the outcome, in its transaction (one commit per registration). */
     const hubWrites: AuditEvent[] = [];
-    const previous = await store.getRegistration(instance.id, match.registrationId);
+    const previous = current !== undefined ? current.previous : await store.getRegistration(instance.id, match.registrationId);
     const enrollment = match.enrollment.doc;
     const now = dpsTimestamp(this.#deps.now());
     const base = startAttempt(previous, {
@@ -836,13 +859,19 @@ export class RegistrationService {
     const plan = requireStep(flow.plan, 'decideReprovision');
     if (flow.joined !== true) await this.#writeIntent(flow, plan);
     const client = flow.client(plan.target);
+    // The record says the identity is there already (a re-registration to the same hub and device ID): replace first.
+    const { previous } = flow;
+    const exists = previous?.status === 'assigned' && previous.assignedHub === plan.target.name && previous.deviceId !== undefined && idKey(previous.deviceId) === idKey(match.deviceId);
     const written = await this.#hubWrite(flow.hubWrites, match, plan.target.name, 'putDevice', match.deviceId, () =>
-      client.putDevice({
-        deviceId: match.deviceId,
-        authentication: match.hubAuthentication,
-        capabilities: { iotEdge: match.enrollment.doc.capabilities.iotEdge },
-        status: 'enabled',
-      }),
+      client.putDevice(
+        {
+          deviceId: match.deviceId,
+          authentication: match.hubAuthentication,
+          capabilities: { iotEdge: match.enrollment.doc.capabilities.iotEdge },
+          status: 'enabled',
+        },
+        { exists },
+      ),
     );
     flow.created = written.created;
   }
@@ -962,14 +991,20 @@ class HubStepsFailed extends Error {
  */
 async function admission(tx: Store, match: DeviceMatch, operationId: string, acknowledged: Acknowledgement, deviceId?: string): Promise<Refusal | undefined> {
   const instanceId = match.instance.id;
-  const fence = await tx.findEraseFence(instanceId, fenceProbe(match, deviceId));
-  if (fence !== undefined) return { error: fenceRefusal(fence), fence };
+  const probe = fenceProbe(match, deviceId);
+  // The fence check and the read after it are one statement (the store's `…UnlessFenced`).
   if (acknowledged.written) {
-    if ((await tx.getOperation(instanceId, operationId)) !== undefined) return undefined;
+    const { fence, operation } = await tx.getOperationUnlessFenced(instanceId, operationId, probe);
+    if (fence !== undefined) return { error: fenceRefusal(fence), fence };
+    if (operation !== undefined) return undefined;
     return { error: new ProvisioningError('SubjectBeingErased', 'A data request erased this device while its registration was under way; nothing was written.') };
   }
   const entry = match.enrollment;
-  const current = entry.kind === 'individual' ? await tx.getEnrollment(instanceId, entry.doc.registrationId) : await tx.getEnrollmentGroup(instanceId, entry.doc.enrollmentGroupId);
+  let fence: StandingFence | undefined;
+  let current: { etag: string } | undefined;
+  if (entry.kind === 'individual') ({ fence, enrollment: current } = await tx.getEnrollmentUnlessFenced(instanceId, entry.doc.registrationId, probe));
+  else ({ fence, group: current } = await tx.getEnrollmentGroupUnlessFenced(instanceId, entry.doc.enrollmentGroupId, probe));
+  if (fence !== undefined) return { error: fenceRefusal(fence), fence };
   // A connection's sign-in proof holds only for the entry exactly as it was proved (not deleted, disabled, re-keyed,
   // and for a group no individual enrollment since, which would decide alone); otherwise the device is judged afresh.
   if (provedMatches.has(match) && (current?.etag !== entry.doc.etag || (entry.kind === 'group' && (await tx.getEnrollment(instanceId, match.registrationId)) !== undefined))) {
@@ -1025,6 +1060,15 @@ function assignedState(flow: Assignment): Extract<TerminalState, { status: 'assi
     hubHistory: plan.hubHistory,
     ...(flow.resultPayload === undefined ? {} : { payload: flow.resultPayload }),
   };
+}
+
+const RECORD_BUCKETS = 4096;
+/** A registration ID's bucket (FNV-1a of its key): IDs that collide only cost a record read. */
+function bucketOf(registrationId: string): number {
+  const key = idKey(registrationId);
+  let hash = 0x811c9dc5;
+  for (let i = 0; i < key.length; i += 1) hash = Math.imul(hash ^ key.charCodeAt(i), 0x01000193);
+  return (hash >>> 0) % RECORD_BUCKETS;
 }
 
 /** Enough operations for every device of a boot storm to poll its own without a store read of who it is. */

@@ -1,4 +1,4 @@
-import type { Compilable, Kysely, QueryResult, RootOperationNode } from 'kysely';
+import { sql, type Compilable, type Kysely, type QueryResult, type RootOperationNode } from 'kysely';
 import { CONFIG_COUNTER } from './config-cache.js';
 import type { Database } from './schema.js';
 
@@ -212,3 +212,43 @@ export function hubStatements(db: Kysely<Database>) {
 
 export type StoreStatements = ReturnType<typeof storeStatements>;
 export type HubStatements = ReturnType<typeof hubStatements>;
+
+// ---- issue 12 P1 (session 20): statements that answer two questions in one
+
+/**
+ * An erase-fence check and the read it guards as one statement (one round trip on PostgreSQL): the fence row first,
+ * when one stands on any ID of the probe (`what` = 'fence'), then the guarded row (`what` = 'row'). The poll guards its
+ * operation read; a registration's admission, in its transaction, its enrollment or group read. Arguments: instance
+ * ID, the row's key, then the probe's registration, device and group keys ({@link NO_KEY} for none).
+ */
+export function fencedReadStatements(db: Kysely<Database>) {
+  const fenceOf = (p: (index: number) => string) =>
+    db
+      .selectFrom('erase_fences')
+      .select([sql<string>`'fence'`.as('what'), 'subject_kind', 'doc'])
+      .where('instance_id', '=', p(0))
+      .where((eb) =>
+        eb.or([
+          eb.and([eb('subject_kind', '=', 'registrationId'), eb('id_key', '=', p(2))]),
+          eb.and([eb('subject_kind', '=', 'deviceId'), eb('id_key', '=', p(3))]),
+          eb.and([eb('subject_kind', '=', 'enrollmentGroupId'), eb('id_key', '=', p(4))]),
+        ]),
+      )
+      .limit(1);
+  const row = [sql<string>`'row'`.as('what'), sql<string>`''`.as('subject_kind'), 'doc'] as const;
+  // (SQLite takes no LIMIT on a member of a compound select: the fence's sits in a subquery.)
+  const fenceFirst = (p: (index: number) => string) => db.selectFrom(fenceOf(p).as('f')).select(['f.what', 'f.subject_kind', 'f.doc']);
+  return {
+    operation: compileHot((p) =>
+      fenceFirst(p).unionAll(db.selectFrom('operations').select(row).where('instance_id', '=', p(0)).where('operation_id', '=', p(1))),
+    ),
+    enrollment: compileHot((p) =>
+      fenceFirst(p).unionAll(db.selectFrom('enrollments').select(row).where('instance_id', '=', p(0)).where('registration_id_key', '=', p(1))),
+    ),
+    enrollmentGroup: compileHot((p) =>
+      fenceFirst(p).unionAll(db.selectFrom('enrollment_groups').select(row).where('instance_id', '=', p(0)).where('group_id_key', '=', p(1))),
+    ),
+  };
+}
+
+export type FencedReadStatements = ReturnType<typeof fencedReadStatements>;

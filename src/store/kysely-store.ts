@@ -8,7 +8,7 @@ import { certificateThumbprints } from '../domain/enrollment.js';
 import type { Filter } from '../domain/query.js';
 import { KyselyHubStore, type BuiltInHubStore } from './hub-store.js';
 import { CONFIG_COUNTER, configCacheOf, type ConfigCache } from './config-cache.js';
-import { hotDoc, hotWrite, NO_KEY, runHot, storeStatements, type StoreStatements } from './hot-statements.js';
+import { hotDoc, hotWrite, NO_KEY, type HotStatement, fencedReadStatements, runHot, storeStatements, type FencedReadStatements, type StoreStatements } from './hot-statements.js';
 import { AUDIT_ROW_COLUMNS, bulkStatementsOf, ENROLLMENT_ROW_COLUMNS } from './bulk-statements.js';
 import { migrationProvider } from './migrations.js';
 import type { Database } from './schema.js';
@@ -24,6 +24,7 @@ import type {
   Page,
   Store,
   StoredOperation,
+  Unfenced,
   RegistrationIntent,
   StoredRegistration,
   AuditEvent,
@@ -122,6 +123,12 @@ function statementsOf(db: Kysely<Database>): StoreStatements {
   if (statements === undefined) compiledStatements.set(db, (statements = storeStatements(db)));
   return statements;
 }
+const compiledFencedReads = new WeakMap<Kysely<Database>, FencedReadStatements>();
+function fencedReadsOf(db: Kysely<Database>): FencedReadStatements {
+  let statements = compiledFencedReads.get(db);
+  if (statements === undefined) compiledFencedReads.set(db, (statements = fencedReadStatements(db)));
+  return statements;
+}
 
 function enrollmentColumns(enrollment: StoredEnrollment) {
   return {
@@ -141,6 +148,7 @@ export class KyselyStore implements Store {
   readonly #root: Kysely<Database> | undefined;
   readonly #options: KyselyStoreOptions;
   readonly #hot: StoreStatements;
+  readonly #fencedReads: FencedReadStatements;
   readonly #cache: ConfigCache;
   /** The root database (also inside a transaction): its compiled statements and cache are shared with the built-in hubs. */
   readonly #rootDb: Kysely<Database>;
@@ -153,6 +161,7 @@ export class KyselyStore implements Store {
     this.#options = options;
     this.#rootDb = db;
     this.#hot = statementsOf(db);
+    this.#fencedReads = fencedReadsOf(db);
     this.#cache = configCacheOf(db, options.capabilities.singleWriter);
   }
 
@@ -881,6 +890,48 @@ export class KyselyStore implements Store {
         .onConflict((oc) => oc.columns(['instance_id', 'subject_kind', 'id_key', 'request_id_key']).doNothing())
         .execute();
     }
+  }
+
+  async getOperationUnlessFenced(instanceId: string, operationId: string, probe: FenceProbe): Promise<Unfenced<'operation', StoredOperation>> {
+    const { fence, doc } = await this.#readUnlessFenced(this.#fencedReads.operation, instanceId, operationId, probe, () => this.getOperation(instanceId, operationId));
+    return fence !== undefined ? { fence } : doc === undefined ? {} : { operation: doc };
+  }
+
+  async getEnrollmentUnlessFenced(instanceId: string, registrationId: string, probe: FenceProbe): Promise<Unfenced<'enrollment', StoredEnrollment>> {
+    const { fence, doc } = await this.#readUnlessFenced(this.#fencedReads.enrollment, instanceId, lower(registrationId), probe, () =>
+      this.getEnrollment(instanceId, registrationId),
+    );
+    return fence !== undefined ? { fence } : doc === undefined ? {} : { enrollment: doc };
+  }
+
+  async getEnrollmentGroupUnlessFenced(instanceId: string, groupId: string, probe: FenceProbe): Promise<Unfenced<'group', StoredEnrollmentGroup>> {
+    const { fence, doc } = await this.#readUnlessFenced(this.#fencedReads.enrollmentGroup, instanceId, lower(groupId), probe, () =>
+      this.getEnrollmentGroup(instanceId, groupId),
+    );
+    return fence !== undefined ? { fence } : doc === undefined ? {} : { group: doc };
+  }
+
+  /** A fence check and the read it guards: one statement for a probe of one ID per kind, else the two reads. */
+  async #readUnlessFenced<T>(
+    statement: HotStatement,
+    instanceId: string,
+    key: string,
+    probe: FenceProbe,
+    read: () => Promise<T | undefined>,
+  ): Promise<{ fence?: Pick<EraseFence, 'kind' | 'requestId' | 'subjectHash'>; doc?: T }> {
+    const keys = [probe.registrationIds, probe.deviceIds, probe.groupIds].map((ids) => [...new Set((ids ?? []).filter((id) => id !== '').map(lower))]);
+    if (keys.some((kind) => kind.length > 1)) {
+      const fence = await this.findEraseFence(instanceId, probe);
+      if (fence !== undefined) return { fence };
+      const doc = await read();
+      return doc === undefined ? {} : { doc };
+    }
+    const [registrationKey, deviceKey, groupKey] = keys.map((kind) => kind[0] ?? NO_KEY);
+    const { rows } = await runHot<{ what: string; subject_kind: string; doc: string }>(this.#db, statement, [instanceId, key, registrationKey, deviceKey, groupKey]);
+    const fence = rows.find((row) => row.what === 'fence');
+    if (fence !== undefined) return { fence: fenceOf(fence) };
+    const found = rows.find((row) => row.what === 'row');
+    return found === undefined ? {} : { doc: parse<T>(found.doc) };
   }
 
   async findEraseFence(instanceId: string, probe: FenceProbe): Promise<Pick<EraseFence, 'kind' | 'requestId' | 'subjectHash'> | undefined> {

@@ -277,6 +277,9 @@ export interface FenceProbe {
   groupIds?: readonly string[];
 }
 
+/** A read an erase fence guards: the fence that stands (and nothing else), or what was read under the name `K`. */
+export type Unfenced<K extends string, T> = { fence?: Pick<EraseFence, 'kind' | 'requestId' | 'subjectHash'> } & { [name in K]?: T };
+
 export interface Page<T> {
   items: T[];
   /** Key of the last item when more may follow. */
@@ -460,6 +463,14 @@ export interface Store {
   putEraseFences(instanceId: string, fences: readonly EraseFence[]): Promise<void>;
   /** The first fence standing on any of these IDs (case-insensitive), if any. */
   findEraseFence(instanceId: string, probe: FenceProbe): Promise<Pick<EraseFence, 'kind' | 'requestId' | 'subjectHash'> | undefined>;
+  /**
+   * A fence check and the read it guards, at once: the first fence standing on any of the probe's IDs (and then
+   * nothing else), else the document, if any. One statement for a device's own probe (one ID per kind): a poll's
+   * operation, a registration admission's enrollment or group.
+   */
+  getOperationUnlessFenced(instanceId: string, operationId: string, probe: FenceProbe): Promise<Unfenced<'operation', StoredOperation>>;
+  getEnrollmentUnlessFenced(instanceId: string, registrationId: string, probe: FenceProbe): Promise<Unfenced<'enrollment', StoredEnrollment>>;
+  getEnrollmentGroupUnlessFenced(instanceId: string, groupId: string, probe: FenceProbe): Promise<Unfenced<'group', StoredEnrollmentGroup>>;
   /** Lifts every fence of a request; returns how many. */
   deleteEraseFences(instanceId: string, requestId: string): Promise<number>;
   /**

@@ -51,8 +51,10 @@ export function createHttpServer(options: HttpServerOptions): { app: FastifyInst
     sendError(request, reply, new ProvisioningError('NotFound', `No resource at ${request.method} ${request.url.split('?')[0] ?? ''}.`)),
   );
   // Docs samples send `Content-Encoding: utf-8`; it names a charset, not a compression, and is ignored (dps-wire.md §1).
-  app.addHook('onRequest', async (request) => {
+  // (Hooks every request passes are callback-style, not async: no promise and microtask turn per hook per request.)
+  app.addHook('onRequest', (request, _reply, done) => {
     if (request.headers['content-encoding']?.toLowerCase() === 'utf-8') delete request.headers['content-encoding'];
+    done();
   });
   limitConnections(app, config, options.logger);
   // After the connection caps (limitConnections), so a connection they refuse never waits for a handshake slot. The
@@ -100,11 +102,13 @@ function limitConnections(app: FastifyInstance, config: Config, logger: FastifyB
   // register that waits for its assignment), only a connection that is doing nothing.
   const active = new WeakMap<object, number>();
   const upgraded = new WeakSet<object>();
-  app.addHook('onRequest', async (request) => {
+  app.addHook('onRequest', (request, _reply, done) => {
     active.set(request.raw.socket, (active.get(request.raw.socket) ?? 0) + 1);
+    done();
   });
-  app.addHook('onResponse', async (request) => {
+  app.addHook('onResponse', (request, _reply, done) => {
     active.set(request.raw.socket, Math.max(0, (active.get(request.raw.socket) ?? 1) - 1));
+    done();
   });
   // WebSocket device connections have their own idle limit (device-connections.ts).
   server.on('upgrade', (_request: unknown, socket: object) => upgraded.add(socket));

@@ -76,7 +76,16 @@ function sendOperation(request: FastifyRequest, reply: FastifyReply, result: Ope
 
 export function deviceApiPlugin(deps: { registrations: RegistrationService }) {
   return async function register(app: FastifyInstance): Promise<void> {
-    app.addHook('onRequest', async (request) => checkApiVersion(request, DEVICE_API_VERSIONS));
+    // Callback-style: no promise per device request for a synchronous check.
+    app.addHook('onRequest', (request, _reply, done) => {
+      try {
+        checkApiVersion(request, DEVICE_API_VERSIONS);
+      } catch (error) {
+        done(error as Error);
+        return;
+      }
+      done();
+    });
     // A device payload is stored and forwarded to webhooks: the same depth limit as the service API.
     refuseDeepBodies(app);
 

@@ -153,10 +153,13 @@ export function addServiceAuthHooks(app: FastifyInstance, auth: ServiceAuth): vo
 
 /** A body nested a few thousand levels deep parses fine but overflows the stack when stored: a 400, never a 500. */
 export function refuseDeepBodies(app: FastifyInstance): void {
-  app.addHook('preValidation', async (request) => {
+  // Callback-style: no promise per request (the device API's register passes here too).
+  app.addHook('preValidation', (request, _reply, done) => {
     if (nestedDeeperThan(request.body, MAX_BODY_DEPTH)) {
-      throw new ProvisioningError('SchemaViolation', `The request body is nested more than ${MAX_BODY_DEPTH} levels deep.`);
+      done(new ProvisioningError('SchemaViolation', `The request body is nested more than ${MAX_BODY_DEPTH} levels deep.`));
+      return;
     }
+    done();
   });
 }
 

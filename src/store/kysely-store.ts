@@ -8,7 +8,7 @@ import { certificateThumbprints } from '../domain/enrollment.js';
 import type { Filter } from '../domain/query.js';
 import { KyselyHubStore, type BuiltInHubStore } from './hub-store.js';
 import { CONFIG_COUNTER, configCacheOf, type ConfigCache } from './config-cache.js';
-import { hotDoc, hotWrite, NO_KEY, runHot, storeStatements, type StoreStatements } from './hot-statements.js';
+import { deferredWrite, hotDoc, NO_KEY, runHot, storeStatements, type StoreStatements } from './hot-statements.js';
 import { migrationProvider } from './migrations.js';
 import type { Database } from './schema.js';
 import type {
@@ -808,7 +808,7 @@ export class KyselyStore implements Store {
   }
 
   async putRegistration(instanceId: string, registration: StoredRegistration): Promise<void> {
-    await hotWrite(this.#db, this.#hot.putRegistration, [
+    await deferredWrite(this.#db, this.#hot.putRegistration, [
       instanceId,
       lower(registration.registrationId),
       lower(registration.deviceId),
@@ -842,7 +842,7 @@ export class KyselyStore implements Store {
   // ---- operations
 
   async putOperation(instanceId: string, operation: StoredOperation): Promise<void> {
-    await hotWrite(this.#db, this.#hot.putOperation, [
+    await deferredWrite(this.#db, this.#hot.putOperation, [
       instanceId,
       operation.operationId,
       lower(operation.registrationId),
@@ -969,11 +969,11 @@ export class KyselyStore implements Store {
   // ---- registration intents
 
   async putRegistrationIntent(instanceId: string, intent: RegistrationIntent): Promise<void> {
-    await hotWrite(this.#db, this.#hot.putRegistrationIntent, [instanceId, intent.operationId, intent.createdDateTimeUtc, JSON.stringify(intent)]);
+    await deferredWrite(this.#db, this.#hot.putRegistrationIntent, [instanceId, intent.operationId, intent.createdDateTimeUtc, JSON.stringify(intent)]);
   }
 
   async deleteRegistrationIntent(instanceId: string, operationId: string): Promise<void> {
-    await hotWrite(this.#db, this.#hot.deleteRegistrationIntent, [instanceId, operationId]);
+    await deferredWrite(this.#db, this.#hot.deleteRegistrationIntent, [instanceId, operationId]);
   }
 
   async listRegistrationIntentsOf(instanceId: string): Promise<RegistrationIntent[]> {
@@ -996,7 +996,7 @@ export class KyselyStore implements Store {
 
   async appendAuditEvent(instanceId: string, event: AuditEvent): Promise<void> {
     const row = auditRow(instanceId, event);
-    await hotWrite(this.#db, this.#hot.appendAuditEvent, [
+    await deferredWrite(this.#db, this.#hot.appendAuditEvent, [
       row.instance_id,
       row.event_id,
       row.time_utc,
@@ -1205,7 +1205,7 @@ export class KyselyStore implements Store {
   // ---- subject→hub-device links
 
   async putHubDeviceLink(instanceId: string, link: HubDeviceLink): Promise<void> {
-    await hotWrite(this.#db, this.#hot.putHubDeviceLink, [
+    await deferredWrite(this.#db, this.#hot.putHubDeviceLink, [
       instanceId,
       lower(link.registrationId),
       lower(link.hub),

@@ -33,7 +33,7 @@ import { withIssuedCredential, type CertificateIssuance } from './attestation/ce
 import type { CheckedCsr, IssuedCertificate } from './attestation/csr.js';
 
 export type { DeviceCredential } from './attestation/device-match.js';
-import { assertNotFenced, fenceRefusal, pseudonymizedEvent, undoInterruptedRegistration, type StandingFence } from './customer-data/erase-fence.js';
+import { fenceRefusal, pseudonymizedEvent, undoInterruptedRegistration, type StandingFence } from './customer-data/erase-fence.js';
 import { hubDeviceLinkOf } from './customer-data/hub-device-links.js';
 import { refusalReason } from './device-refusals.js';
 
@@ -280,9 +280,10 @@ export class RegistrationService {
     }
     const { instanceId, registrationId, probe } = proven;
     await this.#throttling(request.transport, 'poll', () => this.#pollLimiter.take(`${instanceId}/${idKey(registrationId)}`));
-    // The fence and the operation are read from the store on every poll: an erase (from any node) is seen at once.
-    await assertNotFenced(this.#deps.store, instanceId, probe);
-    const operation = await this.#deps.store.getOperation(instanceId, request.operationId);
+    // The fence and the operation are read from the store on every poll (one statement): an erase (from any node) is
+    // seen at once.
+    const { fence, operation } = await this.#deps.store.findOperationAndFence(instanceId, request.operationId, probe);
+    if (fence !== undefined) throw fenceRefusal(fence);
     if (operation === undefined || idKey(operation.registrationId) !== idKey(registrationId)) {
       throw new ProvisioningError('OperationNotFound', `Operation '${request.operationId}' was not found for '${request.registrationId}'.`);
     }

@@ -166,6 +166,30 @@ export function storeStatements(db: Kysely<Database>) {
         )
         .limit(1),
     ),
+    /** A poll: {@link eraseFence}'s probe and the operation, as scalar subqueries of one statement. */
+    operationAndFence: compileHot((p) => {
+      const fence = () =>
+        db
+          .selectFrom('erase_fences')
+          .where('instance_id', '=', p(0))
+          .where((eb) =>
+            eb.or([
+              eb.and([eb('subject_kind', '=', 'registrationId'), eb('id_key', '=', p(1))]),
+              eb.and([eb('subject_kind', '=', 'deviceId'), eb('id_key', '=', p(2))]),
+              eb.and([eb('subject_kind', '=', 'enrollmentGroupId'), eb('id_key', '=', p(3))]),
+            ]),
+          )
+          // Both subqueries pick the same fence of several.
+          .orderBy('subject_kind')
+          .orderBy('id_key')
+          .orderBy('doc')
+          .limit(1);
+      return db.selectNoFrom([
+        fence().select('subject_kind').as('fence_kind'),
+        fence().select('doc').as('fence_doc'),
+        db.selectFrom('operations').select('doc').where('instance_id', '=', p(0)).where('operation_id', '=', p(4)).as('operation_doc'),
+      ]);
+    }),
     linkedHubs: compileHot((p) => db.selectFrom('linked_hubs').select('doc').where('instance_id', '=', p(0)).orderBy('name_key')),
     // PostgreSQL (store/config-cache.ts): the shared config version and the documents from one snapshot. The version
     // is a one-row subquery, so it comes back even when no document matches.
@@ -212,6 +236,13 @@ function configVersion(db: Kysely<Database>) {
 export function hubStatements(db: Kysely<Database>) {
   return {
     hub: compileHot((p) => db.selectFrom('built_in_hubs').select('doc').where('name_key', '=', p(0))),
+    /** PostgreSQL, in a registration's transaction: the hub row and the shared config version from one snapshot. */
+    hubVersioned: compileHot((p) =>
+      db
+        .selectFrom(configVersion(db).as('v'))
+        .leftJoin('built_in_hubs', (join) => join.on('built_in_hubs.name_key', '=', p(0)))
+        .select(['v.version', 'built_in_hubs.doc']),
+    ),
     device: compileHot((p) => db.selectFrom('hub_devices').select(['doc', 'revision']).where('hub_key', '=', p(0)).where('device_id_key', '=', p(1))),
     insertDevice: compileHot((p) =>
       db

@@ -895,6 +895,32 @@ export class KyselyStore implements Store {
     }
   }
 
+  async findOperationAndFence(
+    instanceId: string,
+    operationId: string,
+    probe: FenceProbe,
+  ): Promise<{ fence: Pick<EraseFence, 'kind' | 'requestId' | 'subjectHash'> | undefined; operation: StoredOperation | undefined }> {
+    const keys = [probe.registrationIds, probe.deviceIds, probe.groupIds].map((ids) => [...new Set((ids ?? []).filter((id) => id !== '').map(lower))]);
+    if (keys.some((ids) => ids.length > 1)) {
+      // More than one ID of a kind: the probe's own statement, then the operation.
+      const fence = await this.findEraseFence(instanceId, probe);
+      return { fence, operation: await this.getOperation(instanceId, operationId) };
+    }
+    const [registrationKey, deviceKey, groupKey] = keys.map((ids) => ids[0] ?? NO_KEY);
+    const { rows } = await runHot<{ fence_kind: string | null; fence_doc: string | null; operation_doc: string | null }>(this.#db, this.#hot.operationAndFence, [
+      instanceId,
+      registrationKey,
+      deviceKey,
+      groupKey,
+      operationId,
+    ]);
+    const row = rows[0];
+    return {
+      fence: row?.fence_kind == null || row.fence_doc === null ? undefined : fenceOf({ subject_kind: row.fence_kind, doc: row.fence_doc }),
+      operation: row?.operation_doc == null ? undefined : parse<StoredOperation>(row.operation_doc),
+    };
+  }
+
   async findEraseFence(instanceId: string, probe: FenceProbe): Promise<Pick<EraseFence, 'kind' | 'requestId' | 'subjectHash'> | undefined> {
     const wanted = (
       [

@@ -460,6 +460,15 @@ export interface Store {
   putEraseFences(instanceId: string, fences: readonly EraseFence[]): Promise<void>;
   /** The first fence standing on any of these IDs (case-insensitive), if any. */
   findEraseFence(instanceId: string, probe: FenceProbe): Promise<Pick<EraseFence, 'kind' | 'requestId' | 'subjectHash'> | undefined>;
+  /**
+   * A poll's two reads as one (issue 11: one round trip on PostgreSQL): the first fence standing on the probe's IDs, as
+   * findEraseFence, and the operation, as getOperation, read together.
+   */
+  findOperationAndFence(
+    instanceId: string,
+    operationId: string,
+    probe: FenceProbe,
+  ): Promise<{ fence: Pick<EraseFence, 'kind' | 'requestId' | 'subjectHash'> | undefined; operation: StoredOperation | undefined }>;
   /** Lifts every fence of a request; returns how many. */
   deleteEraseFences(instanceId: string, requestId: string): Promise<number>;
   /**

@@ -1123,6 +1123,32 @@ export function runStoreContract(name: string, open: () => Promise<Store>): void
         assert.equal((await store.queryAuditEvents(b.id, { limit: 10 })).items.length, 1, 'another instance keeps its log');
       });
     });
+    describe('reads that travel together (issue 11)', () => {
+      test("a device's enrollment and record in one read: each, both or neither, case-insensitively, per instance", async () => {
+        assert.deepEqual(await store.getEnrollmentAndRegistration(a.id, 'together'), { enrollment: undefined, registration: undefined });
+        await store.putRegistration(a.id, registration('Together'));
+        assert.deepEqual(await store.getEnrollmentAndRegistration(a.id, 'TOGETHER'), { enrollment: undefined, registration: registration('Together') });
+        await store.putEnrollment(a.id, enrollment('together'));
+        assert.deepEqual(await store.getEnrollmentAndRegistration(a.id, 'together'), { enrollment: enrollment('together'), registration: registration('Together') });
+        assert.deepEqual(await store.getEnrollmentAndRegistration(b.id, 'together'), { enrollment: undefined, registration: undefined });
+      });
+
+      test("a poll's operation and fence in one read, as getOperation and findEraseFence answer them", async () => {
+        const polled = operation('op-together', 'dev-together', 'assigned', '2024-01-01T00:00:01.0000000Z');
+        await store.putOperation(a.id, polled);
+        const probe = { registrationIds: ['dev-together'], deviceIds: ['device-together'], groupIds: ['group-together'] };
+        assert.deepEqual(await store.findOperationAndFence(a.id, 'op-together', probe), { fence: undefined, operation: polled });
+        assert.deepEqual(await store.findOperationAndFence(a.id, 'op-absent', probe), { fence: undefined, operation: undefined });
+        await store.putEraseFences(a.id, [{ kind: 'deviceId', id: 'Device-Together', requestId: 'req-1', subjectHash: 'hash-1' }]);
+        const fenced = await store.findOperationAndFence(a.id, 'op-together', probe);
+        assert.deepEqual(fenced, { fence: await store.findEraseFence(a.id, probe), operation: polled });
+        assert.equal(fenced.fence?.requestId, 'req-1');
+        assert.deepEqual(await store.findOperationAndFence(b.id, 'op-together', probe), { fence: undefined, operation: undefined }, 'another instance');
+        // A probe of several IDs per kind (not a device's own) answers the same.
+        const wide = { registrationIds: ['other', 'dev-together'], deviceIds: ['x', 'device-together'] };
+        assert.deepEqual(await store.findOperationAndFence(a.id, 'op-together', wide), { fence: await store.findEraseFence(a.id, wide), operation: polled });
+      });
+    });
   });
 }
 

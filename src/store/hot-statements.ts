@@ -166,6 +166,13 @@ export function storeStatements(db: Kysely<Database>) {
         )
         .limit(1),
     ),
+    /** A device's individual enrollment and registration record, as scalar subqueries of one statement. */
+    enrollmentAndRegistration: compileHot((p) =>
+      db.selectNoFrom([
+        db.selectFrom('enrollments').select('doc').where('instance_id', '=', p(0)).where('registration_id_key', '=', p(1)).as('enrollment_doc'),
+        db.selectFrom('registrations').select('doc').where('instance_id', '=', p(0)).where('registration_id_key', '=', p(1)).as('registration_doc'),
+      ]),
+    ),
     /** A poll: {@link eraseFence}'s probe and the operation, as scalar subqueries of one statement. */
     operationAndFence: compileHot((p) => {
       const fence = () =>

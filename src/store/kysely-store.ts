@@ -895,6 +895,21 @@ export class KyselyStore implements Store {
     }
   }
 
+  async getEnrollmentAndRegistration(
+    instanceId: string,
+    registrationId: string,
+  ): Promise<{ enrollment: StoredEnrollment | undefined; registration: StoredRegistration | undefined }> {
+    const { rows } = await runHot<{ enrollment_doc: string | null; registration_doc: string | null }>(this.#db, this.#hot.enrollmentAndRegistration, [
+      instanceId,
+      lower(registrationId),
+    ]);
+    const row = rows[0];
+    return {
+      enrollment: row?.enrollment_doc == null ? undefined : parse<StoredEnrollment>(row.enrollment_doc),
+      registration: row?.registration_doc == null ? undefined : parse<StoredRegistration>(row.registration_doc),
+    };
+  }
+
   async findOperationAndFence(
     instanceId: string,
     operationId: string,

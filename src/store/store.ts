@@ -460,6 +460,11 @@ export interface Store {
   putEraseFences(instanceId: string, fences: readonly EraseFence[]): Promise<void>;
   /** The first fence standing on any of these IDs (case-insensitive), if any. */
   findEraseFence(instanceId: string, probe: FenceProbe): Promise<Pick<EraseFence, 'kind' | 'requestId' | 'subjectHash'> | undefined>;
+  /** A device's first two reads as one (issue 11): its individual enrollment and its registration record, if any. */
+  getEnrollmentAndRegistration(
+    instanceId: string,
+    registrationId: string,
+  ): Promise<{ enrollment: StoredEnrollment | undefined; registration: StoredRegistration | undefined }>;
   /**
    * A poll's two reads as one (issue 11: one round trip on PostgreSQL): the first fence standing on the probe's IDs, as
    * findEraseFence, and the operation, as getOperation, read together.

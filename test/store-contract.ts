@@ -1148,6 +1148,23 @@ export function runStoreContract(name: string, open: () => Promise<Store>): void
         const wide = { registrationIds: ['other', 'dev-together'], deviceIds: ['x', 'device-together'] };
         assert.deepEqual(await store.findOperationAndFence(a.id, 'op-together', wide), { fence: await store.findEraseFence(a.id, wide), operation: polled });
       });
+
+      test("a registration's admission reads in one: the fence, the individual enrollment and the group, as each read alone answers", async () => {
+        const probe = { registrationIds: ['Admitted'], deviceIds: ['admitted'], groupIds: ['Line-4'] };
+        assert.deepEqual(await store.findEraseFenceAndEntry(a.id, probe, 'admitted', 'line-4'), { fence: undefined, enrollment: undefined, group: undefined });
+        await store.putEnrollmentGroup(a.id, group('line-4'));
+        assert.deepEqual(await store.findEraseFenceAndEntry(a.id, probe, 'ADMITTED', 'LINE-4'), { fence: undefined, enrollment: undefined, group: group('line-4') });
+        assert.deepEqual(await store.findEraseFenceAndEntry(a.id, probe, 'admitted', undefined), { fence: undefined, enrollment: undefined, group: undefined });
+        await store.putEnrollment(a.id, enrollment('admitted'));
+        assert.deepEqual(await store.findEraseFenceAndEntry(a.id, probe, 'admitted', 'line-4'), { fence: undefined, enrollment: enrollment('admitted'), group: group('line-4') });
+        assert.deepEqual(await store.findEraseFenceAndEntry(b.id, probe, 'admitted', 'line-4'), { fence: undefined, enrollment: undefined, group: undefined }, 'another instance');
+        await store.putEraseFences(a.id, [{ kind: 'enrollmentGroupId', id: 'line-4', requestId: 'req-2', subjectHash: 'hash-2' }]);
+        const fenced = await store.findEraseFenceAndEntry(a.id, probe, 'admitted', 'line-4');
+        assert.deepEqual(fenced, { fence: await store.findEraseFence(a.id, probe), enrollment: enrollment('admitted'), group: group('line-4') });
+        assert.equal(fenced.fence?.requestId, 'req-2');
+        const wide = { registrationIds: ['admitted'], deviceIds: ['admitted', 'other'], groupIds: ['line-4'] };
+        assert.deepEqual(await store.findEraseFenceAndEntry(a.id, wide, 'admitted', 'line-4'), { fence: await store.findEraseFence(a.id, wide), enrollment: enrollment('admitted'), group: group('line-4') });
+      });
     });
   });
 }

@@ -963,17 +963,26 @@ class HubStepsFailed extends Error {
  */
 async function admission(tx: Store, match: DeviceMatch, operationId: string, acknowledged: Acknowledgement, deviceId?: string): Promise<Refusal | undefined> {
   const instanceId = match.instance.id;
-  const fence = await tx.findEraseFence(instanceId, fenceProbe(match, deviceId));
-  if (fence !== undefined) return { error: fenceRefusal(fence), fence };
   if (acknowledged.written) {
+    const fence = await tx.findEraseFence(instanceId, fenceProbe(match, deviceId));
+    if (fence !== undefined) return { error: fenceRefusal(fence), fence };
     if ((await tx.getOperation(instanceId, operationId)) !== undefined) return undefined;
     return { error: new ProvisioningError('SubjectBeingErased', 'A data request erased this device while its registration was under way; nothing was written.') };
   }
   const entry = match.enrollment;
-  const current = entry.kind === 'individual' ? await tx.getEnrollment(instanceId, entry.doc.registrationId) : await tx.getEnrollmentGroup(instanceId, entry.doc.enrollmentGroupId);
+  // The fence and the entry in one statement (issue 11: one round trip on PostgreSQL); for a group, the individual
+  // enrollment of the registration ID comes with it.
+  const read = await tx.findEraseFenceAndEntry(
+    instanceId,
+    fenceProbe(match, deviceId),
+    entry.kind === 'individual' ? entry.doc.registrationId : match.registrationId,
+    entry.kind === 'group' ? entry.doc.enrollmentGroupId : undefined,
+  );
+  if (read.fence !== undefined) return { error: fenceRefusal(read.fence), fence: read.fence };
+  const current = entry.kind === 'individual' ? read.enrollment : read.group;
   // A connection's sign-in proof holds only for the entry exactly as it was proved (not deleted, disabled, re-keyed,
   // and for a group no individual enrollment since, which would decide alone); otherwise the device is judged afresh.
-  if (provedMatches.has(match) && (current?.etag !== entry.doc.etag || (entry.kind === 'group' && (await tx.getEnrollment(instanceId, match.registrationId)) !== undefined))) {
+  if (provedMatches.has(match) && (current?.etag !== entry.doc.etag || (entry.kind === 'group' && read.enrollment !== undefined))) {
     return { error: PROOF_NO_LONGER_HOLDS };
   }
   return current === undefined ? { error: unauthorized() } : undefined;

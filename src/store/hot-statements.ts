@@ -173,24 +173,19 @@ export function storeStatements(db: Kysely<Database>) {
         db.selectFrom('registrations').select('doc').where('instance_id', '=', p(0)).where('registration_id_key', '=', p(1)).as('registration_doc'),
       ]),
     ),
+    /** Admission: {@link eraseFence}'s probe, the individual enrollment and the group, as scalar subqueries. */
+    fenceAndEntry: compileHot((p) => {
+      const fence = () => fenceProbe(db, p);
+      return db.selectNoFrom([
+        fence().select('subject_kind').as('fence_kind'),
+        fence().select('doc').as('fence_doc'),
+        db.selectFrom('enrollments').select('doc').where('instance_id', '=', p(0)).where('registration_id_key', '=', p(4)).as('enrollment_doc'),
+        db.selectFrom('enrollment_groups').select('doc').where('instance_id', '=', p(0)).where('group_id_key', '=', p(5)).as('group_doc'),
+      ]);
+    }),
     /** A poll: {@link eraseFence}'s probe and the operation, as scalar subqueries of one statement. */
     operationAndFence: compileHot((p) => {
-      const fence = () =>
-        db
-          .selectFrom('erase_fences')
-          .where('instance_id', '=', p(0))
-          .where((eb) =>
-            eb.or([
-              eb.and([eb('subject_kind', '=', 'registrationId'), eb('id_key', '=', p(1))]),
-              eb.and([eb('subject_kind', '=', 'deviceId'), eb('id_key', '=', p(2))]),
-              eb.and([eb('subject_kind', '=', 'enrollmentGroupId'), eb('id_key', '=', p(3))]),
-            ]),
-          )
-          // Both subqueries pick the same fence of several.
-          .orderBy('subject_kind')
-          .orderBy('id_key')
-          .orderBy('doc')
-          .limit(1);
+      const fence = () => fenceProbe(db, p);
       return db.selectNoFrom([
         fence().select('subject_kind').as('fence_kind'),
         fence().select('doc').as('fence_doc'),
@@ -229,6 +224,27 @@ export function storeStatements(db: Kysely<Database>) {
     ),
     deleteRegistrationIntent: compileHot((p) => db.deleteFrom('registration_intents').where('instance_id', '=', p(0)).where('operation_id', '=', p(1)), DEFERRED),
   };
+}
+
+/**
+ * The fences of a device's probe (arguments 0–3: instance, registration, device and group key), one row first in a
+ * fixed order, so two subqueries of one statement pick the same fence.
+ */
+function fenceProbe(db: Kysely<Database>, p: (index: number) => string) {
+  return db
+    .selectFrom('erase_fences')
+    .where('instance_id', '=', p(0))
+    .where((eb) =>
+      eb.or([
+        eb.and([eb('subject_kind', '=', 'registrationId'), eb('id_key', '=', p(1))]),
+        eb.and([eb('subject_kind', '=', 'deviceId'), eb('id_key', '=', p(2))]),
+        eb.and([eb('subject_kind', '=', 'enrollmentGroupId'), eb('id_key', '=', p(3))]),
+      ]),
+    )
+    .orderBy('subject_kind')
+    .orderBy('id_key')
+    .orderBy('doc')
+    .limit(1);
 }
 
 /** The shared config counter's value, 0 before the first config write. */

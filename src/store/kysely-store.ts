@@ -92,6 +92,22 @@ function fenceOf(row: { subject_kind: string; doc: string }): Pick<EraseFence, '
 }
 const lower = (value: string | undefined): string => (value ?? '').toLowerCase();
 
+/** A fence read as two scalar subqueries (hot-statements.ts fenceProbe). */
+interface FenceColumns {
+  fence_kind: string | null;
+  fence_doc: string | null;
+}
+function fenceOfColumns(row: FenceColumns | undefined): Pick<EraseFence, 'kind' | 'requestId' | 'subjectHash'> | undefined {
+  return row?.fence_kind == null || row.fence_doc === null ? undefined : fenceOf({ subject_kind: row.fence_kind, doc: row.fence_doc });
+}
+
+/** A device's own probe as one key per kind ({@link NO_KEY} for none); undefined when a kind names several IDs. */
+function probeKeys(probe: FenceProbe): [string, string, string] | undefined {
+  const keys = [probe.registrationIds, probe.deviceIds, probe.groupIds].map((ids) => [...new Set((ids ?? []).filter((id) => id !== '').map(lower))]);
+  if (keys.some((ids) => ids.length > 1)) return undefined;
+  return [keys[0]?.[0] ?? NO_KEY, keys[1]?.[0] ?? NO_KEY, keys[2]?.[0] ?? NO_KEY];
+}
+
 /** What a dialect adds to the one Kysely implementation. */
 export interface KyselyStoreOptions {
   capabilities: DialectCapabilities;
@@ -915,24 +931,39 @@ export class KyselyStore implements Store {
     operationId: string,
     probe: FenceProbe,
   ): Promise<{ fence: Pick<EraseFence, 'kind' | 'requestId' | 'subjectHash'> | undefined; operation: StoredOperation | undefined }> {
-    const keys = [probe.registrationIds, probe.deviceIds, probe.groupIds].map((ids) => [...new Set((ids ?? []).filter((id) => id !== '').map(lower))]);
-    if (keys.some((ids) => ids.length > 1)) {
+    const keys = probeKeys(probe);
+    if (keys === undefined) {
       // More than one ID of a kind: the probe's own statement, then the operation.
       const fence = await this.findEraseFence(instanceId, probe);
       return { fence, operation: await this.getOperation(instanceId, operationId) };
     }
-    const [registrationKey, deviceKey, groupKey] = keys.map((ids) => ids[0] ?? NO_KEY);
-    const { rows } = await runHot<{ fence_kind: string | null; fence_doc: string | null; operation_doc: string | null }>(this.#db, this.#hot.operationAndFence, [
+    const { rows } = await runHot<FenceColumns & { operation_doc: string | null }>(this.#db, this.#hot.operationAndFence, [instanceId, ...keys, operationId]);
+    return { fence: fenceOfColumns(rows[0]), operation: parseOptional<StoredOperation>(rows[0]?.operation_doc ?? undefined) };
+  }
+
+  async findEraseFenceAndEntry(
+    instanceId: string,
+    probe: FenceProbe,
+    registrationId: string,
+    groupId: string | undefined,
+  ): Promise<{ fence: Pick<EraseFence, 'kind' | 'requestId' | 'subjectHash'> | undefined; enrollment: StoredEnrollment | undefined; group: StoredEnrollmentGroup | undefined }> {
+    const keys = probeKeys(probe);
+    if (keys === undefined) {
+      const fence = await this.findEraseFence(instanceId, probe);
+      const enrollment = await this.getEnrollment(instanceId, registrationId);
+      return { fence, enrollment, group: groupId === undefined ? undefined : await this.getEnrollmentGroup(instanceId, groupId) };
+    }
+    const { rows } = await runHot<FenceColumns & { enrollment_doc: string | null; group_doc: string | null }>(this.#db, this.#hot.fenceAndEntry, [
       instanceId,
-      registrationKey,
-      deviceKey,
-      groupKey,
-      operationId,
+      ...keys,
+      lower(registrationId),
+      groupId === undefined ? NO_KEY : lower(groupId),
     ]);
     const row = rows[0];
     return {
-      fence: row?.fence_kind == null || row.fence_doc === null ? undefined : fenceOf({ subject_kind: row.fence_kind, doc: row.fence_doc }),
-      operation: row?.operation_doc == null ? undefined : parse<StoredOperation>(row.operation_doc),
+      fence: fenceOfColumns(row),
+      enrollment: parseOptional<StoredEnrollment>(row?.enrollment_doc ?? undefined),
+      group: parseOptional<StoredEnrollmentGroup>(row?.group_doc ?? undefined),
     };
   }
 

@@ -466,6 +466,16 @@ export interface Store {
     registrationId: string,
   ): Promise<{ enrollment: StoredEnrollment | undefined; registration: StoredRegistration | undefined }>;
   /**
+   * A registration's admission reads as one (issue 11): the first fence standing on the probe's IDs (as findEraseFence),
+   * the individual enrollment of `registrationId`, and the enrollment group `groupId` when given.
+   */
+  findEraseFenceAndEntry(
+    instanceId: string,
+    probe: FenceProbe,
+    registrationId: string,
+    groupId: string | undefined,
+  ): Promise<{ fence: Pick<EraseFence, 'kind' | 'requestId' | 'subjectHash'> | undefined; enrollment: StoredEnrollment | undefined; group: StoredEnrollmentGroup | undefined }>;
+  /**
    * A poll's two reads as one (issue 11: one round trip on PostgreSQL): the first fence standing on the probe's IDs, as
    * findEraseFence, and the operation, as getOperation, read together.
    */

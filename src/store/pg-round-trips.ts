@@ -41,9 +41,6 @@ interface TransactionState {
 
 const wrapped = new WeakSet<pg.PoolClient>();
 
-/** Counters for tests and the benchmark: the statements that travelled in front of another instead of alone. */
-export const roundTripStats = { deferredWrites: 0, deferredBegins: 0 };
-
 export function savingRoundTrips(client: pg.PoolClient, options: RoundTripOptions): pg.PoolClient {
   if (wrapped.has(client)) return client;
   wrapped.add(client);
@@ -68,7 +65,6 @@ export function savingRoundTrips(client: pg.PoolClient, options: RoundTripOption
       state.inTransaction = true;
       state.begin = text;
       state.writes = [];
-      roundTripStats.deferredBegins += 1;
       return emptyResult('BEGIN');
     }
     if (control === 'rollback' || control === 'commit') {
@@ -88,7 +84,6 @@ export function savingRoundTrips(client: pg.PoolClient, options: RoundTripOption
       const inlined = withLiterals(client, text, values);
       if (inlined !== undefined) {
         state.writes.push(inlined);
-        roundTripStats.deferredWrites += 1;
         return emptyResult('DEFERRED');
       }
     }
@@ -108,9 +103,10 @@ export function savingRoundTrips(client: pg.PoolClient, options: RoundTripOption
   };
 
   client.query = ((config: unknown, values?: unknown) => {
-    // Only Kysely's (text, parameters) calls are Kysely's transactions; anything else goes as it came.
-    if (typeof config !== 'string') return send(config, values);
-    return query(config, values);
+    if (typeof config === 'string') return query(config, values);
+    // Kysely always passes (text, parameters); any other call goes as it came, after what is held.
+    const held = takeHeld();
+    return held.length === 0 ? send(config, values) : send(held.join(';\n')).then(() => send(config, values));
   }) as typeof client.query;
   return client;
 }

@@ -1123,6 +1123,50 @@ export function runStoreContract(name: string, open: () => Promise<Store>): void
         assert.equal((await store.queryAuditEvents(b.id, { limit: 10 })).items.length, 1, 'another instance keeps its log');
       });
     });
+    describe('reads that travel together (issue 11)', () => {
+      test("a device's enrollment and record in one read: each, both or neither, case-insensitively, per instance", async () => {
+        assert.deepEqual(await store.getEnrollmentAndRegistration(a.id, 'together'), { enrollment: undefined, registration: undefined });
+        await store.putRegistration(a.id, registration('Together'));
+        assert.deepEqual(await store.getEnrollmentAndRegistration(a.id, 'TOGETHER'), { enrollment: undefined, registration: registration('Together') });
+        await store.putEnrollment(a.id, enrollment('together'));
+        assert.deepEqual(await store.getEnrollmentAndRegistration(a.id, 'together'), { enrollment: enrollment('together'), registration: registration('Together') });
+        assert.deepEqual(await store.getEnrollmentAndRegistration(b.id, 'together'), { enrollment: undefined, registration: undefined });
+      });
+
+      test("a poll's operation unless fenced: the fence alone when one stands, else the operation, as findEraseFence and getOperation answer", async () => {
+        const polled = operation('op-together', 'dev-together', 'assigned', '2024-01-01T00:00:01.0000000Z');
+        await store.putOperation(a.id, polled);
+        const probe = { registrationIds: ['dev-together'], deviceIds: ['device-together'], groupIds: ['group-together'] };
+        assert.deepEqual(await store.getOperationUnlessFenced(a.id, 'op-together', probe), { operation: polled });
+        assert.deepEqual(await store.getOperationUnlessFenced(a.id, 'op-absent', probe), {});
+        await store.putEraseFences(a.id, [{ kind: 'deviceId', id: 'Device-Together', requestId: 'req-1', subjectHash: 'hash-1' }]);
+        const fenced = await store.getOperationUnlessFenced(a.id, 'op-together', probe);
+        assert.deepEqual(fenced, { fence: await store.findEraseFence(a.id, probe) });
+        assert.equal(fenced.fence?.requestId, 'req-1');
+        assert.deepEqual(await store.getOperationUnlessFenced(b.id, 'op-together', probe), {}, 'another instance');
+        // A probe of several IDs per kind (not a device's own) answers the same.
+        const wide = { registrationIds: ['other', 'dev-together'], deviceIds: ['x', 'device-together'] };
+        assert.deepEqual(await store.getOperationUnlessFenced(a.id, 'op-together', wide), { fence: await store.findEraseFence(a.id, wide) });
+      });
+
+      test("a registration's enrollment or group unless fenced, as each read alone answers, case-insensitively, per instance", async () => {
+        const probe = { registrationIds: ['Admitted'], deviceIds: ['admitted'], groupIds: ['Line-4'] };
+        assert.deepEqual(await store.getEnrollmentGroupUnlessFenced(a.id, 'line-4', probe), {});
+        assert.deepEqual(await store.getEnrollmentUnlessFenced(a.id, 'admitted', probe), {});
+        await store.putEnrollmentGroup(a.id, group('line-4'));
+        assert.deepEqual(await store.getEnrollmentGroupUnlessFenced(a.id, 'LINE-4', probe), { group: group('line-4') });
+        await store.putEnrollment(a.id, enrollment('admitted'));
+        assert.deepEqual(await store.getEnrollmentUnlessFenced(a.id, 'ADMITTED', probe), { enrollment: enrollment('admitted') });
+        assert.deepEqual(await store.getEnrollmentUnlessFenced(b.id, 'admitted', probe), {}, 'another instance');
+        await store.putEraseFences(a.id, [{ kind: 'enrollmentGroupId', id: 'line-4', requestId: 'req-2', subjectHash: 'hash-2' }]);
+        const fence = await store.findEraseFence(a.id, probe);
+        assert.equal(fence?.requestId, 'req-2');
+        assert.deepEqual(await store.getEnrollmentGroupUnlessFenced(a.id, 'line-4', probe), { fence });
+        assert.deepEqual(await store.getEnrollmentUnlessFenced(a.id, 'admitted', probe), { fence });
+        const wide = { registrationIds: ['admitted'], deviceIds: ['admitted', 'other'], groupIds: ['line-4'] };
+        assert.deepEqual(await store.getEnrollmentUnlessFenced(a.id, 'admitted', wide), { fence: await store.findEraseFence(a.id, wide) });
+      });
+    });
   });
 }
 

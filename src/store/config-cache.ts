@@ -18,6 +18,11 @@ import type { Database } from './schema.js';
  *   a later one; otherwise they read again, with the counter in the same statement. So one statement per request
  *   validates everything the request reads, and a write committed on any node before a request starts is seen by it.
  *   Reads that carry no such record (the service API, a built-in hub's own requests) read the store as before.
+ * - **The built-in hub row on PostgreSQL**, read by a registration's transaction (the hub client joined to it): the
+ *   hub client carries no request record, so its entry is valid when read at {@link ConfigCache.highestVersion} or
+ *   later — the highest version any read of this process has seen, so at least the version of every request under way
+ *   (each read its version before it reached the hub). A config write on any node moves the counter; the next request
+ *   that reads it raises the bar, and the hub row is read again, with the counter, in one statement.
  */
 export const CONFIG_COUNTER = 'config';
 
@@ -31,6 +36,8 @@ interface Entry<T> {
 export class ConfigCache {
   readonly singleWriter: boolean;
   #generation = 0;
+  /** The highest shared counter value any read of this process has seen (PostgreSQL). */
+  #highestVersion = 0;
   readonly #entries = new Map<string, Entry<unknown>>();
   readonly #stamps = new WeakMap<object, number>();
 
@@ -40,6 +47,14 @@ export class ConfigCache {
 
   get generation(): number {
     return this.#generation;
+  }
+
+  /**
+   * The highest version of the shared counter this process has read so far. A request's own version was read before
+   * it asked, so it is at most this: an entry read at this version or later is valid for every request under way.
+   */
+  get highestVersion(): number {
+    return this.#highestVersion;
   }
 
   /** A config write of this process: nothing cached before it is served again. */
@@ -61,6 +76,7 @@ export class ConfigCache {
 
   /** Keeps a value read while the generation was `generation` (taken before the read began). */
   set(key: string, value: unknown, generation: number, version?: number): void {
+    if (version !== undefined && version > this.#highestVersion) this.#highestVersion = version;
     if (generation !== this.#generation) return;
     // The entry map only holds a node's instances, their hub lists and its built-in hubs; a bound keeps a store with
     // very many instances from growing it without end.
@@ -70,6 +86,7 @@ export class ConfigCache {
 
   /** Marks a record as read at `version` of the shared counter. */
   stamp<T extends object>(record: T, version: number): T {
+    if (version > this.#highestVersion) this.#highestVersion = version;
     this.#stamps.set(record, version);
     return record;
   }

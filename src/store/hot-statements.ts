@@ -21,6 +21,11 @@ export interface HotStatement {
   readonly query: RootOperationNode;
   /** Per bound parameter: the index of the argument it takes, or a constant the statement was built with. */
   readonly slots: ReadonlyArray<number | { readonly value: unknown }>;
+  /**
+   * A write whose outcome nobody reads: on PostgreSQL, inside a transaction, it may wait and travel with the
+   * transaction's next statement (pg-round-trips.ts). Run it with {@link deferredWrite}, never for a row count.
+   */
+  readonly deferred: boolean;
 }
 
 /** Marks an argument's position while building; never sent (a marker left in a compiled statement is an error). */
@@ -35,15 +40,25 @@ export function preparedStatementName(sql: string): string | undefined {
   return names.get(sql);
 }
 
+/** SQL texts of the deferred writes. */
+const deferredTexts = new Set<string>();
+
+/** True for the SQL text of a deferred write (see {@link HotStatement.deferred}). */
+export function isDeferredWrite(sql: string): boolean {
+  return deferredTexts.has(sql);
+}
+
 /**
  * Compiles `build` once. `build` receives `p`: `p(i)` stands for the i-th argument of {@link runHot}; every other
  * value in the query is a constant of the statement.
  */
-export function compileHot(build: (p: (index: number) => string) => Compilable): HotStatement {
+export function compileHot(build: (p: (index: number) => string) => Compilable, options: { deferred?: boolean } = {}): HotStatement {
   const compiled = build(parameter).compile();
   const slots = compiled.parameters.map((value) => (typeof value === 'string' && value.startsWith(MARK) ? Number(value.slice(MARK.length)) : { value }));
   if (!names.has(compiled.sql)) names.set(compiled.sql, `provisiond_hot_${names.size + 1}`);
-  return { sql: compiled.sql, query: compiled.query, slots };
+  const deferred = options.deferred === true;
+  if (deferred) deferredTexts.add(compiled.sql);
+  return { sql: compiled.sql, query: compiled.query, slots, deferred };
 }
 
 /** Runs a compiled statement on `db` (the store's root or its transaction) with `args` in the marked positions. */
@@ -68,7 +83,17 @@ export async function hotDoc<T>(db: Kysely<Database>, statement: HotStatement, a
 
 /** How many rows a write changed (an upsert's conflict branch and a guarded update count when they wrote). */
 export async function hotWrite(db: Kysely<Database>, statement: HotStatement, args: readonly unknown[]): Promise<number> {
+  // A deferred write inside a PostgreSQL transaction has not run yet when this returns: it has no count to give.
+  if (statement.deferred) throw new Error('a deferred write has no row count: run it with deferredWrite');
   return Number((await runHot(db, statement, args)).numAffectedRows ?? 0n);
+}
+
+/**
+ * Runs a deferred write. Inside a PostgreSQL transaction it may only be queued (pg-round-trips.ts): its failure then
+ * fails the transaction's next statement or its COMMIT, and the transaction with it.
+ */
+export async function deferredWrite(db: Kysely<Database>, statement: HotStatement, args: readonly unknown[]): Promise<void> {
+  await runHot(db, statement, args);
 }
 
 /**
@@ -76,6 +101,9 @@ export async function hotWrite(db: Kysely<Database>, statement: HotStatement, ar
  * the subject kinds a fence probe does not name, so one compiled statement serves every probe of one ID per kind.
  */
 export const NO_KEY = 'NO-KEY';
+
+/** The registration's closing writes: nothing reads their row counts, so on PostgreSQL they travel with the COMMIT. */
+const DEFERRED = { deferred: true } as const;
 
 /** The store's hot statements, compiled with the store's Kysely instance (its dialect and plugins). */
 export function storeStatements(db: Kysely<Database>) {
@@ -91,7 +119,7 @@ export function storeStatements(db: Kysely<Database>) {
         .insertInto('registrations')
         .values({ instance_id: p(0), registration_id_key: p(1), ...columns })
         .onConflict((oc) => oc.columns(['instance_id', 'registration_id_key']).doUpdateSet(columns));
-    }),
+    }, DEFERRED),
     operation: compileHot((p) => db.selectFrom('operations').select('doc').where('instance_id', '=', p(0)).where('operation_id', '=', p(1))),
     putOperation: compileHot((p) => {
       const columns = { updated_at: p(3), doc: p(4) };
@@ -99,14 +127,14 @@ export function storeStatements(db: Kysely<Database>) {
         .insertInto('operations')
         .values({ instance_id: p(0), operation_id: p(1), registration_id_key: p(2), ...columns })
         .onConflict((oc) => oc.columns(['instance_id', 'operation_id']).doUpdateSet(columns));
-    }),
+    }, DEFERRED),
     putHubDeviceLink: compileHot((p) => {
       const columns = { group_id_key: p(4), doc: p(5) };
       return db
         .insertInto('hub_device_links')
         .values({ instance_id: p(0), registration_id_key: p(1), hub_key: p(2), device_id_key: p(3), ...columns })
         .onConflict((oc) => oc.columns(['instance_id', 'registration_id_key', 'hub_key', 'device_id_key']).doUpdateSet(columns));
-    }),
+    }, DEFERRED),
     appendAuditEvent: compileHot((p) =>
       db.insertInto('audit_events').values({
         instance_id: p(0),
@@ -121,6 +149,7 @@ export function storeStatements(db: Kysely<Database>) {
         group_id_key: p(9),
         doc: p(10),
       }),
+      DEFERRED,
     ),
     /** One statement for every subject kind of a probe naming at most one ID per kind ({@link NO_KEY} for none). */
     eraseFence: compileHot((p) =>
@@ -136,6 +165,13 @@ export function storeStatements(db: Kysely<Database>) {
           ]),
         )
         .limit(1),
+    ),
+    /** A device's individual enrollment and registration record, as scalar subqueries of one statement. */
+    enrollmentAndRegistration: compileHot((p) =>
+      db.selectNoFrom([
+        db.selectFrom('enrollments').select('doc').where('instance_id', '=', p(0)).where('registration_id_key', '=', p(1)).as('enrollment_doc'),
+        db.selectFrom('registrations').select('doc').where('instance_id', '=', p(0)).where('registration_id_key', '=', p(1)).as('registration_doc'),
+      ]),
     ),
     linkedHubs: compileHot((p) => db.selectFrom('linked_hubs').select('doc').where('instance_id', '=', p(0)).orderBy('name_key')),
     // PostgreSQL (store/config-cache.ts): the shared config version and the documents from one snapshot. The version
@@ -165,8 +201,9 @@ export function storeStatements(db: Kysely<Database>) {
         .insertInto('registration_intents')
         .values({ instance_id: p(0), operation_id: p(1), created_at: p(2), doc: p(3) })
         .onConflict((oc) => oc.columns(['instance_id', 'operation_id']).doUpdateSet({ created_at: p(2), doc: p(3) })),
+      DEFERRED,
     ),
-    deleteRegistrationIntent: compileHot((p) => db.deleteFrom('registration_intents').where('instance_id', '=', p(0)).where('operation_id', '=', p(1))),
+    deleteRegistrationIntent: compileHot((p) => db.deleteFrom('registration_intents').where('instance_id', '=', p(0)).where('operation_id', '=', p(1)), DEFERRED),
   };
 }
 
@@ -182,6 +219,13 @@ function configVersion(db: Kysely<Database>) {
 export function hubStatements(db: Kysely<Database>) {
   return {
     hub: compileHot((p) => db.selectFrom('built_in_hubs').select('doc').where('name_key', '=', p(0))),
+    /** PostgreSQL, in a registration's transaction: the hub row and the shared config version from one snapshot. */
+    hubVersioned: compileHot((p) =>
+      db
+        .selectFrom(configVersion(db).as('v'))
+        .leftJoin('built_in_hubs', (join) => join.on('built_in_hubs.name_key', '=', p(0)))
+        .select(['v.version', 'built_in_hubs.doc']),
+    ),
     device: compileHot((p) => db.selectFrom('hub_devices').select(['doc', 'revision']).where('hub_key', '=', p(0)).where('device_id_key', '=', p(1))),
     insertDevice: compileHot((p) =>
       db

@@ -159,9 +159,19 @@ export class KyselyHubStore implements BuiltInHubStore {
   // ---- hubs
 
   async getHub(name: string): Promise<BuiltInHubRecord | undefined> {
-    // Cached on SQLite only (store/config-cache.ts): a hub's own requests carry no device request's version.
-    if (!this.#cache.singleWriter) return hotDoc<BuiltInHubRecord>(this.#db, this.#hot.hub, [key(name)]);
     const cacheKey = `built-in-hub/${key(name)}`;
+    if (!this.#cache.singleWriter) {
+      // PostgreSQL: a hub's own requests carry no device request's version and read the store. A registration's
+      // transaction (the joined store) validates by the highest version this process has read (store/config-cache.ts).
+      if (!this.#joined) return hotDoc<BuiltInHubRecord>(this.#db, this.#hot.hub, [key(name)]);
+      const hit = this.#cache.get<string | undefined>(cacheKey, this.#cache.highestVersion);
+      if (hit !== undefined) return hit.value === undefined ? undefined : parse<BuiltInHubRecord>(hit.value);
+      const generation = this.#cache.generation;
+      const row = (await runHot<{ version: number | string; doc: string | null }>(this.#db, this.#hot.hubVersioned, [key(name)])).rows[0];
+      const text = row?.doc ?? undefined;
+      this.#cache.set(cacheKey, text, generation, Number(row?.version ?? 0));
+      return text === undefined ? undefined : parse<BuiltInHubRecord>(text);
+    }
     const hit = this.#cache.get<string | undefined>(cacheKey);
     if (hit !== undefined) return hit.value === undefined ? undefined : parse<BuiltInHubRecord>(hit.value);
     const generation = this.#cache.generation;

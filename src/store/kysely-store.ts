@@ -8,7 +8,7 @@ import { certificateThumbprints } from '../domain/enrollment.js';
 import type { Filter } from '../domain/query.js';
 import { KyselyHubStore, type BuiltInHubStore } from './hub-store.js';
 import { CONFIG_COUNTER, configCacheOf, type ConfigCache } from './config-cache.js';
-import { hotDoc, hotWrite, NO_KEY, type HotStatement, fencedReadStatements, runHot, storeStatements, type FencedReadStatements, type StoreStatements } from './hot-statements.js';
+import { deferredWrite, hotDoc, NO_KEY, type HotStatement, fencedReadStatements, runHot, storeStatements, type FencedReadStatements, type StoreStatements } from './hot-statements.js';
 import { AUDIT_ROW_COLUMNS, bulkStatementsOf, ENROLLMENT_ROW_COLUMNS } from './bulk-statements.js';
 import { migrationProvider } from './migrations.js';
 import type { Database } from './schema.js';
@@ -805,7 +805,7 @@ export class KyselyStore implements Store {
   }
 
   async putRegistration(instanceId: string, registration: StoredRegistration): Promise<void> {
-    await hotWrite(this.#db, this.#hot.putRegistration, [
+    await deferredWrite(this.#db, this.#hot.putRegistration, [
       instanceId,
       lower(registration.registrationId),
       lower(registration.deviceId),
@@ -839,7 +839,7 @@ export class KyselyStore implements Store {
   // ---- operations
 
   async putOperation(instanceId: string, operation: StoredOperation): Promise<void> {
-    await hotWrite(this.#db, this.#hot.putOperation, [
+    await deferredWrite(this.#db, this.#hot.putOperation, [
       instanceId,
       operation.operationId,
       lower(operation.registrationId),
@@ -934,6 +934,21 @@ export class KyselyStore implements Store {
     return found === undefined ? {} : { doc: parse<T>(found.doc) };
   }
 
+  async getEnrollmentAndRegistration(
+    instanceId: string,
+    registrationId: string,
+  ): Promise<{ enrollment: StoredEnrollment | undefined; registration: StoredRegistration | undefined }> {
+    const { rows } = await runHot<{ enrollment_doc: string | null; registration_doc: string | null }>(this.#db, this.#hot.enrollmentAndRegistration, [
+      instanceId,
+      lower(registrationId),
+    ]);
+    const row = rows[0];
+    return {
+      enrollment: row?.enrollment_doc == null ? undefined : parse<StoredEnrollment>(row.enrollment_doc),
+      registration: row?.registration_doc == null ? undefined : parse<StoredRegistration>(row.registration_doc),
+    };
+  }
+
   async findEraseFence(instanceId: string, probe: FenceProbe): Promise<Pick<EraseFence, 'kind' | 'requestId' | 'subjectHash'> | undefined> {
     const wanted = (
       [
@@ -1008,11 +1023,11 @@ export class KyselyStore implements Store {
   // ---- registration intents
 
   async putRegistrationIntent(instanceId: string, intent: RegistrationIntent): Promise<void> {
-    await hotWrite(this.#db, this.#hot.putRegistrationIntent, [instanceId, intent.operationId, intent.createdDateTimeUtc, JSON.stringify(intent)]);
+    await deferredWrite(this.#db, this.#hot.putRegistrationIntent, [instanceId, intent.operationId, intent.createdDateTimeUtc, JSON.stringify(intent)]);
   }
 
   async deleteRegistrationIntent(instanceId: string, operationId: string): Promise<void> {
-    await hotWrite(this.#db, this.#hot.deleteRegistrationIntent, [instanceId, operationId]);
+    await deferredWrite(this.#db, this.#hot.deleteRegistrationIntent, [instanceId, operationId]);
   }
 
   async listRegistrationIntentsOf(instanceId: string): Promise<RegistrationIntent[]> {
@@ -1035,7 +1050,7 @@ export class KyselyStore implements Store {
 
   async appendAuditEvent(instanceId: string, event: AuditEvent): Promise<void> {
     const row = auditRow(instanceId, event);
-    await hotWrite(this.#db, this.#hot.appendAuditEvent, [
+    await deferredWrite(this.#db, this.#hot.appendAuditEvent, [
       row.instance_id,
       row.event_id,
       row.time_utc,
@@ -1248,7 +1263,7 @@ export class KyselyStore implements Store {
   // ---- subject→hub-device links
 
   async putHubDeviceLink(instanceId: string, link: HubDeviceLink): Promise<void> {
-    await hotWrite(this.#db, this.#hot.putHubDeviceLink, [
+    await deferredWrite(this.#db, this.#hot.putHubDeviceLink, [
       instanceId,
       lower(link.registrationId),
       lower(link.hub),

@@ -471,6 +471,11 @@ export interface Store {
   getOperationUnlessFenced(instanceId: string, operationId: string, probe: FenceProbe): Promise<Unfenced<'operation', StoredOperation>>;
   getEnrollmentUnlessFenced(instanceId: string, registrationId: string, probe: FenceProbe): Promise<Unfenced<'enrollment', StoredEnrollment>>;
   getEnrollmentGroupUnlessFenced(instanceId: string, groupId: string, probe: FenceProbe): Promise<Unfenced<'group', StoredEnrollmentGroup>>;
+  /** A device's first two reads as one (issue 11): its individual enrollment and its registration record, if any. */
+  getEnrollmentAndRegistration(
+    instanceId: string,
+    registrationId: string,
+  ): Promise<{ enrollment: StoredEnrollment | undefined; registration: StoredRegistration | undefined }>;
   /** Lifts every fence of a request; returns how many. */
   deleteEraseFences(instanceId: string, requestId: string): Promise<number>;
   /**

@@ -23,7 +23,8 @@ export async function authenticateSymmetricKey(
   if (token.resource.toLowerCase() !== `${instance.idScope}/registrations/${registrationId}`.toLowerCase()) throw unauthorized();
   if (token.keyName !== undefined && token.keyName !== 'registration') throw unauthorized();
   const store = deps.store;
-  const [individual, previous] = await Promise.all([store.getEnrollment(instance.id, registrationId), store.getRegistration(instance.id, registrationId)]);
+  // One statement for both reads (issue 11: one round trip on PostgreSQL).
+  const { enrollment: individual, registration: previous } = await store.getEnrollmentAndRegistration(instance.id, registrationId);
   const base = { instance, registrationId, attestationType: 'symmetricKey' as const, previous };
   if (individual !== undefined) {
     // A TPM device's later requests (polls) carry only the token its TPM signed: the TPM mechanism checks it.

@@ -30,7 +30,7 @@ export async function authenticateTpm(
   presented: TpmPresentation,
 ): Promise<DeviceMatch> {
   const store = deps.store;
-  const [enrollment, previous] = await Promise.all([store.getEnrollment(instance.id, registrationId), store.getRegistration(instance.id, registrationId)]);
+  const { enrollment, registration: previous } = await store.getEnrollmentAndRegistration(instance.id, registrationId);
   const refuse = (reason: string): ProvisioningError => {
     deps.logger.info({ idScope: instance.idScope, registrationId, reason }, 'TPM device refused');
     return unauthorized();

@@ -1,7 +1,8 @@
 import { Kysely, PostgresDialect } from 'kysely';
 import pg from 'pg';
 import type { Database as Schema } from '../schema.js';
-import { preparedStatementName } from '../hot-statements.js';
+import { isDeferredWrite, preparedStatementName } from '../hot-statements.js';
+import { savingRoundTrips } from '../pg-round-trips.js';
 import type { DialectCapabilities, OpenedDialect } from './dialect.js';
 
 export const POSTGRES_CAPABILITIES: DialectCapabilities = Object.freeze({
@@ -43,7 +44,7 @@ export function openPostgresDialect(options: PostgresOptions): OpenedDialect {
     db: new Kysely<Schema>({
       dialect: new PostgresDialect({
         pool: {
-          connect: async () => preparingHotStatements(await pool.connect()),
+          connect: async () => savingRoundTrips(await pool.connect(), ROUND_TRIPS),
           end: () => pool.end(),
         },
       }),
@@ -73,23 +74,13 @@ export function openPostgresDialect(options: PostgresOptions): OpenedDialect {
   };
 }
 
-const preparing = new WeakSet<pg.PoolClient>();
-
 /**
  * The store's hot statements (../hot-statements.ts) run as named prepared statements: PostgreSQL parses and plans
  * each once per connection instead of on every execution. Kysely's driver passes (text, values); a hot text gets its
- * name here, any other text runs unnamed as before. node-postgres prepares a name on a connection at its first use.
+ * name, any other text runs unnamed. Inside a transaction, BEGIN and the deferred writes travel with the next statement
+ * (../pg-round-trips.ts).
  */
-function preparingHotStatements(client: pg.PoolClient): pg.PoolClient {
-  if (preparing.has(client)) return client;
-  preparing.add(client);
-  const query = client.query.bind(client) as (...args: unknown[]) => unknown;
-  client.query = ((text: unknown, values?: unknown) => {
-    const name = typeof text === 'string' ? preparedStatementName(text) : undefined;
-    return name === undefined ? query(text, values) : query({ name, text, values });
-  }) as typeof client.query;
-  return client;
-}
+const ROUND_TRIPS = { isDeferred: isDeferredWrite, preparedName: preparedStatementName };
 
 /** True when the configured store names a PostgreSQL database. */
 export function isPostgresUrl(store: string): boolean {

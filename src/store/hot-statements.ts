@@ -261,7 +261,7 @@ export type HubStatements = ReturnType<typeof hubStatements>;
 
 /**
  * An erase-fence check and the read it guards as one statement (one round trip on PostgreSQL): the fence row first,
- * when one stands on any ID of the probe (`what` = 'fence'), then the guarded row (`what` = 'row'). The poll guards its
+ * when one stands on any ID of the probe (`what` = 1), then the guarded row (`what` = 2). The poll guards its
  * operation read; a registration's admission, in its transaction, its enrollment or group read. Arguments: instance
  * ID, the row's key, then the probe's registration, device and group keys ({@link NO_KEY} for none).
  */
@@ -269,7 +269,7 @@ export function fencedReadStatements(db: Kysely<Database>) {
   const fenceOf = (p: (index: number) => string) =>
     db
       .selectFrom('erase_fences')
-      .select([sql<string>`'fence'`.as('what'), 'subject_kind', 'doc'])
+      .select([sql<number>`1`.as('what'), 'subject_kind', 'doc'])
       .where('instance_id', '=', p(0))
       .where((eb) =>
         eb.or([
@@ -279,7 +279,8 @@ export function fencedReadStatements(db: Kysely<Database>) {
         ]),
       )
       .limit(1);
-  const row = [sql<string>`'row'`.as('what'), sql<string>`''`.as('subject_kind'), 'doc'] as const;
+  // No quoted literal in these texts: on PostgreSQL a statement with none can carry the held BEGIN (pg-round-trips.ts).
+  const row = [sql<number>`2`.as('what'), sql<string>`null`.as('subject_kind'), 'doc'] as const;
   // (SQLite takes no LIMIT on a member of a compound select: the fence's sits in a subquery.)
   const fenceFirst = (p: (index: number) => string) => db.selectFrom(fenceOf(p).as('f')).select(['f.what', 'f.subject_kind', 'f.doc']);
   return {

@@ -927,10 +927,10 @@ export class KyselyStore implements Store {
       return doc === undefined ? {} : { doc };
     }
     const [registrationKey, deviceKey, groupKey] = keys.map((kind) => kind[0] ?? NO_KEY);
-    const { rows } = await runHot<{ what: string; subject_kind: string; doc: string }>(this.#db, statement, [instanceId, key, registrationKey, deviceKey, groupKey]);
-    const fence = rows.find((row) => row.what === 'fence');
+    const { rows } = await runHot<{ what: number | string; subject_kind: string; doc: string }>(this.#db, statement, [instanceId, key, registrationKey, deviceKey, groupKey]);
+    const fence = rows.find((row) => Number(row.what) === 1);
     if (fence !== undefined) return { fence: fenceOf(fence) };
-    const found = rows.find((row) => row.what === 'row');
+    const found = rows.find((row) => Number(row.what) === 2);
     return found === undefined ? {} : { doc: parse<T>(found.doc) };
   }
 

@@ -48,7 +48,7 @@ async function counting<T>(work: () => Promise<T>): Promise<{ result: T; roundTr
  * re-registration, counted the same way. A change that adds a round trip to every registration fails here.
  */
 const FIRST_REGISTRATION_ROUND_TRIPS = 21;
-const RE_REGISTRATION_ROUND_TRIPS = 16;
+const RE_REGISTRATION_ROUND_TRIPS = 15;
 /** The outbox sweep or the operations purge can land a query inside a counted window; never take one away. */
 const BACKGROUND_SLACK = 2;
 

@@ -79,13 +79,8 @@ test('migration 0012 backfills the subject→hub-device links from the records, 
   }
 });
 
-/**
- * Issue 12, P5: at a million rows, a lookup that walks the primary key of a whole instance in list order, testing
- * every row, takes seconds (a query by device ID 1.2 s, an export's operations 1.7–2.7 s, the log of one subject 12 s).
- * provisiond never gathers SQLite statistics, so the plan depends on the schema and the statement alone: an empty
- * database shows the plan a full one gets. The store's own statements are captured and explained.
- */
-test('lookups by device, by subject and of a registration’s operations use their indexes, never a walk of the whole instance', async () => {
+/** A store on an empty in-memory SQLite database whose statements are captured, for their query plans. */
+async function capturingStore(): Promise<{ captured: CompiledQuery[]; db: Kysely<Database>; store: KyselyStore }> {
   const captured: CompiledQuery[] = [];
   const db = new Kysely<Database>({
     dialect: new SqliteDialect({ database: new BetterSqlite(':memory:') }),
@@ -94,7 +89,17 @@ test('lookups by device, by subject and of a registration’s operations use the
     },
   });
   await KyselyStore.migrate(db);
-  const store = new KyselyStore(db);
+  return { captured, db, store: new KyselyStore(db) };
+}
+
+/**
+ * Issue 12, P5: at a million rows, a lookup that walks the primary key of a whole instance in list order, testing
+ * every row, takes seconds (a query by device ID 1.2 s, an export's operations 1.7–2.7 s, the log of one subject 12 s).
+ * provisiond never gathers SQLite statistics, so the plan depends on the schema and the statement alone: an empty
+ * database shows the plan a full one gets. The store's own statements are captured and explained.
+ */
+test('lookups by device, by subject and of a registration’s operations use their indexes, never a walk of the whole instance', async () => {
+  const { captured, db, store } = await capturingStore();
   const lookups: Record<string, () => Promise<unknown>> = {
     'enrollments by device ID': () => store.queryEnrollments('i1', { filters: [{ field: 'deviceId', op: 'eq', values: ['d'] }], limit: 100 }),
     'records by device ID': () => store.queryRegistrations('i1', { filters: [{ field: 'deviceId', op: 'eq', values: ['d'] }], limit: 1000 }),
@@ -131,15 +136,7 @@ test('lookups by device, by subject and of a registration’s operations use the
  * failures have a partial index of their own (migration 0017): the page reads them alone.
  */
 test('a page of the log’s failures reads the failures’ own index', async () => {
-  const captured: CompiledQuery[] = [];
-  const db = new Kysely<Database>({
-    dialect: new SqliteDialect({ database: new BetterSqlite(':memory:') }),
-    log: (event) => {
-      if (event.level === 'query') captured.push(event.query);
-    },
-  });
-  await KyselyStore.migrate(db);
-  const store = new KyselyStore(db);
+  const { captured, db, store } = await capturingStore();
   const pages: Record<string, () => Promise<unknown>> = {
     'the failures': () => store.queryAuditEvents('i1', { outcome: 'failure', limit: 100, scanLimit: 5000 }),
     'one day’s failures': () =>

@@ -152,20 +152,7 @@ export function storeStatements(db: Kysely<Database>) {
       DEFERRED,
     ),
     /** One statement for every subject kind of a probe naming at most one ID per kind ({@link NO_KEY} for none). */
-    eraseFence: compileHot((p) =>
-      db
-        .selectFrom('erase_fences')
-        .select(['subject_kind', 'doc'])
-        .where('instance_id', '=', p(0))
-        .where((eb) =>
-          eb.or([
-            eb.and([eb('subject_kind', '=', 'registrationId'), eb('id_key', '=', p(1))]),
-            eb.and([eb('subject_kind', '=', 'deviceId'), eb('id_key', '=', p(2))]),
-            eb.and([eb('subject_kind', '=', 'enrollmentGroupId'), eb('id_key', '=', p(3))]),
-          ]),
-        )
-        .limit(1),
-    ),
+    eraseFence: compileHot((p) => fencesOfProbe(db, p(0), [p(1), p(2), p(3)]).select(['subject_kind', 'doc']).limit(1)),
     /** A device's individual enrollment and registration record, as scalar subqueries of one statement. */
     enrollmentAndRegistration: compileHot((p) =>
       db.selectNoFrom([
@@ -205,6 +192,20 @@ export function storeStatements(db: Kysely<Database>) {
     ),
     deleteRegistrationIntent: compileHot((p) => db.deleteFrom('registration_intents').where('instance_id', '=', p(0)).where('operation_id', '=', p(1)), DEFERRED),
   };
+}
+
+/** The fences standing on a device's probe: one key per subject kind (registration, device, group; {@link NO_KEY} for none). */
+function fencesOfProbe(db: Kysely<Database>, instanceId: string, [registrationKey, deviceKey, groupKey]: readonly [string, string, string]) {
+  return db
+    .selectFrom('erase_fences')
+    .where('instance_id', '=', instanceId)
+    .where((eb) =>
+      eb.or([
+        eb.and([eb('subject_kind', '=', 'registrationId'), eb('id_key', '=', registrationKey)]),
+        eb.and([eb('subject_kind', '=', 'deviceId'), eb('id_key', '=', deviceKey)]),
+        eb.and([eb('subject_kind', '=', 'enrollmentGroupId'), eb('id_key', '=', groupKey)]),
+      ]),
+    );
 }
 
 /** The shared config counter's value, 0 before the first config write. */
@@ -267,17 +268,8 @@ export type HubStatements = ReturnType<typeof hubStatements>;
  */
 export function fencedReadStatements(db: Kysely<Database>) {
   const fenceOf = (p: (index: number) => string) =>
-    db
-      .selectFrom('erase_fences')
+    fencesOfProbe(db, p(0), [p(2), p(3), p(4)])
       .select([sql<number>`1`.as('what'), 'subject_kind', 'doc'])
-      .where('instance_id', '=', p(0))
-      .where((eb) =>
-        eb.or([
-          eb.and([eb('subject_kind', '=', 'registrationId'), eb('id_key', '=', p(2))]),
-          eb.and([eb('subject_kind', '=', 'deviceId'), eb('id_key', '=', p(3))]),
-          eb.and([eb('subject_kind', '=', 'enrollmentGroupId'), eb('id_key', '=', p(4))]),
-        ]),
-      )
       .limit(1);
   // No quoted literal in these texts: on PostgreSQL a statement with none can carry the held BEGIN (pg-round-trips.ts).
   const row = [sql<number>`2`.as('what'), sql<string>`null`.as('subject_kind'), 'doc'] as const;

@@ -72,13 +72,20 @@ async function bulkCreate(prefix: string, count: number): Promise<void> {
   }
 }
 
-const now = (): string => new Date().toISOString();
+/**
+ * The start of a scenario's window of the log, after the calls before it: events are stamped to the millisecond, so
+ * a call answered in the millisecond the window starts would fall inside it. A 2 ms wait first puts them before it.
+ */
+async function windowStart(): Promise<string> {
+  await new Promise((resolve) => setTimeout(resolve, 2));
+  return new Date().toISOString();
+}
 
 describe('the service API', () => {
   test("a call's log entry is in the log when the call's answer arrives (written before the answer, not after)", async () => {
     // Before the entry was written in an onResponse hook, after the answer had left: a read of the log right after a
     // call could miss it (seen on PostgreSQL, where the insert is a round trip the client's next request can outrun).
-    const from = now();
+    const from = await windowStart();
     for (let i = 1; i <= 30; i++) {
       assert.equal((await owner('GET', `/enrollments/${DEVICE}`)).status, 200);
       const reads = await ownerEventsSince(from, { subject: DEVICE, class: 'access' });
@@ -89,7 +96,7 @@ describe('the service API', () => {
   });
 
   test('every event is an access or a change; class filters; a read that finds nothing is neutral', async () => {
-    const from = now();
+    const from = await windowStart();
     assert.equal((await owner('PUT', `/enrollments/log-dev-2`, { registrationId: 'log-dev-2', attestation: { type: 'symmetricKey' } })).status, 200);
     assert.equal((await owner('GET', '/enrollments/log-dev-2')).status, 200);
     assert.equal((await owner('GET', '/enrollments/log-nosuch')).status, 404);
@@ -126,7 +133,7 @@ describe('the service API', () => {
 
   test('reading the log writes one event per query, not one per page', async () => {
     await bulkCreate('log-page', 5);
-    const from = now();
+    const from = await windowStart();
     let continuation: string | undefined;
     let pages = 0;
     do {
@@ -145,7 +152,7 @@ describe('the service API', () => {
 
   test('repeated reads of one device by one reader are one event that counts them; a change in between starts a new one', async () => {
     for (const id of ['log-dev-3', 'log-dev-4']) assert.equal((await owner('PUT', `/enrollments/${id}`, { registrationId: id, attestation: { type: 'symmetricKey' } })).status, 200);
-    const from = now();
+    const from = await windowStart();
     for (let i = 0; i < 3; i += 1) assert.equal((await owner('GET', '/enrollments/log-dev-3')).status, 200);
     assert.equal((await owner('GET', '/registrations/log-dev-3')).status, 404);
     assert.equal((await owner('GET', '/enrollments/log-dev-4')).status, 200);
@@ -186,7 +193,7 @@ describe('the CLI', () => {
 
   test('audit query writes one event however many pages it fetches', async () => {
     await bulkCreate('log-cli-page', 230);
-    const from = now();
+    const from = await windowStart();
     const events = JSON.parse(await cli(['audit', 'query', '--json'])) as Json[];
     assert.ok(events.length > 200, `the query needed several pages: ${events.length}`);
     const reads = (await ownerEventsSince(from, {}, 'operator')).filter((event) => event.operation === 'AuditEvent_Query');
@@ -248,7 +255,7 @@ describe('the portal', () => {
     assert.equal((await owner('PUT', '/enrollments/log-portal-1', { registrationId: 'log-portal-1', attestation: { type: 'symmetricKey' } })).status, 200);
     const page = await signedIn();
     try {
-      const from = now();
+      const from = await windowStart();
       await page.goto(`${ORIGIN}/portal/enrollments/log-portal-1`);
       const timeline = page.getByTestId('timeline');
       await timeline.waitFor();

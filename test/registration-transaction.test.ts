@@ -107,6 +107,10 @@ describe('a registration is one transaction', () => {
     const device = await server.app.builtInHubs.getDevice('localhost', registrationId);
     assert.equal(device.deviceId, registrationId);
     assert.equal(device.authentication.symmetricKey.primaryKey, deriveDeviceKey(groupKey, registrationId));
+    // Created afresh, it starts from the enrollment's initial twin, as on its first registration (not an empty one).
+    const twin = await server.app.builtInHubs.getTwin('localhost', registrationId);
+    assert.deepEqual(twin.tags, { line: 4 });
+    assert.equal((twin.properties.desired as Json).rate, 2);
   });
 
   test('an operation a dead process left `assigning` (no intent to settle) ends failed with RegistrationInterrupted on its poll', async () => {

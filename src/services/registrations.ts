@@ -898,10 +898,14 @@ export class RegistrationService {
     flow.intent.written = stored;
   }
 
-  /** The twin the reprovision decision chose; a device just created has an empty twin already, so none is written. */
+  /**
+   * The twin the reprovision decision chose; a device just created has an empty twin already, so an empty one is not
+   * written. A device the decision keeps where it is but that was gone from its hub (deleted there) is created afresh:
+   * it starts from the enrollment's initial twin, as on its first registration.
+   */
   async #writeTwin(flow: Assignment): Promise<void> {
     const plan = requireStep(flow.plan, 'decideReprovision');
-    const twin = plan.twin;
+    const twin = plan.twin ?? (flow.created === true ? twinOf(requireStep(flow.hubs, 'chooseHub').initialTwin) : undefined);
     if (twin === undefined) return;
     const twinIsEmpty = Object.keys(twin.tags).length === 0 && Object.keys(twin.desired).length === 0;
     if (flow.created === true && twinIsEmpty) return;

@@ -108,6 +108,8 @@ const DEFERRED = { deferred: true } as const;
 /** The store's hot statements, compiled with the store's Kysely instance (its dialect and plugins). */
 export function storeStatements(db: Kysely<Database>) {
   return {
+    /** A fence check and the read it guards, one statement each (below). */
+    fencedReads: fencedReadStatements(db),
     instanceById: compileHot((p) => db.selectFrom('instances').select('doc').where('id', '=', p(0))),
     instanceByIdScope: compileHot((p) => db.selectFrom('instances').select('doc').where('id_scope_key', '=', p(0))),
     enrollment: compileHot((p) => db.selectFrom('enrollments').select('doc').where('instance_id', '=', p(0)).where('registration_id_key', '=', p(1))),
@@ -266,7 +268,7 @@ export type HubStatements = ReturnType<typeof hubStatements>;
  * operation read; a registration's admission, in its transaction, its enrollment or group read. Arguments: instance
  * ID, the row's key, then the probe's registration, device and group keys ({@link NO_KEY} for none).
  */
-export function fencedReadStatements(db: Kysely<Database>) {
+function fencedReadStatements(db: Kysely<Database>) {
   const fenceOf = (p: (index: number) => string) =>
     fencesOfProbe(db, p(0), [p(2), p(3), p(4)])
       .select([sql<number>`1`.as('what'), 'subject_kind', 'doc'])
@@ -288,4 +290,3 @@ export function fencedReadStatements(db: Kysely<Database>) {
   };
 }
 
-export type FencedReadStatements = ReturnType<typeof fencedReadStatements>;

@@ -8,7 +8,7 @@ import { certificateThumbprints } from '../domain/enrollment.js';
 import type { Filter } from '../domain/query.js';
 import { KyselyHubStore, type BuiltInHubStore } from './hub-store.js';
 import { CONFIG_COUNTER, configCacheOf, type ConfigCache } from './config-cache.js';
-import { deferredWrite, hotDoc, NO_KEY, type HotStatement, fencedReadStatements, runHot, storeStatements, type FencedReadStatements, type StoreStatements } from './hot-statements.js';
+import { deferredWrite, hotDoc, NO_KEY, type HotStatement, runHot, storeStatements, type StoreStatements } from './hot-statements.js';
 import { AUDIT_ROW_COLUMNS, bulkStatementsOf, ENROLLMENT_ROW_COLUMNS } from './bulk-statements.js';
 import { migrationProvider } from './migrations.js';
 import type { Database } from './schema.js';
@@ -94,6 +94,17 @@ function fenceOf(row: { subject_kind: string; doc: string }): Pick<EraseFence, '
 }
 const lower = (value: string | undefined): string => (value ?? '').toLowerCase();
 
+/** A probe's IDs per subject kind as keys (lower-cased, no empties or repeats), in the fence statements' order. */
+function probeKeys(probe: FenceProbe) {
+  return (
+    [
+      ['registrationId', probe.registrationIds],
+      ['deviceId', probe.deviceIds],
+      ['enrollmentGroupId', probe.groupIds],
+    ] as const
+  ).map(([kind, ids]) => [kind, [...new Set((ids ?? []).filter((id) => id !== '').map(lower))]] as const);
+}
+
 /** What a dialect adds to the one Kysely implementation. */
 export interface KyselyStoreOptions {
   capabilities: DialectCapabilities;
@@ -123,12 +134,6 @@ function statementsOf(db: Kysely<Database>): StoreStatements {
   if (statements === undefined) compiledStatements.set(db, (statements = storeStatements(db)));
   return statements;
 }
-const compiledFencedReads = new WeakMap<Kysely<Database>, FencedReadStatements>();
-function fencedReadsOf(db: Kysely<Database>): FencedReadStatements {
-  let statements = compiledFencedReads.get(db);
-  if (statements === undefined) compiledFencedReads.set(db, (statements = fencedReadStatements(db)));
-  return statements;
-}
 
 function enrollmentColumns(enrollment: StoredEnrollment) {
   return {
@@ -148,7 +153,6 @@ export class KyselyStore implements Store {
   readonly #root: Kysely<Database> | undefined;
   readonly #options: KyselyStoreOptions;
   readonly #hot: StoreStatements;
-  readonly #fencedReads: FencedReadStatements;
   readonly #cache: ConfigCache;
   /** The root database (also inside a transaction): its compiled statements and cache are shared with the built-in hubs. */
   readonly #rootDb: Kysely<Database>;
@@ -161,7 +165,6 @@ export class KyselyStore implements Store {
     this.#options = options;
     this.#rootDb = db;
     this.#hot = statementsOf(db);
-    this.#fencedReads = fencedReadsOf(db);
     this.#cache = configCacheOf(db, options.capabilities.singleWriter);
   }
 
@@ -323,12 +326,12 @@ export class KyselyStore implements Store {
     return this.#cache.stamp(parse<InstanceRecord>(text), version);
   }
 
-  async #docText(statement: StoreStatements[keyof StoreStatements], args: readonly unknown[]): Promise<string | undefined> {
+  async #docText(statement: HotStatement, args: readonly unknown[]): Promise<string | undefined> {
     return (await runHot<{ doc: string }>(this.#db, statement, args)).rows[0]?.doc;
   }
 
   /** A versioned read (PostgreSQL): the config counter's value and the documents, in one statement. */
-  async #versioned(statement: StoreStatements[keyof StoreStatements], args: readonly unknown[]): Promise<{ version: number; doc: string[] }> {
+  async #versioned(statement: HotStatement, args: readonly unknown[]): Promise<{ version: number; doc: string[] }> {
     const { rows } = await runHot<{ version: number | string; doc: string | null }>(this.#db, statement, args);
     return { version: Number(rows[0]?.version ?? 0), doc: rows.flatMap((row) => (row.doc === null ? [] : [row.doc])) };
   }
@@ -893,19 +896,19 @@ export class KyselyStore implements Store {
   }
 
   async getOperationUnlessFenced(instanceId: string, operationId: string, probe: FenceProbe): Promise<Unfenced<'operation', StoredOperation>> {
-    const { fence, doc } = await this.#readUnlessFenced(this.#fencedReads.operation, instanceId, operationId, probe, () => this.getOperation(instanceId, operationId));
+    const { fence, doc } = await this.#readUnlessFenced(this.#hot.fencedReads.operation, instanceId, operationId, probe, () => this.getOperation(instanceId, operationId));
     return fence !== undefined ? { fence } : doc === undefined ? {} : { operation: doc };
   }
 
   async getEnrollmentUnlessFenced(instanceId: string, registrationId: string, probe: FenceProbe): Promise<Unfenced<'enrollment', StoredEnrollment>> {
-    const { fence, doc } = await this.#readUnlessFenced(this.#fencedReads.enrollment, instanceId, lower(registrationId), probe, () =>
+    const { fence, doc } = await this.#readUnlessFenced(this.#hot.fencedReads.enrollment, instanceId, lower(registrationId), probe, () =>
       this.getEnrollment(instanceId, registrationId),
     );
     return fence !== undefined ? { fence } : doc === undefined ? {} : { enrollment: doc };
   }
 
   async getEnrollmentGroupUnlessFenced(instanceId: string, groupId: string, probe: FenceProbe): Promise<Unfenced<'group', StoredEnrollmentGroup>> {
-    const { fence, doc } = await this.#readUnlessFenced(this.#fencedReads.enrollmentGroup, instanceId, lower(groupId), probe, () =>
+    const { fence, doc } = await this.#readUnlessFenced(this.#hot.fencedReads.enrollmentGroup, instanceId, lower(groupId), probe, () =>
       this.getEnrollmentGroup(instanceId, groupId),
     );
     return fence !== undefined ? { fence } : doc === undefined ? {} : { group: doc };
@@ -919,14 +922,14 @@ export class KyselyStore implements Store {
     probe: FenceProbe,
     read: () => Promise<T | undefined>,
   ): Promise<{ fence?: Pick<EraseFence, 'kind' | 'requestId' | 'subjectHash'>; doc?: T }> {
-    const keys = [probe.registrationIds, probe.deviceIds, probe.groupIds].map((ids) => [...new Set((ids ?? []).filter((id) => id !== '').map(lower))]);
-    if (keys.some((kind) => kind.length > 1)) {
+    const wanted = probeKeys(probe);
+    if (wanted.some(([, keys]) => keys.length > 1)) {
       const fence = await this.findEraseFence(instanceId, probe);
       if (fence !== undefined) return { fence };
       const doc = await read();
       return doc === undefined ? {} : { doc };
     }
-    const [registrationKey, deviceKey, groupKey] = keys.map((kind) => kind[0] ?? NO_KEY);
+    const [registrationKey, deviceKey, groupKey] = wanted.map(([, keys]) => keys[0] ?? NO_KEY);
     const { rows } = await runHot<{ what: number | string; subject_kind: string; doc: string }>(this.#db, statement, [instanceId, key, registrationKey, deviceKey, groupKey]);
     const fence = rows.find((row) => Number(row.what) === 1);
     if (fence !== undefined) return { fence: fenceOf(fence) };
@@ -950,13 +953,7 @@ export class KyselyStore implements Store {
   }
 
   async findEraseFence(instanceId: string, probe: FenceProbe): Promise<Pick<EraseFence, 'kind' | 'requestId' | 'subjectHash'> | undefined> {
-    const wanted = (
-      [
-        ['registrationId', probe.registrationIds],
-        ['deviceId', probe.deviceIds],
-        ['enrollmentGroupId', probe.groupIds],
-      ] as const
-    ).map(([kind, ids]) => [kind, [...new Set((ids ?? []).filter((id) => id !== '').map(lower))]] as const);
+    const wanted = probeKeys(probe);
     if (wanted.every(([, keys]) => keys.length === 0)) return undefined;
     // A device's own probe (one ID per kind: every registration, poll and log entry) is one compiled statement.
     if (wanted.every(([, keys]) => keys.length <= 1)) {

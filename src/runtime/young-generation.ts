@@ -49,9 +49,8 @@ export function capYoungGeneration(options: YoungGenerationOptions = YOUNG_GENER
     setFlagsFromString(`--semi-space-growth-factor=${factor}`);
   };
   const check = (): void => {
-    const size = getHeapSpaceStatistics().find((space) => space.space_name === 'new_space')?.space_size ?? 0;
     // Growth doubles the space: allowed only while the doubled size still fits under the cap.
-    setGrowth(size * 2 <= options.maxMiB * MiB ? 2 : 1);
+    setGrowth(youngGenerationMiB() * 2 <= options.maxMiB ? 2 : 1);
   };
   check();
   // Each collection is reported after it ran (one entry per collection, in the next turn of the event loop).

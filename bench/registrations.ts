@@ -496,7 +496,8 @@ try {
   }
 } finally {
   for (const process of started.reverse()) await stop(process);
-  rmSync(dataDir, { recursive: true, force: true });
+  if (process.env.BENCH_KEEP_DATA === undefined) rmSync(dataDir, { recursive: true, force: true });
+  else process.stderr.write(`data directory kept: ${dataDir}\n`);
 }
 process.stdout.write(`${JSON.stringify(results, null, 2)}\n`);
 

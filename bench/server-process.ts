@@ -74,19 +74,33 @@ async function countStatements(): Promise<void> {
   // BENCH_STATEMENT_TEXTS=FILE: also count each SQL text, written to FILE (JSON, most frequent first) on SIGUSR2.
   const textsFile = process.env.BENCH_STATEMENT_TEXTS;
   const texts = new Map<string, number>();
+  // and the time spent in each text (µs, wall clock inside the call: the statement's own work, no waiting for others)
+  const micros = new Map<string, number>();
+  // and one execution's parameters (the benchmark's own made-up devices), to replay a statement alone
+  const examples = new Map<string, unknown[]>();
   for (const method of ['run', 'get', 'all', 'iterate'] as const) {
     const original = prototype[method];
     prototype[method] = function (this: { source: string }, ...args: unknown[]) {
       counts.statements += 1;
       if (/^\s*commit/i.test(this.source)) counts.commits += 1;
-      if (textsFile !== undefined) texts.set(this.source, (texts.get(this.source) ?? 0) + 1);
-      return original.apply(this, args);
+      if (textsFile === undefined) return original.apply(this, args);
+      texts.set(this.source, (texts.get(this.source) ?? 0) + 1);
+      if (!examples.has(this.source)) examples.set(this.source, args);
+      const started = process.hrtime.bigint();
+      try {
+        return original.apply(this, args);
+      } finally {
+        micros.set(this.source, (micros.get(this.source) ?? 0) + Number(process.hrtime.bigint() - started) / 1000);
+      }
     };
   }
   process.on('SIGUSR2', () => {
     if (textsFile !== undefined) {
-      writeFileSync(textsFile, JSON.stringify([...texts].sort((a, b) => b[1] - a[1]), null, 1));
+      const rows = [...texts].map(([text, count]) => [text, count, Math.round(micros.get(text) ?? 0), examples.get(text)] as const);
+      writeFileSync(textsFile, JSON.stringify(rows.sort((a, b) => b[1] - a[1]), null, 1));
       texts.clear();
+      micros.clear();
+      examples.clear();
     }
     process.stdout.write(`${JSON.stringify({ statementCounts: counts })}\n`);
   });

@@ -154,3 +154,40 @@ test('a page of the log’s failures reads the failures’ own index', async () 
   }
   await db.destroy();
 });
+
+/**
+ * Issue 12 (session 21): the group commit runs every registration of a batch in its own savepoint. better-sqlite3
+ * statements are prepared once per SQL text and kept (dialects/sqlite.ts, up to 2,000 texts); a savepoint named from a
+ * counter made two new texts per unit, so each was parsed anew, and after ~1,000 group-committed registrations the
+ * cache was full of one-off savepoint texts (held for the process's life) and no statement first seen later was kept.
+ */
+test('a unit of work’s savepoint is one SQL text, prepared once, however many units run', async () => {
+  const file = join(dir, 'savepoints', 'provisiond.db');
+  const prepared: string[] = [];
+  const prototype = BetterSqlite.prototype as unknown as { prepare: (source: string) => unknown };
+  const original = prototype.prepare;
+  prototype.prepare = function (this: unknown, source: string) {
+    prepared.push(source);
+    return original.call(this, source);
+  };
+  let store: Awaited<ReturnType<typeof openSqliteStore>>;
+  try {
+    store = await openSqliteStore(file);
+  } finally {
+    prototype.prepare = original;
+  }
+  try {
+    const units = 60;
+    await store.transaction(async (transaction) => {
+      for (let i = 0; i < units; i += 1) {
+        // Nested, as a bulk item inside a unit would be, and one that fails and rolls back to its own savepoint.
+        await transaction.atomically((unit) => unit.atomically(async () => undefined));
+        await assert.rejects(transaction.atomically(() => Promise.reject(new Error('unit failed'))), /unit failed/);
+      }
+    });
+    const savepointTexts = new Set(prepared.filter((source) => /savepoint/i.test(source)));
+    assert.ok(savepointTexts.size <= 3, `savepoint texts prepared: ${savepointTexts.size} (${[...savepointTexts].slice(0, 4).join(' | ')}…)`);
+  } finally {
+    await store.close();
+  }
+});

@@ -126,7 +126,8 @@ export function isUniqueViolation(error: unknown): boolean {
  * row (10 columns), and big enough that a statement's fixed cost is spread thin.
  */
 const BATCH_ROWS = 500;
-let savepoints = 0;
+/** The name of every unit's savepoint (see `atomically`). */
+const SAVEPOINT = sql.raw('provisiond_unit');
 /** Hot statements compiled once per root Kysely instance; its transactions share them. */
 const compiledStatements = new WeakMap<Kysely<Database>, StoreStatements>();
 function statementsOf(db: Kysely<Database>): StoreStatements {
@@ -226,8 +227,11 @@ export class KyselyStore implements Store {
 
   async atomically<T>(work: (store: Store) => Promise<T>): Promise<T> {
     if (this.#root !== undefined) return this.transaction(work);
-    // Savepoint names come from a counter, never from input.
-    const name = sql.raw(`provisiond_${(savepoints += 1)}`);
+    // One name for every savepoint: SQLite and PostgreSQL both release or roll back to the most recent savepoint of a
+    // name, which is the innermost one since units nest strictly. One text, so the statement is prepared once (a name
+    // per unit made two new SQL texts per group-committed registration, each parsed anew and filling the statement
+    // cache of dialects/sqlite.ts).
+    const name = SAVEPOINT;
     await sql`savepoint ${name}`.execute(this.#db);
     let result: T;
     try {

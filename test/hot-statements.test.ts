@@ -1,9 +1,9 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import type { KyselyPlugin, PluginTransformQueryArgs, PluginTransformResultArgs, QueryResult, RootOperationNode, UnknownRow } from 'kysely';
-import { sql } from 'kysely';
+import { CompiledQuery, sql } from 'kysely';
 import { loadConfig } from '../src/config/config.js';
-import { compileHot, runHot } from '../src/store/hot-statements.js';
+import { compileHot, hubStatements, runHot, storeStatements } from '../src/store/hot-statements.js';
 import { KyselyStore } from '../src/store/kysely-store.js';
 import { openSqliteDatabase, openStore } from '../src/store/open-store.js';
 import { freshPostgresDatabase } from './postgres.js';
@@ -163,3 +163,39 @@ test('getOperationUnlessFenced and the enrollment reads: the fence, else the row
     await store.close();
   }
 });
+
+/**
+ * Issue 12 (session 21): every registration and poll checks the erase fences (the admission, the poll, the hub write),
+ * so those checks must be seeks of the fences' primary key (instance, kind, ID), never a read of every fence of an
+ * instance (a group erase fences each of its members) nor a temporary b-tree built per call. provisiond gathers no
+ * SQLite statistics, so an empty database shows the plan a full one gets.
+ */
+test('the fence checks of a registration and a poll seek the fences’ primary key (SQLite plans)', async () => {
+  const db = await openSqliteDatabase(':memory:');
+  const store = storeStatements(db);
+  const hub = hubStatements(db);
+  const checks = {
+    'the poll': store.fencedReads.operation,
+    'the admission (individual)': store.fencedReads.enrollment,
+    'the admission (group)': store.fencedReads.enrollmentGroup,
+    'a device’s own fence probe': store.eraseFence,
+    'the hub write': hub.deviceFence,
+  };
+  for (const [name, statement] of Object.entries(checks)) {
+    const parameters = statement.slots.map((slot) => (typeof slot === 'number' ? `arg-${slot}` : slot.value));
+    const details = await explain(db, statement.sql, parameters);
+    const fenceSteps = details.filter((detail) => /erase_fences/.test(detail));
+    assert.ok(fenceSteps.length > 0, `${name}: reads the fences`);
+    for (const step of fenceSteps) {
+      assert.match(step, /^SEARCH erase_fences USING INDEX sqlite_autoindex_erase_fences_1 \(instance_id=\? AND subject_kind=\? AND id_key=\?\)$/, `${name}: ${details.join(' | ')}`);
+    }
+    assert.ok(!details.some((detail) => /LIST SUBQUERY|TEMP B-TREE|CO-ROUTINE/.test(detail)), `${name}: ${details.join(' | ')}`);
+  }
+  await db.destroy();
+});
+
+/** The query plan's steps of `text` with `parameters` bound (Kysely's executor binds them). */
+async function explain(db: Awaited<ReturnType<typeof openSqliteDatabase>>, text: string, parameters: readonly unknown[]): Promise<string[]> {
+  const result = await db.executeQuery<{ detail: string }>(CompiledQuery.raw(`explain query plan ${text}`, [...parameters]));
+  return result.rows.map((row) => row.detail);
+}

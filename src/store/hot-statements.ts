@@ -1,4 +1,4 @@
-import { sql, type Compilable, type Kysely, type QueryResult, type RootOperationNode } from 'kysely';
+import { sql, type Compilable, type Kysely, type QueryResult, type RootOperationNode, type SelectQueryBuilder } from 'kysely';
 import { CONFIG_COUNTER } from './config-cache.js';
 import type { Database } from './schema.js';
 
@@ -153,8 +153,11 @@ export function storeStatements(db: Kysely<Database>) {
       }),
       DEFERRED,
     ),
-    /** One statement for every subject kind of a probe naming at most one ID per kind ({@link NO_KEY} for none). */
-    eraseFence: compileHot((p) => fencesOfProbe(db, p(0), [p(1), p(2), p(3)]).select(['subject_kind', 'doc']).limit(1)),
+    /**
+     * One statement for every subject kind of a probe naming at most one ID per kind ({@link NO_KEY} for none): one
+     * row, its `fence` the first fence found ({@link parseProbeFence}) or null.
+     */
+    eraseFence: compileHot((p) => db.selectNoFrom(fenceOfProbe(db, p(0), [p(1), p(2), p(3)]).as('fence'))),
     /** A device's individual enrollment and registration record, as scalar subqueries of one statement. */
     enrollmentAndRegistration: compileHot((p) =>
       db.selectNoFrom([
@@ -196,18 +199,34 @@ export function storeStatements(db: Kysely<Database>) {
   };
 }
 
-/** The fences standing on a device's probe: one key per subject kind (registration, device, group; {@link NO_KEY} for none). */
-function fencesOfProbe(db: Kysely<Database>, instanceId: string, [registrationKey, deviceKey, groupKey]: readonly [string, string, string]) {
-  return db
-    .selectFrom('erase_fences')
-    .where('instance_id', '=', instanceId)
-    .where((eb) =>
-      eb.or([
-        eb.and([eb('subject_kind', '=', 'registrationId'), eb('id_key', '=', registrationKey)]),
-        eb.and([eb('subject_kind', '=', 'deviceId'), eb('id_key', '=', deviceKey)]),
-        eb.and([eb('subject_kind', '=', 'enrollmentGroupId'), eb('id_key', '=', groupKey)]),
-      ]),
-    );
+/**
+ * The first fence standing on a device's probe (one key per subject kind: registration, device, group; {@link NO_KEY}
+ * for none), as one scalar: `kind` + {@link FENCE_SEPARATOR} + its document, or null. Each kind is its own seek of the
+ * primary key (instance, kind, ID), the next tried only when the one before found nothing: an OR of the three pairs
+ * made SQLite read every fence of the instance through `erase_fences_request` (a group erase fences each member) and
+ * cost 3–4 times as much on an empty table (bench/README.md, "session 21, H1").
+ */
+function fenceOfProbe(db: Kysely<Database>, instanceId: string, [registrationKey, deviceKey, groupKey]: readonly [string, string, string]) {
+  const seek = (kind: EraseFenceKind, idKey: string) =>
+    db
+      .selectFrom('erase_fences')
+      // The separator is bound, not quoted: on PostgreSQL a text without a quoted literal can carry the held BEGIN.
+      .select(sql<string>`${sql.ref('subject_kind')} || ${FENCE_SEPARATOR} || ${sql.ref('doc')}`.as('fence'))
+      .where('instance_id', '=', instanceId)
+      .where('subject_kind', '=', kind)
+      .where('id_key', '=', idKey)
+      .limit(1);
+  return sql<string | null>`coalesce(${seek('registrationId', registrationKey)}, ${seek('deviceId', deviceKey)}, ${seek('enrollmentGroupId', groupKey)})`;
+}
+
+type EraseFenceKind = 'registrationId' | 'deviceId' | 'enrollmentGroupId';
+/** Between a fence's kind and its document in {@link fenceOfProbe}'s scalar (no kind holds a newline). */
+const FENCE_SEPARATOR = '\n';
+
+/** A probe fence's scalar, split: its kind and its document (JSON text). */
+export function parseProbeFence(fence: string): { subject_kind: string; doc: string } {
+  const at = fence.indexOf(FENCE_SEPARATOR);
+  return { subject_kind: fence.slice(0, at), doc: fence.slice(at + FENCE_SEPARATOR.length) };
 }
 
 /** The shared config counter's value, 0 before the first config write. */
@@ -244,14 +263,21 @@ export function hubStatements(db: Kysely<Database>) {
         .where('device_id_key', '=', p(1))
         .where('revision', '=', p(5)),
     ),
-    /** A running erase of an instance that links the hub fences the device ID (one statement, a subquery). */
+    /**
+     * A running erase of an instance that links the hub fences the device ID. The linked hubs first (a cross join is
+     * SQLite's way to fix the order), then a seek of the fence's primary key per instance: with `instance_id in
+     * (select …)` SQLite built the list in a temporary b-tree on every call (20 µs against 1.4 µs), and an inner join
+     * let it scan the fences first, every member of a group being erased.
+     */
     deviceFence: compileHot((p) =>
       db
-        .selectFrom('erase_fences')
-        .select('doc')
-        .where('subject_kind', '=', 'deviceId')
-        .where('id_key', '=', p(1))
-        .where('instance_id', 'in', (eb) => eb.selectFrom('linked_hubs').select('instance_id').where('name_key', '=', p(0)))
+        .selectFrom('linked_hubs')
+        .crossJoin('erase_fences')
+        .select('erase_fences.doc')
+        .where('linked_hubs.name_key', '=', p(0))
+        .whereRef('erase_fences.instance_id', '=', 'linked_hubs.instance_id')
+        .where('erase_fences.subject_kind', '=', 'deviceId')
+        .where('erase_fences.id_key', '=', p(1))
         .limit(1),
     ),
   };
@@ -263,30 +289,23 @@ export type HubStatements = ReturnType<typeof hubStatements>;
 // ---- issue 12 P1 (session 20): statements that answer two questions in one
 
 /**
- * An erase-fence check and the read it guards as one statement (one round trip on PostgreSQL): the fence row first,
- * when one stands on any ID of the probe (`what` = 1), then the guarded row (`what` = 2). The poll guards its
- * operation read; a registration's admission, in its transaction, its enrollment or group read. Arguments: instance
- * ID, the row's key, then the probe's registration, device and group keys ({@link NO_KEY} for none).
+ * An erase-fence check and the read it guards as one statement (one round trip on PostgreSQL): one row of two scalar
+ * subqueries, `fence` ({@link fenceOfProbe}: null unless a fence stands on an ID of the probe) and `doc` (the guarded
+ * row's document, or null). The poll guards its operation read; a registration's admission, in its transaction, its
+ * enrollment or group read. Arguments: instance ID, the row's key, then the probe's registration, device and group
+ * keys ({@link NO_KEY} for none). (Session 20 wrote this as the fence rows `union all` the row: a compound select and
+ * a co-routine, 30 µs against 6.6 µs in a transaction on SQLite.)
  */
 function fencedReadStatements(db: Kysely<Database>) {
-  const fenceOf = (p: (index: number) => string) =>
-    fencesOfProbe(db, p(0), [p(2), p(3), p(4)])
-      .select([sql<number>`1`.as('what'), 'subject_kind', 'doc'])
-      .limit(1);
-  // No quoted literal in these texts: on PostgreSQL a statement with none can carry the held BEGIN (pg-round-trips.ts).
-  const row = [sql<number>`2`.as('what'), sql<string>`null`.as('subject_kind'), 'doc'] as const;
-  // (SQLite takes no LIMIT on a member of a compound select: the fence's sits in a subquery.)
-  const fenceFirst = (p: (index: number) => string) => db.selectFrom(fenceOf(p).as('f')).select(['f.what', 'f.subject_kind', 'f.doc']);
+  const guarded = (p: (index: number) => string, row: SelectQueryBuilder<Database, keyof Database, { doc: string }>) =>
+    db.selectNoFrom([fenceOfProbe(db, p(0), [p(2), p(3), p(4)]).as('fence'), row.as('doc')]);
   return {
-    operation: compileHot((p) =>
-      fenceFirst(p).unionAll(db.selectFrom('operations').select(row).where('instance_id', '=', p(0)).where('operation_id', '=', p(1))),
-    ),
+    operation: compileHot((p) => guarded(p, db.selectFrom('operations').select('doc').where('instance_id', '=', p(0)).where('operation_id', '=', p(1)))),
     enrollment: compileHot((p) =>
-      fenceFirst(p).unionAll(db.selectFrom('enrollments').select(row).where('instance_id', '=', p(0)).where('registration_id_key', '=', p(1))),
+      guarded(p, db.selectFrom('enrollments').select('doc').where('instance_id', '=', p(0)).where('registration_id_key', '=', p(1))),
     ),
     enrollmentGroup: compileHot((p) =>
-      fenceFirst(p).unionAll(db.selectFrom('enrollment_groups').select(row).where('instance_id', '=', p(0)).where('group_id_key', '=', p(1))),
+      guarded(p, db.selectFrom('enrollment_groups').select('doc').where('instance_id', '=', p(0)).where('group_id_key', '=', p(1))),
     ),
   };
 }
-

@@ -8,7 +8,7 @@ import { certificateThumbprints } from '../domain/enrollment.js';
 import type { Filter } from '../domain/query.js';
 import { KyselyHubStore, type BuiltInHubStore } from './hub-store.js';
 import { CONFIG_COUNTER, configCacheOf, type ConfigCache } from './config-cache.js';
-import { deferredWrite, hotDoc, NO_KEY, type HotStatement, runHot, storeStatements, type StoreStatements } from './hot-statements.js';
+import { deferredWrite, hotDoc, NO_KEY, parseProbeFence, type HotStatement, runHot, storeStatements, type StoreStatements } from './hot-statements.js';
 import { AUDIT_ROW_COLUMNS, bulkStatementsOf, ENROLLMENT_ROW_COLUMNS } from './bulk-statements.js';
 import { migrationProvider } from './migrations.js';
 import type { Database } from './schema.js';
@@ -934,11 +934,10 @@ export class KyselyStore implements Store {
       return doc === undefined ? {} : { doc };
     }
     const [registrationKey, deviceKey, groupKey] = wanted.map(([, keys]) => keys[0] ?? NO_KEY);
-    const { rows } = await runHot<{ what: number | string; subject_kind: string; doc: string }>(this.#db, statement, [instanceId, key, registrationKey, deviceKey, groupKey]);
-    const fence = rows.find((row) => Number(row.what) === 1);
-    if (fence !== undefined) return { fence: fenceOf(fence) };
-    const found = rows.find((row) => Number(row.what) === 2);
-    return found === undefined ? {} : { doc: parse<T>(found.doc) };
+    const { rows } = await runHot<{ fence: string | null; doc: string | null }>(this.#db, statement, [instanceId, key, registrationKey, deviceKey, groupKey]);
+    const row = rows[0];
+    if (row?.fence != null) return { fence: fenceOf(parseProbeFence(row.fence)) };
+    return row?.doc == null ? {} : { doc: parse<T>(row.doc) };
   }
 
   async getEnrollmentAndRegistration(
@@ -962,8 +961,9 @@ export class KyselyStore implements Store {
     // A device's own probe (one ID per kind: every registration, poll and log entry) is one compiled statement.
     if (wanted.every(([, keys]) => keys.length <= 1)) {
       const [registrationKey, deviceKey, groupKey] = wanted.map(([, keys]) => keys[0] ?? NO_KEY);
-      const { rows } = await runHot<{ subject_kind: string; doc: string }>(this.#db, this.#hot.eraseFence, [instanceId, registrationKey, deviceKey, groupKey]);
-      return rows[0] === undefined ? undefined : fenceOf(rows[0]);
+      const { rows } = await runHot<{ fence: string | null }>(this.#db, this.#hot.eraseFence, [instanceId, registrationKey, deviceKey, groupKey]);
+      const fence = rows[0]?.fence;
+      return fence == null ? undefined : fenceOf(parseProbeFence(fence));
     }
     // A bulk call probes thousands of IDs at once: one statement per chunk of BATCH_ROWS IDs, all kinds together, as
     // one IN list per kind (an OR per ID would exceed SQLite's expression depth of 1,000).

@@ -408,6 +408,30 @@ export function runStoreContract(name: string, open: () => Promise<Store>): void
         assert.equal(await store.deleteRegistration(a.id, 'reg-1'), false);
       });
 
+      // SQLite writes a re-registration without touching the key columns' indexes when the keys stay (session 21): a
+      // record whose device ID or group changes must still be found by the new key, and no longer by the old one.
+      test('a record put again under another device ID or group is found by the new key only', async () => {
+        const byDevice = async (deviceId: string) =>
+          (await store.queryRegistrations(a.id, { filters: [{ field: 'deviceId', op: 'eq', values: [deviceId] }], limit: 10 })).items.map((found) => found.registrationId);
+        await store.putRegistration(a.id, registration('Moving-1', { deviceId: 'Dev-Old', enrollmentGroupId: 'Grp-Old' }));
+        await store.putRegistration(a.id, registration('Moving-1', { deviceId: 'Dev-Old', enrollmentGroupId: 'Grp-Old', status: 'failed' }));
+        assert.equal((await store.getRegistration(a.id, 'moving-1'))?.status, 'failed');
+        await store.putRegistration(a.id, registration('Moving-1', { deviceId: 'Dev-New', enrollmentGroupId: 'Grp-Old' }));
+        assert.deepEqual(await byDevice('dev-new'), ['Moving-1']);
+        assert.deepEqual(await byDevice('dev-old'), []);
+        await store.putRegistration(a.id, registration('Moving-1', { deviceId: 'Dev-New', enrollmentGroupId: 'Grp-New' }));
+        assert.equal(await store.deleteRegistrationsOfGroup(a.id, 'grp-old'), 0);
+        assert.equal((await store.getRegistration(a.id, 'moving-1'))?.enrollmentGroupId, 'Grp-New');
+        assert.equal(await store.deleteRegistrationsOfGroup(a.id, 'GRP-NEW'), 1);
+
+        const none = { registrationIds: [], deviceIds: [], groupIds: [] };
+        const link = { registrationId: 'Moving-1', enrollmentGroupId: 'Grp-Old', hub: 'hub-a', deviceId: 'Dev-New', linkedDateTimeUtc: '2024-01-01T00:00:00.0000000Z' };
+        await store.putHubDeviceLink(a.id, link);
+        await store.putHubDeviceLink(a.id, { ...link, enrollmentGroupId: 'Grp-New' });
+        assert.deepEqual(await store.findHubDeviceLinks(a.id, { ...none, groupIds: ['grp-old'] }), []);
+        assert.deepEqual(await store.findHubDeviceLinks(a.id, { ...none, groupIds: ['grp-new'] }), [{ ...link, enrollmentGroupId: 'Grp-New' }]);
+      });
+
       test('query by group, by status and by assigned hub; deleteRegistrationsOfGroup deletes only that group', async () => {
         await store.putRegistration(a.id, registration('g1-dev-b', { enrollmentGroupId: 'Group-1' }));
         await store.putRegistration(a.id, registration('G1-dev-a', { enrollmentGroupId: 'group-1', assignedHub: 'Hub2.example.net' }));

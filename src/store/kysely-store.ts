@@ -8,7 +8,7 @@ import { certificateThumbprints } from '../domain/enrollment.js';
 import type { Filter } from '../domain/query.js';
 import { KyselyHubStore, type BuiltInHubStore } from './hub-store.js';
 import { CONFIG_COUNTER, configCacheOf, type ConfigCache } from './config-cache.js';
-import { deferredWrite, hotDoc, NO_KEY, parseProbeFence, type HotStatement, runHot, storeStatements, type StoreStatements } from './hot-statements.js';
+import { deferredWrite, hotDoc, hotWrite, NO_KEY, parseProbeFence, type HotStatement, runHot, storeStatements, type StoreStatements } from './hot-statements.js';
 import { AUDIT_ROW_COLUMNS, bulkStatementsOf, ENROLLMENT_ROW_COLUMNS } from './bulk-statements.js';
 import { migrationProvider } from './migrations.js';
 import type { Database } from './schema.js';
@@ -154,6 +154,8 @@ export class KyselyStore implements Store {
   readonly #root: Kysely<Database> | undefined;
   readonly #options: KyselyStoreOptions;
   readonly #hot: StoreStatements;
+  /** The embedded store: writes that spare unchanged index entries (putRegistration) are worth a row count there. */
+  readonly #sqlite: boolean;
   readonly #cache: ConfigCache;
   /** The root database (also inside a transaction): its compiled statements and cache are shared with the built-in hubs. */
   readonly #rootDb: Kysely<Database>;
@@ -166,6 +168,7 @@ export class KyselyStore implements Store {
     this.#options = options;
     this.#rootDb = db;
     this.#hot = statementsOf(db);
+    this.#sqlite = options.capabilities.name === 'sqlite';
     this.#cache = configCacheOf(db, options.capabilities.singleWriter);
   }
 
@@ -812,7 +815,7 @@ export class KyselyStore implements Store {
   }
 
   async putRegistration(instanceId: string, registration: StoredRegistration): Promise<void> {
-    await deferredWrite(this.#db, this.#hot.putRegistration, [
+    const args = [
       instanceId,
       lower(registration.registrationId),
       lower(registration.deviceId),
@@ -821,7 +824,11 @@ export class KyselyStore implements Store {
       lower(registration.assignedHub),
       registration.etag,
       JSON.stringify(registration),
-    ]);
+    ];
+    // SQLite: first the upsert that leaves the indexed keys alone (fewer pages written); it changes nothing when they
+    // differ. PostgreSQL skips an unchanged index by itself (a HOT update), and its write travels with the COMMIT.
+    if (this.#sqlite && (await hotWrite(this.#db, this.#hot.putRegistrationSameKeys, args)) > 0) return;
+    await deferredWrite(this.#db, this.#hot.putRegistration, args);
   }
 
   async deleteRegistration(instanceId: string, registrationId: string, expectedEtag?: string): Promise<boolean> {
@@ -1264,14 +1271,10 @@ export class KyselyStore implements Store {
   // ---- subject→hub-device links
 
   async putHubDeviceLink(instanceId: string, link: HubDeviceLink): Promise<void> {
-    await deferredWrite(this.#db, this.#hot.putHubDeviceLink, [
-      instanceId,
-      lower(link.registrationId),
-      lower(link.hub),
-      lower(link.deviceId),
-      lower(link.enrollmentGroupId),
-      JSON.stringify(link),
-    ]);
+    const args = [instanceId, lower(link.registrationId), lower(link.hub), lower(link.deviceId), lower(link.enrollmentGroupId), JSON.stringify(link)];
+    // As putRegistration: on SQLite the group's index entry is rewritten only when the group changed.
+    if (this.#sqlite && (await hotWrite(this.#db, this.#hot.putHubDeviceLinkSameGroup, args)) > 0) return;
+    await deferredWrite(this.#db, this.#hot.putHubDeviceLink, args);
   }
 
   async findHubDeviceLinks(instanceId: string, ids: SubjectIds): Promise<HubDeviceLink[]> {

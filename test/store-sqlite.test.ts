@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readlinkSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
@@ -187,6 +187,52 @@ test('a unit of work’s savepoint is one SQL text, prepared once, however many 
     });
     const savepointTexts = new Set(prepared.filter((source) => /savepoint/i.test(source)));
     assert.ok(savepointTexts.size <= 3, `savepoint texts prepared: ${savepointTexts.size} (${[...savepointTexts].slice(0, 4).join(' | ')}…)`);
+  } finally {
+    await store.close();
+  }
+});
+
+/**
+ * Issue 12 (session 21): SQLite journals each page a savepoint changes first, and a sub-journal past 64 KiB spilled to
+ * an unlinked temporary file — one per group commit of a few registrations, ~29 extra writes per registration, and page
+ * images of devices in a file outside the data directory (docs/customer-data.md "What remains"). The journal stays in
+ * memory: while a savepoint has changed ~200 existing pages, the process holds no SQLite temporary file open.
+ */
+test('a unit of work’s savepoint journal stays in memory, never in a temporary file', async () => {
+  const store = await openSqliteStore(join(dir, 'subjournal', 'provisiond.db'));
+  const record = (id: string, status: 'assigned' | 'failed') => ({
+    registrationId: id,
+    createdDateTimeUtc: '2024-01-01T00:00:00.0000000Z',
+    assignedHub: 'hub1.example.net',
+    deviceId: id,
+    status,
+    lastUpdatedDateTimeUtc: '2024-01-01T00:00:01.0000000Z',
+    etag: `"${id}-${status}"`,
+    attestationType: 'symmetricKey' as const,
+    payload: { padding: 'x'.repeat(3000) },
+  });
+  try {
+    const ids = Array.from({ length: 200 }, (_, i) => `journal-${String(i).padStart(3, '0')}`);
+    await store.transaction(async (transaction) => {
+      for (const id of ids) await transaction.putRegistration('i1', record(id, 'assigned'));
+    });
+    const temporaryFiles = await store.transaction((transaction) =>
+      transaction.atomically(async (unit) => {
+        for (const id of ids) await unit.putRegistration('i1', record(id, 'failed'));
+        // SQLite names its temporary files etilqs_…, unlinked once open: an open descriptor is the only trace.
+        return readdirSync('/proc/self/fd')
+          .map((fd) => {
+            try {
+              return readlinkSync(`/proc/self/fd/${fd}`);
+            } catch {
+              return '';
+            }
+          })
+          .filter((target) => target.includes('etilqs_'));
+      }),
+    );
+    assert.deepEqual(temporaryFiles, []);
+    assert.equal((await store.getRegistration('i1', 'journal-199'))?.status, 'failed');
   } finally {
     await store.close();
   }

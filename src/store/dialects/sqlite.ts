@@ -35,7 +35,7 @@ export function openSqliteDialect(file: string, options: { readOnly?: boolean } 
   database.pragma('secure_delete = ON');
   // Temporary structures in memory, not in temporary files. The group commit runs each registration of a batch in a
   // savepoint, and SQLite copies every page a savepoint changes for the first time into a sub-journal, which spills
-  // to an (unlinked) temporary file past 64 KiB: a batch of eight wrote ~41 extra pages per registration there, and
+  // to an (unlinked) temporary file past 64 KiB: a batch of eight made 29–41 extra writes per registration there, and
   // created and deleted a file per commit (bench/README.md "session 21, H1"). In memory the sub-journal holds at most
   // the pages of one batch (a few MiB at 64 registrations), and no page image of a device outlives its transaction in
   // a temporary file on disk.

@@ -1,8 +1,9 @@
 import Database from 'better-sqlite3';
-import { randomBytes, randomUUID } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { copyFileSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { newOperationId } from '../src/domain/ids.js';
 
 /**
  * WAL frames per registration (issue 12, bench/README.md "session 21, H1"): a figure no load on a shared machine can
@@ -68,7 +69,7 @@ while (done < registrations) {
         const parameters = write.parameters.map((value) => (typeof value === 'string' ? value.replace(device, id) : value));
         // Fresh keys where every registration writes a new row.
         if (/^insert into "audit_events"/.test(write.text)) parameters[1] = `01${randomBytes(11).toString('hex')}`;
-        if (/^insert into "operations"/.test(write.text)) parameters[1] = `5.${randomBytes(8).toString('hex')}.${randomUUID()}`;
+        if (/^insert into "operations"/.test(write.text)) parameters[1] = newOperationId();
         write.statement.run(...parameters);
       }
     }

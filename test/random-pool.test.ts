@@ -12,6 +12,17 @@ test('pooled IDs and etags keep their formats', () => {
   assert.match(randomHex(4), /^[0-9a-f]{8}$/);
 });
 
+test('operation IDs made later sort after earlier ones (their rows go to the end of the key index)', async () => {
+  const first = newOperationId();
+  await new Promise((resolve) => setTimeout(resolve, 2));
+  const later = Array.from({ length: 50 }, () => newOperationId());
+  for (const id of later) assert.ok(id > first, `${id} sorts after ${first}`);
+  // The time part is the creation time in milliseconds; the rest stays random.
+  const millis = Number.parseInt(first.slice(2, 14), 16);
+  assert.ok(Math.abs(millis - Date.now()) < 1_000);
+  assert.equal(new Set(later).size, 50);
+});
+
 test('values drawn across many refills of the pool are all distinct', () => {
   // 20,000 × 12 bytes is about 60 refills of the 4 KiB pool: a refill that reused bytes would repeat values.
   const seen = new Set<string>();

@@ -190,10 +190,17 @@ export class RegistrationService {
     );
     // A fast assignment is finished before the device hears of its operation: its one transaction wrote the finished
     // operation, so the first poll is the answer (Retry-After: 0) and no `assigning` operation is written at all.
-    const finished = await Promise.race([
-      work.then(() => true),
-      new Promise<boolean>((resolve) => setTimeout(resolve, this.#deps.config.registrationWaitMs, false).unref()),
-    ]);
+    // The wait's timer is cleared as soon as the work ends: left to run out (registrationWaitMs), every registration's
+    // timer and promise would outlive a few young collections and be copied into the old space (P6).
+    let waiting: NodeJS.Timeout | undefined;
+    const finished = await new Promise<boolean>((resolve) => {
+      waiting = setTimeout(resolve, this.#deps.config.registrationWaitMs, false).unref();
+      work.then(
+        () => resolve(true),
+        () => resolve(true),
+      );
+    });
+    clearTimeout(waiting);
     if (finished) {
       const result = await work;
       if (result.kind === 'refused') {

@@ -63,7 +63,12 @@ function checkBody(request: FastifyRequest): RegistrationBody {
   return checkRegistrationBody(request.body, (request.params as DeviceParams).registrationId);
 }
 
-function sendOperation(request: FastifyRequest, reply: FastifyReply, result: OperationReply): FastifyReply {
+/**
+ * Sets the reply's status and headers and gives back the body for the async handler to return. (Returning the body,
+ * not `reply.send(...)`'s reply: an async handler that resolves to the reply — a thenable — makes Fastify wait for the
+ * response stream to end through end-of-stream listeners, several objects and microtask turns per device request.)
+ */
+function sendOperation(request: FastifyRequest, reply: FastifyReply, result: OperationReply): OperationReply['body'] {
   if (result.retryAfterSeconds !== undefined) reply.header('retry-after', String(result.retryAfterSeconds));
   if (result.httpStatus === 202) {
     const { idScope, registrationId } = request.params as DeviceParams;
@@ -71,7 +76,8 @@ function sendOperation(request: FastifyRequest, reply: FastifyReply, result: Ope
     location.pathname = `/${encodeURIComponent(idScope)}/registrations/${encodeURIComponent(registrationId)}/register`;
     reply.header('location', location.toString());
   }
-  return reply.code(result.httpStatus).send(result.body);
+  reply.code(result.httpStatus);
+  return result.body;
 }
 
 export function deviceApiPlugin(deps: { registrations: RegistrationService }) {

@@ -236,24 +236,31 @@ async function createLockedApp(deps: AppDeps, logger: FastifyBaseLogger, release
   const { app: http, openApi } = createHttpServer({ config, logger: log('http'), tls: { key: tls.key, cert: tls.cert } });
   httpServer = http.server;
   if (metrics !== undefined) {
-    http.addHook('onResponse', async (request, reply) => {
+    // (Callback-style, as every hook a device request passes: no promise per request.)
+    http.addHook('onResponse', (request, reply, done) => {
       const operationId = request.routeOptions.config.operationId;
       // Device API calls are counted as registrations; the portal's files and probes are not API calls.
-      if (operationId === undefined || operationId.startsWith('RuntimeRegistration_')) return;
-      metrics.serviceApiRequest(request.method, request.routeOptions.url ?? '', reply.statusCode);
+      if (operationId !== undefined && !operationId.startsWith('RuntimeRegistration_')) metrics.serviceApiRequest(request.method, request.routeOptions.url ?? '', reply.statusCode);
+      done();
     });
   }
   // Every authenticated service-API call goes in the system log (added before the plugins, so it covers them all),
   // written before the answer leaves: a client that reads the log after its call finds the call there, on any node.
   const auditCall = serviceCallAuditor(audit);
-  http.addHook('onSend', async (request, reply, payload) => {
-    try {
-      await auditCall(request, reply);
-    } catch (error) {
-      // The call itself has happened; a log write that failed is the server's trouble, not a reason to answer 500.
-      request.log.error({ err: error }, 'writing the log entry of a service-API call failed');
+  // Callback-style: a request no service-API caller made (every device request) passes without a promise.
+  http.addHook('onSend', (request, reply, payload, done) => {
+    if (request.caller === undefined) {
+      done(null, payload);
+      return;
     }
-    return payload;
+    auditCall(request, reply).then(
+      () => done(null, payload),
+      (error: unknown) => {
+        // The call itself has happened; a log write that failed is the server's trouble, not a reason to answer 500.
+        request.log.error({ err: error }, 'writing the log entry of a service-API call failed');
+        done(null, payload);
+      },
+    );
   });
   await http.register(serviceApiPlugin({ auth, enrollments: enrollments as never, groups: groups as never, registrations, audit }));
   await http.register(controlPlanePlugin({ auth, instances }));

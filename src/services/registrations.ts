@@ -24,7 +24,7 @@ import type { HubLatencies } from './hub-latency.js';
 import type { SymmetricKeyGroups } from './symmetric-key-groups.js';
 import { createRateLimiter, MemoryRateLimiter, type RateLimiter } from './throttle.js';
 import { RefusedAttempts } from './refused-attempts.js';
-import type { AuditLog } from './audit-log.js';
+import type { AuditInput, AuditLog } from './audit-log.js';
 import type { LifecycleEvents } from './lifecycle-events.js';
 import { authenticateDevice } from './attestation/authenticate.js';
 import type { DeviceCredential, DeviceMatch } from './attestation/device-match.js';
@@ -147,7 +147,7 @@ export class RegistrationService {
       // Authenticate first: the instance's registration budget is spent only by devices that proved who they are.
       match = await this.#refused.guard(request.source, async () => {
         instance = await this.#instance(request.idScope);
-        return proven !== undefined && proven.instance.id === instance.id ? provedMatch({ ...proven, instance }) : this.#authenticate(instance, request);
+        return proven !== undefined && proven.instance.id === instance.id ? provedMatch(Object.assign({}, proven, { instance })) : this.#authenticate(instance, request);
       });
       const instanceId = match.instance.id;
       await this.#throttling(request.transport, 'register', () => this.#registrationLimiter.take(instanceId));
@@ -190,10 +190,17 @@ export class RegistrationService {
     );
     // A fast assignment is finished before the device hears of its operation: its one transaction wrote the finished
     // operation, so the first poll is the answer (Retry-After: 0) and no `assigning` operation is written at all.
-    const finished = await Promise.race([
-      work.then(() => true),
-      new Promise<boolean>((resolve) => setTimeout(resolve, this.#deps.config.registrationWaitMs, false).unref()),
-    ]);
+    // The wait's timer is cleared as soon as the work ends: left to run out (registrationWaitMs), every registration's
+    // timer and promise would outlive a few young collections and be copied into the old space (P6).
+    let waiting: NodeJS.Timeout | undefined;
+    const finished = await new Promise<boolean>((resolve) => {
+      waiting = setTimeout(resolve, this.#deps.config.registrationWaitMs, false).unref();
+      work.then(
+        () => resolve(true),
+        () => resolve(true),
+      );
+    });
+    clearTimeout(waiting);
     if (finished) {
       const result = await work;
       if (result.kind === 'refused') {
@@ -674,23 +681,22 @@ export class RegistrationService {
 
   /** The log entry of a registration's outcome. */
   #outcomeEvent(match: DeviceMatch, base: StoredRegistration, record: StoredRegistration, transport: Transport, operationId: string): AuditEvent | undefined {
-    return this.#deps.audit?.event({
-      kind: 'registration',
-      operation: 'register',
-      actor: 'device',
-      subject: {
-        registrationId: match.registrationId,
-        deviceId: record.deviceId ?? match.deviceId,
-        ...(base.enrollmentGroupId === undefined ? {} : { enrollmentGroupId: base.enrollmentGroupId }),
-      },
-      outcome: record.status === 'assigned' ? 'success' : 'failure',
-      ...(record.errorCode === undefined ? {} : { errorCode: record.errorCode }),
-      ...(record.errorMessage === undefined ? {} : { reason: record.errorMessage }),
-      transport,
-      attestationType: match.attestationType,
-      ...(record.status === 'assigned' && record.assignedHub !== undefined ? { hub: record.assignedHub } : {}),
-      details: { status: record.status, ...(record.substatus === undefined ? {} : { substatus: record.substatus }), operationId },
-    });
+    const audit = this.#deps.audit;
+    if (audit === undefined) return undefined;
+    // Built by assignment rather than conditional spreads: one object each, no temporary ones (one per registration).
+    const subject: AuditInput['subject'] = { registrationId: match.registrationId, deviceId: record.deviceId ?? match.deviceId };
+    if (base.enrollmentGroupId !== undefined) subject.enrollmentGroupId = base.enrollmentGroupId;
+    const details: Record<string, unknown> = { status: record.status };
+    if (record.substatus !== undefined) details.substatus = record.substatus;
+    details.operationId = operationId;
+    const input: AuditInput = { kind: 'registration', operation: 'register', actor: 'device', subject, outcome: record.status === 'assigned' ? 'success' : 'failure' };
+    if (record.errorCode !== undefined) input.errorCode = record.errorCode;
+    if (record.errorMessage !== undefined) input.reason = record.errorMessage;
+    input.transport = transport;
+    input.attestationType = match.attestationType;
+    if (record.status === 'assigned' && record.assignedHub !== undefined) input.hub = record.assignedHub;
+    input.details = details;
+    return audit.event(input);
   }
 
   /**
@@ -719,20 +725,22 @@ export class RegistrationService {
 
   /** One write to a hub; its log entry (with the outcome) goes to `log`, written with the registration's outcome. */
   async #hubWrite<T>(log: AuditEvent[], match: DeviceMatch, hub: string, operation: string, deviceId: string, write: () => Promise<T>): Promise<T> {
-    const entry = {
-      kind: 'hubWrite' as const,
+    // Each entry built once, with its outcome (event() copies it while stamping: no second copy of a shared base).
+    const entry = (outcome: 'success' | 'failure'): AuditInput => ({
+      kind: 'hubWrite',
       operation,
       actor: 'provisiond',
       subject: { registrationId: match.registrationId, deviceId },
       hub,
-    };
+      outcome,
+    });
     try {
       const result = await write();
-      const event = this.#deps.audit?.event({ ...entry, outcome: 'success' });
+      const event = this.#deps.audit?.event(entry('success'));
       if (event !== undefined) log.push(event);
       return result;
     } catch (error) {
-      const event = this.#deps.audit?.event({ ...entry, outcome: 'failure', reason: error instanceof Error ? error.message : String(error) });
+      const event = this.#deps.audit?.event({ ...entry('failure'), reason: error instanceof Error ? error.message : String(error) });
       if (event !== undefined) log.push(event);
       throw error;
     }
@@ -1035,16 +1043,15 @@ function joinedClient(client: HubClient, tx: Store): HubClient {
 
 /** The operation as the registration ended it. */
 function finishedOperation(operation: StoredOperation, record: StoredRegistration, match: DeviceMatch, issued: IssuedCertificate | undefined, now: Date): StoredOperation {
-  return {
-    ...operation,
-    status: record.status === 'assigned' || record.status === 'disabled' || record.status === 'failed' ? record.status : 'failed',
-    lastUpdatedDateTimeUtc: dpsTimestamp(now),
-    registrationState: {
-      ...renderDeviceRegistration(record, match.resultSection),
-      // Only the operation carries the chain (dps-wire.md §0: never returned by status lookup).
-      ...(issued !== undefined && record.status === 'assigned' ? { issuedCertificateChain: issued.chain } : {}),
-    },
-  };
+  const registrationState = renderDeviceRegistration(record, match.resultSection);
+  // Only the operation carries the chain (dps-wire.md §0: never returned by status lookup).
+  if (issued !== undefined && record.status === 'assigned') registrationState.issuedCertificateChain = issued.chain;
+  // Copied and set by assignment, not `{ ...operation, … }` (a hidden class per object on this V8: domain/registration.ts).
+  const finished: StoredOperation = Object.assign({}, operation);
+  finished.status = record.status === 'assigned' || record.status === 'disabled' || record.status === 'failed' ? record.status : 'failed';
+  finished.lastUpdatedDateTimeUtc = dpsTimestamp(now);
+  finished.registrationState = registrationState;
+  return finished;
 }
 
 /** What a step needs from an earlier one; its absence is a bug in the step list's order. */

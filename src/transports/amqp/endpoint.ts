@@ -219,11 +219,12 @@ export class AmqpDeviceEndpoint {
           throw new ProvisioningError('BadRequest', 'TPM attestation over AMQP uses the SASL mechanism TPM.');
         }
         // AMQP carries no api-version provisiond reads: a csr in the register body is always taken.
-        reply = await registrations.register({ ...device, payload: registration.payload, csr: registerCsr(registration, undefined) });
+        // Object.assign, not `{ ...device, more }` (a hidden class per object on this V8: domain/registration.ts renderInto).
+        reply = await registrations.register(Object.assign({}, device, { payload: registration.payload, csr: registerCsr(registration, undefined) }));
       } else if (operation === OPERATION_STATUS) {
         const operationId: unknown = properties[OPERATION_ID];
         if (typeof operationId !== 'string' || operationId === '') throw new ProvisioningError('BadRequest', `The application property '${OPERATION_ID}' is required.`);
-        reply = await registrations.operationStatus({ ...device, operationId });
+        reply = await registrations.operationStatus(Object.assign({}, device, { operationId }));
       } else if (operation === REGISTRATION_STATUS) {
         refuseLookupCsr(parseRegistrationBody(body, device.registrationId));
         reply = { httpStatus: 200, body: await registrations.statusLookup(device), retryAfterSeconds: undefined };

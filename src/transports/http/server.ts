@@ -7,6 +7,7 @@ import { ProvisioningError } from '../../domain/errors.js';
 import { compileSchema } from '../../domain/validation.js';
 import { handleError, sendError } from './errors.js';
 import { OpenApiCollector } from './openapi.js';
+import { RequestLogger } from './request-logger.js';
 import { HandshakeGate } from '../handshake-gate.js';
 import { DEVICE_TLS_OPTIONS } from '../tls-peer.js';
 
@@ -34,6 +35,8 @@ export function createHttpServer(options: HttpServerOptions): { app: FastifyInst
     keepAliveTimeout: config.httpsIdleTimeoutMs,
     bodyLimit: config.maxBodyBytes,
     genReqId: () => randomUUID(),
+    // request.log is made on first use: a pino child per request costs allocations while nothing is logged.
+    childLoggerFactory: RequestLogger.factory,
     // IDs may be 128 characters, percent-encoded up to three times as long; the router's default limit (100) would
     // refuse a valid ID before the DPS validation could name what is wrong with an invalid one.
     routerOptions: { caseSensitive: false, ignoreTrailingSlash: true, maxParamLength: 1024 },

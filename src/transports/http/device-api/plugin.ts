@@ -52,18 +52,27 @@ const tag = 'Device API';
 
 type DeviceParams = { idScope: string; registrationId: string };
 
-/** The request as the registration service takes it; `body` is the checked DeviceRegistration (register, lookup). */
-function deviceRequest(request: FastifyRequest, body?: RegistrationBody): DeviceRequest {
+/**
+ * The request as the registration service takes it; `body` is the checked DeviceRegistration (register, lookup), and
+ * `extra` the fields of one call (payload and csr, operationId), set on the object here: a spread of this object with
+ * more fields would give each request a hidden class of its own on this V8 (see audit-log.ts `event`).
+ */
+function deviceRequest<Extra extends object>(request: FastifyRequest, body: RegistrationBody | undefined, extra: Extra): DeviceRequest & Extra {
   const { idScope, registrationId } = request.params as DeviceParams;
   const credential = deviceCredential({ authorization: request.headers.authorization, chain: peerCertificateChain(request.raw.socket), tpm: body?.tpm });
-  return { idScope, registrationId, credential, transport: 'http', source: request.ip };
+  return Object.assign({ idScope, registrationId, credential, transport: 'http' as const, source: request.ip }, extra);
 }
 
 function checkBody(request: FastifyRequest): RegistrationBody {
   return checkRegistrationBody(request.body, (request.params as DeviceParams).registrationId);
 }
 
-function sendOperation(request: FastifyRequest, reply: FastifyReply, result: OperationReply): FastifyReply {
+/**
+ * Sets the reply's status and headers and gives back the body for the async handler to return. (Returning the body,
+ * not `reply.send(...)`'s reply: an async handler that resolves to the reply — a thenable — makes Fastify wait for the
+ * response stream to end through end-of-stream listeners, several objects and microtask turns per device request.)
+ */
+function sendOperation(request: FastifyRequest, reply: FastifyReply, result: OperationReply): OperationReply['body'] {
   if (result.retryAfterSeconds !== undefined) reply.header('retry-after', String(result.retryAfterSeconds));
   if (result.httpStatus === 202) {
     const { idScope, registrationId } = request.params as DeviceParams;
@@ -71,7 +80,8 @@ function sendOperation(request: FastifyRequest, reply: FastifyReply, result: Ope
     location.pathname = `/${encodeURIComponent(idScope)}/registrations/${encodeURIComponent(registrationId)}/register`;
     reply.header('location', location.toString());
   }
-  return reply.code(result.httpStatus).send(result.body);
+  reply.code(result.httpStatus);
+  return result.body;
 }
 
 export function deviceApiPlugin(deps: { registrations: RegistrationService }) {
@@ -100,7 +110,7 @@ export function deviceApiPlugin(deps: { registrations: RegistrationService }) {
       handler: async (request, reply) => {
         const body = checkBody(request);
         const csr = registerCsr(body, (request.query as { 'api-version': string })['api-version']);
-        return sendOperation(request, reply, await deps.registrations.register({ ...deviceRequest(request, body), payload: body.payload, csr }));
+        return sendOperation(request, reply, await deps.registrations.register(deviceRequest(request, body, { payload: body.payload, csr })));
       },
     });
     app.get('/:idScope/registrations/:registrationId/operations/:operationId', {
@@ -115,7 +125,7 @@ export function deviceApiPlugin(deps: { registrations: RegistrationService }) {
         sendOperation(
           request,
           reply,
-          await deps.registrations.operationStatus({ ...deviceRequest(request), operationId: (request.params as { operationId: string }).operationId }),
+          await deps.registrations.operationStatus(deviceRequest(request, undefined, { operationId: (request.params as { operationId: string }).operationId })),
         ),
     });
     app.post('/:idScope/registrations/:registrationId', {
@@ -129,7 +139,7 @@ export function deviceApiPlugin(deps: { registrations: RegistrationService }) {
       handler: async (request) => {
         const body = checkBody(request);
         refuseLookupCsr(body);
-        return deps.registrations.statusLookup(deviceRequest(request, body));
+        return deps.registrations.statusLookup(deviceRequest(request, body, {}));
       },
     });
   };

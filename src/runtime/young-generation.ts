@@ -9,7 +9,8 @@ import { getHeapSpaceStatistics, setFlagsFromString } from 'node:v8';
  * server (modules, schemas, migrations) does that, and so does every burst of registrations, whose requests live a few
  * milliseconds each. Measured under P1 load (200 devices, compiled server), the young generation was 32 MiB of peaks
  * of 158–232 MiB; bounded at 8 MiB, peaks were 124–142 MiB against 158–175 in alternating runs, at 2.5–3 × the young
- * collections per request (each copies only what is alive, so each costs less than one of a 32 MiB space).
+ * collections per request in session 20 and ~4 × in session 21 (0.046 against 0.011 per registration: bench/README.md,
+ * "session 21, H3"), each copying only what is alive, so each costs less than one of a 32 MiB space.
  *
  * The usual way to bound it, `node --max-semi-space-size=…`, is read once when V8 starts, before `provisiond` runs
  * (the installed `provisiond` command cannot pass it); the growth factor is read each time V8 would grow the space,

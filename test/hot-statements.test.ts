@@ -199,3 +199,53 @@ async function explain(db: Awaited<ReturnType<typeof openSqliteDatabase>>, text:
   const result = await db.executeQuery<{ detail: string }>(CompiledQuery.raw(`explain query plan ${text}`, [...parameters]));
   return result.rows.map((row) => row.detail);
 }
+
+test('SQLite: a hot statement runs on the connection directly, yet never inside another caller’s open transaction', async () => {
+  const db = await openSqliteDatabase(':memory:');
+  await db.insertInto('change_counters').values({ name: 'a', version: 1 }).execute();
+  const read = compileHot((p) => db.selectFrom('change_counters').select('version').where('name', '=', p(0)));
+  const write = compileHot((p) => db.updateTable('change_counters').set({ version: p(1) }).where('name', '=', p(0)));
+  // Directly: the executor's connection provider is never asked for a connection outside a transaction.
+  let provided = 0;
+  const executor = db.getExecutor() as unknown as { provideConnection: (...args: unknown[]) => Promise<unknown> };
+  const provideConnection = executor.provideConnection.bind(executor);
+  executor.provideConnection = (...args: unknown[]) => {
+    provided += 1;
+    return provideConnection(...args);
+  };
+  assert.deepEqual((await runHot<{ version: number }>(db, read, ['a'])).rows, [{ version: 1 }]);
+  assert.equal(provided, 0);
+  executor.provideConnection = provideConnection;
+
+  // While another caller's transaction is open (it wrote, then waits), a read outside it waits for its end and sees
+  // only what it committed; a rolled-back write is never seen.
+  for (const outcome of ['commit', 'rollback'] as const) {
+    let inside!: () => void;
+    const wrote = new Promise<void>((resolve) => (inside = resolve));
+    let finish!: () => void;
+    const held = new Promise<void>((resolve) => (finish = resolve));
+    const transaction = db
+      .transaction()
+      .execute(async (trx) => {
+        await runHot(trx, write, ['a', outcome === 'commit' ? 2 : 99]);
+        inside();
+        await held;
+        // Inside its own transaction a statement sees the transaction's write.
+        assert.deepEqual((await runHot<{ version: number }>(trx, read, ['a'])).rows, [{ version: outcome === 'commit' ? 2 : 99 }]);
+        if (outcome === 'rollback') throw new Error('roll back');
+      })
+      .catch((error: unknown) => {
+        if (outcome === 'commit') throw error;
+      });
+    await wrote;
+    let seen: unknown;
+    const outside = runHot<{ version: number }>(db, read, ['a']).then((result) => (seen = result.rows));
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    assert.equal(seen, undefined, 'the read outside waits while the transaction is open');
+    finish();
+    await transaction;
+    await outside;
+    assert.deepEqual(seen, [{ version: 2 }]);
+  }
+  await db.destroy();
+});

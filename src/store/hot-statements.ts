@@ -1,5 +1,7 @@
-import { sql, type Compilable, type Kysely, type QueryResult, type RootOperationNode, type SelectQueryBuilder } from 'kysely';
+import type BetterSqlite3 from 'better-sqlite3';
+import { sql, type Compilable, type Kysely, type QueryResult, type RootOperationNode, type SelectQueryBuilder, type UnknownRow } from 'kysely';
 import { CONFIG_COUNTER } from './config-cache.js';
+import { sqliteConnectionOf } from './dialects/sqlite-direct.js';
 import type { Database } from './schema.js';
 
 /**
@@ -8,10 +10,11 @@ import type { Database } from './schema.js';
  * query through Kysely cost more than running it (issue 12: a point read 42.7 µs built vs 9.1 µs raw); everything
  * else in the store stays with the builder.
  *
- * Execution still goes through the Kysely executor of the store that runs it, so a statement inside a transaction
- * runs on that transaction's connection (the pool client of the PostgreSQL transaction; on SQLite the one connection,
- * behind Kysely's mutex, so a statement outside a transaction never lands inside another caller's open one), and the
- * plugins (the metrics' statement timer) see every execution. What is prepared once is the database's side:
+ * On PostgreSQL execution goes through the Kysely executor of the store that runs it, so a statement inside a
+ * transaction runs on that transaction's pool client. On SQLite it runs on the one connection directly when that is
+ * safe without Kysely's mutex (see {@link runHot}: a statement outside a transaction never lands inside another
+ * caller's open one), and through the executor otherwise. Either way the plugins (the metrics' statement timer) see
+ * every execution. What is prepared once is the database's side:
  * better-sqlite3 keeps one prepared statement per SQL text (dialects/sqlite.ts), and on PostgreSQL each hot text
  * runs as a named prepared statement (dialects/postgres.ts asks {@link preparedStatementName}), parsed and planned
  * once per connection.
@@ -72,7 +75,26 @@ export async function runHot<Row>(db: Kysely<Database>, statement: HotStatement,
   const queryId = { queryId: '' };
   // The plugins' per-execution hook (the metrics plugin starts its statement timer here); the text is already fixed.
   executor.transformQuery(statement.query, queryId);
+  const connection = sqliteConnectionOf(executor.adapter);
+  // SQLite, directly on its one connection when that is safe without Kysely's connection mutex: inside a transaction,
+  // for that transaction's own statements; outside one, when no transaction is open on the connection (the statement
+  // runs whole before anything else can, as its own transaction, exactly as it would after waiting for the mutex).
+  // While another caller's transaction is open, a statement outside it waits for the mutex on Kysely's path.
+  if (connection !== undefined && connection.inTransaction === db.isTransaction) {
+    let result = runOnSqlite<Row>(connection, statement.sql, parameters);
+    for (const plugin of executor.plugins) result = (await plugin.transformResult({ queryId, result: result as QueryResult<UnknownRow> })) as QueryResult<Row>;
+    return result;
+  }
   return executor.executeQuery<Row>({ sql: statement.sql, parameters, query: statement.query, queryId });
+}
+
+/** What Kysely's SQLite connection returns for a statement (a reader's rows; a writer's change count and row ID). */
+function runOnSqlite<Row>(connection: BetterSqlite3.Database, text: string, parameters: unknown[]): QueryResult<Row> {
+  // The dialect's prepare keeps one prepared statement per text (dialects/sqlite.ts).
+  const prepared = connection.prepare(text);
+  if (prepared.reader) return { rows: prepared.all(parameters) as Row[] };
+  const { changes, lastInsertRowid } = prepared.run(parameters);
+  return { numAffectedRows: BigInt(changes), insertId: BigInt(lastInsertRowid), rows: [] };
 }
 
 /** The first row's `doc`, parsed, or undefined. */

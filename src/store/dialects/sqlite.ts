@@ -1,9 +1,10 @@
 import Database from 'better-sqlite3';
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
-import { Kysely, SqliteDialect } from 'kysely';
+import { Kysely } from 'kysely';
 import type { Database as Schema } from '../schema.js';
 import type { DialectCapabilities, OpenedDialect } from './dialect.js';
+import { DirectSqliteDialect } from './sqlite-direct.js';
 
 export const SQLITE_CAPABILITIES: DialectCapabilities = Object.freeze({
   name: 'sqlite',
@@ -22,7 +23,7 @@ export function openSqliteDialect(file: string, options: { readOnly?: boolean } 
   if (options.readOnly === true) {
     const database = new Database(file, { readonly: true, fileMustExist: true });
     database.pragma('busy_timeout = 5000');
-    return { db: new Kysely<Schema>({ dialect: new SqliteDialect({ database }) }), capabilities: SQLITE_CAPABILITIES };
+    return { db: new Kysely<Schema>({ dialect: new DirectSqliteDialect(database) }), capabilities: SQLITE_CAPABILITIES };
   }
   if (file !== ':memory:') mkdirSync(dirname(file), { recursive: true });
   const database = new Database(file);
@@ -57,5 +58,5 @@ export function openSqliteDialect(file: string, options: { readOnly?: boolean } 
     }
     return statement;
   }) as typeof database.prepare;
-  return { db: new Kysely<Schema>({ dialect: new SqliteDialect({ database }) }), capabilities: SQLITE_CAPABILITIES };
+  return { db: new Kysely<Schema>({ dialect: new DirectSqliteDialect(database) }), capabilities: SQLITE_CAPABILITIES };
 }

@@ -4,7 +4,7 @@ import pg from 'pg';
 import { openStore } from '../src/store/open-store.js';
 import { loadConfig } from '../src/config/config.js';
 import { isUniqueViolation } from '../src/store/kysely-store.js';
-import { withLiterals } from '../src/store/pg-round-trips.js';
+import { quotedLiteral, withLiterals } from '../src/store/pg-round-trips.js';
 import type { Store, StoredOperation, StoredRegistration } from '../src/store/store.js';
 import { call, startServer, type TestServer } from './harness.js';
 import { deriveDeviceKey, deviceToken, type Json } from './devices.js';
@@ -228,25 +228,35 @@ describe('deferred writes inside a PostgreSQL transaction', () => {
 });
 
 describe('parameters written as literals', () => {
-  const client = { escapeLiteral: (value: string) => new pg.Client().escapeLiteral(value) };
 
   test('strings, numbers, booleans and nulls; identifiers are left alone', () => {
     assert.equal(
-      withLiterals(client, 'insert into "t$1" ("a", "b", "c", "d") values ($1, $2, $3, $4)', ["it's", 42, true, null]),
+      withLiterals('insert into "t$1" ("a", "b", "c", "d") values ($1, $2, $3, $4)', ["it's", 42, true, null]),
       `insert into "t$1" ("a", "b", "c", "d") values ('it''s', '42', 'true', NULL)`,
     );
     // A backslash: pg's escaping writes an E'' literal (with its own leading space).
-    assert.equal(withLiterals(client, 'select $1', ['a\\b']), "select  E'a\\\\b'");
+    assert.equal(withLiterals('select $1', ['a\\b']), "select  E'a\\\\b'");
   });
 
   test('anything it cannot write exactly goes the ordinary way', () => {
-    assert.equal(withLiterals(client, "select 'x' where a = $1", ['v']), undefined, 'a quote in the text');
-    assert.equal(withLiterals(client, 'select $1; drop table t', ['v']), undefined, 'two statements');
-    assert.equal(withLiterals(client, 'select $$x$$', []), undefined, 'dollar quoting');
-    assert.equal(withLiterals(client, 'select $2', ['v']), undefined, 'a placeholder without a value');
-    assert.equal(withLiterals(client, 'select $1', [Buffer.from('x')]), undefined, 'a buffer');
-    assert.equal(withLiterals(client, 'select $1', [{ a: 1 }]), undefined, 'an object');
-    assert.equal(withLiterals(client, 'select $1', [Number.NaN]), undefined, 'NaN');
-    assert.equal(withLiterals(client, 'select $1', ['a\u0000b']), undefined, 'a NUL character');
+    assert.equal(withLiterals("select 'x' where a = $1", ['v']), undefined, 'a quote in the text');
+    assert.equal(withLiterals('select $1; drop table t', ['v']), undefined, 'two statements');
+    assert.equal(withLiterals('select $$x$$', []), undefined, 'dollar quoting');
+    assert.equal(withLiterals('select $2', ['v']), undefined, 'a placeholder without a value');
+    assert.equal(withLiterals('select $1', [Buffer.from('x')]), undefined, 'a buffer');
+    assert.equal(withLiterals('select $1', [{ a: 1 }]), undefined, 'an object');
+    assert.equal(withLiterals('select $1', [Number.NaN]), undefined, 'NaN');
+    assert.equal(withLiterals('select $1', ['a\u0000b']), undefined, 'a NUL character');
+  });
+
+  test("a literal is exactly pg's escapeLiteral of the value", () => {
+    const pgClient = new pg.Client();
+    const values = ['', "'", "''", '\\', "it's a \\ 'quoted' \\\\ text", '{"etag":"\\"abc\\"","name":"O\'Brien"}', 'ünïcødé ✓ 𝄞', 'x'.repeat(5000) + "'"];
+    for (const value of values) assert.equal(quotedLiteral(value), pgClient.escapeLiteral(value), JSON.stringify(value));
+    // Every placeholder of a long statement, the text between them copied unchanged.
+    const text = Array.from({ length: 14 }, (_, index) => `"c${index}" = $${index + 1}`).join(', ');
+    const parameters = Array.from({ length: 14 }, (_, index) => (index % 2 === 0 ? `v${index}'\\` : index));
+    const expected = Array.from({ length: 14 }, (_, index) => `"c${index}" = ${pgClient.escapeLiteral(String(parameters[index]))}`).join(', ');
+    assert.equal(withLiterals(text, parameters), expected);
   });
 });

@@ -20,8 +20,9 @@ import { startPostgresCluster, stopPostgresCluster } from '../test/postgres.js';
  *
  * --only: just these scenarios (sqlite1, ceiling, postgres1, postgres2, postgres3), for short alternating A/B runs.
  * --socket unix: the nodes reach PostgreSQL through its Unix socket (`?host=<socket dir>`) instead of loopback TCP.
- * --round-trips yes: also count the queries each PostgreSQL node sends (round trips, lock queries included) per
- * registration, and write the measured window's texts to <root>/round-trips-<label>-<node>.json (BENCH_PG_STATEMENT_TEXTS).
+ * --counts yes: also count, per registration, the queries each PostgreSQL node sends (round trips, lock queries
+ * included; the window's texts are kept in $TMPDIR/provisiond-bench-round-trips-<label>-<node>.json) and the bytes
+ * every node allocates on V8's heap (bench/heap-counter.ts, preloaded): figures no load on the machine blurs.
  * --tree DIR: run the server of another checkout (its bench/server-process.ts), e.g. the base commit, with this
  * driver, so both sides of an A/B are measured the same way.
  */
@@ -36,7 +37,7 @@ const TICKS_PER_SECOND = 100;
 const ONLY = args.has('only') ? new Set((args.get('only') ?? '').split(',')) : undefined;
 const SOCKET = args.get('socket') ?? 'tcp';
 const TREE = args.get('tree') ?? join(import.meta.dirname, '..');
-const ROUND_TRIPS = args.get('round-trips') === 'yes';
+const COUNTS = args.get('counts') === 'yes';
 
 /** A process's CPU so far: user and kernel time (ms), and context switches it made (waits) and suffered (preempted). */
 interface Cpu {
@@ -100,14 +101,19 @@ async function startServer(
   mode: string,
   store: string,
   address: string,
-  textsFile?: string,
+  counters?: { texts: string | undefined; heap: string },
 ): Promise<{ child: ChildProcess; info: { serviceConnectionString: string; idScope: string } | undefined }> {
   // BENCH_NODE_FLAGS: extra node/V8 flags for the servers (e.g. `--cpu-prof --cpu-prof-dir=DIR`, `--trace-deopt`).
   const flags = (process.env.BENCH_NODE_FLAGS ?? '').split(' ').filter((flag) => flag !== '');
-  const child = spawn(process.execPath, [...flags, '--import', 'tsx', join(TREE, 'bench', 'server-process.ts'), dataDir, String(PORT), mode, store, address], {
+  // (after tsx, which loads it)
+  const preload = counters === undefined ? [] : ['--import', join(import.meta.dirname, 'heap-counter.ts')];
+  const child = spawn(process.execPath, [...flags, '--import', 'tsx', ...preload, join(TREE, 'bench', 'server-process.ts'), dataDir, String(PORT), mode, store, address], {
     cwd: TREE,
     stdio: ['ignore', 'pipe', 'inherit'],
-    env: textsFile === undefined ? process.env : { ...process.env, BENCH_PG_STATEMENT_TEXTS: textsFile },
+    env:
+      counters === undefined
+        ? process.env
+        : { ...process.env, BENCH_HEAP_COUNTER: counters.heap, ...(counters.texts === undefined ? {} : { BENCH_PG_STATEMENT_TEXTS: counters.texts }) },
   });
   let output = '';
   await new Promise<void>((resolve, reject) => {
@@ -212,17 +218,17 @@ try {
     runs += 1;
     const dirs = ADDRESSES.slice(0, nodes).map((address) => join(root, `${label}-${address}`));
     // The first node creates the TLS material (and, on PostgreSQL, the schema and the instance); the others share it.
-    const counting = ROUND_TRIPS && store !== 'sqlite';
-    const textsFile = (index: number) => (counting ? join(root, `round-trips-${label}-${index}.json`) : undefined);
-    const first = await startServer(dirs[0] as string, 'provisiond', store, ADDRESSES[0] as string, textsFile(0));
+    const textsFile = (index: number) => (store === 'sqlite' ? undefined : join(root, `round-trips-${label}-${index}.json`));
+    const counters = (index: number) => (COUNTS ? { texts: textsFile(index), heap: join(root, `heap-${label}-${index}.json`) } : undefined);
+    const first = await startServer(dirs[0] as string, 'provisiond', store, ADDRESSES[0] as string, counters(0));
     const servers = [first];
     for (const [index, dir] of dirs.slice(1).entries()) {
       cpSync(join(dirs[0] as string, 'tls'), join(dir, 'tls'), { recursive: true });
-      servers.push(await startServer(dir, 'provisiond', store, ADDRESSES[index + 1] as string, textsFile(index + 1)));
+      servers.push(await startServer(dir, 'provisiond', store, ADDRESSES[index + 1] as string, counters(index + 1)));
     }
     // The counters restart at the window's start (SIGUSR2 writes and clears them) and are read at its end.
     const countersSignal = () => {
-      if (counting) for (const server of servers) server.child.kill('SIGUSR2');
+      if (COUNTS) for (const server of servers) server.child.kill('SIGUSR2');
     };
     const ca = readFileSync(join(dirs[0] as string, 'tls', 'ca.pem'), 'utf8');
     const { serviceConnectionString, idScope } = first.info as { serviceConnectionString: string; idScope: string };
@@ -252,9 +258,14 @@ try {
     const after = cpu();
     countersSignal();
     let roundTrips = 0;
-    if (counting) {
+    let allocatedBytes = 0;
+    if (COUNTS) {
       await new Promise((resolve) => setTimeout(resolve, 300));
-      for (const [index] of servers.entries()) roundTrips += (JSON.parse(readFileSync(textsFile(index) as string, 'utf8')) as { total: number }).total;
+      for (const [index] of servers.entries()) {
+        const texts = textsFile(index);
+        if (texts !== undefined) roundTrips += (JSON.parse(readFileSync(texts, 'utf8')) as { total: number }).total;
+        allocatedBytes += (JSON.parse(readFileSync(counters(index)?.heap as string, 'utf8')) as { allocatedBytes: number }).allocatedBytes;
+      }
     }
     const count = Math.max(1, driven.registrations);
     const per = (key: keyof Cpu, side: 'nodes' | 'postgres') => Number(((after[side][key] - before[side][key]) / count).toFixed(2));
@@ -270,7 +281,8 @@ try {
       nodeContextSwitchesPerRegistration: { voluntary: per('voluntary', 'nodes'), involuntary: per('involuntary', 'nodes') },
       ...(store === 'sqlite' ? {} : { postgresUserSysMsPerRegistration: [per('user', 'postgres'), per('sys', 'postgres')] }),
       // (Counted from the end of the warm-up to the end of the last request, so slightly over the window's.)
-      ...(counting ? { roundTripsPerRegistration: Number((roundTrips / count).toFixed(2)) } : {}),
+      ...(COUNTS && store !== 'sqlite' ? { roundTripsPerRegistration: Number((roundTrips / count).toFixed(2)) } : {}),
+      ...(COUNTS ? { heapKiBAllocatedPerRegistration: Math.round(allocatedBytes / 1024 / count) } : {}),
       loadAverage: (await import('node:os')).loadavg()[0],
     };
     for (const server of servers) await stop(server.child);
@@ -299,7 +311,7 @@ try {
   results.loadAverageAtEnd = (await import('node:os')).loadavg();
 } finally {
   stopPostgresCluster(cluster.dir);
-  if (ROUND_TRIPS) for (const name of readdirSync(root).filter((entry) => entry.startsWith('round-trips-'))) cpSync(join(root, name), join(tmpdir(), `provisiond-bench-${name}`));
+  if (COUNTS) for (const name of readdirSync(root).filter((entry) => entry.startsWith('round-trips-'))) cpSync(join(root, name), join(tmpdir(), `provisiond-bench-${name}`));
   rmSync(root, { recursive: true, force: true });
 }
 process.stdout.write(`${JSON.stringify(results, null, 2)}\n`);

@@ -32,3 +32,23 @@ if (file !== undefined && file !== '') {
     profiler.start();
   });
 }
+
+/**
+ * BENCH_HEAP_PROFILE=FILE: V8's sampling heap profiler, counting what the collections took too (every allocation, not
+ * only what lives on), from the first SIGUSR2 to the second, written to FILE (a .heapprofile: Chrome DevTools opens it).
+ */
+const profileFile = process.env.BENCH_HEAP_PROFILE;
+if (profileFile !== undefined && profileFile !== '') {
+  const { Session } = await import('node:inspector/promises');
+  const session = new Session();
+  session.connect();
+  let signals = 0;
+  process.on('SIGUSR2', () => {
+    signals += 1;
+    if (signals === 1) {
+      void session.post('HeapProfiler.startSampling', { samplingInterval: 4096, includeObjectsCollectedByMajorGC: true, includeObjectsCollectedByMinorGC: true });
+    } else if (signals === 2) {
+      void session.post('HeapProfiler.stopSampling').then(({ profile }) => writeFileSync(profileFile, JSON.stringify(profile)));
+    }
+  });
+}

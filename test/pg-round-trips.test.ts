@@ -4,6 +4,8 @@ import pg from 'pg';
 import { openStore } from '../src/store/open-store.js';
 import { loadConfig } from '../src/config/config.js';
 import { isUniqueViolation } from '../src/store/kysely-store.js';
+import type { OpenedDialect } from '../src/store/dialects/dialect.js';
+import { openPostgresDialect } from '../src/store/dialects/postgres.js';
 import { quotedLiteral, withLiterals } from '../src/store/pg-round-trips.js';
 import type { Store, StoredOperation, StoredRegistration } from '../src/store/store.js';
 import { call, startServer, type TestServer } from './harness.js';
@@ -258,5 +260,83 @@ describe('parameters written as literals', () => {
     const parameters = Array.from({ length: 14 }, (_, index) => (index % 2 === 0 ? `v${index}'\\` : index));
     const expected = Array.from({ length: 14 }, (_, index) => `"c${index}" = ${pgClient.escapeLiteral(String(parameters[index]))}`).join(', ');
     assert.equal(withLiterals(text, parameters), expected);
+  });
+});
+
+describe('the per-device lock', () => {
+  let url: string;
+  let other: pg.Client;
+
+  before(async () => {
+    url = await freshPostgresDatabase();
+    other = new pg.Client({ connectionString: url });
+    await other.connect();
+  });
+  after(async () => {
+    await other.end();
+  });
+
+  function lockOf(dialect: OpenedDialect): NonNullable<OpenedDialect['withLock']> {
+    assert.ok(dialect.withLock !== undefined, 'PostgreSQL has named locks');
+    return dialect.withLock;
+  }
+
+  /** Whether another session can take the lock `name` now (it gives it back at once). */
+  async function free(name: string): Promise<boolean> {
+    const { rows } = await other.query<{ taken: boolean }>('select pg_try_advisory_lock(hashtextextended($1, 0)) as taken', [name]);
+    if (rows[0]?.taken === true) await other.query('select pg_advisory_unlock(hashtextextended($1, 0))', [name]);
+    return rows[0]?.taken === true;
+  }
+
+  test("an unlock travels with the connection's next lock, and is sent alone when no lock follows", async () => {
+    const dialect = openPostgresDialect({ url, poolSize: 1, statementTimeoutMs: 10000, onPoolError: () => undefined });
+    const withLock = lockOf(dialect);
+    try {
+      const counted = await counting(async () => {
+        // Two registrations back to back on one lock connection: lock, unlock + lock, then (idle) unlock.
+        const second = new Promise<void>((resolve, reject) => {
+          withLock('device/a', async () => {
+            assert.equal(await free('device/a'), false, 'held while its work runs');
+            setImmediate(() => void withLock('device/b', async () => assert.equal(await free('device/b'), false)).then(resolve, reject));
+          }).catch(reject);
+        });
+        await second;
+        await new Promise((resolve) => setTimeout(resolve, 100));
+      });
+      const lockTexts = counted.texts.filter((text) => text.includes('advisory') && !text.includes('pg_try_advisory'));
+      assert.equal(lockTexts.length, 3, lockTexts.join('\n'));
+      assert.match(lockTexts[1] as string, /pg_advisory_unlock.*'device\/a'.*;\s*select pg_advisory_lock.*'device\/b'/s);
+      assert.equal(await free('device/a'), true, 'the first lock was given back');
+      assert.equal(await free('device/b'), true, 'the last lock was given back without another lock to travel with');
+    } finally {
+      await dialect.close?.();
+      await dialect.db.destroy();
+    }
+  });
+
+  test('two holders of one name never overlap, on one node or two', async () => {
+    const nodes = [0, 1].map(() => openPostgresDialect({ url, poolSize: 3, statementTimeoutMs: 10000, onPoolError: () => undefined }));
+    try {
+      const inside = new Map<string, number>();
+      let overlaps = 0;
+      const holders = Array.from({ length: 12 }, (_, index) => {
+        const name = `device/${index % 3}`;
+        return lockOf(nodes[index % 2] as OpenedDialect)(name, async () => {
+          inside.set(name, (inside.get(name) ?? 0) + 1);
+          if ((inside.get(name) ?? 0) > 1) overlaps += 1;
+          await new Promise((resolve) => setTimeout(resolve, 5));
+          inside.set(name, (inside.get(name) ?? 0) - 1);
+        });
+      });
+      await Promise.all(holders);
+      assert.equal(overlaps, 0);
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      for (const name of ['device/0', 'device/1', 'device/2']) assert.equal(await free(name), true, name);
+    } finally {
+      for (const node of nodes) {
+        await node.close?.();
+        await node.db.destroy();
+      }
+    }
   });
 });

@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { cpSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { appendFileSync, cpSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Agent, request } from 'undici';
@@ -15,7 +15,16 @@ import { startPostgresCluster, stopPostgresCluster } from '../test/postgres.js';
  * reporting registrations/s and the CPU each spends: provisiond processes and PostgreSQL processes separately, from
  * /proc (the stable figure on a shared machine). Run inside a network namespace with 127.0.0.2/3 on loopback.
  *
- *   npx tsx bench/nodes.ts [--devices 100] [--seconds 8] [--warmup 2]
+ *   npx tsx bench/nodes.ts [--devices 100] [--seconds 8] [--warmup 2] [--only sqlite1,postgres1] [--socket tcp|unix]
+ *                          [--tree DIR]
+ *
+ * --only: just these scenarios (sqlite1, ceiling, postgres1, postgres2, postgres3), for short alternating A/B runs.
+ * --socket unix: the nodes reach PostgreSQL through its Unix socket (`?host=<socket dir>`) instead of loopback TCP.
+ * --counts yes: also count, per registration, the queries each PostgreSQL node sends (round trips, lock queries
+ * included; the window's texts are kept in $TMPDIR/provisiond-bench-round-trips-<label>-<node>.json) and the bytes
+ * every node allocates on V8's heap (bench/heap-counter.ts, preloaded): figures no load on the machine blurs.
+ * --tree DIR: run the server of another checkout (its bench/server-process.ts), e.g. the base commit, with this
+ * driver, so both sides of an A/B are measured the same way.
  */
 const args = new Map<string, string>();
 for (let i = 2; i < process.argv.length; i += 2) args.set(process.argv[i]?.replace(/^--/, '') ?? '', process.argv[i + 1] ?? '');
@@ -25,15 +34,44 @@ const WARMUP_SECONDS = Number(args.get('warmup') ?? 2);
 const PORT = 8443;
 const ADDRESSES = ['127.0.0.1', '127.0.0.2', '127.0.0.3'];
 const TICKS_PER_SECOND = 100;
+const ONLY = args.has('only') ? new Set((args.get('only') ?? '').split(',')) : undefined;
+const SOCKET = args.get('socket') ?? 'tcp';
+const TREE = args.get('tree') ?? join(import.meta.dirname, '..');
+const COUNTS = args.get('counts') === 'yes';
 
-function cpuMs(pid: number): number {
+/** A process's CPU so far: user and kernel time (ms), and context switches it made (waits) and suffered (preempted). */
+interface Cpu {
+  user: number;
+  sys: number;
+  voluntary: number;
+  involuntary: number;
+}
+const NO_CPU: Cpu = { user: 0, sys: 0, voluntary: 0, involuntary: 0 };
+
+function cpuOf(pid: number): Cpu {
   try {
     const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]?.split(' ') ?? [];
+    const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+    const switches = (name: string) => Number(new RegExp(`^${name}:\\s+(\\d+)`, 'm').exec(status)?.[1] ?? 0);
     // utime and stime: fields 14 and 15 of stat, 12 and 13 after the command name.
-    return ((Number(fields[11]) + Number(fields[12])) * 1000) / TICKS_PER_SECOND;
+    return {
+      user: (Number(fields[11]) * 1000) / TICKS_PER_SECOND,
+      sys: (Number(fields[12]) * 1000) / TICKS_PER_SECOND,
+      voluntary: switches('voluntary_ctxt_switches'),
+      involuntary: switches('nonvoluntary_ctxt_switches'),
+    };
   } catch {
-    return 0;
+    return NO_CPU;
   }
+}
+
+function cpuMs(pid: number): number {
+  const cpu = cpuOf(pid);
+  return cpu.user + cpu.sys;
+}
+
+function sumCpu(pids: number[]): Cpu {
+  return pids.map(cpuOf).reduce((sum, cpu) => ({ user: sum.user + cpu.user, sys: sum.sys + cpu.sys, voluntary: sum.voluntary + cpu.voluntary, involuntary: sum.involuntary + cpu.involuntary }), NO_CPU);
 }
 
 /** Every process whose command line names the cluster's data directory or is one of its backends. */
@@ -58,13 +96,30 @@ function postgresPids(clusterDir: string): number[] {
   return pids;
 }
 
-async function startServer(dataDir: string, mode: string, store: string, address: string): Promise<{ child: ChildProcess; info: { serviceConnectionString: string; idScope: string } | undefined }> {
-  const child = spawn(process.execPath, ['--import', 'tsx', join(import.meta.dirname, 'server-process.ts'), dataDir, String(PORT), mode, store, address], {
+async function startServer(
+  dataDir: string,
+  mode: string,
+  store: string,
+  address: string,
+  counters?: { texts: string | undefined; heap: string },
+): Promise<{ child: ChildProcess; info: { serviceConnectionString: string; idScope: string } | undefined }> {
+  // BENCH_NODE_FLAGS: extra node/V8 flags for the servers (e.g. `--cpu-prof --cpu-prof-dir=DIR`, `--trace-deopt`).
+  const flags = (process.env.BENCH_NODE_FLAGS ?? '').split(' ').filter((flag) => flag !== '');
+  // (after tsx, which loads it)
+  const preload = counters === undefined ? [] : ['--import', join(import.meta.dirname, 'heap-counter.ts')];
+  const child = spawn(process.execPath, [...flags, '--import', 'tsx', ...preload, join(TREE, 'bench', 'server-process.ts'), dataDir, String(PORT), mode, store, address], {
+    cwd: TREE,
     stdio: ['ignore', 'pipe', 'inherit'],
+    env:
+      counters === undefined
+        ? process.env
+        : { ...process.env, BENCH_HEAP_COUNTER: counters.heap, ...(counters.texts === undefined ? {} : { BENCH_PG_STATEMENT_TEXTS: counters.texts }) },
   });
   let output = '';
   await new Promise<void>((resolve, reject) => {
     child.stdout?.on('data', (chunk: Buffer) => {
+      // BENCH_SERVER_STDOUT=PREFIX: each server's standard output (e.g. a V8 trace) goes to PREFIX.<pid> as well.
+      if (process.env.BENCH_SERVER_STDOUT !== undefined) appendFileSync(`${process.env.BENCH_SERVER_STDOUT}.${child.pid}`, chunk);
       output += chunk.toString();
       if (output.includes('listening\n')) resolve();
     });
@@ -163,12 +218,18 @@ try {
     runs += 1;
     const dirs = ADDRESSES.slice(0, nodes).map((address) => join(root, `${label}-${address}`));
     // The first node creates the TLS material (and, on PostgreSQL, the schema and the instance); the others share it.
-    const first = await startServer(dirs[0] as string, 'provisiond', store, ADDRESSES[0] as string);
+    const textsFile = (index: number) => (store === 'sqlite' ? undefined : join(root, `round-trips-${label}-${index}.json`));
+    const counters = (index: number) => (COUNTS ? { texts: textsFile(index), heap: join(root, `heap-${label}-${index}.json`) } : undefined);
+    const first = await startServer(dirs[0] as string, 'provisiond', store, ADDRESSES[0] as string, counters(0));
     const servers = [first];
     for (const [index, dir] of dirs.slice(1).entries()) {
       cpSync(join(dirs[0] as string, 'tls'), join(dir, 'tls'), { recursive: true });
-      servers.push(await startServer(dir, 'provisiond', store, ADDRESSES[index + 1] as string));
+      servers.push(await startServer(dir, 'provisiond', store, ADDRESSES[index + 1] as string, counters(index + 1)));
     }
+    // The counters restart at the window's start (SIGUSR2 writes and clears them) and are read at its end.
+    const countersSignal = () => {
+      if (COUNTS) for (const server of servers) server.child.kill('SIGUSR2');
+    };
     const ca = readFileSync(join(dirs[0] as string, 'tls', 'ca.pem'), 'utf8');
     const { serviceConnectionString, idScope } = first.info as { serviceConnectionString: string; idScope: string };
     const ownerKey = /SharedAccessKey=([^;]+)/.exec(serviceConnectionString)?.[1] ?? '';
@@ -185,20 +246,49 @@ try {
     });
     await created.body.dump();
     await agent.close();
-    const pgPids = store === 'sqlite' ? [] : postgresPids(cluster.dir);
-    const cpu = () => ({ nodes: servers.reduce((sum, server) => sum + cpuMs(server.child.pid ?? 0), 0), postgres: pgPids.reduce((sum, pid) => sum + cpuMs(pid), 0) });
+    // The backends are listed when the measured window starts: a pool opens its connections as the load needs them, so
+    // a list taken before the warm-up missed most of them (and PostgreSQL's CPU was under-counted, more so the larger
+    // the pool).
+    let pgPids: number[] = [];
+    const cpu = () => ({ nodes: sumCpu(servers.map((server) => server.child.pid ?? 0)), postgres: sumCpu(pgPids) });
     let before = cpu();
-    const marker = setTimeout(() => (before = cpu()), WARMUP_SECONDS * 1000);
+    const marker = setTimeout(() => {
+      pgPids = store === 'sqlite' ? [] : postgresPids(cluster.dir);
+      before = cpu();
+      countersSignal();
+    }, WARMUP_SECONDS * 1000);
     const driven = await drive(ADDRESSES.slice(0, nodes), ca, idScope, groupKey, `r${runs}`);
     clearTimeout(marker);
     const after = cpu();
+    countersSignal();
+    let roundTrips = 0;
+    let allocatedBytes = 0;
+    if (COUNTS) {
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      for (const [index] of servers.entries()) {
+        const texts = textsFile(index);
+        if (texts !== undefined) roundTrips += (JSON.parse(readFileSync(texts, 'utf8')) as { total: number }).total;
+        allocatedBytes += (JSON.parse(readFileSync(counters(index)?.heap as string, 'utf8')) as { allocatedBytes: number }).allocatedBytes;
+      }
+    }
     const count = Math.max(1, driven.registrations);
+    const per = (key: keyof Cpu, side: 'nodes' | 'postgres') => Number(((after[side][key] - before[side][key]) / count).toFixed(2));
     results[label] = {
       nodes,
       registrationsPerSecond: Math.round(driven.registrations / SECONDS),
       failures: driven.failures,
-      nodeCpuMsPerRegistration: Number(((after.nodes - before.nodes) / count).toFixed(2)),
-      ...(store === 'sqlite' ? {} : { postgresCpuMsPerRegistration: Number(((after.postgres - before.postgres) / count).toFixed(2)) }),
+      nodeCpuMsPerRegistration: Number((per('user', 'nodes') + per('sys', 'nodes')).toFixed(2)),
+      ...(store === 'sqlite' ? {} : { postgresCpuMsPerRegistration: Number((per('user', 'postgres') + per('sys', 'postgres')).toFixed(2)) }),
+      // Where the node's CPU goes (JS and libraries vs the kernel: on loopback TCP a write also runs the receiver's
+      // side of the stack), and how often per registration it waited or was preempted.
+      nodeUserSysMsPerRegistration: [per('user', 'nodes'), per('sys', 'nodes')],
+      nodeContextSwitchesPerRegistration: { voluntary: per('voluntary', 'nodes'), involuntary: per('involuntary', 'nodes') },
+      ...(store === 'sqlite' ? {} : { postgresUserSysMsPerRegistration: [per('user', 'postgres'), per('sys', 'postgres')] }),
+      // (Counted from the end of the warm-up to the end of the last request, so slightly over the window's.)
+      ...(store === 'sqlite' ? {} : { postgresProcesses: pgPids.length }),
+      ...(COUNTS && store !== 'sqlite' ? { roundTripsPerRegistration: Number((roundTrips / count).toFixed(2)) } : {}),
+      ...(COUNTS ? { heapKiBAllocatedPerRegistration: Math.round(allocatedBytes / 1024 / count) } : {}),
+      loadAverage: (await import('node:os')).loadavg()[0],
     };
     for (const server of servers) await stop(server.child);
     process.stderr.write(`${label}: ${JSON.stringify(results[label])}\n`);
@@ -210,17 +300,23 @@ try {
     await client.end();
     const url = new URL(cluster.url);
     url.pathname = `/${name}`;
+    // The cluster listens on a Unix socket in its directory too (test/postgres.ts: -k).
+    if (SOCKET === 'unix') url.searchParams.set('host', cluster.dir);
     return url.toString();
   };
+  const wanted = (label: string) => ONLY === undefined || ONLY.has(label);
+  results.socket = SOCKET;
+  results.tree = TREE;
   await scenario('sqlite1', 'sqlite', 1);
-  results.ceilingBefore = await ceiling(join(root, 'sqlite1-127.0.0.1'), readFileSync(join(root, 'sqlite1-127.0.0.1', 'tls', 'ca.pem'), 'utf8'));
-  await scenario('postgres1', await database('bench1'), 1);
-  await scenario('postgres2', await database('bench2'), 2);
-  await scenario('postgres3', await database('bench3'), 3);
-  results.ceilingAfter = await ceiling(join(root, 'sqlite1-127.0.0.1'), readFileSync(join(root, 'sqlite1-127.0.0.1', 'tls', 'ca.pem'), 'utf8'));
+  if (wanted('ceiling')) results.ceilingBefore = await ceiling(join(root, 'sqlite1-127.0.0.1'), readFileSync(join(root, 'sqlite1-127.0.0.1', 'tls', 'ca.pem'), 'utf8'));
+  if (wanted('postgres1')) await scenario('postgres1', await database('bench1'), 1);
+  if (wanted('postgres2')) await scenario('postgres2', await database('bench2'), 2);
+  if (wanted('postgres3')) await scenario('postgres3', await database('bench3'), 3);
+  if (wanted('ceiling')) results.ceilingAfter = await ceiling(join(root, 'sqlite1-127.0.0.1'), readFileSync(join(root, 'sqlite1-127.0.0.1', 'tls', 'ca.pem'), 'utf8'));
   results.loadAverageAtEnd = (await import('node:os')).loadavg();
 } finally {
   stopPostgresCluster(cluster.dir);
+  if (COUNTS) for (const name of readdirSync(root).filter((entry) => entry.startsWith('round-trips-'))) cpSync(join(root, name), join(tmpdir(), `provisiond-bench-${name}`));
   rmSync(root, { recursive: true, force: true });
 }
 process.stdout.write(`${JSON.stringify(results, null, 2)}\n`);

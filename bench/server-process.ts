@@ -35,6 +35,8 @@ if (mode === 'baseline' || mode === 'bare-tls') {
   if (process.env.BENCH_COUNT_STATEMENTS === '1') await countStatements();
   if (process.env.BENCH_PG_STATEMENT_TEXTS !== undefined) await countPostgresQueries(process.env.BENCH_PG_STATEMENT_TEXTS);
   const config = loadConfig({
+    // PROVISIOND_* settings apply too (e.g. PROVISIOND_STORE_POOL_SIZE); the flags below win.
+    env: process.env,
     flags: {
       dataDir,
       httpsPort: Number(port),

@@ -4,7 +4,9 @@ import pg from 'pg';
 import { openStore } from '../src/store/open-store.js';
 import { loadConfig } from '../src/config/config.js';
 import { isUniqueViolation } from '../src/store/kysely-store.js';
-import { withLiterals } from '../src/store/pg-round-trips.js';
+import type { OpenedDialect } from '../src/store/dialects/dialect.js';
+import { openPostgresDialect } from '../src/store/dialects/postgres.js';
+import { quotedLiteral, withLiterals } from '../src/store/pg-round-trips.js';
 import type { Store, StoredOperation, StoredRegistration } from '../src/store/store.js';
 import { call, startServer, type TestServer } from './harness.js';
 import { deriveDeviceKey, deviceToken, type Json } from './devices.js';
@@ -228,25 +230,113 @@ describe('deferred writes inside a PostgreSQL transaction', () => {
 });
 
 describe('parameters written as literals', () => {
-  const client = { escapeLiteral: (value: string) => new pg.Client().escapeLiteral(value) };
 
   test('strings, numbers, booleans and nulls; identifiers are left alone', () => {
     assert.equal(
-      withLiterals(client, 'insert into "t$1" ("a", "b", "c", "d") values ($1, $2, $3, $4)', ["it's", 42, true, null]),
+      withLiterals('insert into "t$1" ("a", "b", "c", "d") values ($1, $2, $3, $4)', ["it's", 42, true, null]),
       `insert into "t$1" ("a", "b", "c", "d") values ('it''s', '42', 'true', NULL)`,
     );
     // A backslash: pg's escaping writes an E'' literal (with its own leading space).
-    assert.equal(withLiterals(client, 'select $1', ['a\\b']), "select  E'a\\\\b'");
+    assert.equal(withLiterals('select $1', ['a\\b']), "select  E'a\\\\b'");
   });
 
   test('anything it cannot write exactly goes the ordinary way', () => {
-    assert.equal(withLiterals(client, "select 'x' where a = $1", ['v']), undefined, 'a quote in the text');
-    assert.equal(withLiterals(client, 'select $1; drop table t', ['v']), undefined, 'two statements');
-    assert.equal(withLiterals(client, 'select $$x$$', []), undefined, 'dollar quoting');
-    assert.equal(withLiterals(client, 'select $2', ['v']), undefined, 'a placeholder without a value');
-    assert.equal(withLiterals(client, 'select $1', [Buffer.from('x')]), undefined, 'a buffer');
-    assert.equal(withLiterals(client, 'select $1', [{ a: 1 }]), undefined, 'an object');
-    assert.equal(withLiterals(client, 'select $1', [Number.NaN]), undefined, 'NaN');
-    assert.equal(withLiterals(client, 'select $1', ['a\u0000b']), undefined, 'a NUL character');
+    assert.equal(withLiterals("select 'x' where a = $1", ['v']), undefined, 'a quote in the text');
+    assert.equal(withLiterals('select $1; drop table t', ['v']), undefined, 'two statements');
+    assert.equal(withLiterals('select $$x$$', []), undefined, 'dollar quoting');
+    assert.equal(withLiterals('select $2', ['v']), undefined, 'a placeholder without a value');
+    assert.equal(withLiterals('select $1', [Buffer.from('x')]), undefined, 'a buffer');
+    assert.equal(withLiterals('select $1', [{ a: 1 }]), undefined, 'an object');
+    assert.equal(withLiterals('select $1', [Number.NaN]), undefined, 'NaN');
+    assert.equal(withLiterals('select $1', ['a\u0000b']), undefined, 'a NUL character');
+  });
+
+  test("a literal is exactly pg's escapeLiteral of the value", () => {
+    const pgClient = new pg.Client();
+    const values = ['', "'", "''", '\\', "it's a \\ 'quoted' \\\\ text", '{"etag":"\\"abc\\"","name":"O\'Brien"}', 'ünïcødé ✓ 𝄞', 'x'.repeat(5000) + "'"];
+    for (const value of values) assert.equal(quotedLiteral(value), pgClient.escapeLiteral(value), JSON.stringify(value));
+    // Every placeholder of a long statement, the text between them copied unchanged.
+    const text = Array.from({ length: 14 }, (_, index) => `"c${index}" = $${index + 1}`).join(', ');
+    const parameters = Array.from({ length: 14 }, (_, index) => (index % 2 === 0 ? `v${index}'\\` : index));
+    const expected = Array.from({ length: 14 }, (_, index) => `"c${index}" = ${pgClient.escapeLiteral(String(parameters[index]))}`).join(', ');
+    assert.equal(withLiterals(text, parameters), expected);
+  });
+});
+
+describe('the per-device lock', () => {
+  let url: string;
+  let other: pg.Client;
+
+  before(async () => {
+    url = await freshPostgresDatabase();
+    other = new pg.Client({ connectionString: url });
+    await other.connect();
+  });
+  after(async () => {
+    await other.end();
+  });
+
+  function lockOf(dialect: OpenedDialect): NonNullable<OpenedDialect['withLock']> {
+    assert.ok(dialect.withLock !== undefined, 'PostgreSQL has named locks');
+    return dialect.withLock;
+  }
+
+  /** Whether another session can take the lock `name` now (it gives it back at once). */
+  async function free(name: string): Promise<boolean> {
+    const { rows } = await other.query<{ taken: boolean }>('select pg_try_advisory_lock(hashtextextended($1, 0)) as taken', [name]);
+    if (rows[0]?.taken === true) await other.query('select pg_advisory_unlock(hashtextextended($1, 0))', [name]);
+    return rows[0]?.taken === true;
+  }
+
+  test("an unlock travels with the connection's next lock, and is sent alone when no lock follows", async () => {
+    const dialect = openPostgresDialect({ url, poolSize: 1, statementTimeoutMs: 10000, onPoolError: () => undefined });
+    const withLock = lockOf(dialect);
+    try {
+      const counted = await counting(async () => {
+        // Two registrations back to back on one lock connection: lock, unlock + lock, then (idle) unlock.
+        const second = new Promise<void>((resolve, reject) => {
+          withLock('device/a', async () => {
+            assert.equal(await free('device/a'), false, 'held while its work runs');
+            setImmediate(() => void withLock('device/b', async () => assert.equal(await free('device/b'), false)).then(resolve, reject));
+          }).catch(reject);
+        });
+        await second;
+        await new Promise((resolve) => setTimeout(resolve, 100));
+      });
+      const lockTexts = counted.texts.filter((text) => text.includes('advisory') && !text.includes('pg_try_advisory'));
+      assert.equal(lockTexts.length, 3, lockTexts.join('\n'));
+      assert.match(lockTexts[1] as string, /pg_advisory_unlock.*'device\/a'.*;\s*select pg_advisory_lock.*'device\/b'/s);
+      assert.equal(await free('device/a'), true, 'the first lock was given back');
+      assert.equal(await free('device/b'), true, 'the last lock was given back without another lock to travel with');
+    } finally {
+      await dialect.close?.();
+      await dialect.db.destroy();
+    }
+  });
+
+  test('two holders of one name never overlap, on one node or two', async () => {
+    const nodes = [0, 1].map(() => openPostgresDialect({ url, poolSize: 3, statementTimeoutMs: 10000, onPoolError: () => undefined }));
+    try {
+      const inside = new Map<string, number>();
+      let overlaps = 0;
+      const holders = Array.from({ length: 12 }, (_, index) => {
+        const name = `device/${index % 3}`;
+        return lockOf(nodes[index % 2] as OpenedDialect)(name, async () => {
+          inside.set(name, (inside.get(name) ?? 0) + 1);
+          if ((inside.get(name) ?? 0) > 1) overlaps += 1;
+          await new Promise((resolve) => setTimeout(resolve, 5));
+          inside.set(name, (inside.get(name) ?? 0) - 1);
+        });
+      });
+      await Promise.all(holders);
+      assert.equal(overlaps, 0);
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      for (const name of ['device/0', 'device/1', 'device/2']) assert.equal(await free(name), true, name);
+    } finally {
+      for (const node of nodes) {
+        await node.close?.();
+        await node.db.destroy();
+      }
+    }
   });
 });

@@ -2,7 +2,7 @@ import { Kysely, PostgresDialect } from 'kysely';
 import pg from 'pg';
 import type { Database as Schema } from '../schema.js';
 import { isDeferredWrite, preparedStatementName } from '../hot-statements.js';
-import { savingRoundTrips } from '../pg-round-trips.js';
+import { quotedLiteral, savingRoundTrips } from '../pg-round-trips.js';
 import type { DialectCapabilities, OpenedDialect } from './dialect.js';
 
 export const POSTGRES_CAPABILITIES: DialectCapabilities = Object.freeze({
@@ -40,6 +40,28 @@ export function openPostgresDialect(options: PostgresOptions): OpenedDialect {
   // holding N locks could starve their own work of connections and wait forever.
   const lockPool = new pg.Pool({ connectionString: options.url, max: options.poolSize, application_name: 'provisiond-locks' });
   lockPool.on('error', options.onPoolError);
+  /** Per lock connection, the name whose unlock has not been sent yet. */
+  const pendingUnlocks = new WeakMap<pg.PoolClient, string>();
+  /** Lock connections whose unlock failed: destroyed when next checked out (closing the session releases its locks). */
+  const broken = new WeakSet<pg.PoolClient>();
+  const connectForLock = async (): Promise<pg.PoolClient> => {
+    for (;;) {
+      const client = await lockPool.connect();
+      if (!broken.has(client)) return client;
+      client.release(new Error('its advisory unlock failed'));
+    }
+  };
+  let closing = false;
+  const flushUnlock = (client: pg.PoolClient): void => {
+    const name = pendingUnlocks.get(client);
+    // (Closing ends every lock session, which releases its locks.)
+    if (name === undefined || closing) return;
+    pendingUnlocks.delete(client);
+    client.query('select pg_advisory_unlock(hashtextextended($1, 0))', [name]).catch((error: unknown) => {
+      broken.add(client);
+      options.onPoolError(error instanceof Error ? error : new Error(String(error)));
+    });
+  };
   return {
     db: new Kysely<Schema>({
       dialect: new PostgresDialect({
@@ -51,26 +73,33 @@ export function openPostgresDialect(options: PostgresOptions): OpenedDialect {
     }),
     capabilities: POSTGRES_CAPABILITIES,
     async withLock<T>(name: string, work: () => Promise<T>): Promise<T> {
-      const client = await lockPool.connect();
+      const client = await connectForLock();
+      // The previous holder's unlock, when it has not gone yet, travels in front of this lock: one round trip for both.
+      const unlock = pendingUnlocks.get(client);
+      pendingUnlocks.delete(client);
       try {
-        // hashtextextended: a stable 64-bit key for any name; a collision only serializes two unrelated names.
-        await client.query('select pg_advisory_lock(hashtextextended($1, 0))', [name]);
+        if (unlock === undefined) await client.query('select pg_advisory_lock(hashtextextended($1, 0))', [name]);
+        else await client.query(`select pg_advisory_unlock(hashtextextended(${quotedLiteral(unlock)}, 0)); select pg_advisory_lock(hashtextextended(${quotedLiteral(name)}, 0))`);
       } catch (error) {
+        // Destroyed: closing the session releases whatever it held.
         client.release(error instanceof Error ? error : new Error(String(error)));
         throw error;
       }
       try {
         return await work();
       } finally {
-        // A connection that cannot unlock is destroyed: closing the session releases the lock.
-        const failed = await client.query('select pg_advisory_unlock(hashtextextended($1, 0))', [name]).then(
-          () => undefined,
-          (error: unknown) => (error instanceof Error ? error : new Error(String(error))),
-        );
-        client.release(failed);
+        // The unlock is not awaited here: it goes with the connection's next lock when a registration is waiting for
+        // one (under load, at once), else alone at the next turn of the event loop. Either way before any later
+        // statement of this session, so the lock is never held past the moment the connection is next used or idle.
+        pendingUnlocks.set(client, name);
+        client.release();
+        setImmediate(() => flushUnlock(client));
       }
     },
-    close: () => lockPool.end(),
+    close: () => {
+      closing = true;
+      return lockPool.end();
+    },
   };
 }
 

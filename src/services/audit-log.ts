@@ -40,17 +40,9 @@ const SEQUENCES_PER_MS = 0x10000;
  * one millisecond (a large bulk call) go on in the next one: an ID is never longer, so never out of order.
  */
 export function newEventId(now: Date): string {
-  // reserveEventIds(now, 1)(0), without the closure and its range (a registration makes two IDs).
-  const ms = Math.max(now.getTime(), lastId.ms);
-  const sequence = ms === lastId.ms ? lastId.sequence + 1 : 0;
-  const at = ms + Math.floor(sequence / SEQUENCES_PER_MS);
-  lastId.ms = at;
-  lastId.sequence = sequence % SEQUENCES_PER_MS;
-  return eventIdOf(at, lastId.sequence);
-}
-
-function eventIdOf(ms: number, sequence: number): string {
-  return `${ms.toString(16).padStart(12, '0')}${sequence.toString(16).padStart(4, '0')}${randomHex(4)}`;
+  // reserveEventIds(now, 1)(0), without the closure (a registration makes two IDs). The claim first: it sets claimedMs.
+  const sequence = claim(now, 1);
+  return eventIdAt(claimedMs, sequence);
 }
 
 /**
@@ -59,15 +51,29 @@ function eventIdOf(ms: number, sequence: number): string {
  * first await and pays for the IDs it makes.
  */
 export function reserveEventIds(now: Date, count: number): (index: number) => string {
+  const first = claim(now, count);
+  const ms = claimedMs;
+  return (index) => eventIdAt(ms, first + index);
+}
+
+/** The millisecond of the last {@link claim}: its sequences count from there. */
+let claimedMs = 0;
+
+/** Claims `count` consecutive IDs (at least one): the sequence of the first, counted from {@link claimedMs}. */
+function claim(now: Date, count: number): number {
   const ms = Math.max(now.getTime(), lastId.ms);
   const first = ms === lastId.ms ? lastId.sequence + 1 : 0;
   const last = first + Math.max(0, count - 1);
   lastId.ms = ms + Math.floor(last / SEQUENCES_PER_MS);
   lastId.sequence = last % SEQUENCES_PER_MS;
-  return (index) => {
-    const sequence = first + index;
-    return eventIdOf(ms + Math.floor(sequence / SEQUENCES_PER_MS), sequence % SEQUENCES_PER_MS);
-  };
+  claimedMs = ms;
+  return first;
+}
+
+/** The ID of `sequence` counted from `ms` (a sequence past the millisecond's last goes on in the next ones). */
+function eventIdAt(ms: number, sequence: number): string {
+  const at = ms + Math.floor(sequence / SEQUENCES_PER_MS);
+  return `${at.toString(16).padStart(12, '0')}${(sequence % SEQUENCES_PER_MS).toString(16).padStart(4, '0')}${randomHex(4)}`;
 }
 
 /** The event time of an ID's millisecond; the last one is remembered (a bulk call's events share a few). */

@@ -32,7 +32,9 @@ export class RequestLogger {
     return this.#child;
   }
 
+  /** A call at `level`, passed on to the real child when it can log anything. */
   #call(level: Level, args: unknown[]): void {
+    if (!this.#logs(level)) return;
     const child = this.#real();
     Reflect.apply(child[level], child, args);
   }
@@ -62,27 +64,27 @@ export class RequestLogger {
   }
 
   fatal(...args: unknown[]): void {
-    if (this.#logs('fatal')) this.#call('fatal', args);
+    this.#call('fatal', args);
   }
 
   error(...args: unknown[]): void {
-    if (this.#logs('error')) this.#call('error', args);
+    this.#call('error', args);
   }
 
   warn(...args: unknown[]): void {
-    if (this.#logs('warn')) this.#call('warn', args);
+    this.#call('warn', args);
   }
 
   info(...args: unknown[]): void {
-    if (this.#logs('info')) this.#call('info', args);
+    this.#call('info', args);
   }
 
   debug(...args: unknown[]): void {
-    if (this.#logs('debug')) this.#call('debug', args);
+    this.#call('debug', args);
   }
 
   trace(...args: unknown[]): void {
-    if (this.#logs('trace')) this.#call('trace', args);
+    this.#call('trace', args);
   }
 
   silent(): void {}

@@ -726,21 +726,18 @@ export class RegistrationService {
   /** One write to a hub; its log entry (with the outcome) goes to `log`, written with the registration's outcome. */
   async #hubWrite<T>(log: AuditEvent[], match: DeviceMatch, hub: string, operation: string, deviceId: string, write: () => Promise<T>): Promise<T> {
     // Each entry built once, with its outcome (event() copies it while stamping: no second copy of a shared base).
-    const entry = (outcome: 'success' | 'failure'): AuditInput => ({
-      kind: 'hubWrite',
-      operation,
-      actor: 'provisiond',
-      subject: { registrationId: match.registrationId, deviceId },
-      hub,
-      outcome,
-    });
+    const entry = (outcome: 'success' | 'failure', reason?: string): AuditInput => {
+      const input: AuditInput = { kind: 'hubWrite', operation, actor: 'provisiond', subject: { registrationId: match.registrationId, deviceId }, hub, outcome };
+      if (reason !== undefined) input.reason = reason;
+      return input;
+    };
     try {
       const result = await write();
       const event = this.#deps.audit?.event(entry('success'));
       if (event !== undefined) log.push(event);
       return result;
     } catch (error) {
-      const event = this.#deps.audit?.event({ ...entry('failure'), reason: error instanceof Error ? error.message : String(error) });
+      const event = this.#deps.audit?.event(entry('failure', error instanceof Error ? error.message : String(error)));
       if (event !== undefined) log.push(event);
       throw error;
     }

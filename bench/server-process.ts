@@ -78,6 +78,8 @@ async function countStatements(): Promise<void> {
   const texts = new Map<string, number>();
   // and the time spent in each text (µs, wall clock inside the call: the statement's own work, no waiting for others)
   const micros = new Map<string, number>();
+  // and the longest single execution (µs): an average pulled up by a few long calls (a checkpoint, a page read) shows
+  const longest = new Map<string, number>();
   // and one execution's parameters (the benchmark's own made-up devices), to replay a statement alone
   const examples = new Map<string, unknown[]>();
   for (const method of ['run', 'get', 'all', 'iterate'] as const) {
@@ -92,16 +94,19 @@ async function countStatements(): Promise<void> {
       try {
         return original.apply(this, args);
       } finally {
-        micros.set(this.source, (micros.get(this.source) ?? 0) + Number(process.hrtime.bigint() - started) / 1000);
+        const elapsed = Number(process.hrtime.bigint() - started) / 1000;
+        micros.set(this.source, (micros.get(this.source) ?? 0) + elapsed);
+        if (elapsed > (longest.get(this.source) ?? 0)) longest.set(this.source, elapsed);
       }
     };
   }
   process.on('SIGUSR2', () => {
     if (textsFile !== undefined) {
-      const rows = [...texts].map(([text, count]) => [text, count, Math.round(micros.get(text) ?? 0), examples.get(text)] as const);
+      const rows = [...texts].map(([text, count]) => [text, count, Math.round(micros.get(text) ?? 0), examples.get(text), Math.round(longest.get(text) ?? 0)] as const);
       writeFileSync(textsFile, JSON.stringify(rows.sort((a, b) => b[1] - a[1]), null, 1));
       texts.clear();
       micros.clear();
+      longest.clear();
       examples.clear();
     }
     process.stdout.write(`${JSON.stringify({ statementCounts: counts })}\n`);

@@ -88,6 +88,16 @@ export async function runHot<Row>(db: Kysely<Database>, statement: HotStatement,
   return executor.executeQuery<Row>({ sql: statement.sql, parameters, query: statement.query, queryId });
 }
 
+/**
+ * The SQLite connection under `db` when a statement may run on it directly (see {@link runHot}): `db` is a
+ * transaction and the connection's transaction is open (its own: Kysely's mutex is held for it), or `db` is the root
+ * and no transaction is open. Undefined on PostgreSQL and while another caller's transaction is open.
+ */
+export function directSqlite(db: Kysely<Database>): BetterSqlite3.Database | undefined {
+  const connection = sqliteConnectionOf(db.getExecutor().adapter);
+  return connection !== undefined && connection.inTransaction === db.isTransaction ? connection : undefined;
+}
+
 /** What Kysely's SQLite connection returns for a statement (a reader's rows; a writer's change count and row ID). */
 function runOnSqlite<Row>(connection: BetterSqlite3.Database, text: string, parameters: unknown[]): QueryResult<Row> {
   // The dialect's prepare keeps one prepared statement per text (dialects/sqlite.ts).

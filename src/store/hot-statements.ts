@@ -65,27 +65,41 @@ export function compileHot(build: (p: (index: number) => string) => Compilable, 
 }
 
 /** Runs a compiled statement on `db` (the store's root or its transaction) with `args` in the marked positions. */
-export async function runHot<Row>(db: Kysely<Database>, statement: HotStatement, args: readonly unknown[]): Promise<QueryResult<Row>> {
+export function runHot<Row>(db: Kysely<Database>, statement: HotStatement, args: readonly unknown[]): Promise<QueryResult<Row>> {
   const parameters = new Array<unknown>(statement.slots.length);
   for (let i = 0; i < parameters.length; i += 1) {
     const slot = statement.slots[i];
     parameters[i] = typeof slot === 'number' ? args[slot] : slot?.value;
   }
   const executor = db.getExecutor();
-  const queryId = { queryId: '' };
-  // The plugins' per-execution hook (the metrics plugin starts its statement timer here); the text is already fixed.
-  executor.transformQuery(statement.query, queryId);
   const connection = sqliteConnectionOf(executor.adapter);
   // SQLite, directly on its one connection when that is safe without Kysely's connection mutex: inside a transaction,
   // for that transaction's own statements; outside one, when no transaction is open on the connection (the statement
   // runs whole before anything else can, as its own transaction, exactly as it would after waiting for the mutex).
   // While another caller's transaction is open, a statement outside it waits for the mutex on Kysely's path.
   if (connection !== undefined && connection.inTransaction === db.isTransaction) {
-    let result = runOnSqlite<Row>(connection, statement.sql, parameters);
-    for (const plugin of executor.plugins) result = (await plugin.transformResult({ queryId, result: result as QueryResult<UnknownRow> })) as QueryResult<Row>;
-    return result;
+    // No plugin (the metrics' statement timer is off by default): the result as it is, without a query ID and an async
+    // turn per statement (a hot statement is a dozen per registration: bench/README.md "session 22, H1").
+    if (executor.plugins.length === 0) {
+      try {
+        return Promise.resolve(runOnSqlite<Row>(connection, statement.sql, parameters));
+      } catch (error) {
+        return Promise.reject(error as Error);
+      }
+    }
+    return runWithPlugins(executor, statement, () => runOnSqlite<Row>(connection, statement.sql, parameters));
   }
-  return executor.executeQuery<Row>({ sql: statement.sql, parameters, query: statement.query, queryId });
+  return executor.executeQuery<Row>({ sql: statement.sql, parameters, query: statement.query, queryId: { queryId: '' } });
+}
+
+/** A direct statement seen by the plugins as Kysely would show it: transformQuery before, transformResult after. */
+async function runWithPlugins<Row>(executor: ReturnType<Kysely<Database>['getExecutor']>, statement: HotStatement, run: () => QueryResult<Row>): Promise<QueryResult<Row>> {
+  const queryId = { queryId: '' };
+  // The plugins' per-execution hook (the metrics plugin starts its statement timer here); the text is already fixed.
+  executor.transformQuery(statement.query, queryId);
+  let result = run();
+  for (const plugin of executor.plugins) result = (await plugin.transformResult({ queryId, result: result as QueryResult<UnknownRow> })) as QueryResult<Row>;
+  return result;
 }
 
 /**
@@ -103,8 +117,8 @@ function runOnSqlite<Row>(connection: BetterSqlite3.Database, text: string, para
   // The dialect's prepare keeps one prepared statement per text (dialects/sqlite.ts).
   const prepared = connection.prepare(text);
   if (prepared.reader) return { rows: prepared.all(parameters) as Row[] };
-  const { changes, lastInsertRowid } = prepared.run(parameters);
-  return { numAffectedRows: BigInt(changes), insertId: BigInt(lastInsertRowid), rows: [] };
+  // No insert ID: no hot statement's caller reads one (the rows are keyed by their documents' IDs).
+  return { numAffectedRows: BigInt(prepared.run(parameters).changes), rows: [] };
 }
 
 /** The first row's `doc`, parsed, or undefined. */

@@ -89,7 +89,10 @@ export function runHot<Row>(db: Kysely<Database>, statement: HotStatement, args:
     }
     return runWithPlugins(executor, statement, () => runOnSqlite<Row>(connection, statement.sql, parameters));
   }
-  return executor.executeQuery<Row>({ sql: statement.sql, parameters, query: statement.query, queryId: { queryId: '' } });
+  const queryId = { queryId: '' };
+  // The plugins' per-execution hook (Kysely calls it when it compiles a query; this one was compiled once).
+  executor.transformQuery(statement.query, queryId);
+  return executor.executeQuery<Row>({ sql: statement.sql, parameters, query: statement.query, queryId });
 }
 
 /** A direct statement seen by the plugins as Kysely would show it: transformQuery before, transformResult after. */

@@ -294,9 +294,16 @@ function fenceOfProbe(db: Kysely<Database>, instanceId: string, [registrationKey
       .where('instance_id', '=', instanceId)
       .where('subject_kind', '=', kind)
       .where('id_key', '=', idKey)
-      .limit(1);
+      .limit(LIMIT_ONE);
   return sql<string | null>`coalesce(${seek('registrationId', registrationKey)}, ${seek('deviceId', deviceKey)}, ${seek('enrollmentGroupId', groupKey)})`;
 }
+
+/**
+ * `limit 1` written into the SQL text, not bound as a parameter (Kysely's `.limit(1)` binds it). Measured on SQLite
+ * (bench/README.md "session 22, H1"): the hub write's fence check took 13–17 µs with a bound limit and 1.0–1.3 µs with
+ * the literal, the same plan either way; in a registration's transaction it had been its most expensive read.
+ */
+const LIMIT_ONE = sql.lit(1);
 
 type EraseFenceKind = 'registrationId' | 'deviceId' | 'enrollmentGroupId';
 /** Between a fence's kind and its document in {@link fenceOfProbe}'s scalar (no kind holds a newline). */
@@ -357,7 +364,7 @@ export function hubStatements(db: Kysely<Database>) {
         .whereRef('erase_fences.instance_id', '=', 'linked_hubs.instance_id')
         .where('erase_fences.subject_kind', '=', 'deviceId')
         .where('erase_fences.id_key', '=', p(1))
-        .limit(1),
+        .limit(LIMIT_ONE),
     ),
   };
 }

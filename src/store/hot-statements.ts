@@ -240,6 +240,13 @@ export function storeStatements(db: Kysely<Database>) {
         .orderBy('linked_hubs.name_key'),
     ),
     changeCounter: compileHot((p) => db.selectFrom('change_counters').select('version').where('name', '=', p(0))),
+    /** A group's document and a change counter's version as scalar subqueries: one row, either null when absent. */
+    enrollmentGroupAndCounter: compileHot((p) =>
+      db.selectNoFrom([
+        db.selectFrom('enrollment_groups').select('doc').where('instance_id', '=', p(0)).where('group_id_key', '=', p(1)).as('doc'),
+        db.selectFrom('change_counters').select('version').where('name', '=', p(2)).as('version'),
+      ]),
+    ),
     putRegistrationIntent: compileHot((p) =>
       db
         .insertInto('registration_intents')

@@ -314,6 +314,27 @@ export function hubStatements(db: Kysely<Database>) {
         .values({ hub_key: p(0), device_id_key: p(1), status: p(2), revision: p(3), doc: p(4) })
         .onConflict((oc) => oc.columns(['hub_key', 'device_id_key']).doNothing()),
     ),
+    /**
+     * PostgreSQL: {@link deviceFence} and {@link insertDevice} as one statement (one round trip instead of two; both
+     * read one snapshot): the insert runs only when no fence stands. One row: `fence`, the fence's document or null,
+     * and `written`, the rows inserted (0 on a fence or an existing device). SQLite has no writes inside WITH, and no
+     * round trips to save: it runs the two statements.
+     */
+    insertDeviceUnlessFenced: compileHot((p) => ({
+      compile: () =>
+        sql`with "fence" as (
+          select "erase_fences"."doc" from "linked_hubs" cross join "erase_fences"
+          where "linked_hubs"."name_key" = ${p(0)} and "erase_fences"."instance_id" = "linked_hubs"."instance_id"
+            and "erase_fences"."subject_kind" = 'deviceId' and "erase_fences"."id_key" = ${p(1)}
+          limit 1
+        ), "written" as (
+          insert into "hub_devices" ("hub_key", "device_id_key", "status", "revision", "doc")
+          select ${p(0)}::text, ${p(1)}::text, ${p(2)}::text, ${p(3)}::text, ${p(4)}::text where not exists (select from "fence")
+          on conflict ("hub_key", "device_id_key") do nothing
+          returning 1
+        )
+        select (select "doc" from "fence") as "fence", (select count(*) from "written") as "written"`.compile(db),
+    })),
     replaceDevice: compileHot((p) =>
       db
         .updateTable('hub_devices')

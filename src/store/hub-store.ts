@@ -246,6 +246,13 @@ export class KyselyHubStore implements BuiltInHubStore {
   }
 
   async insertDevice(hubName: string, device: StoredHubDevice, revision: string): Promise<boolean> {
+    if (!this.#cache.singleWriter) {
+      // PostgreSQL: the fence check and the insert are one statement (one round trip; atomic without a transaction).
+      const args = [key(hubName), key(device.deviceId), device.status, revision, JSON.stringify(device)];
+      const row = (await runHot<{ fence: string | null; written: number | string }>(this.#db, this.#hot.insertDeviceUnlessFenced, args)).rows[0];
+      if (row !== undefined && row.fence !== null) throw new DeviceFencedError(parse<{ requestId: string }>(row.fence).requestId);
+      return Number(row?.written ?? 0) > 0;
+    }
     return this.#atomic(async (trx) => {
       await refuseFenced(trx, this.#hot, hubName, device.deviceId);
       return this.#insertDevice(trx, hubName, device, revision);

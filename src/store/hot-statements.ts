@@ -335,6 +335,21 @@ export function hubStatements(db: Kysely<Database>) {
         )
         select (select "doc" from "fence") as "fence", (select count(*) from "written") as "written"`.compile(db),
     })),
+    /** PostgreSQL: {@link deviceFence} and {@link replaceDevice} as one statement, as {@link insertDeviceUnlessFenced}. */
+    replaceDeviceUnlessFenced: compileHot((p) => ({
+      compile: () =>
+        sql`with "fence" as (
+          select "erase_fences"."doc" from "linked_hubs" cross join "erase_fences"
+          where "linked_hubs"."name_key" = ${p(0)} and "erase_fences"."instance_id" = "linked_hubs"."instance_id"
+            and "erase_fences"."subject_kind" = 'deviceId' and "erase_fences"."id_key" = ${p(1)}
+          limit 1
+        ), "written" as (
+          update "hub_devices" set "status" = ${p(2)}, "revision" = ${p(3)}, "doc" = ${p(4)}
+          where "hub_key" = ${p(0)} and "device_id_key" = ${p(1)} and "revision" = ${p(5)} and not exists (select from "fence")
+          returning 1
+        )
+        select (select "doc" from "fence") as "fence", (select count(*) from "written") as "written"`.compile(db),
+    })),
     replaceDevice: compileHot((p) =>
       db
         .updateTable('hub_devices')

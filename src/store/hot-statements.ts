@@ -269,7 +269,8 @@ function fenceOfProbe(db: Kysely<Database>, instanceId: string, [registrationKey
   const seek = (kind: EraseFenceKind, idKey: string) =>
     db
       .selectFrom('erase_fences')
-      // The separator is bound, not quoted: on PostgreSQL a text without a quoted literal can carry the held BEGIN.
+      // The separator is bound as a parameter (session 21's held statements travelled as literal texts, which refused a
+      // quoted literal; since session 22 they travel prepared, and either form would do).
       .select(sql<string>`${sql.ref('subject_kind')} || ${FENCE_SEPARATOR} || ${sql.ref('doc')}`.as('fence'))
       .where('instance_id', '=', instanceId)
       .where('subject_kind', '=', kind)

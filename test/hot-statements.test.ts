@@ -95,11 +95,11 @@ test('PostgreSQL runs the hot statements as named prepared statements, inside tr
     assert.equal((await store.getOperation('i1', 'op-1'))?.operationId, 'op-1');
     assert.equal(await store.getOperation('i1', 'op-2'), undefined);
     assert.equal(await store.getEnrollment('i1', 'nobody'), undefined);
-    // The operation upsert is a deferred write: inside a transaction it travels, as literals, with the transaction's
-    // next statement (src/store/pg-round-trips.ts), so it is never prepared there; outside one it is.
-    assert.equal((await prepared()).length, before + 2, 'enrollment read, operation read: each prepared once');
+    // The operation upsert is a deferred write: inside a transaction it travels with the transaction's next statement
+    // (src/store/pg-round-trips.ts), as the same prepared statement it is outside one.
+    assert.equal((await prepared()).length, before + 3, 'enrollment read, operation upsert, operation read: each prepared once');
     await store.putOperation('i1', { operationId: 'op-3', registrationId: 'dev-1', status: 'assigning', createdDateTimeUtc: 'x', lastUpdatedDateTimeUtc: 'x' });
-    assert.equal((await prepared()).length, before + 3, 'the operation upsert outside a transaction: prepared');
+    assert.equal((await prepared()).length, before + 3, 'the operation upsert outside a transaction: the one prepared inside it');
   } finally {
     await store.close();
   }

@@ -992,11 +992,15 @@ export function runStoreContract(name: string, open: () => Promise<Store>): void
         await store.putEnrollmentGroup(a.id, group('g1', { etag: 'x1' }));
         const afterPut = await store.changeCounter(counter);
         assert.ok(afterPut > before);
+        // The group and the counter read together (the symmetric-key lookup's confirmation), the group's ID in any case.
+        assert.deepEqual(await store.enrollmentGroupAndCounter(a.id, 'G1', counter), { group: await store.getEnrollmentGroup(a.id, 'g1'), version: afterPut });
+        assert.deepEqual(await store.enrollmentGroupAndCounter(b.id, 'g1', `groups/${b.id}`), { group: undefined, version: 0 });
         await store.putEnrollmentGroup(a.id, group('g1', { etag: 'x2' }), 'x1');
         const afterUpdate = await store.changeCounter(counter);
         assert.ok(afterUpdate > afterPut);
         await store.deleteEnrollmentGroup(a.id, 'g1');
         assert.ok((await store.changeCounter(counter)) > afterUpdate);
+        assert.deepEqual(await store.enrollmentGroupAndCounter(a.id, 'g1', counter), { group: undefined, version: await store.changeCounter(counter) });
         assert.equal(await store.changeCounter(`groups/${b.id}`), 0);
         await store.putEnrollment(a.id, enrollment('not-a-group'));
         assert.equal(await store.changeCounter(`groups/${b.id}`), 0);

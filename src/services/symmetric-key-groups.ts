@@ -39,6 +39,16 @@ export class SymmetricKeyGroups {
       if (hinted !== undefined) return hinted;
     }
     let cached = this.#cache.get(instanceId);
+    // The usual case, a fresh cached list that holds the device's group: the group's confirmation and the counter's
+    // check are one read (one statement; on PostgreSQL one round trip instead of two). Anything else — no match in the
+    // list, or the counter moved — takes the full path below, as if this read had not happened.
+    if (cached !== undefined && Date.now() - cached.at <= CACHE_TTL_MS) {
+      const candidate = scan(cached.groups, registrationId, token);
+      if (candidate !== undefined) {
+        const { group, version } = await this.#store.enrollmentGroupAndCounter(instanceId, candidate, `groups/${instanceId}`);
+        if (version === cached.version) return this.#confirmed(instanceId, group, registrationId, token);
+      }
+    }
     const version = await this.#store.changeCounter(`groups/${instanceId}`);
     if (cached === undefined || cached.version !== version || Date.now() - cached.at > CACHE_TTL_MS) cached = await this.#load(instanceId);
     let found = scan(cached.groups, registrationId, token);
@@ -50,7 +60,11 @@ export class SymmetricKeyGroups {
   }
 
   async #confirm(instanceId: string, groupId: string, registrationId: string, token: SasToken): Promise<StoredEnrollmentGroup | undefined> {
-    const group = await this.#store.getEnrollmentGroup(instanceId, groupId);
+    return this.#confirmed(instanceId, await this.#store.getEnrollmentGroup(instanceId, groupId), registrationId, token);
+  }
+
+  /** The group as stored now, when it is still a symmetric-key group whose key signed the token. */
+  #confirmed(instanceId: string, group: StoredEnrollmentGroup | undefined, registrationId: string, token: SasToken): StoredEnrollmentGroup | undefined {
     if (group === undefined || group.attestation.type !== 'symmetricKey') {
       this.invalidate(instanceId);
       return undefined;

@@ -267,6 +267,13 @@ export function storeStatements(db: Kysely<Database>) {
         .orderBy('linked_hubs.name_key'),
     ),
     changeCounter: compileHot((p) => db.selectFrom('change_counters').select('version').where('name', '=', p(0))),
+    /** A group's document and a change counter's version as scalar subqueries: one row, either null when absent. */
+    enrollmentGroupAndCounter: compileHot((p) =>
+      db.selectNoFrom([
+        db.selectFrom('enrollment_groups').select('doc').where('instance_id', '=', p(0)).where('group_id_key', '=', p(1)).as('doc'),
+        db.selectFrom('change_counters').select('version').where('name', '=', p(2)).as('version'),
+      ]),
+    ),
     putRegistrationIntent: compileHot((p) =>
       db
         .insertInto('registration_intents')
@@ -289,7 +296,8 @@ function fenceOfProbe(db: Kysely<Database>, instanceId: string, [registrationKey
   const seek = (kind: EraseFenceKind, idKey: string) =>
     db
       .selectFrom('erase_fences')
-      // The separator is bound, not quoted: on PostgreSQL a text without a quoted literal can carry the held BEGIN.
+      // The separator is bound as a parameter (session 21's held statements travelled as literal texts, which refused a
+      // quoted literal; since session 22 they travel prepared, and either form would do).
       .select(sql<string>`${sql.ref('subject_kind')} || ${FENCE_SEPARATOR} || ${sql.ref('doc')}`.as('fence'))
       .where('instance_id', '=', instanceId)
       .where('subject_kind', '=', kind)
@@ -341,6 +349,42 @@ export function hubStatements(db: Kysely<Database>) {
         .values({ hub_key: p(0), device_id_key: p(1), status: p(2), revision: p(3), doc: p(4) })
         .onConflict((oc) => oc.columns(['hub_key', 'device_id_key']).doNothing()),
     ),
+    /**
+     * PostgreSQL: {@link deviceFence} and {@link insertDevice} as one statement (one round trip instead of two; both
+     * read one snapshot): the insert runs only when no fence stands. One row: `fence`, the fence's document or null,
+     * and `written`, the rows inserted (0 on a fence or an existing device). SQLite has no writes inside WITH, and no
+     * round trips to save: it runs the two statements.
+     */
+    insertDeviceUnlessFenced: compileHot((p) => ({
+      compile: () =>
+        sql`with "fence" as (
+          select "erase_fences"."doc" from "linked_hubs" cross join "erase_fences"
+          where "linked_hubs"."name_key" = ${p(0)} and "erase_fences"."instance_id" = "linked_hubs"."instance_id"
+            and "erase_fences"."subject_kind" = 'deviceId' and "erase_fences"."id_key" = ${p(1)}
+          limit 1
+        ), "written" as (
+          insert into "hub_devices" ("hub_key", "device_id_key", "status", "revision", "doc")
+          select ${p(0)}::text, ${p(1)}::text, ${p(2)}::text, ${p(3)}::text, ${p(4)}::text where not exists (select from "fence")
+          on conflict ("hub_key", "device_id_key") do nothing
+          returning 1
+        )
+        select (select "doc" from "fence") as "fence", (select count(*) from "written") as "written"`.compile(db),
+    })),
+    /** PostgreSQL: {@link deviceFence} and {@link replaceDevice} as one statement, as {@link insertDeviceUnlessFenced}. */
+    replaceDeviceUnlessFenced: compileHot((p) => ({
+      compile: () =>
+        sql`with "fence" as (
+          select "erase_fences"."doc" from "linked_hubs" cross join "erase_fences"
+          where "linked_hubs"."name_key" = ${p(0)} and "erase_fences"."instance_id" = "linked_hubs"."instance_id"
+            and "erase_fences"."subject_kind" = 'deviceId' and "erase_fences"."id_key" = ${p(1)}
+          limit 1
+        ), "written" as (
+          update "hub_devices" set "status" = ${p(2)}, "revision" = ${p(3)}, "doc" = ${p(4)}
+          where "hub_key" = ${p(0)} and "device_id_key" = ${p(1)} and "revision" = ${p(5)} and not exists (select from "fence")
+          returning 1
+        )
+        select (select "doc" from "fence") as "fence", (select count(*) from "written") as "written"`.compile(db),
+    })),
     replaceDevice: compileHot((p) =>
       db
         .updateTable('hub_devices')

@@ -1,4 +1,4 @@
-import { sql, type Kysely } from 'kysely';
+import { sql, type Kysely, type QueryResult } from 'kysely';
 import type { JsonMap } from '../domain/enrollment.js';
 import { CONFIG_COUNTER, configCacheOf, type ConfigCache } from './config-cache.js';
 import { hotDoc, hotWrite, hubStatements, runHot, type HubStatements } from './hot-statements.js';
@@ -259,10 +259,22 @@ export class KyselyHubStore implements BuiltInHubStore {
   }
 
   async insertDevice(hubName: string, device: StoredHubDevice, revision: string): Promise<boolean> {
+    if (!this.#cache.singleWriter) {
+      // PostgreSQL: the fence check and the insert are one statement (one round trip; atomic without a transaction).
+      const args = [key(hubName), key(device.deviceId), device.status, revision, JSON.stringify(device)];
+      return this.#unlessFenced(await runHot(this.#db, this.#hot.insertDeviceUnlessFenced, args));
+    }
     return this.#atomic(async (trx) => {
       await refuseFenced(trx, this.#hot, hubName, device.deviceId);
       return this.#insertDevice(trx, hubName, device, revision);
     });
+  }
+
+  /** A device write's answer on PostgreSQL (…UnlessFenced): refused under a fence, else whether it wrote. */
+  #unlessFenced(result: QueryResult<unknown>): boolean {
+    const row = result.rows[0] as { fence: string | null; written: number | string } | undefined;
+    if (row !== undefined && row.fence !== null) throw new DeviceFencedError(parse<{ requestId: string }>(row.fence).requestId);
+    return Number(row?.written ?? 0) > 0;
   }
 
   async #insertDevice(db: Kysely<Database>, hubName: string, device: StoredHubDevice, revision: string): Promise<boolean> {
@@ -270,6 +282,11 @@ export class KyselyHubStore implements BuiltInHubStore {
   }
 
   async replaceDevice(hubName: string, device: StoredHubDevice, expectedRevision: string, revision: string): Promise<boolean> {
+    if (!this.#cache.singleWriter) {
+      // PostgreSQL: the fence check and the guarded update are one statement, as in insertDevice.
+      const args = [key(hubName), key(device.deviceId), device.status, revision, JSON.stringify(device), expectedRevision];
+      return this.#unlessFenced(await runHot(this.#db, this.#hot.replaceDeviceUnlessFenced, args));
+    }
     return this.#atomic(async (trx) => {
       await refuseFenced(trx, this.#hot, hubName, device.deviceId);
       return this.#replaceDevice(trx, hubName, device, expectedRevision, revision);

@@ -504,6 +504,11 @@ export interface Store {
   /** A counter that writes bump (e.g. `groups/<instanceId>`); 0 when never bumped. */
   changeCounter(name: string): Promise<number>;
   /**
+   * An enrollment group and a change counter ({@link changeCounter}) read together, in one statement (on PostgreSQL
+   * one round trip instead of two): how the symmetric-key group lookup confirms a match found in its cached list.
+   */
+  enrollmentGroupAndCounter(instanceId: string, groupId: string, counter: string): Promise<{ group: StoredEnrollmentGroup | undefined; version: number }>;
+  /**
    * Runs `work` while holding the named lock against every node on the database (PostgreSQL advisory lock). On a
    * single-writer dialect there is no other node, and `work` just runs: callers serialize within their process.
    */

@@ -2,7 +2,7 @@ import { Kysely, PostgresDialect } from 'kysely';
 import pg from 'pg';
 import type { Database as Schema } from '../schema.js';
 import { isDeferredWrite, preparedStatementName } from '../hot-statements.js';
-import { quotedLiteral, savingRoundTrips } from '../pg-round-trips.js';
+import { runBatch, savingRoundTrips } from '../pg-round-trips.js';
 import type { DialectCapabilities, OpenedDialect } from './dialect.js';
 
 export const POSTGRES_CAPABILITIES: DialectCapabilities = Object.freeze({
@@ -57,7 +57,7 @@ export function openPostgresDialect(options: PostgresOptions): OpenedDialect {
     // (Closing ends every lock session, which releases its locks.)
     if (name === undefined || closing) return;
     pendingUnlocks.delete(client);
-    client.query('select pg_advisory_unlock(hashtextextended($1, 0))', [name]).catch((error: unknown) => {
+    client.query({ ...UNLOCK, values: [name] }).catch((error: unknown) => {
       broken.add(client);
       options.onPoolError(error instanceof Error ? error : new Error(String(error)));
     });
@@ -78,8 +78,8 @@ export function openPostgresDialect(options: PostgresOptions): OpenedDialect {
       const unlock = pendingUnlocks.get(client);
       pendingUnlocks.delete(client);
       try {
-        if (unlock === undefined) await client.query('select pg_advisory_lock(hashtextextended($1, 0))', [name]);
-        else await client.query(`select pg_advisory_unlock(hashtextextended(${quotedLiteral(unlock)}, 0)); select pg_advisory_lock(hashtextextended(${quotedLiteral(name)}, 0))`);
+        if (unlock === undefined) await client.query({ ...LOCK, values: [name] });
+        else await runBatch(client, [{ ...UNLOCK, values: [unlock] }, { ...LOCK, values: [name] }]);
       } catch (error) {
         // Destroyed: closing the session releases whatever it held.
         client.release(error instanceof Error ? error : new Error(String(error)));
@@ -102,6 +102,10 @@ export function openPostgresDialect(options: PostgresOptions): OpenedDialect {
     },
   };
 }
+
+// The lock connections' two statements, prepared once per connection like the hot statements.
+const LOCK = { name: 'provisiond_lock', text: 'select pg_advisory_lock(hashtextextended($1, 0))' } as const;
+const UNLOCK = { name: 'provisiond_unlock', text: 'select pg_advisory_unlock(hashtextextended($1, 0))' } as const;
 
 /**
  * The store's hot statements (../hot-statements.ts) run as named prepared statements: PostgreSQL parses and plans

@@ -12,7 +12,7 @@ import type { ServiceDeps } from '../deps.js';
 import type { LifecycleEvents } from '../lifecycle-events.js';
 import { encodeContinuation, readPageRequest, type PageRequest } from '../paging.js';
 import { runErase, Stopped } from './erase.js';
-import { exportEverything } from './export.js';
+import { exportEverything, readOnce } from './export.js';
 import { placesOf, type PlaceContext } from './places.js';
 import { instanceSecrets, signEraseReceipt, signingKeyView, type InstanceSecrets } from './receipts.js';
 import { readRequestDoc, requestView, type DataRequestDoc } from './request-doc.js';
@@ -120,7 +120,13 @@ export class DataRequestService {
       progress: { done: 0, total: 0 },
     };
     await this.#save(instance, doc);
-    await this.#waitFor(this.#start(instance, doc));
+    // On a single-writer store this server is the only one that can run the request it just stored: its job works on
+    // this document (no read of it back), and the answer, when the job finished in time, is made from it too.
+    const singleWriter = this.#deps.store.capabilities.singleWriter;
+    // (A job already running under this ID — the same request sent twice at once — works on its own copy: then this
+    // one is still `running`, and the answer is read.)
+    const finished = await this.#waitFor(this.#start(instance, doc, singleWriter));
+    if (finished && singleWriter && doc.status !== 'running') return requestView(doc);
     return this.get(instance, requestId, body.type);
   }
 
@@ -226,20 +232,33 @@ export class DataRequestService {
     await this.#deps.store.putDataRequest(instance.id, { requestId: doc.requestId, subjectId: doc.subject.id, sortKey: doc.sortKey, status: doc.status, type: doc.type, doc });
   }
 
-  async #waitFor(job: Promise<void>): Promise<void> {
-    await Promise.race([job, new Promise((resolve) => setTimeout(resolve, this.#deps.waitMs).unref())]);
+  /** Waits for the job at most waitMs; true when it finished by then. */
+  async #waitFor(job: Promise<void>): Promise<boolean> {
+    let timer: NodeJS.Timeout | undefined;
+    const finished = await Promise.race([
+      job.then(() => true),
+      new Promise<false>((resolve) => {
+        timer = setTimeout(() => resolve(false), this.#deps.waitMs);
+        timer.unref();
+      }),
+    ]);
+    clearTimeout(timer);
+    return finished;
   }
 
-  #start(instance: InstanceRecord, given: DataRequestDoc): Promise<void> {
+  /** `own`: `given` is the document this server just stored, and nobody else can have changed it (single writer). */
+  #start(instance: InstanceRecord, given: DataRequestDoc, own = false): Promise<void> {
     const key = `${instance.id}/${given.requestId.toLowerCase()}`;
     const running = this.#jobs.get(key);
     if (running !== undefined) return running;
     let doc = given;
     const job = this.#leased(key, async () => {
-      // Read again under the lease: another node may have finished (or advanced) it since it was listed.
-      const current = await this.#deps.store.getDataRequest(instance.id, given.requestId);
-      if (current === undefined || current.status !== 'running') return;
-      doc = readRequestDoc(current.doc);
+      if (!own) {
+        // Read again under the lease: another node may have finished (or advanced) it since it was listed.
+        const current = await this.#deps.store.getDataRequest(instance.id, given.requestId);
+        if (current === undefined || current.status !== 'running') return;
+        doc = readRequestDoc(current.doc);
+      }
       await (doc.type === 'export' ? this.#runExport(instance, doc) : this.#runErase(instance, doc));
     })
       .catch(async (error: unknown) => {
@@ -300,10 +319,10 @@ export class DataRequestService {
 
   async #runExport(instance: InstanceRecord, doc: DataRequestDoc): Promise<void> {
     const subject = storedSubject(doc);
-    const store = this.#deps.store;
+    const store = readOnce(this.#deps.store);
     const trace = await traceSubject(store, instance.id, subject);
     const places = placesOf(await store.listLinkedHubs(instance.id));
-    const { bundle, result, searched } = await exportEverything({ ...this.#placeContext(instance, doc), tick: () => Promise.resolve(), resumeAt: 0 }, places, subject, trace, {
+    const { bundle, result, searched } = await exportEverything({ ...this.#placeContext(instance, doc), store, tick: () => Promise.resolve(), resumeAt: 0 }, places, subject, trace, {
       requestId: doc.requestId,
       generatedDateTimeUtc: dpsTimestamp(this.#deps.now()),
       secretsIncluded: doc.includeSecrets,

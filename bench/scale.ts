@@ -35,6 +35,8 @@ async function serve(dataDir: string, port: number): Promise<void> {
   delay.enable();
   const timesFile = process.env.BENCH_STATEMENT_TIMES;
   if (timesFile !== undefined) await timeStatements(timesFile);
+  const pgTextsFile = process.env.BENCH_PG_STATEMENT_TEXTS;
+  if (pgTextsFile !== undefined) await countPostgresQueries(pgTextsFile);
   // As src/main.ts's serve does: the young generation is not grown while starting (P6).
   const { setFlagsFromString } = await import('node:v8');
   setFlagsFromString('--semi-space-growth-factor=1');
@@ -101,6 +103,43 @@ async function timeStatements(file: string): Promise<void> {
   process.once('exit', () => {
     const sorted = [...times].sort((a, b) => b[1].totalMs - a[1].totalMs).map(([sql, entry]) => ({ sql: sql.slice(0, 400), ...entry }));
     writeFileSync(file, JSON.stringify(sorted, null, 1));
+  });
+}
+
+/**
+ * BENCH_PG_STATEMENT_TEXTS=FILE: every query the server sends to PostgreSQL (each `Client#query` one round trip), by
+ * text, with the time until its answer (count, total and worst ms), written to FILE (JSON, most frequent first, with
+ * the total) when the server stops: the round trips of an export or an erase.
+ */
+async function countPostgresQueries(file: string): Promise<void> {
+  const { default: pg } = await import('pg');
+  const texts = new Map<string, { count: number; totalMs: number; maxMs: number }>();
+  const prototype = pg.Client.prototype as unknown as { query: (...args: unknown[]) => unknown };
+  const original = prototype.query;
+  prototype.query = function (this: unknown, ...args: unknown[]) {
+    const first = args[0];
+    const text = typeof first === 'string' ? first : typeof first === 'object' && first !== null && 'text' in first ? String((first as { text: unknown }).text) : '?';
+    const entry = texts.get(text) ?? { count: 0, totalMs: 0, maxMs: 0 };
+    texts.set(text, entry);
+    entry.count += 1;
+    const startedAt = performance.now();
+    const result = original.apply(this, args);
+    if (result instanceof Promise) {
+      void result.then(
+        () => {
+          const ms = performance.now() - startedAt;
+          entry.totalMs += ms;
+          entry.maxMs = Math.max(entry.maxMs, ms);
+        },
+        () => undefined,
+      );
+    }
+    return result;
+  };
+  process.once('exit', () => {
+    const total = [...texts.values()].reduce((sum, entry) => sum + entry.count, 0);
+    const sorted = [...texts].sort((a, b) => b[1].count - a[1].count).map(([sql, entry]) => ({ sql: sql.slice(0, 400), ...entry }));
+    writeFileSync(file, JSON.stringify({ total, texts: sorted }, null, 1));
   });
 }
 

@@ -1190,15 +1190,12 @@ export class KyselyStore implements Store {
   // ---- data requests
 
   async putDataRequest(instanceId: string, request: DataRequestRecord): Promise<void> {
-    await hotWrite(this.#db, this.#subject.putDataRequest, [
-      instanceId,
-      lower(request.requestId),
-      request.sortKey,
-      request.status,
-      request.type,
-      lower(request.subjectId),
-      JSON.stringify(request.doc),
-    ]);
+    const doc = JSON.stringify(request.doc);
+    const keys = [instanceId, lower(request.requestId), request.sortKey, request.status, request.type, lower(request.subjectId)];
+    // SQLite: most saves (an erase's progress) change only the document; they write its row and no index entry. (On
+    // PostgreSQL an update that changes no indexed column is a HOT update already, and a second statement a round trip.)
+    if (this.#sqlite && (await hotWrite(this.#db, this.#subject.putDataRequestDoc, [doc, ...keys])) > 0) return;
+    await hotWrite(this.#db, this.#subject.putDataRequest, [...keys, doc]);
   }
 
   async getDataRequest(instanceId: string, requestId: string): Promise<DataRequestRecord | undefined> {

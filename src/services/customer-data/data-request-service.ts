@@ -65,7 +65,7 @@ const ERASED_TABLES = [
 export class DataRequestService {
   readonly #deps: DataRequestDeps;
   /** Jobs running on this node, so one request never runs twice at once. */
-  readonly #jobs = new Map<string, Promise<void>>();
+  readonly #jobs = new Map<string, Promise<DataRequestDoc | undefined>>();
   #stopping = false;
   /** The VACUUM after erases that is running, and whether an erase finished since it started (#reclaimSoon). */
   #reclaim: Promise<void> | undefined;
@@ -121,12 +121,10 @@ export class DataRequestService {
     };
     await this.#save(instance, doc);
     // On a single-writer store this server is the only one that can run the request it just stored: its job works on
-    // this document (no read of it back), and the answer, when the job finished in time, is made from it too.
-    const singleWriter = this.#deps.store.capabilities.singleWriter;
-    // (A job already running under this ID — the same request sent twice at once — works on its own copy: then this
-    // one is still `running`, and the answer is read.)
-    const finished = await this.#waitFor(this.#start(instance, doc, singleWriter));
-    if (finished && singleWriter && doc.status !== 'running') return requestView(doc);
+    // this document, not a copy read back. A job that finished in time answers with the document it finished (as
+    // stored by its last save); one still running (or run by another node) is read.
+    const finished = await this.#waitFor(this.#start(instance, doc, this.#deps.store.capabilities.singleWriter));
+    if (finished !== undefined && finished.status !== 'running') return requestView(finished);
     return this.get(instance, requestId, body.type);
   }
 
@@ -158,7 +156,8 @@ export class DataRequestService {
       delete doc.error;
       if (doc.plan !== undefined && !Array.isArray(doc.plan)) for (const entry of doc.plan.places) delete entry.error;
       await this.#save(instance, doc);
-      await this.#waitFor(this.#start(instance, doc));
+      const finished = await this.#waitFor(this.#start(instance, doc));
+      if (finished !== undefined && finished.status !== 'running') return requestView(finished);
     }
     return this.get(instance, requestId, 'erase');
   }
@@ -232,13 +231,13 @@ export class DataRequestService {
     await this.#deps.store.putDataRequest(instance.id, { requestId: doc.requestId, subjectId: doc.subject.id, sortKey: doc.sortKey, status: doc.status, type: doc.type, doc });
   }
 
-  /** Waits for the job at most waitMs; true when it finished by then. */
-  async #waitFor(job: Promise<void>): Promise<boolean> {
+  /** Waits for the job at most waitMs: the document it finished, or undefined (still running, or not run here). */
+  async #waitFor(job: Promise<DataRequestDoc | undefined>): Promise<DataRequestDoc | undefined> {
     let timer: NodeJS.Timeout | undefined;
     const finished = await Promise.race([
-      job.then(() => true),
-      new Promise<false>((resolve) => {
-        timer = setTimeout(() => resolve(false), this.#deps.waitMs);
+      job,
+      new Promise<undefined>((resolve) => {
+        timer = setTimeout(() => resolve(undefined), this.#deps.waitMs);
         timer.unref();
       }),
     ]);
@@ -246,8 +245,12 @@ export class DataRequestService {
     return finished;
   }
 
-  /** `own`: `given` is the document this server just stored, and nobody else can have changed it (single writer). */
-  #start(instance: InstanceRecord, given: DataRequestDoc, own = false): Promise<void> {
+  /**
+   * Runs the request's job (once at a time per request on this node); resolves to the document it finished with, or
+   * undefined when it did not run it (another node holds it, it is no longer running, the server is stopping). `own`:
+   * `given` is the document this server just stored, and nobody else can have changed it (single writer).
+   */
+  #start(instance: InstanceRecord, given: DataRequestDoc, own = false): Promise<DataRequestDoc | undefined> {
     const key = `${instance.id}/${given.requestId.toLowerCase()}`;
     const running = this.#jobs.get(key);
     if (running !== undefined) return running;
@@ -256,17 +259,19 @@ export class DataRequestService {
       if (!own) {
         // Read again under the lease: another node may have finished (or advanced) it since it was listed.
         const current = await this.#deps.store.getDataRequest(instance.id, given.requestId);
-        if (current === undefined || current.status !== 'running') return;
+        if (current === undefined || current.status !== 'running') return undefined;
         doc = readRequestDoc(current.doc);
       }
       await (doc.type === 'export' ? this.#runExport(instance, doc) : this.#runErase(instance, doc));
+      return doc;
     })
       .catch(async (error: unknown) => {
-        if (error instanceof Stopped) return;
+        if (error instanceof Stopped) return undefined;
         this.#deps.logger.error({ err: error, requestId: doc.requestId }, 'data request failed');
         doc.status = 'failed';
         doc.error = error instanceof Error ? error.message : String(error);
         await this.#save(instance, doc).catch(() => undefined);
+        return doc;
       })
       .finally(() => this.#jobs.delete(key));
     this.#jobs.set(key, job);
@@ -279,12 +284,12 @@ export class DataRequestService {
    * stops renewing, so another node's periodic resumeUnfinished takes the job over once it expires. On a
    * single-writer store there is one server (the data-directory lock), and this node's job map is enough.
    */
-  async #leased(key: string, work: () => Promise<void>): Promise<void> {
+  async #leased<T>(key: string, work: () => Promise<T>): Promise<T | undefined> {
     const store = this.#deps.store;
     const { nodeId, leaseMs = 30_000 } = this.#deps;
     if (store.capabilities.singleWriter || nodeId === undefined) return work();
     const lease = `dataRequest/${key}`;
-    if (!(await store.claimLease(lease, nodeId, leaseMs, Date.now()))) return;
+    if (!(await store.claimLease(lease, nodeId, leaseMs, Date.now()))) return undefined;
     const renew = setInterval(() => {
       void store.renewLease(lease, nodeId, leaseMs, Date.now()).then(
         (held) => {
@@ -295,7 +300,7 @@ export class DataRequestService {
     }, Math.max(100, Math.floor(leaseMs / 3)));
     renew.unref();
     try {
-      await work();
+      return await work();
     } finally {
       clearInterval(renew);
       await store.releaseLease(lease, nodeId).catch(() => undefined);

@@ -23,8 +23,9 @@ const REPEATED_READS = new Set<string>([
 export function readOnce(store: Store): Store {
   const answers = new Map<string, unknown>();
   return new Proxy(store, {
-    get(target, property, receiver) {
-      const value: unknown = Reflect.get(target, property, receiver);
+    get(target, property) {
+      // Read on the store itself, never through the proxy: its getters use private fields.
+      const value: unknown = Reflect.get(target, property);
       if (typeof value !== 'function') return value;
       const method = value as (...args: unknown[]) => unknown;
       if (typeof property !== 'string' || !REPEATED_READS.has(property)) return method.bind(target);

@@ -270,8 +270,11 @@ export class DataRequestService {
         this.#deps.logger.error({ err: error, requestId: doc.requestId }, 'data request failed');
         doc.status = 'failed';
         doc.error = error instanceof Error ? error.message : String(error);
-        await this.#save(instance, doc).catch(() => undefined);
-        return doc;
+        // Answered from the document only when it was stored as such; else the answer is read.
+        return this.#save(instance, doc).then(
+          () => doc,
+          () => undefined,
+        );
       })
       .finally(() => this.#jobs.delete(key));
     this.#jobs.set(key, job);

@@ -35,6 +35,8 @@ async function serve(dataDir: string, port: number): Promise<void> {
   delay.enable();
   const timesFile = process.env.BENCH_STATEMENT_TIMES;
   if (timesFile !== undefined) await timeStatements(timesFile);
+  const pgTextsFile = process.env.BENCH_PG_STATEMENT_TEXTS;
+  if (pgTextsFile !== undefined) await countPostgresQueries(pgTextsFile);
   // As src/main.ts's serve does: the young generation is not grown while starting (P6).
   const { setFlagsFromString } = await import('node:v8');
   setFlagsFromString('--semi-space-growth-factor=1');
@@ -101,6 +103,43 @@ async function timeStatements(file: string): Promise<void> {
   process.once('exit', () => {
     const sorted = [...times].sort((a, b) => b[1].totalMs - a[1].totalMs).map(([sql, entry]) => ({ sql: sql.slice(0, 400), ...entry }));
     writeFileSync(file, JSON.stringify(sorted, null, 1));
+  });
+}
+
+/**
+ * BENCH_PG_STATEMENT_TEXTS=FILE: every query the server sends to PostgreSQL (each `Client#query` one round trip), by
+ * text, with the time until its answer (count, total and worst ms), written to FILE (JSON, most frequent first, with
+ * the total) when the server stops: the round trips of an export or an erase.
+ */
+async function countPostgresQueries(file: string): Promise<void> {
+  const { default: pg } = await import('pg');
+  const texts = new Map<string, { count: number; totalMs: number; maxMs: number }>();
+  const prototype = pg.Client.prototype as unknown as { query: (...args: unknown[]) => unknown };
+  const original = prototype.query;
+  prototype.query = function (this: unknown, ...args: unknown[]) {
+    const first = args[0];
+    const text = typeof first === 'string' ? first : typeof first === 'object' && first !== null && 'text' in first ? String((first as { text: unknown }).text) : '?';
+    const entry = texts.get(text) ?? { count: 0, totalMs: 0, maxMs: 0 };
+    texts.set(text, entry);
+    entry.count += 1;
+    const startedAt = performance.now();
+    const result = original.apply(this, args);
+    if (result instanceof Promise) {
+      void result.then(
+        () => {
+          const ms = performance.now() - startedAt;
+          entry.totalMs += ms;
+          entry.maxMs = Math.max(entry.maxMs, ms);
+        },
+        () => undefined,
+      );
+    }
+    return result;
+  };
+  process.once('exit', () => {
+    const total = [...texts.values()].reduce((sum, entry) => sum + entry.count, 0);
+    const sorted = [...texts].sort((a, b) => b[1].count - a[1].count).map(([sql, entry]) => ({ sql: sql.slice(0, 400), ...entry }));
+    writeFileSync(file, JSON.stringify({ total, texts: sorted }, null, 1));
   });
 }
 
@@ -414,15 +453,19 @@ async function p5(dataDir: string, port: number, n: number, samples: number) {
     };
     const continuationAt = async (path: string, body: unknown) =>
       (await call(server, 'POST', path, body, { 'x-ms-max-item-count': '1' })).headers['x-ms-continuation'] as string;
-    const figures: Record<string, { p50: number; p99: number }> = {};
+    // Server CPU per operation (from /proc, 10 ms ticks: meaningful over many samples) beside the latencies: the
+    // figure a shared machine's load does not blur.
+    const figures: Record<string, { p50: number; p99: number; serverCpuMsPerOperation?: number }> = {};
     // `--only name,name` runs some of the measurements (iterating on one query of a seeded store kept with `--data`).
     const only = args.get('only')?.split(',');
     const measure = async (name: string, count: number, work: (i: number) => Promise<number>) => {
       if (only !== undefined && !only.includes(name)) return;
       const times: number[] = [];
       try {
+        const cpuBefore = cpuMs(server.child.pid);
         for (let i = 0; i < count; i += 1) times.push(await work(i));
-        figures[name] = { p50: percentile(times, 50), p99: percentile(times, 99) };
+        const serverCpuMsPerOperation = Number(((cpuMs(server.child.pid) - cpuBefore) / count).toFixed(2));
+        figures[name] = { p50: percentile(times, 50), p99: percentile(times, 99), serverCpuMsPerOperation };
       } catch (error) {
         // One failing measurement does not cost the others (seeding takes minutes).
         figures[name] = { p50: NaN, p99: NaN, error: String(error).slice(0, 300) } as never;

@@ -1,6 +1,9 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { verifyReceipt } from '../src/domain/receipt.js';
+import type { StoredRegistration } from '../src/store/store.js';
+import { readOnce } from '../src/services/customer-data/export.js';
+import { openSqliteStore } from '../src/store/open-store.js';
 import { call, startServer, type TestServer } from './harness.js';
 import { deriveDeviceKey, rawRegister, type Json } from './devices.js';
 import { HUB_HOST_NAMES, linkHub } from './hubs.js';
@@ -193,4 +196,23 @@ describe('registration intents', () => {
     assert.equal(await hubDevice('127.0.0.2', 'intent-1-moved'), false);
     assert.equal(await hubDevice('localhost', 'intent-1-dev'), false);
   });
+});
+
+test('an export asks the store each repeated read once (readOnce); writes and the store’s own getters pass through', async () => {
+  const store = await openSqliteStore(':memory:');
+  try {
+    const record = { registrationId: 'dev-1', createdDateTimeUtc: '2024-01-01T00:00:00.0000000Z', status: 'assigned', etag: '"1"' };
+    await store.putRegistration('i1', record as unknown as StoredRegistration);
+    const once = readOnce(store);
+    const first = await once.getRegistration('i1', 'dev-1');
+    assert.equal(first?.registrationId, 'dev-1');
+    // The same question again: the same answer, not a second read (a fresh read would be a new object).
+    assert.equal(await once.getRegistration('i1', 'dev-1'), first);
+    assert.notEqual(await store.getRegistration('i1', 'dev-1'), first);
+    assert.equal(await once.getRegistration('i1', 'other'), undefined);
+    assert.equal(once.capabilities.name, 'sqlite');
+    assert.equal(await once.deleteRegistration('i1', 'dev-1'), true);
+  } finally {
+    await store.close();
+  }
 });

@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { mkdtempSync, readdirSync, readlinkSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readlinkSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
@@ -47,6 +47,38 @@ test('SQLite file: data survives a reopen and migrations run once', async () => 
     assert.deepEqual(await second.findInstanceByHostName('LOCALHOST'), instance);
   } finally {
     await second.close();
+  }
+});
+
+test('saving a data request again with the same status and subject writes its row, not its index entries', async () => {
+  // An erase saves its request eight times, most of them progress only (issue 12 P5); each page written goes to the WAL
+  // and is copied back by the erase's closing checkpoint. An upsert rewrote the row's three index entries every time.
+  const file = join(dir, 'request-saves', 'provisiond.db');
+  const store = await openSqliteStore(file);
+  const walPages = () => statSync(`${file}-wal`).size / (4096 + 24);
+  try {
+    const request = (status: string, subjectId: string, note: string) => ({
+      requestId: 'R1',
+      subjectId,
+      sortKey: '0001:r1',
+      status,
+      type: 'erase',
+      doc: { requestId: 'R1', status, note: note.repeat(2000) },
+    });
+    await store.putDataRequest('i1', request('running', 'dev-1', 'a'));
+    const before = walPages();
+    await store.putDataRequest('i1', request('running', 'dev-1', 'b'));
+    assert.equal(walPages() - before, 1, 'one page: the row');
+    assert.equal((await store.getDataRequest('i1', 'r1'))?.doc.note, 'b'.repeat(2000));
+    // A save that changes an indexed column still moves its index entries.
+    await store.putDataRequest('i1', request('completed', '', 'c'));
+    assert.deepEqual(
+      (await store.listDataRequestsByStatus(['completed'])).map((found) => [found.requestId, found.status]),
+      [['R1', 'completed']],
+    );
+    assert.deepEqual(await store.findDataRequestsAbout('i1', ['dev-1']), []);
+  } finally {
+    await store.close();
   }
 });
 

@@ -1,4 +1,4 @@
-import { createHash, createHmac, createPrivateKey, createPublicKey, sign, verify } from 'node:crypto';
+import { createHash, createHmac, createPrivateKey, createPublicKey, sign, verify, type KeyObject } from 'node:crypto';
 
 /**
  * Signed erase receipts (docs/customer-data.md). The signature covers the canonical JSON of the receipt body: keys
@@ -34,9 +34,18 @@ export function keyIdOf(publicKeyPem: string): string {
   return createHash('sha256').update(der).digest('hex').slice(0, 16);
 }
 
+/**
+ * The signing key of the last PEM seen and its key ID: an instance signs every receipt with one key, and parsing the
+ * PEMs (not the Ed25519 signature) was most of a signature's cost (issue 12 P5).
+ */
+let lastSigner: { privateKeyPem: string; publicKeyPem: string; key: KeyObject; keyId: string } | undefined;
+
 export function signReceipt(receipt: Record<string, unknown>, privateKeyPem: string, publicKeyPem: string): SignedReceipt {
-  const value = sign(null, Buffer.from(canonicalJson(receipt)), createPrivateKey(privateKeyPem)).toString('base64');
-  return { receipt, signature: { algorithm: 'Ed25519', keyId: keyIdOf(publicKeyPem), publicKeyPem, value } };
+  if (lastSigner?.privateKeyPem !== privateKeyPem || lastSigner.publicKeyPem !== publicKeyPem) {
+    lastSigner = { privateKeyPem, publicKeyPem, key: createPrivateKey(privateKeyPem), keyId: keyIdOf(publicKeyPem) };
+  }
+  const value = sign(null, Buffer.from(canonicalJson(receipt)), lastSigner.key).toString('base64');
+  return { receipt, signature: { algorithm: 'Ed25519', keyId: lastSigner.keyId, publicKeyPem, value } };
 }
 
 export type ReceiptCheck = { valid: true; keyId: string } | { valid: false; reason: string };

@@ -11,6 +11,7 @@ import { KyselyHubStore, type BuiltInHubStore } from './hub-store.js';
 import { CONFIG_COUNTER, configCacheOf, type ConfigCache } from './config-cache.js';
 import { deferredWrite, directSqlite, hotDoc, hotWrite, NO_KEY, parseProbeFence, type HotStatement, runHot, storeStatements, type StoreStatements } from './hot-statements.js';
 import { AUDIT_ROW_COLUMNS, bulkStatementsOf, ENROLLMENT_ROW_COLUMNS } from './bulk-statements.js';
+import { paddedKeys, subjectStatementsOf, type SubjectStatements } from './subject-statements.js';
 import { migrationProvider } from './migrations.js';
 import type { Database } from './schema.js';
 import type {
@@ -200,6 +201,8 @@ export class KyselyStore implements Store {
   readonly #root: Kysely<Database> | undefined;
   readonly #options: KyselyStoreOptions;
   readonly #hot: StoreStatements;
+  /** The customer-data paths' statements, compiled once (subject-statements.ts). */
+  readonly #subject: SubjectStatements;
   /** The embedded store: writes that spare unchanged index entries (putRegistration) are worth a row count there. */
   readonly #sqlite: boolean;
   readonly #cache: ConfigCache;
@@ -214,6 +217,7 @@ export class KyselyStore implements Store {
     this.#options = options;
     this.#rootDb = db;
     this.#hot = statementsOf(db);
+    this.#subject = subjectStatementsOf(db);
     this.#sqlite = options.capabilities.name === 'sqlite';
     this.#cache = configCacheOf(db, options.capabilities.singleWriter);
   }
@@ -929,13 +933,7 @@ export class KyselyStore implements Store {
   }
 
   async listOperationsOfRegistration(instanceId: string, registrationId: string): Promise<StoredOperation[]> {
-    const rows = await this.#db
-      .selectFrom('operations')
-      .select('doc')
-      .where('instance_id', '=', instanceId)
-      .where('registration_id_key', '=', lower(registrationId))
-      .orderBy('operation_id')
-      .execute();
+    const { rows } = await runHot<{ doc: string }>(this.#db, this.#subject.operationsOfRegistration, [instanceId, lower(registrationId)]);
     return rows.map((row) => parse<StoredOperation>(row.doc));
   }
 
@@ -943,17 +941,8 @@ export class KyselyStore implements Store {
 
   async putEraseFences(instanceId: string, fences: readonly EraseFence[]): Promise<void> {
     for (const fence of fences) {
-      await this.#db
-        .insertInto('erase_fences')
-        .values({
-          instance_id: instanceId,
-          subject_kind: fence.kind,
-          id_key: lower(fence.id),
-          request_id_key: lower(fence.requestId),
-          doc: JSON.stringify({ requestId: fence.requestId, subjectHash: fence.subjectHash }),
-        })
-        .onConflict((oc) => oc.columns(['instance_id', 'subject_kind', 'id_key', 'request_id_key']).doNothing())
-        .execute();
+      const doc = JSON.stringify({ requestId: fence.requestId, subjectHash: fence.subjectHash });
+      await hotWrite(this.#db, this.#subject.putEraseFence, [instanceId, fence.kind, lower(fence.id), lower(fence.requestId), doc]);
     }
   }
 
@@ -1043,12 +1032,7 @@ export class KyselyStore implements Store {
   }
 
   async deleteEraseFences(instanceId: string, requestId: string): Promise<number> {
-    const result = await this.#db
-      .deleteFrom('erase_fences')
-      .where('instance_id', '=', instanceId)
-      .where('request_id_key', '=', lower(requestId))
-      .executeTakeFirst();
-    return Number(result.numDeletedRows);
+    return hotWrite(this.#db, this.#subject.deleteEraseFences, [instanceId, lower(requestId)]);
   }
 
   async reclaimErasedSpace(): Promise<void> {
@@ -1061,22 +1045,12 @@ export class KyselyStore implements Store {
   }
 
   async deleteOperationsOfRegistration(instanceId: string, registrationId: string): Promise<number> {
-    const result = await this.#db
-      .deleteFrom('operations')
-      .where('instance_id', '=', instanceId)
-      .where('registration_id_key', '=', lower(registrationId))
-      .executeTakeFirst();
-    return Number(result.numDeletedRows);
+    return hotWrite(this.#db, this.#subject.deleteOperationsOfRegistration, [instanceId, lower(registrationId)]);
   }
 
   async countOperationsOfRegistration(instanceId: string, registrationId: string): Promise<number> {
-    const row = await this.#db
-      .selectFrom('operations')
-      .select((eb) => eb.fn.countAll<number>().as('n'))
-      .where('instance_id', '=', instanceId)
-      .where('registration_id_key', '=', lower(registrationId))
-      .executeTakeFirst();
-    return Number(row?.n ?? 0);
+    const { rows } = await runHot<{ n: number | string }>(this.#db, this.#subject.countOperationsOfRegistration, [instanceId, lower(registrationId)]);
+    return Number(rows[0]?.n ?? 0);
   }
 
   // ---- registration intents
@@ -1090,7 +1064,7 @@ export class KyselyStore implements Store {
   }
 
   async listRegistrationIntentsOf(instanceId: string): Promise<RegistrationIntent[]> {
-    const rows = await this.#db.selectFrom('registration_intents').select('doc').where('instance_id', '=', instanceId).orderBy('created_at').execute();
+    const { rows } = await runHot<{ doc: string }>(this.#db, this.#subject.registrationIntentsOf, [instanceId]);
     return rows.map((row) => parse<RegistrationIntent>(row.doc));
   }
 
@@ -1201,14 +1175,13 @@ export class KyselyStore implements Store {
       ['group_id_key', groupIds],
     ] as const) {
       for (let i = 0; i < values.length; i += 500) {
-        const rows = await this.#db
-          .selectFrom('audit_events')
-          .select(['event_id', 'doc', 'event_class', 'outcome'])
-          .where('instance_id', '=', instanceId)
-          .where(column, 'in', values.slice(i, i + 500))
-          // Names the partial index's condition (migration 0016), so the planner may use it.
-          .where(column, '<>', '')
-          .execute();
+        const chunk = values.slice(i, i + 500);
+        // Names the partial index's condition (migration 0016), so the planner may use it.
+        const { rows } = await runHot<{ event_id: string; doc: string; event_class: string; outcome: string }>(
+          this.#db,
+          this.#subject.auditEventsAbout(column, chunk.length),
+          [instanceId, ...paddedKeys(chunk)],
+        );
         for (const row of rows) found.set(row.event_id, auditEventOf(row));
       }
     }
@@ -1218,20 +1191,17 @@ export class KyselyStore implements Store {
   async replaceAuditEvents(instanceId: string, events: AuditEvent[]): Promise<void> {
     for (const event of events) {
       const row = auditRow(instanceId, event);
-      await this.#db
-        .updateTable('audit_events')
-        .set({
-          registration_id_key: row.registration_id_key,
-          device_id_key: row.device_id_key,
-          group_id_key: row.group_id_key,
-          actor: row.actor,
-          outcome: row.outcome,
-          event_class: row.event_class,
-          doc: row.doc,
-        })
-        .where('instance_id', '=', instanceId)
-        .where('event_id', '=', event.eventId)
-        .execute();
+      await hotWrite(this.#db, this.#subject.replaceAuditEvent, [
+        row.registration_id_key,
+        row.device_id_key,
+        row.group_id_key,
+        row.actor,
+        row.outcome,
+        row.event_class,
+        row.doc,
+        instanceId,
+        event.eventId,
+      ]);
     }
   }
 
@@ -1271,21 +1241,16 @@ export class KyselyStore implements Store {
   // ---- data requests
 
   async putDataRequest(instanceId: string, request: DataRequestRecord): Promise<void> {
-    const columns = { sort_key: request.sortKey, status: request.status, type: request.type, subject_key: lower(request.subjectId), doc: JSON.stringify(request.doc) };
-    await this.#db
-      .insertInto('data_requests')
-      .values({ instance_id: instanceId, request_id_key: lower(request.requestId), ...columns })
-      .onConflict((oc) => oc.columns(['instance_id', 'request_id_key']).doUpdateSet(columns))
-      .execute();
+    const doc = JSON.stringify(request.doc);
+    const keys = [instanceId, lower(request.requestId), request.sortKey, request.status, request.type, lower(request.subjectId)];
+    // SQLite: most saves (an erase's progress) change only the document; they write its row and no index entry. (On
+    // PostgreSQL an update that changes no indexed column is a HOT update already, and a second statement a round trip.)
+    if (this.#sqlite && (await hotWrite(this.#db, this.#subject.putDataRequestDoc, [doc, ...keys])) > 0) return;
+    await hotWrite(this.#db, this.#subject.putDataRequest, [...keys, doc]);
   }
 
   async getDataRequest(instanceId: string, requestId: string): Promise<DataRequestRecord | undefined> {
-    const row = await this.#db
-      .selectFrom('data_requests')
-      .selectAll()
-      .where('instance_id', '=', instanceId)
-      .where('request_id_key', '=', lower(requestId))
-      .executeTakeFirst();
+    const row = (await runHot<Database['data_requests']>(this.#db, this.#subject.dataRequest, [instanceId, lower(requestId)])).rows[0];
     return row === undefined ? undefined : dataRequestOf(row);
   }
 
@@ -1306,12 +1271,8 @@ export class KyselyStore implements Store {
     const keys = [...new Set(ids.map(lower))].filter((key) => key !== '');
     const found: DataRequestRecord[] = [];
     for (let i = 0; i < keys.length; i += 500) {
-      const rows = await this.#db
-        .selectFrom('data_requests')
-        .selectAll()
-        .where('instance_id', '=', instanceId)
-        .where('subject_key', 'in', keys.slice(i, i + 500))
-        .execute();
+      const chunk = keys.slice(i, i + 500);
+      const { rows } = await runHot<Database['data_requests']>(this.#db, this.#subject.dataRequestsAbout(chunk.length), [instanceId, ...paddedKeys(chunk)]);
       found.push(...rows.map(dataRequestOf));
     }
     // Sorted here, not by the statement: an ORDER BY the request list's index made the planner (no statistics) walk
@@ -1331,12 +1292,11 @@ export class KyselyStore implements Store {
   async findHubDeviceLinks(instanceId: string, ids: SubjectIds): Promise<HubDeviceLink[]> {
     const found = new Map<string, HubDeviceLink>();
     await bySubject(ids, async (column, keys) => {
-      const rows = await this.#db
-        .selectFrom('hub_device_links')
-        .select(['registration_id_key', 'hub_key', 'device_id_key', 'doc'])
-        .where('instance_id', '=', instanceId)
-        .where(column, 'in', keys)
-        .execute();
+      const { rows } = await runHot<{ registration_id_key: string; hub_key: string; device_id_key: string; doc: string }>(
+        this.#db,
+        this.#subject.hubDeviceLinks(column, keys.length),
+        [instanceId, ...paddedKeys(keys)],
+      );
       for (const row of rows) found.set(`${row.registration_id_key}/${row.hub_key}/${row.device_id_key}`, linkOf(row.doc));
     });
     return [...found.values()];
@@ -1345,8 +1305,7 @@ export class KyselyStore implements Store {
   async deleteHubDeviceLinks(instanceId: string, ids: SubjectIds): Promise<number> {
     let deleted = 0;
     await bySubject(ids, async (column, keys) => {
-      const result = await this.#db.deleteFrom('hub_device_links').where('instance_id', '=', instanceId).where(column, 'in', keys).executeTakeFirst();
-      deleted += Number(result.numDeletedRows);
+      deleted += await hotWrite(this.#db, this.#subject.deleteHubDeviceLinks(column, keys.length), [instanceId, ...paddedKeys(keys)]);
     });
     return deleted;
   }
@@ -1378,7 +1337,7 @@ export class KyselyStore implements Store {
   async findOutboxEventsAbout(instanceId: string, ids: SubjectIds): Promise<OutboxEvent[]> {
     const found = new Map<string, OutboxEvent>();
     await bySubject(ids, async (column, keys) => {
-      const rows = await this.#db.selectFrom('event_outbox').select(['event_id', 'doc']).where('instance_id', '=', instanceId).where(column, 'in', keys).execute();
+      const { rows } = await runHot<{ event_id: string; doc: string }>(this.#db, this.#subject.outboxEventsAbout(column, keys.length), [instanceId, ...paddedKeys(keys)]);
       for (const row of rows) found.set(row.event_id, { eventId: row.event_id, doc: parse(row.doc) });
     });
     return [...found.values()].sort((a, b) => a.eventId.localeCompare(b.eventId));

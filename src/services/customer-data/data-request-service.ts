@@ -12,7 +12,7 @@ import type { ServiceDeps } from '../deps.js';
 import type { LifecycleEvents } from '../lifecycle-events.js';
 import { encodeContinuation, readPageRequest, type PageRequest } from '../paging.js';
 import { runErase, Stopped } from './erase.js';
-import { exportEverything } from './export.js';
+import { exportEverything, readOnce } from './export.js';
 import { placesOf, type PlaceContext } from './places.js';
 import { instanceSecrets, signEraseReceipt, signingKeyView, type InstanceSecrets } from './receipts.js';
 import { readRequestDoc, requestView, type DataRequestDoc } from './request-doc.js';
@@ -65,7 +65,7 @@ const ERASED_TABLES = [
 export class DataRequestService {
   readonly #deps: DataRequestDeps;
   /** Jobs running on this node, so one request never runs twice at once. */
-  readonly #jobs = new Map<string, Promise<void>>();
+  readonly #jobs = new Map<string, Promise<DataRequestDoc | undefined>>();
   #stopping = false;
   /** The VACUUM after erases that is running, and whether an erase finished since it started (#reclaimSoon). */
   #reclaim: Promise<void> | undefined;
@@ -120,7 +120,11 @@ export class DataRequestService {
       progress: { done: 0, total: 0 },
     };
     await this.#save(instance, doc);
-    await this.#waitFor(this.#start(instance, doc));
+    // On a single-writer store this server is the only one that can run the request it just stored: its job works on
+    // this document, not a copy read back. A job that finished in time answers with the document it finished (as
+    // stored by its last save); one still running (or run by another node) is read.
+    const finished = await this.#waitFor(this.#start(instance, doc, this.#deps.store.capabilities.singleWriter));
+    if (finished !== undefined && finished.status !== 'running') return requestView(finished);
     return this.get(instance, requestId, body.type);
   }
 
@@ -152,7 +156,8 @@ export class DataRequestService {
       delete doc.error;
       if (doc.plan !== undefined && !Array.isArray(doc.plan)) for (const entry of doc.plan.places) delete entry.error;
       await this.#save(instance, doc);
-      await this.#waitFor(this.#start(instance, doc));
+      const finished = await this.#waitFor(this.#start(instance, doc));
+      if (finished !== undefined && finished.status !== 'running') return requestView(finished);
     }
     return this.get(instance, requestId, 'erase');
   }
@@ -226,28 +231,50 @@ export class DataRequestService {
     await this.#deps.store.putDataRequest(instance.id, { requestId: doc.requestId, subjectId: doc.subject.id, sortKey: doc.sortKey, status: doc.status, type: doc.type, doc });
   }
 
-  async #waitFor(job: Promise<void>): Promise<void> {
-    await Promise.race([job, new Promise((resolve) => setTimeout(resolve, this.#deps.waitMs).unref())]);
+  /** Waits for the job at most waitMs: the document it finished, or undefined (still running, or not run here). */
+  async #waitFor(job: Promise<DataRequestDoc | undefined>): Promise<DataRequestDoc | undefined> {
+    let timer: NodeJS.Timeout | undefined;
+    const finished = await Promise.race([
+      job,
+      new Promise<undefined>((resolve) => {
+        timer = setTimeout(() => resolve(undefined), this.#deps.waitMs);
+        timer.unref();
+      }),
+    ]);
+    clearTimeout(timer);
+    return finished;
   }
 
-  #start(instance: InstanceRecord, given: DataRequestDoc): Promise<void> {
+  /**
+   * Runs the request's job (once at a time per request on this node); resolves to the document it finished with, or
+   * undefined when it did not run it (another node holds it, it is no longer running, the server is stopping). `own`:
+   * `given` is the document this server just stored, and nobody else can have changed it (single writer).
+   */
+  #start(instance: InstanceRecord, given: DataRequestDoc, own = false): Promise<DataRequestDoc | undefined> {
     const key = `${instance.id}/${given.requestId.toLowerCase()}`;
     const running = this.#jobs.get(key);
     if (running !== undefined) return running;
     let doc = given;
     const job = this.#leased(key, async () => {
-      // Read again under the lease: another node may have finished (or advanced) it since it was listed.
-      const current = await this.#deps.store.getDataRequest(instance.id, given.requestId);
-      if (current === undefined || current.status !== 'running') return;
-      doc = readRequestDoc(current.doc);
+      if (!own) {
+        // Read again under the lease: another node may have finished (or advanced) it since it was listed.
+        const current = await this.#deps.store.getDataRequest(instance.id, given.requestId);
+        if (current === undefined || current.status !== 'running') return undefined;
+        doc = readRequestDoc(current.doc);
+      }
       await (doc.type === 'export' ? this.#runExport(instance, doc) : this.#runErase(instance, doc));
+      return doc;
     })
       .catch(async (error: unknown) => {
-        if (error instanceof Stopped) return;
+        if (error instanceof Stopped) return undefined;
         this.#deps.logger.error({ err: error, requestId: doc.requestId }, 'data request failed');
         doc.status = 'failed';
         doc.error = error instanceof Error ? error.message : String(error);
-        await this.#save(instance, doc).catch(() => undefined);
+        // Answered from the document only when it was stored as such; else the answer is read.
+        return this.#save(instance, doc).then(
+          () => doc,
+          () => undefined,
+        );
       })
       .finally(() => this.#jobs.delete(key));
     this.#jobs.set(key, job);
@@ -260,12 +287,12 @@ export class DataRequestService {
    * stops renewing, so another node's periodic resumeUnfinished takes the job over once it expires. On a
    * single-writer store there is one server (the data-directory lock), and this node's job map is enough.
    */
-  async #leased(key: string, work: () => Promise<void>): Promise<void> {
+  async #leased<T>(key: string, work: () => Promise<T>): Promise<T | undefined> {
     const store = this.#deps.store;
     const { nodeId, leaseMs = 30_000 } = this.#deps;
     if (store.capabilities.singleWriter || nodeId === undefined) return work();
     const lease = `dataRequest/${key}`;
-    if (!(await store.claimLease(lease, nodeId, leaseMs, Date.now()))) return;
+    if (!(await store.claimLease(lease, nodeId, leaseMs, Date.now()))) return undefined;
     const renew = setInterval(() => {
       void store.renewLease(lease, nodeId, leaseMs, Date.now()).then(
         (held) => {
@@ -276,7 +303,7 @@ export class DataRequestService {
     }, Math.max(100, Math.floor(leaseMs / 3)));
     renew.unref();
     try {
-      await work();
+      return await work();
     } finally {
       clearInterval(renew);
       await store.releaseLease(lease, nodeId).catch(() => undefined);
@@ -300,10 +327,10 @@ export class DataRequestService {
 
   async #runExport(instance: InstanceRecord, doc: DataRequestDoc): Promise<void> {
     const subject = storedSubject(doc);
-    const store = this.#deps.store;
+    const store = readOnce(this.#deps.store);
     const trace = await traceSubject(store, instance.id, subject);
     const places = placesOf(await store.listLinkedHubs(instance.id));
-    const { bundle, result, searched } = await exportEverything({ ...this.#placeContext(instance, doc), tick: () => Promise.resolve(), resumeAt: 0 }, places, subject, trace, {
+    const { bundle, result, searched } = await exportEverything({ ...this.#placeContext(instance, doc), store, tick: () => Promise.resolve(), resumeAt: 0 }, places, subject, trace, {
       requestId: doc.requestId,
       generatedDateTimeUtc: dpsTimestamp(this.#deps.now()),
       secretsIncluded: doc.includeSecrets,

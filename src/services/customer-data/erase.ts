@@ -1,4 +1,5 @@
 import type { JsonMap } from '../../domain/enrollment.js';
+import { idKey } from '../../domain/ids.js';
 import type { Place, PlaceContext } from './places.js';
 import { erasePlanOf, NOTHING_FOUND, type DataRequestDoc, type ErasePlan, type PlaceProgress } from './request-doc.js';
 import { fencedIdsOf, mergeTraces, type Subject, type SubjectTrace } from './subject.js';
@@ -49,7 +50,8 @@ export async function runErase(job: EraseJob): Promise<{ result: JsonMap; comple
     // The subject itself first, so a registration starting while the rest is being found is refused already.
     if (!doc.dryRun) await job.fence([job.subject]);
     const trace = await job.trace();
-    if (!doc.dryRun) await job.fence(fencedIdsOf(trace));
+    // (The subject is fenced already: only what it led to.)
+    if (!doc.dryRun) await job.fence(fencedIdsOf(trace).filter((id) => id.kind !== job.subject.kind || idKey(id.id) !== idKey(job.subject.id)));
     plan = { trace, places: places.map((place) => ({ place: place.key, count: 0, completed: false })) };
     doc.plan = plan;
     doc.progress = { done: 0, total: places.reduce((sum, place) => sum + place.size(trace), 0) };

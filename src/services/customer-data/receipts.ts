@@ -7,6 +7,9 @@ export type InstanceSecrets = NonNullable<InstanceRecord['secrets']>;
 
 /** The instance's subject-hash key and receipt signing key, created on first use. */
 export async function instanceSecrets(store: Store, instance: InstanceRecord): Promise<InstanceSecrets> {
+  // Once made they never change (an instance update keeps the stored ones: services/instances.ts), so the caller's copy
+  // of the instance is as good as the store's: no transaction per use (an erase used them four times).
+  if (instance.secrets !== undefined) return instance.secrets;
   return store.transaction(async (tx) => {
     const current = (await tx.getInstance(instance.id)) ?? instance;
     if (current.secrets !== undefined) return current.secrets;

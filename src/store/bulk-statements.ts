@@ -1,5 +1,5 @@
 import type { Kysely } from 'kysely';
-import { compileHot, type HotStatement } from './hot-statements.js';
+import { compileHot, type HotStatement, StatementsCompiledOnce } from './hot-statements.js';
 import type { Database } from './schema.js';
 
 /**
@@ -31,29 +31,16 @@ function markedRows<Columns extends readonly string[]>(columns: Columns, count: 
   return Array.from({ length: count }, (_, row) => Object.fromEntries(columns.map((column, index) => [column, p(row * columns.length + index)])) as Row<Columns>);
 }
 
-export class BulkStatements {
-  readonly #db: Kysely<Database>;
-  readonly #compiled = new Map<string, HotStatement>();
-
-  constructor(db: Kysely<Database>) {
-    this.#db = db;
-  }
-
-  #once(key: string, build: () => HotStatement): HotStatement {
-    let statement = this.#compiled.get(key);
-    if (statement === undefined) this.#compiled.set(key, (statement = build()));
-    return statement;
-  }
-
+export class BulkStatements extends StatementsCompiledOnce {
   /**
    * `rows` enrollments (arguments: ENROLLMENT_ROW_COLUMNS per row); returns the keys written. `create` never
    * overwrites: the primary key refuses an existing ID (or one a concurrent transaction is inserting, which PostgreSQL
    * waits for) and RETURNING names only the rows that went in; `replace` is an upsert.
    */
   insertEnrollments(rows: number, mode: 'create' | 'replace'): HotStatement {
-    return this.#once(`enrollments/${mode}/${rows}`, () =>
+    return this.once(`enrollments/${mode}/${rows}`, () =>
       compileHot((p) => {
-        const insert = this.#db.insertInto('enrollments').values(markedRows(ENROLLMENT_ROW_COLUMNS, rows, p));
+        const insert = this.db.insertInto('enrollments').values(markedRows(ENROLLMENT_ROW_COLUMNS, rows, p));
         const statement =
           mode === 'create'
             ? insert.onConflict((oc) => oc.columns(['instance_id', 'registration_id_key']).doNothing())
@@ -73,9 +60,9 @@ export class BulkStatements {
 
   /** The enrollments of `keys` registration-ID keys (arguments: the instance, then the keys). */
   enrollmentsByKey(keys: number): HotStatement {
-    return this.#once(`enrollments/byKey/${keys}`, () =>
+    return this.once(`enrollments/byKey/${keys}`, () =>
       compileHot((p) =>
-        this.#db
+        this.db
           .selectFrom('enrollments')
           .select('doc')
           .where('instance_id', '=', p(0))
@@ -90,7 +77,7 @@ export class BulkStatements {
 
   /** `rows` log events (arguments: AUDIT_ROW_COLUMNS per row). */
   appendAuditEvents(rows: number): HotStatement {
-    return this.#once(`auditEvents/${rows}`, () => compileHot((p) => this.#db.insertInto('audit_events').values(markedRows(AUDIT_ROW_COLUMNS, rows, p))));
+    return this.once(`auditEvents/${rows}`, () => compileHot((p) => this.db.insertInto('audit_events').values(markedRows(AUDIT_ROW_COLUMNS, rows, p))));
   }
 }
 

@@ -64,6 +64,36 @@ export function compileHot(build: (p: (index: number) => string) => Compilable, 
   return { sql: compiled.sql, query: compiled.query, slots, deferred };
 }
 
+/**
+ * PostgreSQL: the erase fence standing for device `p(1)` in the instance that links hub `p(0)` — the `fence` part of
+ * the built-in hub's writes that check it in the same statement (`insertDeviceUnlessFenced`, `replaceDeviceUnlessFenced`).
+ */
+function hubDeviceFence(p: (index: number) => string) {
+  return sql`select "erase_fences"."doc" from "linked_hubs" cross join "erase_fences"
+    where "linked_hubs"."name_key" = ${p(0)} and "erase_fences"."instance_id" = "linked_hubs"."instance_id"
+      and "erase_fences"."subject_kind" = 'deviceId' and "erase_fences"."id_key" = ${p(1)}
+    limit 1`;
+}
+
+/**
+ * Statements made on first use and kept, one per key (e.g. per row count: bulk-statements.ts, subject-statements.ts):
+ * statements whose shape varies with their input are still compiled once per shape, not per call.
+ */
+export abstract class StatementsCompiledOnce {
+  protected readonly db: Kysely<Database>;
+  readonly #compiled = new Map<string, HotStatement>();
+
+  constructor(db: Kysely<Database>) {
+    this.db = db;
+  }
+
+  protected once(key: string, build: () => HotStatement): HotStatement {
+    let statement = this.#compiled.get(key);
+    if (statement === undefined) this.#compiled.set(key, (statement = build()));
+    return statement;
+  }
+}
+
 /** Runs a compiled statement on `db` (the store's root or its transaction) with `args` in the marked positions. */
 export function runHot<Row>(db: Kysely<Database>, statement: HotStatement, args: readonly unknown[]): Promise<QueryResult<Row>> {
   const parameters = new Array<unknown>(statement.slots.length);
@@ -358,10 +388,7 @@ export function hubStatements(db: Kysely<Database>) {
     insertDeviceUnlessFenced: compileHot((p) => ({
       compile: () =>
         sql`with "fence" as (
-          select "erase_fences"."doc" from "linked_hubs" cross join "erase_fences"
-          where "linked_hubs"."name_key" = ${p(0)} and "erase_fences"."instance_id" = "linked_hubs"."instance_id"
-            and "erase_fences"."subject_kind" = 'deviceId' and "erase_fences"."id_key" = ${p(1)}
-          limit 1
+          ${hubDeviceFence(p)}
         ), "written" as (
           insert into "hub_devices" ("hub_key", "device_id_key", "status", "revision", "doc")
           select ${p(0)}::text, ${p(1)}::text, ${p(2)}::text, ${p(3)}::text, ${p(4)}::text where not exists (select from "fence")
@@ -374,10 +401,7 @@ export function hubStatements(db: Kysely<Database>) {
     replaceDeviceUnlessFenced: compileHot((p) => ({
       compile: () =>
         sql`with "fence" as (
-          select "erase_fences"."doc" from "linked_hubs" cross join "erase_fences"
-          where "linked_hubs"."name_key" = ${p(0)} and "erase_fences"."instance_id" = "linked_hubs"."instance_id"
-            and "erase_fences"."subject_kind" = 'deviceId' and "erase_fences"."id_key" = ${p(1)}
-          limit 1
+          ${hubDeviceFence(p)}
         ), "written" as (
           update "hub_devices" set "status" = ${p(2)}, "revision" = ${p(3)}, "doc" = ${p(4)}
           where "hub_key" = ${p(0)} and "device_id_key" = ${p(1)} and "revision" = ${p(5)} and not exists (select from "fence")

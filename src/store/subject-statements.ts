@@ -1,5 +1,5 @@
 import type { Kysely } from 'kysely';
-import { compileHot, type HotStatement } from './hot-statements.js';
+import { compileHot, type HotStatement, StatementsCompiledOnce } from './hot-statements.js';
 import type { Database } from './schema.js';
 
 /**
@@ -33,34 +33,21 @@ function markers(p: (index: number) => string, from: number, count: number): str
   return Array.from({ length: count }, (_, index) => p(from + index));
 }
 
-export class SubjectStatements {
-  readonly #db: Kysely<Database>;
-  readonly #compiled = new Map<string, HotStatement>();
-
-  constructor(db: Kysely<Database>) {
-    this.#db = db;
-  }
-
-  #once(key: string, build: () => HotStatement): HotStatement {
-    let statement = this.#compiled.get(key);
-    if (statement === undefined) this.#compiled.set(key, (statement = build()));
-    return statement;
-  }
-
+export class SubjectStatements extends StatementsCompiledOnce {
   // ---- data requests
 
   /** Arguments: instance, request ID key. */
   get dataRequest(): HotStatement {
-    return this.#once('dataRequest', () =>
-      compileHot((p) => this.#db.selectFrom('data_requests').selectAll().where('instance_id', '=', p(0)).where('request_id_key', '=', p(1))),
+    return this.once('dataRequest', () =>
+      compileHot((p) => this.db.selectFrom('data_requests').selectAll().where('instance_id', '=', p(0)).where('request_id_key', '=', p(1))),
     );
   }
 
   /** Arguments: instance, request ID key, sort key, status, type, subject key, doc. */
   get putDataRequest(): HotStatement {
-    return this.#once('putDataRequest', () =>
+    return this.once('putDataRequest', () =>
       compileHot((p) =>
-        this.#db
+        this.db
           .insertInto('data_requests')
           .values({ instance_id: p(0), request_id_key: p(1), sort_key: p(2), status: p(3), type: p(4), subject_key: p(5), doc: p(6) })
           .onConflict((oc) =>
@@ -82,9 +69,9 @@ export class SubjectStatements {
    * not change: four pages per save instead of one, and an erase saves its request eight times.
    */
   get putDataRequestDoc(): HotStatement {
-    return this.#once('putDataRequestDoc', () =>
+    return this.once('putDataRequestDoc', () =>
       compileHot((p) =>
-        this.#db
+        this.db
           .updateTable('data_requests')
           .set({ doc: p(0) })
           .where('instance_id', '=', p(1))
@@ -100,8 +87,8 @@ export class SubjectStatements {
   /** Arguments: instance, then the padded subject keys. */
   dataRequestsAbout(keys: number): HotStatement {
     const size = slotsFor(keys);
-    return this.#once(`dataRequestsAbout/${size}`, () =>
-      compileHot((p) => this.#db.selectFrom('data_requests').selectAll().where('instance_id', '=', p(0)).where('subject_key', 'in', markers(p, 1, size))),
+    return this.once(`dataRequestsAbout/${size}`, () =>
+      compileHot((p) => this.db.selectFrom('data_requests').selectAll().where('instance_id', '=', p(0)).where('subject_key', 'in', markers(p, 1, size))),
     );
   }
 
@@ -110,9 +97,9 @@ export class SubjectStatements {
   /** Arguments: instance, then the padded keys of `column` (the partial index's condition named, migration 0016). */
   auditEventsAbout(column: SubjectColumn, keys: number): HotStatement {
     const size = slotsFor(keys);
-    return this.#once(`auditEventsAbout/${column}/${size}`, () =>
+    return this.once(`auditEventsAbout/${column}/${size}`, () =>
       compileHot((p) =>
-        this.#db
+        this.db
           .selectFrom('audit_events')
           .select(['event_id', 'doc', 'event_class', 'outcome'])
           .where('instance_id', '=', p(0))
@@ -124,9 +111,9 @@ export class SubjectStatements {
 
   /** Arguments: registration, device and group keys, actor, outcome, class, doc, then instance and event ID. */
   get replaceAuditEvent(): HotStatement {
-    return this.#once('replaceAuditEvent', () =>
+    return this.once('replaceAuditEvent', () =>
       compileHot((p) =>
-        this.#db
+        this.db
           .updateTable('audit_events')
           .set({ registration_id_key: p(0), device_id_key: p(1), group_id_key: p(2), actor: p(3), outcome: p(4), event_class: p(5), doc: p(6) })
           .where('instance_id', '=', p(7))
@@ -139,18 +126,18 @@ export class SubjectStatements {
 
   /** Arguments: instance, registration ID key. */
   get operationsOfRegistration(): HotStatement {
-    return this.#once('operationsOfRegistration', () =>
+    return this.once('operationsOfRegistration', () =>
       compileHot((p) =>
-        this.#db.selectFrom('operations').select('doc').where('instance_id', '=', p(0)).where('registration_id_key', '=', p(1)).orderBy('operation_id'),
+        this.db.selectFrom('operations').select('doc').where('instance_id', '=', p(0)).where('registration_id_key', '=', p(1)).orderBy('operation_id'),
       ),
     );
   }
 
   /** Arguments: instance, registration ID key. */
   get countOperationsOfRegistration(): HotStatement {
-    return this.#once('countOperationsOfRegistration', () =>
+    return this.once('countOperationsOfRegistration', () =>
       compileHot((p) =>
-        this.#db
+        this.db
           .selectFrom('operations')
           .select((eb) => eb.fn.countAll<number>().as('n'))
           .where('instance_id', '=', p(0))
@@ -161,8 +148,8 @@ export class SubjectStatements {
 
   /** Arguments: instance, registration ID key. */
   get deleteOperationsOfRegistration(): HotStatement {
-    return this.#once('deleteOperationsOfRegistration', () =>
-      compileHot((p) => this.#db.deleteFrom('operations').where('instance_id', '=', p(0)).where('registration_id_key', '=', p(1))),
+    return this.once('deleteOperationsOfRegistration', () =>
+      compileHot((p) => this.db.deleteFrom('operations').where('instance_id', '=', p(0)).where('registration_id_key', '=', p(1))),
     );
   }
 
@@ -170,17 +157,17 @@ export class SubjectStatements {
 
   /** Arguments: instance. */
   get registrationIntentsOf(): HotStatement {
-    return this.#once('registrationIntentsOf', () =>
-      compileHot((p) => this.#db.selectFrom('registration_intents').select('doc').where('instance_id', '=', p(0)).orderBy('created_at')),
+    return this.once('registrationIntentsOf', () =>
+      compileHot((p) => this.db.selectFrom('registration_intents').select('doc').where('instance_id', '=', p(0)).orderBy('created_at')),
     );
   }
 
   /** Arguments: instance, then the padded keys of `column`. */
   hubDeviceLinks(column: SubjectColumn, keys: number): HotStatement {
     const size = slotsFor(keys);
-    return this.#once(`hubDeviceLinks/${column}/${size}`, () =>
+    return this.once(`hubDeviceLinks/${column}/${size}`, () =>
       compileHot((p) =>
-        this.#db
+        this.db
           .selectFrom('hub_device_links')
           .select(['registration_id_key', 'hub_key', 'device_id_key', 'doc'])
           .where('instance_id', '=', p(0))
@@ -192,24 +179,24 @@ export class SubjectStatements {
   /** Arguments: instance, then the padded keys of `column`. */
   deleteHubDeviceLinks(column: SubjectColumn, keys: number): HotStatement {
     const size = slotsFor(keys);
-    return this.#once(`deleteHubDeviceLinks/${column}/${size}`, () =>
-      compileHot((p) => this.#db.deleteFrom('hub_device_links').where('instance_id', '=', p(0)).where(column, 'in', markers(p, 1, size))),
+    return this.once(`deleteHubDeviceLinks/${column}/${size}`, () =>
+      compileHot((p) => this.db.deleteFrom('hub_device_links').where('instance_id', '=', p(0)).where(column, 'in', markers(p, 1, size))),
     );
   }
 
   /** Arguments: instance, then the padded keys of `column`. */
   outboxEventsAbout(column: SubjectColumn, keys: number): HotStatement {
     const size = slotsFor(keys);
-    return this.#once(`outboxEventsAbout/${column}/${size}`, () =>
-      compileHot((p) => this.#db.selectFrom('event_outbox').select(['event_id', 'doc']).where('instance_id', '=', p(0)).where(column, 'in', markers(p, 1, size))),
+    return this.once(`outboxEventsAbout/${column}/${size}`, () =>
+      compileHot((p) => this.db.selectFrom('event_outbox').select(['event_id', 'doc']).where('instance_id', '=', p(0)).where(column, 'in', markers(p, 1, size))),
     );
   }
 
   /** Arguments: instance, subject kind, ID key, request ID key, doc. */
   get putEraseFence(): HotStatement {
-    return this.#once('putEraseFence', () =>
+    return this.once('putEraseFence', () =>
       compileHot((p) =>
-        this.#db
+        this.db
           .insertInto('erase_fences')
           .values({ instance_id: p(0), subject_kind: p(1), id_key: p(2), request_id_key: p(3), doc: p(4) })
           .onConflict((oc) => oc.columns(['instance_id', 'subject_kind', 'id_key', 'request_id_key']).doNothing()),
@@ -219,8 +206,8 @@ export class SubjectStatements {
 
   /** Arguments: instance, request ID key. */
   get deleteEraseFences(): HotStatement {
-    return this.#once('deleteEraseFences', () =>
-      compileHot((p) => this.#db.deleteFrom('erase_fences').where('instance_id', '=', p(0)).where('request_id_key', '=', p(1))),
+    return this.once('deleteEraseFences', () =>
+      compileHot((p) => this.db.deleteFrom('erase_fences').where('instance_id', '=', p(0)).where('request_id_key', '=', p(1))),
     );
   }
 }

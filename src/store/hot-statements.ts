@@ -102,12 +102,12 @@ export function runHot<Row>(db: Kysely<Database>, statement: HotStatement, args:
     parameters[i] = typeof slot === 'number' ? args[slot] : slot?.value;
   }
   const executor = db.getExecutor();
-  const connection = sqliteConnectionOf(executor.adapter);
+  const connection = directSqlite(db);
   // SQLite, directly on its one connection when that is safe without Kysely's connection mutex: inside a transaction,
   // for that transaction's own statements; outside one, when no transaction is open on the connection (the statement
   // runs whole before anything else can, as its own transaction, exactly as it would after waiting for the mutex).
   // While another caller's transaction is open, a statement outside it waits for the mutex on Kysely's path.
-  if (connection !== undefined && connection.inTransaction === db.isTransaction) {
+  if (connection !== undefined) {
     // No plugin (the metrics' statement timer is off by default): the result as it is, without a query ID and an async
     // turn per statement (a hot statement is a dozen per registration: bench/README.md "session 22, H1").
     if (executor.plugins.length === 0) {
@@ -145,7 +145,7 @@ export function directSqlite(db: Kysely<Database>): BetterSqlite3.Database | und
   return connection !== undefined && connection.inTransaction === db.isTransaction ? connection : undefined;
 }
 
-/** What Kysely's SQLite connection returns for a statement (a reader's rows; a writer's change count and row ID). */
+/** What Kysely's SQLite connection returns for a statement (a reader's rows; a writer's change count). */
 function runOnSqlite<Row>(connection: BetterSqlite3.Database, text: string, parameters: unknown[]): QueryResult<Row> {
   // The dialect's prepare keeps one prepared statement per text (dialects/sqlite.ts).
   const prepared = connection.prepare(text);

@@ -1416,7 +1416,7 @@ export class KyselyStore implements Store {
   async enrollmentGroupAndCounter(instanceId: string, groupId: string, counter: string): Promise<{ group: StoredEnrollmentGroup | undefined; version: number }> {
     const { rows } = await runHot<{ doc: string | null; version: number | string | null }>(this.#db, this.#hot.enrollmentGroupAndCounter, [instanceId, lower(groupId), counter]);
     const row = rows[0];
-    return { group: row?.doc == null ? undefined : (JSON.parse(row.doc) as StoredEnrollmentGroup), version: Number(row?.version ?? 0) };
+    return { group: row?.doc == null ? undefined : parse<StoredEnrollmentGroup>(row.doc), version: Number(row?.version ?? 0) };
   }
 
   async withLock<T>(name: string, work: () => Promise<T>): Promise<T> {

@@ -3,7 +3,7 @@ import { createInterface } from 'node:readline/promises';
 import { CommanderError } from 'commander';
 import type { App } from './app.js';
 import { buildProgram, type CliIo } from './cli/program.js';
-import { capYoungGeneration, holdYoungGeneration, ownedByOperator } from './runtime/young-generation.js';
+import { capYoungGeneration, holdYoungGeneration, limitOldGenerationGrowth, oldGrowthOwnedByOperator, ownedByOperator } from './runtime/young-generation.js';
 
 /** The only place that reads argv and env, and the only place that listens. */
 const version = (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }).version;
@@ -34,8 +34,8 @@ const program = buildProgram(
   {
     async serve(config) {
       // V8's young generation is held at its first size while the server starts (its garbage would grow it to 32 MiB
-      // and keep it so while idle), then bounded at 8 MiB under load (src/runtime/young-generation.ts; issue 12 P6),
-      // unless the operator sized it.
+      // and keep it so while idle), then bounded at 16 MiB under load, and the old space's growth between full
+      // collections limited (src/runtime/young-generation.ts; issue 12 P6), unless the operator set either.
       const boundYoungGeneration = !ownedByOperator(process.execArgv, process.env.NODE_OPTIONS);
       if (boundYoungGeneration) holdYoungGeneration();
       const { createApp } = await loadApp();
@@ -47,6 +47,7 @@ const program = buildProgram(
         throw error;
       } finally {
         if (boundYoungGeneration) capYoungGeneration();
+        if (!oldGrowthOwnedByOperator(process.execArgv, process.env.NODE_OPTIONS)) limitOldGenerationGrowth();
       }
       running = app;
       let stopping = false;

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { test } from 'node:test';
 import { pathToFileURL } from 'node:url';
-import { ownedByOperator } from '../src/runtime/young-generation.js';
+import { oldGrowthOwnedByOperator, ownedByOperator } from '../src/runtime/young-generation.js';
 
 /**
  * The young-generation bound of `provisiond serve` (issue 12, P6). V8's flags are the process's, so each case runs in
@@ -41,6 +41,40 @@ test('without the bound, V8 grows the young generation past 8 MiB under this loa
   assert.ok(bounded <= 8, `bounded young generation reached ${bounded} MiB`);
 });
 
+/** The old space's largest size while objects that outlive young collections keep dying (a server's steady state). */
+function largestOldSpace(setup: string): Promise<number> {
+  const script = `
+    import { getHeapSpaceStatistics } from 'node:v8';
+    import * as young from ${JSON.stringify(MODULE)};
+    ${setup}
+    const oldSpace = () => getHeapSpaceStatistics().find((space) => space.space_name === 'old_space').space_size / 1048576;
+    const alive = [];
+    for (let i = 0; i < 200000; i += 1) alive.push({ id: 'enrollment-' + i, keys: [i, i + 1] });
+    const inFlight = new Array(300000);
+    let largest = oldSpace();
+    for (let i = 0; i < 3000000; i += 1) {
+      inFlight[i % inFlight.length] = { id: 'request-' + i, body: { registrationId: 'device-' + i, payload: [i, i + 1] } };
+      if (i % 20000 === 0) {
+        await new Promise((resolve) => setImmediate(resolve));
+        largest = Math.max(largest, oldSpace());
+      }
+    }
+    process.stdout.write(String(largest));
+    process.exit(0);
+  `;
+  return new Promise((resolve, reject) =>
+    execFile(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], (error, stdout, stderr) =>
+      error === null ? resolve(Number(stdout)) : reject(new Error(`${error.message}\n${stderr}`)),
+    ),
+  );
+}
+
+test("the old space's growth between full collections is limited: V8 alone lets it grow far past what stays alive", async () => {
+  const unlimited = await largestOldSpace('');
+  const limited = await largestOldSpace('young.limitOldGenerationGrowth();');
+  assert.ok(limited < unlimited * 0.7, `old space reached ${limited.toFixed(1)} MiB limited against ${unlimited.toFixed(1)} MiB by V8 alone`);
+});
+
 test('held (while the server starts), the young generation does not grow at all', async () => {
   const held = await largestYoungGeneration('young.holdYoungGeneration(); const first = young.youngGenerationMiB();');
   assert.ok(held <= 4, `held young generation reached ${held} MiB`);
@@ -55,4 +89,7 @@ test("an operator's own young-generation flags are left alone", () => {
     [[], '--trace-gc --max-semi-space-size=2', true],
   ];
   for (const [execArgv, nodeOptions, owned] of cases) assert.equal(ownedByOperator(execArgv, nodeOptions), owned, `${execArgv.join(' ')} | ${nodeOptions}`);
+  assert.equal(oldGrowthOwnedByOperator([], '--max-semi-space-size=16'), false);
+  assert.equal(oldGrowthOwnedByOperator(['--heap-growing-percent=20'], undefined), true);
+  assert.equal(oldGrowthOwnedByOperator([], '--trace-gc --heap-growing-percent=100'), true);
 });

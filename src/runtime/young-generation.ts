@@ -6,11 +6,12 @@ import { getHeapSpaceStatistics, setFlagsFromString } from 'node:v8';
  * (issue 12, P6; bench/README.md "Issue 12 P6/P2/P3 (session 20)").
  *
  * V8 grows the young generation up to 2 × 16 MiB when much of it survives, and keeps it at that size: starting a
- * server (modules, schemas, migrations) does that, and so does every burst of registrations, whose requests live a few
- * milliseconds each. Measured under P1 load (200 devices, compiled server), the young generation was 32 MiB of peaks
- * of 158–232 MiB; bounded at 8 MiB, peaks were 124–142 MiB against 158–175 in alternating runs, at 2.5–3 × the young
- * collections per request in session 20 and ~4 × in session 21 (0.046 against 0.011 per registration: bench/README.md,
- * "session 21, H3"), each copying only what is alive, so each costs less than one of a 32 MiB space.
+ * server (modules, schemas, migrations) does that, and so does every burst of registrations. Session 20 bounded it at
+ * 8 MiB (peaks 124–142 MiB against 158–175 at the ~100–300 registrations/s of a loaded machine). At an idle machine's
+ * ~1,600 registrations/s (session 24) a registration lives ~100 ms and an 8 MiB young generation is collected every
+ * ~50 ms: most of what it holds survives into the old space, which then grew to 130 MiB (peaks 230 MiB) while the
+ * young collections took ~12 % of the time. The bound is now 16 MiB, with the old space's growth limited as well
+ * (OLD_GENERATION_GROWTH_PERCENT): peaks 160–165 MiB, young collections ~8 % of the time.
  *
  * The usual way to bound it, `node --max-semi-space-size=…`, is read once when V8 starts, before `provisiond` runs
  * (the installed `provisiond` command cannot pass it); the growth factor is read each time V8 would grow the space,
@@ -27,13 +28,33 @@ export interface YoungGenerationOptions {
   maxMiB: number;
 }
 
-export const YOUNG_GENERATION_DEFAULTS: YoungGenerationOptions = Object.freeze({ maxMiB: 8 });
+export const YOUNG_GENERATION_DEFAULTS: YoungGenerationOptions = Object.freeze({ maxMiB: 16 });
 
 const MiB = 1024 * 1024;
+
+/**
+ * How far V8 lets the old space grow past what a full collection left alive before the next full collection, in
+ * percent (`--heap-growing-percent`; V8's own choice, 0, is a factor of 1.1 to 4 picked from how fast it collects,
+ * which under a registration burst means up to 4 ×). Under P1 load (200 devices, ~1,600 registrations/s, compiled
+ * server, session 24) the old space was 35–45 MiB alive and grew to 96–134 MiB between full collections; at 60 it
+ * peaked at 52–58 MiB, for 9–13 full collections of ~7 ms each per 10 s instead of 2–5 (bench/README.md, "session 24").
+ * Read by V8 at every full collection, so it can be set once the server listens.
+ */
+export const OLD_GENERATION_GROWTH_PERCENT = 60;
 
 /** True when the process was started with a young-generation flag of its own (then nothing here changes it). */
 export function ownedByOperator(execArgv: readonly string[], nodeOptions: string | undefined): boolean {
   return [...execArgv, nodeOptions ?? ''].some((option) => /semi-space-(growth-factor|size)/.test(option));
+}
+
+/** True when the process was started with its own `--heap-growing-percent` (then the server leaves it alone). */
+export function oldGrowthOwnedByOperator(execArgv: readonly string[], nodeOptions: string | undefined): boolean {
+  return [...execArgv, nodeOptions ?? ''].some((option) => /heap-growing-percent/.test(option));
+}
+
+/** Bounds the old space's growth between full collections (OLD_GENERATION_GROWTH_PERCENT). */
+export function limitOldGenerationGrowth(percent: number = OLD_GENERATION_GROWTH_PERCENT): void {
+  setFlagsFromString(`--heap-growing-percent=${percent}`);
 }
 
 /** No growth at all (while the server starts: its garbage would otherwise grow the space to the maximum). */

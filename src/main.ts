@@ -1,9 +1,11 @@
+// First: holds V8's young generation while a server's modules load (issue 12 P6).
+import './runtime/hold-young-generation.js';
 import { readFileSync } from 'node:fs';
 import { createInterface } from 'node:readline/promises';
 import { CommanderError } from 'commander';
 import type { App } from './app.js';
 import { buildProgram, type CliIo } from './cli/program.js';
-import { capYoungGeneration, holdYoungGeneration, limitOldGenerationGrowth, oldGrowthOwnedByOperator, ownedByOperator } from './runtime/young-generation.js';
+import { capYoungGeneration, collectStartupGarbage, holdYoungGeneration, limitOldGenerationGrowth, oldGrowthOwnedByOperator, ownedByOperator } from './runtime/young-generation.js';
 
 /** The only place that reads argv and env, and the only place that listens. */
 const version = (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }).version;
@@ -49,6 +51,8 @@ const program = buildProgram(
         if (boundYoungGeneration) capYoungGeneration();
         if (!oldGrowthOwnedByOperator(process.execArgv, process.env.NODE_OPTIONS)) limitOldGenerationGrowth();
       }
+      // Idle memory (issue 12 P6): the start's garbage collected now, not carried while idle.
+      collectStartupGarbage();
       running = app;
       let stopping = false;
       // SIGHUP: serve a renewed certificate without dropping a connection (app.reloadTls logs the outcome).

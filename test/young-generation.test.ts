@@ -41,6 +41,16 @@ test('without the bound, V8 grows the young generation past 8 MiB under this loa
   assert.ok(bounded <= 8, `bounded young generation reached ${bounded} MiB`);
 });
 
+/** Runs `body` (which writes its own result) in a Node process with the module imported as `young`. */
+function runWithModule(body: string): Promise<number> {
+  const script = `import * as young from ${JSON.stringify(MODULE)};\n${body}\nprocess.exit(0);`;
+  return new Promise((resolve, reject) =>
+    execFile(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], (error, stdout, stderr) =>
+      error === null ? resolve(Number(stdout)) : reject(new Error(`${error.message}\n${stderr}`)),
+    ),
+  );
+}
+
 /** The old space's largest size while objects that outlive young collections keep dying (a server's steady state). */
 function largestOldSpace(setup: string): Promise<number> {
   const script = `
@@ -73,6 +83,48 @@ test("the old space's growth between full collections is limited: V8 alone lets 
   const unlimited = await largestOldSpace('');
   const limited = await largestOldSpace('young.limitOldGenerationGrowth();');
   assert.ok(limited < unlimited * 0.7, `old space reached ${limited.toFixed(1)} MiB limited against ${unlimited.toFixed(1)} MiB by V8 alone`);
+});
+
+test("the start's garbage is collected once listening: the old space sheds what the start left behind", async () => {
+  // Objects that live long enough to reach the old space (a start's modules, compilers, migrations), then dropped.
+  const grow = `
+    const { getHeapSpaceStatistics } = await import('node:v8');
+    let startGarbage = [];
+    for (let i = 0; i < 400000; i += 1) startGarbage.push({ module: 'm' + i, code: [i, i + 1, i + 2] });
+    startGarbage = undefined;
+    const oldSpaceUsedMiB = () => getHeapSpaceStatistics().find((space) => space.space_name === 'old_space').space_used_size / 1048576;
+  `;
+  const report = 'process.stdout.write(String(Math.round(oldSpaceUsedMiB())));';
+  const without = await runWithModule(`${grow}${report}`);
+  const collected = await runWithModule(`${grow}young.collectStartupGarbage();${report}`);
+  assert.ok(without >= 20, `the case no longer leaves garbage in the old space (${without} MiB in use)`);
+  assert.ok(collected < without / 2, `old space in use ${collected} MiB after the collection, ${without} MiB without`);
+  const leftOnGlobal = await runWithModule("young.collectStartupGarbage(); process.stdout.write(typeof globalThis.gc === 'undefined' ? '1' : '0');");
+  assert.equal(leftOnGlobal, 1, 'gc() must not be left on the global');
+});
+
+test('the young generation grows only under sustained allocation, not from a young collection now and then', async () => {
+  // A young collection about every 250 ms (each turn allocates less than the young generation holds), objects kept.
+  const sparse = (collectionsPerSecond: number) =>
+    runWithModule(`
+      young.holdYoungGeneration();
+      young.capYoungGeneration({ maxMiB: 16, collectionsPerSecond: ${collectionsPerSecond} });
+      const first = young.youngGenerationMiB();
+      let largest = first;
+      const kept = new Array(200000);
+      let next = 0;
+      for (let turn = 0; turn < 16; turn += 1) {
+        for (let i = 0; i < 4000; i += 1) kept[next++ % kept.length] = { id: 'request-' + next, body: [turn, i] };
+        await new Promise((resolve) => setTimeout(resolve, 250));
+        largest = Math.max(largest, young.youngGenerationMiB());
+      }
+      process.stdout.write(String(largest / first));
+    `);
+  // (Growth is relative to the size the test process started with: loading tsx grows it before the hold.)
+  const grows = await sparse(1);
+  assert.ok(grows >= 2, `the case no longer grows the young generation when every collection counts (× ${grows})`);
+  const held = await sparse(5);
+  assert.equal(held, 1, `young generation grew × ${held} from young collections ~250 ms apart`);
 });
 
 test('held (while the server starts), the young generation does not grow at all', async () => {

@@ -1,5 +1,6 @@
-import { PerformanceObserver } from 'node:perf_hooks';
+import { constants, PerformanceObserver, type PerformanceObserverEntryList } from 'node:perf_hooks';
 import { getHeapSpaceStatistics, setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 
 /**
  * Bounds V8's young generation (the "new space", where short-lived objects are made) of `provisiond serve`
@@ -26,9 +27,16 @@ import { getHeapSpaceStatistics, setFlagsFromString } from 'node:v8';
 export interface YoungGenerationOptions {
   /** The young generation's size at most (both semi-spaces), in MiB. */
   maxMiB: number;
+  /**
+   * It grows only under sustained allocation: at least this many young collections in the last second. V8 grows the
+   * space once the bytes that survived its collections since it last grew add up to its size, however long that
+   * takes, so a first start's work after listening (and an idle server's timers, in time) grew it to 4–16 MiB and
+   * it stayed so while idle; under P1 load a young collection runs every 20–60 ms.
+   */
+  collectionsPerSecond: number;
 }
 
-export const YOUNG_GENERATION_DEFAULTS: YoungGenerationOptions = Object.freeze({ maxMiB: 16 });
+export const YOUNG_GENERATION_DEFAULTS: YoungGenerationOptions = Object.freeze({ maxMiB: 16, collectionsPerSecond: 5 });
 
 const MiB = 1024 * 1024;
 
@@ -63,20 +71,28 @@ export function holdYoungGeneration(): void {
 }
 
 /** Lets the young generation grow up to the cap; `stop()` ends the checks and gives V8 its default growth back. */
-export function capYoungGeneration(options: YoungGenerationOptions = YOUNG_GENERATION_DEFAULTS): { stop(): void } {
+export function capYoungGeneration(options: Partial<YoungGenerationOptions> & Pick<YoungGenerationOptions, 'maxMiB'> = YOUNG_GENERATION_DEFAULTS): { stop(): void } {
   let growth: 1 | 2 | undefined;
   const setGrowth = (factor: 1 | 2): void => {
     if (factor === growth) return;
     growth = factor;
     setFlagsFromString(`--semi-space-growth-factor=${factor}`);
   };
-  const check = (): void => {
-    // Growth doubles the space: allowed only while the doubled size still fits under the cap.
-    setGrowth(youngGenerationMiB() * 2 <= options.maxMiB ? 2 : 1);
+  const perSecond = options.collectionsPerSecond ?? YOUNG_GENERATION_DEFAULTS.collectionsPerSecond;
+  // When the recent young collections ran (performance.now() milliseconds), the last second's only.
+  const recent: number[] = [];
+  const check = (list?: PerformanceObserverEntryList): void => {
+    for (const entry of list?.getEntries() ?? []) {
+      if ((entry as unknown as { detail?: { kind?: number } }).detail?.kind !== constants.NODE_PERFORMANCE_GC_MINOR) continue;
+      recent.push(entry.startTime);
+      while ((recent[0] ?? entry.startTime) < entry.startTime - 1000) recent.shift();
+    }
+    // Growth doubles the space: allowed only under sustained allocation, and while the doubled size fits the cap.
+    setGrowth(recent.length >= perSecond && youngGenerationMiB() * 2 <= options.maxMiB ? 2 : 1);
   };
   check();
   // Each collection is reported after it ran (one entry per collection, in the next turn of the event loop).
-  const collections = new PerformanceObserver(check);
+  const collections = new PerformanceObserver((list) => check(list));
   collections.observe({ entryTypes: ['gc'] });
   return {
     stop() {
@@ -84,6 +100,28 @@ export function capYoungGeneration(options: YoungGenerationOptions = YOUNG_GENER
       setGrowth(2);
     },
   };
+}
+
+/**
+ * Two full collections once the server listens, so what starting it left behind (module compilation, schema
+ * compilers, migrations, a first start's CA) is not carried while idle: V8's own memory reducer does that only after
+ * seconds without allocation, which a server with timers often never has, and meanwhile the heap keeps the young
+ * generation at the size the start grew it to (8–16 MiB) and the old space's start-up garbage (bench/README.md,
+ * "session 24": idle RSS 98–107 → 83–88 MiB). Node 20 has no API for a collection: `--expose-gc` is set only for
+ * the moment it takes to make a context whose global has `gc` (a new context gets the extension; the main context
+ * never does), then unset again.
+ */
+export function collectStartupGarbage(): void {
+  setFlagsFromString('--expose-gc');
+  let gc: (() => void) | undefined;
+  try {
+    gc = runInNewContext('gc') as () => void;
+  } finally {
+    setFlagsFromString('--no-expose-gc');
+  }
+  gc();
+  // The first collection finds what died; objects with finalizers (weak references, closed handles) die in a second.
+  gc();
 }
 
 /** The young generation's current size in MiB (both semi-spaces), for tests and the benchmark. */

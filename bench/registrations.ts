@@ -1,10 +1,11 @@
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import mqtt from 'mqtt';
 import { Agent, Client, request, type Dispatcher } from 'undici';
 import { createSasToken, deriveDeviceKey } from '../src/domain/sas.js';
+import { startCompiledServer } from './compiled-server.js';
 
 /**
  * Benchmark (not a test) of the registration hot path (issue 12, P1–P3): simulated devices register and poll against
@@ -93,34 +94,8 @@ async function startProcess(dataDir: string, mode: string, port: number, mqttPor
   return { child, lines, info: line === undefined ? undefined : (JSON.parse(line) as Started['info']) };
 }
 
-/**
- * `provisiond serve` from dist/ with the bench's settings (no rate limits, no AMQP), as an operator starts it; the
- * connection details come from `provisiond info --json` once its banner (stderr) says it listens.
- */
-async function startCompiled(dataDir: string, port: number, mqttPort: number): Promise<Started> {
-  const bin = join(import.meta.dirname, '..', 'bin', 'provisiond.js');
-  if (!existsSync(join(import.meta.dirname, '..', 'dist', 'main.js'))) throw new Error('--server compiled: run `npm run build` first');
-  const profile = args.has('profile') ? ['--cpu-prof', `--cpu-prof-dir=${args.get('profile')}`] : [];
-  const flags = ['--data-dir', dataDir, '--https-port', String(port), '--listen-host', '127.0.0.1', '--host-names', 'localhost,127.0.0.1', '--log-level', 'warn', '--no-amqp'];
-  const mqtt = mqttPort > 0 ? ['--mqtt-port', String(mqttPort)] : ['--no-mqtt'];
-  const child = spawn(process.execPath, [...NODE_FLAGS, ...profile, bin, 'serve', ...flags, ...mqtt], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, PROVISIOND_REGISTRATIONS_PER_SECOND: '0', PROVISIOND_POLLS_PER_SECOND_PER_DEVICE: '0' },
-  });
-  const lines: string[] = [];
-  let banner = '';
-  child.stdout?.on('data', (chunk: Buffer) => lines.push(...chunk.toString().split('\n').filter((line) => line !== '')));
-  await new Promise<void>((resolve, reject) => {
-    child.stderr?.on('data', (chunk: Buffer) => {
-      banner += chunk.toString();
-      if (banner.includes('portal:')) resolve();
-    });
-    child.once('exit', (code) => reject(new Error(`provisiond serve exited with ${code}: ${banner}`)));
-  });
-  const info = await new Promise<string>((resolve, reject) =>
-    execFile(process.execPath, [bin, 'info', '--json', '--data-dir', dataDir], (error, stdout) => (error === null ? resolve(stdout) : reject(error))),
-  );
-  return { child, lines, info: JSON.parse(info) as Started['info'] };
+function startCompiled(dataDir: string, port: number, mqttPort: number): Promise<Started> {
+  return startCompiledServer({ dataDir, port, mqttPort, store: STORE === 'sqlite' ? undefined : STORE, nodeFlags: NODE_FLAGS, ...(args.has('profile') ? { profileDir: args.get('profile') } : {}) });
 }
 
 async function stop(started: Started): Promise<void> {

@@ -6,6 +6,7 @@ import { monitorEventLoopDelay } from 'node:perf_hooks';
 import Database from 'better-sqlite3';
 import { Agent, request } from 'undici';
 import { createSasToken } from '../src/domain/sas.js';
+import { startCompiledServer } from './compiled-server.js';
 
 /**
  * Benchmark (not a test) of the scale paths of issue 12, against a real provisiond in its own process on the embedded
@@ -21,6 +22,7 @@ import { createSasToken } from '../src/domain/sas.js';
  *   P6     server RSS idle (after start and after a P4 of 10,000), the heap, and what is loaded.
  *
  *   npm run bench:scale -- --mode p4|p5|purge|p6 [--n 1000000] [--concurrency 2] [--samples 200] [--port 8443] [--profile DIR]
+ *     [--server tsx|compiled] (compiled: `provisiond serve` from dist/ as `npm start` runs it; `npm run build` first)
  *     [--store postgres://…] (p4 and p5 on that PostgreSQL database; give an empty one, and for p5 `--data DIR` to
  *     reuse its seeding)
  */
@@ -148,18 +150,54 @@ interface Server {
   base: string;
   agent: Agent;
   token(): string;
-  stats(): Promise<{ maxStallMs: number; p99StallMs: number; heapUsedMiB: number; rssMiB: number }>;
+  /** From the tsx server's probe; a compiled server (`--server compiled`) has only its RSS. */
+  stats(): Promise<{ maxStallMs?: number; p99StallMs?: number; heapUsedMiB?: number; rssMiB: number }>;
   stop(): Promise<void>;
 }
 
+/**
+ * `--server compiled`: `provisiond serve` from dist/ as `npm start` runs it (bench/compiled-server.ts), so its RSS has
+ * no tsx in it and it manages its heap as `serve` does (src/main.ts); its stats come from /proc (no heap figures or
+ * event-loop stalls: those need the tsx server's probe).
+ */
+async function startCompiled(dataDir: string, port: number): Promise<Server> {
+  const server = await startCompiledServer({ dataDir, port, store: storeUrl, ...(args.has('profile') ? { profileDir: args.get('profile') } : {}) });
+  return connect(server.child, dataDir, port, server.info.serviceConnectionString, async () => ({ rssMiB: rssMiB(server.child.pid) }), async () => {
+    const exited = new Promise((resolve) => server.child.once('exit', resolve));
+    server.child.kill('SIGTERM');
+    await exited;
+  });
+}
+
 async function start(dataDir: string, port: number): Promise<Server> {
+  if (args.get('server') === 'compiled') return startCompiled(dataDir, port);
   const child = fork(import.meta.filename, ['--serve', dataDir, '--port', String(port), ...(storeUrl === undefined ? [] : ['--store', storeUrl])], { execArgv: ['--import', 'tsx', ...(args.has('profile') ? ['--cpu-prof', `--cpu-prof-dir=${args.get('profile')}`] : [])], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
   const info = await new Promise<{ serviceConnectionString: string }>((resolve, reject) => {
     child.once('message', (message) => resolve(message as { serviceConnectionString: string }));
     child.once('exit', (code) => reject(new Error(`server exited with ${code}`)));
   });
+  return connect(
+    child,
+    dataDir,
+    port,
+    info.serviceConnectionString,
+    () =>
+      new Promise((resolve) => {
+        child.once('message', (message) => resolve(message as Awaited<ReturnType<Server['stats']>>));
+        child.send('stats');
+      }),
+    async () => {
+      const exited = new Promise((resolve) => child.once('exit', resolve));
+      child.send('stop');
+      await exited;
+    },
+  );
+}
+
+function connect(child: ChildProcess, dataDir: string, port: number, serviceConnectionString: string, stats: Server['stats'], stopServer: () => Promise<void>): Server {
   // A bench that fails leaves no server behind.
   process.once('exit', () => child.kill());
+  const info = { serviceConnectionString };
   const ownerKey = /SharedAccessKey=([^;]+)/.exec(info.serviceConnectionString)?.[1] ?? '';
   // Generous timeouts: on a loaded shared machine a request behind a long stall is a figure, not a failure.
   const agent = new Agent({
@@ -173,16 +211,10 @@ async function start(dataDir: string, port: number): Promise<Server> {
     base: `https://127.0.0.1:${port}`,
     agent,
     token: () => createSasToken({ resource: 'localhost', keyBase64: ownerKey, keyName: 'provisioningserviceowner', expirySeconds: Math.floor(Date.now() / 1000) + 3600 }),
-    stats: () =>
-      new Promise((resolve) => {
-        child.once('message', (message) => resolve(message as Awaited<ReturnType<Server['stats']>>));
-        child.send('stats');
-      }),
+    stats,
     stop: async () => {
       await agent.close();
-      const exited = new Promise((resolve) => child.once('exit', resolve));
-      child.send('stop');
-      await exited;
+      await stopServer();
     },
   };
 }
@@ -537,7 +569,7 @@ async function purge(dataDir: string, port: number, n: number) {
       const t = performance.now();
       await call(server, 'POST', '/enrollments/query', { query: "SELECT * FROM enrollments WHERE registrationId = 'seed-0000000'" });
       latencies.push(performance.now() - t);
-      maxStallMs = Math.max(maxStallMs, (await server.stats()).maxStallMs);
+      maxStallMs = Math.max(maxStallMs, (await server.stats()).maxStallMs ?? Number.NaN);
       const left = (db.prepare('select count(*) as n from operations').get() as { n: number }).n;
       if (left === 0) break;
       await new Promise((resolve) => setTimeout(resolve, 50));

@@ -747,6 +747,25 @@ export function runStoreContract(name: string, open: () => Promise<Store>): void
         assert.deepEqual([first.items.map((item) => label(item.eventId)), label(first.nextKey)], [['e4', 'e3', 'e2'], 'e2']);
         const second = await store.queryAuditEvents(a.id, { limit: 3, beforeKey: first.nextKey });
         assert.deepEqual([second.items.map((item) => label(item.eventId)), second.nextKey], [['e1'], undefined]);
+        // Every filter at once: each is a condition with its own argument in one statement, none may take another's.
+        const every: Partial<AuditQuery> = {
+          subject: 'DEV-2',
+          from: '2024-01-01T00:00:01.0000000Z',
+          to: '2024-01-01T00:00:03.0000000Z',
+          actor: 'device',
+          outcome: 'failure',
+          kind: 'registration',
+          eventClass: 'change',
+          beforeKey: first.items[1]?.eventId ?? '',
+        };
+        assert.deepEqual(await ids(every), ['e2'], 'every filter at once');
+        for (const [name, other] of [['subject', 'dev-1'], ['from', '2024-01-01T00:00:03.0000000Z'], ['to', '2024-01-01T00:00:01.0000000Z'], ['actor', 'owner'], ['outcome', 'success'], ['kind', 'hubWrite'], ['eventClass', 'access'], ['beforeKey', first.items[2]?.eventId ?? '']] as const) {
+          assert.deepEqual(await ids({ ...every, [name]: other }), [], `every filter at once, ${name} excluding it`);
+        }
+        const unindexed: AuditQuery = { ...every, limit: 10, scanLimit: 2 };
+        delete unindexed.subject;
+        const windowed = await store.queryAuditEvents(a.id, unindexed);
+        assert.deepEqual(windowed.items.map((item) => label(item.eventId)), ['e2'], 'every filter but the subject, in a window of the scan limit');
       });
 
       test('a scan limit bounds the events one page of an unindexed filter reads; the continuation leads to every match', async () => {

@@ -11,7 +11,7 @@ import { KyselyHubStore, type BuiltInHubStore } from './hub-store.js';
 import { CONFIG_COUNTER, configCacheOf, type ConfigCache } from './config-cache.js';
 import { deferredWrite, directSqlite, hotDoc, hotWrite, NO_KEY, parseProbeFence, type HotStatement, runHot, storeStatements, type StoreStatements } from './hot-statements.js';
 import { AUDIT_ROW_COLUMNS, bulkStatementsOf, ENROLLMENT_ROW_COLUMNS } from './bulk-statements.js';
-import { paddedKeys, subjectStatementsOf, type SubjectStatements } from './subject-statements.js';
+import { AUDIT_PAGE_FILTERS, type AuditPageFilter, paddedKeys, subjectStatementsOf, type SubjectStatements } from './subject-statements.js';
 import { migrationProvider } from './migrations.js';
 import type { Database } from './schema.js';
 import type {
@@ -1115,12 +1115,31 @@ export class KyselyStore implements Store {
     // search walks the primary key between the two instead of sorting every event of the range by ID.
     const idFrom = query.from === undefined ? undefined : eventIdAt(Date.parse(query.from));
     const idTo = query.to === undefined || eventIdAt(Date.parse(query.to)) === '' ? undefined : eventIdAt(Date.parse(query.to) + 1);
-    const bounded = <QB extends SelectQueryBuilder<Database, 'audit_events', object>>(builder: QB, before: string | undefined): QB => {
-      let bound = builder.where('instance_id', '=', instanceId);
-      if (before !== undefined) bound = bound.where('event_id', '<', before);
-      if (idFrom !== undefined) bound = bound.where('event_id', '>=', idFrom);
-      if (idTo !== undefined) bound = bound.where('event_id', '<', idTo);
-      return bound as QB;
+    // Each filter present adds its bit and its value (in AUDIT_PAGE_FILTERS order): the statement of that combination
+    // is compiled once (subject-statements.ts), not built through Kysely for every page.
+    const filters: Record<AuditPageFilter, string | undefined> = {
+      before: query.beforeKey,
+      idFrom,
+      idTo,
+      windowEnd: undefined,
+      subject: query.subject === undefined ? undefined : lower(query.subject),
+      from: query.from,
+      to: query.to,
+      actor: query.actor,
+      outcome: query.outcome,
+      kind: query.kind,
+      eventClass: query.eventClass,
+    };
+    const shape = (only?: readonly AuditPageFilter[]): { present: number; args: unknown[] } => {
+      let present = 0;
+      const args: unknown[] = [instanceId];
+      for (const [bit, filter] of AUDIT_PAGE_FILTERS.entries()) {
+        const value = filters[filter];
+        if (value === undefined || (only !== undefined && !only.includes(filter))) continue;
+        present |= 1 << bit;
+        args.push(value);
+      }
+      return { present, args };
     };
     // Filters without an index of their own (outcome, kind, actor, time) look at no more than `scanLimit` events per
     // page (of the class asked for, which has its index): the page ends where that window ends, possibly short or
@@ -1128,34 +1147,19 @@ export class KyselyStore implements Store {
     // the server while it reads all of it. A subject's events are few, and found by their indexes.
     let windowEnd: string | undefined;
     if (query.scanLimit !== undefined && query.subject === undefined && hasUnindexedAuditFilter(query)) {
-      let edge = bounded(this.#db.selectFrom('audit_events').select('event_id'), query.beforeKey);
-      if (query.eventClass !== undefined) edge = edge.where('event_class', '=', query.eventClass);
-      windowEnd = (await edge
-        .orderBy('event_id', 'desc')
-        .limit(1)
-        .offset(query.scanLimit - 1)
-        .executeTakeFirst())?.event_id;
+      const edge = shape(['before', 'idFrom', 'idTo', 'eventClass']);
+      const { rows } = await runHot<{ event_id: string }>(this.#db, this.#subject.auditWindowEdge(edge.present), [...edge.args, query.scanLimit - 1]);
+      windowEnd = rows[0]?.event_id;
+      filters.windowEnd = windowEnd;
     }
-    let builder = bounded(this.#db.selectFrom('audit_events').select(['doc', 'event_id', 'event_class', 'outcome']), query.beforeKey);
-    if (windowEnd !== undefined) builder = builder.where('event_id', '>=', windowEnd);
-    if (query.subject !== undefined) {
-      const key = lower(query.subject);
-      // The subject's events by its three indexes, then in ID order: written as an OR, the planner (SQLite without
-      // statistics) walks the whole log in ID order instead, testing each event (4M events: seconds).
-      const about = (column: 'registration_id_key' | 'device_id_key' | 'group_id_key') =>
-        this.#db.selectFrom('audit_events').select('event_id').where('instance_id', '=', instanceId).where(column, '=', key).where(column, '<>', '');
-      builder = builder.where('event_id', 'in', about('registration_id_key').unionAll(about('device_id_key')).unionAll(about('group_id_key')));
-    }
-    if (query.from !== undefined) builder = builder.where('time_utc', '>=', query.from);
-    if (query.to !== undefined) builder = builder.where('time_utc', '<=', query.to);
-    if (query.actor !== undefined) builder = builder.where('actor', '=', query.actor);
-    if (query.outcome !== undefined) builder = builder.where('outcome', '=', query.outcome);
-    if (query.kind !== undefined) builder = builder.where('kind', '=', query.kind);
-    if (query.eventClass !== undefined) builder = builder.where('event_class', '=', query.eventClass);
-    const rows = await builder.orderBy('event_id', 'desc').limit(query.limit + 1).execute();
+    const page = shape();
+    const { rows } = await runHot<{ doc: string; event_id: string; event_class: string; outcome: string }>(this.#db, this.#subject.auditPage(page.present), [
+      ...page.args,
+      query.limit + 1,
+    ]);
     const more = rows.length > query.limit;
-    const page = more ? rows.slice(0, query.limit) : rows;
-    return { items: page.map(auditEventOf), nextKey: more ? page.at(-1)?.event_id : windowEnd };
+    const items = more ? rows.slice(0, query.limit) : rows;
+    return { items: items.map(auditEventOf), nextKey: more ? items.at(-1)?.event_id : windowEnd };
   }
 
   async findAuditEventsAbout(

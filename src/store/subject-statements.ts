@@ -33,6 +33,24 @@ function markers(p: (index: number) => string, from: number, count: number): str
   return Array.from({ length: count }, (_, index) => p(from + index));
 }
 
+/** The filters of a page of the log, in the order of their bits and arguments (see {@link SubjectStatements.auditPage}). */
+export const AUDIT_PAGE_FILTERS = ['before', 'idFrom', 'idTo', 'windowEnd', 'subject', 'from', 'to', 'actor', 'outcome', 'kind', 'eventClass'] as const;
+export type AuditPageFilter = (typeof AUDIT_PAGE_FILTERS)[number];
+
+/** Each filter's condition but the subject's (three indexes): its column and comparison. */
+const AUDIT_PAGE_CONDITIONS: Record<Exclude<AuditPageFilter, 'subject'>, readonly ['event_id' | 'time_utc' | 'actor' | 'outcome' | 'kind' | 'event_class', '<' | '>=' | '<=' | '=']> = {
+  before: ['event_id', '<'],
+  idFrom: ['event_id', '>='],
+  idTo: ['event_id', '<'],
+  windowEnd: ['event_id', '>='],
+  from: ['time_utc', '>='],
+  to: ['time_utc', '<='],
+  actor: ['actor', '='],
+  outcome: ['outcome', '='],
+  kind: ['kind', '='],
+  eventClass: ['event_class', '='],
+};
+
 export class SubjectStatements extends StatementsCompiledOnce {
   // ---- data requests
 
@@ -106,6 +124,59 @@ export class SubjectStatements extends StatementsCompiledOnce {
           .where(column, 'in', markers(p, 1, size))
           .where(column, '<>', ''),
       ),
+    );
+  }
+
+  /**
+   * A page of the log (`queryAuditEvents`), compiled once per combination of the filters present — a read of the log,
+   * and the access-log write after every read (the fold's lookup), had built it through Kysely each time. `present` is
+   * a bitmask over {@link AUDIT_PAGE_FILTERS}; the arguments are the instance, then the value of each filter present in
+   * that order, then the page's limit.
+   */
+  auditPage(present: number): HotStatement {
+    return this.once(`auditPage/${present}`, () =>
+      compileHot((p) => {
+        let next = 0;
+        const arg = () => p(next++);
+        const instance = arg();
+        let page = this.db.selectFrom('audit_events').select(['doc', 'event_id', 'event_class', 'outcome']).where('instance_id', '=', instance);
+        for (const [bit, filter] of AUDIT_PAGE_FILTERS.entries()) {
+          if ((present & (1 << bit)) === 0) continue;
+          const value = arg();
+          if (filter === 'subject') {
+            // The subject's events by its three indexes, then in ID order: written as an OR, the planner (SQLite
+            // without statistics) walks the whole log in ID order instead, testing each event (4M events: seconds).
+            const about = (column: SubjectColumn) =>
+              this.db.selectFrom('audit_events').select('event_id').where('instance_id', '=', instance).where(column, '=', value).where(column, '<>', '');
+            page = page.where('event_id', 'in', about('registration_id_key').unionAll(about('device_id_key')).unionAll(about('group_id_key')));
+          } else {
+            const [column, operator] = AUDIT_PAGE_CONDITIONS[filter];
+            page = page.where(column, operator, value);
+          }
+        }
+        return page.orderBy('event_id', 'desc').limit(arg() as unknown as number);
+      }),
+    );
+  }
+
+  /**
+   * Where the window of a page with an unindexed filter ends (see `queryAuditEvents`): the ID `offset` events down
+   * (arguments: the instance, the values of the filters present of before/idFrom/idTo/eventClass, then the offset).
+   */
+  auditWindowEdge(present: number): HotStatement {
+    return this.once(`auditWindowEdge/${present}`, () =>
+      compileHot((p) => {
+        let next = 0;
+        const arg = () => p(next++);
+        let edge = this.db.selectFrom('audit_events').select('event_id').where('instance_id', '=', arg());
+        for (const [bit, filter] of AUDIT_PAGE_FILTERS.entries()) {
+          if ((present & (1 << bit)) === 0) continue;
+          if (filter !== 'before' && filter !== 'idFrom' && filter !== 'idTo' && filter !== 'eventClass') throw new Error(`a window's edge has no ${filter} filter`);
+          const [column, operator] = AUDIT_PAGE_CONDITIONS[filter];
+          edge = edge.where(column, operator, arg());
+        }
+        return edge.orderBy('event_id', 'desc').limit(1).offset(arg() as unknown as number);
+      }),
     );
   }
 

@@ -77,9 +77,12 @@ describe('config cache on SQLite (one process writes everything)', () => {
   test('a request after the first reads nothing again', async () => {
     await request(store);
     await hubStore.getHub('built-in.example.net');
+    await store.findInstanceByHostName('one.example.net');
     assert.equal(
       await statementsOf(count, async () => {
         assert.deepEqual((await request(store)).hubs, ['hub-a.example.net']);
+        // A service-API request's instance, by its host name.
+        assert.equal((await store.findInstanceByHostName('ONE.example.net'))?.id, instance.id);
         assert.equal((await store.getInstance(instance.id))?.name, 'one');
         assert.deepEqual(names(await store.listLinkedHubs(instance.id)), ['hub-a.example.net']);
         assert.equal((await hubStore.getHub('BUILT-IN.example.net'))?.name, 'built-in.example.net');
@@ -90,9 +93,11 @@ describe('config cache on SQLite (one process writes everything)', () => {
 
   test('every write is seen by the next read; a rolled-back write is not', async () => {
     await store.putLinkedHub(instance.id, hub('hub-b.example.net'));
-    await store.updateInstance({ ...instance, name: 'renamed' });
+    await store.updateInstance({ ...instance, name: 'renamed', serviceHostNames: ['two.example.net'] });
     const seen = await request(store);
     assert.deepEqual([seen.instance?.name, seen.current?.name, seen.hubs], ['renamed', 'renamed', ['hub-a.example.net', 'hub-b.example.net']]);
+    assert.equal(await store.findInstanceByHostName('one.example.net'), undefined);
+    assert.equal((await store.findInstanceByHostName('two.example.net'))?.name, 'renamed');
 
     await assert.rejects(
       store.transaction(async (trx) => {

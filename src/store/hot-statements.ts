@@ -191,6 +191,10 @@ export function storeStatements(db: Kysely<Database>) {
     fencedReads: fencedReadStatements(db),
     instanceById: compileHot((p) => db.selectFrom('instances').select('doc').where('id', '=', p(0))),
     instanceByIdScope: compileHot((p) => db.selectFrom('instances').select('doc').where('id_scope_key', '=', p(0))),
+    /** Every service-API request's instance, by the host name its token names (and by its Host header). */
+    instanceByHostName: compileHot((p) =>
+      db.selectFrom('instance_host_names').innerJoin('instances', 'instances.id', 'instance_host_names.instance_id').select('instances.doc').where('instance_host_names.host_name_key', '=', p(0)),
+    ),
     enrollment: compileHot((p) => db.selectFrom('enrollments').select('doc').where('instance_id', '=', p(0)).where('registration_id_key', '=', p(1))),
     enrollmentGroup: compileHot((p) => db.selectFrom('enrollment_groups').select('doc').where('instance_id', '=', p(0)).where('group_id_key', '=', p(1))),
     registration: compileHot((p) => db.selectFrom('registrations').select('doc').where('instance_id', '=', p(0)).where('registration_id_key', '=', p(1))),

@@ -399,13 +399,11 @@ export class KyselyStore implements Store {
   }
 
   async findInstanceByHostName(hostName: string): Promise<InstanceRecord | undefined> {
-    const row = await this.#db
-      .selectFrom('instance_host_names')
-      .innerJoin('instances', 'instances.id', 'instance_host_names.instance_id')
-      .select('instances.doc')
-      .where('instance_host_names.host_name_key', '=', lower(hostName))
-      .executeTakeFirst();
-    return row === undefined ? undefined : parse<InstanceRecord>(row.doc);
+    const key = lower(hostName);
+    const read = () => this.#docText(this.#hot.instanceByHostName, [key]);
+    // One process writes the embedded store: its own config writes invalidate the cache (as for the ID scope).
+    // Several nodes share PostgreSQL: read every time (the compiled statement), as this read carries no version.
+    return parseOptional<InstanceRecord>(this.#cache.singleWriter ? await this.#cachedText(`host/${key}`, undefined, read) : await read());
   }
 
   async listInstances(): Promise<InstanceRecord[]> {

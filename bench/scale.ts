@@ -23,12 +23,15 @@ import { startCompiledServer } from './compiled-server.js';
  *
  *   npm run bench:scale -- --mode p4|p5|purge|p6 [--n 1000000] [--concurrency 2] [--samples 200] [--port 8443] [--profile DIR]
  *     [--server tsx|compiled] (compiled: `provisiond serve` from dist/ as `npm start` runs it; `npm run build` first)
+ *     [--node-options '--flag …'] (the compiled server's Node flags)
  *     [--store postgres://…] (p4 and p5 on that PostgreSQL database; give an empty one, and for p5 `--data DIR` to
  *     reuse its seeding)
  */
 const args = new Map<string, string>();
 for (let i = 2; i < process.argv.length; i += 2) args.set(process.argv[i]?.replace(/^--/, '') ?? '', process.argv[i + 1] ?? '');
 const storeUrl = args.get('store');
+/** Node/V8 flags for the compiled server (`--node-options '--flag …'`), to measure a setting before making it a default. */
+const NODE_FLAGS = (args.get('node-options') ?? '').split(' ').filter((flag) => flag !== '');
 
 
 /** The server side: provisiond as `provisiond serve` runs it, answering `stats` messages from the bench. */
@@ -39,9 +42,10 @@ async function serve(dataDir: string, port: number): Promise<void> {
   if (timesFile !== undefined) await timeStatements(timesFile);
   const pgTextsFile = process.env.BENCH_PG_STATEMENT_TEXTS;
   if (pgTextsFile !== undefined) await countPostgresQueries(pgTextsFile);
-  // As src/main.ts's serve does: the young generation is not grown while starting (P6).
-  const { setFlagsFromString } = await import('node:v8');
-  setFlagsFromString('--semi-space-growth-factor=1');
+  // As src/main.ts's serve does with V8's heap (P6): the young generation held while starting, then bounded and grown
+  // only under sustained allocation, the old space's growth limited, the start's garbage collected once listening.
+  const heap = await import('../src/runtime/young-generation.js');
+  heap.holdYoungGeneration();
   const { createApp } = await import('../src/app.js');
   const { loadConfig } = await import('../src/config/config.js');
   const config = loadConfig({
@@ -60,10 +64,12 @@ async function serve(dataDir: string, port: number): Promise<void> {
     },
   });
   const app = await createApp({ config });
-  // Stalls from here on are the server's own work (before it: loading and compiling modules).
-  delay.reset();
   await app.listen();
-  setFlagsFromString('--semi-space-growth-factor=2');
+  heap.capYoungGeneration();
+  heap.limitOldGenerationGrowth();
+  heap.collectStartupGarbage();
+  // Stalls from here on are the server's own work (before it: loading and compiling modules, the start's collection).
+  delay.reset();
   const info = await app.info();
   process.on('message', (message: unknown) => {
     if (message === 'stats') {
@@ -161,7 +167,7 @@ interface Server {
  * event-loop stalls: those need the tsx server's probe).
  */
 async function startCompiled(dataDir: string, port: number): Promise<Server> {
-  const server = await startCompiledServer({ dataDir, port, store: storeUrl, ...(args.has('profile') ? { profileDir: args.get('profile') } : {}) });
+  const server = await startCompiledServer({ dataDir, port, store: storeUrl, nodeFlags: NODE_FLAGS, ...(args.has('profile') ? { profileDir: args.get('profile') } : {}) });
   return connect(server.child, dataDir, port, server.info.serviceConnectionString, async () => ({ rssMiB: rssMiB(server.child.pid) }), async () => {
     const exited = new Promise((resolve) => server.child.once('exit', resolve));
     server.child.kill('SIGTERM');
@@ -288,9 +294,11 @@ async function p4(dataDir: string, port: number, n: number, concurrency: number)
     let peakRss = rssMiB(server.child.pid);
     const sampler = setInterval(() => (peakRss = Math.max(peakRss, rssMiB(server.child.pid))), 100);
     const cpuBefore = cpuMs(server.child.pid);
+    const clientBefore = process.cpuUsage();
     const startedAt = performance.now();
     await bulkImport(server, n, concurrency, 'p4');
     const seconds = (performance.now() - startedAt) / 1000;
+    const client = process.cpuUsage(clientBefore);
     clearInterval(sampler);
     const cpu = cpuMs(server.child.pid) - cpuBefore;
     // What an item costs on disk (the database and its WAL: rows and index entries), a figure no load can blur; on
@@ -308,6 +316,8 @@ async function p4(dataDir: string, port: number, n: number, concurrency: number)
       seconds: Number(seconds.toFixed(1)),
       itemsPerSecond: Math.round(n / seconds),
       serverCpuUsPerItem: Number(((cpu * 1000) / n).toFixed(1)),
+      // The bench's own CPU (this process: bodies, TLS, responses, the RSS sampler), on the same two cores.
+      clientCpuUsPerItem: Number(((client.user + client.system) / n).toFixed(1)),
       peakRssMiB: Math.round(peakRss),
       storeBytesPerItem: Math.round(bytes / n),
       concurrency,

@@ -11,9 +11,18 @@ import { oldGrowthOwnedByOperator, ownedByOperator } from '../src/runtime/young-
  */
 const MODULE = pathToFileURL('src/runtime/young-generation.ts').href;
 
+/** Runs `body` (which writes its own result) in a Node process with the module imported as `young`. */
+function runWithModule(body: string): Promise<number> {
+  const script = `import * as young from ${JSON.stringify(MODULE)};\n${body}\nprocess.exit(0);`;
+  return new Promise((resolve, reject) =>
+    execFile(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], (error, stdout, stderr) =>
+      error === null ? resolve(Number(stdout)) : reject(new Error(`${error.message}\n${stderr}`)),
+    ),
+  );
+}
+
 function largestYoungGeneration(setup: string): Promise<number> {
-  const script = `
-    import * as young from ${JSON.stringify(MODULE)};
+  return runWithModule(`
     ${setup}
     let largest = young.youngGenerationMiB();
     const inFlight = new Array(100000);
@@ -25,13 +34,7 @@ function largestYoungGeneration(setup: string): Promise<number> {
       }
     }
     process.stdout.write(String(Math.max(largest, young.youngGenerationMiB())));
-    process.exit(0);
-  `;
-  return new Promise((resolve, reject) =>
-    execFile(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], (error, stdout, stderr) =>
-      error === null ? resolve(Number(stdout)) : reject(new Error(`${error.message}\n${stderr}`)),
-    ),
-  );
+  `);
 }
 
 test('without the bound, V8 grows the young generation past 8 MiB under this load; with it, it stays at 8 MiB', async () => {
@@ -41,21 +44,10 @@ test('without the bound, V8 grows the young generation past 8 MiB under this loa
   assert.ok(bounded <= 8, `bounded young generation reached ${bounded} MiB`);
 });
 
-/** Runs `body` (which writes its own result) in a Node process with the module imported as `young`. */
-function runWithModule(body: string): Promise<number> {
-  const script = `import * as young from ${JSON.stringify(MODULE)};\n${body}\nprocess.exit(0);`;
-  return new Promise((resolve, reject) =>
-    execFile(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], (error, stdout, stderr) =>
-      error === null ? resolve(Number(stdout)) : reject(new Error(`${error.message}\n${stderr}`)),
-    ),
-  );
-}
-
 /** The old space's largest size while objects that outlive young collections keep dying (a server's steady state). */
 function largestOldSpace(setup: string): Promise<number> {
-  const script = `
-    import { getHeapSpaceStatistics } from 'node:v8';
-    import * as young from ${JSON.stringify(MODULE)};
+  return runWithModule(`
+    const { getHeapSpaceStatistics } = await import('node:v8');
     ${setup}
     const oldSpace = () => getHeapSpaceStatistics().find((space) => space.space_name === 'old_space').space_size / 1048576;
     const alive = [];
@@ -70,13 +62,7 @@ function largestOldSpace(setup: string): Promise<number> {
       }
     }
     process.stdout.write(String(largest));
-    process.exit(0);
-  `;
-  return new Promise((resolve, reject) =>
-    execFile(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], (error, stdout, stderr) =>
-      error === null ? resolve(Number(stdout)) : reject(new Error(`${error.message}\n${stderr}`)),
-    ),
-  );
+  `);
 }
 
 test("the old space's growth between full collections is limited: V8 alone lets it grow far past what stays alive", async () => {

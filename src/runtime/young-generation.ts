@@ -106,9 +106,9 @@ export function capYoungGeneration(options: Partial<YoungGenerationOptions> & Pi
  * Two full collections once the server listens, so what starting it left behind (module compilation, schema
  * compilers, migrations, a first start's CA) is not carried while idle: V8's own memory reducer does that only after
  * seconds without allocation, which a server with timers often never has (bench/README.md, "session 24": with the
- * young generation held from the first import, idle RSS 97–107 → 84–90 MiB). Node 20 has no API for a collection: `--expose-gc` is set only for
- * the moment it takes to make a context whose global has `gc` (a new context gets the extension; the main context
- * never does), then unset again.
+ * young generation held from the first import, idle RSS 97–107 → 84–90 MiB). Node 20 has no API for a collection:
+ * `--expose-gc` is set only for the moment it takes to make a context whose global has `gc` (a new context gets the
+ * extension; the main context never does), then unset again.
  */
 export function collectStartupGarbage(): void {
   setFlagsFromString('--expose-gc');

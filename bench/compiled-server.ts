@@ -50,3 +50,11 @@ export async function startCompiledServer(options: {
   );
   return { child, lines, info: JSON.parse(info) as CompiledServer['info'] };
 }
+
+/** Stops a server process (SIGTERM, as an operator would) and waits for it to exit; one that already exited is done. */
+export async function stopChild(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise((resolve) => child.once('exit', resolve));
+  child.kill('SIGTERM');
+  await exited;
+}

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import mqtt from 'mqtt';
 import { Agent, Client, request, type Dispatcher } from 'undici';
 import { createSasToken, deriveDeviceKey } from '../src/domain/sas.js';
-import { startCompiledServer } from './compiled-server.js';
+import { startCompiledServer, stopChild } from './compiled-server.js';
 
 /**
  * Benchmark (not a test) of the registration hot path (issue 12, P1–P3): simulated devices register and poll against
@@ -98,10 +98,8 @@ function startCompiled(dataDir: string, port: number, mqttPort: number): Promise
   return startCompiledServer({ dataDir, port, mqttPort, store: STORE === 'sqlite' ? undefined : STORE, nodeFlags: NODE_FLAGS, ...(args.has('profile') ? { profileDir: args.get('profile') } : {}) });
 }
 
-async function stop(started: Started): Promise<void> {
-  if (started.child.exitCode !== null) return;
-  started.child.kill('SIGTERM');
-  await new Promise((resolve) => started.child.once('exit', resolve));
+function stop(started: Started): Promise<void> {
+  return stopChild(started.child);
 }
 
 /** The server's statement counters (bench/server-process.ts prints them on SIGUSR2). */

@@ -6,7 +6,7 @@ import { monitorEventLoopDelay } from 'node:perf_hooks';
 import Database from 'better-sqlite3';
 import { Agent, request } from 'undici';
 import { createSasToken } from '../src/domain/sas.js';
-import { startCompiledServer } from './compiled-server.js';
+import { startCompiledServer, stopChild } from './compiled-server.js';
 
 /**
  * Benchmark (not a test) of the scale paths of issue 12, against a real provisiond in its own process on the embedded
@@ -168,11 +168,7 @@ interface Server {
  */
 async function startCompiled(dataDir: string, port: number): Promise<Server> {
   const server = await startCompiledServer({ dataDir, port, store: storeUrl, nodeFlags: NODE_FLAGS, ...(args.has('profile') ? { profileDir: args.get('profile') } : {}) });
-  return connect(server.child, dataDir, port, server.info.serviceConnectionString, async () => ({ rssMiB: rssMiB(server.child.pid) }), async () => {
-    const exited = new Promise((resolve) => server.child.once('exit', resolve));
-    server.child.kill('SIGTERM');
-    await exited;
-  });
+  return connect(server.child, dataDir, port, server.info.serviceConnectionString, async () => ({ rssMiB: rssMiB(server.child.pid) }), () => stopChild(server.child));
 }
 
 async function start(dataDir: string, port: number): Promise<Server> {
@@ -203,8 +199,7 @@ async function start(dataDir: string, port: number): Promise<Server> {
 function connect(child: ChildProcess, dataDir: string, port: number, serviceConnectionString: string, stats: Server['stats'], stopServer: () => Promise<void>): Server {
   // A bench that fails leaves no server behind.
   process.once('exit', () => child.kill());
-  const info = { serviceConnectionString };
-  const ownerKey = /SharedAccessKey=([^;]+)/.exec(info.serviceConnectionString)?.[1] ?? '';
+  const ownerKey = /SharedAccessKey=([^;]+)/.exec(serviceConnectionString)?.[1] ?? '';
   // Generous timeouts: on a loaded shared machine a request behind a long stall is a figure, not a failure.
   const agent = new Agent({
     connect: { ca: readFileSync(join(dataDir, 'tls', 'ca.pem'), 'utf8'), servername: 'localhost', timeout: 600_000 },

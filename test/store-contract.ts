@@ -1172,12 +1172,31 @@ export function runStoreContract(name: string, open: () => Promise<Store>): void
     });
     describe('reads that travel together (issue 11)', () => {
       test("a device's enrollment and record in one read: each, both or neither, case-insensitively, per instance", async () => {
-        assert.deepEqual(await store.getEnrollmentAndRegistration(a.id, 'together'), { enrollment: undefined, registration: undefined });
+        const none = { enrollment: undefined, registration: undefined, group: undefined };
+        assert.deepEqual(await store.getEnrollmentAndRegistration(a.id, 'together'), none);
         await store.putRegistration(a.id, registration('Together'));
-        assert.deepEqual(await store.getEnrollmentAndRegistration(a.id, 'TOGETHER'), { enrollment: undefined, registration: registration('Together') });
+        assert.deepEqual(await store.getEnrollmentAndRegistration(a.id, 'TOGETHER'), { ...none, registration: registration('Together') });
         await store.putEnrollment(a.id, enrollment('together'));
-        assert.deepEqual(await store.getEnrollmentAndRegistration(a.id, 'together'), { enrollment: enrollment('together'), registration: registration('Together') });
-        assert.deepEqual(await store.getEnrollmentAndRegistration(b.id, 'together'), { enrollment: undefined, registration: undefined });
+        assert.deepEqual(await store.getEnrollmentAndRegistration(a.id, 'together'), { ...none, enrollment: enrollment('together'), registration: registration('Together') });
+        assert.deepEqual(await store.getEnrollmentAndRegistration(b.id, 'together'), none);
+      });
+
+      test('the group a record names comes with it, case-insensitively, from its own instance, and not once it is gone', async () => {
+        const named = registration('Grouped-Dev', { enrollmentGroupId: 'Together-Group' });
+        await store.putRegistration(a.id, named);
+        assert.deepEqual(await store.getEnrollmentAndRegistration(a.id, 'grouped-dev'), { enrollment: undefined, registration: named, group: undefined });
+        // Another instance's group of that name, and another group of this one, are not the record's.
+        await store.putEnrollmentGroup(b.id, group('together-group'));
+        await store.putEnrollmentGroup(a.id, group('other-group'));
+        assert.equal((await store.getEnrollmentAndRegistration(a.id, 'grouped-dev')).group, undefined);
+        await store.putEnrollmentGroup(a.id, group('TOGETHER-group'));
+        assert.deepEqual(await store.getEnrollmentAndRegistration(a.id, 'GROUPED-DEV'), { enrollment: undefined, registration: named, group: group('TOGETHER-group') });
+        // A record without a group names none, whatever groups exist.
+        await store.putRegistration(a.id, registration('grouped-dev'));
+        assert.equal((await store.getEnrollmentAndRegistration(a.id, 'grouped-dev')).group, undefined);
+        await store.putRegistration(a.id, named);
+        assert.equal(await store.deleteEnrollmentGroup(a.id, 'together-group'), true);
+        assert.equal((await store.getEnrollmentAndRegistration(a.id, 'grouped-dev')).group, undefined);
       });
 
       test("a poll's operation unless fenced: the fence alone when one stands, else the operation, as findEraseFence and getOperation answer", async () => {

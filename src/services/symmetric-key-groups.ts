@@ -33,9 +33,13 @@ export class SymmetricKeyGroups {
     this.#cache.delete(instanceId);
   }
 
-  async match(instanceId: string, registrationId: string, token: SasToken, hintGroupId?: string): Promise<StoredEnrollmentGroup | undefined> {
-    if (hintGroupId !== undefined) {
-      const hinted = await this.#confirm(instanceId, hintGroupId, registrationId, token);
+  /**
+   * `hint`: the group the device's record names, tried first; `read` is that group as the caller just read it from the
+   * store (undefined: gone), so it is confirmed without a read of its own.
+   */
+  async match(instanceId: string, registrationId: string, token: SasToken, hint?: { groupId: string; read?: StoredEnrollmentGroup | undefined }): Promise<StoredEnrollmentGroup | undefined> {
+    if (hint !== undefined) {
+      const hinted = 'read' in hint ? this.#confirmed(instanceId, hint.read, registrationId, token) : await this.#confirm(instanceId, hint.groupId, registrationId, token);
       if (hinted !== undefined) return hinted;
     }
     let cached = this.#cache.get(instanceId);

@@ -271,11 +271,20 @@ export function storeStatements(db: Kysely<Database>) {
      * row, its `fence` the first fence found ({@link parseProbeFence}) or null.
      */
     eraseFence: compileHot((p) => db.selectNoFrom(fenceOfProbe(db, p(0), [p(1), p(2), p(3)]).as('fence'))),
-    /** A device's individual enrollment and registration record, as scalar subqueries of one statement. */
+    /**
+     * A device's individual enrollment, registration record and the enrollment group that record names (a registered
+     * group device's group, confirmed without a read of its own), as scalar subqueries of one statement.
+     */
     enrollmentAndRegistration: compileHot((p) =>
       db.selectNoFrom([
         db.selectFrom('enrollments').select('doc').where('instance_id', '=', p(0)).where('registration_id_key', '=', p(1)).as('enrollment_doc'),
         db.selectFrom('registrations').select('doc').where('instance_id', '=', p(0)).where('registration_id_key', '=', p(1)).as('registration_doc'),
+        db
+          .selectFrom('enrollment_groups')
+          .select('doc')
+          .where('instance_id', '=', p(0))
+          .where('group_id_key', '=', db.selectFrom('registrations').select('group_id_key').where('instance_id', '=', p(0)).where('registration_id_key', '=', p(1)))
+          .as('group_doc'),
       ]),
     ),
     linkedHubs: compileHot((p) => db.selectFrom('linked_hubs').select('doc').where('instance_id', '=', p(0)).orderBy('name_key')),

@@ -988,8 +988,8 @@ export class KyselyStore implements Store {
   async getEnrollmentAndRegistration(
     instanceId: string,
     registrationId: string,
-  ): Promise<{ enrollment: StoredEnrollment | undefined; registration: StoredRegistration | undefined }> {
-    const { rows } = await runHot<{ enrollment_doc: string | null; registration_doc: string | null }>(this.#db, this.#hot.enrollmentAndRegistration, [
+  ): Promise<{ enrollment: StoredEnrollment | undefined; registration: StoredRegistration | undefined; group: StoredEnrollmentGroup | undefined }> {
+    const { rows } = await runHot<{ enrollment_doc: string | null; registration_doc: string | null; group_doc: string | null }>(this.#db, this.#hot.enrollmentAndRegistration, [
       instanceId,
       lower(registrationId),
     ]);
@@ -997,6 +997,7 @@ export class KyselyStore implements Store {
     return {
       enrollment: row?.enrollment_doc == null ? undefined : parse<StoredEnrollment>(row.enrollment_doc),
       registration: row?.registration_doc == null ? undefined : parse<StoredRegistration>(row.registration_doc),
+      group: row?.group_doc == null ? undefined : parse<StoredEnrollmentGroup>(row.group_doc),
     };
   }
 

@@ -471,11 +471,14 @@ export interface Store {
   getOperationUnlessFenced(instanceId: string, operationId: string, probe: FenceProbe): Promise<Unfenced<'operation', StoredOperation>>;
   getEnrollmentUnlessFenced(instanceId: string, registrationId: string, probe: FenceProbe): Promise<Unfenced<'enrollment', StoredEnrollment>>;
   getEnrollmentGroupUnlessFenced(instanceId: string, groupId: string, probe: FenceProbe): Promise<Unfenced<'group', StoredEnrollmentGroup>>;
-  /** A device's first two reads as one (issue 11): its individual enrollment and its registration record, if any. */
+  /**
+   * A device's first reads as one (issue 11): its individual enrollment and its registration record, if any, and the
+   * enrollment group that record names (`group`, undefined when it names none or the group is gone).
+   */
   getEnrollmentAndRegistration(
     instanceId: string,
     registrationId: string,
-  ): Promise<{ enrollment: StoredEnrollment | undefined; registration: StoredRegistration | undefined }>;
+  ): Promise<{ enrollment: StoredEnrollment | undefined; registration: StoredRegistration | undefined; group: StoredEnrollmentGroup | undefined }>;
   /** Lifts every fence of a request; returns how many. */
   deleteEraseFences(instanceId: string, requestId: string): Promise<number>;
   /**

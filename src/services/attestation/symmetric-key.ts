@@ -23,8 +23,8 @@ export async function authenticateSymmetricKey(
   if (token.resource.toLowerCase() !== `${instance.idScope}/registrations/${registrationId}`.toLowerCase()) throw unauthorized();
   if (token.keyName !== undefined && token.keyName !== 'registration') throw unauthorized();
   const store = deps.store;
-  // One statement for both reads (issue 11: one round trip on PostgreSQL).
-  const { enrollment: individual, registration: previous } = await store.getEnrollmentAndRegistration(instance.id, registrationId);
+  // One statement for the reads (issue 11: one round trip on PostgreSQL), the group the record names among them.
+  const { enrollment: individual, registration: previous, group: named } = await store.getEnrollmentAndRegistration(instance.id, registrationId);
   // Each match is one literal, not `{ ...base, … }`: fields added to a spread's copy cost a hidden class per object on
   // this V8 (see audit-log.ts `event`).
   if (individual !== undefined) {
@@ -45,7 +45,7 @@ export async function authenticateSymmetricKey(
       runtimeContext: { symmetricKey: {} },
     };
   }
-  const group = await deps.groups.match(instance.id, registrationId, token, previous?.enrollmentGroupId);
+  const group = await deps.groups.match(instance.id, registrationId, token, previous?.enrollmentGroupId === undefined ? undefined : { groupId: previous.enrollmentGroupId, read: named });
   if (group === undefined || group.attestation.type !== 'symmetricKey') throw unauthorized();
   const { primaryKey, secondaryKey } = group.attestation.symmetricKey;
   return {

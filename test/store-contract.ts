@@ -1215,6 +1215,29 @@ export function runStoreContract(name: string, open: () => Promise<Store>): void
         assert.deepEqual(await store.getOperationUnlessFenced(a.id, 'op-together', wide), { fence: await store.findEraseFence(a.id, wide) });
       });
 
+      test("a poll's rate token and its read at once: the read only when a token was taken, from the bucket takeRateToken uses", async () => {
+        const polled = operation('op-token', 'dev-token', 'assigned', '2024-01-01T00:00:01.0000000Z');
+        await store.putOperation(a.id, polled);
+        const probe = { registrationIds: ['dev-token'], deviceIds: ['dev-token'] };
+        const t0 = 1_700_000_000_000;
+        const token = (nowMs: number) => ({ bucketKey: 'poll-token', ratePerSecond: 1, burst: 2, nowMs });
+        assert.deepEqual(await store.takeRateTokenAndGetOperationUnlessFenced(token(t0), a.id, 'op-token', probe), { taken: true, operation: polled });
+        assert.deepEqual(await store.takeRateTokenAndGetOperationUnlessFenced(token(t0), a.id, 'op-absent', probe), { taken: true });
+        // The burst is spent: nothing is read, and the refusal took nothing (a second later, one token is back).
+        assert.deepEqual(await store.takeRateTokenAndGetOperationUnlessFenced(token(t0), a.id, 'op-token', probe), { taken: false });
+        assert.equal(await store.takeRateToken('poll-token', 1, 2, t0 + 500), false, 'the same bucket as takeRateToken');
+        assert.deepEqual(await store.takeRateTokenAndGetOperationUnlessFenced(token(t0 + 1000), a.id, 'op-token', probe), { taken: true, operation: polled });
+        // A fence answers alone, as getOperationUnlessFenced does, for a device's own probe and a wider one.
+        await store.putEraseFences(a.id, [{ kind: 'registrationId', id: 'DEV-TOKEN', requestId: 'req-token', subjectHash: 'hash-token' }]);
+        const fenced = await store.takeRateTokenAndGetOperationUnlessFenced(token(t0 + 3000), a.id, 'op-token', probe);
+        assert.deepEqual(fenced, { taken: true, fence: await store.findEraseFence(a.id, probe) });
+        assert.equal(fenced.fence?.requestId, 'req-token');
+        const wide = { registrationIds: ['other', 'dev-token'], deviceIds: ['x'] };
+        assert.deepEqual(await store.takeRateTokenAndGetOperationUnlessFenced(token(t0 + 5000), a.id, 'op-token', wide), { taken: true, fence: await store.findEraseFence(a.id, wide) });
+        assert.deepEqual(await store.takeRateTokenAndGetOperationUnlessFenced(token(t0 + 5000), b.id, 'op-token', { registrationIds: ['dev-token'] }), { taken: true }, 'another instance');
+        assert.deepEqual(await store.takeRateTokenAndGetOperationUnlessFenced(token(t0 + 5000), a.id, 'op-token', probe), { taken: false });
+      });
+
       test("a registration's enrollment or group unless fenced, as each read alone answers, case-insensitively, per instance", async () => {
         const probe = { registrationIds: ['Admitted'], deviceIds: ['admitted'], groupIds: ['Line-4'] };
         assert.deepEqual(await store.getEnrollmentGroupUnlessFenced(a.id, 'line-4', probe), {});

@@ -302,10 +302,16 @@ export class RegistrationService {
       proven = { instanceId: match.instance.id, registrationId: match.registrationId, probe: fenceProbe(match) };
     }
     const { instanceId, registrationId, probe } = proven;
-    await this.#throttling(request.transport, 'poll', () => this.#pollLimiter.take(`${instanceId}/${idKey(registrationId)}`));
+    const store = this.#deps.store;
     // The fence and the operation are read from the store on every poll (one statement): an erase (from any node) is
-    // seen at once.
-    const { fence, operation } = await this.#deps.store.getOperationUnlessFenced(instanceId, request.operationId, probe);
+    // seen at once. Where the poll budget lives in the store (several nodes), its token is taken in that statement.
+    const { fence, operation } = await this.#throttling(request.transport, 'poll', () =>
+      this.#pollLimiter.takeWith(`${instanceId}/${idKey(registrationId)}`, async (token) => {
+        if (token === undefined) return { taken: true, value: await store.getOperationUnlessFenced(instanceId, request.operationId, probe) };
+        const { taken, ...value } = await store.takeRateTokenAndGetOperationUnlessFenced(token, instanceId, request.operationId, probe);
+        return { taken, value };
+      }),
+    );
     if (fence !== undefined) throw fenceRefusal(fence);
     if (operation === undefined || idKey(operation.registrationId) !== idKey(registrationId)) {
       throw new ProvisioningError('OperationNotFound', `Operation '${request.operationId}' was not found for '${request.registrationId}'.`);
@@ -436,9 +442,9 @@ export class RegistrationService {
   }
 
   /** A rate limit's refusal, counted for the metrics and passed on. */
-  async #throttling(transport: Transport, operation: 'register' | 'poll' | 'statusLookup', take: () => Promise<void>): Promise<void> {
+  async #throttling<T>(transport: Transport, operation: 'register' | 'poll' | 'statusLookup', take: () => Promise<T>): Promise<T> {
     try {
-      await take();
+      return await take();
     } catch (error) {
       if (error instanceof ProvisioningError && error.httpStatus === 429) this.#deps.observer?.throttled(transport, operation);
       throw error;

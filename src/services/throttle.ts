@@ -1,5 +1,5 @@
 import { ProvisioningError } from '../domain/errors.js';
-import type { Store } from '../store/store.js';
+import type { RateToken, Store } from '../store/store.js';
 
 /**
  * Token buckets keyed by whatever is limited (an instance's registrations, a device's polls): `ratePerSecond`
@@ -14,6 +14,12 @@ import type { Store } from '../store/store.js';
 export interface RateLimiter {
   /** Takes one token or throws Throttled. A rate of 0 means unlimited. */
   take(key: string): Promise<void>;
+  /**
+   * Takes one token and reads: `read` gets the token to take in its own statement where the buckets live in the store
+   * (one round trip for both, issue 11) and answers whether it was taken; otherwise the token is taken first (or
+   * none is needed) and `read` gets undefined. Throws Throttled, whatever was read, when no token was taken.
+   */
+  takeWith<T>(key: string, read: (token: RateToken | undefined) => Promise<{ taken: boolean; value: T }>): Promise<T>;
 }
 
 export function createRateLimiter(ratePerSecond: number, store: Store, now: () => number = Date.now): RateLimiter {
@@ -44,6 +50,11 @@ export class MemoryRateLimiter implements RateLimiter {
     } catch (error) {
       return Promise.reject(error as Error);
     }
+  }
+
+  async takeWith<T>(key: string, read: (token: RateToken | undefined) => Promise<{ taken: boolean; value: T }>): Promise<T> {
+    this.#take(key);
+    return (await read(undefined)).value;
   }
 
   #take(key: string): void {
@@ -87,7 +98,18 @@ export class StoreRateLimiter implements RateLimiter {
   async take(key: string): Promise<void> {
     if (this.#ratePerSecond === 0) return;
     if (await this.#store.takeRateToken(this.#prefix + key, this.#ratePerSecond, this.#burst, this.#now())) return;
-    throw throttled(Math.max(1, Math.ceil(1 / this.#ratePerSecond)));
+    throw this.#throttled();
+  }
+
+  async takeWith<T>(key: string, read: (token: RateToken | undefined) => Promise<{ taken: boolean; value: T }>): Promise<T> {
+    if (this.#ratePerSecond === 0) return (await read(undefined)).value;
+    const { taken, value } = await read({ bucketKey: this.#prefix + key, ratePerSecond: this.#ratePerSecond, burst: this.#burst, nowMs: this.#now() });
+    if (!taken) throw this.#throttled();
+    return value;
+  }
+
+  #throttled(): ProvisioningError {
+    return throttled(Math.max(1, Math.ceil(1 / this.#ratePerSecond)));
   }
 }
 

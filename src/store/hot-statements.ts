@@ -189,6 +189,8 @@ export function storeStatements(db: Kysely<Database>) {
   return {
     /** A fence check and the read it guards, one statement each (below). */
     fencedReads: fencedReadStatements(db),
+    /** Arguments: bucket key, rate per second, burst, now (ms). */
+    takeRateToken: compileHot((p) => rateTokenTake(db, p(0), p(1), p(2), p(3))),
     instanceById: compileHot((p) => db.selectFrom('instances').select('doc').where('id', '=', p(0))),
     instanceByIdScope: compileHot((p) => db.selectFrom('instances').select('doc').where('id_scope_key', '=', p(0))),
     /** Every service-API request's instance, by the host name its token names (and by its Host header). */
@@ -366,6 +368,29 @@ export function parseProbeFence(fence: string): { subject_kind: string; doc: str
   return { subject_kind: fence.slice(0, at), doc: fence.slice(at + FENCE_SEPARATOR.length) };
 }
 
+/**
+ * Takes one token from a rate-limit bucket in one statement (services/throttle.ts `StoreRateLimiter`): a new bucket
+ * starts full; an existing one is refilled for the time since its last take (never negative, should node clocks
+ * disagree), capped at the burst, and loses a token only if it holds one. A row is written (inserted or updated) only
+ * when a token was taken.
+ */
+function rateTokenTake(db: Kysely<Database>, bucketKey: string, ratePerSecond: string, burst: string, nowMs: string) {
+  const rate = sql<number>`cast(${ratePerSecond} as double precision)`;
+  const full = sql<number>`cast(${burst} as double precision)`;
+  const now = sql<number>`cast(${nowMs} as bigint)`;
+  const elapsed = sql<number>`(case when ${now} > rate_limits.at_ms then ${now} - rate_limits.at_ms else 0 end)`;
+  const refilled = sql<number>`(case when rate_limits.tokens + ${elapsed} * ${rate} / 1000.0 > ${full} then ${full} else rate_limits.tokens + ${elapsed} * ${rate} / 1000.0 end)`;
+  return db
+    .insertInto('rate_limits')
+    .values({ bucket_key: bucketKey, tokens: sql<number>`${full} - 1`, at_ms: now })
+    .onConflict((oc) =>
+      oc
+        .column('bucket_key')
+        .doUpdateSet({ tokens: sql<number>`${refilled} - 1`, at_ms: sql<number>`(case when ${now} > rate_limits.at_ms then ${now} else rate_limits.at_ms end)` })
+        .where(sql<boolean>`${refilled} >= 1`),
+    );
+}
+
 /** The shared config counter's value, 0 before the first config write. */
 function configVersion(db: Kysely<Database>) {
   return db
@@ -466,8 +491,24 @@ export type HubStatements = ReturnType<typeof hubStatements>;
 function fencedReadStatements(db: Kysely<Database>) {
   const guarded = (p: (index: number) => string, row: SelectQueryBuilder<Database, keyof Database, { doc: string }>) =>
     db.selectNoFrom([fenceOfProbe(db, p(0), [p(2), p(3), p(4)]).as('fence'), row.as('doc')]);
+  const operationRow = (p: (index: number) => string) => db.selectFrom('operations').select('doc').where('instance_id', '=', p(0)).where('operation_id', '=', p(1));
   return {
-    operation: compileHot((p) => guarded(p, db.selectFrom('operations').select('doc').where('instance_id', '=', p(0)).where('operation_id', '=', p(1)))),
+    operation: compileHot((p) => guarded(p, operationRow(p))),
+    /**
+     * PostgreSQL: a poll's rate-limit token ({@link rateTokenTake}, arguments 5–8) taken in the statement that reads its
+     * fence and operation — one round trip for both (issue 11). The take is a data-modifying CTE, run exactly once
+     * whatever the select reads; `taken` says whether it took a token. (SQLite allows no write in a CTE; its buckets
+     * live in memory anyway.)
+     */
+    operationAfterRateToken: compileHot((p) =>
+      db
+        .with('take', () => rateTokenTake(db, p(5), p(6), p(7), p(8)).returning(sql<number>`1`.as('one')))
+        .selectNoFrom([
+          fenceOfProbe(db, p(0), [p(2), p(3), p(4)]).as('fence'),
+          operationRow(p).as('doc'),
+          sql<boolean>`exists (select 1 from ${sql.table('take')})`.as('taken'),
+        ]),
+    ),
     enrollment: compileHot((p) =>
       guarded(p, db.selectFrom('enrollments').select('doc').where('instance_id', '=', p(0)).where('registration_id_key', '=', p(1))),
     ),

@@ -38,6 +38,7 @@ import type {
   SubjectIds,
   OutboxEvent,
   StoreTable,
+  RateToken,
 } from './store.js';
 
 type Db = Kysely<Database> | Transaction<Database>;
@@ -949,6 +950,38 @@ export class KyselyStore implements Store {
     return fence !== undefined ? { fence } : doc === undefined ? {} : { operation: doc };
   }
 
+  async takeRateTokenAndGetOperationUnlessFenced(
+    token: RateToken,
+    instanceId: string,
+    operationId: string,
+    probe: FenceProbe,
+  ): Promise<{ taken: boolean } & Unfenced<'operation', StoredOperation>> {
+    const keys = deviceProbeKeys(probe);
+    // One statement on PostgreSQL for a device's own probe; SQLite writes no rows in a CTE (and keeps its buckets in
+    // memory: nothing calls this there but the contract), so there, and for a wider probe, the take and then the read.
+    if (keys === undefined || this.#sqlite) {
+      if (!(await this.takeRateToken(token.bucketKey, token.ratePerSecond, token.burst, token.nowMs))) return { taken: false };
+      return { taken: true, ...(await this.getOperationUnlessFenced(instanceId, operationId, probe)) };
+    }
+    const [registrationKey, deviceKey, groupKey] = keys;
+    const { rows } = await runHot<{ fence: string | null; doc: string | null; taken: boolean }>(this.#db, this.#hot.fencedReads.operationAfterRateToken, [
+      instanceId,
+      operationId,
+      registrationKey,
+      deviceKey,
+      groupKey,
+      token.bucketKey,
+      token.ratePerSecond,
+      token.burst,
+      token.nowMs,
+    ]);
+    const row = rows[0];
+    // A refused take answers nothing else: the caller throttles, as it would have before reading.
+    if (row?.taken !== true) return { taken: false };
+    if (row.fence != null) return { taken: true, fence: fenceOf(parseProbeFence(row.fence)) };
+    return row.doc == null ? { taken: true } : { taken: true, operation: parse<StoredOperation>(row.doc) };
+  }
+
   async getEnrollmentUnlessFenced(instanceId: string, registrationId: string, probe: FenceProbe): Promise<Unfenced<'enrollment', StoredEnrollment>> {
     const { fence, doc } = await this.#readUnlessFenced(this.#hot.fencedReads.enrollment, instanceId, lower(registrationId), probe, () =>
       this.getEnrollment(instanceId, registrationId),
@@ -1369,23 +1402,8 @@ export class KyselyStore implements Store {
   // ---- state shared by every node
 
   async takeRateToken(bucketKey: string, ratePerSecond: number, burst: number, nowMs: number): Promise<boolean> {
-    // One statement: a new bucket starts full; an existing one is refilled for the time since its last take (never
-    // negative, should node clocks disagree), capped at the burst, and loses a token only if it holds one.
-    const rate = sql<number>`cast(${ratePerSecond} as double precision)`;
-    const now = sql<number>`cast(${nowMs} as bigint)`;
-    const elapsed = sql<number>`(case when ${now} > rate_limits.at_ms then ${now} - rate_limits.at_ms else 0 end)`;
-    const refilled = sql<number>`(case when rate_limits.tokens + ${elapsed} * ${rate} / 1000.0 > ${burst} then cast(${burst} as double precision) else rate_limits.tokens + ${elapsed} * ${rate} / 1000.0 end)`;
-    const result = await this.#db
-      .insertInto('rate_limits')
-      .values({ bucket_key: bucketKey, tokens: burst - 1, at_ms: nowMs })
-      .onConflict((oc) =>
-        oc
-          .column('bucket_key')
-          .doUpdateSet({ tokens: sql<number>`${refilled} - 1`, at_ms: sql<number>`(case when ${now} > rate_limits.at_ms then ${now} else rate_limits.at_ms end)` })
-          .where(sql<boolean>`${refilled} >= 1`),
-      )
-      .executeTakeFirst();
-    return changed(result);
+    // One statement, compiled once (it runs on every registration and poll of a cluster): hot-statements.ts rateTokenTake.
+    return (await hotWrite(this.#db, this.#hot.takeRateToken, [bucketKey, ratePerSecond, burst, nowMs])) > 0;
   }
 
   async claimLease(name: string, owner: string, ttlMs: number, nowMs: number): Promise<boolean> {

@@ -278,6 +278,14 @@ export interface FenceProbe {
 }
 
 /** A read an erase fence guards: the fence that stands (and nothing else), or what was read under the name `K`. */
+/** One token to take from a shared bucket ({@link Store.takeRateToken}'s arguments). */
+export interface RateToken {
+  bucketKey: string;
+  ratePerSecond: number;
+  burst: number;
+  nowMs: number;
+}
+
 export type Unfenced<K extends string, T> = { fence?: Pick<EraseFence, 'kind' | 'requestId' | 'subjectHash'> } & { [name in K]?: T };
 
 export interface Page<T> {
@@ -499,6 +507,11 @@ export interface Store {
    * one statement; false when the bucket holds less than one token. `nowMs` is the caller's clock.
    */
   takeRateToken(bucketKey: string, ratePerSecond: number, burst: number, nowMs: number): Promise<boolean>;
+  /**
+   * A poll's token and its read at once (issue 11: one statement on PostgreSQL for a device's own probe): `taken` as
+   * {@link takeRateToken} answers, and only when it was taken, what {@link getOperationUnlessFenced} answers.
+   */
+  takeRateTokenAndGetOperationUnlessFenced(token: RateToken, instanceId: string, operationId: string, probe: FenceProbe): Promise<{ taken: boolean } & Unfenced<'operation', StoredOperation>>;
   /** Takes the named lease for `owner` until `nowMs + ttlMs` if it is free, expired or already `owner`'s. */
   claimLease(name: string, owner: string, ttlMs: number, nowMs: number): Promise<boolean>;
   /** Extends a lease `owner` holds; false when it lost it (expired and taken by another). */

@@ -45,14 +45,15 @@ async function counting<T>(work: () => Promise<T>): Promise<{ result: T; roundTr
 }
 
 /**
- * Register + poll over HTTPS on the built-in hub, symmetric-key group, rate limits on as by default (one query each for
- * the register and the poll). Main before issue 11's session 20 sent 32 for a first registration and 27 for a
+ * Register + poll over HTTPS on the built-in hub, symmetric-key group, rate limits on as by default (the register's
+ * token is a query of its own, the poll's travels in its operation read). Main before issue 11's session 20 sent 32 for a first registration and 27 for a
  * re-registration, counted the same way; session 22 (a device write and its erase-fence check as one statement, the
- * symmetric-key group lookup's two reads as one) brought them to 20 and 14. A change that adds a round trip to every
- * registration fails here.
+ * symmetric-key group lookup's two reads as one) brought them to 20 and 14; session 25 (the record's group read with
+ * the enrollment and record, the record read in the device lock's round trip, the poll's rate token taken in its
+ * operation read) to 17 and 10. A change that adds a round trip to every registration fails here.
  */
-const FIRST_REGISTRATION_ROUND_TRIPS = 20;
-const RE_REGISTRATION_ROUND_TRIPS = 14;
+const FIRST_REGISTRATION_ROUND_TRIPS = 17;
+const RE_REGISTRATION_ROUND_TRIPS = 10;
 /** The outbox sweep or the operations purge can land a query inside a counted window; never take one away. */
 const BACKGROUND_SLACK = 2;
 
@@ -369,6 +370,46 @@ describe('the per-device lock', () => {
       await dialect.close?.();
       await dialect.db.destroy();
     }
+  });
+
+  test("a registration's turn reads the device's record with its lock, in the lock's round trip, after the holder before it", async () => {
+    // Two nodes: each holder writes the record the next one must see; a read taken before the lock was granted would
+    // see the one before (the lost update the lock exists to prevent).
+    const nodes = await Promise.all([0, 1].map(async () => (await openStore(loadConfig({ flags: { store: url, storePoolSize: 2 } }))).store));
+    const record = (n: number): StoredRegistration => ({
+      registrationId: 'Locked-Dev',
+      createdDateTimeUtc: '2026-12-03T10:00:00.0000000Z',
+      lastUpdatedDateTimeUtc: '2026-12-03T10:00:00.0000000Z',
+      status: 'assigned',
+      assignedHub: 'hub.example.net',
+      deviceId: 'locked-dev',
+      etag: `"${n}"`,
+      attestationType: 'symmetricKey',
+    });
+    try {
+      const seen: Array<string | undefined> = [];
+      const counted = await counting(() =>
+        Promise.all(
+          Array.from({ length: 8 }, (_, n) =>
+            (nodes[n % 2] as Store).withRegistrationLock('device/instance-l/locked-dev', 'instance-l', 'LOCKED-DEV', async (previous) => {
+              seen.push(previous?.etag);
+              await new Promise((resolve) => setTimeout(resolve, 3));
+              await (nodes[n % 2] as Store).putRegistration('instance-l', record(seen.length));
+            }),
+          ),
+        ),
+      );
+      // Each turn saw exactly what the turn before it wrote: the first none, then "1", "2", …
+      assert.deepEqual(seen, [undefined, ...Array.from({ length: 7 }, (_, i) => `"${i + 1}"`)]);
+      const locks = counted.texts.filter((text) => /select pg_advisory_lock/.test(text));
+      assert.equal(locks.length, 8, counted.texts.join('\n'));
+      for (const text of locks) assert.match(text, /select pg_advisory_lock[^;]*;\s*select "doc" from "registrations"/s);
+      assert.equal(counted.texts.filter((text) => /^select "doc" from "registrations"/.test(text)).length, 0, 'no read of its own');
+    } finally {
+      for (const node of nodes) await node.close();
+    }
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    assert.equal(await free('device/instance-l/locked-dev'), true);
   });
 
   test('two holders of one name never overlap, on one node or two', async () => {

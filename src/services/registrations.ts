@@ -175,11 +175,15 @@ export class RegistrationService {
     // The record this request's own authentication just read is still the device's when nothing can have written it
     // since: one writer (SQLite, this process), no registration of the device queued here, and none finished since
     // before that read (its bucket's epoch unchanged). A sign-in proof's match carries what the connection read at
-    // sign-in: read again. Otherwise the record is read in the device's turn.
+    // sign-in: read again. Otherwise the record is read in the device's turn, as its lock is taken (on PostgreSQL in
+    // the lock's own round trip).
     const unchanged =
       this.#deps.store.capabilities.singleWriter && !provedMatches.has(match) && !this.#deviceQueues.has(deviceKey) && this.#recordEpochs[recordBucket] === recordEpoch;
-    const current = unchanged ? { previous: match.previous } : undefined;
-    const work = this.#serialized(deviceKey, () => this.#assign(match, operation, request.payload, request.transport, csr, acknowledged, current));
+    const assign = (current: { previous: StoredRegistration | undefined }) => this.#assign(match, operation, request.payload, request.transport, csr, acknowledged, current);
+    const store = this.#deps.store;
+    const work = this.#serialized(deviceKey, (lock) =>
+      unchanged ? store.withLock(lock, () => assign({ previous: match.previous })) : store.withRegistrationLock(lock, matched.id, match.registrationId, (previous) => assign({ previous })),
+    );
     // (A rejected assignment is the race's below to report; this only counts the finished ones.)
     void work.then(
       (result) => {
@@ -421,8 +425,8 @@ export class RegistrationService {
       if (batch.length === 0) break;
       for (const intent of batch) {
         seen.add(intent.operationId);
-        const outcome = await this.#serialized(`${intent.instanceId}/${idKey(intent.registrationId)}`, async () =>
-          this.#inFlight.has(intent.operationId) ? 'finished' : settleIntent(this.#deps, intent.instanceId, intent),
+        const outcome = await this.#serialized(`${intent.instanceId}/${idKey(intent.registrationId)}`, (lock) =>
+          this.#deps.store.withLock(lock, async () => (this.#inFlight.has(intent.operationId) ? 'finished' : settleIntent(this.#deps, intent.instanceId, intent))),
         ).catch((error: unknown): IntentOutcome => {
           this.#deps.logger.error({ err: error, operationId: intent.operationId }, 'settling a registration intent failed; retried by the next sweep');
           return 'unreachable';
@@ -467,9 +471,9 @@ export class RegistrationService {
    * of a shared database by the store's lock on the device (PostgreSQL advisory lock), so two nodes never create two
    * hub identities or two records for one device. The queue keeps this node to one lock (one connection) per device.
    */
-  #serialized<T>(key: string, work: () => Promise<T>): Promise<T> {
+  #serialized<T>(key: string, work: (lock: string) => Promise<T>): Promise<T> {
     const previous = this.#deviceQueues.get(key) ?? Promise.resolve();
-    const locked = () => this.#deps.store.withLock(`device/${key}`, work);
+    const locked = () => work(`device/${key}`);
     const next = previous.then(locked, locked);
     const settled = next.then(
       () => undefined,
@@ -493,7 +497,7 @@ export class RegistrationService {
     transport: Transport,
     csr: CheckedCsr | undefined,
     acknowledged: Acknowledgement,
-    current: { previous: StoredRegistration | undefined } | undefined,
+    current: { previous: StoredRegistration | undefined },
   ): Promise<AssignmentResult> {
     this.#inFlight.add(operation.operationId);
     try {
@@ -513,8 +517,8 @@ export class RegistrationService {
     transport: Transport,
     csr: CheckedCsr | undefined,
     acknowledged: Acknowledgement,
-    /** The device's record as of now, when register() knows it; else read here, in the device's turn. */
-    current: { previous: StoredRegistration | undefined } | undefined,
+    /** The device's record as of now: register()'s own read when nothing can have changed it, else read as the lock was taken. */
+    current: { previous: StoredRegistration | undefined },
   ): Promise<AssignmentResult> {
     const { instance } = match;
     const store = this.#deps.store;
@@ -522,7 +526,7 @@ export class RegistrationService {
     const intent: { written?: RegistrationIntent } = {};
     /** Log entries of the hub writes: written with the outcome, in its transaction (one commit per registration). */
     const hubWrites: AuditEvent[] = [];
-    const previous = current !== undefined ? current.previous : await store.getRegistration(instance.id, match.registrationId);
+    const { previous } = current;
     const enrollment = match.enrollment.doc;
     const now = dpsTimestamp(this.#deps.now());
     const base = startAttempt(previous, {

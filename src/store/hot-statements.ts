@@ -96,11 +96,7 @@ export abstract class StatementsCompiledOnce {
 
 /** Runs a compiled statement on `db` (the store's root or its transaction) with `args` in the marked positions. */
 export function runHot<Row>(db: Kysely<Database>, statement: HotStatement, args: readonly unknown[]): Promise<QueryResult<Row>> {
-  const parameters = new Array<unknown>(statement.slots.length);
-  for (let i = 0; i < parameters.length; i += 1) {
-    const slot = statement.slots[i];
-    parameters[i] = typeof slot === 'number' ? args[slot] : slot?.value;
-  }
+  const parameters = bindHot(statement, args);
   const executor = db.getExecutor();
   const connection = directSqlite(db);
   // SQLite, directly on its one connection when that is safe without Kysely's connection mutex: inside a transaction,
@@ -123,6 +119,16 @@ export function runHot<Row>(db: Kysely<Database>, statement: HotStatement, args:
   // The plugins' per-execution hook (Kysely calls it when it compiles a query; this one was compiled once).
   executor.transformQuery(statement.query, queryId);
   return executor.executeQuery<Row>({ sql: statement.sql, parameters, query: statement.query, queryId });
+}
+
+/** A compiled statement's parameters: `args` in the marked positions, the statement's constants elsewhere. */
+export function bindHot(statement: HotStatement, args: readonly unknown[]): unknown[] {
+  const parameters = new Array<unknown>(statement.slots.length);
+  for (let i = 0; i < parameters.length; i += 1) {
+    const slot = statement.slots[i];
+    parameters[i] = typeof slot === 'number' ? args[slot] : slot?.value;
+  }
+  return parameters;
 }
 
 /** A direct statement seen by the plugins as Kysely would show it: transformQuery before, transformResult after. */

@@ -2,14 +2,14 @@ import type BetterSqlite3 from 'better-sqlite3';
 import { Kysely, Migrator, sql, type SelectQueryBuilder, type Transaction } from 'kysely';
 import { ProvisioningError } from '../domain/errors.js';
 import { auditClassOf, type AuditClass, type AuditOutcome } from '../domain/audit-class.js';
-import type { DialectCapabilities } from './dialects/dialect.js';
+import type { DialectCapabilities, LockRunner } from './dialects/dialect.js';
 import { SQLITE_CAPABILITIES } from './dialects/sqlite.js';
 import type { StoredEnrollment, StoredEnrollmentGroup } from '../domain/enrollment.js';
 import { certificateThumbprints } from '../domain/enrollment.js';
 import type { Filter } from '../domain/query.js';
 import { KyselyHubStore, type BuiltInHubStore } from './hub-store.js';
 import { CONFIG_COUNTER, configCacheOf, type ConfigCache } from './config-cache.js';
-import { deferredWrite, directSqlite, hotDoc, hotWrite, NO_KEY, parseProbeFence, type HotStatement, runHot, storeStatements, type StoreStatements } from './hot-statements.js';
+import { bindHot, deferredWrite, directSqlite, hotDoc, hotWrite, NO_KEY, parseProbeFence, type HotStatement, runHot, storeStatements, type StoreStatements } from './hot-statements.js';
 import { AUDIT_ROW_COLUMNS, bulkStatementsOf, ENROLLMENT_ROW_COLUMNS } from './bulk-statements.js';
 import { AUDIT_PAGE_FILTERS, type AuditPageFilter, paddedKeys, subjectStatementsOf, type SubjectStatements } from './subject-statements.js';
 import { migrationProvider } from './migrations.js';
@@ -136,7 +136,7 @@ function probeKeys(probe: FenceProbe) {
 export interface KyselyStoreOptions {
   capabilities: DialectCapabilities;
   /** Cross-node locks (PostgreSQL advisory locks on their own connections); absent on a single-writer dialect. */
-  withLock?: <T>(name: string, work: () => Promise<T>) => Promise<T>;
+  withLock?: LockRunner;
   /** Closes what the dialect opened besides the Kysely instance (the lock connections). */
   close?: () => Promise<void>;
 }
@@ -1441,7 +1441,23 @@ export class KyselyStore implements Store {
   }
 
   async withLock<T>(name: string, work: () => Promise<T>): Promise<T> {
-    return this.#options.withLock === undefined ? work() : this.#options.withLock(name, work);
+    return this.#options.withLock === undefined ? work() : this.#options.withLock(name, () => work());
+  }
+
+  async withRegistrationLock<T>(name: string, instanceId: string, registrationId: string, work: (record: StoredRegistration | undefined) => Promise<T>): Promise<T> {
+    const args = [instanceId, lower(registrationId)];
+    if (this.#options.withLock === undefined) return work(await hotDoc<StoredRegistration>(this.#db, this.#hot.registration, args));
+    // The record read travels with the lock (one round trip): not through the executor, so the plugins (the metrics'
+    // statement timer) do not see it, as they do not see the lock itself.
+    const statement = this.#hot.registration;
+    return this.#options.withLock(
+      name,
+      (rows) => {
+        const doc = rows?.[0]?.doc;
+        return work(typeof doc === 'string' ? parse<StoredRegistration>(doc) : undefined);
+      },
+      { text: statement.sql, values: bindHot(statement, args) },
+    );
   }
 
   async reclaimDeleted(tables: readonly StoreTable[]): Promise<void> {

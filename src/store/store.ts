@@ -530,6 +530,11 @@ export interface Store {
    */
   withLock<T>(name: string, work: () => Promise<T>): Promise<T>;
   /**
+   * {@link withLock}, and the device's registration record as read once the lock is held: on PostgreSQL in the lock's
+   * own round trip (issue 11), so a registration's turn costs one round trip, not two.
+   */
+  withRegistrationLock<T>(name: string, instanceId: string, registrationId: string, work: (record: StoredRegistration | undefined) => Promise<T>): Promise<T>;
+  /**
    * After an erase: reclaims the space of deleted rows in these tables so their old versions leave the table
    * files (PostgreSQL VACUUM). A no-op where deleted rows leave nothing behind (see DialectCapabilities).
    */

@@ -21,11 +21,24 @@ export interface DialectCapabilities {
   vacuumAfterErase: boolean;
 }
 
+/**
+ * Runs `work` holding the named lock. `read`, when given, is a statement run right after the lock is taken, on the
+ * lock's own connection and in the lock's round trip (issue 11): `work` gets its rows, as they were once the lock was
+ * held (a statement after the lock sees every transaction committed before the lock was granted).
+ */
+export type LockRunner = <T>(name: string, work: (rows: readonly Record<string, unknown>[] | undefined) => Promise<T>, read?: LockedRead) => Promise<T>;
+
+/** A statement run under a lock as it is taken: its SQL text and its bound values. */
+export interface LockedRead {
+  readonly text: string;
+  readonly values: readonly unknown[];
+}
+
 export interface OpenedDialect {
   db: Kysely<Database>;
   capabilities: DialectCapabilities;
   /** Cross-node named locks, where the dialect has them. */
-  withLock?: <T>(name: string, work: () => Promise<T>) => Promise<T>;
+  withLock?: LockRunner;
   /** Closes what the adapter opened besides `db`. */
   close?: () => Promise<void>;
 }

@@ -2,8 +2,8 @@ import { Kysely, PostgresDialect } from 'kysely';
 import pg from 'pg';
 import type { Database as Schema } from '../schema.js';
 import { isDeferredWrite, preparedStatementName } from '../hot-statements.js';
-import { runBatch, savingRoundTrips } from '../pg-round-trips.js';
-import type { DialectCapabilities, OpenedDialect } from './dialect.js';
+import { runBatch, savingRoundTrips, type BatchedStatement } from '../pg-round-trips.js';
+import type { DialectCapabilities, LockedRead, OpenedDialect } from './dialect.js';
 
 export const POSTGRES_CAPABILITIES: DialectCapabilities = Object.freeze({
   name: 'postgres',
@@ -72,21 +72,31 @@ export function openPostgresDialect(options: PostgresOptions): OpenedDialect {
       }),
     }),
     capabilities: POSTGRES_CAPABILITIES,
-    async withLock<T>(name: string, work: () => Promise<T>): Promise<T> {
+    async withLock<T>(name: string, work: (rows: readonly Record<string, unknown>[] | undefined) => Promise<T>, read?: LockedRead): Promise<T> {
       const client = await connectForLock();
-      // The previous holder's unlock, when it has not gone yet, travels in front of this lock: one round trip for both.
+      // The previous holder's unlock, when it has not gone yet, travels in front of this lock, and the read after it:
+      // one round trip for all three. The read is a statement of its own after the lock (READ COMMITTED: its snapshot
+      // is taken once the lock is granted), prepared once per connection like a hot statement.
       const unlock = pendingUnlocks.get(client);
       pendingUnlocks.delete(client);
+      let rows: readonly Record<string, unknown>[] | undefined;
       try {
-        if (unlock === undefined) await client.query({ ...LOCK, values: [name] });
-        else await runBatch(client, [{ ...UNLOCK, values: [unlock] }, { ...LOCK, values: [name] }]);
+        const statements: BatchedStatement[] = [];
+        if (unlock !== undefined) statements.push({ ...UNLOCK, values: [unlock] });
+        statements.push({ ...LOCK, values: [name] });
+        if (read !== undefined) statements.push({ name: preparedStatementName(read.text), text: read.text, values: read.values });
+        if (statements.length === 1) await client.query({ ...LOCK, values: [name] });
+        else {
+          const result = await runBatch(client, statements);
+          if (read !== undefined) rows = result.rows as Record<string, unknown>[];
+        }
       } catch (error) {
         // Destroyed: closing the session releases whatever it held.
         client.release(error instanceof Error ? error : new Error(String(error)));
         throw error;
       }
       try {
-        return await work();
+        return await work(rows);
       } finally {
         // The unlock is not awaited here: it goes with the connection's next lock when a registration is waiting for
         // one (under load, at once), else alone at the next turn of the event loop. Either way before any later

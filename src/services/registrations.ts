@@ -9,14 +9,14 @@ import {
 } from '../domain/enrollment.js';
 import { ProvisioningError } from '../domain/errors.js';
 import { newEtag } from '../domain/etag.js';
-import { idKey, newOperationId } from '../domain/ids.js';
+import { idKey, isValidId, newOperationId } from '../domain/ids.js';
 import { renderDeviceRegistration, settle, startAttempt, type TerminalState } from '../domain/registration.js';
 import { decideReprovision } from '../domain/reprovision.js';
 import { dpsTimestamp } from '../domain/time.js';
 import { HubError, type HubClient, type HubClientFactory, type HubTwinContent } from '../hubs/hub-client.js';
 import type { Substatus } from '../domain/wire.js';
 import { committerFor, type Committer, type GroupCommitOptions } from '../store/group-commit.js';
-import type { AuditEvent, FenceProbe, InstanceRecord, LinkedHubRecord, RegistrationIntent, Store, StoredOperation, StoredRegistration } from '../store/store.js';
+import type { AuditEvent, DeviceReads, FenceProbe, InstanceRecord, LinkedHubRecord, RegistrationIntent, Store, StoredOperation, StoredRegistration } from '../store/store.js';
 import { settleIntent, type IntentOutcome } from './registration-intents.js';
 import { callAllocationWebhook, type WebhookExchange } from './custom-allocation.js';
 import type { ServiceDeps } from './deps.js';
@@ -146,8 +146,15 @@ export class RegistrationService {
     try {
       // Authenticate first: the instance's registration budget is spent only by devices that proved who they are.
       match = await this.#refused.guard(request.source, async () => {
-        instance = await this.#instance(request.idScope);
-        return proven !== undefined && proven.instance.id === instance.id ? provedMatch(Object.assign({}, proven, { instance })) : this.#authenticate(instance, request);
+        // A sign-in proof needs only the instance; a request judged in full reads it with the device's reads.
+        if (proven !== undefined) {
+          instance = await this.#instance(request.idScope);
+          if (proven.instance.id === instance.id) return provedMatch(Object.assign({}, proven, { instance }));
+          return this.#authenticate(instance, request);
+        }
+        const device = await this.#device(request);
+        instance = device.instance;
+        return this.#authenticate(device.instance, request, device.reads);
       });
       const instanceId = match.instance.id;
       await this.#throttling(request.transport, 'register', () => this.#registrationLimiter.take(instanceId));
@@ -358,8 +365,9 @@ export class RegistrationService {
     let instance: InstanceRecord | undefined;
     try {
       const match = await this.#refused.guard(request.source, async () => {
-        instance = await this.#instance(request.idScope);
-        return this.#authenticate(instance, request);
+        const device = await this.#device(request);
+        instance = device.instance;
+        return this.#authenticate(device.instance, request, device.reads);
       });
       return DeviceProof.of(request, match);
     } catch (error) {
@@ -442,7 +450,10 @@ export class RegistrationService {
    * budget of the device it names. Refused attempts are counted by source address instead.
    */
   #authenticated(request: DeviceRequest): Promise<DeviceMatch> {
-    return this.#refused.guard(request.source, async () => this.#authenticate(await this.#instance(request.idScope), request));
+    return this.#refused.guard(request.source, async () => {
+      const { instance, reads } = await this.#device(request);
+      return this.#authenticate(instance, request, reads);
+    });
   }
 
   /** A rate limit's refusal, counted for the metrics and passed on. */
@@ -462,8 +473,20 @@ export class RegistrationService {
     return instance;
   }
 
-  #authenticate(instance: InstanceRecord, request: DeviceRequest): Promise<DeviceMatch> {
-    return authenticateDevice(this.#deps, instance, request.registrationId, request.credential);
+  /**
+   * The instance of the request's ID scope and, for a token (the symmetric-key and TPM token checks read them), the
+   * device's reads with it: one statement on PostgreSQL (issue 11). An unknown ID scope is a bad credential.
+   */
+  async #device(request: DeviceRequest): Promise<{ instance: InstanceRecord; reads?: DeviceReads }> {
+    // An invalid registration ID reads nothing of the device: the check refuses it after the instance's read, as ever.
+    if (request.credential.kind !== 'sas' || !isValidId(request.registrationId)) return { instance: await this.#instance(request.idScope) };
+    const found = await this.#deps.store.findDeviceByIdScope(request.idScope, request.registrationId);
+    if (found === undefined) throw unauthorized();
+    return found;
+  }
+
+  #authenticate(instance: InstanceRecord, request: DeviceRequest, reads?: DeviceReads): Promise<DeviceMatch> {
+    return authenticateDevice(this.#deps, instance, request.registrationId, request.credential, reads);
   }
 
   /**

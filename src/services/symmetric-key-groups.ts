@@ -54,7 +54,8 @@ export class SymmetricKeyGroups {
       }
     }
     const version = await this.#store.changeCounter(`groups/${instanceId}`);
-    if (cached === undefined || cached.version !== version || Date.now() - cached.at > CACHE_TTL_MS) cached = await this.#load(instanceId);
+    // (The counter just read is the one the list is loaded at: read before the list, as #load needs.)
+    if (cached === undefined || cached.version !== version || Date.now() - cached.at > CACHE_TTL_MS) cached = await this.#load(instanceId, version);
     let found = scan(cached.groups, registrationId, token);
     if (found === undefined && Date.now() - cached.at > RELOAD_AFTER_MS) {
       cached = await this.#load(instanceId);
@@ -79,9 +80,10 @@ export class SymmetricKeyGroups {
     return undefined;
   }
 
-  async #load(instanceId: string): Promise<{ groups: CachedGroup[]; at: number; version: number }> {
-    // Read before the list: a write between the two makes the next lookup load again, never miss the write.
-    const version = await this.#store.changeCounter(`groups/${instanceId}`);
+  async #load(instanceId: string, counter?: number): Promise<{ groups: CachedGroup[]; at: number; version: number }> {
+    // Read before the list (or by the caller just before): a write between the two makes the next lookup load again,
+    // never miss the write.
+    const version = counter ?? (await this.#store.changeCounter(`groups/${instanceId}`));
     const groups: CachedGroup[] = [];
     let afterKey: string | undefined;
     do {

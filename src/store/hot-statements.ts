@@ -304,6 +304,46 @@ export function storeStatements(db: Kysely<Database>) {
         .leftJoin('instances', (join) => join.on('instances.id_scope_key', '=', p(0)))
         .select(['v.version', 'instances.doc']),
     ),
+    /**
+     * PostgreSQL: a device request's first read whole (issue 11) — the config version, the instance by ID scope, and
+     * the device's reads of {@link enrollmentAndRegistration} (registration ID key `p(1)`) in that instance, from one
+     * snapshot: one round trip where the instance and the device's reads were two.
+     */
+    instanceAndDeviceByIdScopeVersioned: compileHot((p) =>
+      db
+        .selectFrom(configVersion(db).as('v'))
+        .leftJoin('instances', (join) => join.on('instances.id_scope_key', '=', p(0)))
+        .select((eb) => [
+          'v.version',
+          'instances.doc',
+          eb
+            .selectFrom('enrollments')
+            .select('enrollments.doc')
+            .whereRef('enrollments.instance_id', '=', 'instances.id')
+            .where('enrollments.registration_id_key', '=', p(1))
+            .as('enrollment_doc'),
+          eb
+            .selectFrom('registrations')
+            .select('registrations.doc')
+            .whereRef('registrations.instance_id', '=', 'instances.id')
+            .where('registrations.registration_id_key', '=', p(1))
+            .as('registration_doc'),
+          eb
+            .selectFrom('enrollment_groups')
+            .select('enrollment_groups.doc')
+            .whereRef('enrollment_groups.instance_id', '=', 'instances.id')
+            .where(
+              'enrollment_groups.group_id_key',
+              '=',
+              eb
+                .selectFrom('registrations')
+                .select('registrations.group_id_key')
+                .whereRef('registrations.instance_id', '=', 'instances.id')
+                .where('registrations.registration_id_key', '=', p(1)),
+            )
+            .as('group_doc'),
+        ]),
+    ),
     instanceByIdVersioned: compileHot((p) =>
       db
         .selectFrom(configVersion(db).as('v'))

@@ -39,6 +39,7 @@ import type {
   OutboxEvent,
   StoreTable,
   RateToken,
+  DeviceReads,
 } from './store.js';
 
 type Db = Kysely<Database> | Transaction<Database>;
@@ -130,6 +131,21 @@ function probeKeys(probe: FenceProbe) {
       ['enrollmentGroupId', probe.groupIds],
     ] as const
   ).map(([kind, ids]) => [kind, [...new Set((ids ?? []).filter((id) => id !== '').map(lower))]] as const);
+}
+
+/** The device's reads as one row of scalar subqueries (hot-statements.ts `enrollmentAndRegistration`). */
+interface DeviceReadRow {
+  enrollment_doc: string | null;
+  registration_doc: string | null;
+  group_doc: string | null;
+}
+
+function deviceReadsOf(row: DeviceReadRow | undefined): DeviceReads {
+  return {
+    enrollment: row?.enrollment_doc == null ? undefined : parse<StoredEnrollment>(row.enrollment_doc),
+    registration: row?.registration_doc == null ? undefined : parse<StoredRegistration>(row.registration_doc),
+    group: row?.group_doc == null ? undefined : parse<StoredEnrollmentGroup>(row.group_doc),
+  };
 }
 
 /** What a dialect adds to the one Kysely implementation. */
@@ -1018,20 +1034,30 @@ export class KyselyStore implements Store {
     return row?.doc == null ? {} : { doc: parse<T>(row.doc) };
   }
 
-  async getEnrollmentAndRegistration(
-    instanceId: string,
-    registrationId: string,
-  ): Promise<{ enrollment: StoredEnrollment | undefined; registration: StoredRegistration | undefined; group: StoredEnrollmentGroup | undefined }> {
-    const { rows } = await runHot<{ enrollment_doc: string | null; registration_doc: string | null; group_doc: string | null }>(this.#db, this.#hot.enrollmentAndRegistration, [
-      instanceId,
+  async getEnrollmentAndRegistration(instanceId: string, registrationId: string): Promise<DeviceReads> {
+    const { rows } = await runHot<DeviceReadRow>(this.#db, this.#hot.enrollmentAndRegistration, [instanceId, lower(registrationId)]);
+    return deviceReadsOf(rows[0]);
+  }
+
+  async findDeviceByIdScope(idScope: string, registrationId: string): Promise<{ instance: InstanceRecord; reads: DeviceReads } | undefined> {
+    if (this.#cache.singleWriter) {
+      // The instance from memory (no statement), then the device's reads: one statement in all, as on PostgreSQL.
+      const instance = await this.findInstanceByIdScope(idScope);
+      return instance === undefined ? undefined : { instance, reads: await this.getEnrollmentAndRegistration(instance.id, registrationId) };
+    }
+    // One statement: the config version, the instance and the device's reads, from one snapshot (findInstanceByIdScope
+    // and getEnrollmentAndRegistration in one round trip).
+    const generation = this.#cache.generation;
+    const { rows } = await runHot<DeviceReadRow & { version: number | string; doc: string | null }>(this.#db, this.#hot.instanceAndDeviceByIdScopeVersioned, [
+      lower(idScope),
       lower(registrationId),
     ]);
     const row = rows[0];
-    return {
-      enrollment: row?.enrollment_doc == null ? undefined : parse<StoredEnrollment>(row.enrollment_doc),
-      registration: row?.registration_doc == null ? undefined : parse<StoredRegistration>(row.registration_doc),
-      group: row?.group_doc == null ? undefined : parse<StoredEnrollmentGroup>(row.group_doc),
-    };
+    const version = Number(row?.version ?? 0);
+    if (row?.doc == null) return undefined;
+    const instance = parse<InstanceRecord>(row.doc);
+    if (this.#root !== undefined) this.#cache.set(`id/${instance.id}`, row.doc, generation, version);
+    return { instance: this.#cache.stamp(instance, version), reads: deviceReadsOf(row) };
   }
 
   async findEraseFence(instanceId: string, probe: FenceProbe): Promise<Pick<EraseFence, 'kind' | 'requestId' | 'subjectHash'> | undefined> {

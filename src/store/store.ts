@@ -278,6 +278,13 @@ export interface FenceProbe {
 }
 
 /** A read an erase fence guards: the fence that stands (and nothing else), or what was read under the name `K`. */
+/** What a device's first reads find: its individual enrollment, its record, and the group that record names. */
+export interface DeviceReads {
+  enrollment: StoredEnrollment | undefined;
+  registration: StoredRegistration | undefined;
+  group: StoredEnrollmentGroup | undefined;
+}
+
 /** One token to take from a shared bucket ({@link Store.takeRateToken}'s arguments). */
 export interface RateToken {
   bucketKey: string;
@@ -483,10 +490,13 @@ export interface Store {
    * A device's first reads as one (issue 11): its individual enrollment and its registration record, if any, and the
    * enrollment group that record names (`group`, undefined when it names none or the group is gone).
    */
-  getEnrollmentAndRegistration(
-    instanceId: string,
-    registrationId: string,
-  ): Promise<{ enrollment: StoredEnrollment | undefined; registration: StoredRegistration | undefined; group: StoredEnrollmentGroup | undefined }>;
+  getEnrollmentAndRegistration(instanceId: string, registrationId: string): Promise<DeviceReads>;
+  /**
+   * A device request's first reads: the instance by ID scope ({@link findInstanceByIdScope}) and, in it, what
+   * {@link getEnrollmentAndRegistration} reads for the device — on PostgreSQL in one statement (issue 11). Undefined
+   * when no instance has the ID scope.
+   */
+  findDeviceByIdScope(idScope: string, registrationId: string): Promise<{ instance: InstanceRecord; reads: DeviceReads } | undefined>;
   /** Lifts every fence of a request; returns how many. */
   deleteEraseFences(instanceId: string, requestId: string): Promise<number>;
   /**

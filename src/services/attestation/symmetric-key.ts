@@ -1,6 +1,6 @@
 import { ProvisioningError } from '../../domain/errors.js';
 import { deriveDeviceKey, isExpired, parseSasToken, signedByOneOf } from '../../domain/sas.js';
-import type { InstanceRecord } from '../../store/store.js';
+import type { DeviceReads, InstanceRecord } from '../../store/store.js';
 import type { AttestationDeps, DeviceMatch } from './device-match.js';
 import { authenticateTpm } from './tpm.js';
 
@@ -16,6 +16,8 @@ export async function authenticateSymmetricKey(
   instance: InstanceRecord,
   registrationId: string,
   authorization: string | undefined,
+  /** The device's reads, when the caller made them with the instance's. */
+  reads?: DeviceReads,
 ): Promise<DeviceMatch> {
   const token = parseSasToken(authorization);
   if (token === undefined || isExpired(token, deps.now().getTime())) throw unauthorized();
@@ -24,12 +26,13 @@ export async function authenticateSymmetricKey(
   if (token.keyName !== undefined && token.keyName !== 'registration') throw unauthorized();
   const store = deps.store;
   // One statement for the reads (issue 11: one round trip on PostgreSQL), the group the record names among them.
-  const { enrollment: individual, registration: previous, group: named } = await store.getEnrollmentAndRegistration(instance.id, registrationId);
+  const device = reads ?? (await store.getEnrollmentAndRegistration(instance.id, registrationId));
+  const { enrollment: individual, registration: previous, group: named } = device;
   // Each match is one literal, not `{ ...base, … }`: fields added to a spread's copy cost a hidden class per object on
   // this V8 (see audit-log.ts `event`).
   if (individual !== undefined) {
     // A TPM device's later requests (polls) carry only the token its TPM signed: the TPM mechanism checks it.
-    if (individual.attestation.type === 'tpm') return authenticateTpm(deps, instance, registrationId, { endorsementKey: undefined, storageRootKey: undefined, authorization });
+    if (individual.attestation.type === 'tpm') return authenticateTpm(deps, instance, registrationId, { endorsementKey: undefined, storageRootKey: undefined, authorization }, device);
     if (individual.attestation.type !== 'symmetricKey') throw unauthorized();
     const { primaryKey, secondaryKey } = individual.attestation.symmetricKey;
     if (!signedByOneOf(token, [primaryKey, secondaryKey])) throw unauthorized();

@@ -4,7 +4,7 @@ import { newTpmRegistrationKey } from '../../domain/enrollment.js';
 import { ProvisioningError, TpmChallenge } from '../../domain/errors.js';
 import { isExpired, parseSasToken, signedByOneOf } from '../../domain/sas.js';
 import { buildActivationBlob, parseTpmRsaPublic, sameTpmKey, TpmKeyError, type TpmRsaPublic } from '../../domain/tpm.js';
-import type { InstanceRecord } from '../../store/store.js';
+import type { DeviceReads, InstanceRecord } from '../../store/store.js';
 import type { AttestationDeps, DeviceMatch } from './device-match.js';
 
 const unauthorized = (): ProvisioningError => new ProvisioningError('Unauthorized');
@@ -28,9 +28,11 @@ export async function authenticateTpm(
   instance: InstanceRecord,
   registrationId: string,
   presented: TpmPresentation,
+  /** The device's reads, when the caller made them already (a TPM device's token, checked by the symmetric-key path). */
+  reads?: DeviceReads,
 ): Promise<DeviceMatch> {
   const store = deps.store;
-  const { enrollment, registration: previous } = await store.getEnrollmentAndRegistration(instance.id, registrationId);
+  const { enrollment, registration: previous } = reads ?? (await store.getEnrollmentAndRegistration(instance.id, registrationId));
   const refuse = (reason: string): ProvisioningError => {
     deps.logger.info({ idScope: instance.idScope, registrationId, reason }, 'TPM device refused');
     return unauthorized();

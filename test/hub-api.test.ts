@@ -488,6 +488,42 @@ describe('RegistryRestClient (the registration flow\'s hub client) against the b
 });
 
 describe('KyselyHubStore and BuiltInHubService without the HTTP layer', () => {
+  test("a replace that starts from the caller's row (issue 11) keeps what was written since, and an etag is never judged on it", async () => {
+    const db = await openSqliteDatabase(':memory:');
+    try {
+      const store = new KyselyHubStore(db);
+      const service = new BuiltInHubService({ hubStore: store, now: () => new Date('2024-05-01T12:00:00Z') });
+      await service.ensureHub('hub-p.example');
+      await service.createOrUpdateDevice('hub-p.example', 'dev-p', { deviceId: 'dev-p' }, undefined);
+      const read = await store.getDevice('hub-p.example', 'dev-p');
+      assert.ok(read !== undefined);
+      // Written after the caller's read: a stale row must only fail its compare-and-swap, and lose nothing.
+      await service.updateTwin('hub-p.example', 'dev-p', { tags: { since: 'the read' } }, undefined);
+      const replaced = await service.createOrUpdateDevice('hub-p.example', 'dev-p', { deviceId: 'dev-p', status: 'disabled' }, '*', read);
+      assert.equal(replaced.status, 'disabled');
+      assert.notEqual(replaced.etag, read.device.etag);
+      assert.deepEqual((await service.getTwin('hub-p.example', 'dev-p')).tags, { since: 'the read' });
+      // A current row is taken as it is: no read before the swap.
+      const current = await store.getDevice('hub-p.example', 'dev-p');
+      assert.ok(current !== undefined);
+      const reads = { count: 0 };
+      const getDevice = store.getDevice.bind(store);
+      store.getDevice = async (...args) => {
+        reads.count += 1;
+        return getDevice(...args);
+      };
+      await service.createOrUpdateDevice('hub-p.example', 'dev-p', { deviceId: 'dev-p', status: 'enabled' }, '*', current);
+      assert.equal(reads.count, 0);
+      // With an etag for If-Match the row is read as it is now: the caller's (stale) row cannot fail it, nor pass it.
+      const now = await store.getDevice('hub-p.example', 'dev-p');
+      assert.ok(now !== undefined);
+      await service.createOrUpdateDevice('hub-p.example', 'dev-p', { deviceId: 'dev-p' }, now.device.etag, current);
+      await assert.rejects(service.createOrUpdateDevice('hub-p.example', 'dev-p', { deviceId: 'dev-p' }, current.device.etag, now), /precondition|etag/i);
+    } finally {
+      await db.destroy();
+    }
+  });
+
   test('hubs are created once, devices are compare-and-swapped, paged by key, and go with their hub', async () => {
     const db = await openSqliteDatabase(':memory:');
     try {

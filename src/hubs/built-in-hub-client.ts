@@ -61,14 +61,22 @@ export class BuiltInHubClient implements HubClient {
     };
     const replace = async (hub: string) => {
       what = 'update device';
+      const row = current;
+      current = undefined;
       try {
-        return Object.assign(deviceRecordOf(await this.#service.createOrUpdateDevice(hub, device.deviceId, body, '*')), { created: false });
+        return Object.assign(deviceRecordOf(await this.#service.createOrUpdateDevice(hub, device.deviceId, body, '*', row)), { created: false });
       } catch (error) {
         if (!(error instanceof HubApiError && error.code === 'DeviceNotFound')) throw error;
         return undefined;
       }
     };
     const attempts = hint?.exists === true ? [replace, create] : [create, replace];
+    // The caller's row of this very device, for the first replace only (once a swap failed, the row is read afresh).
+    const prefetched = hint?.current;
+    let current =
+      prefetched?.row !== undefined && prefetched.hubName.toLowerCase() === this.hubName.toLowerCase() && prefetched.deviceId.toLowerCase() === device.deviceId.toLowerCase()
+        ? prefetched.row
+        : undefined;
     return this.#call(() => what, 'RegistryWrite', async (hub) => {
       for (let attempt = 0; attempt < 3; attempt += 1) {
         for (const put of attempts) {

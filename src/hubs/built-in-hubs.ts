@@ -14,6 +14,7 @@ import {
   type HubRight,
   type StoredHubAuthentication,
   type StoredHubDevice,
+  type HubDeviceRow,
   type StoredTwin,
 } from '../store/hub-store.js';
 import { HubApiError, type DeviceInput, type RegistryStatistics, type TwinInput, type WireDevice, type WireTwin } from './hub-wire.js';
@@ -187,7 +188,8 @@ export class BuiltInHubService {
    * PUT /devices/{id}. Without If-Match it creates, and an existing device is a 409 DeviceAlreadyExists; with If-Match
    * (`*` or the device's etag) it replaces the identity of an existing device, and keeps its twin and generation ID.
    */
-  async createOrUpdateDevice(hubName: string, deviceId: string, input: DeviceInput, ifMatch: string | undefined): Promise<WireDevice> {
+  /** `current`: the device's row as the caller read it moments ago, for the first compare-and-swap (see #update). */
+  async createOrUpdateDevice(hubName: string, deviceId: string, input: DeviceInput, ifMatch: string | undefined, current?: HubDeviceRow): Promise<WireDevice> {
     checkDeviceId(deviceId);
     if (input.deviceId !== deviceId) {
       throw new HubApiError('ArgumentInvalid', `The deviceId in the body ('${truncate(input.deviceId)}') does not match the one in the path ('${truncate(deviceId)}').`);
@@ -217,15 +219,23 @@ export class BuiltInHubService {
       }
       return renderDevice(device);
     }
-    const updated = await this.#update(hubName, deviceId, ifMatch, 'device', (current) => ({
-      ...current,
-      etag: newDeviceEtag(current.etag),
-      status,
-      statusReason,
-      statusUpdatedTime: status === current.status ? current.statusUpdatedTime : dpsTimestamp(this.#now()),
-      authentication,
-      capabilities,
-    }));
+    const updated = await this.#update(
+      hubName,
+      deviceId,
+      ifMatch,
+      'device',
+      (device) => ({
+        ...device,
+        etag: newDeviceEtag(device.etag),
+        status,
+        statusReason,
+        statusUpdatedTime: status === device.status ? device.statusUpdatedTime : dpsTimestamp(this.#now()),
+        authentication,
+        capabilities,
+      }),
+      // (Only for `*`: an etag is compared with the row as it is now, never as a caller read it.)
+      ifMatch === '*' ? current : undefined,
+    );
     return renderDevice(updated);
   }
 
@@ -336,9 +346,14 @@ export class BuiltInHubService {
     ifMatch: string | undefined,
     etagOf: 'device' | 'twin',
     change: (current: StoredHubDevice) => StoredHubDevice,
+    /**
+     * The row as the caller read it moments ago (on PostgreSQL in the device lock's round trip): the first attempt
+     * swaps on it without a read. Stale, its swap fails like any lost race, and the next attempt reads the row.
+     */
+    prefetched?: HubDeviceRow,
   ): Promise<StoredHubDevice> {
     for (let attempt = 0; attempt < MAX_WRITE_ATTEMPTS; attempt += 1) {
-      const row = await this.#store.getDevice(hubName, deviceId);
+      const row = attempt === 0 && prefetched !== undefined ? prefetched : await this.#store.getDevice(hubName, deviceId);
       if (row === undefined) throw deviceNotFound(deviceId);
       const etag = etagOf === 'device' ? row.device.etag : row.device.twin.etag;
       if (ifMatch !== undefined && !etagMatches(ifMatch, etag)) throw preconditionFailed(etagOf);

@@ -1,5 +1,5 @@
 import type { JsonMap } from '../domain/enrollment.js';
-import type { LinkedHubRecord, Store } from '../store/store.js';
+import type { LinkedHubRecord, PrefetchedHubDevice, Store } from '../store/store.js';
 
 /**
  * How provisiond talks to an IoT hub: the registry REST API subset DPS uses (device identity and twin). An external
@@ -27,6 +27,11 @@ export interface HubDevice {
  */
 export interface PutDeviceHint {
   exists?: boolean;
+  /**
+   * A built-in hub's row of the device, read by the caller moments ago (Store.withRegistrationLock): the replace
+   * compares-and-swaps on it instead of reading it first (a stale row only fails the swap). Other hubs ignore it.
+   */
+  current?: PrefetchedHubDevice;
 }
 
 export interface HubDeviceRecord extends HubDevice {

@@ -13,10 +13,10 @@ import { idKey, isValidId, newOperationId } from '../domain/ids.js';
 import { renderDeviceRegistration, settle, startAttempt, type TerminalState } from '../domain/registration.js';
 import { decideReprovision } from '../domain/reprovision.js';
 import { dpsTimestamp } from '../domain/time.js';
-import { HubError, type HubClient, type HubClientFactory, type HubTwinContent } from '../hubs/hub-client.js';
+import { HubError, type HubClient, type HubClientFactory, type HubTwinContent, type PutDeviceHint } from '../hubs/hub-client.js';
 import type { Substatus } from '../domain/wire.js';
 import { committerFor, type Committer, type GroupCommitOptions } from '../store/group-commit.js';
-import type { AuditEvent, DeviceReads, FenceProbe, InstanceRecord, LinkedHubRecord, RegistrationIntent, Store, StoredOperation, StoredRegistration } from '../store/store.js';
+import type { AuditEvent, DeviceReads, FenceProbe, InstanceRecord, PrefetchedHubDevice, LinkedHubRecord, RegistrationIntent, Store, StoredOperation, StoredRegistration } from '../store/store.js';
 import { settleIntent, type IntentOutcome } from './registration-intents.js';
 import { callAllocationWebhook, type WebhookExchange } from './custom-allocation.js';
 import type { ServiceDeps } from './deps.js';
@@ -186,10 +186,12 @@ export class RegistrationService {
     // the lock's own round trip).
     const unchanged =
       this.#deps.store.capabilities.singleWriter && !provedMatches.has(match) && !this.#deviceQueues.has(deviceKey) && this.#recordEpochs[recordBucket] === recordEpoch;
-    const assign = (current: { previous: StoredRegistration | undefined }) => this.#assign(match, operation, request.payload, request.transport, csr, acknowledged, current);
+    const assign = (current: Current) => this.#assign(match, operation, request.payload, request.transport, csr, acknowledged, current);
     const store = this.#deps.store;
     const work = this.#serialized(deviceKey, (lock) =>
-      unchanged ? store.withLock(lock, () => assign({ previous: match.previous })) : store.withRegistrationLock(lock, matched.id, match.registrationId, (previous) => assign({ previous })),
+      unchanged
+        ? store.withLock(lock, () => assign({ previous: match.previous }))
+        : store.withRegistrationLock(lock, matched.id, match.registrationId, (reads) => assign({ previous: reads.record, hubDevice: reads.hubDevice }), rewrittenDevice(match)),
     );
     // (A rejected assignment is the race's below to report; this only counts the finished ones.)
     void work.then(
@@ -520,7 +522,7 @@ export class RegistrationService {
     transport: Transport,
     csr: CheckedCsr | undefined,
     acknowledged: Acknowledgement,
-    current: { previous: StoredRegistration | undefined },
+    current: Current,
   ): Promise<AssignmentResult> {
     this.#inFlight.add(operation.operationId);
     try {
@@ -541,7 +543,7 @@ export class RegistrationService {
     csr: CheckedCsr | undefined,
     acknowledged: Acknowledgement,
     /** The device's record as of now: register()'s own read when nothing can have changed it, else read as the lock was taken. */
-    current: { previous: StoredRegistration | undefined },
+    current: Current,
   ): Promise<AssignmentResult> {
     const { instance } = match;
     const store = this.#deps.store;
@@ -591,6 +593,7 @@ export class RegistrationService {
           acknowledged,
           transport,
           client: (hub) => this.#deps.hubClients.forHub(hub),
+          prefetched: current.hubDevice,
         };
         for (const [, step] of this.#planningSteps) await step(flow);
         if (this.#allBuiltIn(flow)) {
@@ -900,6 +903,8 @@ export class RegistrationService {
     // The record says the identity is there already (a re-registration to the same hub and device ID): replace first.
     const { previous } = flow;
     const exists = previous?.status === 'assigned' && previous.assignedHub === plan.target.name && previous.deviceId !== undefined && idKey(previous.deviceId) === idKey(match.deviceId);
+    const hint: PutDeviceHint = { exists };
+    if (flow.prefetched !== undefined) hint.current = flow.prefetched;
     const written = await this.#hubWrite(flow.hubWrites, match, plan.target.name, 'putDevice', match.deviceId, () =>
       client.putDevice(
         {
@@ -908,7 +913,7 @@ export class RegistrationService {
           capabilities: { iotEdge: match.enrollment.doc.capabilities.iotEdge },
           status: 'enabled',
         },
-        { exists },
+        hint,
       ),
     );
     flow.created = written.created;
@@ -981,6 +986,8 @@ interface Assignment {
   transport: Transport;
   /** The client the hub steps write through: inside the record's transaction for built-in hubs. */
   client: (hub: LinkedHubRecord) => HubClient;
+  /** The target hub's device row, read with the record as the device's lock was taken (PostgreSQL), for the identity write. */
+  prefetched: PrefetchedHubDevice | undefined;
   /** The hub steps run inside the record's transaction (every hub involved is built-in): no intent. */
   joined?: boolean;
   /** chooseHub: the linked hubs, the one the device is on now, the one allocation chose, the initial twin. */
@@ -991,6 +998,24 @@ interface Assignment {
   plan?: { target: LinkedHubRecord; substatus: Substatus; twin: HubTwinContent | undefined; leave: { hub: LinkedHubRecord; deviceId: string } | undefined; hubHistory: string[] };
   /** writeIdentity: the identity was created (not replaced). */
   created?: boolean;
+}
+
+/** What an assignment starts from: the device's record as of its turn, and maybe its hub device row (see Assignment). */
+interface Current {
+  previous: StoredRegistration | undefined;
+  hubDevice?: PrefetchedHubDevice | undefined;
+}
+
+/**
+ * The hub device a re-registration will most likely rewrite: the one its record (as authentication read it) says it
+ * has, when it stays under the same device ID. Its row is read with the record as the lock is taken, so the identity
+ * write needs no read of its own (issue 11); a guess that turns out wrong costs nothing but an unused read.
+ */
+function rewrittenDevice(match: DeviceMatch): { hubName: string; deviceId: string } | undefined {
+  const previous = match.previous;
+  if (previous?.status !== 'assigned' || previous.assignedHub === undefined || previous.deviceId === undefined) return undefined;
+  if (idKey(previous.deviceId) !== idKey(match.deviceId)) return undefined;
+  return { hubName: previous.assignedHub, deviceId: match.deviceId };
 }
 
 /** Whether register() has told the device its operation ID, having stored the `assigning` operation (slow path). */

@@ -206,6 +206,17 @@ export function storeStatements(db: Kysely<Database>) {
     enrollment: compileHot((p) => db.selectFrom('enrollments').select('doc').where('instance_id', '=', p(0)).where('registration_id_key', '=', p(1))),
     enrollmentGroup: compileHot((p) => db.selectFrom('enrollment_groups').select('doc').where('instance_id', '=', p(0)).where('group_id_key', '=', p(1))),
     registration: compileHot((p) => db.selectFrom('registrations').select('doc').where('instance_id', '=', p(0)).where('registration_id_key', '=', p(1))),
+    /**
+     * PostgreSQL, in a device lock's round trip: the record, and a built-in hub's device row (hub key `p(2)`, device
+     * key `p(3)`) that the registration's hub write will compare-and-swap on (issue 11).
+     */
+    registrationAndHubDevice: compileHot((p) =>
+      db.selectNoFrom([
+        db.selectFrom('registrations').select('doc').where('instance_id', '=', p(0)).where('registration_id_key', '=', p(1)).as('doc'),
+        db.selectFrom('hub_devices').select('doc').where('hub_key', '=', p(2)).where('device_id_key', '=', p(3)).as('device_doc'),
+        db.selectFrom('hub_devices').select('revision').where('hub_key', '=', p(2)).where('device_id_key', '=', p(3)).as('device_revision'),
+      ]),
+    ),
     putRegistration: compileHot((p) => {
       const columns = { device_id_key: p(2), group_id_key: p(3), status: p(4), assigned_hub_key: p(5), etag: p(6), doc: p(7) };
       return db

@@ -7,7 +7,7 @@ import { SQLITE_CAPABILITIES } from './dialects/sqlite.js';
 import type { StoredEnrollment, StoredEnrollmentGroup } from '../domain/enrollment.js';
 import { certificateThumbprints } from '../domain/enrollment.js';
 import type { Filter } from '../domain/query.js';
-import { KyselyHubStore, type BuiltInHubStore } from './hub-store.js';
+import { KyselyHubStore, type BuiltInHubStore, type StoredHubDevice } from './hub-store.js';
 import { CONFIG_COUNTER, configCacheOf, type ConfigCache } from './config-cache.js';
 import { bindHot, deferredWrite, directSqlite, hotDoc, hotWrite, NO_KEY, parseProbeFence, type HotStatement, runHot, storeStatements, type StoreStatements } from './hot-statements.js';
 import { AUDIT_ROW_COLUMNS, bulkStatementsOf, ENROLLMENT_ROW_COLUMNS } from './bulk-statements.js';
@@ -40,6 +40,7 @@ import type {
   StoreTable,
   RateToken,
   DeviceReads,
+  LockedReads,
 } from './store.js';
 
 type Db = Kysely<Database> | Transaction<Database>;
@@ -1470,17 +1471,35 @@ export class KyselyStore implements Store {
     return this.#options.withLock === undefined ? work() : this.#options.withLock(name, () => work());
   }
 
-  async withRegistrationLock<T>(name: string, instanceId: string, registrationId: string, work: (record: StoredRegistration | undefined) => Promise<T>): Promise<T> {
-    const args = [instanceId, lower(registrationId)];
-    if (this.#options.withLock === undefined) return work(await hotDoc<StoredRegistration>(this.#db, this.#hot.registration, args));
-    // The record read travels with the lock (one round trip): not through the executor, so the plugins (the metrics'
-    // statement timer) do not see it, as they do not see the lock itself.
-    const statement = this.#hot.registration;
+  async withRegistrationLock<T>(
+    name: string,
+    instanceId: string,
+    registrationId: string,
+    work: (reads: LockedReads) => Promise<T>,
+    hubDevice?: { hubName: string; deviceId: string },
+  ): Promise<T> {
+    // SQLite: one writer, and a statement costs no round trip; the hub write reads its row itself, in its transaction.
+    if (this.#options.withLock === undefined) return work({ record: await hotDoc<StoredRegistration>(this.#db, this.#hot.registration, [instanceId, lower(registrationId)]) });
+    // The reads travel with the lock (one round trip): not through the executor, so the plugins (the metrics'
+    // statement timer) do not see them, as they do not see the lock itself.
+    const statement = hubDevice === undefined ? this.#hot.registration : this.#hot.registrationAndHubDevice;
+    const args = hubDevice === undefined ? [instanceId, lower(registrationId)] : [instanceId, lower(registrationId), lower(hubDevice.hubName), lower(hubDevice.deviceId)];
     return this.#options.withLock(
       name,
       (rows) => {
-        const doc = rows?.[0]?.doc;
-        return work(typeof doc === 'string' ? parse<StoredRegistration>(doc) : undefined);
+        const row = rows?.[0];
+        const doc = row?.doc;
+        const reads: LockedReads = { record: typeof doc === 'string' ? parse<StoredRegistration>(doc) : undefined };
+        if (hubDevice !== undefined && row !== undefined) {
+          const device = row.device_doc;
+          const revision = row.device_revision;
+          reads.hubDevice = {
+            hubName: hubDevice.hubName,
+            deviceId: hubDevice.deviceId,
+            row: typeof device === 'string' && typeof revision === 'string' ? { device: parse<StoredHubDevice>(device), revision } : undefined,
+          };
+        }
+        return work(reads);
       },
       { text: statement.sql, values: bindHot(statement, args) },
     );

@@ -3,7 +3,7 @@ import type { StoredEnrollment, StoredEnrollmentGroup, JsonMap } from '../domain
 import type { Filter } from '../domain/query.js';
 import type { AllocationPolicy, RegistrationStatus, Substatus, X509CertificateInfo } from '../domain/wire.js';
 import type { DialectCapabilities } from './dialects/dialect.js';
-import type { BuiltInHubStore } from './hub-store.js';
+import type { BuiltInHubStore, HubDeviceRow } from './hub-store.js';
 
 /**
  * The Store: everything provisiond keeps. One implementation over Kysely serves every dialect; the contract suite in
@@ -278,6 +278,24 @@ export interface FenceProbe {
 }
 
 /** A read an erase fence guards: the fence that stands (and nothing else), or what was read under the name `K`. */
+/** What {@link Store.withRegistrationLock} read once the lock was held. */
+export interface LockedReads {
+  record: StoredRegistration | undefined;
+  /** The built-in hub device row asked for, when it was read with the record (undefined row: no such device then). */
+  hubDevice?: PrefetchedHubDevice;
+}
+
+/**
+ * A built-in hub's device row as read moments before its write (under the device's lock, before the transaction): a
+ * hub write may take it as the current row to compare-and-swap on — a stale one only fails the swap, and the write then
+ * reads the row again, as it always does.
+ */
+export interface PrefetchedHubDevice {
+  hubName: string;
+  deviceId: string;
+  row: HubDeviceRow | undefined;
+}
+
 /** What a device's first reads find: its individual enrollment, its record, and the group that record names. */
 export interface DeviceReads {
   enrollment: StoredEnrollment | undefined;
@@ -541,9 +559,17 @@ export interface Store {
   withLock<T>(name: string, work: () => Promise<T>): Promise<T>;
   /**
    * {@link withLock}, and the device's registration record as read once the lock is held: on PostgreSQL in the lock's
-   * own round trip (issue 11), so a registration's turn costs one round trip, not two.
+   * own round trip (issue 11), so a registration's turn costs one round trip, not two. `hubDevice`: a built-in hub's
+   * device row to read in the same statement (PostgreSQL only: elsewhere `work` gets none), for the hub write to
+   * compare-and-swap on without a read of its own.
    */
-  withRegistrationLock<T>(name: string, instanceId: string, registrationId: string, work: (record: StoredRegistration | undefined) => Promise<T>): Promise<T>;
+  withRegistrationLock<T>(
+    name: string,
+    instanceId: string,
+    registrationId: string,
+    work: (reads: LockedReads) => Promise<T>,
+    hubDevice?: { hubName: string; deviceId: string },
+  ): Promise<T>;
   /**
    * After an erase: reclaims the space of deleted rows in these tables so their old versions leave the table
    * files (PostgreSQL VACUUM). A no-op where deleted rows leave nothing behind (see DialectCapabilities).

@@ -988,6 +988,23 @@ export function runStoreContract(name: string, open: () => Promise<Store>): void
         assert.equal(concurrent.filter(Boolean).length, 10, 'concurrent takers share one bucket exactly');
       });
 
+      test('rate tokens by the handful: all or none, from the same bucket as single takes', async () => {
+        const t0 = 2_000_000;
+        // 10 a second, burst 20: four handfuls of 5, then none, and not a single token either.
+        const handfuls = [];
+        for (let i = 0; i < 5; i += 1) handfuls.push(await store.takeRateToken('h1', 10, 20, t0, 5));
+        assert.deepEqual(handfuls, [true, true, true, true, false]);
+        assert.equal(await store.takeRateToken('h1', 10, 20, t0), false);
+        // 300 ms later 3 tokens: not a handful of 5 (and that refusal takes nothing), but three single tokens.
+        assert.equal(await store.takeRateToken('h1', 10, 20, t0 + 300, 5), false);
+        const singles = [];
+        for (let i = 0; i < 4; i += 1) singles.push(await store.takeRateToken('h1', 10, 20, t0 + 300));
+        assert.deepEqual(singles, [true, true, true, false]);
+        // A new bucket gives a handful from its burst.
+        assert.equal(await store.takeRateToken('h2', 10, 20, t0, 20), true);
+        assert.equal(await store.takeRateToken('h2', 10, 20, t0, 1), false);
+      });
+
       test('leases: one holder at a time; renewal, release and expiry hand it over', async () => {
         assert.equal(await store.claimLease('job/1', 'node-a', 1000, 5000), true);
         assert.equal(await store.claimLease('job/1', 'node-b', 1000, 5500), false, 'held by another');

@@ -78,13 +78,26 @@ export class MemoryRateLimiter implements RateLimiter {
   }
 }
 
-/** Buckets in the store, shared by every node. */
+/**
+ * Buckets in the store, shared by every node. A high rate (an instance's registrations) is taken from the store in
+ * handfuls of {@link leaseOf} tokens — 1 % of a second's worth — that this node then spends alone for up to
+ * {@link LEASE_MS}: one statement per handful instead of one per request, and fewer writes to a bucket row that every
+ * node updates (issue 11). The cluster still never admits more than the bucket gives out; what a handful can cost is
+ * admissions: tokens a node took and did not spend before its lease ran out are lost (at most one handful per node a
+ * second), and a handful may be spent up to {@link LEASE_MS} after the bucket gave it. A low rate (a device's polls:
+ * less than 200 a second) is taken one token at a time, as every take needs the bucket as it is.
+ */
 export class StoreRateLimiter implements RateLimiter {
   readonly #ratePerSecond: number;
   readonly #burst: number;
   readonly #store: Store;
   readonly #now: () => number;
   readonly #prefix: string;
+  readonly #lease: number;
+  /** Per key, the tokens of this node's handful and until when they may be spent. */
+  readonly #leases = new Map<string, { tokens: number; untilMs: number }>();
+  /** Per key, the handful being taken from the store: concurrent takes wait for it rather than take one each. */
+  readonly #leasing = new Map<string, Promise<void>>();
 
   constructor(ratePerSecond: number, store: Store, now: () => number = Date.now) {
     this.#ratePerSecond = ratePerSecond;
@@ -93,24 +106,76 @@ export class StoreRateLimiter implements RateLimiter {
     this.#now = now;
     // Different limits on one key (registrations vs polls) never share a bucket.
     this.#prefix = `${ratePerSecond}/`;
+    this.#lease = leaseOf(ratePerSecond);
   }
 
   async take(key: string): Promise<void> {
     if (this.#ratePerSecond === 0) return;
+    if (this.#lease > 1) return this.#takeLeased(key);
     if (await this.#store.takeRateToken(this.#prefix + key, this.#ratePerSecond, this.#burst, this.#now())) return;
     throw this.#throttled();
   }
 
   async takeWith<T>(key: string, read: (token: RateToken | undefined) => Promise<{ taken: boolean; value: T }>): Promise<T> {
     if (this.#ratePerSecond === 0) return (await read(undefined)).value;
+    if (this.#lease > 1) {
+      await this.#takeLeased(key);
+      return (await read(undefined)).value;
+    }
     const { taken, value } = await read({ bucketKey: this.#prefix + key, ratePerSecond: this.#ratePerSecond, burst: this.#burst, nowMs: this.#now() });
     if (!taken) throw this.#throttled();
     return value;
   }
 
+  /** One token of this node's handful; a new handful when it is spent or expired (one token, when the bucket has fewer). */
+  async #takeLeased(key: string): Promise<void> {
+    for (;;) {
+      const held = this.#leases.get(key);
+      if (held !== undefined && held.tokens >= 1 && this.#now() < held.untilMs) {
+        held.tokens -= 1;
+        return;
+      }
+      const pending = this.#leasing.get(key);
+      if (pending !== undefined) {
+        await pending;
+        continue;
+      }
+      let single = false;
+      const leasing = (async () => {
+        const nowMs = this.#now();
+        const bucket = this.#prefix + key;
+        if (await this.#store.takeRateToken(bucket, this.#ratePerSecond, this.#burst, nowMs, this.#lease)) {
+          this.#leases.set(key, { tokens: this.#lease, untilMs: nowMs + LEASE_MS });
+          return;
+        }
+        // Fewer than a handful left: near the limit, each take goes to the bucket as it is.
+        this.#leases.delete(key);
+        single = true;
+      })();
+      this.#leasing.set(key, leasing);
+      try {
+        await leasing;
+      } finally {
+        this.#leasing.delete(key);
+      }
+      if (single) {
+        if (await this.#store.takeRateToken(this.#prefix + key, this.#ratePerSecond, this.#burst, this.#now())) return;
+        throw this.#throttled();
+      }
+    }
+  }
+
   #throttled(): ProvisioningError {
     return throttled(Math.max(1, Math.ceil(1 / this.#ratePerSecond)));
   }
+}
+
+/** How long a node may spend a handful of tokens it took (StoreRateLimiter). */
+export const LEASE_MS = 1000;
+
+/** A handful: 1 % of a second's tokens, whole; 1 (no handfuls) below 200 a second. */
+export function leaseOf(ratePerSecond: number): number {
+  return Math.max(1, Math.floor(ratePerSecond / 100));
 }
 
 export function retryAfterOf(error: ProvisioningError): number | undefined {

@@ -1,5 +1,5 @@
 import type BetterSqlite3 from 'better-sqlite3';
-import { sql, type Compilable, type Kysely, type QueryResult, type RootOperationNode, type SelectQueryBuilder, type UnknownRow } from 'kysely';
+import { sql, type Compilable, type RawBuilder, type Kysely, type QueryResult, type RootOperationNode, type SelectQueryBuilder, type UnknownRow } from 'kysely';
 import { CONFIG_COUNTER } from './config-cache.js';
 import { sqliteConnectionOf } from './dialects/sqlite-direct.js';
 import type { Database } from './schema.js';
@@ -195,8 +195,8 @@ export function storeStatements(db: Kysely<Database>) {
   return {
     /** A fence check and the read it guards, one statement each (below). */
     fencedReads: fencedReadStatements(db),
-    /** Arguments: bucket key, rate per second, burst, now (ms). */
-    takeRateToken: compileHot((p) => rateTokenTake(db, p(0), p(1), p(2), p(3))),
+    /** Arguments: bucket key, rate per second, burst, now (ms), how many tokens. */
+    takeRateToken: compileHot((p) => rateTokenTake(db, p(0), p(1), p(2), p(3), p(4))),
     instanceById: compileHot((p) => db.selectFrom('instances').select('doc').where('id', '=', p(0))),
     instanceByIdScope: compileHot((p) => db.selectFrom('instances').select('doc').where('id_scope_key', '=', p(0))),
     /** Every service-API request's instance, by the host name its token names (and by its Host header). */
@@ -426,27 +426,31 @@ export function parseProbeFence(fence: string): { subject_kind: string; doc: str
 }
 
 /**
- * Takes one token from a rate-limit bucket in one statement (services/throttle.ts `StoreRateLimiter`): a new bucket
- * starts full; an existing one is refilled for the time since its last take (never negative, should node clocks
- * disagree), capped at the burst, and loses a token only if it holds one. A row is written (inserted or updated) only
- * when a token was taken.
+ * Takes `count` tokens from a rate-limit bucket in one statement, all or none (services/throttle.ts
+ * `StoreRateLimiter`): a new bucket starts full; an existing one is refilled for the time since its last take (never
+ * negative, should node clocks disagree), capped at the burst, and loses the tokens only if it holds them all. A row is
+ * written (inserted or updated) only when they were taken.
  */
-function rateTokenTake(db: Kysely<Database>, bucketKey: string, ratePerSecond: string, burst: string, nowMs: string) {
+function rateTokenTake(db: Kysely<Database>, bucketKey: string, ratePerSecond: string, burst: string, nowMs: string, count: string | RawBuilder<number>) {
   const rate = sql<number>`cast(${ratePerSecond} as double precision)`;
   const full = sql<number>`cast(${burst} as double precision)`;
   const now = sql<number>`cast(${nowMs} as bigint)`;
+  const taken = typeof count === 'string' ? sql<number>`cast(${count} as double precision)` : count;
   const elapsed = sql<number>`(case when ${now} > rate_limits.at_ms then ${now} - rate_limits.at_ms else 0 end)`;
   const refilled = sql<number>`(case when rate_limits.tokens + ${elapsed} * ${rate} / 1000.0 > ${full} then ${full} else rate_limits.tokens + ${elapsed} * ${rate} / 1000.0 end)`;
   return db
     .insertInto('rate_limits')
-    .values({ bucket_key: bucketKey, tokens: sql<number>`${full} - 1`, at_ms: now })
+    .values({ bucket_key: bucketKey, tokens: sql<number>`${full} - ${taken}`, at_ms: now })
     .onConflict((oc) =>
       oc
         .column('bucket_key')
-        .doUpdateSet({ tokens: sql<number>`${refilled} - 1`, at_ms: sql<number>`(case when ${now} > rate_limits.at_ms then ${now} else rate_limits.at_ms end)` })
-        .where(sql<boolean>`${refilled} >= 1`),
+        .doUpdateSet({ tokens: sql<number>`${refilled} - ${taken}`, at_ms: sql<number>`(case when ${now} > rate_limits.at_ms then ${now} else rate_limits.at_ms end)` })
+        .where(sql<boolean>`${refilled} >= ${taken}`),
     );
 }
+
+/** One token, written into the statement (a poll takes one). */
+const ONE_TOKEN = sql<number>`1`;
 
 /** The shared config counter's value, 0 before the first config write. */
 function configVersion(db: Kysely<Database>) {
@@ -559,7 +563,7 @@ function fencedReadStatements(db: Kysely<Database>) {
      */
     operationAfterRateToken: compileHot((p) =>
       db
-        .with('take', () => rateTokenTake(db, p(5), p(6), p(7), p(8)).returning(sql<number>`1`.as('one')))
+        .with('take', () => rateTokenTake(db, p(5), p(6), p(7), p(8), ONE_TOKEN).returning(sql<number>`1`.as('one')))
         .selectNoFrom([
           fenceOfProbe(db, p(0), [p(2), p(3), p(4)]).as('fence'),
           operationRow(p).as('doc'),

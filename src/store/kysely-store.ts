@@ -1428,9 +1428,9 @@ export class KyselyStore implements Store {
 
   // ---- state shared by every node
 
-  async takeRateToken(bucketKey: string, ratePerSecond: number, burst: number, nowMs: number): Promise<boolean> {
+  async takeRateToken(bucketKey: string, ratePerSecond: number, burst: number, nowMs: number, count = 1): Promise<boolean> {
     // One statement, compiled once (it runs on every registration and poll of a cluster): hot-statements.ts rateTokenTake.
-    return (await hotWrite(this.#db, this.#hot.takeRateToken, [bucketKey, ratePerSecond, burst, nowMs])) > 0;
+    return (await hotWrite(this.#db, this.#hot.takeRateToken, [bucketKey, ratePerSecond, burst, nowMs, count])) > 0;
   }
 
   async claimLease(name: string, owner: string, ttlMs: number, nowMs: number): Promise<boolean> {

@@ -531,10 +531,10 @@ export interface Store {
   // ---- state shared by every node on the database
 
   /**
-   * Takes one token from a shared token bucket (created full with `burst` tokens, refilled at `ratePerSecond`), in
-   * one statement; false when the bucket holds less than one token. `nowMs` is the caller's clock.
+   * Takes `count` tokens (default one) from a shared token bucket (created full with `burst` tokens, refilled at
+   * `ratePerSecond`), in one statement, all or none; false when the bucket holds fewer. `nowMs` is the caller's clock.
    */
-  takeRateToken(bucketKey: string, ratePerSecond: number, burst: number, nowMs: number): Promise<boolean>;
+  takeRateToken(bucketKey: string, ratePerSecond: number, burst: number, nowMs: number, count?: number): Promise<boolean>;
   /**
    * A poll's token and its read at once (issue 11: one statement on PostgreSQL for a device's own probe): `taken` as
    * {@link takeRateToken} answers, and only when it was taken, what {@link getOperationUnlessFenced} answers.

@@ -16,7 +16,7 @@ import { startPostgresCluster, stopPostgresCluster } from '../test/postgres.js';
  * /proc (the stable figure on a shared machine). Run inside a network namespace with 127.0.0.2/3 on loopback.
  *
  *   npx tsx bench/nodes.ts [--devices 100] [--seconds 8] [--warmup 2] [--only sqlite1,postgres1] [--socket tcp|unix]
- *                          [--tree DIR]
+ *                          [--tree DIR] [--ids-per-lane K] [--limits off|default]
  *
  * --only: just these scenarios (sqlite1, ceiling, postgres1, postgres2, postgres3), for short alternating A/B runs.
  * --socket unix: the nodes reach PostgreSQL through its Unix socket (`?host=<socket dir>`) instead of loopback TCP.
@@ -25,6 +25,11 @@ import { startPostgresCluster, stopPostgresCluster } from '../test/postgres.js';
  * every node allocates on V8's heap (bench/heap-counter.ts, preloaded): figures no load on the machine blurs.
  * --tree DIR: run the server of another checkout (its bench/server-process.ts), e.g. the base commit, with this
  * driver, so both sides of an A/B are measured the same way.
+ * --ids-per-lane K: each of the --devices lanes cycles over K registration IDs of its own, so once each has registered
+ * (in the warm-up, when it is long enough) every registration is a re-registration — devices re-provisioning at boot.
+ * Without it every registration is a new device's first (a new ID each time).
+ * --limits default: the servers keep the default rate limits (registrationsPerSecond, pollsPerSecondPerDevice) as
+ * `npm start` runs them; off (the default here) turns both off (BENCH_DEFAULT_LIMITS, read by server-process.ts).
  */
 const args = new Map<string, string>();
 for (let i = 2; i < process.argv.length; i += 2) args.set(process.argv[i]?.replace(/^--/, '') ?? '', process.argv[i + 1] ?? '');
@@ -38,6 +43,9 @@ const ONLY = args.has('only') ? new Set((args.get('only') ?? '').split(',')) : u
 const SOCKET = args.get('socket') ?? 'tcp';
 const TREE = args.get('tree') ?? join(import.meta.dirname, '..');
 const COUNTS = args.get('counts') === 'yes';
+const IDS_PER_LANE = args.has('ids-per-lane') ? Number(args.get('ids-per-lane')) : undefined;
+const LIMITS = args.get('limits') ?? 'off';
+if (LIMITS === 'default') process.env.BENCH_DEFAULT_LIMITS = '1';
 
 /** A process's CPU so far: user and kernel time (ms), and context switches it made (waits) and suffered (preempted). */
 interface Cpu {
@@ -147,8 +155,10 @@ async function drive(addresses: string[], ca: string, idScope: string, groupKey:
     Array.from({ length: DEVICES }, async (_, lane) => {
       const { address, agent } = agents[lane % agents.length] as (typeof agents)[number];
       const base = `https://${address}:${PORT}`;
+      let laneRegistrations = 0;
       while (Date.now() < deadline) {
-        const id = `${run}-${(next += 1)}`;
+        laneRegistrations += 1;
+        const id = IDS_PER_LANE === undefined ? `${run}-${(next += 1)}` : `${run}-${lane}-${laneRegistrations % IDS_PER_LANE}`;
         const authorization = createSasToken({ resource: `${idScope}/registrations/${id}`, keyBase64: deriveDeviceKey(groupKey, id), keyName: 'registration', expirySeconds: Math.floor(Date.now() / 1000) + 3600 });
         let ok = false;
         try {

@@ -44,8 +44,8 @@ if (mode === 'baseline' || mode === 'bare-tls') {
       store,
       hostNames: ['localhost', '127.0.0.1', '127.0.0.2', '127.0.0.3'],
       logLevel: (process.env.BENCH_LOG_LEVEL ?? 'warn') as 'warn',
-      registrationsPerSecond: 0,
-      pollsPerSecondPerDevice: 0,
+      // BENCH_DEFAULT_LIMITS=1: the default rate limits, as `npm start` runs them; otherwise both off.
+      ...(process.env.BENCH_DEFAULT_LIMITS === '1' ? {} : { registrationsPerSecond: 0, pollsPerSecondPerDevice: 0 }),
       mqttEnabled: Number(mqttPort) > 0,
       ...(Number(mqttPort) > 0 ? { mqttPort: Number(mqttPort) } : {}),
       amqpEnabled: false,

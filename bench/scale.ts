@@ -1,5 +1,5 @@
 import { fork, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
@@ -85,23 +85,31 @@ async function serve(dataDir: string, port: number): Promise<void> {
 
 /**
  * BENCH_STATEMENT_TIMES=FILE: times every SQLite statement the server runs, by SQL text (count, total and worst ms),
- * written to FILE (JSON, most total time first) when the server stops: where a p99 goes, statement by statement.
+ * written to FILE (JSON, most total time first) when the server stops: where a p99 goes, statement by statement. Each
+ * text also counts `autocommits`: its writes run outside any transaction, each of which is a commit of its own (with a
+ * `commit` text's count, every commit the server made); a `wal_checkpoint` counts `walBytes`, the size of the WAL file
+ * when it ran (what the commits since the last checkpoint appended, which the checkpoint reads and copies back).
  */
 async function timeStatements(file: string): Promise<void> {
   const probe = new Database(':memory:');
-  const prototype = Object.getPrototypeOf(probe.prepare('select 1')) as Record<'run' | 'get' | 'all' | 'iterate', (...args: unknown[]) => unknown> & { source: string };
+  type Statement = { source: string; reader: boolean; database: { inTransaction: boolean; name: string } };
+  const prototype = Object.getPrototypeOf(probe.prepare('select 1')) as Record<'run' | 'get' | 'all' | 'iterate', (...args: unknown[]) => unknown>;
   probe.close();
-  const times = new Map<string, { count: number; totalMs: number; maxMs: number }>();
+  const times = new Map<string, { count: number; autocommits: number; walBytes: number; totalMs: number; maxMs: number }>();
   for (const method of ['run', 'get', 'all'] as const) {
     const original = prototype[method];
-    prototype[method] = function (this: { source: string }, ...args: unknown[]) {
+    prototype[method] = function (this: Statement, ...args: unknown[]) {
+      const autocommit = !this.reader && !this.database.inTransaction && !/^\s*(begin|commit|rollback|savepoint|release|pragma)/i.test(this.source);
+      const walBytes = /wal_checkpoint/i.test(this.source) && existsSync(`${this.database.name}-wal`) ? statSync(`${this.database.name}-wal`).size : 0;
       const startedAt = performance.now();
       try {
         return original.apply(this, args);
       } finally {
         const ms = performance.now() - startedAt;
-        const entry = times.get(this.source) ?? { count: 0, totalMs: 0, maxMs: 0 };
+        const entry = times.get(this.source) ?? { count: 0, autocommits: 0, walBytes: 0, totalMs: 0, maxMs: 0 };
         entry.count += 1;
+        if (autocommit) entry.autocommits += 1;
+        entry.walBytes += walBytes;
         entry.totalMs += ms;
         entry.maxMs = Math.max(entry.maxMs, ms);
         times.set(this.source, entry);

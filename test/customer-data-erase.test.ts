@@ -1,5 +1,7 @@
 import assert from 'node:assert/strict';
+import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import Database from 'better-sqlite3';
 import deviceSdk from 'azure-iot-provisioning-device';
 import amqpTransport from 'azure-iot-provisioning-device-amqp';
 import mqttTransport from 'azure-iot-provisioning-device-mqtt';
@@ -321,5 +323,97 @@ describe('refused sign-ins on every transport are in the system log', () => {
       assert.ok((await reasons('refuse-1')).some((line) => line.startsWith(`${transport}: wrong key`)), `${transport} wrong key in ${(await reasons('refuse-1')).join(' | ')}`);
       assert.ok((await reasons('refuse-nosuch')).some((line) => line.startsWith(`${transport}: no such enrollment`)), `${transport} unknown in ${(await reasons('refuse-nosuch')).join(' | ')}`);
     }
+  });
+});
+
+/**
+ * Issue 12 P5: an erase of one device wrote each of its store places' rows, and its progress after each place, as
+ * commits of their own (~19 per erase, each WAL frames the closing checkpoint copies back). The store's places of one
+ * pass are one transaction with their progress now, and a failure inside it still ends as before: place by place,
+ * each failure recorded as its own, the counts exact.
+ */
+describe('an erase of one device writes its store places in one transaction (SQLite)', () => {
+  const onSqlite = process.env.PROVISIOND_TEST_STORE !== 'postgres';
+
+  /** The SQLite writes this process runs while `work` does (commits among them), in order. */
+  async function recordingWrites<T>(work: () => Promise<T>): Promise<{ result: T; writes: Array<{ sql: string; inTransaction: boolean }> }> {
+    type Statement = { source: string; reader: boolean; database: { inTransaction: boolean } };
+    const probe = new Database(':memory:');
+    const prototype = Object.getPrototypeOf(probe.prepare('select 1')) as Record<'run' | 'get' | 'all', (...args: unknown[]) => unknown>;
+    probe.close();
+    const originals = { run: prototype.run, get: prototype.get, all: prototype.all };
+    const writes: Array<{ sql: string; inTransaction: boolean }> = [];
+    for (const method of ['run', 'get', 'all'] as const) {
+      const original = originals[method];
+      prototype[method] = function (this: Statement, ...args: unknown[]) {
+        if (!this.reader) writes.push({ sql: this.source.trim().toLowerCase(), inTransaction: this.database.inTransaction });
+        return original.apply(this, args);
+      };
+    }
+    try {
+      return { result: await work(), writes };
+    } finally {
+      Object.assign(prototype, originals);
+    }
+  }
+
+  test('the rows of every store place and the progress are one commit', { skip: !onSqlite }, async () => {
+    const key = await enroll('tx-one-1');
+    assert.equal((await rawRegister(idScope, 'tx-one-1', key)).status, 'assigned');
+    const { result: done, writes } = await recordingWrites(() => dataRequest('tx-one-erase', { type: 'erase', subject: { registrationId: 'tx-one-1' } }));
+    assert.equal(done.status, 'completed', JSON.stringify(done));
+    assert.deepEqual(await leftovers({ registrationId: 'tx-one-1', deviceId: 'tx-one-1' }), []);
+    // The deletes only an erase makes (the log's rows are updated by every read's access entry too), first to last place.
+    const placeWrite = /^delete from "(registrations|operations|hub_device_links|enrollments)"/;
+    const first = writes.findIndex((write) => placeWrite.test(write.sql));
+    const last = writes.findLastIndex((write) => placeWrite.test(write.sql));
+    assert.ok(first >= 0, 'the erase wrote the places');
+    const between = writes.slice(first, last + 1);
+    assert.deepEqual(
+      between.filter((write) => !write.inTransaction && !write.sql.startsWith('begin')).map((write) => write.sql.slice(0, 60)),
+      [],
+      'no write of a place commits on its own',
+    );
+    assert.deepEqual(between.filter((write) => write.sql.startsWith('commit')).map((write) => write.sql), [], 'no commit between the places');
+    // The last places (the log's) and the progress they all made are in the same transaction: before its commit.
+    const commit = writes.findIndex((write, index) => index > last && write.sql.startsWith('commit'));
+    const rest = writes.slice(last + 1, commit);
+    assert.ok(rest.every((write) => write.inTransaction));
+    assert.ok(rest.some((write) => write.sql.startsWith('update "audit_events"')), 'the log is pseudonymized in it');
+    assert.ok(rest.some((write) => /^(update|insert into) "data_requests"/.test(write.sql)), 'the progress is saved in it');
+  });
+
+  test('a place that fails inside the transaction rolls it back; the places then run one by one, and a retry counts exactly', { skip: !onSqlite }, async () => {
+    const key = await enroll('tx-fail-1');
+    assert.equal((await rawRegister(idScope, 'tx-fail-1', key)).status, 'assigned');
+    const eventsBefore = await server.app.store.findAuditEventsAbout(instanceId, { registrationIds: ['tx-fail-1'], deviceIds: ['tx-fail-1'], groupIds: [] });
+    const operationsBefore = await server.app.store.countOperationsOfRegistration(instanceId, 'tx-fail-1');
+    assert.ok(eventsBefore.length > 0 && operationsBefore > 0);
+    // A store that refuses one place's delete (as a full disk or a corrupt page would): a trigger, from a second connection.
+    const db = new Database(join(server.dataDir, 'provisiond.db'));
+    try {
+      db.exec(`CREATE TRIGGER refuse_tx_fail BEFORE DELETE ON operations WHEN old.registration_id_key = 'tx-fail-1'
+        BEGIN SELECT RAISE(ABORT, 'operations refused by the test'); END`);
+      const partial = await dataRequest('tx-fail-erase', { type: 'erase', subject: { registrationId: 'tx-fail-1' } });
+      assert.equal(partial.status, 'partiallyCompleted', JSON.stringify(partial));
+      assert.deepEqual(
+        (partial.result.failures as Json[]).map((failure) => [failure.place, failure.reason]),
+        [['operations', 'operations refused by the test']],
+      );
+      // Every other place is done: the rollback undid their writes, and they ran again one by one.
+      assert.deepEqual(await leftovers({ registrationId: 'tx-fail-1', deviceId: 'tx-fail-1' }), [`${operationsBefore} operations`]);
+      db.exec('DROP TRIGGER refuse_tx_fail');
+    } finally {
+      db.close();
+    }
+    const retried = await api('POST', '/dataRequests/tx-fail-erase/retry');
+    assert.equal(retried.status, 200, retried.text);
+    assert.equal((await finished('tx-fail-erase')).status, 'completed');
+    assert.deepEqual(await leftovers({ registrationId: 'tx-fail-1', deviceId: 'tx-fail-1' }), []);
+    const counts = await receiptCounts('tx-fail-erase');
+    assert.deepEqual(
+      [counts['hub:localhost/devices'], counts.registrations, counts.operations, counts.hubDeviceLinks, counts.enrollments, counts.auditEvents],
+      [1, 1, operationsBefore, 1, 1, eventsBefore.length],
+    );
   });
 });

@@ -82,6 +82,33 @@ test('saving a data request again with the same status and subject writes its ro
   }
 });
 
+test('rewriting a log event with its actor, outcome and class unchanged writes its row and subject indexes, not the class index', async () => {
+  // An erase pseudonymizes each of the subject's log events, and every folded read rewrites its access event (issue 12
+  // P5): both keep the actor, the outcome and the class. An UPDATE that sets a column rewrites that column's index
+  // entries even with the same value: the class index's page went to the WAL too, for the erase's checkpoint to copy.
+  const file = join(dir, 'event-rewrites', 'provisiond.db');
+  const store = await openSqliteStore(file);
+  const walPages = () => statSync(`${file}-wal`).size / (4096 + 24);
+  try {
+    const event = { eventId: '018c0000000000000001', timeUtc: '2024-01-01T00:00:00.0000000Z', kind: 'registration', operation: 'register', actor: 'device', outcome: 'success', subject: { registrationId: 'dev-1', deviceId: 'dev-1' } } as const;
+    await store.appendAuditEvent('i1', { ...event, class: 'change' });
+    const before = walPages();
+    await store.replaceAuditEvents('i1', [{ ...event, class: 'change', subject: { hash: 'h1' } }]);
+    assert.equal(walPages() - before, 3, 'three pages: the row and the two subject indexes it leaves');
+    assert.deepEqual(await store.findAuditEventsAbout('i1', { registrationIds: ['dev-1'], deviceIds: ['dev-1'], groupIds: [] }), []);
+    // A rewrite that changes the class or the outcome still moves the event in their indexes.
+    await store.replaceAuditEvents('i1', [{ ...event, class: 'access', outcome: 'failure', subject: { hash: 'h1' } }]);
+    assert.deepEqual(
+      (await store.queryAuditEvents('i1', { eventClass: 'access', limit: 10 })).items.map((found) => [found.eventId, found.class, found.outcome]),
+      [[event.eventId, 'access', 'failure']],
+    );
+    assert.deepEqual((await store.queryAuditEvents('i1', { eventClass: 'change', limit: 10 })).items, []);
+    assert.deepEqual((await store.queryAuditEvents('i1', { outcome: 'failure', limit: 10 })).items.map((found) => found.eventId), [event.eventId]);
+  } finally {
+    await store.close();
+  }
+});
+
 test('migration 0012 backfills the subject→hub-device links from the records, and the subject keys of requests and outbox events', async () => {
   const file = join(dir, 'backfill', 'provisiond.db');
   const opened = openSqliteDialect(file);

@@ -1254,6 +1254,10 @@ export class KyselyStore implements Store {
   async replaceAuditEvents(instanceId: string, events: AuditEvent[]): Promise<void> {
     for (const event of events) {
       const row = auditRow(instanceId, event);
+      // SQLite: first the rewrite that leaves the class and failure indexes alone; it changes nothing when the actor,
+      // outcome or class changed. (PostgreSQL rewrites the entries of every index of a row it cannot update HOT anyway.)
+      const sameFilters = [row.registration_id_key, row.device_id_key, row.group_id_key, row.doc, instanceId, event.eventId, row.actor, row.outcome, row.event_class];
+      if (this.#sqlite && (await hotWrite(this.#db, this.#subject.replaceAuditEventSameFilters, sameFilters)) > 0) continue;
       await hotWrite(this.#db, this.#subject.replaceAuditEvent, [
         row.registration_id_key,
         row.device_id_key,

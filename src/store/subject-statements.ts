@@ -180,6 +180,28 @@ export class SubjectStatements extends StatementsCompiledOnce {
     );
   }
 
+  /**
+   * A rewrite that leaves the actor, the outcome and the class as they are (an erase's pseudonymization, an access
+   * read folded into its event): it names only the columns that change, so SQLite leaves the class index and the
+   * failures' partial index alone (an UPDATE that sets a column rewrites every index entry it is in, even with the
+   * same value: one more page per event in the WAL the erase's checkpoint copies back). It changes nothing when any of
+   * the three differ. Arguments: registration, device and group keys, doc, instance, event ID, actor, outcome, class.
+   */
+  get replaceAuditEventSameFilters(): HotStatement {
+    return this.once('replaceAuditEventSameFilters', () =>
+      compileHot((p) =>
+        this.db
+          .updateTable('audit_events')
+          .set({ registration_id_key: p(0), device_id_key: p(1), group_id_key: p(2), doc: p(3) })
+          .where('instance_id', '=', p(4))
+          .where('event_id', '=', p(5))
+          .where('actor', '=', p(6))
+          .where('outcome', '=', p(7))
+          .where('event_class', '=', p(8)),
+      ),
+    );
+  }
+
   /** Arguments: registration, device and group keys, actor, outcome, class, doc, then instance and event ID. */
   get replaceAuditEvent(): HotStatement {
     return this.once('replaceAuditEvent', () =>

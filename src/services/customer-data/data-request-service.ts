@@ -6,7 +6,7 @@ import { isValidId } from '../../domain/ids.js';
 import { canonicalJson, subjectHash } from '../../domain/receipt.js';
 import { dpsTimestamp } from '../../domain/time.js';
 import type { HubClientFactory } from '../../hubs/hub-client.js';
-import { DATA_REQUEST_FIELDS, type AuditEvent, type EraseFence, type InstanceRecord, type SubjectKind } from '../../store/store.js';
+import { DATA_REQUEST_FIELDS, type AuditEvent, type EraseFence, type InstanceRecord, type Store, type SubjectKind } from '../../store/store.js';
 import type { AuditLog } from '../audit-log.js';
 import type { ServiceDeps } from '../deps.js';
 import type { LifecycleEvents } from '../lifecycle-events.js';
@@ -226,9 +226,10 @@ export class DataRequestService {
     return readRequestDoc(record.doc);
   }
 
-  async #save(instance: InstanceRecord, doc: DataRequestDoc): Promise<void> {
+  /** Stores the request; through `store` when that is a transaction the save belongs to. */
+  async #save(instance: InstanceRecord, doc: DataRequestDoc, store: Store = this.#deps.store): Promise<void> {
     doc.lastUpdatedDateTimeUtc = dpsTimestamp(this.#deps.now());
-    await this.#deps.store.putDataRequest(instance.id, { requestId: doc.requestId, subjectId: doc.subject.id, sortKey: doc.sortKey, status: doc.status, type: doc.type, doc });
+    await store.putDataRequest(instance.id, { requestId: doc.requestId, subjectId: doc.subject.id, sortKey: doc.sortKey, status: doc.status, type: doc.type, doc });
   }
 
   /** Waits for the job at most waitMs: the document it finished, or undefined (still running, or not run here). */
@@ -310,15 +311,15 @@ export class DataRequestService {
     }
   }
 
-  /** What every place is given to work with, for one request. */
-  #placeContext(instance: InstanceRecord, doc: DataRequestDoc): Omit<PlaceContext, 'tick' | 'resumeAt'> {
+  /** What every place is given to work with, for one request; every store write through `store`. */
+  #placeContext(instance: InstanceRecord, doc: DataRequestDoc, store: Store = this.#deps.store): Omit<PlaceContext, 'tick' | 'resumeAt'> {
     return {
-      store: this.#deps.store,
+      store,
       hubClients: this.#deps.hubClients,
       instanceId: instance.id,
       requestId: doc.requestId,
       includeSecrets: doc.includeSecrets,
-      saveRequest: (other) => this.#save(instance, other),
+      saveRequest: (other) => this.#save(instance, other, store),
       subjectHashKey: async () => (await this.secrets(instance)).subjectHashKey,
     };
   }
@@ -358,18 +359,25 @@ export class DataRequestService {
   async #runErase(instance: InstanceRecord, doc: DataRequestDoc): Promise<void> {
     const subject = storedSubject(doc);
     const store = this.#deps.store;
+    // Made by create() at the latest. Taken once here, so that nothing run inside one of the erase's transactions asks
+    // the store for them outside it (on SQLite's one connection that would wait for the transaction: forever).
+    const { subjectHashKey } = await this.secrets(instance);
+    const contextIn = (into: Store): Omit<PlaceContext, 'tick' | 'resumeAt'> => ({
+      ...this.#placeContext(instance, doc, into),
+      subjectHashKey: () => Promise.resolve(subjectHashKey),
+    });
     const { result, completed, counts } = await runErase({
-      context: this.#placeContext(instance, doc),
+      context: contextIn(store),
+      contextIn,
       doc,
       subject,
       places: async () => placesOf(await store.listLinkedHubs(instance.id)),
       trace: () => traceSubject(store, instance.id, subject),
-      fence: async (ids) => {
-        const { subjectHashKey } = await this.secrets(instance);
+      fence: async (ids, into = store) => {
         const fences: EraseFence[] = ids.map(({ kind, id }) => ({ kind, id, requestId: doc.requestId, subjectHash: subjectHash(subjectHashKey, kind, id) }));
-        await store.putEraseFences(instance.id, fences);
+        await into.putEraseFences(instance.id, fences);
       },
-      save: () => this.#save(instance, doc),
+      save: (into) => this.#save(instance, doc, into),
       stopping: () => this.#stopping,
     });
     doc.result = result;

@@ -22,6 +22,11 @@ export interface Place {
   readonly humanName: string;
   /** What an erase does here: delete the items, or keep them without the subject's IDs. */
   readonly action: 'delete' | 'pseudonymize';
+  /**
+   * The place's rows are in provisiond's store and its erase writes only through `context.store`: an erase may run it
+   * inside one transaction with the other such places (a hub is reached through its client, outside any transaction).
+   */
+  readonly inStore: boolean;
   /** Where the place's entries go in an export bundle. */
   readonly bundleField: BundleField;
   /** How many units of work an erase here takes (the request's progress). */
@@ -132,6 +137,7 @@ function hubDevicesPlace(hub: LinkedHubRecord): Place {
     key: `hub:${hub.name}/devices`,
     humanName: `Device identity and twin on hub ${hub.name}`,
     action: 'delete',
+    inStore: false,
     bundleField: 'hubDevices',
     size: (trace) => trace.deviceIds.length,
     async find(context, trace) {
@@ -166,6 +172,7 @@ const registrations: Place = {
   key: 'registrations',
   humanName: 'Registration records',
   action: 'delete',
+  inStore: true,
   bundleField: 'registrationRecords',
   size: (trace) => trace.registrationIds.length,
   find: (context, trace) => findEach(trace.registrationIds, async (id) => ((await context.store.getRegistration(context.instanceId, id)) === undefined ? 0 : 1)),
@@ -187,6 +194,7 @@ const operations: Place = {
   key: 'operations',
   humanName: 'Registration operations (with custom allocation payloads)',
   action: 'delete',
+  inStore: true,
   bundleField: 'operations',
   size: (trace) => trace.registrationIds.length,
   find: (context, trace) => findEach(trace.registrationIds, (id) => context.store.countOperationsOfRegistration(context.instanceId, id)),
@@ -210,6 +218,7 @@ const issuedCertificates: Place = {
   key: 'issuedCertificates',
   humanName: 'Certificates issued from CSRs (an erase revokes them)',
   action: 'delete',
+  inStore: true,
   bundleField: 'issuedCertificates',
   size: (trace) => trace.registrationIds.length,
   find: (context, trace) => findEach(trace.registrationIds, async (id) => (await context.store.listIssuedCertificates(context.instanceId, id)).length),
@@ -235,6 +244,7 @@ const registrationIntents: Place = {
   key: 'registrationIntents',
   humanName: 'Unfinished registrations (interrupted hub writes)',
   action: 'delete',
+  inStore: true,
   bundleField: 'registrationIntents',
   size: () => 1,
   async find(context, trace) {
@@ -273,6 +283,7 @@ const hubDeviceLinks: Place = {
   key: 'hubDeviceLinks',
   humanName: 'Hub devices provisiond created for the subject',
   action: 'delete',
+  inStore: true,
   bundleField: 'hubDeviceLinks',
   size: () => 1,
   async find(context, trace) {
@@ -293,6 +304,7 @@ const enrollments: Place = {
   key: 'enrollments',
   humanName: 'Individual enrollment',
   action: 'delete',
+  inStore: true,
   bundleField: 'individualEnrollments',
   size: (trace) => trace.enrollmentIds.length,
   find: (context, trace) => findEach(trace.enrollmentIds, async (id) => ((await context.store.getEnrollment(context.instanceId, id)) === undefined ? 0 : 1)),
@@ -320,6 +332,7 @@ const enrollmentGroups: Place = {
   key: 'enrollmentGroups',
   humanName: 'Enrollment group (the subject group, or the device’s membership)',
   action: 'delete',
+  inStore: true,
   bundleField: 'enrollmentGroups',
   size: (trace) => trace.groupIds.length,
   find: (context, trace) => findEach(trace.groupIds, async (id) => ((await context.store.getEnrollmentGroup(context.instanceId, id)) === undefined ? 0 : 1)),
@@ -342,6 +355,7 @@ const lifecycleEventOutbox: Place = {
   key: 'lifecycleEventOutbox',
   humanName: 'Undelivered lifecycle events',
   action: 'delete',
+  inStore: true,
   bundleField: 'lifecycleEventOutbox',
   size: () => 1,
   async find(context, trace) {
@@ -363,6 +377,7 @@ const dataRequests: Place = {
   key: 'dataRequests',
   humanName: 'Earlier data requests about the subject',
   action: 'pseudonymize',
+  inStore: true,
   bundleField: 'dataRequests',
   size: () => 1,
   async find(context, trace) {
@@ -389,9 +404,12 @@ const dataRequests: Place = {
 async function requestsAbout(context: PlaceContext, trace: SubjectTrace): Promise<DataRequestDoc[]> {
   const ids = [...trace.registrationIds, ...trace.deviceIds, ...trace.groupIds];
   const found = await context.store.findDataRequestsAbout(context.instanceId, ids);
+  // The request at work (and any other still running) is left out by its row before any document is checked: its
+  // document, with the plan and the trace, was the largest an erase checked, twice (issue 12 P5).
   return found
+    .filter((record) => record.requestId.toLowerCase() !== context.requestId.toLowerCase() && record.status !== 'running')
     .map((record) => readRequestDoc(record.doc))
-    .filter((other) => other.requestId.toLowerCase() !== context.requestId.toLowerCase() && other.status !== 'running' && other.subject.id !== undefined);
+    .filter((other) => other.subject.id !== undefined);
 }
 
 /** System-log events about the subject (one slice of them): kept, with the subject's keyed hash instead of its IDs. */
@@ -404,6 +422,7 @@ function auditEventsPlace(key: 'auditEvents' | 'webhookExchanges', humanName: st
     key,
     humanName,
     action: 'pseudonymize',
+    inStore: true,
     bundleField: key,
     size: () => 1,
     async find(context, trace) {

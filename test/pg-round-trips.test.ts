@@ -57,6 +57,8 @@ async function counting<T>(work: () => Promise<T>): Promise<{ result: T; roundTr
  */
 const FIRST_REGISTRATION_ROUND_TRIPS = 15;
 const RE_REGISTRATION_ROUND_TRIPS = 7;
+/** A new device of a group the node has listed (its first registration, the node's second of the group). */
+const NEW_DEVICE_ROUND_TRIPS = 7;
 /** The outbox sweep or the operations purge can land a query inside a counted window; never take one away. */
 const BACKGROUND_SLACK = 2;
 
@@ -114,6 +116,32 @@ describe('PostgreSQL round trips per registration', () => {
     // ... as the hot statements they are, with parameters (prepared once per connection), not a text to parse anew.
     assert.ok(/values \(\$1, \$2/.test(commit) && !/'round-trips-1'/.test(commit), describe(again));
     assert.equal(again.texts.filter((text) => text === 'begin' || text === 'commit').length, 0, describe(again));
+  });
+
+  test("a new device of a group this node has listed: the group's counter rides in the first read, and no read confirms the group", async () => {
+    // The node's group list is loaded (and at the groups counter's current version) after one registration.
+    assert.equal((await registerAndPoll('round-trips-new-0')).status, 'assigned');
+    const fresh = await counting(() => registerAndPoll('round-trips-new-1'));
+    assert.equal(fresh.result.status, 'assigned', JSON.stringify(fresh.result));
+    const texts = fresh.texts.map((text) => text.slice(0, 120)).join('\n');
+    assert.ok(fresh.roundTrips <= NEW_DEVICE_ROUND_TRIPS + BACKGROUND_SLACK, `${fresh.roundTrips} round trips:\n${texts}`);
+    assert.ok(!fresh.texts.some((text) => /^select \(select "doc" from "enrollment_groups"|^select "version" from "change_counters"/.test(text)), texts);
+    // A group written since (on any node: the counter moves) is read again: a disabled group refuses at once.
+    const group = await call('GET', '/enrollmentGroups/round-trips?api-version=2021-10-01', { headers: { authorization: server.token() } });
+    const disabled = await admin.query<{ n: string }>("select count(*) as n from enrollment_groups where group_id_key = 'round-trips'");
+    assert.equal(disabled.rows[0]?.n, '1');
+    await admin.query(
+      `update enrollment_groups set doc = jsonb_set(doc::jsonb, '{provisioningStatus}', '"disabled"')::text, provisioning_status = 'disabled' where group_id_key = 'round-trips'`,
+    );
+    await admin.query("update change_counters set version = version + 1 where name like 'groups/%'");
+    const refused = await registerAndPoll('round-trips-new-2');
+    assert.equal(refused.status, 'disabled', JSON.stringify(refused));
+    // (As it was, for the tests after this one.)
+    const restored = await call('PUT', '/enrollmentGroups/round-trips?api-version=2021-10-01', {
+      headers: { authorization: server.token(), 'if-match': '*' },
+      body: { ...(group.body as Json), provisioningStatus: 'enabled' },
+    });
+    assert.equal(restored.status, 200, restored.text);
   });
 
   test('a deferred write that fails fails the registration, and nothing of it is written', async () => {

@@ -1200,21 +1200,31 @@ export function runStoreContract(name: string, open: () => Promise<Store>): void
 
       test("a device request's first reads: the instance by ID scope with the device's reads in it, case-insensitively", async () => {
         const none = { enrollment: undefined, registration: undefined, group: undefined };
-        assert.equal(await store.findDeviceByIdScope('0ne00000NONE', 'first-dev'), undefined);
-        assert.deepEqual(await store.findDeviceByIdScope(a.idScope.toLowerCase(), 'first-dev'), { instance: a, reads: none });
+        /** The reads without the groups counter, which a store may add (checked below). */
+        const first = async (idScope: string, registrationId: string) => {
+          const found = await store.findDeviceByIdScope(idScope, registrationId);
+          if (found === undefined) return undefined;
+          const { groupsVersion, ...reads } = found.reads;
+          // Where it comes along (PostgreSQL), it is the instance's groups counter as changeCounter reads it.
+          if (groupsVersion !== undefined) assert.equal(groupsVersion, await store.changeCounter(`groups/${found.instance.id}`));
+          return { instance: found.instance, reads };
+        };
+        assert.equal(await first('0ne00000NONE', 'first-dev'), undefined);
+        assert.deepEqual(await first(a.idScope.toLowerCase(), 'first-dev'), { instance: a, reads: none });
         const named = registration('First-Dev', { enrollmentGroupId: 'First-Group' });
         await store.putRegistration(a.id, named);
         await store.putEnrollment(a.id, enrollment('first-dev'));
         await store.putEnrollmentGroup(a.id, group('first-group'));
         // The reads are the instance's own: another instance with the same device and group names has none of them.
         await store.putEnrollmentGroup(b.id, group('first-group'));
-        assert.deepEqual(await store.findDeviceByIdScope(a.idScope, 'FIRST-DEV'), {
+        await store.putEnrollmentGroup(b.id, group('second-group'));
+        assert.deepEqual(await first(a.idScope, 'FIRST-DEV'), {
           instance: a,
           reads: { enrollment: enrollment('first-dev'), registration: named, group: group('first-group') },
         });
-        assert.deepEqual(await store.findDeviceByIdScope(b.idScope, 'first-dev'), { instance: b, reads: none });
+        assert.deepEqual(await first(b.idScope, 'first-dev'), { instance: b, reads: none });
         // As getEnrollmentAndRegistration answers, read for read.
-        assert.deepEqual((await store.findDeviceByIdScope(a.idScope, 'first-dev'))?.reads, await store.getEnrollmentAndRegistration(a.id, 'first-dev'));
+        assert.deepEqual((await first(a.idScope, 'first-dev'))?.reads, await store.getEnrollmentAndRegistration(a.id, 'first-dev'));
       });
 
       test('the group a record names comes with it, case-insensitively, from its own instance, and not once it is gone', async () => {

@@ -15,10 +15,17 @@ import type { Store } from '../store/store.js';
 interface CachedGroup {
   id: string;
   keys: string[];
+  /**
+   * The group's document as loaded (lists of at most {@link DOCS_KEPT} groups): when a request read the groups counter
+   * at the list's version together with its other reads, this is the stored group, and it is confirmed without a read.
+   */
+  doc?: StoredEnrollmentGroup;
 }
 
 const RELOAD_AFTER_MS = 1000;
 const CACHE_TTL_MS = 30_000;
+/** The most groups whose documents a cached list keeps (memory stays small for an instance with many groups). */
+const DOCS_KEPT = 64;
 
 export class SymmetricKeyGroups {
   readonly #store: Store;
@@ -35,9 +42,17 @@ export class SymmetricKeyGroups {
 
   /**
    * `hint`: the group the device's record names, tried first; `read` is that group as the caller just read it from the
-   * store (undefined: gone), so it is confirmed without a read of its own.
+   * store (undefined: gone), so it is confirmed without a read of its own. `groupsVersion`: the instance's groups
+   * counter as the caller read it with its other reads (Store.findDeviceByIdScope on PostgreSQL): when it is the cached
+   * list's, the list's copy of the matching group is the stored one, and no read confirms it (issue 11).
    */
-  async match(instanceId: string, registrationId: string, token: SasToken, hint?: { groupId: string; read?: StoredEnrollmentGroup | undefined }): Promise<StoredEnrollmentGroup | undefined> {
+  async match(
+    instanceId: string,
+    registrationId: string,
+    token: SasToken,
+    hint?: { groupId: string; read?: StoredEnrollmentGroup | undefined },
+    groupsVersion?: number,
+  ): Promise<StoredEnrollmentGroup | undefined> {
     if (hint !== undefined) {
       const hinted = 'read' in hint ? this.#confirmed(instanceId, hint.read, registrationId, token) : await this.#confirm(instanceId, hint.groupId, registrationId, token);
       if (hinted !== undefined) return hinted;
@@ -47,9 +62,11 @@ export class SymmetricKeyGroups {
     // check are one read (one statement; on PostgreSQL one round trip instead of two). Anything else — no match in the
     // list, or the counter moved — takes the full path below, as if this read had not happened.
     if (cached !== undefined && Date.now() - cached.at <= CACHE_TTL_MS) {
-      const candidate = scan(cached.groups, registrationId, token);
+      const candidate = scanGroups(cached.groups, registrationId, token);
       if (candidate !== undefined) {
-        const { group, version } = await this.#store.enrollmentGroupAndCounter(instanceId, candidate, `groups/${instanceId}`);
+        // Every group write bumps the counter in its own transaction: at the list's version, its copy is the stored group.
+        if (groupsVersion === cached.version && candidate.doc !== undefined) return this.#confirmed(instanceId, candidate.doc, registrationId, token);
+        const { group, version } = await this.#store.enrollmentGroupAndCounter(instanceId, candidate.id, `groups/${instanceId}`);
         if (version === cached.version) return this.#confirmed(instanceId, group, registrationId, token);
       }
     }
@@ -94,11 +111,12 @@ export class SymmetricKeyGroups {
       });
       for (const group of page.items) {
         if (group.attestation.type === 'symmetricKey') {
-          groups.push({ id: group.enrollmentGroupId, keys: [group.attestation.symmetricKey.primaryKey, group.attestation.symmetricKey.secondaryKey] });
+          groups.push({ id: group.enrollmentGroupId, keys: [group.attestation.symmetricKey.primaryKey, group.attestation.symmetricKey.secondaryKey], doc: group });
         }
       }
       afterKey = page.nextKey;
     } while (afterKey !== undefined);
+    if (groups.length > DOCS_KEPT) for (const group of groups) delete group.doc;
     const entry = { groups, at: Date.now(), version };
     this.#cache.set(instanceId, entry);
     return entry;
@@ -106,8 +124,12 @@ export class SymmetricKeyGroups {
 }
 
 function scan(groups: readonly CachedGroup[], registrationId: string, token: SasToken): string | undefined {
+  return scanGroups(groups, registrationId, token)?.id;
+}
+
+function scanGroups(groups: readonly CachedGroup[], registrationId: string, token: SasToken): CachedGroup | undefined {
   for (const group of groups) {
-    if (signedByOneOf(token, group.keys.map((key) => deriveDeviceKey(key, registrationId)))) return group.id;
+    if (signedByOneOf(token, group.keys.map((key) => deriveDeviceKey(key, registrationId)))) return group;
   }
   return undefined;
 }

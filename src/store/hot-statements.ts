@@ -320,41 +320,7 @@ export function storeStatements(db: Kysely<Database>) {
      * the device's reads of {@link enrollmentAndRegistration} (registration ID key `p(1)`) in that instance, from one
      * snapshot: one round trip where the instance and the device's reads were two.
      */
-    instanceAndDeviceByIdScopeVersioned: compileHot((p) =>
-      db
-        .selectFrom(configVersion(db).as('v'))
-        .leftJoin('instances', (join) => join.on('instances.id_scope_key', '=', p(0)))
-        .select((eb) => [
-          'v.version',
-          'instances.doc',
-          eb
-            .selectFrom('enrollments')
-            .select('enrollments.doc')
-            .whereRef('enrollments.instance_id', '=', 'instances.id')
-            .where('enrollments.registration_id_key', '=', p(1))
-            .as('enrollment_doc'),
-          eb
-            .selectFrom('registrations')
-            .select('registrations.doc')
-            .whereRef('registrations.instance_id', '=', 'instances.id')
-            .where('registrations.registration_id_key', '=', p(1))
-            .as('registration_doc'),
-          eb
-            .selectFrom('enrollment_groups')
-            .select('enrollment_groups.doc')
-            .whereRef('enrollment_groups.instance_id', '=', 'instances.id')
-            .where(
-              'enrollment_groups.group_id_key',
-              '=',
-              eb
-                .selectFrom('registrations')
-                .select('registrations.group_id_key')
-                .whereRef('registrations.instance_id', '=', 'instances.id')
-                .where('registrations.registration_id_key', '=', p(1)),
-            )
-            .as('group_doc'),
-        ]),
-    ),
+    instanceAndDeviceByIdScopeVersioned: compileHot((p) => instanceAndDevice(db, p)),
     instanceByIdVersioned: compileHot((p) =>
       db
         .selectFrom(configVersion(db).as('v'))
@@ -451,6 +417,56 @@ function rateTokenTake(db: Kysely<Database>, bucketKey: string, ratePerSecond: s
 
 /** One token, written into the statement (a poll takes one). */
 const ONE_TOKEN = sql<number>`1`;
+
+/**
+ * PostgreSQL: a device request's first read whole (issue 11) — the config version, the instance by ID scope (`p(0)`),
+ * the device's reads of `enrollmentAndRegistration` (registration ID key `p(1)`) in that instance, and the instance's
+ * symmetric-key groups counter (`groups/<instance ID>`, against which a node's cached group list is checked), from one
+ * snapshot: one round trip where the instance, the device's reads and a group's confirmation were three.
+ */
+function instanceAndDevice(db: Kysely<Database>, p: (index: number) => string) {
+  return db
+    .selectFrom(configVersion(db).as('v'))
+    .leftJoin('instances', (join) => join.on('instances.id_scope_key', '=', p(0)))
+    .select((eb) => [
+      'v.version',
+      'instances.doc',
+      eb
+        .selectFrom('enrollments')
+        .select('enrollments.doc')
+        .whereRef('enrollments.instance_id', '=', 'instances.id')
+        .where('enrollments.registration_id_key', '=', p(1))
+        .as('enrollment_doc'),
+      eb
+        .selectFrom('registrations')
+        .select('registrations.doc')
+        .whereRef('registrations.instance_id', '=', 'instances.id')
+        .where('registrations.registration_id_key', '=', p(1))
+        .as('registration_doc'),
+      eb
+        .selectFrom('enrollment_groups')
+        .select('enrollment_groups.doc')
+        .whereRef('enrollment_groups.instance_id', '=', 'instances.id')
+        .where(
+          'enrollment_groups.group_id_key',
+          '=',
+          eb
+            .selectFrom('registrations')
+            .select('registrations.group_id_key')
+            .whereRef('registrations.instance_id', '=', 'instances.id')
+            .where('registrations.registration_id_key', '=', p(1)),
+        )
+        .as('group_doc'),
+      eb
+        .selectFrom('change_counters')
+        .select('change_counters.version')
+        .where('change_counters.name', '=', sql<string>`${GROUPS_COUNTER_PREFIX} || ${sql.ref('instances.id')}`)
+        .as('groups_version'),
+    ]);
+}
+
+/** The symmetric-key groups' change counter of an instance is this and its ID (services/symmetric-key-groups.ts). */
+export const GROUPS_COUNTER_PREFIX = 'groups/';
 
 /** The shared config counter's value, 0 before the first config write. */
 function configVersion(db: Kysely<Database>) {

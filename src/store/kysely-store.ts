@@ -9,7 +9,7 @@ import { certificateThumbprints } from '../domain/enrollment.js';
 import type { Filter } from '../domain/query.js';
 import { KyselyHubStore, type BuiltInHubStore, type StoredHubDevice } from './hub-store.js';
 import { CONFIG_COUNTER, configCacheOf, type ConfigCache } from './config-cache.js';
-import { bindHot, deferredWrite, directSqlite, hotDoc, hotWrite, NO_KEY, parseProbeFence, type HotStatement, runHot, storeStatements, type StoreStatements } from './hot-statements.js';
+import { bindHot, deferredWrite, directSqlite, GROUPS_COUNTER_PREFIX, hotDoc, hotWrite, NO_KEY, parseProbeFence, type HotStatement, runHot, storeStatements, type StoreStatements } from './hot-statements.js';
 import { AUDIT_ROW_COLUMNS, bulkStatementsOf, ENROLLMENT_ROW_COLUMNS } from './bulk-statements.js';
 import { AUDIT_PAGE_FILTERS, type AuditPageFilter, paddedKeys, subjectStatementsOf, type SubjectStatements } from './subject-statements.js';
 import { migrationProvider } from './migrations.js';
@@ -1049,16 +1049,19 @@ export class KyselyStore implements Store {
     // One statement: the config version, the instance and the device's reads, from one snapshot (findInstanceByIdScope
     // and getEnrollmentAndRegistration in one round trip).
     const generation = this.#cache.generation;
-    const { rows } = await runHot<DeviceReadRow & { version: number | string; doc: string | null }>(this.#db, this.#hot.instanceAndDeviceByIdScopeVersioned, [
-      lower(idScope),
-      lower(registrationId),
-    ]);
+    const { rows } = await runHot<DeviceReadRow & { version: number | string; doc: string | null; groups_version: number | string | null }>(
+      this.#db,
+      this.#hot.instanceAndDeviceByIdScopeVersioned,
+      [lower(idScope), lower(registrationId)],
+    );
     const row = rows[0];
     const version = Number(row?.version ?? 0);
     if (row?.doc == null) return undefined;
     const instance = parse<InstanceRecord>(row.doc);
     if (this.#root !== undefined) this.#cache.set(`id/${instance.id}`, row.doc, generation, version);
-    return { instance: this.#cache.stamp(instance, version), reads: deviceReadsOf(row) };
+    const reads = deviceReadsOf(row);
+    reads.groupsVersion = Number(row.groups_version ?? 0);
+    return { instance: this.#cache.stamp(instance, version), reads };
   }
 
   async findEraseFence(instanceId: string, probe: FenceProbe): Promise<Pick<EraseFence, 'kind' | 'requestId' | 'subjectHash'> | undefined> {
@@ -1638,7 +1641,7 @@ function servedByIndex(table: QueriedTable, fields: Record<string, { column: str
   return filter.op !== 'ne' && column !== undefined && INDEXED_FILTER_COLUMNS[table].includes(column);
 }
 
-const groupsCounter = (instanceId: string): string => `groups/${instanceId}`;
+const groupsCounter = (instanceId: string): string => `${GROUPS_COUNTER_PREFIX}${instanceId}`;
 
 async function bumpCounter(db: Db, name: string): Promise<void> {
   await db

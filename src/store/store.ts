@@ -301,6 +301,11 @@ export interface DeviceReads {
   enrollment: StoredEnrollment | undefined;
   registration: StoredRegistration | undefined;
   group: StoredEnrollmentGroup | undefined;
+  /**
+   * The instance's symmetric-key groups counter ({@link Store.changeCounter} `groups/<instance ID>`) read with the rest
+   * (PostgreSQL's {@link Store.findDeviceByIdScope}); undefined where it was not.
+   */
+  groupsVersion?: number;
 }
 
 /** One token to take from a shared bucket ({@link Store.takeRateToken}'s arguments). */

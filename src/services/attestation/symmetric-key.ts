@@ -48,7 +48,8 @@ export async function authenticateSymmetricKey(
       runtimeContext: { symmetricKey: {} },
     };
   }
-  const group = await deps.groups.match(instance.id, registrationId, token, previous?.enrollmentGroupId === undefined ? undefined : { groupId: previous.enrollmentGroupId, read: named });
+  const hint = previous?.enrollmentGroupId === undefined ? undefined : { groupId: previous.enrollmentGroupId, read: named };
+  const group = await deps.groups.match(instance.id, registrationId, token, hint, device.groupsVersion);
   if (group === undefined || group.attestation.type !== 'symmetricKey') throw unauthorized();
   const { primaryKey, secondaryKey } = group.attestation.symmetricKey;
   return {

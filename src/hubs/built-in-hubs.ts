@@ -187,8 +187,8 @@ export class BuiltInHubService {
   /**
    * PUT /devices/{id}. Without If-Match it creates, and an existing device is a 409 DeviceAlreadyExists; with If-Match
    * (`*` or the device's etag) it replaces the identity of an existing device, and keeps its twin and generation ID.
+   * `current`: the device's row as the caller read it moments ago, for the first compare-and-swap (see #update).
    */
-  /** `current`: the device's row as the caller read it moments ago, for the first compare-and-swap (see #update). */
   async createOrUpdateDevice(hubName: string, deviceId: string, input: DeviceInput, ifMatch: string | undefined, current?: HubDeviceRow): Promise<WireDevice> {
     checkDeviceId(deviceId);
     if (input.deviceId !== deviceId) {

@@ -1,6 +1,6 @@
 import type { StoredEnrollmentGroup } from '../domain/enrollment.js';
 import { deriveDeviceKey, signedByOneOf, type SasToken } from '../domain/sas.js';
-import type { Store } from '../store/store.js';
+import { groupsCounterOf, type Store } from '../store/store.js';
 
 /**
  * Finds the symmetric-key enrollment group whose derived key signed a device's token. The token names no group
@@ -62,15 +62,15 @@ export class SymmetricKeyGroups {
     // check are one read (one statement; on PostgreSQL one round trip instead of two). Anything else — no match in the
     // list, or the counter moved — takes the full path below, as if this read had not happened.
     if (cached !== undefined && Date.now() - cached.at <= CACHE_TTL_MS) {
-      const candidate = scanGroups(cached.groups, registrationId, token);
+      const candidate = scan(cached.groups, registrationId, token);
       if (candidate !== undefined) {
         // Every group write bumps the counter in its own transaction: at the list's version, its copy is the stored group.
         if (groupsVersion === cached.version && candidate.doc !== undefined) return this.#confirmed(instanceId, candidate.doc, registrationId, token);
-        const { group, version } = await this.#store.enrollmentGroupAndCounter(instanceId, candidate.id, `groups/${instanceId}`);
+        const { group, version } = await this.#store.enrollmentGroupAndCounter(instanceId, candidate.id, groupsCounterOf(instanceId));
         if (version === cached.version) return this.#confirmed(instanceId, group, registrationId, token);
       }
     }
-    const version = await this.#store.changeCounter(`groups/${instanceId}`);
+    const version = await this.#store.changeCounter(groupsCounterOf(instanceId));
     // (The counter just read is the one the list is loaded at: read before the list, as #load needs.)
     if (cached === undefined || cached.version !== version || Date.now() - cached.at > CACHE_TTL_MS) cached = await this.#load(instanceId, version);
     let found = scan(cached.groups, registrationId, token);
@@ -78,7 +78,7 @@ export class SymmetricKeyGroups {
       cached = await this.#load(instanceId);
       found = scan(cached.groups, registrationId, token);
     }
-    return found === undefined ? undefined : this.#confirm(instanceId, found, registrationId, token);
+    return found === undefined ? undefined : this.#confirm(instanceId, found.id, registrationId, token);
   }
 
   async #confirm(instanceId: string, groupId: string, registrationId: string, token: SasToken): Promise<StoredEnrollmentGroup | undefined> {
@@ -100,7 +100,7 @@ export class SymmetricKeyGroups {
   async #load(instanceId: string, counter?: number): Promise<{ groups: CachedGroup[]; at: number; version: number }> {
     // Read before the list (or by the caller just before): a write between the two makes the next lookup load again,
     // never miss the write.
-    const version = counter ?? (await this.#store.changeCounter(`groups/${instanceId}`));
+    const version = counter ?? (await this.#store.changeCounter(groupsCounterOf(instanceId)));
     const groups: CachedGroup[] = [];
     let afterKey: string | undefined;
     do {
@@ -123,11 +123,8 @@ export class SymmetricKeyGroups {
   }
 }
 
-function scan(groups: readonly CachedGroup[], registrationId: string, token: SasToken): string | undefined {
-  return scanGroups(groups, registrationId, token)?.id;
-}
-
-function scanGroups(groups: readonly CachedGroup[], registrationId: string, token: SasToken): CachedGroup | undefined {
+/** The listed group whose derived key signed the token, if any. */
+function scan(groups: readonly CachedGroup[], registrationId: string, token: SasToken): CachedGroup | undefined {
   for (const group of groups) {
     if (signedByOneOf(token, group.keys.map((key) => deriveDeviceKey(key, registrationId)))) return group;
   }

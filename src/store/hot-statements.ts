@@ -3,6 +3,7 @@ import { sql, type Compilable, type RawBuilder, type Kysely, type QueryResult, t
 import { CONFIG_COUNTER } from './config-cache.js';
 import { sqliteConnectionOf } from './dialects/sqlite-direct.js';
 import type { Database } from './schema.js';
+import { GROUPS_COUNTER_PREFIX } from './store.js';
 
 /**
  * The statements a registration and a poll run, each built once through Kysely — still the one typed query path, and
@@ -294,18 +295,7 @@ export function storeStatements(db: Kysely<Database>) {
      * A device's individual enrollment, registration record and the enrollment group that record names (a registered
      * group device's group, confirmed without a read of its own), as scalar subqueries of one statement.
      */
-    enrollmentAndRegistration: compileHot((p) =>
-      db.selectNoFrom([
-        db.selectFrom('enrollments').select('doc').where('instance_id', '=', p(0)).where('registration_id_key', '=', p(1)).as('enrollment_doc'),
-        db.selectFrom('registrations').select('doc').where('instance_id', '=', p(0)).where('registration_id_key', '=', p(1)).as('registration_doc'),
-        db
-          .selectFrom('enrollment_groups')
-          .select('doc')
-          .where('instance_id', '=', p(0))
-          .where('group_id_key', '=', db.selectFrom('registrations').select('group_id_key').where('instance_id', '=', p(0)).where('registration_id_key', '=', p(1)))
-          .as('group_doc'),
-      ]),
-    ),
+    enrollmentAndRegistration: compileHot((p) => db.selectNoFrom(deviceReads(db, p(0), p(1)))),
     linkedHubs: compileHot((p) => db.selectFrom('linked_hubs').select('doc').where('instance_id', '=', p(0)).orderBy('name_key')),
     // PostgreSQL (store/config-cache.ts): the shared config version and the documents from one snapshot. The version
     // is a one-row subquery, so it comes back even when no document matches.
@@ -428,36 +418,11 @@ function instanceAndDevice(db: Kysely<Database>, p: (index: number) => string) {
   return db
     .selectFrom(configVersion(db).as('v'))
     .leftJoin('instances', (join) => join.on('instances.id_scope_key', '=', p(0)))
-    .select((eb) => [
+    .select([
       'v.version',
       'instances.doc',
-      eb
-        .selectFrom('enrollments')
-        .select('enrollments.doc')
-        .whereRef('enrollments.instance_id', '=', 'instances.id')
-        .where('enrollments.registration_id_key', '=', p(1))
-        .as('enrollment_doc'),
-      eb
-        .selectFrom('registrations')
-        .select('registrations.doc')
-        .whereRef('registrations.instance_id', '=', 'instances.id')
-        .where('registrations.registration_id_key', '=', p(1))
-        .as('registration_doc'),
-      eb
-        .selectFrom('enrollment_groups')
-        .select('enrollment_groups.doc')
-        .whereRef('enrollment_groups.instance_id', '=', 'instances.id')
-        .where(
-          'enrollment_groups.group_id_key',
-          '=',
-          eb
-            .selectFrom('registrations')
-            .select('registrations.group_id_key')
-            .whereRef('registrations.instance_id', '=', 'instances.id')
-            .where('registrations.registration_id_key', '=', p(1)),
-        )
-        .as('group_doc'),
-      eb
+      ...deviceReads(db, sql<string>`${sql.ref('instances.id')}`, p(1)),
+      db
         .selectFrom('change_counters')
         .select('change_counters.version')
         .where('change_counters.name', '=', sql<string>`${GROUPS_COUNTER_PREFIX} || ${sql.ref('instances.id')}`)
@@ -465,8 +430,29 @@ function instanceAndDevice(db: Kysely<Database>, p: (index: number) => string) {
     ]);
 }
 
-/** The symmetric-key groups' change counter of an instance is this and its ID (services/symmetric-key-groups.ts). */
-export const GROUPS_COUNTER_PREFIX = 'groups/';
+/**
+ * A device's reads as scalar subqueries (`enrollment_doc`, `registration_doc`, `group_doc`): its individual enrollment,
+ * its registration record and the enrollment group that record names, in the instance `instanceId` (a parameter, or
+ * the instance row of the statement they are part of).
+ */
+function deviceReads(db: Kysely<Database>, instanceId: string | RawBuilder<string>, registrationKey: string) {
+  const record = () => db.selectFrom('registrations').where('registrations.instance_id', '=', instanceId).where('registrations.registration_id_key', '=', registrationKey);
+  return [
+    db
+      .selectFrom('enrollments')
+      .select('enrollments.doc')
+      .where('enrollments.instance_id', '=', instanceId)
+      .where('enrollments.registration_id_key', '=', registrationKey)
+      .as('enrollment_doc'),
+    record().select('registrations.doc').as('registration_doc'),
+    db
+      .selectFrom('enrollment_groups')
+      .select('enrollment_groups.doc')
+      .where('enrollment_groups.instance_id', '=', instanceId)
+      .where('enrollment_groups.group_id_key', '=', record().select('registrations.group_id_key'))
+      .as('group_doc'),
+  ] as const;
+}
 
 /** The shared config counter's value, 0 before the first config write. */
 function configVersion(db: Kysely<Database>) {

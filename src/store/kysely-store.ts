@@ -9,11 +9,12 @@ import { certificateThumbprints } from '../domain/enrollment.js';
 import type { Filter } from '../domain/query.js';
 import { KyselyHubStore, type BuiltInHubStore, type StoredHubDevice } from './hub-store.js';
 import { CONFIG_COUNTER, configCacheOf, type ConfigCache } from './config-cache.js';
-import { bindHot, deferredWrite, directSqlite, GROUPS_COUNTER_PREFIX, hotDoc, hotWrite, NO_KEY, parseProbeFence, type HotStatement, runHot, storeStatements, type StoreStatements } from './hot-statements.js';
+import { bindHot, deferredWrite, directSqlite, hotDoc, hotWrite, NO_KEY, parseProbeFence, type HotStatement, runHot, storeStatements, type StoreStatements } from './hot-statements.js';
 import { AUDIT_ROW_COLUMNS, bulkStatementsOf, ENROLLMENT_ROW_COLUMNS } from './bulk-statements.js';
 import { AUDIT_PAGE_FILTERS, type AuditPageFilter, paddedKeys, subjectStatementsOf, type SubjectStatements } from './subject-statements.js';
 import { migrationProvider } from './migrations.js';
 import type { Database } from './schema.js';
+import { groupsCounterOf } from './store.js';
 import type {
   AccessPolicyRecord,
   CaCertificateRecord,
@@ -388,10 +389,7 @@ export class KyselyStore implements Store {
     const generation = this.#cache.generation;
     const { version, doc } = await this.#versioned(this.#hot.instanceByIdScopeVersioned, [key]);
     const text = doc[0];
-    if (text === undefined) return undefined;
-    const instance = parse<InstanceRecord>(text);
-    if (this.#root !== undefined) this.#cache.set(`id/${instance.id}`, text, generation, version);
-    return this.#cache.stamp(instance, version);
+    return text === undefined ? undefined : this.#versionedInstance(text, generation, version);
   }
 
   async currentInstance(instance: InstanceRecord): Promise<InstanceRecord | undefined> {
@@ -401,9 +399,17 @@ export class KyselyStore implements Store {
     const generation = this.#cache.generation;
     const { version, doc } = await this.#versioned(this.#hot.instanceByIdVersioned, [instance.id]);
     const text = doc[0];
-    if (text === undefined) return undefined;
+    return text === undefined ? undefined : this.#versionedInstance(text, generation, version);
+  }
+
+  /**
+   * An instance read with the shared config version (PostgreSQL): kept for this version's later reads (outside a
+   * transaction) and stamped with it (store/config-cache.ts).
+   */
+  #versionedInstance(text: string, generation: number, version: number): InstanceRecord {
+    const instance = parse<InstanceRecord>(text);
     if (this.#root !== undefined) this.#cache.set(`id/${instance.id}`, text, generation, version);
-    return this.#cache.stamp(parse<InstanceRecord>(text), version);
+    return this.#cache.stamp(instance, version);
   }
 
   async #docText(statement: HotStatement, args: readonly unknown[]): Promise<string | undefined> {
@@ -455,7 +461,7 @@ export class KyselyStore implements Store {
     ] as const) {
       await this.#db.deleteFrom(table).where('instance_id', '=', id).execute();
     }
-    await this.#db.deleteFrom('change_counters').where('name', '=', groupsCounter(id)).execute();
+    await this.#db.deleteFrom('change_counters').where('name', '=', groupsCounterOf(id)).execute();
     const result = await this.#db.deleteFrom('instances').where('id', '=', id).executeTakeFirst();
     await this.#configChanged();
     return result.numDeletedRows > 0n;
@@ -822,7 +828,7 @@ export class KyselyStore implements Store {
           .execute();
       }
       await this.#writeCertificates(db, instanceId, 'group', key, certificateThumbprints(group.attestation));
-      await bumpCounter(db, groupsCounter(instanceId));
+      await bumpCounter(db, groupsCounterOf(instanceId));
       return true;
     });
   }
@@ -834,7 +840,7 @@ export class KyselyStore implements Store {
       if (expectedEtag !== undefined) query = query.where('etag', '=', expectedEtag);
       if (!changed(await query.executeTakeFirst())) return false;
       await this.#writeCertificates(db, instanceId, 'group', key, []);
-      await bumpCounter(db, groupsCounter(instanceId));
+      await bumpCounter(db, groupsCounterOf(instanceId));
       return true;
     });
   }
@@ -1055,13 +1061,10 @@ export class KyselyStore implements Store {
       [lower(idScope), lower(registrationId)],
     );
     const row = rows[0];
-    const version = Number(row?.version ?? 0);
     if (row?.doc == null) return undefined;
-    const instance = parse<InstanceRecord>(row.doc);
-    if (this.#root !== undefined) this.#cache.set(`id/${instance.id}`, row.doc, generation, version);
     const reads = deviceReadsOf(row);
     reads.groupsVersion = Number(row.groups_version ?? 0);
-    return { instance: this.#cache.stamp(instance, version), reads };
+    return { instance: this.#versionedInstance(row.doc, generation, Number(row.version ?? 0)), reads };
   }
 
   async findEraseFence(instanceId: string, probe: FenceProbe): Promise<Pick<EraseFence, 'kind' | 'requestId' | 'subjectHash'> | undefined> {
@@ -1641,7 +1644,6 @@ function servedByIndex(table: QueriedTable, fields: Record<string, { column: str
   return filter.op !== 'ne' && column !== undefined && INDEXED_FILTER_COLUMNS[table].includes(column);
 }
 
-const groupsCounter = (instanceId: string): string => `${GROUPS_COUNTER_PREFIX}${instanceId}`;
 
 async function bumpCounter(db: Db, name: string): Promise<void> {
   await db

@@ -608,3 +608,10 @@ export type StoreTable =
   | 'issued_certificates';
 
 export const DATA_REQUEST_FIELDS = ['type', 'status'] as const;
+
+/** The change counter ({@link Store.changeCounter}) that every enrollment-group write of an instance bumps. */
+export function groupsCounterOf(instanceId: string): string {
+  return `${GROUPS_COUNTER_PREFIX}${instanceId}`;
+}
+/** What {@link groupsCounterOf} puts before the instance ID (statements that name the counter in SQL use it too). */
+export const GROUPS_COUNTER_PREFIX = 'groups/';

@@ -30,6 +30,9 @@ import { startPostgresCluster, stopPostgresCluster } from '../test/postgres.js';
  * Without it every registration is a new device's first (a new ID each time).
  * --limits default: the servers keep the default rate limits (registrationsPerSecond, pollsPerSecondPerDevice) as
  * `npm start` runs them; off (the default here) turns both off (BENCH_DEFAULT_LIMITS, read by server-process.ts).
+ * --pg-stats FILE: the cluster loads pg_stat_statements, and per PostgreSQL scenario FILE gets, over the measured
+ * window, each statement's calls and execution time per registration, and each table's inserts, updates (HOT ones
+ * apart: an update that changes no indexed column and finds room on its page writes no index entry) and deletes.
  */
 const args = new Map<string, string>();
 for (let i = 2; i < process.argv.length; i += 2) args.set(process.argv[i]?.replace(/^--/, '') ?? '', process.argv[i + 1] ?? '');
@@ -46,6 +49,7 @@ const COUNTS = args.get('counts') === 'yes';
 const IDS_PER_LANE = args.has('ids-per-lane') ? Number(args.get('ids-per-lane')) : undefined;
 const LIMITS = args.get('limits') ?? 'off';
 if (LIMITS === 'default') process.env.BENCH_DEFAULT_LIMITS = '1';
+const PG_STATS = args.get('pg-stats');
 
 /** A process's CPU so far: user and kernel time (ms), and context switches it made (waits) and suffered (preempted). */
 interface Cpu {
@@ -219,8 +223,38 @@ async function ceiling(dataDir: string, ca: string): Promise<{ requestsPerSecond
   return { requestsPerSecond: Math.round(requests / SECONDS), serverCpuMsPerRequest: Number((cpu / Math.max(1, requests)).toFixed(3)) };
 }
 
+/** --pg-stats: zero PostgreSQL's counters (at the window's start), or read them per registration (at its end). */
+async function pgStats(store: string, step: 'reset' | 'read', registrations = 1): Promise<Record<string, unknown>> {
+  const client = new pg.Client({ connectionString: store });
+  await client.connect();
+  try {
+    await client.query('create extension if not exists pg_stat_statements');
+    if (step === 'reset') {
+      await client.query('select pg_stat_statements_reset(), pg_stat_reset()');
+      return {};
+    }
+    // The table counters reach the view when a backend reports them (at most every 10 ms of idle, PGSTAT_MIN_INTERVAL).
+    await new Promise((resolve) => setTimeout(resolve, 1500));
+    const per = (value: unknown) => Number((Number(value) / registrations).toFixed(3));
+    const statements = await client.query<{ query: string; calls: string; plans: string; ms: number; plan_ms: number }>(
+      'select query, calls, plans, total_exec_time as ms, total_plan_time as plan_ms from pg_stat_statements order by total_exec_time + total_plan_time desc limit 40',
+    );
+    const tables = await client.query<Record<string, string>>(
+      `select relname, n_tup_ins, n_tup_upd, n_tup_hot_upd, n_tup_del from pg_stat_user_tables
+        where n_tup_ins + n_tup_upd + n_tup_del > 0 order by relname`,
+    );
+    return {
+      registrations,
+      statements: statements.rows.map((row) => ({ callsPerRegistration: per(row.calls), plansPerRegistration: per(row.plans), execMsPerRegistration: per(row.ms), planMsPerRegistration: per(row.plan_ms), query: row.query.replace(/\s+/g, ' ').slice(0, 300) })),
+      tables: tables.rows.map((row) => ({ table: row.relname, inserts: per(row.n_tup_ins), updates: per(row.n_tup_upd), hotUpdates: per(row.n_tup_hot_upd), deletes: per(row.n_tup_del) })),
+    };
+  } finally {
+    await client.end();
+  }
+}
+
 const root = mkdtempSync(join(tmpdir(), 'provisiond-bench-nodes-'));
-const cluster = await startPostgresCluster();
+const cluster = await startPostgresCluster(PG_STATS === undefined ? '' : '-c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track=all -c pg_stat_statements.track_planning=on');
 const results: Record<string, unknown> = { devices: DEVICES, seconds: SECONDS, warmupSeconds: WARMUP_SECONDS, loadAverageAtStart: (await import('node:os')).loadavg() };
 try {
   let runs = 0;
@@ -266,11 +300,13 @@ try {
       pgPids = store === 'sqlite' ? [] : postgresPids(cluster.dir);
       before = cpu();
       countersSignal();
+      if (PG_STATS !== undefined && store !== 'sqlite') void pgStats(store, 'reset');
     }, WARMUP_SECONDS * 1000);
     const driven = await drive(ADDRESSES.slice(0, nodes), ca, idScope, groupKey, `r${runs}`);
     clearTimeout(marker);
     const after = cpu();
     countersSignal();
+    if (PG_STATS !== undefined && store !== 'sqlite') appendFileSync(PG_STATS, `${JSON.stringify({ label, ...(await pgStats(store, 'read', Math.max(1, driven.registrations))) }, null, 1)}\n`);
     let roundTrips = 0;
     let allocatedBytes = 0;
     if (COUNTS) {

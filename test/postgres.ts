@@ -44,7 +44,7 @@ async function freePort(): Promise<number> {
   });
 }
 
-export async function startPostgresCluster(): Promise<PostgresCluster> {
+export async function startPostgresCluster(extraOptions = ''): Promise<PostgresCluster> {
   const bin = binDir();
   const dir = mkdtempSync(join(tmpdir(), 'provisiond-pg-'));
   chmodSync(dir, 0o700);
@@ -57,7 +57,7 @@ export async function startPostgresCluster(): Promise<PostgresCluster> {
   runAsOwner(join(bin, 'initdb'), ['-A', 'trust', '-U', 'postgres', '-D', data, '--no-sync', '-E', 'UTF8', '--locale=C.UTF-8', '--locale-provider=icu', '--icu-locale=en-US-u-ka-shifted']);
   const port = await freePort();
   // fsync off: a test cluster never needs to survive a machine crash, and the shared machine's disk is slow.
-  const options = `-p ${port} -k ${dir} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300`;
+  const options = `-p ${port} -k ${dir} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300${extraOptions === '' ? '' : ` ${extraOptions}`}`;
   runAsOwner(join(bin, 'pg_ctl'), ['-D', data, '-o', options, '-l', join(dir, 'log'), '-w', 'start']);
   return { url: `postgres://postgres@127.0.0.1:${port}/postgres`, dir };
 }

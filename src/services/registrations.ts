@@ -642,8 +642,9 @@ export class RegistrationService {
         if (link !== undefined) await tx.putHubDeviceLink(instance.id, link);
         if (issued !== undefined && record.status === 'assigned') await tx.putIssuedCertificate(instance.id, issued.record);
         await tx.putOperation(instance.id, finished);
-        for (const entry of hubWrites) await tx.appendAuditEvent(instance.id, entry);
-        if (outcome !== undefined) await tx.appendAuditEvent(instance.id, outcome);
+        // One statement for all of the attempt's entries (a re-registration's hub write and outcome: two rows).
+        const entries = outcome === undefined ? hubWrites : [...hubWrites, outcome];
+        if (entries.length > 0) await tx.appendAuditEvents(instance.id, entries);
         if (intent.written !== undefined && record.status === 'assigned') await tx.deleteRegistrationIntent(instance.id, operation.operationId);
         return { record, created: hubSteps?.created === true };
       });

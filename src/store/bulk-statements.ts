@@ -75,9 +75,13 @@ export class BulkStatements extends StatementsCompiledOnce {
     );
   }
 
-  /** `rows` log events (arguments: AUDIT_ROW_COLUMNS per row). */
+  /**
+   * `rows` log events (arguments: AUDIT_ROW_COLUMNS per row). Deferred, like the single row's statement: nobody reads
+   * its row count, so on PostgreSQL it travels with the transaction's next statement (a registration's log entries
+   * with its COMMIT; a bulk call's with its next chunk).
+   */
   appendAuditEvents(rows: number): HotStatement {
-    return this.once(`auditEvents/${rows}`, () => compileHot((p) => this.db.insertInto('audit_events').values(markedRows(AUDIT_ROW_COLUMNS, rows, p))));
+    return this.once(`auditEvents/${rows}`, () => compileHot((p) => this.db.insertInto('audit_events').values(markedRows(AUDIT_ROW_COLUMNS, rows, p)), { deferred: true }));
   }
 }
 

@@ -11,7 +11,7 @@ import { KyselyHubStore, type BuiltInHubStore, type StoredHubDevice } from './hu
 import { CONFIG_COUNTER, configCacheOf, type ConfigCache } from './config-cache.js';
 import { bindHot, deferredWrite, directSqlite, hotDoc, hotWrite, NO_KEY, parseProbeFence, type HotStatement, runHot, storeStatements, type StoreStatements } from './hot-statements.js';
 import { AUDIT_ROW_COLUMNS, bulkStatementsOf, ENROLLMENT_ROW_COLUMNS } from './bulk-statements.js';
-import { AUDIT_PAGE_FILTERS, type AuditPageFilter, paddedKeys, subjectStatementsOf, type SubjectStatements } from './subject-statements.js';
+import { AUDIT_PAGE_FILTERS, type AuditEventRow, type AuditPageFilter, paddedKeys, subjectStatementsOf, type SubjectStatements } from './subject-statements.js';
 import { migrationProvider } from './migrations.js';
 import type { Database } from './schema.js';
 import { groupsCounterOf } from './store.js';
@@ -1218,7 +1218,7 @@ export class KyselyStore implements Store {
       filters.windowEnd = windowEnd;
     }
     const page = shape();
-    const { rows } = await runHot<{ doc: string; event_id: string; event_class: string; outcome: string }>(this.#db, this.#subject.auditPage(page.present), [
+    const { rows } = await runHot<AuditEventRow>(this.#db, this.#subject.auditPage(page.present), [
       ...page.args,
       query.limit + 1,
     ]);
@@ -1246,7 +1246,7 @@ export class KyselyStore implements Store {
       for (let i = 0; i < values.length; i += 500) {
         const chunk = values.slice(i, i + 500);
         // Names the partial index's condition (migration 0016), so the planner may use it.
-        const { rows } = await runHot<{ event_id: string; doc: string; event_class: string; outcome: string }>(
+        const { rows } = await runHot<AuditEventRow>(
           this.#db,
           this.#subject.auditEventsAbout(column, chunk.length),
           [instanceId, ...paddedKeys(chunk)],
@@ -1666,7 +1666,14 @@ function hasUnindexedAuditFilter(query: AuditQuery): boolean {
   return query.from !== undefined || query.to !== undefined || query.actor !== undefined || query.outcome !== undefined || query.kind !== undefined;
 }
 
+/**
+ * A log event's row. Its ID, time, kind, actor, outcome and class are columns (the page filters and indexes use them)
+ * and are not repeated in the document: a bulk import writes one event per item, and the six fields were ~170 of the
+ * document's ~400 bytes (issue 12 P4). {@link auditEventOf} puts them back. Rows written before this kept them in the
+ * document as well; the columns win there too.
+ */
 function auditRow(instanceId: string, event: AuditEvent): Database['audit_events'] {
+  const { eventId: _eventId, timeUtc: _timeUtc, kind: _kind, actor: _actor, outcome: _outcome, class: _class, ...rest } = event;
   const eventClass = event.class ?? auditClassOf(event);
   return {
     instance_id: instanceId,
@@ -1679,18 +1686,25 @@ function auditRow(instanceId: string, event: AuditEvent): Database['audit_events
     registration_id_key: lower(event.subject.registrationId),
     device_id_key: lower(event.subject.deviceId),
     group_id_key: lower(event.subject.enrollmentGroupId),
-    // An event already stamped with its class (AuditLog.event) is stored as it is: the same text, without a copy.
-    doc: JSON.stringify(event.class === eventClass ? event : { ...event, class: eventClass }),
+    doc: JSON.stringify(rest),
   };
 }
 
 /**
- * The stored event, with its class and outcome from their columns: migration 0015 classified the events written
- * before classes existed (and made their not-found reads neutral) in the columns only, not in each document.
+ * The stored event: its document with the fields kept as columns put back from them. (The class and outcome came
+ * from their columns before that too: migration 0015 classified the events written before classes existed, and made
+ * their not-found reads neutral, in the columns only.)
  */
-function auditEventOf(row: { doc: string; event_class: string; outcome: string }): AuditEvent {
-  const event = parse<AuditEvent>(row.doc);
-  return { ...event, class: row.event_class as AuditClass, outcome: row.outcome as AuditOutcome };
+function auditEventOf(row: AuditEventRow): AuditEvent {
+  return {
+    ...parse<Omit<AuditEvent, 'eventId' | 'timeUtc' | 'kind' | 'actor' | 'outcome' | 'class'>>(row.doc),
+    eventId: row.event_id,
+    timeUtc: row.time_utc,
+    kind: row.kind as AuditEvent['kind'],
+    actor: row.actor,
+    outcome: row.outcome as AuditOutcome,
+    class: row.event_class as AuditClass,
+  };
 }
 
 /**

@@ -34,6 +34,14 @@ function markers(p: (index: number) => string, from: number, count: number): str
 }
 
 /** The filters of a page of the log, in the order of their bits and arguments (see {@link SubjectStatements.auditPage}). */
+/**
+ * What a read of the log selects: the document and the columns it leaves out (see `auditRow` in kysely-store.ts: a
+ * row stores its ID, time, kind, actor, outcome and class only as columns).
+ */
+export const AUDIT_EVENT_COLUMNS = ['event_id', 'time_utc', 'kind', 'actor', 'outcome', 'event_class', 'doc'] as const;
+/** A row of {@link AUDIT_EVENT_COLUMNS}. */
+export type AuditEventRow = Pick<Database['audit_events'], (typeof AUDIT_EVENT_COLUMNS)[number]>;
+
 export const AUDIT_PAGE_FILTERS = ['before', 'idFrom', 'idTo', 'windowEnd', 'subject', 'from', 'to', 'actor', 'outcome', 'kind', 'eventClass'] as const;
 export type AuditPageFilter = (typeof AUDIT_PAGE_FILTERS)[number];
 
@@ -119,7 +127,7 @@ export class SubjectStatements extends StatementsCompiledOnce {
       compileHot((p) =>
         this.db
           .selectFrom('audit_events')
-          .select(['event_id', 'doc', 'event_class', 'outcome'])
+          .select(AUDIT_EVENT_COLUMNS)
           .where('instance_id', '=', p(0))
           .where(column, 'in', markers(p, 1, size))
           .where(column, '<>', ''),
@@ -139,7 +147,7 @@ export class SubjectStatements extends StatementsCompiledOnce {
         let next = 0;
         const arg = () => p(next++);
         const instance = arg();
-        let page = this.db.selectFrom('audit_events').select(['doc', 'event_id', 'event_class', 'outcome']).where('instance_id', '=', instance);
+        let page = this.db.selectFrom('audit_events').select(AUDIT_EVENT_COLUMNS).where('instance_id', '=', instance);
         for (const [bit, filter] of AUDIT_PAGE_FILTERS.entries()) {
           if ((present & (1 << bit)) === 0) continue;
           const value = arg();

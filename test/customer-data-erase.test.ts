@@ -215,6 +215,22 @@ describe('an erase cannot be outrun (the erase fence)', () => {
       const rewrite = await api('PUT', '/enrollments/fence-1', { registrationId: 'fence-1', deviceId: 'fence-1-dev', attestation: { type: 'symmetricKey' } });
       assert.equal(rewrite.status, 409);
       assert.equal(rewrite.body.errorCode, 409210);
+      // A bulk call: the item naming the fenced device is refused by itself, the other written.
+      const bulk = await api('POST', '/enrollments', {
+        mode: 'create',
+        enrollments: [
+          { registrationId: 'fence-bulk-free', attestation: { type: 'symmetricKey' } },
+          { registrationId: 'fence-bulk-named', deviceId: 'fence-1-dev', attestation: { type: 'symmetricKey' } },
+        ],
+      });
+      assert.equal(bulk.status, 200);
+      assert.equal(bulk.body.isSuccessful, false);
+      assert.deepEqual(
+        (bulk.body.errors as Json[]).map((error) => [error.registrationId, error.errorCode]),
+        [['fence-bulk-named', 409210]],
+      );
+      assert.equal((await api('GET', '/enrollments/fence-bulk-free')).status, 200);
+      assert.equal((await api('GET', '/enrollments/fence-bulk-named')).status, 404);
       const hubWrite = await server.app.builtInHubs.replaceTwin('localhost', 'fence-1-dev', { tags: { a: '1' } }, '*').then(
         () => undefined,
         (error: Error & { code?: string }) => error.code,
@@ -223,7 +239,12 @@ describe('an erase cannot be outrun (the erase fence)', () => {
       // The refused attempts are in the log, by the subject's hash only.
       const events = (await server.app.store.queryAuditEvents(instanceId, { limit: 50 })).items.filter((event) => event.errorCode === 409210);
       assert.ok(events.length >= 2, 'refusals logged');
-      for (const event of events) assert.deepEqual(Object.keys(event.subject), ['hash']);
+      for (const event of events) {
+        // The bulk item is logged by its own registration ID (not the erase's subject); the device it named is not in it.
+        if (event.operation === 'IndividualEnrollment_RunBulkOperation') assert.deepEqual(event.subject, { registrationId: 'fence-bulk-named' });
+        else assert.deepEqual(Object.keys(event.subject), ['hash']);
+        assert.ok(!JSON.stringify(event).includes('fence-1-dev'), 'the fenced device ID is in no refusal');
+      }
     } finally {
       await server.app.store.deleteEraseFences(instanceId, 'fence-req');
     }

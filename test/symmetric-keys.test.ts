@@ -1,0 +1,48 @@
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { test } from 'node:test';
+import { isValidSymmetricKey } from '../src/domain/ids.js';
+
+/** What the rule says (dps-wire.md §10), the slow way: the bytes the key decodes to, encoded again, are the key. */
+function canonicalBase64Of16To64Bytes(key: string): boolean {
+  if (!/^[A-Za-z0-9+/]+={0,2}$/.test(key) || key.length % 4 !== 0) return false;
+  const bytes = Buffer.from(key, 'base64');
+  return bytes.length >= 16 && bytes.length <= 64 && bytes.toString('base64') === key;
+}
+
+test('symmetric keys: canonical base64 of 16 to 64 bytes, and nothing else', () => {
+  for (const size of [16, 17, 18, 32, 63, 64]) assert.equal(isValidSymmetricKey(randomBytes(size).toString('base64')), true, `${size} bytes`);
+  for (const size of [1, 15, 65, 96]) assert.equal(isValidSymmetricKey(randomBytes(size).toString('base64')), false, `${size} bytes`);
+  const cases: Array<[string, boolean]> = [
+    ['AAAAAAAAAAAAAAAAAAAAAA==', true], // 16 zero bytes
+    ['AAAAAAAAAAAAAAAAAAAAAB==', false], // the 4 unused bits not zero
+    ['AAAAAAAAAAAAAAAAAAAAAAA=', true], // 17 bytes
+    ['AAAAAAAAAAAAAAAAAAAAAAB=', false], // the 2 unused bits not zero
+    ['AAAAAAAAAAAAAAAAAAAAAAE=', true], // …and zero
+    ['AAAAAAAAAAAAAAAAAAAAAA', false], // padding left out
+    ['AAAAAAAAAAAAAAAAAAAAAA=', false],
+    ['AAAAAAAAAAAAAAAAAAAAA===', false],
+    ['AAAAAAAAAAAAAAAAAAAAAAAA', true], // 18 bytes, no padding
+    ['AAAAAAAAAAAAAAAAAAAA-_AA', false], // base64url
+    ['AAAAAAAAAAAA AAAAAAAAAAA', false],
+    ['AAAAAAAAAAAAAAAAAAAA=AAA', false],
+    ['', false],
+  ];
+  for (const [key, valid] of cases) assert.equal(isValidSymmetricKey(key), valid, key);
+});
+
+test('symmetric keys: the check on the text agrees with decoding and encoding again, on 200,000 near-valid keys', () => {
+  const characters = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=-_ .';
+  let accepted = 0;
+  for (let i = 0; i < 200_000; i += 1) {
+    const chars = randomBytes(1 + (i % 70)).toString('base64').split('');
+    if (i % 3 !== 0) chars[i % chars.length] = characters[i % characters.length] as string;
+    if (i % 7 === 0) chars.push('=');
+    if (i % 11 === 0) chars.pop();
+    const key = chars.join('');
+    const expected = canonicalBase64Of16To64Bytes(key);
+    assert.equal(isValidSymmetricKey(key), expected, key);
+    if (expected) accepted += 1;
+  }
+  assert.ok(accepted > 10_000, `the sample holds valid keys as well (${accepted})`);
+});

@@ -341,8 +341,13 @@ export class EnrollmentService<Doc extends EnrollmentDocument> {
     }
     // Erase fences are rare: one probe for the whole call, and the item-by-item path (which names the fenced item)
     // when it finds one.
-    const probe = ready.flatMap(({ item, doc }) => [item.id, (doc as unknown as StoredEnrollment).deviceId ?? item.id]);
-    if (ready.length > 0 && (await store.findEraseFence(instance.id, { registrationIds: ready.map(({ item }) => item.id), deviceIds: probe })) !== undefined) {
+    const registrationIds: string[] = [];
+    const deviceIds: string[] = [];
+    for (const { item, doc } of ready) {
+      registrationIds.push(item.id);
+      deviceIds.push(item.id, (doc as unknown as StoredEnrollment).deviceId ?? item.id);
+    }
+    if (ready.length > 0 && (await store.findEraseFence(instance.id, { registrationIds, deviceIds })) !== undefined) {
       return [...ready.map(({ item }) => item), ...rest].sort((a, b) => a.index - b.index);
     }
     const written = new Set(await many.write(store, instance.id, ready.map(({ doc }) => doc), mode === 'create' ? 'create' : 'replace'));

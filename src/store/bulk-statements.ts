@@ -26,6 +26,20 @@ export const AUDIT_ROW_COLUMNS = [
 
 type Row<Columns extends readonly string[]> = Record<Columns[number], string>;
 
+/**
+ * The arguments of a multi-row statement: `rows[from, to)`'s values in `columns` order, one flat array. Filled in place:
+ * `flatMap` with a `map` per row made two arrays per row and cost ~1.4 µs a row (issue 12 P4; ~0.2 µs filled).
+ */
+export function rowArguments<Columns extends readonly string[]>(rows: ReadonlyArray<Row<Columns>>, columns: Columns, from: number, to: number): string[] {
+  const args = new Array<string>((to - from) * columns.length);
+  let next = 0;
+  for (let row = from; row < to; row += 1) {
+    const values = rows[row] as Row<Columns>;
+    for (const column of columns as ReadonlyArray<Columns[number]>) args[next++] = values[column];
+  }
+  return args;
+}
+
 /** Row objects whose every value is the marker of its argument: row r, column c is argument r × width + c. */
 function markedRows<Columns extends readonly string[]>(columns: Columns, count: number, p: (index: number) => string): Array<Row<Columns>> {
   return Array.from({ length: count }, (_, row) => Object.fromEntries(columns.map((column, index) => [column, p(row * columns.length + index)])) as Row<Columns>);

@@ -10,7 +10,7 @@ import type { Filter } from '../domain/query.js';
 import { KyselyHubStore, type BuiltInHubStore, type StoredHubDevice } from './hub-store.js';
 import { CONFIG_COUNTER, configCacheOf, type ConfigCache } from './config-cache.js';
 import { bindHot, deferredWrite, directSqlite, hotDoc, hotWrite, NO_KEY, parseProbeFence, type HotStatement, runHot, storeStatements, type StoreStatements } from './hot-statements.js';
-import { AUDIT_ROW_COLUMNS, bulkStatementsOf, ENROLLMENT_ROW_COLUMNS } from './bulk-statements.js';
+import { AUDIT_ROW_COLUMNS, bulkStatementsOf, ENROLLMENT_ROW_COLUMNS, rowArguments } from './bulk-statements.js';
 import { AUDIT_PAGE_FILTERS, type AuditEventRow, type AuditPageFilter, paddedKeys, subjectStatementsOf, type SubjectStatements } from './subject-statements.js';
 import { migrationProvider } from './migrations.js';
 import type { Database } from './schema.js';
@@ -762,10 +762,10 @@ export class KyselyStore implements Store {
     return this.#inTransaction(async (db) => {
       const written: string[] = [];
       for (let i = 0; i < rows.length; i += BATCH_ROWS) {
-        const chunk = rows.slice(i, i + BATCH_ROWS);
+        const to = Math.min(i + BATCH_ROWS, rows.length);
         // `create` never overwrites (bulk-statements.ts): RETURNING names only the rows that went in.
-        const args = chunk.flatMap((row) => ENROLLMENT_ROW_COLUMNS.map((column) => row[column]));
-        const { rows: returned } = await runHot<{ registration_id_key: string }>(db, bulk.insertEnrollments(chunk.length, mode), args);
+        const args = rowArguments(rows, ENROLLMENT_ROW_COLUMNS, i, to);
+        const { rows: returned } = await runHot<{ registration_id_key: string }>(db, bulk.insertEnrollments(to - i, mode), args);
         for (const row of returned) written.push(row.registration_id_key);
       }
       const writtenKeys = new Set(written);
@@ -1171,12 +1171,8 @@ export class KyselyStore implements Store {
   async appendAuditEvents(instanceId: string, events: readonly AuditEvent[]): Promise<void> {
     const bulk = bulkStatementsOf(this.#rootDb);
     for (let i = 0; i < events.length; i += BATCH_ROWS) {
-      const chunk = events.slice(i, i + BATCH_ROWS);
-      const args = chunk.flatMap((event) => {
-        const row = auditRow(instanceId, event);
-        return AUDIT_ROW_COLUMNS.map((column) => row[column]);
-      });
-      await runHot(this.#db, bulk.appendAuditEvents(chunk.length), args);
+      const rows = events.slice(i, i + BATCH_ROWS).map((event) => auditRow(instanceId, event));
+      await runHot(this.#db, bulk.appendAuditEvents(rows.length), rowArguments(rows, AUDIT_ROW_COLUMNS, 0, rows.length));
     }
   }
 

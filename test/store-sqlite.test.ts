@@ -328,6 +328,10 @@ test('a log row keeps its column fields out of its document, and rows written ei
   const read = (await store.queryAuditEvents('i1', { limit: 10 })).items;
   assert.deepEqual(read.at(-1), { ...event(1), class: 'change' }, 'a lean row reads whole');
   assert.deepEqual(read[0], { ...event(4), class: 'access', outcome: 'success' }, 'an old row reads whole, its columns winning');
+  // A response lists an event's fields in one order: an old row's as its document had them, a lean row's document
+  // fields, then the columns'.
+  assert.deepEqual(Object.keys(read[0] ?? {}), Object.keys(old));
+  assert.deepEqual(Object.keys(read.at(-1) ?? {}), ['operation', 'source', 'subject', 'transport', 'eventId', 'timeUtc', 'kind', 'actor', 'outcome', 'class']);
   assert.deepEqual(await store.findAuditEventsAbout('i1', { registrationIds: ['dev-2'], deviceIds: [], groupIds: [] }), [{ ...event(2), class: 'change' }]);
   await db.destroy();
 });

@@ -1698,15 +1698,18 @@ function auditRow(instanceId: string, event: AuditEvent): Database['audit_events
  * their not-found reads neutral, in the columns only.)
  */
 function auditEventOf(row: AuditEventRow): AuditEvent {
-  return {
-    ...parse<Omit<AuditEvent, 'eventId' | 'timeUtc' | 'kind' | 'actor' | 'outcome' | 'class'>>(row.doc),
-    eventId: row.event_id,
-    timeUtc: row.time_utc,
-    kind: row.kind as AuditEvent['kind'],
-    actor: row.actor,
-    outcome: row.outcome as AuditOutcome,
-    class: row.event_class as AuditClass,
-  };
+  // The parsed document is a fresh object: the columns are set on it, in the order a spread into a new object would
+  // give (the document's keys first; an older row's own copies keep their place and take the column's value). A
+  // spread cost ~8–9 µs an event on a page of mixed kinds (each document shape a new copy's hidden class), this ~2
+  // (bench/README.md, "session 28"): a page of 100 events, ~0.7 ms less.
+  const event = parse<AuditEvent>(row.doc);
+  event.eventId = row.event_id;
+  event.timeUtc = row.time_utc;
+  event.kind = row.kind as AuditEvent['kind'];
+  event.actor = row.actor;
+  event.outcome = row.outcome as AuditOutcome;
+  event.class = row.event_class as AuditClass;
+  return event;
 }
 
 /**

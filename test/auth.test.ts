@@ -445,6 +445,28 @@ test('instances never see each other’s data', async () => {
   assert.equal((await otherCall('DELETE', '/enrollments/{id}', { id: 'shared-id' })).status, 204);
 });
 
+test("a policy's change counts from the next call: a regenerated key, other rights, a deleted policy", async () => {
+  // The server keeps the policies it has read (the embedded store): each change below must reach the very next call.
+  const owner = token();
+  const name = 'rotating';
+  const created = ok(await api('PUT', '/accessPolicies/{name}', { auth: owner, params: { name }, body: { rights: 'EnrollmentRead' } }), 'PUT rotating');
+  const first = (created.body as { primaryKey: string }).primaryKey;
+  const read = (key: string) => api('GET', '/enrollments/{id}', { auth: token({ keyName: name, key }), params: { id: 'seed-1' } });
+  ok(await read(first), 'read with the first primary key');
+
+  const regenerated = ok(await api('POST', '/accessPolicies/{name}/regenerateKey', { auth: owner, params: { name }, body: { keyType: 'primary' } }), 'regenerateKey');
+  const second = (regenerated.body as { primaryKey: string }).primaryKey;
+  assert.notEqual(second, first);
+  assertDpsError(await read(first), 401, { errorCode: 401002 });
+  ok(await read(second), 'read with the regenerated primary key');
+
+  ok(await api('PUT', '/accessPolicies/{name}', { auth: owner, params: { name }, body: { rights: 'RegistrationStatusRead' } }), 'PUT rotating, other rights');
+  assertDpsError(await read(second), 401, { errorCode: 401002, message: /needs the EnrollmentRead right/ });
+
+  assert.equal((await api('DELETE', '/accessPolicies/{name}', { auth: owner, params: { name } })).status, 204);
+  assertDpsError(await api('GET', '/registrations/{id}', { auth: token({ keyName: name, key: second }), params: { id: 'seed-1' } }), 401, { errorCode: 401002 });
+});
+
 test('the routes are reachable with the right credentials (so the 401s above are not an accident of the route list)', async () => {
   for (const route of routes) {
     const response = await hit(route, token());

@@ -3,14 +3,15 @@ import type { Database } from './schema.js';
 
 /**
  * What a registration reads that almost never changes — the instance (by ID scope and by ID), its linked hubs, the
- * built-in hub rows — kept in memory with invalidation that is exact on both dialects (issue 12 "nothing looked up
+ * built-in hub rows — and what every service-API request reads (the instance by host name, the caller's access policy,
+ * on SQLite only) kept in memory with invalidation that is exact on both dialects (issue 12 "nothing looked up
  * twice", issue 11 "a change on one node is seen by the next registration on every other node"):
  *
  * - **This process's writes** bump {@link ConfigCache.generation} when they run and again when their transaction
  *   ends (commit or rollback), so nothing read before or inside a changing transaction outlives it.
  * - **SQLite** has one server per data directory (the data-directory lock), so this process writes everything: the
  *   generation alone is exact, and a cached read costs no statement at all.
- * - **PostgreSQL** has other nodes. Every instance, linked-hub and built-in hub write also bumps the shared counter
+ * - **PostgreSQL** has other nodes. Every instance, linked-hub, access-policy and built-in hub write also bumps the shared counter
  *   `config` (change_counters) in its own transaction. A device request's first read, the instance by ID scope, reads
  *   that counter in the same statement (one snapshot), and the record it returns carries the version it was read at
  *   ({@link ConfigCache.stamp}). Later reads of the same request that pass that record

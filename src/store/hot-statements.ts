@@ -204,6 +204,8 @@ export function storeStatements(db: Kysely<Database>) {
     instanceByHostName: compileHot((p) =>
       db.selectFrom('instance_host_names').innerJoin('instances', 'instances.id', 'instance_host_names.instance_id').select('instances.doc').where('instance_host_names.host_name_key', '=', p(0)),
     ),
+    /** Every authenticated service-API request's policy (instance, lower-cased key name). */
+    accessPolicy: compileHot((p) => db.selectFrom('access_policies').select('doc').where('instance_id', '=', p(0)).where('name_key', '=', p(1))),
     enrollment: compileHot((p) => db.selectFrom('enrollments').select('doc').where('instance_id', '=', p(0)).where('registration_id_key', '=', p(1))),
     enrollmentGroup: compileHot((p) => db.selectFrom('enrollment_groups').select('doc').where('instance_id', '=', p(0)).where('group_id_key', '=', p(1))),
     registration: compileHot((p) => db.selectFrom('registrations').select('doc').where('instance_id', '=', p(0)).where('registration_id_key', '=', p(1))),

@@ -275,7 +275,7 @@ export class KyselyStore implements Store {
     }
   }
 
-  /** Every instance and linked-hub write: this node's cache forgets, and other nodes see the shared counter move. */
+  /** Every instance, linked-hub and access-policy write: this node's cache forgets, and other nodes see the shared counter move. */
   async #configChanged(db: Db = this.#db): Promise<void> {
     if (this.#root === undefined) this.#wroteConfig = true;
     this.#cache.invalidate();
@@ -473,13 +473,25 @@ export class KyselyStore implements Store {
     return this.#listNamed<AccessPolicyRecord>('access_policies', instanceId);
   }
   async getAccessPolicy(instanceId: string, keyName: string): Promise<AccessPolicyRecord | undefined> {
-    return this.#getNamed<AccessPolicyRecord>('access_policies', instanceId, keyName);
+    // Read by every authenticated service-API request. One process writes the embedded store, and its policy writes
+    // invalidate the cache (below), as for the instance by host name; several nodes share PostgreSQL: read every time
+    // (the compiled statement), as this read carries no version.
+    const args = [instanceId, lower(keyName)];
+    const read = () => this.#docText(this.#hot.accessPolicy, args);
+    return parseOptional<AccessPolicyRecord>(this.#cache.singleWriter ? await this.#cachedText(`policy/${instanceId}/${args[1]}`, undefined, read) : await read());
   }
   async putAccessPolicy(instanceId: string, policy: AccessPolicyRecord): Promise<void> {
-    await this.#putNamed('access_policies', instanceId, policy.keyName, policy);
+    await this.transaction(async (store) => {
+      await (store as KyselyStore).#putNamed('access_policies', instanceId, policy.keyName, policy);
+      await (store as KyselyStore).#configChanged();
+    });
   }
   async deleteAccessPolicy(instanceId: string, keyName: string): Promise<boolean> {
-    return this.#deleteNamed('access_policies', instanceId, keyName);
+    return this.transaction(async (store) => {
+      const deleted = await (store as KyselyStore).#deleteNamed('access_policies', instanceId, keyName);
+      if (deleted) await (store as KyselyStore).#configChanged();
+      return deleted;
+    });
   }
   async listLinkedHubs(instanceId: string): Promise<LinkedHubRecord[]> {
     const read = async () => JSON.stringify((await runHot<{ doc: string }>(this.#db, this.#hot.linkedHubs, [instanceId])).rows.map((row) => row.doc));

@@ -174,6 +174,30 @@ describe('the service API', () => {
     assert.equal(typeof details.lastTimeUtc, 'string');
     assert.equal(((events[3] as Json).details as Json).repeats, undefined);
   });
+
+  test('reads that name no subject fold per operation, other reads in between or not', async () => {
+    const from = await windowStart();
+    // Each read folds into the reader's event of its operation: the newest access (a repeat) or one further back.
+    const reads: Array<[string, string, string, unknown?]> = [
+      ['AccessPolicy_List', 'GET', '/accessPolicies'],
+      ['AccessPolicy_List', 'GET', '/accessPolicies'],
+      ['LinkedHub_List', 'GET', '/linkedHubs'],
+      ['AccessPolicy_List', 'GET', '/accessPolicies'],
+      ['EnrollmentGroup_Query', 'POST', '/enrollmentGroups/query', { query: 'SELECT *' }],
+      ['AccessPolicy_List', 'GET', '/accessPolicies'],
+      ['LinkedHub_List', 'GET', '/linkedHubs'],
+    ];
+    for (const [operation, method, path, body] of reads) assert.equal((await owner(method, path, body)).status, 200, operation);
+    const events = await ownerEventsSince(from);
+    assert.deepEqual(
+      events.map((event) => [event.operation, event.class, event.subject, ((event.details as Json).repeats as number | undefined) ?? 0]),
+      [
+        ['AccessPolicy_List', 'access', {}, 3],
+        ['LinkedHub_List', 'access', {}, 1],
+        ['EnrollmentGroup_Query', 'access', {}, 0],
+      ],
+    );
+  });
 });
 
 describe('the CLI', () => {

@@ -22,6 +22,24 @@ interface CachedGroup {
   doc?: StoredEnrollmentGroup;
 }
 
+/** A group device's keys: derived from the group's (dps-wire.md §4.3), the device's identity keys in its hub. */
+export interface DeviceKeys {
+  primaryKey: string;
+  secondaryKey: string;
+}
+
+/** The group whose derived key signed a device's token, with the device's keys (each derived once per lookup). */
+export interface GroupMatch {
+  group: StoredEnrollmentGroup;
+  deviceKeys: DeviceKeys;
+}
+
+/** Keys {@link scan} derived from a cached group, and the group keys they were derived from. */
+interface Derived {
+  groupKeys: readonly string[];
+  deviceKeys: DeviceKeys;
+}
+
 const RELOAD_AFTER_MS = 1000;
 const CACHE_TTL_MS = 30_000;
 /** The most groups whose documents a cached list keeps (memory stays small for an instance with many groups). */
@@ -52,7 +70,7 @@ export class SymmetricKeyGroups {
     token: SasToken,
     hint?: { groupId: string; read?: StoredEnrollmentGroup | undefined },
     groupsVersion?: number,
-  ): Promise<StoredEnrollmentGroup | undefined> {
+  ): Promise<GroupMatch | undefined> {
     if (hint !== undefined) {
       const hinted = 'read' in hint ? this.#confirmed(instanceId, hint.read, registrationId, token) : await this.#confirm(instanceId, hint.groupId, registrationId, token);
       if (hinted !== undefined) return hinted;
@@ -65,9 +83,9 @@ export class SymmetricKeyGroups {
       const candidate = scan(cached.groups, registrationId, token);
       if (candidate !== undefined) {
         // Every group write bumps the counter in its own transaction: at the list's version, its copy is the stored group.
-        if (groupsVersion === cached.version && candidate.doc !== undefined) return this.#confirmed(instanceId, candidate.doc, registrationId, token);
-        const { group, version } = await this.#store.enrollmentGroupAndCounter(instanceId, candidate.id, groupsCounterOf(instanceId));
-        if (version === cached.version) return this.#confirmed(instanceId, group, registrationId, token);
+        if (groupsVersion === cached.version && candidate.group.doc !== undefined) return this.#confirmed(instanceId, candidate.group.doc, registrationId, token, candidate);
+        const { group, version } = await this.#store.enrollmentGroupAndCounter(instanceId, candidate.group.id, groupsCounterOf(instanceId));
+        if (version === cached.version) return this.#confirmed(instanceId, group, registrationId, token, candidate);
       }
     }
     const version = await this.#store.changeCounter(groupsCounterOf(instanceId));
@@ -78,21 +96,27 @@ export class SymmetricKeyGroups {
       cached = await this.#load(instanceId);
       found = scan(cached.groups, registrationId, token);
     }
-    return found === undefined ? undefined : this.#confirm(instanceId, found.id, registrationId, token);
+    return found === undefined ? undefined : this.#confirm(instanceId, found.group.id, registrationId, token, found);
   }
 
-  async #confirm(instanceId: string, groupId: string, registrationId: string, token: SasToken): Promise<StoredEnrollmentGroup | undefined> {
-    return this.#confirmed(instanceId, await this.#store.getEnrollmentGroup(instanceId, groupId), registrationId, token);
+  async #confirm(instanceId: string, groupId: string, registrationId: string, token: SasToken, derived?: Derived): Promise<GroupMatch | undefined> {
+    return this.#confirmed(instanceId, await this.#store.getEnrollmentGroup(instanceId, groupId), registrationId, token, derived);
   }
 
-  /** The group as stored now, when it is still a symmetric-key group whose key signed the token. */
-  #confirmed(instanceId: string, group: StoredEnrollmentGroup | undefined, registrationId: string, token: SasToken): StoredEnrollmentGroup | undefined {
+  /**
+   * The group as stored now, when it is still a symmetric-key group whose key signed the token. `derived`: the device
+   * keys {@link scan} derived from the cached copy and found to sign the token; when the stored group has the same keys,
+   * they are the stored group's device keys and the signature is already checked, so neither is computed again.
+   */
+  #confirmed(instanceId: string, group: StoredEnrollmentGroup | undefined, registrationId: string, token: SasToken, derived?: Derived): GroupMatch | undefined {
     if (group === undefined || group.attestation.type !== 'symmetricKey') {
       this.invalidate(instanceId);
       return undefined;
     }
     const { primaryKey, secondaryKey } = group.attestation.symmetricKey;
-    if (signedByOneOf(token, [deriveDeviceKey(primaryKey, registrationId), deriveDeviceKey(secondaryKey, registrationId)])) return group;
+    if (derived !== undefined && derived.groupKeys[0] === primaryKey && derived.groupKeys[1] === secondaryKey) return { group, deviceKeys: derived.deviceKeys };
+    const deviceKeys = { primaryKey: deriveDeviceKey(primaryKey, registrationId), secondaryKey: deriveDeviceKey(secondaryKey, registrationId) };
+    if (signedByOneOf(token, [deviceKeys.primaryKey, deviceKeys.secondaryKey])) return { group, deviceKeys };
     this.invalidate(instanceId);
     return undefined;
   }
@@ -123,10 +147,12 @@ export class SymmetricKeyGroups {
   }
 }
 
-/** The listed group whose derived key signed the token, if any. */
-function scan(groups: readonly CachedGroup[], registrationId: string, token: SasToken): CachedGroup | undefined {
+/** The listed group whose derived key signed the token, if any, with the device keys derived from it. */
+function scan(groups: readonly CachedGroup[], registrationId: string, token: SasToken): (Derived & { group: CachedGroup }) | undefined {
   for (const group of groups) {
-    if (signedByOneOf(token, group.keys.map((key) => deriveDeviceKey(key, registrationId)))) return group;
+    const [primary = '', secondary = ''] = group.keys;
+    const deviceKeys = { primaryKey: deriveDeviceKey(primary, registrationId), secondaryKey: deriveDeviceKey(secondary, registrationId) };
+    if (signedByOneOf(token, [deviceKeys.primaryKey, deviceKeys.secondaryKey])) return { group, groupKeys: group.keys, deviceKeys };
   }
   return undefined;
 }

@@ -1,5 +1,5 @@
 import { ProvisioningError } from '../../domain/errors.js';
-import { deriveDeviceKey, isExpired, parseSasToken, signedByOneOf } from '../../domain/sas.js';
+import { isExpired, parseSasToken, signedByOneOf } from '../../domain/sas.js';
 import type { DeviceReads, InstanceRecord } from '../../store/store.js';
 import type { AttestationDeps, DeviceMatch } from './device-match.js';
 import { authenticateTpm } from './tpm.js';
@@ -49,9 +49,9 @@ export async function authenticateSymmetricKey(
     };
   }
   const hint = previous?.enrollmentGroupId === undefined ? undefined : { groupId: previous.enrollmentGroupId, read: named };
-  const group = await deps.groups.match(instance.id, registrationId, token, hint, device.groupsVersion);
-  if (group === undefined || group.attestation.type !== 'symmetricKey') throw unauthorized();
-  const { primaryKey, secondaryKey } = group.attestation.symmetricKey;
+  const matched = await deps.groups.match(instance.id, registrationId, token, hint, device.groupsVersion);
+  if (matched === undefined || matched.group.attestation.type !== 'symmetricKey') throw unauthorized();
+  const { group, deviceKeys } = matched;
   return {
     instance,
     registrationId,
@@ -59,10 +59,8 @@ export async function authenticateSymmetricKey(
     previous,
     enrollment: { kind: 'group', doc: group },
     deviceId: registrationId,
-    hubAuthentication: {
-      type: 'sas',
-      symmetricKey: { primaryKey: deriveDeviceKey(primaryKey, registrationId), secondaryKey: deriveDeviceKey(secondaryKey, registrationId) },
-    },
+    // The device's keys as the group lookup derived them (each HMAC once per registration).
+    hubAuthentication: { type: 'sas', symmetricKey: { primaryKey: deviceKeys.primaryKey, secondaryKey: deviceKeys.secondaryKey } },
     resultSection: { symmetricKey: { enrollmentGroupId: group.enrollmentGroupId } },
     runtimeContext: { symmetricKey: {} },
   };

@@ -34,9 +34,9 @@ export interface GroupMatch {
   deviceKeys: DeviceKeys;
 }
 
-/** Keys {@link scan} derived from a cached group, and the group keys they were derived from. */
+/** The cached group {@link scan} found, and the device keys it derived from the group's keys. */
 interface Derived {
-  groupKeys: readonly string[];
+  group: CachedGroup;
   deviceKeys: DeviceKeys;
 }
 
@@ -114,7 +114,7 @@ export class SymmetricKeyGroups {
       return undefined;
     }
     const { primaryKey, secondaryKey } = group.attestation.symmetricKey;
-    if (derived !== undefined && derived.groupKeys[0] === primaryKey && derived.groupKeys[1] === secondaryKey) return { group, deviceKeys: derived.deviceKeys };
+    if (derived !== undefined && derived.group.keys[0] === primaryKey && derived.group.keys[1] === secondaryKey) return { group, deviceKeys: derived.deviceKeys };
     const deviceKeys = { primaryKey: deriveDeviceKey(primaryKey, registrationId), secondaryKey: deriveDeviceKey(secondaryKey, registrationId) };
     if (signedByOneOf(token, [deviceKeys.primaryKey, deviceKeys.secondaryKey])) return { group, deviceKeys };
     this.invalidate(instanceId);
@@ -148,11 +148,11 @@ export class SymmetricKeyGroups {
 }
 
 /** The listed group whose derived key signed the token, if any, with the device keys derived from it. */
-function scan(groups: readonly CachedGroup[], registrationId: string, token: SasToken): (Derived & { group: CachedGroup }) | undefined {
+function scan(groups: readonly CachedGroup[], registrationId: string, token: SasToken): Derived | undefined {
   for (const group of groups) {
     const [primary = '', secondary = ''] = group.keys;
     const deviceKeys = { primaryKey: deriveDeviceKey(primary, registrationId), secondaryKey: deriveDeviceKey(secondary, registrationId) };
-    if (signedByOneOf(token, [deviceKeys.primaryKey, deviceKeys.secondaryKey])) return { group, groupKeys: group.keys, deviceKeys };
+    if (signedByOneOf(token, [deviceKeys.primaryKey, deviceKeys.secondaryKey])) return { group, deviceKeys };
   }
   return undefined;
 }

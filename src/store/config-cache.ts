@@ -11,10 +11,10 @@ import type { Database } from './schema.js';
  *   ends (commit or rollback), so nothing read before or inside a changing transaction outlives it.
  * - **SQLite** has one server per data directory (the data-directory lock), so this process writes everything: the
  *   generation alone is exact, and a cached read costs no statement at all.
- * - **PostgreSQL** has other nodes. Every instance, linked-hub, access-policy and built-in hub write also bumps the shared counter
- *   `config` (change_counters) in its own transaction. A device request's first read, the instance by ID scope, reads
- *   that counter in the same statement (one snapshot), and the record it returns carries the version it was read at
- *   ({@link ConfigCache.stamp}). Later reads of the same request that pass that record
+ * - **PostgreSQL** has other nodes. Every instance, linked-hub, access-policy and built-in hub write also bumps the
+ *   shared counter `config` (change_counters) in its own transaction. A device request's first read, the instance by ID
+ *   scope, reads that counter in the same statement (one snapshot), and the record it returns carries the version it
+ *   was read at ({@link ConfigCache.stamp}). Later reads of the same request that pass that record
  *   (`Store.linkedHubsOf`, `Store.currentInstance`) are answered from memory when the entry was read at that version or
  *   a later one; otherwise they read again, with the counter in the same statement. So one statement per request
  *   validates everything the request reads, and a write committed on any node before a request starts is seen by it.

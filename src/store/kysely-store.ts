@@ -275,7 +275,10 @@ export class KyselyStore implements Store {
     }
   }
 
-  /** Every instance, linked-hub and access-policy write: this node's cache forgets, and other nodes see the shared counter move. */
+  /**
+   * Every instance, linked-hub and access-policy write: this node's cache forgets, and other nodes see the shared
+   * counter move.
+   */
   async #configChanged(db: Db = this.#db): Promise<void> {
     if (this.#root === undefined) this.#wroteConfig = true;
     this.#cache.invalidate();
@@ -481,17 +484,10 @@ export class KyselyStore implements Store {
     return parseOptional<AccessPolicyRecord>(this.#cache.singleWriter ? await this.#cachedText(`policy/${instanceId}/${args[1]}`, undefined, read) : await read());
   }
   async putAccessPolicy(instanceId: string, policy: AccessPolicyRecord): Promise<void> {
-    await this.transaction(async (store) => {
-      await (store as KyselyStore).#putNamed('access_policies', instanceId, policy.keyName, policy);
-      await (store as KyselyStore).#configChanged();
-    });
+    await this.#putConfigNamed('access_policies', instanceId, policy.keyName, policy);
   }
   async deleteAccessPolicy(instanceId: string, keyName: string): Promise<boolean> {
-    return this.transaction(async (store) => {
-      const deleted = await (store as KyselyStore).#deleteNamed('access_policies', instanceId, keyName);
-      if (deleted) await (store as KyselyStore).#configChanged();
-      return deleted;
-    });
+    return this.#deleteConfigNamed('access_policies', instanceId, keyName);
   }
   async listLinkedHubs(instanceId: string): Promise<LinkedHubRecord[]> {
     const read = async () => JSON.stringify((await runHot<{ doc: string }>(this.#db, this.#hot.linkedHubs, [instanceId])).rows.map((row) => row.doc));
@@ -515,14 +511,22 @@ export class KyselyStore implements Store {
     return this.#getNamed<LinkedHubRecord>('linked_hubs', instanceId, name);
   }
   async putLinkedHub(instanceId: string, hub: LinkedHubRecord): Promise<void> {
+    await this.#putConfigNamed('linked_hubs', instanceId, hub.name, hub);
+  }
+  async deleteLinkedHub(instanceId: string, name: string): Promise<boolean> {
+    return this.#deleteConfigNamed('linked_hubs', instanceId, name);
+  }
+
+  /** A config row (an access policy, a linked hub) written together with the config change it is (#configChanged). */
+  async #putConfigNamed(table: 'access_policies' | 'linked_hubs', instanceId: string, name: string, doc: object): Promise<void> {
     await this.transaction(async (store) => {
-      await (store as KyselyStore).#putNamed('linked_hubs', instanceId, hub.name, hub);
+      await (store as KyselyStore).#putNamed(table, instanceId, name, doc);
       await (store as KyselyStore).#configChanged();
     });
   }
-  async deleteLinkedHub(instanceId: string, name: string): Promise<boolean> {
+  async #deleteConfigNamed(table: 'access_policies' | 'linked_hubs', instanceId: string, name: string): Promise<boolean> {
     return this.transaction(async (store) => {
-      const deleted = await (store as KyselyStore).#deleteNamed('linked_hubs', instanceId, name);
+      const deleted = await (store as KyselyStore).#deleteNamed(table, instanceId, name);
       if (deleted) await (store as KyselyStore).#configChanged();
       return deleted;
     });

@@ -585,9 +585,12 @@ async function p5(dataDir: string, port: number, n: number, samples: number) {
     // Subjects spread over the key range; a run on a kept store (`--data`) picks others than the run before.
     const run = Date.now().toString(36);
     const spread = Math.max(2, Math.floor(n / (Math.min(samples, 100) + warmup)));
-    const offset = 1 + Math.floor(Math.random() * (spread - 1));
+    // Exports too: a subject exported in an earlier run has that export's request among its data, and each run's
+    // export of it would find one more (on a kept store, the same subjects' exports grew run after run).
+    const exportOffset = Math.floor(Math.random() * spread);
+    const eraseOffset = (exportOffset + 1 + Math.floor(Math.random() * (spread - 1))) % spread;
     const dataRequest = async (type: 'export' | 'erase', i: number) => {
-      const subject = `seed-${String(Math.min(n - 1, i * spread + (type === 'erase' ? offset : 0))).padStart(7, '0')}`;
+      const subject = `seed-${String(Math.min(n - 1, i * spread + (type === 'erase' ? eraseOffset : exportOffset))).padStart(7, '0')}`;
       const id = `${type}-${run}-${i}`;
       return timed(async () => {
         let { json } = await call(server, 'PUT', `/dataRequests/${id}`, { type, subject: { registrationId: subject } });

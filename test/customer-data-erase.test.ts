@@ -103,8 +103,8 @@ function mqttRegister(registrationId: string, key: string, transport: 'mqtt' | '
 
 /**
  * One registration over MQTT with a plain MQTT client speaking the DPS topics (register, then poll until terminal).
- * The race uses it for its dozens of concurrent attempts: the SDK's MQTT transport throws outside any callback when a
- * refused CONNECT's error event arrives after it has disconnected (an SDK defect), which such a load makes likely.
+ * The race uses it for its many attempts: the SDK's MQTT transport throws outside any callback when a refused
+ * CONNECT's error event arrives after it has disconnected (an SDK defect), which such a load makes likely.
  */
 async function plainMqttRegister(registrationId: string, key: string): Promise<unknown> {
   let client: MqttClient;
@@ -121,33 +121,40 @@ async function plainMqttRegister(registrationId: string, key: string): Promise<u
   } catch (error) {
     return error;
   }
+  // A connection the server closed answers nothing more: the attempt ends there (a QoS 1 publish on it would wait
+  // for a reconnect this client never makes).
+  let closed = false;
+  const whenClosed = new Promise<never>((_resolve, reject) => client.once('close', () => ((closed = true), reject(new Error('the server closed the connection')))));
+  whenClosed.catch(() => undefined);
+  const unlessClosed = <T>(step: Promise<T>): Promise<T> => Promise.race([step, whenClosed]);
   try {
     const replies = new Map<string, { status: number; body: Json }>();
     client.on('message', (topic, payload) => {
       const match = /^\$dps\/registrations\/res\/(\d+)\/\?\$rid=([^&]+)/.exec(topic);
       if (match !== null) replies.set(match[2] ?? '', { status: Number(match[1]), body: JSON.parse(payload.toString('utf8')) as Json });
     });
-    await client.subscribeAsync('$dps/registrations/res/#', { qos: 1 });
+    await unlessClosed(client.subscribeAsync('$dps/registrations/res/#', { qos: 1 }));
     const reply = async (rid: string): Promise<{ status: number; body: Json }> => {
       for (let waited = 0; waited < 10_000; waited += 20) {
         const found = replies.get(rid);
         if (found !== undefined) return found;
+        if (closed) throw new Error(`the server closed the connection before its reply to ${rid}`);
         await new Promise((resolve) => setTimeout(resolve, 20));
       }
       throw new Error(`no reply to ${rid}`);
     };
-    await client.publishAsync('$dps/registrations/PUT/iotdps-register/?$rid=r', JSON.stringify({ registrationId }), { qos: 1 });
+    await unlessClosed(client.publishAsync('$dps/registrations/PUT/iotdps-register/?$rid=r', JSON.stringify({ registrationId }), { qos: 1 }));
     let answer = await reply('r');
     for (let poll = 0; answer.status === 202 && poll < 20; poll += 1) {
       await new Promise((resolve) => setTimeout(resolve, 50));
-      await client.publishAsync(`$dps/registrations/GET/iotdps-get-operationstatus/?$rid=p${poll}&operationId=${String(answer.body.operationId)}`, ' ', { qos: 1 });
+      await unlessClosed(client.publishAsync(`$dps/registrations/GET/iotdps-get-operationstatus/?$rid=p${poll}&operationId=${String(answer.body.operationId)}`, ' ', { qos: 1 }));
       answer = await reply(`p${poll}`);
     }
     return answer;
   } catch (error) {
     return error;
   } finally {
-    await client.endAsync().catch(() => undefined);
+    if (!closed) await client.endAsync().catch(() => undefined);
   }
 }
 
@@ -172,8 +179,13 @@ describe('an erase cannot be outrun (the erase fence)', () => {
         const attempts: Promise<unknown>[] = [];
         const device = (async () => {
           while (erasing) {
-            attempts.push(register(registrationId, key));
-            await new Promise((resolve) => setTimeout(resolve, transport === 'https' ? 3 : 10));
+            const attempt = register(registrationId, key);
+            attempts.push(attempt);
+            // Over MQTT one connection at a time: the client ID is the registration ID, and the broker closes a
+            // connected client when a CONNECT with its ID arrives (MQTT 3.1.1 §3.1.4) — overlapping attempts closed
+            // each other mid-request, and each closed one waited out its 20 s here (5 minutes a run).
+            if (transport === 'mqtt') await attempt;
+            else await new Promise((resolve) => setTimeout(resolve, 3));
           }
         })();
         // Rounds vary how far the device's attempts have got (connecting, assigning, writing) when the erase starts.

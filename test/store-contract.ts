@@ -870,14 +870,19 @@ export function runStoreContract(name: string, open: () => Promise<Store>): void
       test('hub-device links: put (idempotent), find by registration, device or group ID in any case, delete, per instance', async () => {
         const link = { registrationId: 'Link-R1', enrollmentGroupId: 'Link-G', hub: 'hub-a', deviceId: 'Link-D1', linkedDateTimeUtc: '2024-01-01T00:00:00.0000000Z' };
         await store.putHubDeviceLink(a.id, link);
+        // The same link again (a re-registration to the same hub device): it keeps the time it was made.
         await store.putHubDeviceLink(a.id, { ...link, linkedDateTimeUtc: '2024-01-02T00:00:00.0000000Z' });
         await store.putHubDeviceLink(a.id, { registrationId: 'link-r2', hub: 'hub-b', deviceId: 'link-d2', linkedDateTimeUtc: '2024-01-01T00:00:00.0000000Z' });
         await store.putHubDeviceLink(b.id, { ...link });
         const none = { registrationIds: [], deviceIds: [], groupIds: [] };
-        assert.deepEqual(await store.findHubDeviceLinks(a.id, { ...none, registrationIds: ['link-r1'] }), [{ ...link, linkedDateTimeUtc: '2024-01-02T00:00:00.0000000Z' }]);
+        assert.deepEqual(await store.findHubDeviceLinks(a.id, { ...none, registrationIds: ['link-r1'] }), [link]);
         assert.deepEqual((await store.findHubDeviceLinks(a.id, { ...none, deviceIds: ['LINK-D1', 'link-d2'] })).map((found) => found.deviceId).sort(), ['Link-D1', 'link-d2']);
         assert.deepEqual((await store.findHubDeviceLinks(a.id, { ...none, groupIds: ['link-g'] })).map((found) => found.registrationId), ['Link-R1']);
         assert.deepEqual(await store.findHubDeviceLinks(a.id, none), []);
+        // A link that says something new of the same hub device (here an ID's case) is rewritten, with its time.
+        const recased = { ...link, registrationId: 'LINK-R1', linkedDateTimeUtc: '2024-01-03T00:00:00.0000000Z' };
+        await store.putHubDeviceLink(a.id, recased);
+        assert.deepEqual(await store.findHubDeviceLinks(a.id, { ...none, registrationIds: ['link-r1'] }), [recased]);
         assert.equal(await store.deleteHubDeviceLinks(a.id, { ...none, groupIds: ['LINK-G'] }), 1);
         assert.deepEqual((await store.findHubDeviceLinks(a.id, { ...none, registrationIds: ['link-r1', 'link-r2'] })).map((found) => found.registrationId), ['link-r2']);
         assert.equal((await store.findHubDeviceLinks(b.id, { ...none, registrationIds: ['link-r1'] })).length, 1, 'another instance keeps its links');

@@ -1375,8 +1375,7 @@ export class KyselyStore implements Store {
 
   async putHubDeviceLink(instanceId: string, link: HubDeviceLink): Promise<void> {
     const args = [instanceId, lower(link.registrationId), lower(link.hub), lower(link.deviceId), lower(link.enrollmentGroupId), JSON.stringify(link)];
-    // As putRegistration: on SQLite the group's index entry is rewritten only when the group changed.
-    if (this.#sqlite && (await hotWrite(this.#db, this.#hot.putHubDeviceLinkSameGroup, args)) > 0) return;
+    // One statement: it writes nothing when the link is there and says the same (a re-registration's).
     await deferredWrite(this.#db, this.#hot.putHubDeviceLink, args);
   }
 

@@ -248,6 +248,7 @@ export interface HubDeviceLink {
   enrollmentGroupId?: string | undefined;
   hub: string;
   deviceId: string;
+  /** When the link was made, or last changed (its group, an ID's case): a re-registration to the same device leaves it. */
   linkedDateTimeUtc: string;
 }
 

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { test } from 'node:test';
 import { pathToFileURL } from 'node:url';
-import { oldGrowthOwnedByOperator, ownedByOperator } from '../src/runtime/young-generation.js';
+import { oldGrowthOwnedByOperator, ownedByOperator, scavengerOwnedByOperator } from '../src/runtime/young-generation.js';
 
 /**
  * The young-generation bound of `provisiond serve` (issue 12, P6). V8's flags are the process's, so each case runs in
@@ -130,4 +130,46 @@ test("an operator's own young-generation flags are left alone", () => {
   assert.equal(oldGrowthOwnedByOperator([], '--max-semi-space-size=16'), false);
   assert.equal(oldGrowthOwnedByOperator(['--heap-growing-percent=20'], undefined), true);
   assert.equal(oldGrowthOwnedByOperator([], '--trace-gc --heap-growing-percent=100'), true);
+  assert.equal(scavengerOwnedByOperator([], '--max-semi-space-size=16'), false);
+  assert.equal(scavengerOwnedByOperator(['--parallel-scavenge'], undefined), true);
+  assert.equal(scavengerOwnedByOperator([], '--trace-gc --single-threaded-gc'), true);
+});
+
+/**
+ * CPU (clock ticks) of the process's helper threads and of its main thread while it makes young garbage with some
+ * survivors (young collections back to back), `serve`'s start (src/runtime/hold-young-generation.ts) imported first.
+ */
+function scavengerThreadTicks(nodeFlags: readonly string[]): Promise<{ helpers: number; main: number }> {
+  const script = `
+    import { readdirSync, readFileSync } from 'node:fs';
+    process.argv.splice(1, Infinity, 'provisiond', 'serve');
+    await import(${JSON.stringify(pathToFileURL('src/runtime/hold-young-generation.ts').href)});
+    const ticks = (task) => { const fields = readFileSync('/proc/self/task/' + task + '/stat', 'utf8').split(') ')[1].split(' '); return Number(fields[11]) + Number(fields[12]); };
+    const helpers = () => readdirSync('/proc/self/task').filter((task) => Number(task) !== process.pid).reduce((sum, task) => sum + ticks(task), 0);
+    const work = (ms) => {
+      const kept = [];
+      for (let i = 0, end = Date.now() + ms; Date.now() < end; i += 1) {
+        const made = { id: 'request-' + i, body: [i, i + 1, i + 2] };
+        if (i % 50 === 0) kept.push(made);
+        if (kept.length > 20000) kept.length = 0;
+      }
+    };
+    work(600);
+    const [helpers0, main0] = [helpers(), ticks(process.pid)];
+    work(1500);
+    process.stdout.write(JSON.stringify({ helpers: helpers() - helpers0, main: ticks(process.pid) - main0 }));
+    process.exit(0);`;
+  return new Promise((resolve, reject) =>
+    execFile(process.execPath, [...nodeFlags, '--import', 'tsx', '--input-type=module', '-e', script], (error, stdout, stderr) =>
+      error === null ? resolve(JSON.parse(stdout) as { helpers: number; main: number }) : reject(new Error(`${error.message}\n${stderr}`)),
+    ),
+  );
+}
+
+test("serve's young collections run on the main thread; an operator's --parallel-scavenge is left as given", { skip: process.platform !== 'linux' }, async () => {
+  const parallel = await scavengerThreadTicks(['--parallel-scavenge']);
+  const serve = await scavengerThreadTicks([]);
+  // (The helpers still mark and sweep for the full collections the survivors cause: ~15 ticks here either way.)
+  assert.ok(parallel.helpers >= 20, `V8's helper threads took ${parallel.helpers} ticks with parallel young collections: the case no longer shows them`);
+  assert.ok(serve.helpers <= parallel.helpers / 2, `helper threads took ${serve.helpers} ticks (${parallel.helpers} with parallel young collections)`);
 });

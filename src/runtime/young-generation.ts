@@ -60,6 +60,24 @@ export function oldGrowthOwnedByOperator(execArgv: readonly string[], nodeOption
   return [...execArgv, nodeOptions ?? ''].some((option) => /heap-growing-percent/.test(option));
 }
 
+/**
+ * Young collections on the main thread alone (`--no-parallel-scavenge`). A young collection runs every 20–60 ms under
+ * registration load (a registration allocates ~100 KB), and V8 spreads each over helper threads by default: a few
+ * milliseconds shorter, but the hand-over to the helpers and back costs more CPU than they save. Measured under P1 on
+ * the compiled server (bench/README.md, "session 30"): 0.527 → 0.478 and 0.816 → 0.759 ms of CPU per registration with
+ * the flag on the command line, and lower in 6 of 7 alternating pairs when `serve` sets it here, as its first act
+ * (V8's helper threads ~20 % less busy); the P5 latencies did not move (session 29). V8 reads the flag at each young collection. An operator's own `--parallel-scavenge`
+ * (or `--single-threaded-gc`) on Node's command line is left as given (NODE_OPTIONS does not accept either).
+ */
+export function scavengeOnMainThread(): void {
+  setFlagsFromString('--no-parallel-scavenge');
+}
+
+/** True when the process was started with its own scavenger flags (then the server leaves them alone). */
+export function scavengerOwnedByOperator(execArgv: readonly string[], nodeOptions: string | undefined): boolean {
+  return [...execArgv, nodeOptions ?? ''].some((option) => /parallel-scavenge|single-threaded-gc/.test(option));
+}
+
 /** Bounds the old space's growth between full collections (OLD_GENERATION_GROWTH_PERCENT). */
 export function limitOldGenerationGrowth(percent: number = OLD_GENERATION_GROWTH_PERCENT): void {
   setFlagsFromString(`--heap-growing-percent=${percent}`);

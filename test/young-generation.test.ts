@@ -11,14 +11,19 @@ import { oldGrowthOwnedByOperator, ownedByOperator, scavengerOwnedByOperator } f
  */
 const MODULE = pathToFileURL('src/runtime/young-generation.ts').href;
 
-/** Runs `body` (which writes its own result) in a Node process with the module imported as `young`. */
-function runWithModule(body: string): Promise<number> {
+/** Runs `body` (which writes its own result) in a Node process with the module imported as `young`; its output. */
+function runWithModuleText(body: string): Promise<string> {
   const script = `import * as young from ${JSON.stringify(MODULE)};\n${body}\nprocess.exit(0);`;
   return new Promise((resolve, reject) =>
     execFile(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], (error, stdout, stderr) =>
-      error === null ? resolve(Number(stdout)) : reject(new Error(`${error.message}\n${stderr}`)),
+      error === null ? resolve(stdout) : reject(new Error(`${error.message}\n${stderr}`)),
     ),
   );
+}
+
+/** {@link runWithModuleText} for a number. */
+async function runWithModule(body: string): Promise<number> {
+  return Number(await runWithModuleText(body));
 }
 
 function largestYoungGeneration(setup: string): Promise<number> {
@@ -137,13 +142,12 @@ test("an operator's own young-generation flags are left alone", () => {
 
 /**
  * CPU (clock ticks) of the process's helper threads and of its main thread while it makes young garbage with some
- * survivors (young collections back to back), `serve`'s start (src/runtime/hold-young-generation.ts) imported first.
+ * survivors (young collections back to back), after `setup`.
  */
-function scavengerThreadTicks(nodeFlags: readonly string[]): Promise<{ helpers: number; main: number }> {
-  const script = `
-    import { readdirSync, readFileSync } from 'node:fs';
-    process.argv.splice(1, Infinity, 'provisiond', 'serve');
-    await import(${JSON.stringify(pathToFileURL('src/runtime/hold-young-generation.ts').href)});
+async function scavengerThreadTicks(setup: string): Promise<{ helpers: number; main: number }> {
+  const output = await runWithModuleText(`
+    const { readdirSync, readFileSync } = await import('node:fs');
+    ${setup}
     const ticks = (task) => { const fields = readFileSync('/proc/self/task/' + task + '/stat', 'utf8').split(') ')[1].split(' '); return Number(fields[11]) + Number(fields[12]); };
     const helpers = () => readdirSync('/proc/self/task').filter((task) => Number(task) !== process.pid).reduce((sum, task) => sum + ticks(task), 0);
     const work = (ms) => {
@@ -158,18 +162,14 @@ function scavengerThreadTicks(nodeFlags: readonly string[]): Promise<{ helpers: 
     const [helpers0, main0] = [helpers(), ticks(process.pid)];
     work(1500);
     process.stdout.write(JSON.stringify({ helpers: helpers() - helpers0, main: ticks(process.pid) - main0 }));
-    process.exit(0);`;
-  return new Promise((resolve, reject) =>
-    execFile(process.execPath, [...nodeFlags, '--import', 'tsx', '--input-type=module', '-e', script], (error, stdout, stderr) =>
-      error === null ? resolve(JSON.parse(stdout) as { helpers: number; main: number }) : reject(new Error(`${error.message}\n${stderr}`)),
-    ),
-  );
+  `);
+  return JSON.parse(output) as { helpers: number; main: number };
 }
 
-test("serve's young collections run on the main thread; an operator's --parallel-scavenge is left as given", { skip: process.platform !== 'linux' }, async () => {
-  const parallel = await scavengerThreadTicks(['--parallel-scavenge']);
-  const serve = await scavengerThreadTicks([]);
+test('young collections on the main thread: V8\'s helper threads stay out of them', { skip: process.platform !== 'linux' }, async () => {
+  const parallel = await scavengerThreadTicks('');
+  const alone = await scavengerThreadTicks('young.scavengeOnMainThread();');
   // (The helpers still mark and sweep for the full collections the survivors cause: ~15 ticks here either way.)
   assert.ok(parallel.helpers >= 20, `V8's helper threads took ${parallel.helpers} ticks with parallel young collections: the case no longer shows them`);
-  assert.ok(serve.helpers <= parallel.helpers / 2, `helper threads took ${serve.helpers} ticks (${parallel.helpers} with parallel young collections)`);
+  assert.ok(alone.helpers <= parallel.helpers / 2, `helper threads took ${alone.helpers} ticks (${parallel.helpers} with parallel young collections)`);
 });

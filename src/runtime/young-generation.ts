@@ -65,8 +65,9 @@ export function oldGrowthOwnedByOperator(execArgv: readonly string[], nodeOption
  * registration load (a registration allocates ~100 KB), and V8 spreads each over helper threads by default: a few
  * milliseconds shorter, but the hand-over to the helpers and back costs more CPU than they save. Measured under P1 on
  * the compiled server (bench/README.md, "session 30"): 0.527 → 0.478 and 0.816 → 0.759 ms of CPU per registration with
- * the flag on the command line, and lower in 6 of 7 alternating pairs when `serve` sets it here, as its first act
- * (V8's helper threads ~20 % less busy); the P5 latencies did not move (session 29). V8 reads the flag at each young collection. An operator's own `--parallel-scavenge`
+ * the flag on the command line; set by `serve`, ~4–10 % lower in most alternating pairs of this machine's fast mode and
+ * within the scatter of its slow one, V8's helper threads 20–35 % less busy. The P5 latencies did not move (session 29). `serve` sets it once listening, after the start's garbage is
+ * collected: set from the first import, the start's collections done alone left the old space ~5 MiB larger idle. V8 reads the flag at each young collection. An operator's own `--parallel-scavenge`
  * (or `--single-threaded-gc`) on Node's command line is left as given (NODE_OPTIONS does not accept either).
  */
 export function scavengeOnMainThread(): void {

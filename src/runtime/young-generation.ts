@@ -50,14 +50,19 @@ const MiB = 1024 * 1024;
  */
 export const OLD_GENERATION_GROWTH_PERCENT = 60;
 
+/** True when Node was started with a flag matching `pattern`, on its command line or in NODE_OPTIONS. */
+function givenByOperator(pattern: RegExp, execArgv: readonly string[], nodeOptions: string | undefined): boolean {
+  return [...execArgv, nodeOptions ?? ''].some((option) => pattern.test(option));
+}
+
 /** True when the process was started with a young-generation flag of its own (then nothing here changes it). */
 export function ownedByOperator(execArgv: readonly string[], nodeOptions: string | undefined): boolean {
-  return [...execArgv, nodeOptions ?? ''].some((option) => /semi-space-(growth-factor|size)/.test(option));
+  return givenByOperator(/semi-space-(growth-factor|size)/, execArgv, nodeOptions);
 }
 
 /** True when the process was started with its own `--heap-growing-percent` (then the server leaves it alone). */
 export function oldGrowthOwnedByOperator(execArgv: readonly string[], nodeOptions: string | undefined): boolean {
-  return [...execArgv, nodeOptions ?? ''].some((option) => /heap-growing-percent/.test(option));
+  return givenByOperator(/heap-growing-percent/, execArgv, nodeOptions);
 }
 
 /**
@@ -66,9 +71,11 @@ export function oldGrowthOwnedByOperator(execArgv: readonly string[], nodeOption
  * milliseconds shorter, but the hand-over to the helpers and back costs more CPU than they save. Measured under P1 on
  * the compiled server (bench/README.md, "session 30"): 0.527 → 0.478 and 0.816 → 0.759 ms of CPU per registration with
  * the flag on the command line; set by `serve`, ~4–10 % lower in most alternating pairs of this machine's fast mode and
- * within the scatter of its slow one, V8's helper threads 20–35 % less busy. The P5 latencies did not move (session 29). `serve` sets it once listening, after the start's garbage is
- * collected: set from the first import, the start's collections done alone left the old space ~5 MiB larger idle. V8 reads the flag at each young collection. An operator's own `--parallel-scavenge`
- * (or `--single-threaded-gc`) on Node's command line is left as given (NODE_OPTIONS does not accept either).
+ * within the scatter of its slow one, V8's helper threads 20–35 % less busy. The P5 latencies did not move (session
+ * 29). `serve` sets it once listening, after the start's garbage is collected: set from the first import, the start's
+ * collections done alone left the old space ~5 MiB larger while idle. V8 reads the flag at each young collection. An
+ * operator's own `--parallel-scavenge` (or `--single-threaded-gc`) on Node's command line is left as given
+ * (NODE_OPTIONS does not accept either).
  */
 export function scavengeOnMainThread(): void {
   setFlagsFromString('--no-parallel-scavenge');
@@ -76,7 +83,7 @@ export function scavengeOnMainThread(): void {
 
 /** True when the process was started with its own scavenger flags (then the server leaves them alone). */
 export function scavengerOwnedByOperator(execArgv: readonly string[], nodeOptions: string | undefined): boolean {
-  return [...execArgv, nodeOptions ?? ''].some((option) => /parallel-scavenge|single-threaded-gc/.test(option));
+  return givenByOperator(/parallel-scavenge|single-threaded-gc/, execArgv, nodeOptions);
 }
 
 /** Bounds the old space's growth between full collections (OLD_GENERATION_GROWTH_PERCENT). */

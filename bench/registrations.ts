@@ -103,12 +103,12 @@ function stop(started: Started): Promise<void> {
 }
 
 /** The server's statement counters (bench/server-process.ts prints them on SIGUSR2). */
-async function statementCounts(server: Started): Promise<{ statements: number; commits: number }> {
+async function statementCounts(server: Started): Promise<{ statements: number; commits: number; sharedReads: number }> {
   const before = server.lines.length;
   server.child.kill('SIGUSR2');
   for (;;) {
     const line = server.lines.slice(before).find((text) => text.includes('statementCounts'));
-    if (line !== undefined) return (JSON.parse(line) as { statementCounts: { statements: number; commits: number } }).statementCounts;
+    if (line !== undefined) return (JSON.parse(line) as { statementCounts: { statements: number; commits: number; sharedReads: number } }).statementCounts;
     await new Promise((resolve) => setTimeout(resolve, 20));
   }
 }
@@ -415,9 +415,11 @@ try {
       : {
           statements: Number(((countedTo.statements - countedFrom.statements) / Math.max(1, counted)).toFixed(1)),
           commits: Number(((countedTo.commits - countedFrom.commits) / Math.max(1, counted)).toFixed(1)),
+          sharedReads: Number(((countedTo.sharedReads - countedFrom.sharedReads) / Math.max(1, counted)).toFixed(1)),
           concurrent: {
             registrations: burstDone,
             commitsPerRegistration: Number(((burstTo.commits - burstFrom.commits) / Math.max(1, burstDone)).toFixed(3)),
+            sharedReadsPerRegistration: Number(((burstTo.sharedReads - burstFrom.sharedReads) / Math.max(1, burstDone)).toFixed(3)),
           },
         };
     if (MODE === 'p3' && !STORE.startsWith('postgres')) {

@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import Database from 'better-sqlite3';
+import { SHARED_READ_BEGIN, SHARED_READ_END } from '../src/store/dialects/sqlite-shared-reads.js';
 import { GroupCommit } from '../src/store/group-commit.js';
 import { openSqliteStore } from '../src/store/open-store.js';
 import type { Store, StoredOperation } from '../src/store/store.js';
@@ -16,17 +17,24 @@ import { registryFor, twinOf } from './hubs.js';
  */
 const onSqlite = process.env.PROVISIOND_TEST_STORE !== 'postgres';
 
-/** Counts the SQLite statements (and COMMITs among them) this process executes while `work` runs. */
-async function countingStatements<T>(work: () => Promise<T>): Promise<{ result: T; statements: number; commits: number; texts: Map<string, number> }> {
+/**
+ * Counts the SQLite statements (and COMMITs among them) this process executes while `work` runs. The `begin` and
+ * `end` of the reads' shared transaction (dialects/sqlite-shared-reads.ts) are counted apart, as `sharedReads`: they
+ * stand for the transaction each read outside a transaction was anyway, and how many there are depends on how the
+ * reads fall into turns of the event loop.
+ */
+async function countingStatements<T>(work: () => Promise<T>): Promise<{ result: T; statements: number; commits: number; sharedReads: number; texts: Map<string, number> }> {
   const probe = new Database(':memory:');
   const prototype = Object.getPrototypeOf(probe.prepare('select 1')) as Record<'run' | 'get' | 'all' | 'iterate', (...args: unknown[]) => unknown>;
   probe.close();
   const originals = { run: prototype.run, get: prototype.get, all: prototype.all, iterate: prototype.iterate };
-  const counts = { statements: 0, commits: 0 };
+  const counts = { statements: 0, commits: 0, sharedReads: 0 };
   const texts = new Map<string, number>();
   for (const method of ['run', 'get', 'all', 'iterate'] as const) {
     const original = originals[method];
     prototype[method] = function (this: { source: string }, ...args: unknown[]) {
+      if (this.source === SHARED_READ_BEGIN) counts.sharedReads += 1;
+      if (this.source === SHARED_READ_BEGIN || this.source === SHARED_READ_END) return original.apply(this, args);
       counts.statements += 1;
       if (/^\s*commit/i.test(this.source)) counts.commits += 1;
       texts.set(this.source, (texts.get(this.source) ?? 0) + 1);
@@ -90,6 +98,9 @@ describe('a registration is one transaction', () => {
     // background sweep can add a statement or two to the window, never take one away.)
     assert.ok(first.statements <= FIRST_REGISTRATION_STATEMENTS + BACKGROUND_SLACK, `first: ${describe(first)}`);
     assert.ok(again.statements <= RE_REGISTRATION_STATEMENTS + BACKGROUND_SLACK, `again: ${describe(again)}`);
+    // Outside the transaction a re-registration reads twice, the register's first read and the poll's, each in a turn
+    // of its own here (one device alone): at most a shared read transaction each.
+    assert.ok(again.sharedReads >= 1 && again.sharedReads <= 2 + BACKGROUND_SLACK, `again: ${again.sharedReads} shared reads`);
     for (const counted of [first, again]) {
       const texts = [...counted.texts.keys()];
       assert.equal(texts.filter((text) => /registration_intents/.test(text)).length, 0, 'no registration intent is written for a built-in hub');

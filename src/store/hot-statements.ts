@@ -2,6 +2,7 @@ import type BetterSqlite3 from 'better-sqlite3';
 import { sql, type Compilable, type RawBuilder, type Kysely, type QueryResult, type RootOperationNode, type SelectQueryBuilder, type UnknownRow } from 'kysely';
 import { CONFIG_COUNTER } from './config-cache.js';
 import { sqliteConnectionOf } from './dialects/sqlite-direct.js';
+import { inOwnTransaction } from './dialects/sqlite-shared-reads.js';
 import type { Database } from './schema.js';
 import { GROUPS_COUNTER_PREFIX } from './store.js';
 
@@ -102,7 +103,8 @@ export function runHot<Row>(db: Kysely<Database>, statement: HotStatement, args:
   const connection = directSqlite(db);
   // SQLite, directly on its one connection when that is safe without Kysely's connection mutex: inside a transaction,
   // for that transaction's own statements; outside one, when no transaction is open on the connection (the statement
-  // runs whole before anything else can, as its own transaction, exactly as it would after waiting for the mutex).
+  // runs whole before anything else can, as its own transaction or a read in the turn's shared one, exactly as it
+  // would after waiting for the mutex).
   // While another caller's transaction is open, a statement outside it waits for the mutex on Kysely's path.
   if (connection !== undefined) {
     // No plugin (the metrics' statement timer is off by default): the result as it is, without a query ID and an async
@@ -145,11 +147,12 @@ async function runWithPlugins<Row>(executor: ReturnType<Kysely<Database>['getExe
 /**
  * The SQLite connection under `db` when a statement may run on it directly (see {@link runHot}): `db` is a
  * transaction and the connection's transaction is open (its own: Kysely's mutex is held for it), or `db` is the root
- * and no transaction is open. Undefined on PostgreSQL and while another caller's transaction is open.
+ * and no transaction is open (the turn's shared read transaction counts as none: dialects/sqlite-shared-reads.ts).
+ * Undefined on PostgreSQL and while another caller's transaction is open.
  */
 export function directSqlite(db: Kysely<Database>): BetterSqlite3.Database | undefined {
   const connection = sqliteConnectionOf(db.getExecutor().adapter);
-  return connection !== undefined && connection.inTransaction === db.isTransaction ? connection : undefined;
+  return connection !== undefined && inOwnTransaction(connection) === db.isTransaction ? connection : undefined;
 }
 
 /** What Kysely's SQLite connection returns for a statement (a reader's rows; a writer's change count). */

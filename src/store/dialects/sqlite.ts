@@ -4,6 +4,7 @@ import { dirname } from 'node:path';
 import { Kysely } from 'kysely';
 import type { Database as Schema } from '../schema.js';
 import type { DialectCapabilities, OpenedDialect } from './dialect.js';
+import { shareReadTransactions } from './sqlite-shared-reads.js';
 import { DirectSqliteDialect } from './sqlite-direct.js';
 
 export const SQLITE_CAPABILITIES: DialectCapabilities = Object.freeze({
@@ -58,5 +59,7 @@ export function openSqliteDialect(file: string, options: { readOnly?: boolean } 
     }
     return statement;
   }) as typeof database.prepare;
+  // Reads outside a transaction share one read transaction per turn of the event loop (sqlite-shared-reads.ts).
+  shareReadTransactions(database);
   return { db: new Kysely<Schema>({ dialect: new DirectSqliteDialect(database) }), capabilities: SQLITE_CAPABILITIES };
 }

@@ -11,11 +11,12 @@ import type BetterSqlite3 from 'better-sqlite3';
  *
  * The rules that keep it invisible:
  * - A plain read (a `select` or `with` that SQLite calls read-only) with no transaction open on the connection opens
- *   one (`begin`), and the read transaction ends (`end`) at the end of the turn (`setImmediate`).
+ *   one, and the read transaction ends at the end of the turn (`setImmediate`).
  * - Any other statement — a write, `begin`, `savepoint`, a pragma, a checkpoint — ends it first. So a write outside a
  *   transaction still commits on its own the moment it returns, and a transaction begins as it did.
- * - Only this process writes the file (the data-directory lock): within one turn, a read sees what a read at that
- *   moment would have seen, except another process's commit made during the turn (`provisiond backup` only reads).
+ * - Only this process writes the file while it serves (the data-directory lock; `provisiond backup` only reads): a
+ *   read sees what it would have seen as its own transaction, but for another connection's commit made earlier in
+ *   the same turn.
  * The read transaction's own statements have texts of their own ({@link SHARED_READ_BEGIN}, {@link SHARED_READ_END}),
  * not `begin` and `commit`: nothing is written, and a count of commits or of a registration's statements (bench,
  * tests) tells them from the statements that do the work.

@@ -120,12 +120,25 @@ describe('config cache on SQLite (one process writes everything)', () => {
     assert.equal(await store.getInstance(instance.id), undefined);
   });
 
-  test('a cached record handed out and changed by its reader does not change the cache', async () => {
+  test('a cached record is handed out frozen, through and through: a reader that tries to change it throws, and the cache is unchanged', async () => {
     await store.insertInstance(instance);
+    await store.putLinkedHub(instance.id, { name: 'hub-frozen.example.net', builtIn: false, connectionString: 'HostName=hub-frozen.example.net;SharedAccessKeyName=o;SharedAccessKey=a2V5', allocationWeight: 1, applyAllocationPolicy: true });
     const first = await store.getInstance(instance.id);
     assert.ok(first !== undefined);
-    first.name = 'scribbled';
-    assert.equal((await store.getInstance(instance.id))?.name, 'one');
+    assert.throws(() => {
+      first.name = 'scribbled';
+    }, TypeError);
+    assert.throws(() => first.serviceHostNames.push('scribbled.example.net'), TypeError);
+    const hubs = await store.listLinkedHubs(instance.id);
+    assert.throws(() => hubs.push(hubs[0] as LinkedHubRecord), TypeError);
+    assert.throws(() => {
+      (hubs[0] as LinkedHubRecord).allocationWeight = 0;
+    }, TypeError);
+    const again = await store.getInstance(instance.id);
+    assert.equal(again, first, 'the same parsed record, not parsed again');
+    assert.equal(again?.name, 'one');
+    assert.deepEqual(again?.serviceHostNames, instance.serviceHostNames);
+    assert.equal((await store.listLinkedHubs(instance.id))[0]?.allocationWeight, 1);
   });
 });
 

@@ -97,6 +97,19 @@ export class ConfigCache {
   }
 }
 
+/**
+ * A parsed document frozen through and through, to be kept in the cache and handed to every reader: a reader that
+ * tried to change it would throw (ES modules run in strict mode) instead of changing what every later reader gets.
+ * Readers copy what they change (`{ ...instance, secrets }`).
+ */
+export function deepFreeze<T>(value: T): T {
+  if (typeof value === 'object' && value !== null && !Object.isFrozen(value)) {
+    for (const child of Object.values(value)) deepFreeze(child);
+    Object.freeze(value);
+  }
+  return value;
+}
+
 const caches = new WeakMap<Kysely<Database>, ConfigCache>();
 
 /** The one cache of a database handle, shared by the store, its transactions and the built-in hub store. */

@@ -1,6 +1,6 @@
 import { sql, type Kysely, type QueryResult } from 'kysely';
 import type { JsonMap } from '../domain/enrollment.js';
-import { CONFIG_COUNTER, configCacheOf, type ConfigCache } from './config-cache.js';
+import { CONFIG_COUNTER, configCacheOf, deepFreeze, type ConfigCache } from './config-cache.js';
 import { hotDoc, hotWrite, hubStatements, runHot, type HubStatements } from './hot-statements.js';
 import type { Database } from './schema.js';
 import type { Page } from './store.js';
@@ -120,16 +120,6 @@ async function refuseFenced(db: Kysely<Database>, statements: HubStatements, hub
 }
 const parse = <T>(doc: string): T => JSON.parse(doc) as T;
 
-/** A hub record that can be handed to every caller: it and its policies (and their rights) frozen. */
-function frozenHub(hub: BuiltInHubRecord): BuiltInHubRecord {
-  for (const policy of hub.policies) {
-    Object.freeze(policy.rights);
-    Object.freeze(policy);
-  }
-  Object.freeze(hub.policies);
-  return Object.freeze(hub);
-}
-
 /** Hub statements compiled once per root database; a store joined to one of its transactions shares them. */
 const compiledHubStatements = new WeakMap<Kysely<Database>, HubStatements>();
 function hubStatementsOf(root: Kysely<Database>): HubStatements {
@@ -188,7 +178,7 @@ export class KyselyHubStore implements BuiltInHubStore {
     if (hit !== undefined) return hit.value;
     const generation = this.#cache.generation;
     const text = (await runHot<{ doc: string }>(this.#db, this.#hot.hub, [key(name)])).rows[0]?.doc;
-    const hub = text === undefined ? undefined : frozenHub(parse<BuiltInHubRecord>(text));
+    const hub = text === undefined ? undefined : deepFreeze(parse<BuiltInHubRecord>(text));
     this.#cache.set(cacheKey, hub, generation);
     return hub;
   }

@@ -503,6 +503,50 @@ export function runStoreContract(name: string, open: () => Promise<Store>): void
       });
     });
 
+    describe('the operations epoch', () => {
+      test('one writer: it moves with every fence written or removed and every operation deleted, and as such a transaction ends; else undefined', async () => {
+        const start = store.operationsEpoch();
+        if (!store.capabilities.singleWriter) {
+          assert.equal(start, undefined, 'several writers: nothing is answered from memory');
+          return;
+        }
+        assert.equal(typeof start, 'number');
+        let last = start as number;
+        const moved = async (what: string, write: () => Promise<unknown>) => {
+          await write();
+          const now = store.operationsEpoch() as number;
+          assert.ok(now > last, `${what} moves the epoch`);
+          last = now;
+        };
+        // What a registration writes does not move it.
+        await store.putOperation(a.id, operation('epoch-1', 'dev-epoch', 'assigned', '2024-01-01T00:00:00.0000000Z'));
+        await store.putRegistration(a.id, registration('dev-epoch'));
+        assert.equal(store.operationsEpoch(), last);
+        await moved('a fence', () => store.putEraseFences(a.id, [{ kind: 'registrationId', id: 'dev-epoch', requestId: 'req-epoch', subjectHash: 'h' }]));
+        await moved('a fence removed', () => store.deleteEraseFences(a.id, 'req-epoch'));
+        await moved('the operations of a registration deleted', () => store.deleteOperationsOfRegistration(a.id, 'dev-epoch'));
+        await moved('the purge', () => store.deleteOperationsBefore('2024-01-01T00:00:00.0000000Z', 10));
+        await moved('an instance deleted', () => store.deleteInstance(b.id));
+        // Inside a transaction: it moves at the write and again as the transaction ends (committed or rolled back).
+        let inside = 0;
+        await moved('a fence in a transaction', () =>
+          store.transaction(async (tx) => {
+            await tx.putEraseFences(a.id, [{ kind: 'deviceId', id: 'dev-epoch', requestId: 'req-epoch-2', subjectHash: 'h' }]);
+            inside = tx.operationsEpoch() as number;
+          }),
+        );
+        assert.ok(last > inside, 'the end of the transaction moved it past what was read inside');
+        await assert.rejects(
+          store.transaction(async (tx) => {
+            await tx.deleteEraseFences(a.id, 'req-epoch-2');
+            inside = tx.operationsEpoch() as number;
+            throw new Error('rolled back');
+          }),
+        );
+        assert.ok((store.operationsEpoch() as number) > inside, 'a rolled-back transaction moves it as it ends too');
+      });
+    });
+
     describe('CA certificates', () => {
       test('put, get by name case-insensitively, list in name order, replace, delete', async () => {
         const root = caCertificate('Root-CA', 'AA01');

@@ -309,17 +309,21 @@ export class RegistrationService {
   }
 
   async operationStatus(request: DeviceRequest & { operationId: string }): Promise<OperationReply> {
-    let proven: Pick<ProvenOperation, 'instanceId' | 'registrationId' | 'probe'> | undefined = this.#provenPoll(request);
+    let proven: Pick<ProvenOperation, 'instanceId' | 'registrationId' | 'probe' | 'finished'> | undefined = this.#provenPoll(request);
     if (proven === undefined) {
       const match = request.proof?.matchFor(request, this.#deps.now().getTime()) ?? (await this.#authenticated(request));
       proven = { instanceId: match.instance.id, registrationId: match.registrationId, probe: fenceProbe(match) };
     }
-    const { instanceId, registrationId, probe } = proven;
+    const { instanceId, registrationId, probe, finished } = proven;
     const store = this.#deps.store;
-    // The fence and the operation are read from the store on every poll (one statement): an erase (from any node) is
-    // seen at once. Where the poll budget lives in the store (several nodes), its token is taken in that statement.
+    // The fence and the operation are read from the store (one statement): an erase (from any node) is seen at once.
+    // Where the poll budget lives in the store (several nodes), its token is taken in that statement. One exception:
+    // the operation this node's registration finished, polled with the register's own token, while the store's
+    // operations epoch is the one that registration's transaction read (one process writes the store, and it has
+    // written no fence and deleted no operation since): the store holds that operation and no fence, so it is the answer.
     const { fence, operation } = await this.#throttling(request.transport, 'poll', () =>
       this.#pollLimiter.takeWith(`${instanceId}/${idKey(registrationId)}`, async (token) => {
+        if (token === undefined && finished !== undefined && finished.epoch === store.operationsEpoch()) return { taken: true, value: { operation: finished.operation } };
         if (token === undefined) return { taken: true, value: await store.getOperationUnlessFenced(instanceId, request.operationId, probe) };
         const { taken, ...value } = await store.takeRateTokenAndGetOperationUnlessFenced(token, instanceId, request.operationId, probe);
         return { taken, value };
@@ -614,7 +618,9 @@ export class RegistrationService {
     // twin and old identity's removal, the record, its hub-device link, the issued certificate, the finished operation,
     // the log entries and the end of an external hub's intent — shared with concurrent registrations on SQLite.
     const write = async (hubSteps: Assignment | undefined, fallback: StoredRegistration | undefined): Promise<{ record: StoredRegistration; created: boolean }> => {
-      const written = await this.#committer.run(async (tx): Promise<{ record: StoredRegistration; created: boolean } | Refusal> => {
+      let epoch: number | undefined;
+      let written: StoredOperation | undefined;
+      const committed = await this.#committer.run(async (tx): Promise<{ record: StoredRegistration; created: boolean } | Refusal> => {
         // Refused before an external hub write: logged here (nothing else of the attempt is). After one, the undo below
         // logs the attempt's entries, while the fence still stands.
         const refusal = await this.#admitted(tx, match, operation.operationId, acknowledged, transport, intent.written === undefined, fallback?.deviceId);
@@ -635,6 +641,8 @@ export class RegistrationService {
           record = fallback as StoredRegistration;
         }
         const finished = finishedOperation(operation, record, match, issued, this.#deps.now());
+        // Read inside the transaction: a fence or a deletion committed after it moves the epoch (Store.operationsEpoch).
+        epoch = tx.operationsEpoch();
         const outcome = this.#outcomeEvent(match, base, record, transport, operation.operationId);
         await tx.putRegistration(instance.id, record);
         // The explicit subject→hub-device link a later erase follows (customer-data/hub-device-links.ts).
@@ -642,14 +650,18 @@ export class RegistrationService {
         if (link !== undefined) await tx.putHubDeviceLink(instance.id, link);
         if (issued !== undefined && record.status === 'assigned') await tx.putIssuedCertificate(instance.id, issued.record);
         await tx.putOperation(instance.id, finished);
+        written = finished;
         // One statement for all of the attempt's entries (a re-registration's hub write and outcome: two rows).
         const entries = outcome === undefined ? hubWrites : [...hubWrites, outcome];
         if (entries.length > 0) await tx.appendAuditEvents(instance.id, entries);
         if (intent.written !== undefined && record.status === 'assigned') await tx.deleteRegistrationIntent(instance.id, operation.operationId);
         return { record, created: hubSteps?.created === true };
       });
-      if ('error' in written) throw new AdmissionRefused(written);
-      return written;
+      if ('error' in committed) throw new AdmissionRefused(committed);
+      // Committed: the device's poll with the register's token can be answered from here (operationStatus).
+      const proven = this.#proven.get(operation.operationId);
+      if (proven !== undefined && epoch !== undefined && written !== undefined) proven.finished = { operation: written, epoch };
+      return committed;
     };
 
     let record: StoredRegistration;
@@ -1147,6 +1159,11 @@ interface ProvenOperation {
   instanceId: string;
   registrationId: string;
   probe: FenceProbe;
+  /**
+   * The finished operation this node's registration committed, and the store's operations epoch its transaction read
+   * (single-writer stores only): while the epoch is unchanged, it is what a read of the store would answer.
+   */
+  finished?: { operation: StoredOperation; epoch: number };
 }
 
 /** The IDs a registration writes about: a fence on any of them refuses it. */

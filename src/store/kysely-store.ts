@@ -45,6 +45,15 @@ import type {
 } from './store.js';
 
 type Db = Kysely<Database> | Transaction<Database>;
+
+/** Store.operationsEpoch's counter, one per root database (its transactions' stores share it). */
+const operationsEpochs = new WeakMap<Kysely<Database>, { value: number }>();
+function operationsEpochOf(db: Kysely<Database>): { value: number } {
+  let epoch = operationsEpochs.get(db);
+  if (epoch === undefined) operationsEpochs.set(db, (epoch = { value: 0 }));
+  return epoch;
+}
+
 /** Tables keyed by (instance, lower-cased name) holding one document. */
 type NamedTable = 'access_policies' | 'linked_hubs' | 'ca_certificates' | 'credential_policies';
 
@@ -229,6 +238,8 @@ export class KyselyStore implements Store {
   readonly #rootDb: Kysely<Database>;
   /** This transaction changed an instance or a linked hub: its reads must see its own writes, never the cache. */
   #wroteConfig = false;
+  /** Store.operationsEpoch (shared with the root's transactions). */
+  readonly #operationsEpoch: { value: number };
 
   constructor(db: Kysely<Database>, options: KyselyStoreOptions = { capabilities: SQLITE_CAPABILITIES }, transaction?: Transaction<Database>) {
     this.#db = transaction ?? db;
@@ -239,6 +250,7 @@ export class KyselyStore implements Store {
     this.#subject = subjectStatementsOf(db);
     this.#sqlite = options.capabilities.name === 'sqlite';
     this.#cache = configCacheOf(db, options.capabilities.singleWriter);
+    this.#operationsEpoch = operationsEpochOf(db);
   }
 
   get capabilities(): DialectCapabilities {
@@ -265,13 +277,36 @@ export class KyselyStore implements Store {
     return this.#rootTransaction(() => root.transaction().execute((trx) => work(new KyselyStore(root, this.#options, trx))));
   }
 
-  /** A transaction of the root that changed config leaves nothing cached behind it, committed or rolled back. */
+  /**
+   * A transaction of the root that changed config leaves nothing cached behind it, committed or rolled back; one that
+   * moved the operations epoch moves it again as it ends (what a registration read inside it is stale once it commits).
+   */
   async #rootTransaction<T>(run: () => Promise<T>): Promise<T> {
     const generation = this.#cache.generation;
+    const epoch = this.#operationsEpoch.value;
     try {
       return await run();
     } finally {
       if (this.#cache.generation !== generation) this.#cache.invalidate();
+      if (this.#operationsEpoch.value !== epoch) this.#operationsEpoch.value += 1;
+    }
+  }
+
+  operationsEpoch(): number | undefined {
+    return this.#cache.singleWriter ? this.#operationsEpoch.value : undefined;
+  }
+
+  /**
+   * A write that can change a finished operation's poll answer (Store.operationsEpoch): the epoch moves once the write
+   * has run — outside a transaction, once it is committed — and, inside a transaction, again as that ends
+   * (#rootTransaction). Not before it runs: a registration whose transaction began after such a move but before the
+   * write would not see the write, yet read the moved epoch.
+   */
+  async #changingOperations<T>(write: () => Promise<T>): Promise<T> {
+    try {
+      return await write();
+    } finally {
+      this.#operationsEpoch.value += 1;
     }
   }
 
@@ -451,6 +486,10 @@ export class KyselyStore implements Store {
   }
 
   async deleteInstance(id: string): Promise<boolean> {
+    return this.#changingOperations(() => this.#deleteInstance(id));
+  }
+
+  async #deleteInstance(id: string): Promise<boolean> {
     for (const table of [
       'instance_host_names',
       'access_policies',
@@ -968,6 +1007,10 @@ export class KyselyStore implements Store {
   }
 
   async deleteOperationsBefore(cutoffUtc: string, limit?: number): Promise<number> {
+    return this.#changingOperations(() => this.#deleteOperationsBefore(cutoffUtc, limit));
+  }
+
+  async #deleteOperationsBefore(cutoffUtc: string, limit?: number): Promise<number> {
     if (limit === undefined) {
       const result = await this.#db.deleteFrom('operations').where('updated_at', '<', cutoffUtc).executeTakeFirst();
       return Number(result.numDeletedRows);
@@ -986,6 +1029,10 @@ export class KyselyStore implements Store {
   // ---- erase fences
 
   async putEraseFences(instanceId: string, fences: readonly EraseFence[]): Promise<void> {
+    return this.#changingOperations(() => this.#putEraseFences(instanceId, fences));
+  }
+
+  async #putEraseFences(instanceId: string, fences: readonly EraseFence[]): Promise<void> {
     for (const fence of fences) {
       const doc = JSON.stringify({ requestId: fence.requestId, subjectHash: fence.subjectHash });
       await hotWrite(this.#db, this.#subject.putEraseFence, [instanceId, fence.kind, lower(fence.id), lower(fence.requestId), doc]);
@@ -1127,7 +1174,7 @@ export class KyselyStore implements Store {
   }
 
   async deleteEraseFences(instanceId: string, requestId: string): Promise<number> {
-    return hotWrite(this.#db, this.#subject.deleteEraseFences, [instanceId, lower(requestId)]);
+    return this.#changingOperations(() => hotWrite(this.#db, this.#subject.deleteEraseFences, [instanceId, lower(requestId)]));
   }
 
   async reclaimErasedSpace(): Promise<void> {
@@ -1140,7 +1187,7 @@ export class KyselyStore implements Store {
   }
 
   async deleteOperationsOfRegistration(instanceId: string, registrationId: string): Promise<number> {
-    return hotWrite(this.#db, this.#subject.deleteOperationsOfRegistration, [instanceId, lower(registrationId)]);
+    return this.#changingOperations(() => hotWrite(this.#db, this.#subject.deleteOperationsOfRegistration, [instanceId, lower(registrationId)]));
   }
 
   async countOperationsOfRegistration(instanceId: string, registrationId: string): Promise<number> {

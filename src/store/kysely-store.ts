@@ -539,7 +539,8 @@ export class KyselyStore implements Store {
   }
   async listLinkedHubs(instanceId: string): Promise<LinkedHubRecord[]> {
     const read = async () => (await runHot<{ doc: string }>(this.#db, this.#hot.linkedHubs, [instanceId])).rows.map((row) => parse<LinkedHubRecord>(row.doc));
-    return this.#cache.singleWriter ? ((await this.#cachedDoc(`hubs/${instanceId}`, read)) ?? []) : read();
+    // A list of its own for each caller (it may sort it); the hubs in it are the cache's, frozen.
+    return this.#cache.singleWriter ? [...((await this.#cachedDoc(`hubs/${instanceId}`, read)) ?? [])] : read();
   }
   async linkedHubsOf(instance: InstanceRecord): Promise<LinkedHubRecord[]> {
     if (this.#cache.singleWriter) return this.listLinkedHubs(instance.id);

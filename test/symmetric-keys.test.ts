@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { test } from 'node:test';
 import { isValidSymmetricKey } from '../src/domain/ids.js';
+import { parseSasToken, sasExpirySeconds } from '../src/domain/sas.js';
 
 /** What the rule says (dps-wire.md §10), the slow way: the bytes the key decodes to, encoded again, are the key. */
 function canonicalBase64Of16To64Bytes(key: string): boolean {
@@ -45,4 +46,20 @@ test('symmetric keys: the check on the text agrees with decoding and encoding ag
     if (expected) accepted += 1;
   }
   assert.ok(accepted > 10_000, `the sample holds valid keys as well (${accepted})`);
+});
+
+test("a checked token's expiry read alone (sasExpirySeconds) is the one a full parse reads, whatever the fields' order, case and spacing", () => {
+  const signature = encodeURIComponent(randomBytes(32).toString('base64'));
+  const tokens = [
+    `SharedAccessSignature sr=0ne00000001%2Fregistrations%2Fdev-1&sig=${signature}&se=1924992000&skn=registration`,
+    `SharedAccessSignature se=1924992000&sr=0ne00000001/registrations/dev-1&sig=${signature}`,
+    `SharedAccessSignature sig=${signature}&skn=registration&sr=0ne00000001/registrations/dev-1&SE=1924992000`,
+    `SharedAccessSignature   sr=0ne00000001/registrations/dev-1&sig=${signature}&se=1924992000  `,
+    // A field whose name ends in "se" is not the expiry.
+    `SharedAccessSignature sr=0ne00000001/registrations/dev-1&sig=${signature}&xse=1&se=1924992000`,
+  ];
+  for (const token of tokens) {
+    assert.equal(parseSasToken(token)?.expirySeconds, 1924992000, token);
+    assert.equal(sasExpirySeconds(token), 1924992000, token);
+  }
 });

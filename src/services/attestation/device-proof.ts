@@ -1,5 +1,5 @@
 import { idKey } from '../../domain/ids.js';
-import { parseSasToken } from '../../domain/sas.js';
+import { sasExpirySeconds } from '../../domain/sas.js';
 import type { DeviceCredential, DeviceMatch } from './device-match.js';
 
 /**
@@ -36,9 +36,9 @@ export class DeviceProof {
   static of(request: { idScope: string; registrationId: string; credential: DeviceCredential }, match: DeviceMatch): DeviceProof | undefined {
     const authorization = tokenOf(request.credential);
     if (authorization === undefined) return undefined;
-    const token = parseSasToken(authorization);
-    if (token === undefined) return undefined;
-    return new DeviceProof(match, request.idScope, request.registrationId, authorization, token.expirySeconds * 1000);
+    const expirySeconds = sasExpirySeconds(authorization);
+    if (expirySeconds === undefined) return undefined;
+    return new DeviceProof(match, request.idScope, request.registrationId, authorization, expirySeconds * 1000);
   }
 
   /** The proved match, when the request repeats the proved credential for the same device and the token is unexpired. */

@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
+import { dpsTimestamp } from '../src/domain/time.js';
 import { newEventId, reserveEventIds } from '../src/services/audit-log.js';
 
 /**
@@ -28,4 +29,14 @@ test('reserved IDs keep their place in the order, however late they are made', (
   const big = reserveEventIds(now, 100_000);
   const after = newEventId(now);
   assert.ok(big(0) > later && big(65_535) < big(65_536) && big(99_999) < after && big(99_999).length === 24);
+});
+
+test('DPS timestamps: seven fractional digits; the same instant twice is the same text, the next instant its own, an invalid date throws', () => {
+  const at = new Date('2031-01-01T00:00:00.123Z');
+  assert.equal(dpsTimestamp(at), '2031-01-01T00:00:00.1230000Z');
+  assert.equal(dpsTimestamp(new Date(at.getTime())), '2031-01-01T00:00:00.1230000Z');
+  assert.equal(dpsTimestamp(new Date(at.getTime() + 1)), '2031-01-01T00:00:00.1240000Z');
+  assert.equal(dpsTimestamp(at), '2031-01-01T00:00:00.1230000Z');
+  assert.throws(() => dpsTimestamp(new Date(Number.NaN)), RangeError);
+  assert.throws(() => dpsTimestamp(new Date(Number.NaN)), RangeError);
 });

@@ -1,8 +1,9 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
+import { createRequire, syncBuiltinESMExports } from 'node:module';
 import { test } from 'node:test';
 import { isValidSymmetricKey } from '../src/domain/ids.js';
-import { parseSasToken, sasExpirySeconds } from '../src/domain/sas.js';
+import { createSasToken, parseSasToken, sasExpirySeconds, signedByOneOf, type SasToken } from '../src/domain/sas.js';
 
 /** What the rule says (dps-wire.md §10), the slow way: the bytes the key decodes to, encoded again, are the key. */
 function canonicalBase64Of16To64Bytes(key: string): boolean {
@@ -61,5 +62,32 @@ test("a checked token's expiry read alone (sasExpirySeconds) is the one a full p
   for (const token of tokens) {
     assert.equal(parseSasToken(token)?.expirySeconds, 1924992000, token);
     assert.equal(sasExpirySeconds(token), 1924992000, token);
+  }
+});
+
+test('a token is checked against its keys until one signed it: a forged one against every key, a valid one no further', () => {
+  const [primary, secondary, other] = [randomBytes(32), randomBytes(32), randomBytes(32)].map((key) => key.toString('base64')) as [string, string, string];
+  const tokenOf = (key: string) => parseSasToken(createSasToken({ resource: '0ne00000001/registrations/dev-1', keyBase64: key, expirySeconds: 1_924_992_000 })) as SasToken;
+  // Counts the HMACs sas.ts computes (its `createHmac` import follows node:crypto's export once synced).
+  const nodeCrypto = createRequire(import.meta.url)('node:crypto') as { createHmac: (...args: unknown[]) => unknown };
+  const original = nodeCrypto.createHmac;
+  let hmacs = 0;
+  nodeCrypto.createHmac = (...args: unknown[]) => {
+    hmacs += 1;
+    return original(...args);
+  };
+  syncBuiltinESMExports();
+  const counted = (token: SasToken): { signed: boolean; hmacs: number } => {
+    hmacs = 0;
+    const signed = signedByOneOf(token, [primary, secondary]);
+    return { signed, hmacs };
+  };
+  try {
+    assert.deepEqual(counted(tokenOf(primary)), { signed: true, hmacs: 1 });
+    assert.deepEqual(counted(tokenOf(secondary)), { signed: true, hmacs: 2 });
+    assert.deepEqual(counted(tokenOf(other)), { signed: false, hmacs: 2 });
+  } finally {
+    nodeCrypto.createHmac = original;
+    syncBuiltinESMExports();
   }
 });

@@ -501,8 +501,8 @@ export interface Store {
   /**
    * Where one process writes the store (SQLite), a number that moves whenever it writes something that can change what
    * a poll of a finished operation answers, other than the registration that finished it: an erase fence written or
-   * removed, operations deleted (an erase, the retention purge, an instance's removal). It moves when such a write
-   * runs and again when its transaction ends. A registration reads it inside its own transaction; while it is still
+   * removed, operations deleted (an erase, the retention purge, an instance's removal). It moves once such a write has
+   * run and again when its transaction ends. A registration reads it inside its own transaction; while it is still
    * that number, the operation it wrote is what the store holds and no fence stands on the device, so the poll can be
    * answered from memory. Undefined where other processes write the store too (PostgreSQL): a poll reads the store.
    */

@@ -617,10 +617,9 @@ export class RegistrationService {
     // One transaction writes everything (ARCHITECTURE.md, step 5): the admission checks, a built-in hub's identity,
     // twin and old identity's removal, the record, its hub-device link, the issued certificate, the finished operation,
     // the log entries and the end of an external hub's intent — shared with concurrent registrations on SQLite.
-    const write = async (hubSteps: Assignment | undefined, fallback: StoredRegistration | undefined): Promise<{ record: StoredRegistration; created: boolean }> => {
-      let epoch: number | undefined;
-      let written: StoredOperation | undefined;
-      const committed = await this.#committer.run(async (tx): Promise<{ record: StoredRegistration; created: boolean } | Refusal> => {
+    type Written = { record: StoredRegistration; created: boolean; operation: StoredOperation; epoch: number | undefined };
+    const write = async (hubSteps: Assignment | undefined, fallback: StoredRegistration | undefined): Promise<Written> => {
+      const committed = await this.#committer.run(async (tx): Promise<Written | Refusal> => {
         // Refused before an external hub write: logged here (nothing else of the attempt is). After one, the undo below
         // logs the attempt's entries, while the fence still stands.
         const refusal = await this.#admitted(tx, match, operation.operationId, acknowledged, transport, intent.written === undefined, fallback?.deviceId);
@@ -642,7 +641,7 @@ export class RegistrationService {
         }
         const finished = finishedOperation(operation, record, match, issued, this.#deps.now());
         // Read inside the transaction: a fence or a deletion committed after it moves the epoch (Store.operationsEpoch).
-        epoch = tx.operationsEpoch();
+        const epoch = tx.operationsEpoch();
         const outcome = this.#outcomeEvent(match, base, record, transport, operation.operationId);
         await tx.putRegistration(instance.id, record);
         // The explicit subject→hub-device link a later erase follows (customer-data/hub-device-links.ts).
@@ -650,17 +649,16 @@ export class RegistrationService {
         if (link !== undefined) await tx.putHubDeviceLink(instance.id, link);
         if (issued !== undefined && record.status === 'assigned') await tx.putIssuedCertificate(instance.id, issued.record);
         await tx.putOperation(instance.id, finished);
-        written = finished;
         // One statement for all of the attempt's entries (a re-registration's hub write and outcome: two rows).
         const entries = outcome === undefined ? hubWrites : [...hubWrites, outcome];
         if (entries.length > 0) await tx.appendAuditEvents(instance.id, entries);
         if (intent.written !== undefined && record.status === 'assigned') await tx.deleteRegistrationIntent(instance.id, operation.operationId);
-        return { record, created: hubSteps?.created === true };
+        return { record, created: hubSteps?.created === true, operation: finished, epoch };
       });
       if ('error' in committed) throw new AdmissionRefused(committed);
       // Committed: the device's poll with the register's token can be answered from here (operationStatus).
       const proven = this.#proven.get(operation.operationId);
-      if (proven !== undefined && epoch !== undefined && written !== undefined) proven.finished = { operation: written, epoch };
+      if (proven !== undefined && committed.epoch !== undefined) proven.finished = { operation: committed.operation, epoch: committed.epoch };
       return committed;
     };
 

@@ -101,7 +101,6 @@ const COLUMNS = {
 type QueriedTable = keyof typeof COLUMNS;
 
 const parse = <T>(doc: string): T => JSON.parse(doc) as T;
-const parseOptional = <T>(doc: string | undefined): T | undefined => (doc === undefined ? undefined : parse<T>(doc));
 
 function fenceOf(row: { subject_kind: string; doc: string }): Pick<EraseFence, 'kind' | 'requestId' | 'subjectHash'> {
   const doc = parse<{ requestId: string; subjectHash: string }>(row.doc);
@@ -339,11 +338,6 @@ export class KyselyStore implements Store {
     return value;
   }
 
-  /** One document by a compiled statement, parsed (undefined: no row). */
-  async #docOf<T>(statement: HotStatement, args: readonly unknown[]): Promise<T | undefined> {
-    return parseOptional<T>(await this.#docText(statement, args));
-  }
-
   async atomically<T>(work: (store: Store) => Promise<T>): Promise<T> {
     if (this.#root !== undefined) return this.transaction(work);
     // One name for every savepoint: SQLite and PostgreSQL both release or roll back to the most recent savepoint of a
@@ -424,14 +418,14 @@ export class KyselyStore implements Store {
   }
 
   async getInstance(id: string): Promise<InstanceRecord | undefined> {
+    const read = () => hotDoc<InstanceRecord>(this.#db, this.#hot.instanceById, [id]);
     // Without a device request's version there is nothing to validate a cached copy against on PostgreSQL.
-    if (!this.#cache.singleWriter) return hotDoc<InstanceRecord>(this.#db, this.#hot.instanceById, [id]);
-    return this.#cachedDoc(`id/${id}`, () => this.#docOf<InstanceRecord>(this.#hot.instanceById, [id]));
+    return this.#cache.singleWriter ? this.#cachedDoc(`id/${id}`, read) : read();
   }
 
   async findInstanceByIdScope(idScope: string): Promise<InstanceRecord | undefined> {
     const key = lower(idScope);
-    if (this.#cache.singleWriter) return this.#cachedDoc(`scope/${key}`, () => this.#docOf<InstanceRecord>(this.#hot.instanceByIdScope, [key]));
+    if (this.#cache.singleWriter) return this.#cachedDoc(`scope/${key}`, () => hotDoc<InstanceRecord>(this.#db, this.#hot.instanceByIdScope, [key]));
     // One statement: the instance and the shared config version, from one snapshot.
     const generation = this.#cache.generation;
     const { version, doc } = await this.#versioned(this.#hot.instanceByIdScopeVersioned, [key]);
@@ -459,10 +453,6 @@ export class KyselyStore implements Store {
     return this.#cache.stamp(instance, version);
   }
 
-  async #docText(statement: HotStatement, args: readonly unknown[]): Promise<string | undefined> {
-    return (await runHot<{ doc: string }>(this.#db, statement, args)).rows[0]?.doc;
-  }
-
   /** A versioned read (PostgreSQL): the config counter's value and the documents, in one statement. */
   async #versioned(statement: HotStatement, args: readonly unknown[]): Promise<{ version: number; doc: string[] }> {
     const { rows } = await runHot<{ version: number | string; doc: string | null }>(this.#db, statement, args);
@@ -471,7 +461,7 @@ export class KyselyStore implements Store {
 
   async findInstanceByHostName(hostName: string): Promise<InstanceRecord | undefined> {
     const key = lower(hostName);
-    const read = () => this.#docOf<InstanceRecord>(this.#hot.instanceByHostName, [key]);
+    const read = () => hotDoc<InstanceRecord>(this.#db, this.#hot.instanceByHostName, [key]);
     // One process writes the embedded store: its own config writes invalidate the cache (as for the ID scope).
     // Several nodes share PostgreSQL: read every time (the compiled statement), as this read carries no version.
     return this.#cache.singleWriter ? this.#cachedDoc(`host/${key}`, read) : read();
@@ -528,7 +518,7 @@ export class KyselyStore implements Store {
     // invalidate the cache (below), as for the instance by host name; several nodes share PostgreSQL: read every time
     // (the compiled statement), as this read carries no version.
     const args = [instanceId, lower(keyName)];
-    const read = () => this.#docOf<AccessPolicyRecord>(this.#hot.accessPolicy, args);
+    const read = () => hotDoc<AccessPolicyRecord>(this.#db, this.#hot.accessPolicy, args);
     return this.#cache.singleWriter ? this.#cachedDoc(`policy/${instanceId}/${args[1]}`, read) : read();
   }
   async putAccessPolicy(instanceId: string, policy: AccessPolicyRecord): Promise<void> {

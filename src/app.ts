@@ -240,7 +240,8 @@ async function createLockedApp(deps: AppDeps, logger: FastifyBaseLogger, release
     http.addHook('onResponse', (request, reply, done) => {
       const operationId = request.routeOptions.config.operationId;
       // Device API calls are counted as registrations; the portal's files and probes are not API calls.
-      if (operationId !== undefined && !operationId.startsWith('RuntimeRegistration_')) metrics.serviceApiRequest(request.method, request.routeOptions.url ?? '', reply.statusCode);
+      // elapsedTime: from Fastify's first hook to the answer's end (its system-log entry is written before the answer).
+      if (operationId !== undefined && !operationId.startsWith('RuntimeRegistration_')) metrics.serviceApiRequest(request.method, request.routeOptions.url ?? '', reply.statusCode, reply.elapsedTime);
       done();
     });
   }

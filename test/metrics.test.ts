@@ -87,6 +87,13 @@ describe('metrics on the HTTPS port with a bearer token', () => {
       sampleValue(family('provisiond_service_api_requests_total'), 'provisiond_service_api_requests_total', { method: 'PUT', route: '/enrollments/:id', status: '200' }),
       2,
     );
+    // Each of those two requests was timed, by route and method.
+    assert.equal(family('provisiond_service_api_request_duration_seconds').type, 'histogram');
+    const timed = (name: string, labels: Record<string, string> = {}) => sampleValue(family('provisiond_service_api_request_duration_seconds'), name, { method: 'PUT', route: '/enrollments/:id', ...labels });
+    assert.equal(timed('provisiond_service_api_request_duration_seconds_count'), 2);
+    assert.equal(timed('provisiond_service_api_request_duration_seconds_bucket', { le: '+Inf' }), 2);
+    const seconds = timed('provisiond_service_api_request_duration_seconds_sum') ?? 0;
+    assert.ok(seconds > 0 && seconds < 60, `a plausible duration in seconds (not milliseconds): ${seconds}`);
     // The built-in hub got the device identity and its twin.
     assert.equal(sampleValue(family('provisiond_hub_writes_total'), 'provisiond_hub_writes_total', { operation: 'putDevice', outcome: 'success' }), 1);
     assert.equal(sampleValue(family('provisiond_hub_write_duration_seconds'), 'provisiond_hub_write_duration_seconds_count', { operation: 'putDevice' }), 1);

@@ -1,5 +1,5 @@
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { appendFileSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
 
 /**
@@ -23,21 +23,28 @@ export async function startCompiledServer(options: {
   store?: string | undefined;
   nodeFlags?: readonly string[];
   profileDir?: string | undefined;
+  /** More `provisiond serve` flags (e.g. `--metrics`). */
+  serveFlags?: readonly string[];
 }): Promise<CompiledServer> {
   const root = join(import.meta.dirname, '..');
   const bin = join(root, 'bin', 'provisiond.js');
   if (!existsSync(join(root, 'dist', 'main.js'))) throw new Error('--server compiled: run `npm run build` first');
   const profile = options.profileDir === undefined ? [] : ['--cpu-prof', `--cpu-prof-dir=${options.profileDir}`];
-  const flags = ['--data-dir', options.dataDir, '--https-port', String(options.port), '--listen-host', '127.0.0.1', '--host-names', 'localhost,127.0.0.1', '--log-level', 'warn', '--no-amqp'];
+  const flags = ['--data-dir', options.dataDir, '--https-port', String(options.port), '--listen-host', '127.0.0.1', '--host-names', 'localhost,127.0.0.1', '--log-level', process.env.BENCH_SERVER_LOG_LEVEL ?? 'warn', '--no-amqp'];
   const mqtt = (options.mqttPort ?? 0) > 0 ? ['--mqtt-port', String(options.mqttPort)] : ['--no-mqtt'];
   const store = options.store === undefined ? [] : ['--store', options.store];
-  const child = spawn(process.execPath, [...(options.nodeFlags ?? []), ...profile, bin, 'serve', ...flags, ...mqtt, ...store], {
+  const child = spawn(process.execPath, [...(options.nodeFlags ?? []), ...profile, bin, 'serve', ...flags, ...mqtt, ...store, ...(options.serveFlags ?? [])], {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, PROVISIOND_REGISTRATIONS_PER_SECOND: '0', PROVISIOND_POLLS_PER_SECOND_PER_DEVICE: '0' },
   });
   const lines: string[] = [];
   let banner = '';
-  child.stdout?.on('data', (chunk: Buffer) => lines.push(...chunk.toString().split('\n').filter((line) => line !== '')));
+  // BENCH_SERVER_STDOUT=FILE also appends what the server prints (e.g. `--node-options --trace-gc`) to FILE.
+  const stdoutFile = process.env.BENCH_SERVER_STDOUT;
+  child.stdout?.on('data', (chunk: Buffer) => {
+    if (stdoutFile !== undefined && stdoutFile !== '') appendFileSync(stdoutFile, chunk);
+    lines.push(...chunk.toString().split('\n').filter((line) => line !== ''));
+  });
   await new Promise<void>((resolve, reject) => {
     child.stderr?.on('data', (chunk: Buffer) => {
       banner += chunk.toString();

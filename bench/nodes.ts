@@ -86,6 +86,59 @@ function sumCpu(pids: number[]): Cpu {
   return pids.map(cpuOf).reduce((sum, cpu) => ({ user: sum.user + cpu.user, sys: sum.sys + cpu.sys, voluntary: sum.voluntary + cpu.voluntary, involuntary: sum.involuntary + cpu.involuntary }), NO_CPU);
 }
 
+/** What a PostgreSQL process is, from its title (`postgres: checkpointer`, `postgres: autovacuum worker`, a backend). */
+function postgresKind(pid: number, postmaster: number | undefined): string {
+  if (pid === postmaster) return 'postmaster';
+  let title = '';
+  try {
+    title = readFileSync(`/proc/${pid}/cmdline`, 'utf8').replace(/\0/g, ' ').trim();
+  } catch {
+    return 'exited';
+  }
+  const kind = /^postgres: (checkpointer|background writer|walwriter|autovacuum launcher|autovacuum worker|logical replication launcher|stats collector)/.exec(title)?.[1];
+  return kind === undefined ? 'backends' : kind.replace(/ (\w)/g, (_, c: string) => c.toUpperCase());
+}
+
+/**
+ * The CPU (ms) of every process of the cluster, by kind, from `before` (pid → CPU at the window's start) to now:
+ * processes started in the window (autovacuum workers, a pool's new connections) count from zero, and those that
+ * ended in it (reaped by the postmaster) through the postmaster's children's time (`cutime` + `cstime`).
+ */
+function postgresCpuSince(clusterDir: string, before: { perPid: Map<number, number>; reaped: number }): Record<string, number> {
+  const postmaster = postmasterPid(clusterDir);
+  const byKind: Record<string, number> = {};
+  for (const pid of postgresPids(clusterDir)) {
+    const kind = postgresKind(pid, postmaster);
+    byKind[kind] = (byKind[kind] ?? 0) + cpuMs(pid) - (before.perPid.get(pid) ?? 0);
+  }
+  const reaped = reapedChildrenMs(postmaster) - before.reaped;
+  if (reaped > 0) byKind.endedInWindow = reaped;
+  return byKind;
+}
+
+function postgresCpuSnapshot(clusterDir: string): { perPid: Map<number, number>; reaped: number } {
+  return { perPid: new Map(postgresPids(clusterDir).map((pid) => [pid, cpuMs(pid)])), reaped: reapedChildrenMs(postmasterPid(clusterDir)) };
+}
+
+function postmasterPid(clusterDir: string): number | undefined {
+  try {
+    return Number(readFileSync(join(clusterDir, 'data', 'postmaster.pid'), 'utf8').split('\n')[0]);
+  } catch {
+    return undefined;
+  }
+}
+
+/** The CPU (ms) of the children a process has waited for: `cutime` + `cstime`, fields 16 and 17 of its stat. */
+function reapedChildrenMs(pid: number | undefined): number {
+  if (pid === undefined) return 0;
+  try {
+    const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]?.split(' ') ?? [];
+    return ((Number(fields[13]) + Number(fields[14])) * 1000) / TICKS_PER_SECOND;
+  } catch {
+    return 0;
+  }
+}
+
 /** Every process whose command line names the cluster's data directory or is one of its backends. */
 function postgresPids(clusterDir: string): number[] {
   const pids: number[] = [];
@@ -296,15 +349,18 @@ try {
     let pgPids: number[] = [];
     const cpu = () => ({ nodes: sumCpu(servers.map((server) => server.child.pid ?? 0)), postgres: sumCpu(pgPids) });
     let before = cpu();
+    let pgBefore = { perPid: new Map<number, number>(), reaped: 0 };
     const marker = setTimeout(() => {
       pgPids = store === 'sqlite' ? [] : postgresPids(cluster.dir);
       before = cpu();
+      if (store !== 'sqlite') pgBefore = postgresCpuSnapshot(cluster.dir);
       countersSignal();
       if (PG_STATS !== undefined && store !== 'sqlite') void pgStats(store, 'reset');
     }, WARMUP_SECONDS * 1000);
     const driven = await drive(ADDRESSES.slice(0, nodes), ca, idScope, groupKey, `r${runs}`);
     clearTimeout(marker);
     const after = cpu();
+    const pgByKind = store === 'sqlite' ? {} : postgresCpuSince(cluster.dir, pgBefore);
     countersSignal();
     if (PG_STATS !== undefined && store !== 'sqlite') appendFileSync(PG_STATS, `${JSON.stringify({ label, ...(await pgStats(store, 'read', Math.max(1, driven.registrations))) }, null, 1)}\n`);
     let roundTrips = 0;
@@ -330,6 +386,11 @@ try {
       nodeUserSysMsPerRegistration: [per('user', 'nodes'), per('sys', 'nodes')],
       nodeContextSwitchesPerRegistration: { voluntary: per('voluntary', 'nodes'), involuntary: per('involuntary', 'nodes') },
       ...(store === 'sqlite' ? {} : { postgresUserSysMsPerRegistration: [per('user', 'postgres'), per('sys', 'postgres')] }),
+      // Every process of the cluster over the window, by kind, those started or ended in it included (the figure
+      // above counts the processes listed at its start only).
+      ...(store === 'sqlite'
+        ? {}
+        : { postgresCpuMsPerRegistrationByProcess: Object.fromEntries(Object.entries(pgByKind).map(([kind, ms]) => [kind, Number((ms / Math.max(1, driven.registrations)).toFixed(3))])) }),
       // (Counted from the end of the warm-up to the end of the last request, so slightly over the window's.)
       ...(store === 'sqlite' ? {} : { postgresProcesses: pgPids.length }),
       ...(COUNTS && store !== 'sqlite' ? { roundTripsPerRegistration: Number((roundTrips / count).toFixed(2)) } : {}),

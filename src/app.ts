@@ -42,7 +42,7 @@ import { addMetricsRoute, createMetricsListener, type MetricsListener } from './
 import { checkReadiness } from './health/readiness.js';
 import { operationalCounts, pendingMigrations } from './store/operational-counts.js';
 import { AuditLog } from './services/audit-log.js';
-import { purgeExpiredOperations } from './services/retention-purge.js';
+import { purgeExpiredOperations, purgeIdleRateBuckets } from './services/retention-purge.js';
 import { LifecycleEvents } from './services/lifecycle-events.js';
 import { DataRequestService } from './services/customer-data/data-request-service.js';
 import { customerDataPlugin } from './transports/http/service-api/customer-data.js';
@@ -85,6 +85,7 @@ export interface App {
   readonly builtInHubs: BuiltInHubService;
   readonly audit: AuditLog;
   readonly dataRequests: DataRequestService;
+  readonly registrations: RegistrationService;
   info(): Promise<ServerInfo>;
   /**
    * Reads the server certificate and key again and serves them to new connections on every listener; open
@@ -231,7 +232,17 @@ async function createLockedApp(deps: AppDeps, logger: FastifyBaseLogger, release
         },
       }),
   });
-  const dataRequests = new DataRequestService({ ...serviceDeps, hubClients: measuredHubClients, audit, events, logger: log('dataRequests'), waitMs: config.dataRequestWaitMs, nodeId, leaseMs: config.leaseMs });
+  const dataRequests = new DataRequestService({
+    ...serviceDeps,
+    hubClients: measuredHubClients,
+    audit,
+    events,
+    logger: log('dataRequests'),
+    waitMs: config.dataRequestWaitMs,
+    nodeId,
+    leaseMs: config.leaseMs,
+    forgetDevices: (instanceId, registrationIds) => registrationService.forgetDevices(instanceId, registrationIds),
+  });
 
   const { app: http, openApi } = createHttpServer({ config, logger: log('http'), tls: { key: tls.key, cert: tls.cert } });
   httpServer = http.server;
@@ -347,6 +358,7 @@ async function createLockedApp(deps: AppDeps, logger: FastifyBaseLogger, release
     builtInHubs,
     audit,
     dataRequests,
+    registrations: registrationService,
     async info() {
       const owner = await store.getAccessPolicy(operator.id, OWNER_POLICY);
       const hostName = operator.serviceHostNames[0] ?? config.hostNames[0] ?? 'localhost';
@@ -403,6 +415,7 @@ async function createLockedApp(deps: AppDeps, logger: FastifyBaseLogger, release
       const purge = async () => {
         await audit.purgeExpired();
         await purgeExpiredOperations(serviceDeps);
+        await purgeIdleRateBuckets(serviceDeps);
       };
       purgeTimer = setInterval(() => void purge().catch((error: unknown) => logger.error({ err: error }, 'purge failed')), config.auditPurgeIntervalMs);
       purgeTimer.unref();

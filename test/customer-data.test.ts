@@ -9,8 +9,9 @@ import { verifyReceipt } from '../src/domain/receipt.js';
 import { AuditLog } from '../src/services/audit-log.js';
 import { createServerCertificate } from '../src/tls/x509-issuer.js';
 import { CA_DIR, call, startServer, type TestServer } from './harness.js';
-import { deriveDeviceKey, inBatches, rawRegister, sdkRegister, type Json } from './devices.js';
+import { deriveDeviceKey, deviceToken, inBatches, rawRegister, sdkRegister, type Json } from './devices.js';
 import { HUB_HOST_NAMES, deviceOf, linkHub, registryFor, twinOf } from './hubs.js';
+import { rowsHolding } from './postgres.js';
 
 /**
  * Customer-data requests end to end: devices provisioned with the official SDK, then export and erase through the
@@ -245,6 +246,10 @@ describe('export and erase of one device', () => {
     const everything = JSON.stringify((await api('POST', '/dataRequests/query')).body);
     assert.equal(everything.includes('cd-dev-1'), false, 'no data request names the device any more');
 
+    // On PostgreSQL, no row of any table names the device any more (on SQLite, test/customer-data-bytes.test.ts scans
+    // the files): its rate-limit bucket included, which the device's polls wrote.
+    if (server.config.store.startsWith('postgres')) assert.deepEqual(await rowsHolding(server.config.store, 'cd-dev-1'), {}, 'rows that still name the device');
+
     // A second export finds nothing.
     const again = await exportBundle('cd-export-2', { registrationId: 'cd-dev-1' });
     assert.equal(again.individualEnrollment, null);
@@ -258,6 +263,23 @@ describe('export and erase of one device', () => {
     const log = await api('POST', '/auditEvents/query', { kind: 'dataRequest' });
     const erasure = (log.body as unknown as Json[]).find((event) => event.operation === 'erase');
     assert.deepEqual(erasure?.subject, { hash: done.subject.hash });
+  });
+
+  test("an erase leaves nothing about the device in the server's memory: its registration awaiting a poll goes", async () => {
+    const key = await enroll('cd-mem-1');
+    // Registered, never polled: the server remembers the register's proof and operation for the poll to come.
+    const registered = await call('PUT', `/${idScope}/registrations/cd-mem-1/register?api-version=2019-03-31`, {
+      headers: { authorization: deviceToken(idScope, 'cd-mem-1', key) },
+      body: { registrationId: 'cd-mem-1' },
+    });
+    assert.equal(registered.status, 202, JSON.stringify(registered.body));
+    const registrations = server.app.registrations;
+    assert.equal(registrations.rememberedRegistrations(instanceId, 'cd-mem-1'), 1);
+    const others = registrations.rememberedRegistrations() - 1;
+    const done = await dataRequest('cd-erase-mem', { type: 'erase', subject: { registrationId: 'cd-mem-1' } });
+    assert.equal(done.status, 'completed');
+    assert.equal(registrations.rememberedRegistrations(instanceId, 'cd-mem-1'), 0, 'the erased device is forgotten');
+    assert.equal(registrations.rememberedRegistrations(), others, "other devices' registrations stay");
   });
 
   test('an erase by device ID finds the enrollment that names it', async () => {

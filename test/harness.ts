@@ -27,8 +27,8 @@ export interface TestServer {
   close(): Promise<void>;
 }
 
-/** `logger` replaces the silent one, for tests that read what the server logs. */
-export async function startServer(overrides: Partial<Record<keyof Config, unknown>> = {}, options: { logger?: FastifyBaseLogger } = {}): Promise<TestServer> {
+/** `logger` replaces the silent one, for tests that read what the server logs; `now`, the services' clock. */
+export async function startServer(overrides: Partial<Record<keyof Config, unknown>> = {}, options: { logger?: FastifyBaseLogger; now?: () => Date } = {}): Promise<TestServer> {
   const dataDir = mkdtempSync(join(tmpdir(), 'provisiond-test-'));
   mkdirSync(join(dataDir, 'tls'), { recursive: true });
   copyFileSync(join(CA_DIR, 'ca.pem'), join(dataDir, 'tls', 'ca.pem'));
@@ -48,7 +48,7 @@ export async function startServer(overrides: Partial<Record<keyof Config, unknow
       ...(store === undefined ? {} : { store }),
     },
   });
-  const app = await createApp({ config, ...(options.logger === undefined ? {} : { logger: options.logger }) });
+  const app = await createApp({ config, ...(options.logger === undefined ? {} : { logger: options.logger }), ...(options.now === undefined ? {} : { now: options.now }) });
   await app.listen();
   const info = await app.info();
   const ownerKey = /SharedAccessKey=([^;]+)/.exec(info.serviceConnectionString)?.[1] ?? '';

@@ -131,3 +131,23 @@ export async function dropPostgresDatabase(url: string): Promise<void> {
     await client.end();
   }
 }
+
+/**
+ * Every row of every table of a database, as text (`row::text`), whose text holds `needle` (any case): what a raw
+ * look at the database would find of a subject, by table. The tables' own columns only (no WAL, no dead tuples).
+ */
+export async function rowsHolding(url: string, needle: string): Promise<Record<string, string[]>> {
+  const client = new pg.Client({ connectionString: url });
+  await client.connect();
+  try {
+    const tables = await client.query<{ name: string }>("select tablename as name from pg_tables where schemaname = 'public' order by tablename");
+    const found: Record<string, string[]> = {};
+    for (const { name } of tables.rows) {
+      const rows = await client.query<{ row: string }>(`select t::text as row from "${name}" t where strpos(lower(t::text), lower($1)) > 0`, [needle]);
+      if (rows.rows.length > 0) found[name] = rows.rows.map((row) => row.row.slice(0, 300));
+    }
+    return found;
+  } finally {
+    await client.end();
+  }
+}

@@ -44,7 +44,7 @@ for (const [name, open] of stores) {
     test('a high rate goes to the store once per handful, also when many requests arrive together', async () => {
       const { store, takes } = await fresh();
       const clock = { now: 1_000_000 };
-      const limiter = new StoreRateLimiter(10_000, store, () => clock.now);
+      const limiter = new StoreRateLimiter('registrations', 10_000, store, () => clock.now);
       assert.equal(leaseOf(10_000), 100);
       for (let i = 0; i < 250; i += 1) await limiter.take('instance-a');
       assert.deepEqual(takes, [100, 100, 100]);
@@ -60,7 +60,7 @@ for (const [name, open] of stores) {
     test('a handful is spent within its lease; what is left then is lost, and a new handful is taken', async () => {
       const { store, takes } = await fresh();
       const clock = { now: 5_000_000 };
-      const limiter = new StoreRateLimiter(1000, store, () => clock.now);
+      const limiter = new StoreRateLimiter('registrations', 1000, store, () => clock.now);
       await limiter.take('instance-c');
       clock.now += LEASE_MS - 1;
       await limiter.take('instance-c');
@@ -74,7 +74,7 @@ for (const [name, open] of stores) {
       const { store, takes } = await fresh();
       const clock = { now: 9_000_000 };
       // 1,000 a second, bursts of 2,000: handfuls of 10, and the last few tokens one at a time.
-      const nodes = [new StoreRateLimiter(1000, store, () => clock.now), new StoreRateLimiter(1000, store, () => clock.now)];
+      const nodes = [new StoreRateLimiter('registrations', 1000, store, () => clock.now), new StoreRateLimiter('registrations', 1000, store, () => clock.now)];
       let admitted = 0;
       const refusedBy = new Set<number>();
       for (let i = 0; refusedBy.size < 2 && i < 5000; i += 1) {
@@ -98,7 +98,7 @@ for (const [name, open] of stores) {
 
     test('a low rate takes each token from the store', async () => {
       const { store, takes } = await fresh();
-      const limiter = new StoreRateLimiter(5, store, () => 7_000_000);
+      const limiter = new StoreRateLimiter('polls', 5, store, () => 7_000_000);
       for (let i = 0; i < 10; i += 1) await limiter.take('device-e');
       await assert.rejects(limiter.take('device-e'), throttled);
       assert.deepEqual(takes, Array<number>(11).fill(1));

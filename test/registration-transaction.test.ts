@@ -237,6 +237,42 @@ const RE_REGISTRATION_STATEMENTS = 13;
 /** The outbox sweep's one read, when its timer fires inside the counted window. */
 const BACKGROUND_SLACK = 1;
 
+describe('registrations remembered for their polls', () => {
+  let server: TestServer;
+  let clockMs = Date.now();
+  before(async () => {
+    server = await startServer({ registrationWaitMs: 3000 }, { now: () => new Date(clockMs) });
+  });
+  after(async () => {
+    await server.close();
+  });
+
+  test('are forgotten after two minutes unpolled, and a later poll still gets its answer (authenticated in full)', async () => {
+    const { idScope } = server.info;
+    const instanceId = (await server.app.store.listInstances())[0]?.id as string;
+    const enrolled = await call('PUT', '/enrollments/remembered-1?api-version=2021-10-01', {
+      headers: { authorization: server.token() },
+      body: { registrationId: 'remembered-1', attestation: { type: 'symmetricKey' } },
+    });
+    assert.equal(enrolled.status, 200, enrolled.text);
+    const authorization = deviceToken(idScope, 'remembered-1', (enrolled.body as Json).attestation.symmetricKey.primaryKey as string);
+    const registered = await call('PUT', `/${idScope}/registrations/remembered-1/register?api-version=2019-03-31`, { headers: { authorization }, body: { registrationId: 'remembered-1' } });
+    assert.equal(registered.status, 202, registered.text);
+    const registrations = server.app.registrations;
+    assert.equal(registrations.rememberedRegistrations(instanceId, 'remembered-1'), 1);
+    clockMs += 119_000;
+    await registrations.reconcile({ olderThanMs: 3_600_000 });
+    assert.equal(registrations.rememberedRegistrations(instanceId, 'remembered-1'), 1, 'kept for two minutes');
+    clockMs += 1_000;
+    // The periodic sweep (an idle node registers nothing new that would drop it).
+    await registrations.reconcile({ olderThanMs: 3_600_000 });
+    assert.equal(registrations.rememberedRegistrations(instanceId, 'remembered-1'), 0, 'forgotten after two minutes');
+    const polled = await call('GET', `/${idScope}/registrations/remembered-1/operations/${(registered.body as Json).operationId as string}?api-version=2019-03-31`, { headers: { authorization } });
+    assert.equal(polled.status, 200, polled.text);
+    assert.equal((polled.body as Json).status, 'assigned');
+  });
+});
+
 describe('group commit', () => {
   let store: Store;
   before(async () => {

@@ -1037,6 +1037,22 @@ export function runStoreContract(name: string, open: () => Promise<Store>): void
         assert.equal(concurrent.filter(Boolean).length, 10, 'concurrent takers share one bucket exactly');
       });
 
+      test('rate buckets are deleted by key, and the purge deletes those idle since a time, in batches', async () => {
+        const t0 = 3_000_000;
+        for (const key of ['d1', 'd2', 'd3']) assert.equal(await store.takeRateToken(key, 1, 2, t0), true);
+        assert.equal(await store.takeRateToken('d4', 1, 2, t0 + 5_000), true);
+        assert.equal(await store.deleteRateBuckets(['d1', 'nope']), 1);
+        assert.equal(await store.deleteRateBuckets([]), 0);
+        // d1 is gone: a take finds a full bucket again (two tokens), as for a key never seen.
+        assert.deepEqual([await store.takeRateToken('d1', 1, 2, t0), await store.takeRateToken('d1', 1, 2, t0), await store.takeRateToken('d1', 1, 2, t0)], [true, true, false]);
+        // Idle since t0 + 1 s: d1, d2 and d3 (last taken at t0), not d4; one at a time, then the rest.
+        assert.equal(await store.deleteRateBucketsIdleSince(t0 + 1_000, 1), 1);
+        assert.equal(await store.deleteRateBucketsIdleSince(t0 + 1_000, 10), 2);
+        assert.equal(await store.deleteRateBucketsIdleSince(t0 + 1_000, 10), 0);
+        assert.equal(await store.takeRateToken('d4', 1, 2, t0 + 5_000), true, 'd4 kept its bucket: one token left of two');
+        assert.equal(await store.takeRateToken('d4', 1, 2, t0 + 5_000), false);
+      });
+
       test('rate tokens by the handful: all or none, from the same bucket as single takes', async () => {
         const t0 = 2_000_000;
         // 10 a second, burst 20: four handfuls of 5, then none, and not a single token either.

@@ -22,7 +22,7 @@ import { callAllocationWebhook, type WebhookExchange } from './custom-allocation
 import type { ServiceDeps } from './deps.js';
 import type { HubLatencies } from './hub-latency.js';
 import type { SymmetricKeyGroups } from './symmetric-key-groups.js';
-import { createRateLimiter, MemoryRateLimiter, type RateLimiter } from './throttle.js';
+import { createRateLimiter, devicePollKey, MemoryRateLimiter, type RateLimiter } from './throttle.js';
 import { RefusedAttempts } from './refused-attempts.js';
 import type { AuditInput, AuditLog } from './audit-log.js';
 import type { LifecycleEvents } from './lifecycle-events.js';
@@ -122,8 +122,8 @@ export class RegistrationService {
 
   constructor(deps: RegistrationServiceDeps) {
     this.#deps = deps;
-    this.#registrationLimiter = createRateLimiter(deps.config.registrationsPerSecond, deps.store);
-    this.#pollLimiter = createRateLimiter(deps.config.pollsPerSecondPerDevice, deps.store);
+    this.#registrationLimiter = createRateLimiter('registrations', deps.config.registrationsPerSecond, deps.store);
+    this.#pollLimiter = createRateLimiter('polls', deps.config.pollsPerSecondPerDevice, deps.store);
     // Refused attempts are counted on this node: a flood of bad tokens must not cost a database write each.
     this.#refused = new RefusedAttempts(new MemoryRateLimiter(deps.config.refusedAttemptsPerSecondPerSource));
     this.#committer = committerFor(deps.store, deps.groupCommit);
@@ -322,7 +322,7 @@ export class RegistrationService {
     // operations epoch is the one that registration's transaction read (one process writes the store, and it has
     // written no fence and deleted no operation since): the store holds that operation and no fence, so it is the answer.
     const { fence, operation } = await this.#throttling(request.transport, 'poll', () =>
-      this.#pollLimiter.takeWith(`${instanceId}/${idKey(registrationId)}`, async (token) => {
+      this.#pollLimiter.takeWith(devicePollKey(instanceId, registrationId), async (token) => {
         if (token === undefined && finished !== undefined && finished.epoch === store.operationsEpoch()) return { taken: true, value: { operation: finished.operation } };
         if (token === undefined) return { taken: true, value: await store.getOperationUnlessFenced(instanceId, request.operationId, probe) };
         const { taken, ...value } = await store.takeRateTokenAndGetOperationUnlessFenced(token, instanceId, request.operationId, probe);
@@ -355,7 +355,7 @@ export class RegistrationService {
   /** DeviceRegistrationStatusLookup: the device's current record, no operation wrapper. */
   async statusLookup(request: DeviceRequest): Promise<JsonMap> {
     const match = await this.#authenticated(request);
-    await this.#throttling(request.transport, 'statusLookup', () => this.#pollLimiter.take(`${match.instance.id}/${idKey(match.registrationId)}`));
+    await this.#throttling(request.transport, 'statusLookup', () => this.#pollLimiter.take(devicePollKey(match.instance.id, match.registrationId)));
     if (match.previous === undefined) {
       throw new ProvisioningError('RegistrationNotFound', `Registration '${request.registrationId}' was not found.`);
     }
@@ -387,16 +387,22 @@ export class RegistrationService {
     }
   }
 
-  /** Remembers who proved a register request, for its polls (bounded: the oldest entries go first). */
+  /**
+   * Remembers who proved a register request, for its polls: bounded in number (the oldest go first) and in age
+   * ({@link PROVEN_OPERATION_MAX_AGE_MS}; the entries are in the order they were made, so the expired ones are the
+   * first few, dropped here and by {@link forgetExpired}).
+   */
   #remember(operationId: string, request: DeviceRequest, match: DeviceMatch): void {
     if (request.credential.kind !== 'sas') return;
     const proof = DeviceProof.of(request, match);
     if (proof === undefined) return;
+    const nowMs = this.#deps.now().getTime();
+    this.#forgetExpired(nowMs);
     if (this.#proven.size >= MAX_PROVEN_OPERATIONS) {
       const oldest = this.#proven.keys().next();
       if (oldest.done !== true) this.#proven.delete(oldest.value);
     }
-    this.#proven.set(operationId, { proof, instanceId: match.instance.id, registrationId: match.registrationId, probe: fenceProbe(match) });
+    this.#proven.set(operationId, { proof, instanceId: match.instance.id, registrationId: match.registrationId, probe: fenceProbe(match), rememberedMs: nowMs });
   }
 
   /** The remembered register request this poll repeats exactly (same scope, device and token, unexpired), if any. */
@@ -404,9 +410,42 @@ export class RegistrationService {
     const proven = this.#proven.get(request.operationId);
     if (proven === undefined || request.credential.kind !== 'sas') return undefined;
     const nowMs = this.#deps.now().getTime();
+    if (nowMs - proven.rememberedMs >= PROVEN_OPERATION_MAX_AGE_MS) {
+      this.#proven.delete(request.operationId);
+      return undefined;
+    }
     if (proven.proof.matchFor(request, nowMs) !== undefined) return proven;
     if (proven.proof.expired(nowMs)) this.#proven.delete(request.operationId);
     return undefined;
+  }
+
+  /** Drops the remembered registrations older than {@link PROVEN_OPERATION_MAX_AGE_MS} (the oldest come first). */
+  #forgetExpired(nowMs: number): void {
+    for (const [operationId, proven] of this.#proven) {
+      if (nowMs - proven.rememberedMs < PROVEN_OPERATION_MAX_AGE_MS) return;
+      this.#proven.delete(operationId);
+    }
+  }
+
+  /**
+   * Drops what this process keeps in memory about erased devices (DataRequestService, once an erase completed): their
+   * poll budgets and the proofs of their registrations awaiting a poll. The store's copies are the erase's own work.
+   */
+  forgetDevices(instanceId: string, registrationIds: readonly string[]): void {
+    const erased = new Set(registrationIds.map(idKey));
+    for (const id of erased) this.#pollLimiter.forget(devicePollKey(instanceId, id));
+    for (const [operationId, proven] of this.#proven) {
+      if (proven.instanceId === instanceId && erased.has(idKey(proven.registrationId))) this.#proven.delete(operationId);
+    }
+  }
+
+  /** How many registrations this process remembers for their polls, in all and of one device (tests). */
+  rememberedRegistrations(instanceId?: string, registrationId?: string): number {
+    let count = 0;
+    for (const proven of this.#proven.values()) {
+      if (instanceId === undefined || (proven.instanceId === instanceId && (registrationId === undefined || idKey(proven.registrationId) === idKey(registrationId)))) count += 1;
+    }
+    return count;
   }
 
   /** A refused attempt goes in the system log with why (a wrong key, no enrollment, …); the wire says only 401002. */
@@ -431,6 +470,9 @@ export class RegistrationService {
    * queue, so a registration of the same device on this node never races its settling.
    */
   async reconcile(options: { olderThanMs: number }): Promise<Record<IntentOutcome, number>> {
+    // The periodic sweep also drops the registrations remembered for polls that never came (an idle node remembers
+    // nothing new, which would drop them otherwise).
+    this.#forgetExpired(this.#deps.now().getTime());
     const counts: Record<IntentOutcome, number> = { finished: 0, completed: 0, rolledBack: 0, unreachable: 0 };
     const cutoff = dpsTimestamp(new Date(this.#deps.now().getTime() - options.olderThanMs + (options.olderThanMs === 0 ? 1 : 0)));
     const seen = new Set<string>();
@@ -1150,6 +1192,11 @@ function bucketOf(registrationId: string): number {
 
 /** Enough operations for every device of a boot storm to poll its own without a store read of who it is. */
 const MAX_PROVEN_OPERATIONS = 20_000;
+/**
+ * How long a registration is remembered for its polls. A device polls within seconds (Retry-After 0 when its
+ * registration finished in the register's wait, a few seconds otherwise); a poll after this authenticates in full.
+ */
+export const PROVEN_OPERATION_MAX_AGE_MS = 120_000;
 
 interface ProvenOperation {
   /** The SAS token that proved the register request, for the same scope and device, until it expires. */
@@ -1157,6 +1204,8 @@ interface ProvenOperation {
   instanceId: string;
   registrationId: string;
   probe: FenceProbe;
+  /** When it was remembered (the service's clock, ms). */
+  rememberedMs: number;
   /**
    * The finished operation this node's registration committed, and the store's operations epoch its transaction read
    * (single-writer stores only): while the epoch is unchanged, it is what a read of the store would answer.

@@ -29,3 +29,21 @@ export async function purgeExpiredOperations(deps: ServiceDeps): Promise<number>
   const cutoff = dpsTimestamp(new Date(deps.now().getTime() - deps.config.operationRetentionMs));
   return deleteInBatches((limit) => deps.store.deleteOperationsBefore(cutoff, limit));
 }
+
+/**
+ * How long a rate-limit bucket in the store may go untaken before the purge deletes it. A bucket refills to its burst
+ * (twice its rate) within 2 s at any rate the configuration allows (whole tokens a second), so one untaken for an hour
+ * is full: deleting it changes no limit (the next take starts a full bucket).
+ */
+export const IDLE_RATE_BUCKET_MS = 3_600_000;
+
+/**
+ * Deletes the store's rate-limit buckets nothing has taken from for {@link IDLE_RATE_BUCKET_MS} (several nodes; a
+ * single node keeps its buckets in memory): one per device that ever polled would otherwise stay, its registration
+ * ID in the key, long after the device was gone.
+ */
+export async function purgeIdleRateBuckets(deps: ServiceDeps): Promise<number> {
+  if (deps.store.capabilities.singleWriter) return 0;
+  const before = deps.now().getTime() - IDLE_RATE_BUCKET_MS;
+  return deleteInBatches((limit) => deps.store.deleteRateBucketsIdleSince(before, limit));
+}

@@ -1,4 +1,5 @@
 import { ProvisioningError } from '../domain/errors.js';
+import { idKey } from '../domain/ids.js';
 import type { RateToken, Store } from '../store/store.js';
 
 /**
@@ -20,10 +21,29 @@ export interface RateLimiter {
    * none is needed) and `read` gets undefined. Throws Throttled, whatever was read, when no token was taken.
    */
   takeWith<T>(key: string, read: (token: RateToken | undefined) => Promise<{ taken: boolean; value: T }>): Promise<T>;
+  /** Drops what this process keeps under the key (an erased device's bucket in memory); the store's is the erase's. */
+  forget(key: string): void;
 }
 
-export function createRateLimiter(ratePerSecond: number, store: Store, now: () => number = Date.now): RateLimiter {
-  return store.capabilities.singleWriter ? new MemoryRateLimiter(ratePerSecond, now) : new StoreRateLimiter(ratePerSecond, store, now);
+/** The limiters whose buckets live in the store (several nodes): each key begins with its limiter's name. */
+export type LimiterName = 'registrations' | 'polls';
+
+/**
+ * A bucket's key in the store: its limiter's name, then the limiter's own key (an instance ID; an instance ID and a
+ * device's registration ID key). Not the rate (before session 33 the key began with it): an erase finds a device's
+ * poll budget by its ID alone, whatever the rate was, and a changed rate refills the same bucket to its new burst.
+ */
+export function bucketKey(limiter: LimiterName, key: string): string {
+  return `${limiter}/${key}`;
+}
+
+/** The poll limiter's key for a device (RegistrationService takes its polls' and status lookups' tokens by it). */
+export function devicePollKey(instanceId: string, registrationId: string): string {
+  return `${instanceId}/${idKey(registrationId)}`;
+}
+
+export function createRateLimiter(limiter: LimiterName, ratePerSecond: number, store: Store, now: () => number = Date.now): RateLimiter {
+  return store.capabilities.singleWriter ? new MemoryRateLimiter(ratePerSecond, now) : new StoreRateLimiter(limiter, ratePerSecond, store, now);
 }
 
 function throttled(waitSeconds: number): ProvisioningError {
@@ -55,6 +75,10 @@ export class MemoryRateLimiter implements RateLimiter {
   async takeWith<T>(key: string, read: (token: RateToken | undefined) => Promise<{ taken: boolean; value: T }>): Promise<T> {
     this.#take(key);
     return (await read(undefined)).value;
+  }
+
+  forget(key: string): void {
+    this.#buckets.delete(key);
   }
 
   #take(key: string): void {
@@ -99,13 +123,13 @@ export class StoreRateLimiter implements RateLimiter {
   /** Per key, the handful being taken from the store: concurrent takes wait for it rather than take one each. */
   readonly #leasing = new Map<string, Promise<void>>();
 
-  constructor(ratePerSecond: number, store: Store, now: () => number = Date.now) {
+  constructor(limiter: LimiterName, ratePerSecond: number, store: Store, now: () => number = Date.now) {
     this.#ratePerSecond = ratePerSecond;
     this.#burst = Math.max(1, ratePerSecond * 2);
     this.#store = store;
     this.#now = now;
-    // Different limits on one key (registrations vs polls) never share a bucket.
-    this.#prefix = `${ratePerSecond}/`;
+    // Different limiters on one key (registrations vs polls) never share a bucket.
+    this.#prefix = bucketKey(limiter, '');
     this.#lease = leaseOf(ratePerSecond);
   }
 
@@ -125,6 +149,10 @@ export class StoreRateLimiter implements RateLimiter {
     const { taken, value } = await read({ bucketKey: this.#prefix + key, ratePerSecond: this.#ratePerSecond, burst: this.#burst, nowMs: this.#now() });
     if (!taken) throw this.#throttled();
     return value;
+  }
+
+  forget(key: string): void {
+    this.#leases.delete(key);
   }
 
   /** One token of this node's handful; a new handful when it is spent or expired (one token, when the bucket has fewer). */

@@ -1506,6 +1506,19 @@ export class KyselyStore implements Store {
     return (await hotWrite(this.#db, this.#hot.takeRateToken, [bucketKey, ratePerSecond, burst, nowMs, count])) > 0;
   }
 
+  async deleteRateBuckets(bucketKeys: readonly string[]): Promise<number> {
+    if (bucketKeys.length === 0) return 0;
+    const result = await this.#db.deleteFrom('rate_limits').where('bucket_key', 'in', [...bucketKeys]).executeTakeFirst();
+    return Number(result.numDeletedRows);
+  }
+
+  async deleteRateBucketsIdleSince(beforeMs: number, limit: number): Promise<number> {
+    // In batches by key (the primary key), like the other purges: no statement holds the table for long.
+    const idle = this.#db.selectFrom('rate_limits').select('bucket_key').where('at_ms', '<', beforeMs).orderBy('bucket_key').limit(limit);
+    const result = await this.#db.deleteFrom('rate_limits').where('bucket_key', 'in', idle).executeTakeFirst();
+    return Number(result.numDeletedRows);
+  }
+
   async claimLease(name: string, owner: string, ttlMs: number, nowMs: number): Promise<boolean> {
     const result = await this.#db
       .insertInto('leases')

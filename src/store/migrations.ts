@@ -465,6 +465,19 @@ const logFailuresIndex: Migration = {
 };
 migrations['0017_log_failures_index'] = logFailuresIndex;
 
+/**
+ * Rate-limit buckets (several nodes) are keyed by their limiter's name instead of its rate (services/throttle.ts
+ * `bucketKey`), so an erase finds a device's poll budget by its registration ID alone, whatever the rate was when the
+ * bucket was written, and deletes it with the device's other data. The buckets of the old keys go: the next take
+ * starts a full bucket, as after a restart of a single node (and nothing else holds the device IDs they named).
+ */
+const rateBucketsByLimiter: Migration = {
+  async up(db: Kysely<unknown>): Promise<void> {
+    await sql`delete from rate_limits`.execute(db);
+  },
+};
+migrations['0018_rate_buckets_by_limiter'] = rateBucketsByLimiter;
+
 /** The migrations for one dialect (the list is the same; a migration may branch on a capability). */
 export function migrationProvider(capabilities: DialectCapabilities): MigrationProvider {
   return {

@@ -551,6 +551,13 @@ export interface Store {
    * `ratePerSecond`), in one statement, all or none; false when the bucket holds fewer. `nowMs` is the caller's clock.
    */
   takeRateToken(bucketKey: string, ratePerSecond: number, burst: number, nowMs: number, count?: number): Promise<boolean>;
+  /** Deletes the named buckets (an erased device's poll budget); how many there were. */
+  deleteRateBuckets(bucketKeys: readonly string[]): Promise<number>;
+  /**
+   * Deletes up to `limit` buckets last taken from before `beforeMs` — full again by then, the same as none (the purge:
+   * a bucket that nothing takes from any more goes, and with it the device ID in its key); how many went.
+   */
+  deleteRateBucketsIdleSince(beforeMs: number, limit: number): Promise<number>;
   /**
    * A poll's token and its read at once (issue 11: one statement on PostgreSQL for a device's own probe): `taken` as
    * {@link takeRateToken} answers, and only when it was taken, what {@link getOperationUnlessFenced} answers.

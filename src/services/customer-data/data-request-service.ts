@@ -44,6 +44,11 @@ export interface DataRequestDeps extends ServiceDeps {
   /** This node, as the holder of job leases; and how long a lease lasts unrenewed. */
   nodeId?: string;
   leaseMs?: number;
+  /**
+   * Told the registration IDs a completed erase traced, so the services drop what this process keeps in memory about
+   * them (a device's poll budget, the proofs of its registrations in flight): nothing of it outlives the erase here.
+   */
+  forgetDevices?: (instanceId: string, registrationIds: readonly string[]) => void;
 }
 
 /** The tables an erase deletes or rewrites rows of. */
@@ -393,6 +398,7 @@ export class DataRequestService {
     }
     // From here on the request knows the subject only by its keyed hash; the fences (which hold the IDs) go in the
     // same transaction, and the freed bytes are wiped from the store's files before the receipt is signed.
+    const erasedRegistrationIds = doc.plan !== undefined && !Array.isArray(doc.plan) ? (doc.plan.trace?.registrationIds ?? []) : [];
     delete doc.subject.id;
     if (doc.plan !== undefined && !Array.isArray(doc.plan)) delete doc.plan.trace;
     const finalUtc = dpsTimestamp(this.#deps.now());
@@ -402,6 +408,7 @@ export class DataRequestService {
       await tx.deleteEraseFences(instance.id, doc.requestId);
     });
     await store.reclaimErasedSpace();
+    this.#deps.forgetDevices?.(instance.id, erasedRegistrationIds);
     const secrets = await this.secrets(instance);
     const summary = (entries: Array<{ place: string; count: number }>) => entries.map(({ place, count }) => ({ place, count }));
     doc.receipt = signEraseReceipt(

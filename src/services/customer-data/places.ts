@@ -4,6 +4,7 @@ import { dpsTimestamp } from '../../domain/time.js';
 import { renderRegistration } from '../../domain/registration.js';
 import type { HubClientFactory } from '../../hubs/hub-client.js';
 import type { AuditEvent, LinkedHubRecord, RegistrationIntent, Store } from '../../store/store.js';
+import { bucketKey, devicePollKey } from '../throttle.js';
 import { pseudonymizedEvent } from './erase-fence.js';
 import { issuedCertificateView } from './issued-certificates.js';
 import { readRequestDoc, requestView, withoutItems, type DataRequestDoc } from './request-doc.js';
@@ -186,7 +187,12 @@ const registrations: Place = {
     return found;
   },
   async erase(context, trace) {
-    return eraseEach(context, trace.registrationIds, async (id) => (await context.store.deleteRegistration(context.instanceId, id)) ? 1 : 0);
+    return eraseEach(context, trace.registrationIds, async (id) => {
+      // With the record goes the device's poll budget, a counter named by its registration ID (in the store where
+      // several nodes share it): nothing else holds. Not counted: a counter is no record of the device.
+      await context.store.deleteRateBuckets([bucketKey('polls', devicePollKey(context.instanceId, id))]);
+      return (await context.store.deleteRegistration(context.instanceId, id)) ? 1 : 0;
+    });
   },
 };
 

@@ -344,6 +344,10 @@ test('a hub that cannot be reached leaves the erase partially completed; a retry
     });
     const key = await enroll('cd-partial-1');
     await rawRegister(idScope, 'cd-partial-1', key);
+    // Registered again, its poll still to come: the server remembers the register's proof for it.
+    const authorization = deviceToken(idScope, 'cd-partial-1', key);
+    const registered = await call('PUT', `/${idScope}/registrations/cd-partial-1/register?api-version=2019-03-31`, { headers: { authorization }, body: { registrationId: 'cd-partial-1' } });
+    assert.equal(registered.status, 202, JSON.stringify(registered.body));
     const partial = await dataRequest('cd-erase-partial', { type: 'erase', subject: { registrationId: 'cd-partial-1' } });
     assert.equal(partial.status, 'partiallyCompleted');
     assert.match(partial.error as string, new RegExp(`hub:${hubName.replace(/\./g, '\\.')}/devices: .*503`));
@@ -351,6 +355,11 @@ test('a hub that cannot be reached leaves the erase partially completed; a retry
     assert.equal((await api('GET', '/dataRequests/cd-erase-partial/receipt')).status, 404);
     // Everything reachable is gone already.
     assert.equal(await server.app.store.getRegistration(instanceId, 'cd-partial-1'), undefined);
+    // The device polls meanwhile: refused (the erase's fence stands), yet its poll took a token of its budget — on
+    // PostgreSQL a row named by its registration ID, which the completed erase must take away.
+    const polled = await call('GET', `/${idScope}/registrations/cd-partial-1/operations/${(registered.body as Json).operationId as string}?api-version=2019-03-31`, { headers: { authorization } });
+    assert.equal(polled.status, 409, JSON.stringify(polled.body));
+    if (server.config.store.startsWith('postgres')) assert.deepEqual(Object.keys(await rowsHolding(server.config.store, 'cd-partial-1')).includes('rate_limits'), true);
 
     reachable = true;
     const retried = await api('POST', '/dataRequests/cd-erase-partial/retry');
@@ -362,6 +371,8 @@ test('a hub that cannot be reached leaves the erase partially completed; a retry
     }
     assert.equal(current.status, 'completed');
     assert.equal((await api('GET', '/dataRequests/cd-erase-partial/receipt')).status, 200);
+    if (server.config.store.startsWith('postgres')) assert.deepEqual(await rowsHolding(server.config.store, 'cd-partial-1'), {}, 'rows that still name the device');
+    assert.equal(server.app.registrations.rememberedRegistrations(instanceId, 'cd-partial-1'), 0);
   } finally {
     await call('DELETE', `/linkedHubs/${encodeURIComponent(hubName)}?${API}`, { headers: { authorization: server.token() } });
     hub.closeAllConnections();

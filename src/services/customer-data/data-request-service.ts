@@ -11,6 +11,7 @@ import type { AuditLog } from '../audit-log.js';
 import type { ServiceDeps } from '../deps.js';
 import type { LifecycleEvents } from '../lifecycle-events.js';
 import { encodeContinuation, readPageRequest, type PageRequest } from '../paging.js';
+import { bucketKey, devicePollKey } from '../throttle.js';
 import { runErase, Stopped } from './erase.js';
 import { exportEverything, readOnce } from './export.js';
 import { placesOf, type PlaceContext } from './places.js';
@@ -405,6 +406,10 @@ export class DataRequestService {
     await store.transaction(async (tx) => {
       doc.lastUpdatedDateTimeUtc = finalUtc;
       await tx.putDataRequest(instance.id, { requestId: doc.requestId, sortKey: doc.sortKey, status: doc.status, type: doc.type, doc });
+      // The devices' poll budgets (rate-limit counters named by their registration IDs, in the store where several
+      // nodes share it) go with the fences: a poll refused while the erase ran still took its token and wrote one.
+      // Not counted in the receipt: a counter is no record of the device.
+      await tx.deleteRateBuckets(erasedRegistrationIds.map((id) => bucketKey('polls', devicePollKey(instance.id, id))));
       await tx.deleteEraseFences(instance.id, doc.requestId);
     });
     await store.reclaimErasedSpace();

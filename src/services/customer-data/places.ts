@@ -4,7 +4,6 @@ import { dpsTimestamp } from '../../domain/time.js';
 import { renderRegistration } from '../../domain/registration.js';
 import type { HubClientFactory } from '../../hubs/hub-client.js';
 import type { AuditEvent, LinkedHubRecord, RegistrationIntent, Store } from '../../store/store.js';
-import { bucketKey, devicePollKey } from '../throttle.js';
 import { pseudonymizedEvent } from './erase-fence.js';
 import { issuedCertificateView } from './issued-certificates.js';
 import { readRequestDoc, requestView, withoutItems, type DataRequestDoc } from './request-doc.js';
@@ -187,12 +186,8 @@ const registrations: Place = {
     return found;
   },
   async erase(context, trace) {
-    return eraseEach(context, trace.registrationIds, async (id) => {
-      // With the record goes the device's poll budget, a counter named by its registration ID (in the store where
-      // several nodes share it): nothing else holds. Not counted: a counter is no record of the device.
-      await context.store.deleteRateBuckets([bucketKey('polls', devicePollKey(context.instanceId, id))]);
-      return (await context.store.deleteRegistration(context.instanceId, id)) ? 1 : 0;
-    });
+    // (The devices' poll budgets go when the erase completes: DataRequestService, with the fences.)
+    return eraseEach(context, trace.registrationIds, async (id) => (await context.store.deleteRegistration(context.instanceId, id)) ? 1 : 0);
   },
 };
 

@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { after, describe, test } from 'node:test';
-import { LEASE_MS, leaseOf, StoreRateLimiter } from '../src/services/throttle.js';
+import { purgeIdleRateBuckets, IDLE_RATE_BUCKET_MS } from '../src/services/retention-purge.js';
+import { bucketKey, LEASE_MS, leaseOf, StoreRateLimiter } from '../src/services/throttle.js';
 import { loadConfig } from '../src/config/config.js';
 import { openSqliteStore, openStore } from '../src/store/open-store.js';
 import type { Store } from '../src/store/store.js';
@@ -94,6 +95,21 @@ for (const [name, open] of stores) {
       await assert.rejects((nodes[0] as StoreRateLimiter).take('instance-d'), throttled);
       clock.now += 10;
       await (nodes[1] as StoreRateLimiter).take('instance-d');
+    });
+
+    test("the purge deletes the buckets nothing took from for an hour, in batches, and keeps the others", async () => {
+      const { store } = await fresh();
+      const now = 50_000_000;
+      const limiter = new StoreRateLimiter('polls', 5, store, () => now - IDLE_RATE_BUCKET_MS - 1);
+      // 2,500 idle buckets (more than two batches), then every fifth one taken from again just now.
+      for (let i = 0; i < 2_500; i += 1) await limiter.take(`instance/device-${String(i).padStart(4, '0')}`);
+      const recent = new StoreRateLimiter('polls', 5, store, () => now);
+      for (let i = 0; i < 2_500; i += 5) await recent.take(`instance/device-${String(i).padStart(4, '0')}`);
+      const deleted = await purgeIdleRateBuckets({ store, config: loadConfig({ flags: {} }), now: () => new Date(now) });
+      // Only on a store several nodes share: a single node keeps its buckets in memory and leaves the table alone.
+      assert.equal(deleted, store.capabilities.singleWriter ? 0 : 2_000);
+      const recentKeys = Array.from({ length: 500 }, (_, i) => bucketKey('polls', `instance/device-${String(i * 5).padStart(4, '0')}`));
+      assert.equal(await store.deleteRateBuckets(recentKeys), 500, 'the recent ones stayed');
     });
 
     test('a low rate takes each token from the store', async () => {

@@ -1045,10 +1045,11 @@ export function runStoreContract(name: string, open: () => Promise<Store>): void
         assert.equal(await store.deleteRateBuckets([]), 0);
         // d1 is gone: a take finds a full bucket again (two tokens), as for a key never seen.
         assert.deepEqual([await store.takeRateToken('d1', 1, 2, t0), await store.takeRateToken('d1', 1, 2, t0), await store.takeRateToken('d1', 1, 2, t0)], [true, true, false]);
-        // Idle since t0 + 1 s: d1, d2 and d3 (last taken at t0), not d4; one at a time, then the rest.
-        assert.equal(await store.deleteRateBucketsIdleSince(t0 + 1_000, 1), 1);
-        assert.equal(await store.deleteRateBucketsIdleSince(t0 + 1_000, 10), 2);
-        assert.equal(await store.deleteRateBucketsIdleSince(t0 + 1_000, 10), 0);
+        // Idle since t0 + 1 s: d1, d2 and d3 (last taken at t0), not d4; in batches of two, each going on after the
+        // last key of the one before; d4 is looked past, not deleted.
+        assert.deepEqual(await store.deleteRateBucketsIdleSince(t0 + 1_000, 2), { deleted: 2, lastKey: 'd2' });
+        assert.deepEqual(await store.deleteRateBucketsIdleSince(t0 + 1_000, 2, 'd2'), { deleted: 1, lastKey: undefined });
+        assert.deepEqual(await store.deleteRateBucketsIdleSince(t0 + 1_000, 2), { deleted: 0, lastKey: undefined });
         assert.equal(await store.takeRateToken('d4', 1, 2, t0 + 5_000), true, 'd4 kept its bucket: one token left of two');
         assert.equal(await store.takeRateToken('d4', 1, 2, t0 + 5_000), false);
       });

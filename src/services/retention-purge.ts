@@ -45,5 +45,14 @@ export const IDLE_RATE_BUCKET_MS = 3_600_000;
 export async function purgeIdleRateBuckets(deps: ServiceDeps): Promise<number> {
   if (deps.store.capabilities.singleWriter) return 0;
   const before = deps.now().getTime() - IDLE_RATE_BUCKET_MS;
-  return deleteInBatches((limit) => deps.store.deleteRateBucketsIdleSince(before, limit));
+  let deleted = 0;
+  let after: string | undefined = '';
+  while (after !== undefined) {
+    const batch = await deps.store.deleteRateBucketsIdleSince(before, PURGE_BATCH_ROWS, after);
+    deleted += batch.deleted;
+    after = batch.lastKey;
+    // As deleteInBatches: the event loop between batches.
+    if (after !== undefined) await sleep(1);
+  }
+  return deleted;
 }

@@ -1512,11 +1512,22 @@ export class KyselyStore implements Store {
     return Number(result.numDeletedRows);
   }
 
-  async deleteRateBucketsIdleSince(beforeMs: number, limit: number): Promise<number> {
-    // In batches by key (the primary key), like the other purges: no statement holds the table for long.
-    const idle = this.#db.selectFrom('rate_limits').select('bucket_key').where('at_ms', '<', beforeMs).orderBy('bucket_key').limit(limit);
-    const result = await this.#db.deleteFrom('rate_limits').where('bucket_key', 'in', idle).executeTakeFirst();
-    return Number(result.numDeletedRows);
+  async deleteRateBucketsIdleSince(beforeMs: number, limit: number, afterKey = ''): Promise<{ deleted: number; lastKey: string | undefined }> {
+    // In batches along the primary key, each going on after the last (a batch that started from the first key again
+    // would walk every bucket still in use before it, batch after batch). A bucket taken from between the look and
+    // the delete is not idle any more: the delete checks again.
+    const idle = await this.#db
+      .selectFrom('rate_limits')
+      .select('bucket_key')
+      .where('bucket_key', '>', afterKey)
+      .where('at_ms', '<', beforeMs)
+      .orderBy('bucket_key')
+      .limit(limit)
+      .execute();
+    if (idle.length === 0) return { deleted: 0, lastKey: undefined };
+    const keys = idle.map((row) => row.bucket_key);
+    const result = await this.#db.deleteFrom('rate_limits').where('bucket_key', 'in', keys).where('at_ms', '<', beforeMs).executeTakeFirst();
+    return { deleted: Number(result.numDeletedRows), lastKey: keys.length < limit ? undefined : keys.at(-1) };
   }
 
   async claimLease(name: string, owner: string, ttlMs: number, nowMs: number): Promise<boolean> {

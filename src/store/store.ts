@@ -554,10 +554,12 @@ export interface Store {
   /** Deletes the named buckets (an erased device's poll budget); how many there were. */
   deleteRateBuckets(bucketKeys: readonly string[]): Promise<number>;
   /**
-   * Deletes up to `limit` buckets last taken from before `beforeMs` — full again by then, the same as none (the purge:
-   * a bucket that nothing takes from any more goes, and with it the device ID in its key); how many went.
+   * Deletes buckets last taken from before `beforeMs` — full again by then, the same as none (the purge: a bucket that
+   * nothing takes from any more goes, and with it the device ID in its key): the first `limit` such buckets in key
+   * order after `afterKey`. Returns how many went and the last key looked at (where the next batch goes on from), or
+   * undefined when there are no more.
    */
-  deleteRateBucketsIdleSince(beforeMs: number, limit: number): Promise<number>;
+  deleteRateBucketsIdleSince(beforeMs: number, limit: number, afterKey?: string): Promise<{ deleted: number; lastKey: string | undefined }>;
   /**
    * A poll's token and its read at once (issue 11: one statement on PostgreSQL for a device's own probe): `taken` as
    * {@link takeRateToken} answers, and only when it was taken, what {@link getOperationUnlessFenced} answers.

@@ -390,7 +390,7 @@ export class RegistrationService {
   /**
    * Remembers who proved a register request, for its polls: bounded in number (the oldest go first) and in age
    * ({@link PROVEN_OPERATION_MAX_AGE_MS}; the entries are in the order they were made, so the expired ones are the
-   * first few, dropped here and by {@link forgetExpired}).
+   * first few, dropped here and by #forgetExpired, which the periodic sweep also runs).
    */
   #remember(operationId: string, request: DeviceRequest, match: DeviceMatch): void {
     if (request.credential.kind !== 'sas') return;

@@ -1507,9 +1507,13 @@ export class KyselyStore implements Store {
   }
 
   async deleteRateBuckets(bucketKeys: readonly string[]): Promise<number> {
-    if (bucketKeys.length === 0) return 0;
-    const result = await this.#db.deleteFrom('rate_limits').where('bucket_key', 'in', [...bucketKeys]).executeTakeFirst();
-    return Number(result.numDeletedRows);
+    // A group's erase names every device of the group: BATCH_ROWS keys a statement (the bound-parameter limits).
+    let deleted = 0;
+    for (let i = 0; i < bucketKeys.length; i += BATCH_ROWS) {
+      const result = await this.#db.deleteFrom('rate_limits').where('bucket_key', 'in', bucketKeys.slice(i, i + BATCH_ROWS)).executeTakeFirst();
+      deleted += Number(result.numDeletedRows);
+    }
+    return deleted;
   }
 
   async deleteRateBucketsIdleSince(beforeMs: number, limit: number, afterKey = ''): Promise<{ deleted: number; lastKey: string | undefined }> {

@@ -16,7 +16,13 @@ import { startCompiledServer, stopChild } from './compiled-server.js';
  *
  *   npm run bench -- [--mode p1|p2|p3] [--devices 200] [--seconds 8] [--warmup 2] [--rounds 2]
  *                    [--enrollments 2000] [--store sqlite|postgres://…] [--profile DIR] [--baseline no]
- *                    [--server tsx|compiled] [--node-options '--flag …'] [--workloads name,…]
+ *                    [--server tsx|compiled] [--node-options '--flag …'] [--workloads name,…] [--perf DIR]
+ *
+ * `--perf DIR`: `perf record -e cpu-clock -g` on the server process for the measured part of each window (all its
+ * threads; DIR/<workload>-<n>.perf, read with `perf report -i FILE`), the compiled server started with
+ * `--perf-basic-prof` so JavaScript frames have names. A V8 CPU profile (`--profile`) puts the time the process spends
+ * inside system calls on the JavaScript frame that made them (bench/README.md, session 33): perf counts it where it
+ * goes. Needs `perf` (Debian: linux-perf).
  *
  * - p1: full registrations over HTTPS keep-alive (one connection per device), symmetric keys, half individual
  *       enrollments, half devices of one group; ceiling = a minimal Fastify TLS server, keep-alive.
@@ -47,8 +53,12 @@ const WARMUP_SECONDS = Number(args.get('warmup') ?? 2);
  */
 const SERVER = args.get('server') ?? 'tsx';
 /** Node flags for the compiled server (e.g. `--max-semi-space-size=4`), to measure a setting before making it a default. */
-const NODE_FLAGS = (args.get('node-options') ?? '').split(' ').filter((flag) => flag !== '');
+const PERF_DIR = args.get('perf');
+const NODE_FLAGS = [...(args.get('node-options') ?? '').split(' ').filter((flag) => flag !== ''), ...(PERF_DIR === undefined ? [] : ['--perf-basic-prof'])];
 const TICKS_PER_SECOND = 100;
+/** How many windows `--perf` has recorded (each file is numbered), and the workload running (its files' name). */
+let perfRecordings = 0;
+let currentWorkload = 'window';
 
 if (['p4', 'p5', 'p6'].includes(MODE)) {
   process.stderr.write(`mode ${MODE} is bench/scale.ts (npx tsx bench/scale.ts --mode ${MODE})\n`);
@@ -150,8 +160,20 @@ interface WindowResult {
 type Outcome = true | string;
 
 async function window(pid: number | undefined, concurrency: number, operation: (slot: number) => Promise<Outcome | boolean>): Promise<WindowResult> {
+  const label = currentWorkload;
   const measureFrom = Date.now() + WARMUP_SECONDS * 1000;
   const deadline = measureFrom + SECONDS * 1000;
+  // `--perf DIR`: the measured part of the window, sampled by perf (its own process; it ends itself).
+  const perfMark =
+    PERF_DIR === undefined || pid === undefined
+      ? undefined
+      : setTimeout(() => {
+          perfRecordings += 1;
+          const output = join(PERF_DIR, `${label}-${perfRecordings}.perf`);
+          spawn('perf', ['record', '-e', 'cpu-clock', '-F', '1999', '-g', '-p', String(pid), '-o', output, '--', 'sleep', String(SECONDS)], { stdio: 'ignore' }).on('error', (error) =>
+            process.stderr.write(`--perf: ${error.message}\n`),
+          );
+        }, Math.max(0, measureFrom - Date.now()));
   const latencies: number[] = [];
   let failures = 0;
   const failureReasons: Record<string, number> = {};
@@ -182,6 +204,7 @@ async function window(pid: number | undefined, concurrency: number, operation: (
   clearInterval(sampler);
   clearTimeout(startMark);
   clearTimeout(endMark);
+  if (perfMark !== undefined) clearTimeout(perfMark);
   // A loaded event loop can end the loops before the deadline's timer ran: the window then ends now.
   if (cpuMarks.length === 1) markCpu();
   latencies.sort((a, b) => a - b);
@@ -380,7 +403,10 @@ try {
   // Alternating windows: every workload once per round, in the same order.
   const byWorkload = new Map<string, WindowResult[]>(workloads.map((workload) => [workload.name, []]));
   for (let round = 0; round < ROUNDS; round += 1) {
-    for (const workload of workloads) byWorkload.get(workload.name)?.push(await workload.run());
+    for (const workload of workloads) {
+      currentWorkload = workload.name;
+      byWorkload.get(workload.name)?.push(await workload.run());
+    }
   }
   const summary: Record<string, unknown> = {};
   for (const [name, windows] of byWorkload) {

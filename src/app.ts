@@ -86,6 +86,7 @@ export interface App {
   readonly audit: AuditLog;
   readonly dataRequests: DataRequestService;
   readonly registrations: RegistrationService;
+  readonly symmetricKeyGroups: SymmetricKeyGroups;
   info(): Promise<ServerInfo>;
   /**
    * Reads the server certificate and key again and serves them to new connections on every listener; open
@@ -359,6 +360,7 @@ async function createLockedApp(deps: AppDeps, logger: FastifyBaseLogger, release
     audit,
     dataRequests,
     registrations: registrationService,
+    symmetricKeyGroups,
     async info() {
       const owner = await store.getAccessPolicy(operator.id, OWNER_POLICY);
       const hostName = operator.serviceHostNames[0] ?? config.hostNames[0] ?? 'localhost';

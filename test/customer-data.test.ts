@@ -303,8 +303,11 @@ test('a group erase with 1,000 registered devices completes', async () => {
   });
   const outsider = await enroll('cd-outsider');
   await rawRegister(idScope, 'cd-outsider', outsider);
+  // The group's devices registered through this node's cached list of symmetric-key groups (keys and all).
+  assert.ok(server.app.symmetricKeyGroups.cachedGroupIds(instanceId).includes('cd-big-group'));
   const done = await dataRequest('cd-erase-group', { type: 'erase', subject: { enrollmentGroupId: 'cd-big-group' } });
   assert.equal(done.status, 'completed', JSON.stringify(done.error));
+  assert.equal(server.app.symmetricKeyGroups.cachedGroupIds(instanceId).includes('cd-big-group'), false, 'the erased group is not kept in memory');
   const deleted = Object.fromEntries((done.result.deleted as Json[]).map((entry) => [entry.place, entry.count]));
   assert.deepEqual(deleted, {
     'hub:localhost/devices': 1000,

@@ -4,6 +4,8 @@ import { createRequire, syncBuiltinESMExports } from 'node:module';
 import { test } from 'node:test';
 import { isValidSymmetricKey } from '../src/domain/ids.js';
 import { createSasToken, parseSasToken, sasExpirySeconds, signedByOneOf, type SasToken } from '../src/domain/sas.js';
+import { SymmetricKeyGroups } from '../src/services/symmetric-key-groups.js';
+import type { Store } from '../src/store/store.js';
 
 /** What the rule says (dps-wire.md §10), the slow way: the bytes the key decodes to, encoded again, are the key. */
 function canonicalBase64Of16To64Bytes(key: string): boolean {
@@ -90,4 +92,21 @@ test('a token is checked against its keys until one signed it: a forged one agai
     nodeCrypto.createHmac = original;
     syncBuiltinESMExports();
   }
+});
+
+test('the cached group lists a lookup could no longer use are dropped by the sweep (an idle node keeps no erased group)', async () => {
+  const group = { enrollmentGroupId: 'sweep-group', attestation: { type: 'symmetricKey', symmetricKey: { primaryKey: randomBytes(32).toString('base64'), secondaryKey: randomBytes(32).toString('base64') } } };
+  const store = {
+    changeCounter: async () => 1,
+    queryEnrollmentGroups: async () => ({ items: [group], nextKey: undefined }),
+  } as unknown as Store;
+  const groups = new SymmetricKeyGroups(store);
+  // A token no group signed: the lookup loads the instance's list (and finds nothing in it).
+  const token = parseSasToken(createSasToken({ resource: 'scope/registrations/nobody', keyBase64: randomBytes(32).toString('base64'), keyName: 'registration', expirySeconds: Math.floor(Date.now() / 1000) + 60 }));
+  assert.equal(await groups.match('instance-1', 'nobody', token as SasToken), undefined);
+  assert.deepEqual(groups.cachedGroupIds('instance-1'), ['sweep-group']);
+  groups.forgetStale(Date.now());
+  assert.deepEqual(groups.cachedGroupIds('instance-1'), ['sweep-group'], 'a list a lookup may still use stays');
+  groups.forgetStale(Date.now() + 31_000);
+  assert.deepEqual(groups.cachedGroupIds('instance-1'), [], 'past its 30 s a list goes');
 });

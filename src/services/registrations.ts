@@ -429,9 +429,12 @@ export class RegistrationService {
 
   /**
    * Drops what this process keeps in memory about erased devices (DataRequestService, once an erase completed): their
-   * poll budgets and the proofs of their registrations awaiting a poll. The store's copies are the erase's own work.
+   * poll budgets, the proofs of their registrations awaiting a poll, and the instance's cached symmetric-key groups
+   * (an erased group's keys among them; the next registration reads the list again). The store's copies are the
+   * erase's own work.
    */
   forgetDevices(instanceId: string, registrationIds: readonly string[]): void {
+    this.#deps.groups.invalidate(instanceId);
     const erased = new Set(registrationIds.map(idKey));
     for (const id of erased) this.#pollLimiter.forget(devicePollKey(instanceId, id));
     for (const [operationId, proven] of this.#proven) {
@@ -470,9 +473,10 @@ export class RegistrationService {
    * queue, so a registration of the same device on this node never races its settling.
    */
   async reconcile(options: { olderThanMs: number }): Promise<Record<IntentOutcome, number>> {
-    // The periodic sweep also drops the registrations remembered for polls that never came (an idle node remembers
-    // nothing new, which would drop them otherwise).
+    // The periodic sweep also drops the registrations remembered for polls that never came, and group lists too old
+    // to be used (an idle node remembers nothing new, which would drop them otherwise).
     this.#forgetExpired(this.#deps.now().getTime());
+    this.#deps.groups.forgetStale();
     const counts: Record<IntentOutcome, number> = { finished: 0, completed: 0, rolledBack: 0, unreachable: 0 };
     const cutoff = dpsTimestamp(new Date(this.#deps.now().getTime() - options.olderThanMs + (options.olderThanMs === 0 ? 1 : 0)));
     const seen = new Set<string>();

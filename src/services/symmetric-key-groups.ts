@@ -53,9 +53,23 @@ export class SymmetricKeyGroups {
     this.#store = store;
   }
 
-  /** Forget an instance's cached keys (this node wrote a group). */
+  /** Forget an instance's cached keys (this node wrote a group, or an erase completed). */
   invalidate(instanceId: string): void {
     this.#cache.delete(instanceId);
+  }
+
+  /**
+   * Drops the cached lists no lookup could use any more ({@link CACHE_TTL_MS}): a list is refreshed only when a device
+   * registers, so on an idle node an erased group's keys and documents would otherwise stay in memory (the periodic
+   * sweep runs this).
+   */
+  forgetStale(nowMs: number = Date.now()): void {
+    for (const [instanceId, cached] of this.#cache) if (nowMs - cached.at > CACHE_TTL_MS) this.#cache.delete(instanceId);
+  }
+
+  /** The IDs of the groups this node keeps cached for an instance (tests). */
+  cachedGroupIds(instanceId: string): string[] {
+    return (this.#cache.get(instanceId)?.groups ?? []).map((group) => group.id);
   }
 
   /**

@@ -350,7 +350,10 @@ try {
     const cpu = () => ({ nodes: sumCpu(servers.map((server) => server.child.pid ?? 0)), postgres: sumCpu(pgPids) });
     let before = cpu();
     let pgBefore = { perPid: new Map<number, number>(), reaped: 0 };
+    // The load generator (this process: TLS, HTTP and SAS tokens of every simulated device) shares the cores too.
+    let driverBefore = process.cpuUsage();
     const marker = setTimeout(() => {
+      driverBefore = process.cpuUsage();
       pgPids = store === 'sqlite' ? [] : postgresPids(cluster.dir);
       before = cpu();
       if (store !== 'sqlite') pgBefore = postgresCpuSnapshot(cluster.dir);
@@ -359,6 +362,7 @@ try {
     }, WARMUP_SECONDS * 1000);
     const driven = await drive(ADDRESSES.slice(0, nodes), ca, idScope, groupKey, `r${runs}`);
     clearTimeout(marker);
+    const driver = process.cpuUsage(driverBefore);
     const after = cpu();
     const pgByKind = store === 'sqlite' ? {} : postgresCpuSince(cluster.dir, pgBefore);
     countersSignal();
@@ -384,6 +388,7 @@ try {
       // Where the node's CPU goes (JS and libraries vs the kernel: on loopback TCP a write also runs the receiver's
       // side of the stack), and how often per registration it waited or was preempted.
       nodeUserSysMsPerRegistration: [per('user', 'nodes'), per('sys', 'nodes')],
+      loadGeneratorCpuMsPerRegistration: Number(((driver.user + driver.system) / 1000 / Math.max(1, driven.registrations)).toFixed(2)),
       nodeContextSwitchesPerRegistration: { voluntary: per('voluntary', 'nodes'), involuntary: per('involuntary', 'nodes') },
       ...(store === 'sqlite' ? {} : { postgresUserSysMsPerRegistration: [per('user', 'postgres'), per('sys', 'postgres')] }),
       // Every process of the cluster over the window, by kind, those started or ended in it included (the figure

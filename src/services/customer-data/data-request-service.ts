@@ -407,9 +407,10 @@ export class DataRequestService {
       doc.lastUpdatedDateTimeUtc = finalUtc;
       await tx.putDataRequest(instance.id, { requestId: doc.requestId, sortKey: doc.sortKey, status: doc.status, type: doc.type, doc });
       // The devices' poll budgets (rate-limit counters named by their registration IDs, in the store where several
-      // nodes share it) go with the fences: a poll refused while the erase ran still took its token and wrote one.
-      // Not counted in the receipt: a counter is no record of the device.
-      await tx.deleteRateBuckets(erasedRegistrationIds.map((id) => bucketKey('polls', devicePollKey(instance.id, id))));
+      // nodes share it; a single node keeps them in memory, forgotten below) go with the fences: a poll refused while
+      // the erase ran still took its token and wrote one. Not counted in the receipt: a counter is no record of the
+      // device.
+      if (!store.capabilities.singleWriter) await tx.deleteRateBuckets(erasedRegistrationIds.map((id) => bucketKey('polls', devicePollKey(instance.id, id))));
       await tx.deleteEraseFences(instance.id, doc.requestId);
     });
     await store.reclaimErasedSpace();

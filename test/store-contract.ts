@@ -776,6 +776,11 @@ export function runStoreContract(name: string, open: () => Promise<Store>): void
         const ids = async (query: Partial<AuditQuery>) => (await store.queryAuditEvents(a.id, { limit: 10, ...query })).items.map((item) => label(item.eventId));
         assert.deepEqual(await ids({}), ['e4', 'e3', 'e2', 'e1']);
         assert.deepEqual((await store.queryAuditEvents(a.id, { limit: 10 })).items[3], { ...events[0], class: 'change' }, 'the event comes back whole, classified');
+        const listed = (await store.queryAuditEvents(a.id, { limit: 10 })).items.find((item) => item.eventId === events[2]?.eventId);
+        assert.ok(listed !== undefined);
+        assert.deepEqual(await store.getAuditEvent(a.id, listed.eventId), listed, 'one event by its ID, as a page has it');
+        assert.equal(await store.getAuditEvent(a.id, `${events[2]?.eventId ?? ''}x`), undefined, 'an unknown ID');
+        assert.equal(await store.getAuditEvent(b.id, events[2]?.eventId ?? ''), undefined, "another instance's event");
         assert.deepEqual(await ids({ subject: 'dev-1' }), ['e4', 'e1'], 'registration or device ID, any case');
         assert.deepEqual(await ids({ subject: 'GRP' }), ['e2']);
         assert.deepEqual(await ids({ from: '2024-01-01T00:00:02.0000000Z', to: '2024-01-01T00:00:03.0000000Z' }), ['e3', 'e2']);

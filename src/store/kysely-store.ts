@@ -1291,6 +1291,12 @@ export class KyselyStore implements Store {
     return { items: items.map(auditEventOf), nextKey: more ? items.at(-1)?.event_id : windowEnd };
   }
 
+  async getAuditEvent(instanceId: string, eventId: string): Promise<AuditEvent | undefined> {
+    const { rows } = await runHot<AuditEventRow>(this.#db, this.#subject.auditEvent, [instanceId, eventId]);
+    const row = rows[0];
+    return row === undefined ? undefined : auditEventOf(row);
+  }
+
   async findAuditEventsAbout(
     instanceId: string,
     subject: { registrationIds: string[]; deviceIds: string[]; groupIds: string[] },

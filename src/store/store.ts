@@ -464,6 +464,8 @@ export interface Store {
   appendAuditEvents(instanceId: string, events: readonly AuditEvent[]): Promise<void>;
   /** Newest first. */
   queryAuditEvents(instanceId: string, query: AuditQuery): Promise<Page<AuditEvent>>;
+  /** One event by its ID, if the log still holds it. */
+  getAuditEvent(instanceId: string, eventId: string): Promise<AuditEvent | undefined>;
   /** Every event naming one of these registration IDs, device IDs or group IDs (case-insensitive). */
   findAuditEventsAbout(instanceId: string, subject: { registrationIds: string[]; deviceIds: string[]; groupIds: string[] }): Promise<AuditEvent[]>;
   replaceAuditEvents(instanceId: string, events: AuditEvent[]): Promise<void>;

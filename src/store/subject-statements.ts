@@ -195,6 +195,13 @@ export class SubjectStatements extends StatementsCompiledOnce {
    * same value: one more page per event in the WAL the erase's checkpoint copies back). It changes nothing when any of
    * the three differ. Arguments: registration, device and group keys, doc, instance, event ID, actor, outcome, class.
    */
+  /** One event by its ID (`getAuditEvent`: a fold's remembered target, read again in the folding transaction). */
+  get auditEvent(): HotStatement {
+    return this.once('auditEvent', () =>
+      compileHot((p) => this.db.selectFrom('audit_events').select(AUDIT_EVENT_COLUMNS).where('instance_id', '=', p(0)).where('event_id', '=', p(1))),
+    );
+  }
+
   get replaceAuditEventSameFilters(): HotStatement {
     return this.once('replaceAuditEventSameFilters', () =>
       compileHot((p) =>

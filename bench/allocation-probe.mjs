@@ -8,6 +8,7 @@
 // (.heapprofile: Chrome DevTools' Memory tab, or `npx tsx bench/allocations.ts --summarize FILE`); with
 // ALLOCATION_PROBE_SURVIVORS=1 as well, of the objects that outlived a young collection only (where promotion comes from).
 // Plain JavaScript, so it loads into the compiled server without tsx.
+import { createHook } from 'node:async_hooks';
 import diagnostics from 'node:diagnostics_channel';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { Session } from 'node:inspector';
@@ -32,6 +33,17 @@ if (process.argv.includes('serve')) {
     return (Number(fields[11] ?? 0) + Number(fields[12] ?? 0)) * 10;
   };
   const profileFile = process.env.ALLOCATION_PROBE_PROFILE;
+  // ALLOCATION_PROBE_PROMISES=1: also count the promises (and other async resources) created in the stretch, by type.
+  // The hook makes every promise slower (V8's promise hooks): read the counts, not that run's CPU.
+  const asyncResources = {};
+  const asyncHook =
+    process.env.ALLOCATION_PROBE_PROMISES === '1'
+      ? createHook({
+          init: (_id, type) => {
+            if (stretch !== undefined) asyncResources[type] = (asyncResources[type] ?? 0) + 1;
+          },
+        })
+      : undefined;
   let stretch;
   let session;
   const post = (method, params) => new Promise((resolve, reject) => session.post(method, params, (error, result) => (error ? reject(error) : resolve(result))));
@@ -46,10 +58,13 @@ if (process.argv.includes('serve')) {
       }
       const profiler = new v8.GCProfiler();
       profiler.start();
+      for (const type of Object.keys(asyncResources)) delete asyncResources[type];
+      asyncHook?.enable();
       stretch = { profiler, usedBefore: v8.getHeapStatistics().used_heap_size, gc: { ...gc }, requests, cpuMs: cpuMs(), at: performance.now() };
       process.stdout.write(`${JSON.stringify({ allocationProbe: 'started' })}\n`);
       return;
     }
+    asyncHook?.disable();
     const usedAfter = v8.getHeapStatistics().used_heap_size;
     const { statistics } = stretch.profiler.stop();
     // Allocated = what the heap grew by between collections: from the last collection's end (or the stretch's start) to
@@ -80,6 +95,7 @@ if (process.argv.includes('serve')) {
       requests: requests - stretch.requests,
       cpuMs: cpuMs() - stretch.cpuMs,
       wallMs: Math.round(performance.now() - stretch.at),
+      ...(asyncHook === undefined ? {} : { asyncResources: { ...asyncResources } }),
     };
     stretch = undefined;
     if (session !== undefined) {

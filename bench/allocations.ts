@@ -11,7 +11,7 @@ import { createSasToken, deriveDeviceKey } from '../src/domain/sas.js';
  * blur, unlike CPU time (issue 12 P1 and P6; bench/README.md "Issue 12 P1/P6 outside the store (session 21, H3)").
  *
  *   npx tsx bench/allocations.ts [--root DIR] [--devices 50] [--registrations 3000] [--rounds 3] [--port 8443]
- *                                [--profile FILE.heapprofile] [--node-options '--flag …']
+ *                                [--profile FILE.heapprofile] [--node-options '--flag …'] [--promises yes]
  *   npx tsx bench/allocations.ts --summarize FILE.heapprofile [--top 40]
  *
  * Runs `provisiond serve` compiled (`node DIR/bin/provisiond.js serve`, DIR = this tree unless `--root` names another
@@ -21,7 +21,9 @@ import { createSasToken, deriveDeviceKey } from '../src/domain/sas.js';
  * Per registration: bytes allocated on V8's heap, bytes that survived a young collection (copied within the young
  * generation, or promoted to the old space), young collections (scavenges), full collections, GC pause, HTTP
  * requests and server CPU. `--profile` writes a sampling heap profile of each round (the file keeps the last) that includes the
- * collected objects; `--summarize` prints its allocation by function (self) and by script.
+ * collected objects; `--summarize` prints its allocation by function (self) and by script. `--promises yes` also counts
+ * the async resources (promises, timers, sockets' requests…) created per registration, by type (an async hook: that
+ * run's CPU is not the server's usual).
  */
 const args = new Map<string, string>();
 for (let i = 2; i < process.argv.length; i += 2) args.set(process.argv[i]?.replace(/^--/, '') ?? '', process.argv[i + 1] ?? '');
@@ -82,7 +84,7 @@ try {
   for (let round = 0; round < ROUNDS; round += 1) {
     await probe(server, 'started');
     const done = await run(REGISTRATIONS);
-    const result = (await probe(server, 'result')) as Record<string, number>;
+    const result = (await probe(server, 'result')) as Record<string, number> & { asyncResources?: Record<string, number> };
     rounds.push({
       registrations: done,
       kibPerRegistration: Number(((result.allocatedBytes ?? 0) / 1024 / done).toFixed(1)),
@@ -95,6 +97,8 @@ try {
       serverCpuMsPerRegistration: Number(((result.cpuMs ?? 0) / done).toFixed(3)),
       perSecond: Math.round((done * 1000) / (result.wallMs ?? 1)),
       loadAverage: Number((loadavg()[0] ?? 0).toFixed(2)),
+      // --promises yes: async resources created per registration, by type (PROMISE: every promise, awaited or not).
+      ...Object.fromEntries(Object.entries(result.asyncResources ?? {}).map(([type, count]) => [`asyncPerRegistration${type}`, Number((count / done).toFixed(1))])),
     });
   }
   await agent.close();
@@ -112,7 +116,7 @@ async function start(bin: string): Promise<Server> {
   const child = spawn(process.execPath, [...NODE_FLAGS, '--import', PROBE, bin, 'serve', ...flags], {
     stdio: ['ignore', 'pipe', 'pipe'],
     // With --profile every round is sampled (the file keeps the last); the sampling's own cost shows in CPU, not in bytes.
-    env: { ...process.env, PROVISIOND_REGISTRATIONS_PER_SECOND: '0', PROVISIOND_POLLS_PER_SECOND_PER_DEVICE: '0', ...(args.has('profile') ? { ALLOCATION_PROBE_PROFILE: args.get('profile') } : {}) },
+    env: { ...process.env, PROVISIOND_REGISTRATIONS_PER_SECOND: '0', PROVISIOND_POLLS_PER_SECOND_PER_DEVICE: '0', ...(args.has('profile') ? { ALLOCATION_PROBE_PROFILE: args.get('profile') } : {}), ...(args.get('promises') === 'yes' ? { ALLOCATION_PROBE_PROMISES: '1' } : {}) },
   });
   const lines: string[] = [];
   child.stdout?.on('data', (chunk: Buffer) => lines.push(...chunk.toString().split('\n').filter((line) => line !== '')));

@@ -146,6 +146,7 @@ interface WindowResult {
   failureReasons: Record<string, number>;
   perSecond: number;
   serverCpuMsPerOperation: number;
+  loadGeneratorCpuMsPerOperation: number;
   p50Ms: number;
   p99Ms: number;
   serverPeakRssMiB: number;
@@ -180,7 +181,13 @@ async function window(pid: number | undefined, concurrency: number, operation: (
   let peakRss = 0;
   const sampler = setInterval(() => (peakRss = Math.max(peakRss, rssMiB(pid))), 250);
   const cpuMarks: number[] = [];
-  const markCpu = (): void => void cpuMarks.push(cpuMs(pid));
+  // The load generator's own CPU (this process: the devices' TLS, HTTP and SAS tokens), read at the same edges.
+  const ownCpuMarks: number[] = [];
+  const markCpu = (): void => {
+    cpuMarks.push(cpuMs(pid));
+    const own = process.cpuUsage();
+    ownCpuMarks.push((own.user + own.system) / 1000);
+  };
   const startMark = setTimeout(markCpu, Math.max(0, measureFrom - Date.now()));
   const endMark = setTimeout(markCpu, Math.max(0, deadline - Date.now()));
   await Promise.all(
@@ -209,12 +216,14 @@ async function window(pid: number | undefined, concurrency: number, operation: (
   if (cpuMarks.length === 1) markCpu();
   latencies.sort((a, b) => a - b);
   const cpu = cpuMarks.length === 2 ? (cpuMarks[1] ?? 0) - (cpuMarks[0] ?? 0) : NaN;
+  const ownCpu = ownCpuMarks.length === 2 ? (ownCpuMarks[1] ?? 0) - (ownCpuMarks[0] ?? 0) : NaN;
   return {
     operations: latencies.length,
     failures,
     failureReasons,
     perSecond: Math.round(latencies.length / SECONDS),
     serverCpuMsPerOperation: Number((cpu / Math.max(1, latencies.length)).toFixed(3)),
+    loadGeneratorCpuMsPerOperation: Number((ownCpu / Math.max(1, latencies.length)).toFixed(3)),
     p50Ms: Number(percentile(latencies, 50).toFixed(1)),
     p99Ms: Number(percentile(latencies, 99).toFixed(1)),
     serverPeakRssMiB: Math.round(peakRss),

@@ -99,7 +99,7 @@ export class AuditLog {
   /**
    * Per reader and operation, the event this node last wrote or folded a read that names no subject into. The next
    * such read looks at that one event first (a point read by its ID) instead of reading and parsing up to
-   * FOLD_LOOKBACK of the reader's recent events (~7 % of a page's time in the server at a million events: bench/README.md,
+   * FOLD_LOOKBACK of the reader's recent events (7–9 % of a page's time in the server at a million events: bench/README.md,
    * session 34). A hint only: the event is judged as any candidate, and the search runs when it does not qualify (too
    * old, removed with its instance, or another node's read came since: that node folds into its own event).
    */

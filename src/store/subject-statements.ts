@@ -188,13 +188,6 @@ export class SubjectStatements extends StatementsCompiledOnce {
     );
   }
 
-  /**
-   * A rewrite that leaves the actor, the outcome and the class as they are (an erase's pseudonymization, an access
-   * read folded into its event): it names only the columns that change, so SQLite leaves the class index and the
-   * failures' partial index alone (an UPDATE that sets a column rewrites every index entry it is in, even with the
-   * same value: one more page per event in the WAL the erase's checkpoint copies back). It changes nothing when any of
-   * the three differ. Arguments: registration, device and group keys, doc, instance, event ID, actor, outcome, class.
-   */
   /** One event by its ID (`getAuditEvent`: a fold's remembered target, read again in the folding transaction). */
   get auditEvent(): HotStatement {
     return this.once('auditEvent', () =>
@@ -202,6 +195,13 @@ export class SubjectStatements extends StatementsCompiledOnce {
     );
   }
 
+  /**
+   * A rewrite that leaves the actor, the outcome and the class as they are (an erase's pseudonymization, an access
+   * read folded into its event): it names only the columns that change, so SQLite leaves the class index and the
+   * failures' partial index alone (an UPDATE that sets a column rewrites every index entry it is in, even with the
+   * same value: one more page per event in the WAL the erase's checkpoint copies back). It changes nothing when any of
+   * the three differ. Arguments: registration, device and group keys, doc, instance, event ID, actor, outcome, class.
+   */
   get replaceAuditEventSameFilters(): HotStatement {
     return this.once('replaceAuditEventSameFilters', () =>
       compileHot((p) =>

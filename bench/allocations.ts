@@ -1,5 +1,5 @@
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { Agent, request, type Dispatcher } from 'undici';
@@ -11,7 +11,7 @@ import { createSasToken, deriveDeviceKey } from '../src/domain/sas.js';
  * blur, unlike CPU time (issue 12 P1 and P6; bench/README.md "Issue 12 P1/P6 outside the store (session 21, H3)").
  *
  *   npx tsx bench/allocations.ts [--root DIR] [--devices 50] [--registrations 3000] [--rounds 3] [--port 8443]
- *                                [--profile FILE.heapprofile] [--node-options '--flag …'] [--promises yes]
+ *                                [--profile FILE.heapprofile] [--node-options '--flag …'] [--promises yes] [--callgrind yes]
  *   npx tsx bench/allocations.ts --summarize FILE.heapprofile [--top 40]
  *
  * Runs `provisiond serve` compiled (`node DIR/bin/provisiond.js serve`, DIR = this tree unless `--root` names another
@@ -24,6 +24,13 @@ import { createSasToken, deriveDeviceKey } from '../src/domain/sas.js';
  * collected objects; `--summarize` prints its allocation by function (self) and by script. `--promises yes` also counts
  * the async resources (promises, timers, sockets' requests…) created per registration, by type (an async hook: that
  * run's CPU is not the server's usual).
+ *
+ * `--callgrind yes` runs the server under `valgrind --tool=callgrind` with its instrumentation off, and turns it on
+ * (`callgrind_control -i on`) only for each round's registrations: `instructionsPerRegistration` is the count of machine
+ * instructions the server executed per registration (the process's threads together, V8's JIT code included) — a
+ * figure that, unlike CPU time, this machine's changes of speed do not move. Valgrind runs the server ~50 times slower
+ * and one thread at a time, so use few registrations (e.g. `--registrations 300 --devices 20`); its other figures are not
+ * the server's usual.
  */
 const args = new Map<string, string>();
 for (let i = 2; i < process.argv.length; i += 2) args.set(process.argv[i]?.replace(/^--/, '') ?? '', process.argv[i + 1] ?? '');
@@ -41,6 +48,7 @@ const PORT = Number(args.get('port') ?? 8443);
 const ENROLLMENTS = Math.max(2, DEVICES);
 const NODE_FLAGS = (args.get('node-options') ?? '').split(' ').filter((flag) => flag !== '');
 const PROBE = join(import.meta.dirname, 'allocation-probe.mjs');
+const CALLGRIND = args.get('callgrind') === 'yes';
 
 interface Device {
   id: string;
@@ -83,7 +91,9 @@ try {
   const rounds: Record<string, number>[] = [];
   for (let round = 0; round < ROUNDS; round += 1) {
     await probe(server, 'started');
+    if (CALLGRIND) await callgrindControl(server, ['--instr=on']);
     const done = await run(REGISTRATIONS);
+    const instructions = CALLGRIND ? await callgrindInstructions(server) : undefined;
     const result = (await probe(server, 'result')) as Record<string, number> & { asyncResources?: Record<string, number> };
     rounds.push({
       registrations: done,
@@ -97,6 +107,7 @@ try {
       serverCpuMsPerRegistration: Number(((result.cpuMs ?? 0) / done).toFixed(3)),
       perSecond: Math.round((done * 1000) / (result.wallMs ?? 1)),
       loadAverage: Number((loadavg()[0] ?? 0).toFixed(2)),
+      ...(instructions === undefined ? {} : { instructionsPerRegistration: Math.round(instructions / done) }),
       // --promises yes: async resources created per registration, by type (PROMISE: every promise, awaited or not).
       ...Object.fromEntries(Object.entries(result.asyncResources ?? {}).map(([type, count]) => [`asyncPerRegistration${type}`, Number((count / done).toFixed(1))])),
     });
@@ -113,10 +124,14 @@ try {
 
 async function start(bin: string): Promise<Server> {
   const flags = ['--data-dir', dataDir, '--https-port', String(PORT), '--listen-host', '127.0.0.1', '--host-names', 'localhost,127.0.0.1', '--log-level', 'warn', '--no-amqp', '--no-mqtt'];
-  const child = spawn(process.execPath, [...NODE_FLAGS, '--import', PROBE, bin, 'serve', ...flags], {
+  const command = [process.execPath, ...NODE_FLAGS, '--import', PROBE, bin, 'serve', ...flags];
+  const valgrind = ['--tool=callgrind', '--instr-atstart=no', `--callgrind-out-file=${join(dataDir, 'callgrind.out.%p')}`, '-q'];
+  const child = spawn(CALLGRIND ? 'valgrind' : (command[0] as string), CALLGRIND ? [...valgrind, ...command] : command.slice(1), {
     stdio: ['ignore', 'pipe', 'pipe'],
     // With --profile every round is sampled (the file keeps the last); the sampling's own cost shows in CPU, not in bytes.
-    env: { ...process.env, PROVISIOND_REGISTRATIONS_PER_SECOND: '0', PROVISIOND_POLLS_PER_SECOND_PER_DEVICE: '0', ...(args.has('profile') ? { ALLOCATION_PROBE_PROFILE: args.get('profile') } : {}), ...(args.get('promises') === 'yes' ? { ALLOCATION_PROBE_PROMISES: '1' } : {}) },
+    // Under valgrind a register may take seconds to finish its work: it waits for it (as it does at native speed) rather
+    // than answer `assigning` and be polled after Retry-After.
+    env: { ...process.env, PROVISIOND_REGISTRATIONS_PER_SECOND: '0', PROVISIOND_POLLS_PER_SECOND_PER_DEVICE: '0', ...(CALLGRIND ? { PROVISIOND_REGISTRATION_WAIT_MS: '25000' } : {}), ...(args.has('profile') ? { ALLOCATION_PROBE_PROFILE: args.get('profile') } : {}), ...(args.get('promises') === 'yes' ? { ALLOCATION_PROBE_PROMISES: '1' } : {}) },
   });
   const lines: string[] = [];
   child.stdout?.on('data', (chunk: Buffer) => lines.push(...chunk.toString().split('\n').filter((line) => line !== '')));
@@ -129,6 +144,27 @@ async function start(bin: string): Promise<Server> {
     child.once('exit', (code) => fail(new Error(`provisiond serve exited with ${code}: ${banner}`)));
   });
   return { child, lines };
+}
+
+function callgrindControl(target: Server, options: string[]): Promise<string> {
+  return new Promise((done, fail) =>
+    execFile('callgrind_control', [...options, String(target.child.pid)], (error, stdout) => (error === null ? done(stdout) : fail(error))),
+  );
+}
+
+/** Turns callgrind's instrumentation off, dumps what it counted since it was turned on, and reads the instructions. */
+async function callgrindInstructions(target: Server): Promise<number> {
+  await callgrindControl(target, ['--instr=off']);
+  const before = new Set(readdirSync(dataDir));
+  await callgrindControl(target, ['--dump']);
+  // The dump is written by the server's process when it next runs callgrind's command check: wait for the new file and
+  // its last line (the header's `summary:` is written before the counts are known).
+  for (;;) {
+    const dumped = readdirSync(dataDir).find((name) => name.startsWith('callgrind.out.') && !before.has(name));
+    const totals = dumped === undefined ? undefined : /^totals: (\d+)$/m.exec(readFileSync(join(dataDir, dumped), 'utf8'));
+    if (totals?.[1] !== undefined) return Number(totals[1]);
+    await new Promise((done) => setTimeout(done, 100));
+  }
 }
 
 /** Signals the probe and waits for its answer: 'started', or the stretch's figures. */

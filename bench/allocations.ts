@@ -1,4 +1,4 @@
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -28,9 +28,10 @@ import { createSasToken, deriveDeviceKey } from '../src/domain/sas.js';
  * `--callgrind yes` runs the server under `valgrind --tool=callgrind` with its instrumentation off, and turns it on
  * (`callgrind_control -i on`) only for each round's registrations: `instructionsPerRegistration` is the count of machine
  * instructions the server executed per registration (the process's threads together, V8's JIT code included) — a
- * figure that, unlike CPU time, this machine's changes of speed do not move. Valgrind runs the server ~50 times slower
- * and one thread at a time, so use few registrations (e.g. `--registrations 300 --devices 20`); its other figures are not
- * the server's usual.
+ * figure that, unlike CPU time, this machine's changes of speed do not move. Valgrind runs the server ~100 times slower
+ * and one thread at a time, so use few registrations and many rounds (e.g. `--rounds 12 --registrations 300 --devices
+ * 20`, ~3 minutes; V8 is still compiling in the first ~5, see bench/README.md "session 35"); its other figures are not
+ * the server's usual. Needs valgrind (Debian's `valgrind`).
  */
 const args = new Map<string, string>();
 for (let i = 2; i < process.argv.length; i += 2) args.set(process.argv[i]?.replace(/^--/, '') ?? '', process.argv[i + 1] ?? '');
@@ -49,6 +50,13 @@ const ENROLLMENTS = Math.max(2, DEVICES);
 const NODE_FLAGS = (args.get('node-options') ?? '').split(' ').filter((flag) => flag !== '');
 const PROBE = join(import.meta.dirname, 'allocation-probe.mjs');
 const CALLGRIND = args.get('callgrind') === 'yes';
+if (CALLGRIND) {
+  try {
+    execFileSync('valgrind', ['--version']);
+  } catch {
+    throw new Error('--callgrind yes needs valgrind on the PATH (Debian: apt-get install -y valgrind)');
+  }
+}
 
 interface Device {
   id: string;
@@ -159,12 +167,14 @@ async function callgrindInstructions(target: Server): Promise<number> {
   await callgrindControl(target, ['--dump']);
   // The dump is written by the server's process when it next runs callgrind's command check: wait for the new file and
   // its last line (the header's `summary:` is written before the counts are known).
-  for (;;) {
+  const deadline = Date.now() + 120_000;
+  while (Date.now() < deadline) {
     const dumped = readdirSync(dataDir).find((name) => name.startsWith('callgrind.out.') && !before.has(name));
     const totals = dumped === undefined ? undefined : /^totals: (\d+)$/m.exec(readFileSync(join(dataDir, dumped), 'utf8'));
     if (totals?.[1] !== undefined) return Number(totals[1]);
     await new Promise((done) => setTimeout(done, 100));
   }
+  throw new Error(`callgrind wrote no dump with totals in ${dataDir} within 2 minutes`);
 }
 
 /** Signals the probe and waits for its answer: 'started', or the stretch's figures. */

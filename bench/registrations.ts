@@ -491,7 +491,7 @@ try {
       registrationsPerCeilingRequest: Number((rate('httpsKeepAlive') / rate('ceilingFastifyTlsKeepAlive')).toFixed(3)),
       serverCpuMsPerRegistration: cpu('httpsKeepAlive'),
       // The same CPU counted in the ceiling's own requests of this run: a figure the machine's speed of the moment
-      // (this machine's ±30 % modes) cannot move. The goal in these units: the issue measured 2.57 ms as ~54 ceiling
+      // (this machine's modes, up to 40 % apart) cannot move. The goal in these units: the issue measured 2.57 ms as ~54 ceiling
       // requests (0.0476 ms each), so its 0.35 ms is ~7.4 of them.
       serverCpuInCeilingRequests: Number((cpu('httpsKeepAlive') / cpu('ceilingFastifyTlsKeepAlive')).toFixed(1)),
     };
